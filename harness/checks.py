@@ -1,0 +1,437 @@
+"""Dynamic checks of an attention class, cheapest first. Each is a small function of the class (and the
+baseline's) that returns its measurements or raises ``GateFailure`` with one reason code.
+
+They run only inside the sandbox process, on the largest rung's width and head count.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from harness.reasons import Reason
+from harness.scaffold import LanguageModel, count_params
+
+
+RANDOMISE_REL = 0.1  # parameter perturbation for the randomised probes, relative to each tensor's mean |p|
+GRADIENT_LEAK_RTOL = 1e-6  # gradient into the future, relative to the gradient into the past
+
+
+class GateFailure(Exception):
+    def __init__(self, reason: Reason, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.reason, self.message, self.details = reason, message, details or {}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    d_model: int
+    n_heads: int
+    context_len: int
+    batch_size: int
+    dropout: float
+
+    @classmethod
+    def of(cls, profile) -> "Geometry":
+        d_model, _, n_heads = max(profile.ladder, key=lambda r: (r[0], r[1]))
+        return cls(d_model, n_heads, profile.context_len_tokens, profile.batch_size_seqs, profile.dropout)
+
+
+def construct(attention_cls: type, g: Geometry, seed: int = 0, dropout: float | None = None) -> nn.Module:
+    torch.manual_seed(seed)
+    try:
+        return attention_cls(d_model=g.d_model, n_heads=g.n_heads,
+                             dropout=g.dropout if dropout is None else dropout, max_seq_len=g.context_len)
+    except Exception as exc:
+        raise GateFailure(Reason.CRASH, f"constructing the class failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _call(module: nn.Module, x: torch.Tensor, what: str, rng_seed: int | None = 0) -> torch.Tensor:
+    if rng_seed is not None:
+        torch.manual_seed(rng_seed)  # identical dropout masks for calls being compared
+    try:
+        return module(x)
+    except Exception as exc:
+        raise GateFailure(Reason.CRASH, f"forward raised during the {what} check: {type(exc).__name__}: {exc}") from exc
+
+
+def _lengths(g: Geometry) -> list[int]:
+    return sorted({1, 2, g.context_len // 2 + 1 if g.context_len > 2 else 1, g.context_len})
+
+
+def check_shape(attention_cls: type, g: Geometry) -> dict:
+    module = construct(attention_cls, g)
+    for mode in ("train", "eval"):
+        module.train(mode == "train")
+        for batch in (1, 3):
+            for length in _lengths(g):
+                x = torch.randn(batch, length, g.d_model)
+                y = _call(module, x, "shape")
+                if not isinstance(y, torch.Tensor):
+                    raise GateFailure(Reason.SHAPE, f"forward returned {type(y).__name__}, expected a tensor")
+                if y.shape != x.shape or y.dtype != x.dtype or y.device != x.device:
+                    raise GateFailure(Reason.SHAPE, f"input {tuple(x.shape)} {x.dtype} gave output "
+                                      f"{tuple(y.shape)} {y.dtype} on {y.device} ({mode} mode, batch {batch}, length {length})")
+                if not torch.isfinite(y).all():
+                    raise GateFailure(Reason.SHAPE, f"output has NaN/inf at batch {batch}, length {length}, {mode} mode")
+    return {"lengths_checked": _lengths(g)}
+
+
+def randomise_parameters(module: nn.Module, seed: int) -> None:
+    """Move every parameter to random non-zero values, so that a leak gated by a zero-initialised
+    parameter (or a gate initialised shut) opens."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            # 10% of the parameter's typical magnitude (0.1 where it is all zeros): enough to open a gate
+            # initialised shut, small enough that a legitimate parameterisation stays in its domain.
+            scale = float(p.detach().abs().mean()) if p.numel() else 0.0
+            noise = torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.dtype)
+            p.add_(noise * (RANDOMISE_REL * scale if scale > 0 else RANDOMISE_REL))
+
+
+def _cut_points(length: int) -> list[int]:
+    return sorted({0, length // 3, length // 2, length - 2} & set(range(length - 1)))
+
+
+def check_causality(attention_cls: type, g: Geometry, atol: float) -> dict:
+    lengths = sorted({g.context_len, max(3, g.context_len // 2 + 1), 5} & set(range(2, g.context_len + 1)))
+    probes = 0
+    for variant in ("initial", "randomised"):
+        module = construct(attention_cls, g)
+        if variant == "randomised":
+            randomise_parameters(module, seed=1234)
+        for mode in ("train", "eval", "eval_no_grad"):
+            module.train(mode == "train")
+            for length in lengths:
+                generator = torch.Generator().manual_seed(length)
+                x = torch.randn(2, length, g.d_model, generator=generator)
+                for t in _cut_points(length):
+                    where = f"{variant} parameters, {mode} mode, length {length}, cut after position {t}"
+                    if mode != "eval_no_grad":
+                        _gradient_probe(module, x, t, where)
+                    _perturbation_probe(module, x, t, atol, where, no_grad=mode == "eval_no_grad")
+                    probes += 1
+    return {"causality_probes": probes, "causality_lengths": lengths}
+
+
+def _gradient_probe(module: nn.Module, x: torch.Tensor, t: int, where: str) -> None:
+    x = x.clone().requires_grad_(True)
+    y = _call(module, x, "causality")
+    weights = torch.randn(y[:, : t + 1].shape, generator=torch.Generator().manual_seed(t))
+    (y[:, : t + 1] * weights).sum().backward()
+    if x.grad is None:
+        return  # no gradient path at all; the perturbation probe still runs
+    # Exactly zero for masked matmuls; FFT-based causal convolutions leave float round-off (~1e-8).
+    leak = x.grad[:, t + 1 :].abs().max().item()
+    past = x.grad[:, : t + 1].abs().max().item()
+    if not leak <= GRADIENT_LEAK_RTOL * max(past, 1e-30):
+        raise GateFailure(Reason.CAUSALITY, f"outputs at positions <= {t} have a non-zero gradient "
+                          f"({leak:.3g}) with respect to later inputs ({where})")
+
+
+def _perturbation_probe(module: nn.Module, x: torch.Tensor, t: int, atol: float, where: str, no_grad: bool) -> None:
+    future = x.clone()
+    future[:, t + 1 :] = torch.randn(future[:, t + 1 :].shape, generator=torch.Generator().manual_seed(99 + t)) * 3.0
+    with torch.set_grad_enabled(not no_grad):
+        a = _call(module, x, "causality").detach()
+        b = _call(module, future, "causality").detach()
+    scale = max(1.0, a[:, : t + 1].abs().max().item())
+    diff = (a[:, : t + 1] - b[:, : t + 1]).abs().max().item()
+    if not diff <= atol * scale:
+        raise GateFailure(Reason.CAUSALITY, f"changing inputs after position {t} changed outputs at positions "
+                          f"<= {t} by {diff:.3g} ({where})")
+
+
+def check_batch_independence(attention_cls: type, g: Geometry, atol: float) -> dict:
+    module = construct(attention_cls, g)
+    randomise_parameters(module, seed=4321)
+    for mode in ("train", "eval"):
+        module.train(mode == "train")
+        x = torch.randn(3, g.context_len, g.d_model, generator=torch.Generator().manual_seed(5))
+        other = x.clone()
+        other[1] = torch.randn(g.context_len, g.d_model, generator=torch.Generator().manual_seed(6)) * 3.0
+        with torch.no_grad():
+            a, b = _call(module, x, "batch independence"), _call(module, other, "batch independence")
+        for i in (0, 2):
+            diff = (a[i] - b[i]).abs().max().item()
+            if not diff <= atol * max(1.0, a[i].abs().max().item()):
+                raise GateFailure(Reason.BATCH_INDEPENDENCE, f"changing sequence 1 of a batch changed sequence "
+                                  f"{i}'s output by {diff:.3g} ({mode} mode)")
+    return {}
+
+
+def _snapshot(module: nn.Module) -> dict:
+    state = {}
+    for name, sub in module.named_modules():
+        for key, value in vars(sub).items():
+            if key in ("_modules", "_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                       "_backward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks",
+                       "_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_forward_hooks_with_kwargs",
+                       "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called", "_is_full_backward_hook"):
+                continue
+            if key == "_parameters":
+                # Parameters created during forward are the parity check's business; here only the
+                # values of the parameters that already exist must stay put.
+                for pname, param in value.items():
+                    state[f"parameter {name}.{pname}"] = _copy_value(param)
+                continue
+            state[f"{name}.{key}"] = _copy_value(value)
+    return state
+
+
+def _copy_value(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _copy_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_value(v) for v in value)
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # noqa: BLE001 - an uncopyable attribute is compared by identity
+        return value
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and bool(torch.equal(a, b) or (a.isnan() & b.isnan()).all()))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001
+        return a is b
+
+
+def check_statefulness(attention_cls: type, g: Geometry) -> dict:
+    module = construct(attention_cls, g)
+    x = torch.randn(2, g.context_len, g.d_model, generator=torch.Generator().manual_seed(7))
+    for mode in ("train", "eval"):
+        module.train(mode == "train")
+        before = _snapshot(module)
+        first = _call(module, x, "statefulness", rng_seed=11)
+        (first.float().square().mean()).backward()
+        after_one = _snapshot(module)
+        second = _call(module, x, "statefulness", rng_seed=11)
+        module.zero_grad(set_to_none=True)
+        created = {k for k in after_one.keys() - before.keys() if not k.startswith("parameter ")}
+        for key in sorted(before.keys() | created):
+            if key not in after_one or key not in before or not _same(before[key], after_one[key]):
+                raise GateFailure(Reason.STATEFULNESS, f"forward changed the module's state: attribute "
+                                  f"{key.lstrip('.')!r} differs after one call ({mode} mode)")
+        if not torch.equal(first.detach(), second.detach()):
+            diff = (first - second).abs().max().item()
+            raise GateFailure(Reason.STATEFULNESS, f"two identical calls gave different outputs (max diff "
+                              f"{diff:.3g}, {mode} mode)")
+    return {}
+
+
+def _state_numel(module: nn.Module) -> int:
+    """Tensors a module holds besides trainable parameters: buffers, frozen parameters, tensor attributes."""
+    total, seen = 0, set()
+    for sub in module.modules():
+        for value in list(sub._buffers.values()) + [p for p in sub._parameters.values() if p is not None and not p.requires_grad]:
+            if value is not None and id(value) not in seen:
+                seen.add(id(value))
+                total += value.numel()
+        for key, value in vars(sub).items():
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and id(value) not in seen:
+                seen.add(id(value))
+                total += value.numel()
+    return total
+
+
+def check_params(attention_cls: type, baseline_cls: type, g: Geometry, profile, tolerance: float) -> dict:
+    base = construct(baseline_cls, g)
+    cand = construct(attention_cls, g)
+    base_n, cand_n = count_params(base), count_params(cand)
+    with torch.no_grad():
+        _call(cand, torch.randn(1, g.context_len, g.d_model), "parameter")
+    after_n = count_params(cand)
+    limit = math.floor(base_n * (1.0 + tolerance))
+    metrics = {"attention_params": after_n, "baseline_attention_params": base_n,
+               "param_ratio": after_n / base_n}
+    if after_n != cand_n:
+        raise GateFailure(Reason.PARAM_PARITY, f"parameters created during forward: {cand_n} before the first "
+                          f"call, {after_n} after. Create every parameter in __init__.", metrics)
+    if after_n > limit:
+        raise GateFailure(Reason.PARAM_PARITY, f"{after_n} trainable attention parameters exceed the budget of "
+                          f"{limit} (baseline {base_n} + {tolerance:.0%})", metrics)
+    state_limit = _state_numel(base) + int(profile.gate.extra_state_numel_per_ctx_dmodel * g.context_len * g.d_model)
+    state = _state_numel(cand)
+    metrics["attention_state_numel"] = state
+    if state > state_limit:
+        raise GateFailure(Reason.PARAM_PARITY, f"the class holds {state} numbers in buffers, frozen parameters "
+                          f"or tensor attributes; at most {state_limit} are allowed", metrics)
+    # Whole model at every rung: the frozen parts are identical, so only the attention may differ.
+    for rung in profile.ladder:
+        models = [LanguageModel(c, profile.vocab_size, rung[0], rung[1], rung[2], profile.context_len_tokens, 0.0, 0)
+                  for c in (baseline_cls, attention_cls)]
+        whole_base, whole_cand = count_params(models[0]), count_params(models[1])
+        attn_base = sum(count_params(b.attn) for b in models[0].blocks)
+        if whole_cand > whole_base + tolerance * attn_base:
+            raise GateFailure(Reason.PARAM_PARITY, f"whole model at rung {rung} has {whole_cand} parameters, "
+                              f"baseline {whole_base}; at most {tolerance:.0%} of the attention's may be added", metrics)
+        metrics[f"model_params_d{rung[0]}_l{rung[1]}"] = whole_cand
+    return metrics
+
+
+def check_flops(attention_cls: type, baseline_cls: type, g: Geometry, gate) -> dict:
+    from harness.flops import attention_flops
+
+    def per_token(cls, length):
+        try:
+            report = attention_flops(cls, g.d_model, g.n_heads, length, batch=1, max_seq_len=g.context_len)
+        except Exception as exc:
+            raise GateFailure(Reason.CRASH, f"forward/backward failed while counting FLOPs: {type(exc).__name__}: {exc}") from exc
+        return report
+
+    lengths = [max(2, g.context_len // 4), max(2, g.context_len // 2), g.context_len]
+    cand = {n: per_token(attention_cls, n) for n in lengths}
+    unknown = {op: c for r in cand.values() for op, c in r.unknown_ops.items()}
+    if unknown:
+        raise GateFailure(Reason.UNACCOUNTED_OP, f"operations whose cost cannot be accounted for: {sorted(unknown)}",
+                          {"unknown_ops": unknown})
+    base = {n: per_token(baseline_cls, n) for n in lengths}
+    T = g.context_len
+    ratio = cand[T].total / base[T].total
+    metrics = {
+        "flops_per_token": cand[T].total / T,
+        "baseline_flops_per_token": base[T].total / T,
+        "flop_ratio": ratio,
+        "matmul_flop_share": cand[T].matmul / max(1, cand[T].total),
+    }
+    if ratio > gate.flop_bound_ratio:
+        raise GateFailure(Reason.FLOP_PARITY, f"forward+backward costs {ratio:.3f}x the baseline's FLOPs per token "
+                          f"at length {T} (bound {gate.flop_bound_ratio:.2f}x)", metrics)
+
+    def growth(reports):
+        return math.log(reports[lengths[-1]].total / reports[lengths[-2]].total) / math.log(lengths[-1] / lengths[-2])
+
+    cand_growth, base_growth = growth(cand), growth(base)
+    metrics.update({"flop_growth_exponent": cand_growth, "baseline_flop_growth_exponent": base_growth})
+    if cand_growth > base_growth + gate.flop_growth_slack:
+        raise GateFailure(Reason.COMPLEXITY, f"cost grows as length^{cand_growth:.2f} between lengths "
+                          f"{lengths[-2]} and {lengths[-1]}; the baseline grows as length^{base_growth:.2f}", metrics)
+    return metrics
+
+
+def _step_cost(module: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[float, int]:
+    """One training step of the module alone: wall seconds, and bytes saved for backward (activation memory)."""
+    saved, seen = [0], set()
+
+    def pack(t):
+        key = (t.data_ptr(), t.numel(), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            saved[0] += t.numel() * t.element_size()
+        return t
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = module(x)
+    y.float().square().mean().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, saved[0]
+
+
+def check_runtime_memory(attention_cls: type, baseline_cls: type, g: Geometry, gate, device: str, repeats: int = 5) -> dict:
+    dev = torch.device(device)
+    modules = {"base": construct(baseline_cls, g).to(dev).train(), "cand": construct(attention_cls, g).to(dev).train()}
+    x = torch.randn(g.batch_size, g.context_len, g.d_model, device=dev)
+    times = {"base": [], "cand": []}
+    memory = {}
+    try:
+        for name, module in modules.items():  # warm-up and memory
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+            _, saved = _step_cost(module, x, dev)
+            peak = torch.cuda.max_memory_allocated() - before if dev.type == "cuda" else saved
+            memory[name] = max(saved, peak)
+        for _ in range(repeats):  # interleaved, so that load on the machine hits both alike
+            for name, module in modules.items():
+                times[name].append(_step_cost(module, x, dev)[0])
+                module.zero_grad(set_to_none=True)
+    except torch.OutOfMemoryError as exc:
+        raise GateFailure(Reason.MEMORY, f"out of memory in a training step at batch {g.batch_size}, length "
+                          f"{g.context_len}: {exc}") from exc
+    except Exception as exc:
+        raise GateFailure(Reason.CRASH, f"a training step failed: {type(exc).__name__}: {exc}") from exc
+    time_ratio = statistics.median(times["cand"]) / statistics.median(times["base"])
+    memory_ratio = memory["cand"] / max(1, memory["base"])
+    metrics = {"step_time_ratio": time_ratio, "memory_ratio": memory_ratio,
+               "attention_step_ms": 1000 * statistics.median(times["cand"]),
+               "baseline_attention_step_ms": 1000 * statistics.median(times["base"])}
+    if memory_ratio > gate.memory_bound_ratio:
+        raise GateFailure(Reason.MEMORY, f"a training step needs {memory_ratio:.2f}x the baseline's activation "
+                          f"memory (bound {gate.memory_bound_ratio:.1f}x)", metrics)
+    if time_ratio > gate.runtime_bound_ratio:
+        raise GateFailure(Reason.RUNTIME, f"a training step takes {time_ratio:.2f}x the baseline's time "
+                          f"(bound {gate.runtime_bound_ratio:.1f}x)", metrics)
+    return metrics
+
+
+def run_gate(attention_cls: type, baseline_cls: type, profile, device: str, log=None) -> tuple[dict, dict]:
+    """All dynamic checks in order; returns (metrics, seconds per check). Raises GateFailure on the first failure."""
+    g, gate = Geometry.of(profile), profile.gate
+    steps = [
+        ("shape", lambda: check_shape(attention_cls, g)),
+        ("causality", lambda: check_causality(attention_cls, g, gate.causality_atol)),
+        ("batch_independence", lambda: check_batch_independence(attention_cls, g, gate.causality_atol)),
+        ("statefulness", lambda: check_statefulness(attention_cls, g)),
+        ("param_parity", lambda: check_params(attention_cls, baseline_cls, g, profile, gate.param_tolerance_frac)),
+        ("flop_parity", lambda: check_flops(attention_cls, baseline_cls, g, gate)),
+        ("runtime_memory", lambda: check_runtime_memory(attention_cls, baseline_cls, g, gate, device)),
+    ]
+    metrics, timings = {}, {}
+    for name, step in steps:
+        start = time.perf_counter()
+        try:
+            metrics.update(step())
+        finally:
+            timings[name] = time.perf_counter() - start
+            if log:
+                log(f"gate {name}: {timings[name]:.2f}s")
+    return metrics, timings
+
+
+def check_trained_leak(model: LanguageModel, val_tokens, profile, n_sequences: int = 8) -> dict:
+    """On the trained model: scramble the tokens after position t of real validation sequences; the
+    logits at positions <= t must not move. Run in float32, eval mode, on the training device."""
+    from harness.train import validation_windows
+
+    device = next(model.parameters()).device
+    windows = validation_windows(val_tokens, profile.context_len_tokens, device)[:n_sequences, :-1]
+    model.eval()
+    T = windows.shape[1]
+    generator = torch.Generator(device=device).manual_seed(17)
+    worst = 0.0
+    with torch.no_grad():
+        logits, _ = model(windows)
+        for t in _cut_points(T):
+            scrambled = windows.clone()
+            scrambled[:, t + 1 :] = torch.randint(0, profile.vocab_size, scrambled[:, t + 1 :].shape,
+                                                  generator=generator, device=device)
+            other, _ = model(scrambled)
+            scale = max(1.0, logits[:, : t + 1].abs().max().item())
+            diff = (logits[:, : t + 1] - other[:, : t + 1]).abs().max().item()
+            worst = max(worst, diff / scale)
+            if not diff <= 1e-4 * scale:
+                raise GateFailure(Reason.LEAK_AFTER_TRAINING, f"after training, scrambling the tokens after position "
+                                  f"{t} changed the predictions at positions <= {t} by {diff:.3g}")
+    return {"trained_leak_max_rel": worst}

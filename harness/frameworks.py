@@ -1,0 +1,37 @@
+"""The three frameworks: where each seed lives and what its attention class is called."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Framework:
+    name: str
+    title: str
+    class_name: str
+
+    @property
+    def seed_path(self) -> Path:
+        return REPO_ROOT / "initial_programs" / f"{self.name}.py"
+
+    def seed_source(self) -> str:
+        return self.seed_path.read_text()
+
+
+FRAMEWORKS: dict[str, Framework] = {
+    "cd": Framework("cd", "coefficient dynamics (Sieber et al. 2025)", "CoefficientDynamicsAttention"),
+    "ttr": Framework("ttr", "test-time regression (Wang, Shi & Fox 2025)", "TestTimeRegressionAttention"),
+    "mm": Framework("mm", "matrix mixer (Hwang et al. 2024)", "MatrixMixerAttention"),
+}
+
+
+def get_framework(name: str) -> Framework:
+    if name not in FRAMEWORKS:
+        from harness.profiles import ConfigError
+
+        raise ConfigError(f"unknown framework {name!r}; choose one of {sorted(FRAMEWORKS)}")
+    return FRAMEWORKS[name]

@@ -1,0 +1,120 @@
+"""The ledger: every evaluation, accepted or rejected, in one SQLite file (WAL mode).
+
+One row per evaluation with the program hash, framework, verdict, reason, metrics, fingerprint,
+timings and the path of the exact code that ran. Baselines are cached in the same file, keyed by
+fingerprint id, framework and objective, so that nothing is ever compared across fingerprints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from harness.frameworks import REPO_ROOT
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    framework TEXT NOT NULL,
+    program_hash TEXT NOT NULL,
+    code_path TEXT,
+    verdict TEXT NOT NULL,           -- valid | rejected | flagged | infrastructure
+    reason TEXT NOT NULL,
+    message TEXT,
+    combined_score REAL NOT NULL,
+    metrics_json TEXT NOT NULL,
+    fingerprint_id TEXT,
+    fingerprint_json TEXT,
+    profile TEXT,
+    seed INTEGER,
+    wall_s REAL,
+    timings_json TEXT
+);
+CREATE INDEX IF NOT EXISTS evaluations_fp ON evaluations(fingerprint_id, framework);
+CREATE TABLE IF NOT EXISTS baselines (
+    fingerprint_id TEXT NOT NULL,
+    framework TEXT NOT NULL,
+    objective TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    record_json TEXT NOT NULL,
+    PRIMARY KEY (fingerprint_id, framework, objective)
+);
+"""
+
+
+def default_ledger_path() -> Path:
+    return Path(os.environ.get("HARNESS_LEDGER", REPO_ROOT / "results" / "ledger.sqlite"))
+
+
+def connect(path: Path | str | None = None) -> sqlite3.Connection:
+    path = Path(path or default_ledger_path())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=60.0, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def record_evaluation(row: dict, path: Path | str | None = None) -> int:
+    fp = row.get("fingerprint") or {}
+    conn = connect(path)
+    try:
+        cur = conn.execute(
+            "INSERT INTO evaluations (created_at, framework, program_hash, code_path, verdict, reason, message, "
+            "combined_score, metrics_json, fingerprint_id, fingerprint_json, profile, seed, wall_s, timings_json) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                time.time(), row["framework"], row["program_hash"], row.get("code_path"), row["verdict"],
+                row["reason"], row.get("message"), float(row["combined_score"]),
+                json.dumps(row.get("metrics", {}), sort_keys=True), fp.get("id"), json.dumps(fp, sort_keys=True),
+                row.get("profile"), row.get("seed"), row.get("wall_s"), json.dumps(row.get("timings", {})),
+            ),
+        )
+        return int(cur.lastrowid)
+    finally:
+        conn.close()
+
+
+def get_baseline(fingerprint_id: str, framework: str, objective: str, path: Path | str | None = None) -> dict | None:
+    conn = connect(path)
+    try:
+        row = conn.execute(
+            "SELECT record_json FROM baselines WHERE fingerprint_id=? AND framework=? AND objective=?",
+            (fingerprint_id, framework, objective),
+        ).fetchone()
+        return json.loads(row["record_json"]) if row else None
+    finally:
+        conn.close()
+
+
+def put_baseline(fingerprint_id: str, framework: str, objective: str, record: dict, path: Path | str | None = None) -> None:
+    conn = connect(path)
+    try:
+        conn.execute(
+            "INSERT OR REPLACE INTO baselines (fingerprint_id, framework, objective, created_at, record_json) VALUES (?,?,?,?,?)",
+            (fingerprint_id, framework, objective, time.time(), json.dumps(record, sort_keys=True)),
+        )
+    finally:
+        conn.close()
+
+
+def evaluations(path: Path | str | None = None, framework: str | None = None) -> list[dict]:
+    conn = connect(path)
+    try:
+        query, args = "SELECT * FROM evaluations", ()
+        if framework:
+            query, args = query + " WHERE framework=?", (framework,)
+        rows = [dict(r) for r in conn.execute(query + " ORDER BY id", args)]
+    finally:
+        conn.close()
+    for r in rows:
+        r["metrics"] = json.loads(r.pop("metrics_json"))
+        r["fingerprint"] = json.loads(r.pop("fingerprint_json") or "{}")
+        r["timings"] = json.loads(r.pop("timings_json") or "{}")
+    return rows

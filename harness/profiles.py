@@ -1,0 +1,215 @@
+"""Budget profiles: the one table of every number that sets how much work an evaluation does.
+
+A profile is chosen with the environment variable ``HARNESS_PROFILE`` (default ``full``).
+Every field carries its unit in its name. Nothing else in the package holds a budget number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+# (d_model, n_layers, n_heads) of the users' size ladder.
+FULL_LADDER = ((96, 4, 4), (128, 4, 4), (128, 6, 4), (192, 6, 6))
+
+OBJECTIVES = ("scaling_slope", "final_loss")
+# Limits that stop a run but never change its numbers: they stay out of the fingerprint.
+OPERATIONAL_FIELDS = ("hard_limit_s", "memory_cap_mib")
+
+
+class ConfigError(RuntimeError):
+    """A set-up problem (unknown profile, missing CUDA, missing data). Never scored as a candidate failure."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Bounds the constraint gate enforces, as ratios to the pristine seed measured the same way."""
+
+    param_tolerance_frac: float = 0.05  # attention trainable params may exceed the baseline by this fraction
+    extra_state_numel_per_ctx_dmodel: float = 2.0  # non-parameter tensor state allowed: this × context_len × d_model
+    flop_bound_ratio: float = 1.10  # forward+backward FLOPs per token, candidate / baseline
+    flop_growth_slack: float = 0.05  # allowed excess of the candidate's FLOP growth exponent in length
+    nonmatmul_flop_share_max: float = 0.5  # share of audited FLOPs allowed outside matmuls
+    runtime_bound_ratio: float = 3.0  # train-step wall time, candidate / baseline
+    memory_bound_ratio: float = 3.0  # peak memory of a train step, candidate / baseline
+    causality_atol: float = 1e-5  # perturbation test tolerance, float32, relative to the output scale
+    implausible_loss_frac: float = 0.25  # a loss this fraction below the baseline is flagged, never rewarded
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    device: str  # "cpu" or "cuda"; a profile never silently runs on another device
+    ladder: tuple  # rungs of (d_model, n_layers, n_heads)
+    reference_rung: int  # index into ladder used by the final_loss objective
+    objective: str  # default objective, see OBJECTIVES
+    context_len_tokens: int
+    vocab_size: int
+    batch_size_seqs: int
+    steps: int
+    warmup_steps: int
+    lr: float
+    weight_decay: float
+    grad_clip_norm: float
+    dropout: float
+    eval_interval_steps: int
+    val_tokens: int
+    data_source: str  # "synthetic", a hub name, a local hub-style folder, or local text files
+    synthetic_stories: int  # size of the generated corpus when data_source == "synthetic"
+    tokenizer_train_bytes: int  # how much of the train split the BPE is trained on
+    train_seed: int  # the one seed every candidate and the baseline train with
+    compile: bool  # try torch.compile; falls back to eager when a program will not compile
+    bf16_autocast: bool
+    hard_limit_s: float  # wall-clock limit of one sandbox process (gate + training); killed past it
+    memory_cap_mib: int  # resident-memory cap of one sandbox process
+    divergence_loss_factor: float  # early stop when train loss exceeds this × ln(vocab) after warmup
+    gate: Gate = field(default_factory=Gate)
+
+    @property
+    def reference(self) -> tuple:
+        return self.ladder[self.reference_rung]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Hash of everything that can change a result; the operational limits are left out."""
+        body = {k: v for k, v in self.to_dict().items() if k not in OPERATIONAL_FIELDS}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PROFILES: dict[str, Profile] = {
+    # CPU, seconds: for CI and offline smoke runs. Two tiny rungs so that the slope objective is testable.
+    "smoke": Profile(
+        name="smoke",
+        device="cpu",
+        ladder=((32, 2, 2), (48, 2, 2)),
+        reference_rung=1,
+        objective="final_loss",
+        context_len_tokens=64,
+        vocab_size=512,
+        batch_size_seqs=16,
+        steps=300,
+        warmup_steps=30,
+        lr=3e-3,
+        weight_decay=0.1,
+        grad_clip_norm=1.0,
+        dropout=0.1,
+        eval_interval_steps=100,
+        val_tokens=8192,
+        data_source="synthetic",
+        synthetic_stories=3000,
+        tokenizer_train_bytes=2_000_000,
+        train_seed=0,
+        compile=False,
+        bf16_autocast=False,
+        hard_limit_s=90.0,
+        memory_cap_mib=6144,
+        divergence_loss_factor=3.0,
+    ),
+    # A short GPU run on the real ladder and data.
+    "pilot": Profile(
+        name="pilot",
+        device="cuda",
+        ladder=FULL_LADDER,
+        reference_rung=1,
+        objective="scaling_slope",
+        context_len_tokens=128,
+        vocab_size=16384,
+        batch_size_seqs=64,
+        steps=2000,
+        warmup_steps=200,
+        lr=1e-3,
+        weight_decay=0.1,
+        grad_clip_norm=1.0,
+        dropout=0.1,
+        eval_interval_steps=500,
+        val_tokens=1 << 20,
+        data_source="roneneldan/TinyStories",
+        synthetic_stories=0,
+        tokenizer_train_bytes=200_000_000,
+        train_seed=0,
+        compile=True,
+        bf16_autocast=True,
+        hard_limit_s=1800.0,
+        memory_cap_mib=32768,
+        divergence_loss_factor=3.0,
+    ),
+    # The users' protocol: every rung for 100k steps at batch 64, context 128.
+    "full": Profile(
+        name="full",
+        device="cuda",
+        ladder=FULL_LADDER,
+        reference_rung=1,
+        objective="scaling_slope",
+        context_len_tokens=128,
+        vocab_size=16384,
+        batch_size_seqs=64,
+        steps=100_000,
+        warmup_steps=1000,
+        lr=1e-3,
+        weight_decay=0.1,
+        grad_clip_norm=1.0,
+        dropout=0.1,
+        eval_interval_steps=10_000,
+        val_tokens=1 << 20,
+        data_source="roneneldan/TinyStories",
+        synthetic_stories=0,
+        tokenizer_train_bytes=200_000_000,
+        train_seed=0,
+        compile=True,
+        bf16_autocast=True,
+        hard_limit_s=8 * 3600.0,
+        memory_cap_mib=65536,
+        divergence_loss_factor=3.0,
+    ),
+}
+
+
+def get_profile(name: str | None = None, **overrides) -> Profile:
+    """The profile named, else ``$HARNESS_PROFILE``, else ``full``. ``HARNESS_OBJECTIVE`` and
+    ``HARNESS_DATA`` override the objective and the data source; keyword overrides win over both."""
+    name = name or os.environ.get("HARNESS_PROFILE", "full")
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)} (HARNESS_PROFILE)")
+    env = {}
+    if os.environ.get("HARNESS_OBJECTIVE"):
+        env["objective"] = os.environ["HARNESS_OBJECTIVE"]
+    if os.environ.get("HARNESS_DATA"):
+        env["data_source"] = os.environ["HARNESS_DATA"]
+    profile = dataclasses.replace(PROFILES[name], **{**env, **overrides})
+    if profile.objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {profile.objective!r}; choose one of {OBJECTIVES} (HARNESS_OBJECTIVE)")
+    if profile.objective == "scaling_slope" and len(profile.ladder) < 2:
+        raise ConfigError("the scaling_slope objective needs a ladder of at least two rungs")
+    return profile
+
+
+def cuda_visible() -> bool:
+    """Whether CUDA works here, asked in a throwaway process so that this process never initialises
+    CUDA (OpenEvolve forks its workers after evaluating the seed in the main process)."""
+    global _CUDA_VISIBLE
+    if _CUDA_VISIBLE is None:
+        probe = subprocess.run(
+            [sys.executable, "-c", "import torch; print(int(torch.cuda.is_available()))"],
+            capture_output=True, text=True, timeout=120,
+        )
+        _CUDA_VISIBLE = probe.stdout.strip().endswith("1")
+    return _CUDA_VISIBLE
+
+
+_CUDA_VISIBLE: bool | None = None
+
+
+def require_device(profile: Profile) -> None:
+    """Stop at once, with the reason, when the profile cannot run on this machine."""
+    if profile.device == "cuda" and not cuda_visible():
+        raise ConfigError(
+            f"profile {profile.name!r} requires CUDA and no CUDA device is visible here; "
+            "use HARNESS_PROFILE=smoke on a CPU machine"
+        )

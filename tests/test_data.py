@@ -1,0 +1,323 @@
+"""The data pipeline, offline: small synthetic corpora, local copies in every accepted layout, the cache and its
+atomicity, and the errors. Nothing here touches the network or any real corpus."""
+
+import os
+
+# Before datasets / huggingface_hub are imported anywhere in this process: never touch the network.
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import json  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from harness import data  # noqa: E402
+from harness.data import (  # noqa: E402
+    EOS_TOKEN,
+    DataError,
+    TokenData,
+    default_cache_dir,
+    load_text_splits,
+    load_token_data,
+    synthetic_stories,
+)
+
+VOCAB = 320
+N_STORIES = 300  # train stories of the synthetic source (30 validation stories, about 6k tokens)
+VAL_TOKENS = 1024
+TRAIN_BYTES = 200_000
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """Hub offline, and both Hugging Face caches in tmp_path, so that nothing cached on this machine is found and
+    nothing is written outside tmp_path."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    return tmp_path
+
+
+def _load(source: str, cache: Path, vocab_size: int = VOCAB, val_tokens: int = VAL_TOKENS, n: int = N_STORIES):
+    return load_token_data(source, vocab_size, val_tokens, cache, TRAIN_BYTES, synthetic_stories_n=n)
+
+
+def _entries(cache: Path) -> list[str]:
+    root = cache / "tokens"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def _first_story(token_data: TokenData, ids: np.ndarray) -> str:
+    """The text of the tokens before the first EOS (all of them if there is none)."""
+    from tokenizers import Tokenizer
+
+    eos = np.flatnonzero(ids == token_data.eos_id)
+    end = int(eos[0]) if len(eos) else len(ids)
+    return Tokenizer.from_file(str(token_data.tokenizer_path)).decode([int(i) for i in ids[:end]])
+
+
+def _write_stories(path: Path, stories: list[str]) -> None:
+    path.write_text("".join(f"{story}\n{EOS_TOKEN}\n" for story in stories))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Synthetic text
+
+
+def test_synthetic_stories_are_deterministic_and_story_like():
+    stories = synthetic_stories(300, seed=0)
+    assert stories == synthetic_stories(300, seed=0)
+    assert stories != synthetic_stories(300, seed=1)
+    assert len(set(stories)) > 290
+    words = {w.lower() for story in stories for w in re.findall(r"[A-Za-z']+", story)}
+    assert len(words) > 300  # a vocabulary a 512-token BPE has something to merge in
+    for story in stories[:50]:
+        assert len(re.findall(r"[.!?]", story)) >= 5 and story[0].isupper()
+    assert sum('"' in story for story in stories) > 200  # dialogue
+    train, val, identity = load_text_splits("synthetic", 300)
+    assert train == stories and len(val) == 30 and not set(val) & set(train)
+    assert identity.startswith("synthetic")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The cache
+
+
+def test_synthetic_token_data_and_cache(tmp_path):
+    cache = tmp_path / "cache"
+    builds, hits = data.STATS["builds"], data.STATS["cache_hits"]
+    first = _load("synthetic", cache)
+    assert data.STATS["builds"] == builds + 1 and data.STATS["cache_hits"] == hits
+    for array in (first.train, first.val):
+        assert array.dtype == np.uint16 and array.ndim == 1
+        assert int(array.max()) < first.vocab_size == VOCAB
+    assert len(first.val) == VAL_TOKENS and len(first.train) > 20 * VAL_TOKENS
+    assert first.eos_id == 0 and (first.train == first.eos_id).sum() == N_STORIES and first.eos_id in first.val
+    assert first.train[-1] == first.eos_id
+    assert _first_story(first, first.train) == synthetic_stories(1)[0]
+    assert len(first.data_hash) == 16 and len(first.tokenizer_hash) == 16
+    entry = first.tokenizer_path.parent
+    assert sorted(p.name for p in entry.iterdir()) == ["meta.json", "tokenizer.json", "train.npy", "val.npy"]
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["tokenizer_vocab_size"] <= VOCAB and meta["train_stories"] == N_STORIES
+
+    second = _load("synthetic", cache)  # served from the cache: nothing tokenised
+    assert data.STATS["builds"] == builds + 1 and data.STATS["cache_hits"] == hits + 1
+    assert np.array_equal(first.train, second.train) and np.array_equal(first.val, second.val)
+    assert (first.data_hash, first.tokenizer_hash, first.tokenizer_path) == (
+        second.data_hash, second.tokenizer_hash, second.tokenizer_path)
+
+    shorter = _load("synthetic", cache, val_tokens=VAL_TOKENS // 2)  # same entry, a shorter slice
+    assert data.STATS["builds"] == builds + 1 and np.array_equal(shorter.val, first.val[: VAL_TOKENS // 2])
+
+    other = _load("synthetic", cache, vocab_size=VOCAB + 64)  # a different vocabulary: a different entry
+    assert data.STATS["builds"] == builds + 2
+    assert other.tokenizer_path.parent != entry and other.data_hash == first.data_hash
+    assert other.tokenizer_hash != first.tokenizer_hash and len(_entries(cache)) == 2
+
+    fresh = _load("synthetic", tmp_path / "elsewhere")  # deterministic: byte-identical files from a fresh build
+    for name in ("tokenizer.json", "train.npy", "val.npy"):
+        assert (fresh.tokenizer_path.parent / name).read_bytes() == (entry / name).read_bytes()
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("HARNESS_CACHE")
+    assert default_cache_dir() == Path.home() / ".cache" / "harness"
+
+
+def test_a_crash_mid_write_publishes_nothing(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    real_save = np.save
+
+    def save_half_then_crash(file, array, *args, **kwargs):
+        real_save(file, array[: len(array) // 2], *args, **kwargs)  # partial content on disk ...
+        raise OSError("disk full (simulated)")  # ... then the crash
+
+    monkeypatch.setattr(np, "save", save_half_then_crash)
+    with pytest.raises(OSError, match="simulated"):
+        _load("synthetic", cache)
+    assert _entries(cache) == []  # neither a published entry nor a left-over temporary folder
+    monkeypatch.setattr(np, "save", real_save)
+
+    def fsync_crash(path):
+        raise OSError("crash while writing the tokenizer (simulated)")
+
+    monkeypatch.setattr(data, "_fsync", fsync_crash)  # the tokenizer's temporary file is written, then the crash
+    with pytest.raises(OSError, match="simulated"):
+        _load("synthetic", cache)
+    assert _entries(cache) == []
+    monkeypatch.undo()
+
+    builds = data.STATS["builds"]
+    rebuilt = _load("synthetic", cache)  # the next run rebuilds cleanly
+    assert data.STATS["builds"] == builds + 1 and len(rebuilt.val) == VAL_TOKENS
+    assert _entries(cache) == [rebuilt.tokenizer_path.parent.name]
+    assert np.array_equal(rebuilt.train, _load("synthetic", tmp_path / "reference").train)
+
+
+def test_a_killed_build_is_never_trusted_and_is_cleaned_up(tmp_path):
+    """A process killed mid-build (no cleanup ran) leaves only a temporary folder: never read, removed once stale."""
+    cache = tmp_path / "cache"
+    reference = _load("synthetic", tmp_path / "reference")
+    key = reference.tokenizer_path.parent.name
+    for name, age_s in (("recent", 60.0), ("stale", 2 * data.STALE_TEMP_AGE_S)):
+        left_over = cache / "tokens" / f".tmp-{key}-{name}"
+        left_over.mkdir(parents=True)
+        (left_over / "tokenizer.json").write_text('{"trunc')
+        np.save(left_over / "train.npy", np.zeros(3, dtype=np.uint16))
+        old = time.time() - age_s
+        os.utime(left_over, (old, old))
+    loaded = _load("synthetic", cache)
+    assert np.array_equal(loaded.train, reference.train) and loaded.tokenizer_hash == reference.tokenizer_hash
+    assert _entries(cache) == [f".tmp-{key}-recent", key]  # the stale one was removed; a recent one may be live
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Local copies, with the hub unreachable
+
+
+def _story_sets(n_train: int = 200, n_val: int = 40) -> tuple[list[str], list[str]]:
+    return synthetic_stories(n_train, seed=5), synthetic_stories(n_val, seed=6)
+
+
+def test_saved_datasetdict_folder(offline):
+    from datasets import Dataset, DatasetDict
+
+    train, val = _story_sets()
+    folder = offline / "tinystories-copy"
+    DatasetDict({"train": Dataset.from_dict({"text": train}),
+                 "validation": Dataset.from_dict({"text": val})}).save_to_disk(str(folder))
+    assert load_text_splits(str(folder)) == (train, val, "local-saved-dataset")
+    loaded = _load(str(folder), offline / "cache")
+    assert (loaded.train == loaded.eos_id).sum() == len(train) and len(loaded.val) == VAL_TOKENS
+    assert _first_story(loaded, loaded.val) == val[0]
+
+
+def test_parquet_folder(offline):
+    from datasets import Dataset
+
+    train, val = _story_sets()
+    folder = offline / "parquet-copy"
+    folder.mkdir()
+    Dataset.from_dict({"text": train}).to_parquet(str(folder / "train.parquet"))
+    Dataset.from_dict({"text": val}).to_parquet(str(folder / "validation.parquet"))
+    assert load_text_splits(str(folder)) == (train, val, "local-data-files")
+    loaded = _load(str(folder), offline / "cache")
+    assert (loaded.train == loaded.eos_id).sum() == len(train)
+    assert _first_story(loaded, loaded.train) == train[0]
+
+
+def test_text_folder_and_single_text_file(offline):
+    train, val = _story_sets()
+    folder = offline / "text-copy"
+    folder.mkdir()
+    _write_stories(folder / "TinyStories-train.txt", train)
+    _write_stories(folder / "TinyStories-valid.txt", val)
+    assert load_text_splits(str(folder)) == (train, val, "local-text-files")
+    loaded = _load(str(folder), offline / "cache")
+    assert (loaded.train == loaded.eos_id).sum() == len(train)
+    assert _first_story(loaded, loaded.train) == train[0]
+
+    shards = offline / "sharded-text"  # data/train-*.txt shards, read in sorted order
+    (shards / "data").mkdir(parents=True)
+    _write_stories(shards / "data" / "train-00001.txt", train[100:])
+    _write_stories(shards / "data" / "train-00000.txt", train[:100])
+    _write_stories(shards / "data" / "validation-00000.txt", val)
+    assert load_text_splits(str(shards)) == (train, val, "local-text-files")
+
+    single = offline / "stories.txt"
+    stories = train + val  # 240 stories: the last 240 // 50 = 4 are held out
+    _write_stories(single, stories)
+    split_train, split_val, identity = load_text_splits(str(single))
+    assert split_train == stories[:-4] and split_val == stories[-4:] and "held-out" in identity
+    loaded = _load(str(single), offline / "cache", val_tokens=256)
+    head = _first_story(loaded, loaded.val)  # 256 tokens: part of the first held-out story
+    assert len(head) > 200 and stories[-4].startswith(head)
+
+
+def test_hub_name_offline_fails_fast_with_alternatives(offline):
+    start = time.monotonic()
+    with pytest.raises(DataError) as info:
+        load_text_splits("roneneldan/TinyStories")
+    assert time.monotonic() - start < 30
+    message = str(info.value)
+    for part in ("roneneldan/TinyStories", "offline", "unreachable", "HARNESS_DATA", "save_to_disk",
+                 "TinyStories-train.txt", "synthetic"):
+        assert part in message, part
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Clear errors
+
+
+def test_missing_path(tmp_path):
+    for source in (str(tmp_path / "no-such-folder"), str(tmp_path / "TinyStories-train.txt")):
+        with pytest.raises(DataError, match="does not exist"):
+            load_text_splits(source)
+
+
+def test_empty_and_missing_splits(offline):
+    from datasets import Dataset, DatasetDict
+
+    def saved(name: str, **splits) -> str:
+        folder = offline / name
+        DatasetDict({k: Dataset.from_dict(v) for k, v in splits.items()}).save_to_disk(str(folder))
+        return str(folder)
+
+    _, val = _story_sets(1, 5)
+    with pytest.raises(DataError, match=r"split 'train' of .* is empty"):
+        load_text_splits(saved("empty-train", train={"text": ["", "  \n"]}, validation={"text": val}))
+    with pytest.raises(DataError, match="no 'validation' split"):
+        load_text_splits(saved("no-validation", train={"text": val}))
+    with pytest.raises(DataError, match="no 'text' column"):
+        load_text_splits(saved("no-text", train={"story": val}, validation={"story": val}))
+
+    empty_file = offline / "empty.txt"
+    empty_file.write_text(f"\n{EOS_TOKEN}\n\n")
+    with pytest.raises(DataError, match="text file .*empty.txt is empty"):
+        load_text_splits(str(empty_file))
+    folder = offline / "text-no-validation"
+    folder.mkdir()
+    _write_stories(folder / "train.txt", val)
+    with pytest.raises(DataError, match="no validation split"):
+        load_text_splits(str(folder))
+
+
+def test_validation_too_short(tmp_path):
+    with pytest.raises(DataError, match=r"validation split has only \d+ tokens \(3 stories\).*val_tokens=100000"):
+        load_token_data("synthetic", VOCAB, 100_000, tmp_path, TRAIN_BYTES, synthetic_stories_n=30)
+
+
+def test_corrupt_cache_files(tmp_path):
+    loaded = _load("synthetic", tmp_path)
+    entry = loaded.tokenizer_path.parent
+    good = loaded.tokenizer_path.read_bytes()
+    loaded.tokenizer_path.write_bytes(good[: len(good) // 2])  # truncated JSON
+    with pytest.raises(DataError) as info:
+        _load("synthetic", tmp_path)
+    assert "tokenizer.json" in str(info.value) and "corrupt" in str(info.value)
+    assert f"delete the cache folder {entry}" in str(info.value)
+    loaded.tokenizer_path.write_bytes(good)
+    (entry / "train.npy").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"train\.npy is unreadable or corrupt"):
+        _load("synthetic", tmp_path)
+
+
+def test_vocab_size_bounds(tmp_path):
+    with pytest.raises(DataError, match="uint16"):
+        _load("synthetic", tmp_path, vocab_size=65536)
+    with pytest.raises(DataError, match="at least 257"):
+        _load("synthetic", tmp_path, vocab_size=256)

@@ -1,0 +1,118 @@
+"""The evaluator end to end, exactly as OpenEvolve calls it: each candidate of the adversarial corpus gets
+its exact reason code through the real sandbox subprocess, and the legitimate ones pass."""
+
+import dataclasses
+import importlib.util
+import math
+import time
+
+import pytest
+from openevolve.evaluation_result import EvaluationResult
+
+import adversarial
+from harness import ledger
+from harness.evaluate import evaluate, prepare
+from harness.frameworks import FRAMEWORKS
+from harness.profiles import ConfigError, get_profile
+
+# The timeout case runs under a short hard limit so that CI does not wait out the smoke profile's.
+TIMEOUT_CASE_LIMIT_S = 20.0
+
+
+def check_result_types(result):
+    assert isinstance(result, EvaluationResult)
+    for key, value in result.metrics.items():
+        assert type(value) is float, (key, type(value))
+        assert math.isfinite(value), key
+    assert all(isinstance(v, str) for v in result.artifacts.values())
+
+
+def run_case(case, tmp_path, profile=None):
+    path = tmp_path / f"{case.name}.py"
+    path.write_text(case.source)
+    return evaluate(adversarial.FRAMEWORK, str(path), profile=profile)
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_seed_scores_parity_against_its_cached_baseline(smoke_env, framework, tmp_path):
+    started = time.time()
+    prepared = prepare(framework)
+    prepare_s = time.time() - started
+    path = tmp_path / "seed.py"
+    path.write_text(FRAMEWORKS[framework].seed_source())
+    result = evaluate(framework, str(path))
+    total_s = time.time() - started
+    check_result_types(result)
+    assert result.artifacts["reason"] == "ok", result.artifacts
+    # Same seed, same data, same CPU: the candidate run reproduces the cached baseline.
+    assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
+    assert result.metrics["final_loss"] == pytest.approx(prepared["baseline"]["final_loss"], abs=1e-3)
+    assert result.metrics["final_loss"] < 0.75 * math.log(get_profile().vocab_size)
+    print(f"{framework}: prepare {prepare_s:.1f}s, prepare+evaluate {total_s:.1f}s, "
+          f"evaluate {result.metrics['eval_wall_s']:.1f}s")
+    assert result.metrics["eval_wall_s"] < 60.0
+
+
+@pytest.mark.parametrize("case", [c for c in adversarial.CASES if c.name != "seed"], ids=lambda c: c.name)
+def test_adversarial_corpus_gets_its_exact_reason(smoke_env, case, tmp_path):
+    profile = None
+    if case.reason == "timeout":
+        profile = dataclasses.replace(get_profile(), hard_limit_s=TIMEOUT_CASE_LIMIT_S)
+    started = time.time()
+    result = run_case(case, tmp_path, profile)
+    elapsed = time.time() - started
+    check_result_types(result)
+    artifacts = result.artifacts
+    assert artifacts["reason"] == case.reason, (artifacts.get("message"), artifacts.get("details", "")[-1500:])
+    assert artifacts["message"] and artifacts["hint"]
+    if case.reason == "ok":
+        assert result.metrics["combined_score"] > 0.0
+        assert result.metrics["valid"] == 1.0
+    else:
+        assert result.metrics["combined_score"] == 0.0
+        assert result.metrics["valid"] == 0.0
+    if case.reason == "timeout":
+        assert elapsed < TIMEOUT_CASE_LIMIT_S + 30, "the hard limit did not stop the sandbox"
+    if case.name == "prints_a_fake_score":
+        assert result.metrics["combined_score"] < 2.0
+    row = next(r for r in ledger.evaluations() if r["id"] == int(artifacts["ledger_row"]))
+    assert row["reason"] == case.reason and row["combined_score"] == result.metrics["combined_score"]
+    assert row["fingerprint_id"] == artifacts["fingerprint_id"] != ""
+    assert open(row["code_path"]).read().strip()
+
+
+def test_configuration_errors_stop_at_start(smoke_env, monkeypatch):
+    with pytest.raises(ConfigError, match="unknown profile"):
+        get_profile("huge")
+    monkeypatch.setenv("HARNESS_PROFILE", "full")
+    from harness import profiles
+
+    monkeypatch.setattr(profiles, "_CUDA_VISIBLE", None)
+    if profiles.cuda_visible():
+        pytest.skip("a CUDA device is visible: the full profile can run here")
+    with pytest.raises(ConfigError, match="requires CUDA"):
+        prepare("ttr", get_profile())
+    monkeypatch.setenv("HARNESS_PROFILE", "smoke")
+    monkeypatch.setenv("HARNESS_DATA", str(smoke_env / "no-such-corpus"))
+    with pytest.raises(ConfigError, match="does not exist|not found|no such"):
+        prepare("ttr", get_profile())
+
+
+def test_evaluator_module_is_what_openevolve_loads(smoke_env, tmp_path):
+    """Load evaluators/ttr_eval.py the way OpenEvolve does and call its evaluate(path)."""
+    path = FRAMEWORKS["ttr"].seed_path.parent.parent / "evaluators" / "ttr_eval.py"
+    spec = importlib.util.spec_from_file_location("evaluation_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    candidate = tmp_path / "c.py"
+    candidate.write_text(adversarial.BY_NAME["no_causal_mask"].source)
+    result = module.evaluate(str(candidate))
+    assert result.artifacts["reason"] == "causality"
+    assert result.metrics["combined_score"] == 0.0
+
+
+def test_evaluate_never_raises_on_unreadable_input(smoke_env, tmp_path):
+    result = evaluate("ttr", str(tmp_path / "missing.py"))
+    check_result_types(result)
+    assert result.metrics["combined_score"] == 0.0
+    assert result.artifacts["reason"] == "infrastructure"

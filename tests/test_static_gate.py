@@ -1,0 +1,138 @@
+"""The static half of the gate: markers, frozen region, splice and the block policy. No torch needed."""
+
+import pytest
+
+from harness import program
+from harness.evaluate import _module_aliases
+from harness.frameworks import FRAMEWORKS
+from harness.policy import check_block
+from harness.scaffold import ATTENTION_KWARGS
+
+SEED = FRAMEWORKS["ttr"].seed_source()
+CLASS = FRAMEWORKS["ttr"].class_name
+
+
+def with_block(block: str, source: str = SEED) -> str:
+    parts = program.split(source)
+    return parts.head + block + parts.tail
+
+
+def policy(block: str):
+    parts = program.split(SEED)
+    return check_block(block, CLASS, ATTENTION_KWARGS, _module_aliases(parts.head))
+
+
+GOOD = f"""
+class {CLASS}(nn.Module):
+    def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+        return self.proj(x)
+"""
+
+
+def test_every_seed_splits_into_one_block():
+    for fw in FRAMEWORKS.values():
+        parts = program.split(fw.seed_source())
+        assert f"class {fw.class_name}" in parts.block
+        assert program.splice(fw.seed_source(), fw.seed_source()) == fw.seed_source()
+
+
+def test_splice_keeps_the_pristine_outside_and_the_candidate_block():
+    candidate = with_block(GOOD)
+    assert program.splice(SEED, candidate) == candidate
+    # Trailing whitespace outside the block is the only tolerated difference.
+    spaced = candidate.replace("import math\n", "import math   \n")
+    assert program.split(program.splice(SEED, spaced)).head == program.split(SEED).head
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda s: s.replace("import torch.nn.functional as F", "import torch.nn.functional as F\nF.gelu = F.relu"), "changed"),
+        (lambda s: s + "\nimport harness.scaffold\n", "changed"),
+        (lambda s: s.replace("ATTENTION = ", "ATTENTION = None and "), "changed"),
+        (lambda s: s.replace(program.END + "\n", ""), "exactly one"),
+        (lambda s: s.replace(program.START, program.START + "\n" + program.START), "exactly one"),
+        (lambda s: s + "\n" + program.START + "\n" + program.END + "\n", "exactly one"),
+        (lambda s: s.replace(program.START, "#EVOLVE-BLOCK-START  extra"), "exactly one"),
+    ],
+    ids=["patch_ffn_activation", "import_after_block", "rebind_attention", "missing_end", "two_starts", "second_block", "malformed_marker"],
+)
+def test_frozen_region_violations_are_refused(mutate, fragment):
+    with pytest.raises(program.FrozenRegionError, match=fragment):
+        program.splice(SEED, mutate(SEED))
+
+
+def test_good_block_passes_policy():
+    assert policy(GOOD).ok, policy(GOOD).violations
+
+
+@pytest.mark.parametrize(
+    "snippet, fragment",
+    [
+        ("import os", "import of 'os'"),
+        ("import subprocess", "import of 'subprocess'"),
+        ("from pathlib import Path", "import from 'pathlib'"),
+        ("import time", "import of 'time'"),
+        ("import harness.scaffold", "import of 'harness.scaffold'"),
+        ("from torch import _C", "importing '_C'"),
+        ("import torch.utils.cpp_extension", "forbidden part of torch"),
+        ("F.gelu = F.relu", "monkeypatching"),
+        ("torch.nn.functional.softmax = None", "monkeypatching"),
+        ("x = eval('1')", "'eval'"),
+        ("exec('pass')", "'exec'"),
+        ("y = compile('1', 'f', 'eval')", "'compile'"),
+        ("z = open('/etc/passwd')", "'open'"),
+        ("w = __import__('os')", "'__import__'"),
+        ("t = torch.load('x')", "attribute 'load'"),
+        ("torch.manual_seed(0)", "attribute 'manual_seed'"),
+        ("print('combined_score: 99')", "module-level Expr"),
+        ("for i in range(3): pass", "module-level For"),
+    ],
+)
+def test_policy_rejects_module_level_escapes(snippet, fragment):
+    report = policy(GOOD + "\n" + snippet + "\n")
+    assert not report.ok
+    assert any(fragment in v for v in report.violations), report.violations
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ("return x.__class__.__bases__[0]", "dunder attribute '__class__'"),
+        ("return getattr(x, '__class__')", "getattr is allowed only"),
+        ("return getattr(x, name)", "getattr is allowed only"),
+        ("F.softmax = lambda a, dim: a\n        return x", "monkeypatching"),
+        ("global COUNT\n        return x", "'global'"),
+        ("return torch._C._nn.gelu(x)", "private module attribute '_C'"),
+        ("self.register_forward_hook(None)\n        return x", "attribute 'register_forward_hook'"),
+        ("return vars(self)", "'vars'"),
+        ("return type('X', (), {})", "type(...)"),
+    ],
+)
+def test_policy_rejects_escapes_inside_forward(body, fragment):
+    block = GOOD.replace("return self.proj(x)", body)
+    report = policy(block)
+    assert any(fragment in v for v in report.violations), report.violations
+
+
+def test_policy_requires_the_class_and_its_keywords():
+    renamed = GOOD.replace(CLASS, "SomethingElse")
+    assert any("must define class" in v for v in policy(renamed).violations)
+    no_kw = GOOD.replace("dropout=0.1, max_seq_len=128", "dropout=0.1")
+    assert any("must accept the keywords" in v for v in policy(no_kw).violations)
+    with_kwargs = GOOD.replace("dropout=0.1, max_seq_len=128", "**kwargs")
+    assert policy(with_kwargs).ok
+
+
+def test_policy_allows_constants_helpers_and_allowed_imports():
+    block = "import math\nfrom functools import partial\nfrom typing import Optional\nEPS = 1e-6\nSCALE = math.pi * 2\n\n\ndef helper(x):\n    return x * EPS\n" + GOOD
+    assert policy(block).ok, policy(block).violations
+
+
+def test_syntax_error_surfaces_as_syntax_error():
+    with pytest.raises(SyntaxError):
+        policy(GOOD.replace("def forward(self, x):", "def forward(self, x)"))
