@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("frameworks", nargs="*", default=["cd", "ttr", "mm"])
     p.add_argument("--profile")
     p.set_defaults(func=cmd_baseline)
+
+    # Subcommands defined beside the code they drive; each module exposes register(subparsers).
     return parser
 
 

@@ -156,6 +156,10 @@ def _objective_metrics(objective: dict) -> dict[str, float]:
         d, layers, _ = run["rung"]
         out[f"val_loss_d{d}_l{layers}"] = run["final_val_loss"]
         out[f"ms_per_step_d{d}_l{layers}"] = run["ms_per_step"]
+    # The validation loss at the first evaluation of the last rung: recorded, never scored, so that the
+    # analysis can show how well an early-training proxy would have ranked the candidates.
+    first = objective["runs"][-1]["val_curve"][0]
+    out["early_val_loss"], out["early_val_step"] = first[1], first[0]
     return out
 
 
