@@ -21,6 +21,7 @@ from harness.scaffold import LanguageModel, count_params
 
 RANDOMISE_REL = 0.1  # parameter perturbation for the randomised probes, relative to each tensor's mean |p|
 GRADIENT_LEAK_RTOL = 1e-6  # gradient into the future, relative to the gradient into the past
+GATE_THREADS = 1  # intra-op CPU threads while the gate runs (see run_gate)
 
 
 class GateFailure(Exception):
@@ -399,14 +400,23 @@ def run_gate(attention_cls: type, baseline_cls: type, profile, device: str, log=
         ("runtime_memory", lambda: check_runtime_memory(attention_cls, baseline_cls, g, gate, device)),
     ]
     metrics, timings = {}, {}
-    for name, step in steps:
-        start = time.perf_counter()
-        try:
-            metrics.update(step())
-        finally:
-            timings[name] = time.perf_counter() - start
-            if log:
-                log(f"gate {name}: {timings[name]:.2f}s")
+    # The probes are thousands of small CPU ops: one intra-op thread runs them several times faster than
+    # two or more (no fork/join per op, no spinning workers fighting other processes for the cores), and
+    # makes them independent of the machine's load. Every check and both sides of every ratio run under the
+    # same setting; the caller's thread count is restored for the training that follows.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(GATE_THREADS)
+    try:
+        for name, step in steps:
+            start = time.perf_counter()
+            try:
+                metrics.update(step())
+            finally:
+                timings[name] = time.perf_counter() - start
+                if log:
+                    log(f"gate {name}: {timings[name]:.2f}s")
+    finally:
+        torch.set_num_threads(threads)
     return metrics, timings
 
 

@@ -108,7 +108,7 @@ PROFILES: dict[str, Profile] = {
         train_seed=0,
         compile=False,
         bf16_autocast=False,
-        hard_limit_s=90.0,
+        hard_limit_s=180.0,
         memory_cap_mib=6144,
         divergence_loss_factor=3.0,
     ),

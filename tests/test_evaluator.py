@@ -116,3 +116,28 @@ def test_evaluate_never_raises_on_unreadable_input(smoke_env, tmp_path):
     check_result_types(result)
     assert result.metrics["combined_score"] == 0.0
     assert result.artifacts["reason"] == "infrastructure"
+
+
+def test_memory_cap_kills_the_sandbox(smoke_env, tmp_path):
+    source = adversarial.with_block(adversarial.block(
+        extra_init="        self.hoard = torch.ones(700_000_000)",  # 2.8 GB the moment it is constructed
+    ))
+    path = tmp_path / "hoard.py"
+    path.write_text(source)
+    profile = dataclasses.replace(get_profile(), memory_cap_mib=1500)
+    result = evaluate("ttr", str(path), profile=profile)
+    assert result.artifacts["reason"] == "memory", result.artifacts
+    assert result.metrics["combined_score"] == 0.0
+
+
+def test_scaling_slope_objective_scores_the_seed_at_parity(smoke_env, tmp_path):
+    profile = get_profile(objective="scaling_slope")
+    path = tmp_path / "seed.py"
+    path.write_text(FRAMEWORKS["ttr"].seed_source())
+    result = evaluate("ttr", str(path), profile=profile)
+    assert result.artifacts["reason"] == "ok", result.artifacts
+    assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
+    # One loss per rung, and the fitted slope: more parameters, lower loss.
+    rung_losses = [v for k, v in result.metrics.items() if k.startswith("val_loss_d")]
+    assert len(rung_losses) == len(profile.ladder)
+    assert result.metrics["scaling_b"] < 0
