@@ -6,6 +6,7 @@ They run only inside the sandbox process, on the largest rung's width and head c
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import statistics
@@ -400,13 +401,7 @@ def run_gate(attention_cls: type, baseline_cls: type, profile, device: str, log=
         ("runtime_memory", lambda: check_runtime_memory(attention_cls, baseline_cls, g, gate, device)),
     ]
     metrics, timings = {}, {}
-    # The probes are thousands of small CPU ops: one intra-op thread runs them several times faster than
-    # two or more (no fork/join per op, no spinning workers fighting other processes for the cores), and
-    # makes them independent of the machine's load. Every check and both sides of every ratio run under the
-    # same setting; the caller's thread count is restored for the training that follows.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(GATE_THREADS)
-    try:
+    with _gate_threads():
         for name, step in steps:
             start = time.perf_counter()
             try:
@@ -415,17 +410,36 @@ def run_gate(attention_cls: type, baseline_cls: type, profile, device: str, log=
                 timings[name] = time.perf_counter() - start
                 if log:
                     log(f"gate {name}: {timings[name]:.2f}s")
+    return metrics, timings
+
+
+@contextlib.contextmanager
+def _gate_threads():
+    """The probes are thousands of small CPU ops. One intra-op thread runs them as fast as two on a quiet 2-core
+    machine, and spares them the many-fold slowdown of a fork/join per op when other processes (parallel
+    evaluations) hold the cores (results/bench/gate_timings.md). Every check and both sides of every ratio run
+    under the same setting; the caller's thread count is restored for what follows."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(GATE_THREADS)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
-    return metrics, timings
 
 
 def check_trained_leak(model: LanguageModel, val_tokens, profile, n_sequences: int = 8) -> dict:
     """On the trained model: scramble the tokens after position t of real validation sequences; the
     logits at positions <= t must not move. Run in float32, eval mode, on the training device."""
+    device = next(model.parameters()).device
+    if device.type == "cpu":
+        with _gate_threads():
+            return _trained_leak(model, val_tokens, profile, n_sequences, device)
+    return _trained_leak(model, val_tokens, profile, n_sequences, device)
+
+
+def _trained_leak(model: LanguageModel, val_tokens, profile, n_sequences: int, device) -> dict:
     from harness.train import validation_windows
 
-    device = next(model.parameters()).device
     windows = validation_windows(val_tokens, profile.context_len_tokens, device)[:n_sequences, :-1]
     model.eval()
     T = windows.shape[1]

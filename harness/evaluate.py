@@ -96,15 +96,28 @@ def _tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
 
 
 def _sandbox(mode: str, request: dict, limit_s: float, memory_cap_mib: int) -> tuple[str, dict | None, str]:
-    with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as tmp:
-        tmp = Path(tmp)
-        (tmp / "request.json").write_text(json.dumps(request))
-        result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        outcome = run_limited([sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"), str(result_path)],
-                              limit_s, memory_cap_mib, log_path, env)
-        result = json.loads(result_path.read_text()) if outcome == "exited" and result_path.exists() else None
-        return outcome, result, _tail(log_path)
+    """Run the sandbox in an evaluation slot (harness.slots): it waits for a free slot, at most
+    ``$HARNESS_SLOT_WAIT_S`` (default: the sandbox's own limit), holds it for its lifetime and sees only the
+    slot's GPU. No slot in time is an ``infrastructure`` result, never the candidate's failure."""
+    import contextlib
+
+    from harness import slots
+
+    wait_s = float(os.environ.get("HARNESS_SLOT_WAIT_S") or limit_s)
+    with contextlib.ExitStack() as held:
+        try:
+            slot = held.enter_context(slots.acquire(wait_s))
+        except (slots.SlotTimeout, ValueError) as exc:
+            return "exited", {"reason": Reason.INFRASTRUCTURE.value, "message": f"no evaluation slot: {exc}"}, ""
+        with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as tmp:
+            tmp = Path(tmp)
+            (tmp / "request.json").write_text(json.dumps(request))
+            result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **slot.env()}
+            outcome = run_limited([sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"),
+                                   str(result_path)], limit_s, memory_cap_mib, log_path, env)
+            result = json.loads(result_path.read_text()) if outcome == "exited" and result_path.exists() else None
+            return outcome, result, _tail(log_path)
 
 
 def _request(framework: str, profile: Profile, ledger_path: Path) -> dict:

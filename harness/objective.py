@@ -6,20 +6,44 @@
 ``combined_score = exp(fitness − fitness_baseline)``: positive, strictly increasing in the fitness,
 exactly 1.0 at parity with the baseline. For ``final_loss`` it is the baseline's validation
 perplexity divided by the candidate's.
+
+With ``profile.concurrent_rungs`` the rungs train at the same time, each in its own spawned process on the
+same device (:func:`train_rungs_concurrently`). A child re-creates the attention class from the program's
+source text with ``harness.sandbox.load_attention``, exactly as the sandbox did; classes are never pickled.
+Every rung is the same fresh ``train()`` call it would be in sequence, so the records are the same; a
+failure is reported exactly as the sequential loop reports it (the first failing rung in ladder order).
 """
 
 from __future__ import annotations
 
 import math
+import mmap
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import sys
+import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.profiles import Profile
 from harness.train import fit_scaling_law, train
+
+DEFAULT_PROGRAM_FILENAME = "evolved_program.py"
 
 
 class TrainingFailure(Exception):
     def __init__(self, status: str, message: str, runs: list[dict]):
         super().__init__(message)
         self.status, self.message, self.runs = status, message, runs
+
+
+class RungProcessError(RuntimeError):
+    """A rung's training process raised something that cannot be re-raised as itself, or died without a result."""
 
 
 def rungs_for(profile: Profile) -> list[tuple]:
@@ -29,17 +53,36 @@ def rungs_for(profile: Profile) -> list[tuple]:
 
 
 def run_objective(attention_cls: type, profile: Profile, data, seed: int | None = None, device: str | None = None,
-                  log=None) -> tuple[dict, object]:
+                  log=None, *, source: str | None = None, filename: str | None = None,
+                  concurrent: bool | None = None) -> tuple[dict, object]:
     """Train what the objective needs; returns (record, the last trained model). Raises TrainingFailure
-    when a run stops on a non-finite or diverging loss."""
-    runs, model = [], None
-    for rung in rungs_for(profile):
-        result = train(attention_cls, profile, rung, data, seed=seed, device=device, log=log, keep_model=True)
-        runs.append(result.to_dict())
-        model = result.model
-        if result.status != "ok":
-            where = f" at step {result.nonfinite_step}" if result.nonfinite_step else f" by step {result.steps_done}"
-            raise TrainingFailure(result.status, f"training at rung {tuple(rung)} stopped: loss {result.status}{where}", runs)
+    when a run stops on a non-finite or diverging loss.
+
+    ``concurrent`` (default ``profile.concurrent_rungs``) trains the rungs at once in spawned processes,
+    which re-create the class from the program's ``source`` (loaded under ``filename``); without the
+    source the rungs train one after another."""
+    rungs = rungs_for(profile)
+    concurrent = profile.concurrent_rungs if concurrent is None else concurrent
+    if concurrent and len(rungs) > 1 and source is not None:
+        outcomes = train_rungs_concurrently(source, filename or DEFAULT_PROGRAM_FILENAME, profile, rungs, data,
+                                            seed=seed, device=device, log=log, keep_last_model=True,
+                                            attention_cls=attention_cls)
+        runs = []
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+            runs.append(outcome.record)
+            if outcome.record["status"] != "ok":
+                _raise_failure(outcome.record, runs)
+        model = outcomes[-1].model
+    else:
+        runs, model = [], None
+        for rung in rungs:
+            result = train(attention_cls, profile, rung, data, seed=seed, device=device, log=log, keep_model=True)
+            runs.append(result.to_dict())
+            model = result.model
+            if result.status != "ok":
+                _raise_failure(runs[-1], runs)
     record = {"objective": profile.objective, "runs": runs}
     losses = [r["final_val_loss"] for r in runs]
     record["largest_rung_loss"] = losses[-1]
@@ -50,6 +93,12 @@ def run_objective(attention_cls: type, profile: Profile, data, seed: int | None 
         a, b = fit_scaling_law([r["non_embedding_params"] for r in runs], losses)
         record.update({"scaling_a": a, "scaling_b": b, "fitness": -b})
     return record, model
+
+
+def _raise_failure(run: dict, runs: list[dict]):
+    where = f" at step {run['nonfinite_step']}" if run["nonfinite_step"] else f" by step {run['steps_done']}"
+    raise TrainingFailure(run["status"], f"training at rung {tuple(run['rung'])} stopped: loss {run['status']}{where}",
+                          runs)
 
 
 def score(candidate: dict, baseline: dict, profile: Profile) -> tuple[float, list[str]]:
@@ -65,3 +114,211 @@ def score(candidate: dict, baseline: dict, profile: Profile) -> tuple[float, lis
         flags.append(f"steeper_but_worse: slope {candidate['scaling_b']:.4f} is steeper than the baseline's "
                      f"{baseline['scaling_b']:.4f}, but the largest rung's loss {cand_loss:.4f} is worse than {base_loss:.4f}")
     return value, flags
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Concurrent rungs
+
+
+@dataclass
+class RungOutcome:
+    rung: tuple
+    record: dict | None = None  # TrainResult.to_dict()
+    error: BaseException | None = None  # what the rung's train() raised, re-raised in the parent
+    model: object = None  # the trained model, rebuilt from the child's state_dict (keep_last_model)
+    cancelled: bool = False  # stopped because an earlier rung (in ladder order) failed
+    process_wall_s: float = 0.0  # wall seconds of the rung's process: interpreter start, imports, training
+    state_dict: dict | None = field(default=None, repr=False)  # the child's trained weights, until rebuilt
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or (self.record is not None and self.record["status"] != "ok")
+
+
+@dataclass(frozen=True)
+class _RungData:
+    train: object
+    val: object
+    vocab_size: int
+
+
+def _array_spec(array):
+    """A memory-mapped array travels as its file (the train split is hundreds of MB), anything else by value."""
+    import numpy as np
+
+    if isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename \
+            and array.flags.c_contiguous and os.path.isfile(array.filename):
+        return ("memmap", array.filename, array.dtype.str, int(array.offset), tuple(array.shape))
+    return ("array", np.asarray(array))
+
+
+def _open_array(spec):
+    import numpy as np
+
+    if spec[0] == "memmap":
+        _, path, dtype, offset, shape = spec
+        return np.memmap(path, dtype=np.dtype(dtype), mode="r", offset=offset, shape=shape)
+    return spec[1]
+
+
+def _child_log(prefix: str):
+    def log(message: str) -> None:
+        print(f"[{prefix} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def _rung_worker(spec: dict, result_path: str) -> None:
+    """Entry point of one rung's process (spawned: a fresh interpreter)."""
+    import torch
+
+    started = time.perf_counter()
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    payload: dict = {}
+    try:
+        from harness.sandbox import load_attention
+
+        attention_cls = load_attention(spec["source"], spec["filename"])
+        data = _RungData(_open_array(spec["train"]), _open_array(spec["val"]), spec["vocab_size"])
+        log = _child_log("rung-process") if spec["log"] else None
+        result = train(attention_cls, spec["profile"], spec["rung"], data, seed=spec["seed"], device=spec["device"],
+                       log=log, keep_model=spec["keep_model"])
+        payload["record"] = result.to_dict()
+        if spec["keep_model"]:
+            payload["state_dict"] = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as data
+        payload["error_text"] = f"{type(exc).__name__}: {exc}"
+        payload["traceback"] = traceback.format_exc()
+        try:
+            payload["error"] = pickle.dumps(exc)
+        except Exception:  # noqa: BLE001 - e.g. an exception class defined by the program itself
+            pass
+    payload["process_wall_s"] = time.perf_counter() - started
+    tmp = result_path + ".tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, result_path)
+
+
+@contextmanager
+def _environ(values: dict):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _read_outcome(rung: tuple, path: Path, exitcode: int | None) -> RungOutcome:
+    import torch
+
+    if not path.exists():
+        return RungOutcome(rung, error=RungProcessError(
+            f"the training process of rung {tuple(rung)} died without a result (exit code {exitcode})"))
+    payload = torch.load(path, weights_only=True)
+    outcome = RungOutcome(rung, record=payload.get("record"), process_wall_s=payload.get("process_wall_s", 0.0))
+    if "error_text" in payload:
+        error = None
+        if "error" in payload:
+            try:
+                error = pickle.loads(payload["error"])  # noqa: S301 - our own child, in the sandbox
+            except Exception:  # noqa: BLE001
+                error = None
+        if not isinstance(error, BaseException):
+            error = RungProcessError(payload["error_text"])
+        error.__cause__ = RungProcessError(f"in the process training rung {tuple(rung)}:\n{payload['traceback']}")
+        outcome.error = error
+    outcome.state_dict = payload.get("state_dict")
+    return outcome
+
+
+def train_rungs_concurrently(source: str, filename: str, profile: Profile, rungs: list[tuple], data,
+                             seed: int | None = None, device: str | None = None, log=None,
+                             keep_last_model: bool = True, stop_on_failure: bool = True,
+                             attention_cls: type | None = None) -> list[RungOutcome]:
+    """Train each rung in its own spawned process, all at once on one device; one RungOutcome per rung, in
+    ladder order. With ``stop_on_failure``, a failing rung stops the rungs after it in ladder order (their
+    results cannot change what is reported) while the rungs before it finish, as in a sequential loop.
+    ``keep_last_model`` returns the last rung's trained model, rebuilt on the training device from its state
+    (``attention_cls``, or the class re-created from ``source``)."""
+    import torch
+
+    ctx = multiprocessing.get_context("spawn")
+    n = len(rungs)
+    threads = torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    child_env = {"PYTHONUNBUFFERED": "1"}
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        child_env["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, cores // n))
+    common = {"source": source, "filename": filename, "profile": profile, "seed": seed, "device": device,
+              "train": _array_spec(data.train), "val": _array_spec(data.val), "vocab_size": data.vocab_size,
+              "threads": threads, "log": log is not None}
+    outcomes: list[RungOutcome | None] = [None] * n
+    procs: dict[int, tuple] = {}
+    with tempfile.TemporaryDirectory(prefix="harness-rungs-") as tmp:
+        try:
+            with _environ(child_env):
+                for i, rung in enumerate(rungs):
+                    spec = {**common, "rung": tuple(rung), "keep_model": keep_last_model and i == n - 1}
+                    path = Path(tmp) / f"rung{i}.pt"
+                    proc = ctx.Process(target=_rung_worker, args=(spec, str(path)), name=f"harness-rung-{i}")
+                    proc.start()
+                    procs[i] = (proc, path)
+            if log:
+                log(f"training {n} rungs concurrently on {device or profile.device}: "
+                    + ", ".join(f"{tuple(r)} pid {procs[i][0].pid}" for i, r in enumerate(rungs)))
+            pending = set(range(n))
+            while pending:
+                sentinels = {procs[i][0].sentinel: i for i in pending}
+                for sentinel in multiprocessing.connection.wait(list(sentinels)):
+                    i = sentinels[sentinel]
+                    proc, path = procs[i]
+                    proc.join()
+                    pending.discard(i)
+                    outcomes[i] = _read_outcome(tuple(rungs[i]), path, proc.exitcode)
+                    if stop_on_failure and outcomes[i].failed:
+                        for j in sorted(pending):
+                            if j > i:
+                                _stop(procs[j][0])
+                                pending.discard(j)
+                                outcomes[j] = RungOutcome(tuple(rungs[j]), cancelled=True)
+        finally:
+            for proc, _ in procs.values():
+                if proc.is_alive():
+                    _stop(proc)
+    last = outcomes[-1]
+    if keep_last_model and last.state_dict is not None:
+        last.model = _rebuild_model(attention_cls, source, filename, profile, last.rung, data, seed, device,
+                                    last.state_dict)
+    for outcome in outcomes:
+        outcome.state_dict = None
+    return outcomes
+
+
+def _stop(proc) -> None:
+    proc.terminate()
+    proc.join(10)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
+def _rebuild_model(attention_cls, source, filename, profile, rung, data, seed, device, state):
+    import torch
+
+    from harness.scaffold import build_model
+
+    if attention_cls is None:
+        from harness.sandbox import load_attention
+
+        attention_cls = load_attention(source, filename)
+    seed = profile.train_seed if seed is None else seed
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(attention_cls, rung, data.vocab_size, profile.context_len_tokens, profile.dropout, seed)
+    model.load_state_dict(state)
+    return model.to(torch.device(device or profile.device)).train()

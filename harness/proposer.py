@@ -51,7 +51,7 @@ ADVERSARIAL_KINDS = ("leak", "frozen", "params")
 EXPECTED_REASON = {"leak": "causality", "frozen": "frozen_region", "params": "param_parity"}
 
 # How often each family of mutation is drawn (renormalised over the families that apply).
-FAMILY_WEIGHTS = {"knob": 0.45, "combo": 0.2, "numeric": 0.35}
+FAMILY_WEIGHTS = {"knob": 0.45, "combo": 0.2, "numeric": 0.25, "init": 0.1}
 
 # --------------------------------------------------------------------------------------------------------------------
 # The catalogue: the framework axes of the three seeds
@@ -406,9 +406,11 @@ class Program:
                 keys = tuple(e.id for e in left.elts)
             else:
                 continue
+            if not isinstance(right, (ast.Tuple, ast.List, ast.Set)):
+                continue
             try:
                 values = ast.literal_eval(right)
-            except ValueError:
+            except Exception:  # noqa: BLE001 - not a literal: no values to read
                 continue
             rows = []
             for v in values:
@@ -448,11 +450,13 @@ class Program:
             lo, hi = (lo - 1, hi) if lo > 0 else (lo, hi + 1)
         # Grow the context until the SEARCH text starts and ends on real text and occurs exactly once.
         while True:
-            search = self.lines[lo:hi]
+            search, replace = self.lines[lo:hi], child[lo:hi + delta]
             first, count = self._first_match(search)
-            if search[0].strip() and search[-1].strip() and first == lo and count == 1:
+            # OpenEvolve rstrips both texts: each must end on a non-blank line (so a deletion needs context).
+            if search[0].strip() and search[-1].strip() and first == lo and count == 1 \
+                    and replace and replace[-1].strip():
                 break
-            if not search[-1].strip() and hi < n:
+            if (not search[-1].strip() or not replace or not replace[-1].strip()) and hi < n:
                 hi += 1
             elif not search[0].strip() and lo > 0:
                 lo -= 1
@@ -612,7 +616,12 @@ def mutate_combo(prog: Program, rng: random.Random, cat: dict) -> Proposal:
             continue
         knob_b, current_b, alternatives_b = rng.choice(second)
         new_b = tuple(rng.choice(alternatives_b))
+        if not knob_a.relevant({**config, **dict(zip(knob_b.keywords, new_b))}):
+            continue  # the second change would make the first one moot
         changes = {**dict(zip(knob_a.keywords, new_a)), **dict(zip(knob_b.keywords, new_b))}
+        order = [k.name for k in cat["knobs"]]
+        if order.index(knob_b.name) < order.index(knob_a.name):  # one name per pair, in catalogue order
+            (knob_a, current_a, new_a), (knob_b, current_b, new_b) = (knob_b, current_b, new_b), (knob_a, current_a, new_a)
         name = f"combo.{knob_a.name}+{knob_b.name}"
         params = {"knobs": [knob_a.name, knob_b.name], "from": [list(current_a), list(current_b)],
                   "to": [list(new_a), list(new_b)]}
@@ -626,9 +635,16 @@ def _block_lines(prog: Program) -> range:
     return range(prog.start + 1, prog.end)
 
 
+def mutate_init(prog: Program, rng: random.Random, cat: dict) -> Proposal:
+    """The projections' initialisation scale (shared by the three seeds)."""
+    return mutate_numeric(prog, rng, {"numeric": (INIT_STD,)})
+
+
 def mutate_numeric(prog: Program, rng: random.Random, cat: dict) -> Proposal:
     sites = []
     for site in cat["numeric"]:
+        if site is INIT_STD and len(cat["numeric"]) > 1:
+            continue
         if prog.config and not site.relevant(prog.config):
             continue
         for i in _block_lines(prog):
@@ -664,10 +680,12 @@ def mutate_literal(prog: Program, rng: random.Random) -> Proposal:
     factor in [1/2, 2] (never inside an assert, never a zero)."""
     if prog.tree is None:
         raise NoMutation
-    in_assert = set()
+    in_assert = set()  # literals inside asserts and argument defaults (dropout=0.1, ...) are left alone
     for node in ast.walk(prog.tree):
         if isinstance(node, ast.Assert):
             in_assert |= {id(n) for n in ast.walk(node)}
+        elif isinstance(node, ast.arguments):
+            in_assert |= {id(n) for d in node.defaults + [k for k in node.kw_defaults if k] for n in ast.walk(d)}
     literals = [n for n in ast.walk(prog.tree)
                 if isinstance(n, ast.Constant) and type(n.value) is float and n.value != 0.0
                 and math.isfinite(n.value) and id(n) not in in_assert and n.lineno == n.end_lineno]
@@ -706,13 +724,66 @@ def _finish(prog: Program, edits: list[Edit], proposal: Proposal) -> Proposal:
     return proposal
 
 
-def propose(program: str, rng: random.Random, request_no: int = 0) -> Proposal:
-    """One structured mutation of the program, drawn with rng."""
-    prog = Program(program)
+def parent_reason(prompt: str) -> str | None:
+    """The reason code of the parent's evaluation, from the artifacts OpenEvolve puts in the prompt."""
+    m = re.search(r"^### reason\s*\n```[^\n]*\n\s*([a-z_]+)\s*\n```", prompt, re.M)
+    return m.group(1) if m else None
+
+
+def repaired(prog: Program) -> str:
+    """The program with the proposer's own adversarial edits undone and the frozen outside restored
+    from the pristine seed: what a model reading the rejection would do."""
+    text = "\n".join(l for l in prog.lines if not ("self.w_extra = " in l and l.rstrip().endswith("# extra parameters")))
+    text = re.sub(r"^(\s*)_adversarial_out = (.*?)\n[ \t]*return _adversarial_out \+ [^\n]*$", r"\1return \2", text,
+                  flags=re.M | re.S)
+    text = re.sub(r"^(\s*mask = torch\.ones\(T, T, dtype=torch\.bool, device=x\.device\))[ \t]*$", r"\1.tril()", text,
+                  flags=re.M)
+    if prog.framework in FRAMEWORKS:
+        from harness import program as program_text
+
+        try:
+            seed = program_text.split(FRAMEWORKS[prog.framework].seed_source())
+            text = seed.head + program_text.split(text).block + seed.tail
+        except program_text.FrozenRegionError:
+            pass
+    return text
+
+
+def _edit_between(old: list[str], new: list[str]) -> Edit:
+    """One edit turning old into new: everything between their common prefix and common suffix."""
+    i = 0
+    while i < min(len(old), len(new)) and old[i] == new[i]:
+        i += 1
+    j = 0
+    while j < min(len(old), len(new)) - i and old[-1 - j] == new[-1 - j]:
+        j += 1
+    return Edit(i, len(old) - j, new[i:len(new) - j])
+
+
+def mutate_repair(prog: Program, rng: random.Random, request_no: int, reason: str | None) -> Proposal:
+    """Undo the proposer's own adversarial edits (what a model reading the rejection would do) and,
+    in the same diff, apply a fresh structured mutation to the repaired program."""
+    target = repaired(prog)
+    if target == prog.code:
+        raise NoMutation
+    then = _structured(Program(target, prog.framework), rng, request_no)
+    if then is not None:
+        target = then.child
+    explanation = (f"[{prog.framework or 'unknown'}] repair: the parent was rejected"
+                   + (f" ({reason})" if reason else "") + "; undo the edit that broke the rules (frozen text, "
+                   "causal mask, extra parameters)" + (f"; then {then.explanation.split('] ', 1)[-1]}" if then else "."))
+    params = {"parent_reason": reason, "then": then.mutation if then else None, "then_params": then.params if then else None}
+    name = "repair" + (f"+{then.mutation}" if then else "")
+    return _finish(prog, [_edit_between(prog.lines, target.split("\n"))], Proposal(prog.framework, name, params,
+                                                                                   explanation))
+
+
+def _structured(prog: Program, rng: random.Random, request_no: int) -> Proposal | None:
     cat = CATALOGUE.get(prog.framework)
     families = []
     if cat:
-        families = [("knob", mutate_knob), ("combo", mutate_combo), ("numeric", mutate_numeric)]
+        families = [("knob", mutate_knob), ("combo", mutate_combo), ("numeric", mutate_numeric),
+                    ("init", mutate_init)]
     while families:
         weights = [FAMILY_WEIGHTS[name] for name, _ in families]
         name, fn = rng.choices(families, weights=weights)[0]
@@ -725,7 +796,23 @@ def propose(program: str, rng: random.Random, request_no: int = 0) -> Proposal:
             return fallback()
         except NoMutation:
             continue
-    return Proposal(prog.framework, "none", {}, "No program found in the request; no change proposed.")
+    return None
+
+
+def propose(program: str, rng: random.Random, request_no: int = 0, reason: str | None = None) -> Proposal:
+    """One structured mutation of the program, drawn with rng: a knob (or two) changed to another
+    supported value, or a numeric parameter perturbed; a literal perturbation or a comment where the
+    block has no recognisable knob. A program carrying one of the proposer's own adversarial edits is
+    repaired first, in the same diff."""
+    prog = Program(program)
+    try:
+        return mutate_repair(prog, rng, request_no, reason)
+    except NoMutation:
+        pass
+    proposal = _structured(prog, rng, request_no)
+    if proposal is None:
+        return Proposal(prog.framework, "none", {}, "No program found in the request; no change proposed.")
+    return proposal
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -751,12 +838,27 @@ def _return_rewrite(prog: Program, func: ast.FunctionDef, suffix: str) -> list[E
 
 
 def adversarial(program: str, kind: str, variant: int = 0) -> Proposal:
+    """A proposal the evaluator must reject with EXPECTED_REASON[kind]. OpenEvolve may hand over a
+    parent that was itself rejected (it stays in the database with score 0): such a parent is repaired
+    first, in the same diff, so that the child breaks exactly one rule, the intended one."""
     prog = Program(program)
+    target = repaired(prog)
+    if target == program:
+        return _adversarial(prog, kind, variant)
+    inner = _adversarial(Program(target, prog.framework), kind, variant)
+    if inner.child == program:  # the parent already broke this very rule the same way: break it another way
+        inner = _adversarial(Program(target, prog.framework), kind, variant + 1, alternative=True)
+    inner.params["repaired_parent"] = True
+    inner.explanation += " (The parent's earlier rule break is undone first.)"
+    return _finish(prog, [_edit_between(prog.lines, inner.child.split("\n"))], inner)
+
+
+def _adversarial(prog: Program, kind: str, variant: int, alternative: bool = False) -> Proposal:
     fw = prog.framework
     tag = f"[{fw or 'unknown'}] ADVERSARIAL {kind} (expected reason: {EXPECTED_REASON[kind]})"
     if kind == "leak":
         forward_lines = range(prog.line_of(prog.forward), prog.end_line_of(prog.forward) + 1) if prog.forward else []
-        for i in list(forward_lines) + list(_block_lines(prog)):
+        for i in [] if alternative else list(forward_lines) + list(_block_lines(prog)):
             if re.search(r"\bmask\b.*\.tril\(\)", prog.lines[i]):
                 line = prog.lines[i].replace(".tril()", "", 1)
                 return _finish(prog, [Edit(i, i + 1, [line])], Proposal(
@@ -795,7 +897,8 @@ def adversarial(program: str, kind: str, variant: int = 0) -> Proposal:
         indent = prog.lines[prog.line_of(body_first)][:body_first.col_offset]
         init_end = prog.end_line_of(prog.init.body[-1])
         x = prog.forward.args.args[1].arg
-        edits = [Edit(init_end + 1, init_end + 1, [f"{indent}self.w_extra = nn.Linear({d}, {d})  # extra parameters"])]
+        extra = f"nn.Linear({d}, {d}, bias=False)" if alternative else f"nn.Linear({d}, {d})"
+        edits = [Edit(init_end + 1, init_end + 1, [f"{indent}self.w_extra = {extra}  # extra parameters"])]
         edits += _return_rewrite(prog, prog.forward, f"self.w_extra({x})")
         return _finish(prog, edits, Proposal(
             fw, "adversarial.params", {"how": "extra nn.Linear(d_model, d_model) used in forward"},
@@ -851,7 +954,14 @@ class Proposer:
                 except NoMutation:
                     proposal = None
             if proposal is None:
-                proposal = propose(program, self.rng(n), n)
+                try:
+                    proposal = propose(program, self.rng(n), n, parent_reason(user))
+                except Exception as exc:  # noqa: BLE001 - a proposer bug must not cost the run an iteration
+                    try:
+                        proposal = mutate_note(Program(program), self.rng(n), n)
+                    except Exception:  # noqa: BLE001
+                        proposal = Proposal(None, "none", {}, "The proposer failed on this program; no change.")
+                    proposal.params["error"] = f"{type(exc).__name__}: {exc}"
         self.log(n, proposal, program)
         return proposal, n
 
@@ -1025,25 +1135,25 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
-    """Kill the run's process group and every descendant (the evaluator's sandboxes run in their own
-    sessions, so the group alone would leave them behind)."""
-    victims = _descendants(proc.pid)
+    """Kill the run's process group and every descendant: the evaluator's sandboxes run in sessions of
+    their own, so killing the group alone would leave them behind. SIGTERM first (OpenEvolve shuts its
+    pool down on it), SIGKILL after 5 s."""
+    victims = set(_descendants(proc.pid))
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in [proc.pid] + victims:
+        victims |= set(_descendants(proc.pid))
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid in victims:
             try:
-                os.killpg(os.getpgid(pid), sig) if pid == proc.pid else os.kill(pid, sig)
+                os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
         try:
             proc.wait(timeout=5)
-            if sig == signal.SIGTERM:
-                continue
         except subprocess.TimeoutExpired:
-            continue
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
+            pass
 
 
 def default_demo_dir(framework: str) -> Path:
@@ -1073,8 +1183,6 @@ def run_demo(framework: str, iterations: int, output_dir: Path, adversarial_ever
     env.setdefault("OPENAI_API_KEY", "local")
     env.update({k: str(v) for k, v in (extra_env or {}).items()})
     ledger_path = Path(env["HARNESS_LEDGER"]) if env.get("HARNESS_LEDGER") else ledger.default_ledger_path()
-    if env.get("HARNESS_LEDGER") is None and "HARNESS_LEDGER" in os.environ:
-        ledger_path = Path(os.environ["HARNESS_LEDGER"])
     say = echo if callable(echo) else (lambda line: print(line, flush=True)) if echo else (lambda line: None)
 
     server = ProposerServer("127.0.0.1", 0, Proposer(seed, adversarial_every, proposals_path))

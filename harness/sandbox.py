@@ -1,10 +1,11 @@
 """The sandbox entry point: the only place a candidate's code ever runs.
 
-    python -m harness.sandbox {prepare|evaluate} REQUEST.json RESULT.json
+    python -m harness.sandbox {prepare|evaluate|objective} REQUEST.json RESULT.json
 
 ``prepare`` checks the device and the data, computes the fingerprint, and trains the pristine seed
 as the baseline when the ledger has none for that fingerprint. ``evaluate`` runs the dynamic gate,
-the training, and the post-training leak test for one spliced program. Both write one JSON record to
+the training, and the post-training leak test for one spliced program. ``objective`` trains one spliced
+program with a given seed and hyperparameter overrides (``harness validate``). Each writes one JSON record to
 RESULT.json and nothing else: what a candidate prints to stdout is never read.
 """
 
@@ -79,7 +80,8 @@ def prepare(request: dict) -> dict:
         _log(f"training the {framework.name} baseline under fingerprint {fp['id']} ({profile.name}, {profile.objective})")
         seed_cls = load_attention(framework.seed_source(), str(framework.seed_path))
         try:
-            baseline, _ = run_objective(seed_cls, profile, data, log=_log)
+            baseline, _ = run_objective(seed_cls, profile, data, log=_log, source=framework.seed_source(),
+                                        filename=str(framework.seed_path))
         except TrainingFailure as exc:
             return {"config_error": f"the pristine {framework.name} seed failed to train: {exc.message}"}
         computed = True
@@ -123,7 +125,8 @@ def evaluate(request: dict) -> dict:
                 "metrics": {**result["metrics"], **exc.details}, "traceback": _cause(exc)}
     train_start = time.perf_counter()
     try:
-        record, model = run_objective(candidate_cls, profile, data, log=_log)
+        record, model = run_objective(candidate_cls, profile, data, log=_log, source=source,
+                                      filename="evolved_program.py")
     except TrainingFailure as exc:
         timings["train_s"] = time.perf_counter() - train_start
         reason = Reason.NONFINITE if exc.status == "nonfinite" else Reason.DIVERGED
@@ -149,6 +152,78 @@ def evaluate(request: dict) -> dict:
             "objective": record}
 
 
+# The hyperparameters ``objective`` may override: the ones ``harness validate`` tunes.
+TUNABLE = ("lr", "warmup_steps", "weight_decay")
+
+
+def objective(request: dict) -> dict:
+    """Train one spliced program with a given seed and hyperparameter overrides; return the objective record.
+
+    Used by ``harness validate`` (one call = one training job). The fingerprint is that of the profile as
+    named (the overrides are recorded beside it, like the seed), so that the result can be checked against
+    the evaluator's. ``rungs`` is "objective" (what the profile's objective trains) or "ladder" (every
+    rung, for scaling-law fits whatever the objective)."""
+    import dataclasses
+
+    from harness.fingerprint import environment_fingerprint
+    from harness.objective import rungs_for
+    from harness.reasons import Reason
+    from harness.train import fit_scaling_law, train
+
+    if request.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(request["threads"]))
+    profile = _profile(request)
+    data = _data(profile)
+    fp = environment_fingerprint(profile, data)
+    if request.get("fingerprint_id") and fp["id"] != request["fingerprint_id"]:
+        return {"reason": Reason.INFRASTRUCTURE.value, "message": f"the environment's fingerprint is {fp['id']}, "
+                f"not the expected {request['fingerprint_id']}", "fingerprint": fp}
+    overrides = dict(request.get("hparams") or {})
+    unknown = sorted(set(overrides) - set(TUNABLE))
+    if unknown:
+        return {"reason": Reason.INFRASTRUCTURE.value, "message": f"cannot override {unknown}", "fingerprint": fp}
+    if "warmup_steps" in overrides:
+        overrides["warmup_steps"] = int(overrides["warmup_steps"])
+    tuned = dataclasses.replace(profile, **{k: (float(v) if k != "warmup_steps" else v) for k, v in overrides.items()})
+    seed = int(request.get("seed", profile.train_seed))
+    result = {"fingerprint": fp, "seed": seed, "hparams": {k: getattr(tuned, k) for k in TUNABLE}}
+    try:
+        source = Path(request["program"]).read_text()
+        cls = load_attention(source, "evolved_program.py")
+    except Exception as exc:
+        return {**result, "reason": Reason.CRASH.value, "message": f"loading the program failed: "
+                f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=-4)}
+    rungs = list(profile.ladder) if request.get("rungs") == "ladder" else rungs_for(profile)
+    runs = []
+    start = time.perf_counter()
+    try:
+        for rung in rungs:
+            run = train(cls, tuned, rung, data, seed=seed, log=_log)
+            runs.append(run.to_dict())
+            if run.status != "ok":
+                reason = Reason.NONFINITE if run.status == "nonfinite" else Reason.DIVERGED
+                return {**result, "reason": reason.value, "runs": runs,
+                        "message": f"training at rung {tuple(rung)} stopped: loss {run.status}"}
+    except Exception as exc:
+        return {**result, "reason": Reason.CRASH.value, "runs": runs, "message": f"training raised "
+                f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=-4)}
+    losses = {tuple(r["rung"]): r["final_val_loss"] for r in runs}
+    record = {"objective": profile.objective, "runs": runs, "largest_rung_loss": runs[-1]["final_val_loss"],
+              "wall_s": time.perf_counter() - start}
+    if tuple(profile.reference) in losses:
+        record["final_loss"] = losses[tuple(profile.reference)]
+    if len(runs) >= 2:
+        a, b = fit_scaling_law([r["non_embedding_params"] for r in runs], [r["final_val_loss"] for r in runs])
+        record.update({"scaling_a": a, "scaling_b": b})
+    record["value"] = record["final_loss"] if profile.objective == "final_loss" else record["scaling_b"]
+    record["fitness"] = -record["value"]
+    if not math.isfinite(record["value"]):
+        return {**result, "reason": Reason.NONFINITE.value, "message": "the objective is not finite", "runs": runs}
+    return {**result, "reason": Reason.OK.value, "message": "ok", "record": record}
+
+
 def _cause(exc: BaseException) -> str:
     cause = exc.__cause__
     return "".join(traceback.format_exception(cause, limit=-4)) if cause else ""
@@ -158,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     mode, request_path, result_path = (argv or sys.argv[1:])[:3]
     request = json.loads(Path(request_path).read_text())
     try:
-        result = {"prepare": prepare, "evaluate": evaluate}[mode](request)
+        result = {"prepare": prepare, "evaluate": evaluate, "objective": objective}[mode](request)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as data
         result = {"reason": "crash", "message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     tmp = Path(result_path).with_suffix(".tmp")

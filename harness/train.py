@@ -3,12 +3,20 @@
 AdamW, linear warmup then cosine decay to 10% of the peak, gradient clipping, random windows of the
 train tokens sampled on the training device, validation loss on the fixed validation tokens at set
 intervals and at the end, bf16 autocast on CUDA, optional torch.compile with an eager fallback.
+
+Speed without changing what is computed (CUDA): the token arrays live on the GPU (int32) and batches are
+drawn there by the sampler's own generator; AdamW is fused; the per-step losses stay on the device and are
+copied back asynchronously (pinned memory + an event), so the hot loop never waits for the GPU, yet the
+first non-finite step is reported exactly and the divergence test sees the same losses at the same steps
+as a loop that synchronised at every check; the model is compiled (``profile.compile_mode``) and a program
+that will not compile trains eagerly, with ``compiled=False`` and the reason in ``compile_error``.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +26,16 @@ from harness.profiles import Profile
 from harness.scaffold import LanguageModel, build_model, count_params, non_embedding_params
 
 MIN_LR_FRACTION = 0.1
+# On CUDA the losses are checked (non-finite, divergence) every this many steps, at each evaluation and at
+# the end; on CPU at every step. The check reads values copied back asynchronously: it never stalls the GPU.
+CUDA_CHECK_EVERY_STEPS = 50
+CPU_CHECK_EVERY_STEPS = 1
+TOKEN_UPLOAD_CHUNK = 1 << 26  # tokens converted and copied to the device at a time
+# Intra-op CPU threads while training on the CPU. The CPU profiles train tiny models, whose ops are far too
+# small to gain from fork/join parallelism; with more threads than free cores (any other load, parallel
+# evaluations) a smoke step took 440-1950 ms with two threads against 30-50 ms with one on a 2-core machine.
+# One thread is also the same on every machine, so a CPU result does not depend on the core count.
+CPU_TRAIN_THREADS = 1
 
 
 @dataclass
@@ -38,6 +56,9 @@ class TrainResult:
     compiled: bool
     compile_error: str | None = None
     nonfinite_step: int | None = None
+    eval_s: float = 0.0  # wall seconds spent in validation (excluded from ms_per_step)
+    first_step_s: float = 0.0  # wall seconds of the first step: compilation, allocator and cache warm-up
+    compile_mode: str | None = None  # torch.compile mode asked for (None when the profile does not compile)
     model: LanguageModel | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -68,7 +89,7 @@ class BatchSampler:
     so that the data order depends on the seed alone and never on the model."""
 
     def __init__(self, tokens: np.ndarray, context_len: int, batch_size: int, seed: int, device: torch.device):
-        self.tokens = torch.from_numpy(tokens.astype(np.int64)).to(device)
+        self.tokens = device_tokens(tokens, device)
         self.context_len, self.batch_size = context_len, batch_size
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.offsets = torch.arange(context_len + 1, device=device)
@@ -76,8 +97,19 @@ class BatchSampler:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(0, len(self.tokens) - self.context_len - 1, (self.batch_size, 1),
                                generator=self.generator, device=self.tokens.device)
-        window = self.tokens[starts + self.offsets]
+        window = self.tokens[starts + self.offsets].long()
         return window[:, :-1], window[:, 1:]
+
+
+def device_tokens(tokens: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The token ids as one int32 tensor on ``device`` (half the memory of int64; the windows are widened
+    when drawn). Copied in chunks, so that a memory-mapped train split of hundreds of millions of tokens
+    never needs a full-size temporary in host memory."""
+    out = torch.empty(len(tokens), dtype=torch.int32, device=device)
+    for start in range(0, len(tokens), TOKEN_UPLOAD_CHUNK):
+        chunk = np.asarray(tokens[start : start + TOKEN_UPLOAD_CHUNK], dtype=np.int32)
+        out[start : start + len(chunk)].copy_(torch.from_numpy(chunk))
+    return out
 
 
 def validation_windows(val: np.ndarray, context_len: int, device: torch.device) -> torch.Tensor:
@@ -113,6 +145,71 @@ def _forward_backward(step_fn, x, y, dev: torch.device, bf16: bool) -> torch.Ten
     return loss
 
 
+class LossMonitor:
+    """The non-finite and divergence tests on the per-step losses, which stay on the training device.
+
+    ``submit(end)`` queues the losses of the steps not yet submitted, up to ``end``, for the host: on CUDA
+    an asynchronous copy into pinned memory followed by an event, so the loop goes on at once. ``poll()``
+    examines every queued window whose copy has landed (``wait=True``: every queued window) in order, and
+    returns the first verdict: ``("nonfinite", end, first_bad_step)`` or ``("diverged", end, None)``, where
+    ``end`` is the check point whose window held the bad value. The windows and check points are those of a
+    loop that synchronised at every check, so the verdicts are the same; only the moment they are seen moves.
+    """
+
+    def __init__(self, losses: torch.Tensor, warmup_steps: int, divergence_limit: float):
+        self.losses, self.warmup_steps, self.divergence_limit = losses, warmup_steps, divergence_limit
+        self.cuda = losses.device.type == "cuda"
+        self.host = torch.empty(len(losses), dtype=losses.dtype, pin_memory=True) if self.cuda else losses
+        self.pending: deque = deque()
+        self.submitted = 0
+
+    def submit(self, end: int) -> None:
+        if end <= self.submitted:
+            return
+        begin, self.submitted = self.submitted, end
+        event = None
+        if self.cuda:
+            self.host[begin:end].copy_(self.losses[begin:end], non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        self.pending.append((begin, end, event))
+
+    def poll(self, wait: bool = False):
+        while self.pending:
+            begin, end, event = self.pending[0]
+            if event is not None:
+                if not wait and not event.query():
+                    return None
+                event.synchronize()
+            self.pending.popleft()
+            window = self.host[begin:end]
+            bad = (~torch.isfinite(window)).nonzero()
+            if len(bad):
+                return "nonfinite", end, begin + int(bad[0]) + 1
+            if end > self.warmup_steps and float(window[-1]) > self.divergence_limit:
+                return "diverged", end, None
+        return None
+
+    def value(self, step: int) -> float:
+        """The loss of (1-based) ``step``, once its window has been polled."""
+        return float(self.host[step - 1])
+
+
+def _compile(model: torch.nn.Module, mode: str | None):
+    """torch.compile, shape-static (the training batch never changes shape); None mode is torch's default."""
+    return torch.compile(model, mode=None if mode in (None, "", "default") else mode, dynamic=False)
+
+
+def _rng_state(dev: torch.device):
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None)
+
+
+def _set_rng_state(dev: torch.device, state) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], dev)
+
+
 def train(
     attention_cls: type,
     profile: Profile,
@@ -124,8 +221,21 @@ def train(
     keep_model: bool = False,
 ) -> TrainResult:
     """Train the frozen scaffold around ``attention_cls`` at one rung under one profile."""
-    seed = profile.train_seed if seed is None else seed
     dev = torch.device(device or profile.device)
+    if dev.type != "cpu":
+        return _train(attention_cls, profile, rung, data, seed, dev, log, keep_model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CPU_TRAIN_THREADS)
+    try:
+        return _train(attention_cls, profile, rung, data, seed, dev, log, keep_model)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model) -> TrainResult:
+    seed = profile.train_seed if seed is None else seed
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(seed)
     model = build_model(attention_cls, rung, data.vocab_size, profile.context_len_tokens, profile.dropout, seed).to(dev)
     model.train()
@@ -134,29 +244,40 @@ def train(
     val_windows = validation_windows(data.val, profile.context_len_tokens, dev)
     eval_batch = max(profile.batch_size_seqs, 64)
 
+    compile_mode = getattr(profile, "compile_mode", None) if profile.compile else None
     step_fn, compiled, compile_error = model, False, None
     if profile.compile:
         try:
-            step_fn, compiled = torch.compile(model), True
+            step_fn, compiled = _compile(model, compile_mode), True
         except Exception as exc:  # noqa: BLE001 - any compile failure means eager
             compile_error = f"{type(exc).__name__}: {exc}"[:500]
 
-    sync_every = 1 if dev.type == "cpu" else 50
+    cuda_graphs = compile_mode == "reduce-overhead"
+    check_every = CPU_CHECK_EVERY_STEPS if dev.type == "cpu" else CUDA_CHECK_EVERY_STEPS
+    curve_every = max(1, profile.eval_interval_steps // 4)
     losses = torch.zeros(profile.steps, device=dev)
-    train_curve, val_curve = [], []
-    status, nonfinite_step, steps_done = "ok", None, 0
     divergence_limit = profile.divergence_loss_factor * math.log(data.vocab_size)
-    timed_steps, timing_start = 0, None
+    monitor = LossMonitor(losses, profile.warmup_steps, divergence_limit)
+    val_curve = []
+    status, nonfinite_step, steps_done = "ok", None, 0
+    curve_upto = 0  # train_curve covers the steps < curve_upto, and curve_upto itself when curve_last
+    curve_last = True
+    eval_s, first_step_s = 0.0, 0.0
+    timing_step = min(10, profile.steps // 10)
+    timing_start, eval_s_at_timing = None, 0.0
     start = time.perf_counter()
     step = 0
     while step < profile.steps:
-        if step == min(10, profile.steps // 10):
+        if step == timing_step:
             if dev.type == "cuda":
-                torch.cuda.synchronize()
-            timing_start, timed_steps = time.perf_counter(), 0
+                torch.cuda.synchronize(dev)
+            timing_start, eval_s_at_timing = time.perf_counter(), eval_s
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, profile)
         x, y = sampler.next()
+        if compiled and cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
+        rng = _rng_state(dev) if compiled and step == 0 else None
         try:
             loss = _forward_backward(step_fn, x, y, dev, profile.bf16_autocast)
         except Exception as exc:
@@ -165,39 +286,54 @@ def train(
             # The program will not compile: record why and redo this step eagerly on the same batch.
             compile_error, compiled, step_fn = f"{type(exc).__name__}: {exc}"[:500], False, model
             optimizer.zero_grad(set_to_none=True)
+            if rng is not None:
+                _set_rng_state(dev, rng)  # the same dropout masks as an eager run
             loss = _forward_backward(step_fn, x, y, dev, profile.bf16_autocast)
         torch.nn.utils.clip_grad_norm_(model.parameters(), profile.grad_clip_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses[step] = loss.detach().float()
+        losses[step] = loss.detach()
         step += 1
-        steps_done, timed_steps = step, timed_steps + 1
+        steps_done = step
+        if step == 1:
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            first_step_s = time.perf_counter() - start
         last = step == profile.steps
-        if step % sync_every == 0 or last or step % profile.eval_interval_steps == 0:
-            window = losses[max(0, step - sync_every) : step].cpu()
-            bad = (~torch.isfinite(window)).nonzero()
-            if len(bad):
-                status, nonfinite_step = "nonfinite", step - len(window) + int(bad[0]) + 1
+        is_eval = step % profile.eval_interval_steps == 0 or last
+        if step % check_every == 0 or is_eval:
+            monitor.submit(step)
+            verdict = monitor.poll(wait=is_eval)
+            if verdict is not None:
+                status, steps_done, nonfinite_step = verdict
+                curve_upto, curve_last = steps_done, False
                 break
-            if step > profile.warmup_steps and float(window[-1]) > divergence_limit:
-                status = "diverged"
-                break
-        if step % max(1, profile.eval_interval_steps // 4) == 0 or last:
-            train_curve.append((step, float(losses[step - 1])))
-        if step % profile.eval_interval_steps == 0 or last:
+        if is_eval:
+            eval_start = time.perf_counter()
             val = evaluate_loss(model, val_windows, eval_batch, dev, profile.bf16_autocast)
+            eval_s += time.perf_counter() - eval_start
             val_curve.append((step, val))
             if not math.isfinite(val):
                 status, nonfinite_step = "nonfinite", step
+                curve_upto, curve_last = step, True
                 break
             if log:
-                log(f"rung {rung} step {step}/{profile.steps} train {float(losses[step - 1]):.4f} val {val:.4f} "
+                log(f"rung {rung} step {step}/{profile.steps} train {monitor.value(step):.4f} val {val:.4f} "
                     f"lr {lr_at(step - 1, profile):.2e}")
+    else:
+        curve_upto, curve_last = steps_done, True
     if dev.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(dev)
     end = time.perf_counter()
-    timed = (end - timing_start) if timing_start is not None and timed_steps else (end - start)
-    n_timed = timed_steps if timing_start is not None and timed_steps else max(1, steps_done)
+    monitor.submit(steps_done)
+    monitor.poll(wait=True)
+    train_curve = [(k, monitor.value(k)) for k in range(1, curve_upto + 1)
+                   if (k % curve_every == 0 or k == profile.steps) and (k < curve_upto or curve_last)]
+    # `step` counts the steps actually run: past steps_done when a bad loss was seen a few steps late.
+    if timing_start is not None and step > timing_step:
+        timed, n_timed = end - timing_start - (eval_s - eval_s_at_timing), step - timing_step
+    else:
+        timed, n_timed = end - start - eval_s, max(1, step)
     ms_per_step = 1000.0 * timed / max(1, n_timed)
     tokens_per_step = profile.batch_size_seqs * profile.context_len_tokens
     return TrainResult(
@@ -217,6 +353,9 @@ def train(
         compiled=compiled,
         compile_error=compile_error,
         nonfinite_step=nonfinite_step,
+        eval_s=eval_s,
+        first_step_s=first_step_s,
+        compile_mode=compile_mode,
         model=model if keep_model else None,
     )
 
