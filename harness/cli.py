@@ -99,11 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     # Subcommands defined beside the code they drive; each module exposes register(subparsers).
-    from harness import bench; bench.register(sub)
-    from harness import analyze, validate; analyze.register(sub); validate.register(sub)  # noqa: E702
-    from harness import proposer
+    from harness import analyze, bench, proposer, validate
 
-    proposer.register(sub)
+    for module in (proposer, analyze, validate, bench):
+        module.register(sub)
     return parser
 
 
