@@ -1,4 +1,4 @@
-"""The ``harness`` command."""
+"""The ``harness`` command: train, evaluate, propose, analyse, validate and benchmark attention programs."""
 
 from __future__ import annotations
 
