@@ -107,12 +107,9 @@ def evaluate(request: dict) -> dict:
     baseline_cls = load_attention(framework.seed_source(), str(framework.seed_path))
     timings["setup_s"] = time.perf_counter() - start
     result = {"fingerprint": fp, "metrics": {}, "timings": timings}
-    try:
-        source = Path(request["program"]).read_text()
-        candidate_cls = load_attention(source, "evolved_program.py")
-    except Exception as exc:
-        return {**result, "reason": Reason.CRASH.value, "message": f"loading the program failed: "
-                f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=-4)}
+    source, candidate_cls, failure = _load_program(request)
+    if failure:
+        return {**result, **failure}
     try:
         gate_start = time.perf_counter()
         metrics, gate_timings = run_gate(candidate_cls, baseline_cls, profile, profile.device, log=_log)
@@ -189,12 +186,9 @@ def objective(request: dict) -> dict:
     tuned = dataclasses.replace(profile, **{k: (float(v) if k != "warmup_steps" else v) for k, v in overrides.items()})
     seed = int(request.get("seed", profile.train_seed))
     result = {"fingerprint": fp, "seed": seed, "hparams": {k: getattr(tuned, k) for k in TUNABLE}}
-    try:
-        source = Path(request["program"]).read_text()
-        cls = load_attention(source, "evolved_program.py")
-    except Exception as exc:
-        return {**result, "reason": Reason.CRASH.value, "message": f"loading the program failed: "
-                f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=-4)}
+    _, cls, failure = _load_program(request)
+    if failure:
+        return {**result, **failure}
     rungs = list(profile.ladder) if request.get("rungs") == "ladder" else rungs_for(profile)
     runs = []
     start = time.perf_counter()
@@ -222,6 +216,18 @@ def objective(request: dict) -> dict:
     if not math.isfinite(record["value"]):
         return {**result, "reason": Reason.NONFINITE.value, "message": "the objective is not finite", "runs": runs}
     return {**result, "reason": Reason.OK.value, "message": "ok", "record": record}
+
+
+def _load_program(request: dict) -> tuple[str | None, type | None, dict | None]:
+    """(source, ATTENTION class, None), or (None, None, the crash record) when the program will not load."""
+    from harness.reasons import Reason
+
+    try:
+        source = Path(request["program"]).read_text()
+        return source, load_attention(source, "evolved_program.py"), None
+    except Exception as exc:
+        return None, None, {"reason": Reason.CRASH.value, "message": f"loading the program failed: {type(exc).__name__}: {exc}",
+                            "traceback": traceback.format_exc(limit=-4)}
 
 
 def _cause(exc: BaseException) -> str:
