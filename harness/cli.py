@@ -54,8 +54,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from harness.profiles import get_profile
 
     profile = get_profile(args.profile)
-    prepare(args.framework, profile)
-    result = evaluate(args.framework, args.program, profile)
+    prepare(args.framework, profile, executor_name=args.executor)
+    result = evaluate(args.framework, args.program, profile, executor_name=args.executor)
     metrics = getattr(result, "metrics", result)
     artifacts = getattr(result, "artifacts", {})
     print(json.dumps({"metrics": metrics, "artifacts": artifacts}, indent=2))
@@ -68,7 +68,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     profile = get_profile(args.profile)
     for framework in args.frameworks:
-        prepared = prepare(framework, profile)
+        prepared = prepare(framework, profile, executor_name=args.executor)
         base = prepared["baseline"]
         _log(f"{framework}: fingerprint {prepared['fingerprint']['id']}, {profile.objective} fitness {base['fitness']:.5f}, "
              f"largest-rung loss {base['largest_rung_loss']:.4f}")
@@ -91,11 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("framework", choices=["cd", "ttr", "mm"])
     p.add_argument("program")
     p.add_argument("--profile")
+    p.add_argument("--executor", choices=["local", "ray"], help="default: $HARNESS_EXECUTOR or local")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("baseline", help="compute (or show) the cached baselines for this machine")
+    p = sub.add_parser("baseline", help="compute (or show) the cached baselines for this machine (or a Ray worker)")
     p.add_argument("frameworks", nargs="*", default=["cd", "ttr", "mm"])
     p.add_argument("--profile")
+    p.add_argument("--executor", choices=["local", "ray"], help="default: $HARNESS_EXECUTOR or local")
     p.set_defaults(func=cmd_baseline)
 
     # Subcommands defined beside the code they drive; each module exposes register(subparsers).

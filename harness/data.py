@@ -195,7 +195,7 @@ def _story(rng: random.Random) -> str:
               f"One day at the {place}, {h.he} saw {f.intro}.",
               f"\"Hi, I am {h.name}. Do you want to play?\" asked {h.name}.",
               f"\"Yes, I would love to!\" said {f.name}. They played {game} near {feature_a}.",
-              f"They laughed and ran until the sun went down.",
+              "They laughed and ran until the sun went down.",
               f"{h.name} was {good}. {_cap(h.he)} had a new friend.",
               f"Every day after that, {h.name} and {f.name} played {game} together."]
     elif plot == 4:  # helping someone in trouble

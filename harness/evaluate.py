@@ -3,33 +3,28 @@
 Runs in OpenEvolve's processes, so it never imports torch's CUDA, never raises, never hangs:
 1. static, here: frozen region, splice, policy;
 2. the sandbox subprocess (own process group, hard wall-clock limit, resident-memory cap): dynamic
-   gate, training at the profile's budget, post-training leak test;
+   gate, training at the profile's budget, post-training leak test. It runs on this host or on a Ray
+   cluster (harness.executor, ``HARNESS_EXECUTOR``); nothing else depends on where;
 3. score and artifacts back to OpenEvolve, one row to the ledger, accepted or rejected.
 """
 
 from __future__ import annotations
 
 import ast
-import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 
-from harness import ledger, program
+from harness import executor, ledger, program
 from harness.frameworks import get_framework
 from harness.policy import check_block
 from harness.profiles import ConfigError, Profile, get_profile, require_device
 from harness.reasons import HINTS, Reason
 from harness.scaffold import ATTENTION_KWARGS
 
-STDERR_TAIL_CHARS = 4000
-POLL_INTERVAL_S = 0.2
+STDERR_TAIL_CHARS = executor.STDERR_TAIL_CHARS
 
 _PREPARED: dict[tuple, dict] = {}
 
@@ -44,107 +39,45 @@ def _module_aliases(head: str) -> set[str]:
     return aliases
 
 
-def _group_rss_mib(pgid: int) -> float:
-    total_pages = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:
-                continue
-            with open(f"/proc/{entry.name}/statm") as f:
-                total_pages += int(f.read().split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
-
-
-def run_limited(cmd: list[str], limit_s: float, memory_cap_mib: int, log_path: Path, env: dict | None = None) -> str:
-    """Run cmd in its own process group; kill the whole group past the wall-clock limit or the
-    resident-memory cap. Returns "exited", "timeout" or "memory"."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
-        deadline = time.monotonic() + limit_s
-        outcome = "exited"
-        try:
-            while proc.poll() is None:
-                if time.monotonic() > deadline:
-                    outcome = "timeout"
-                elif _group_rss_mib(proc.pid) > memory_cap_mib:
-                    outcome = "memory"
-                if outcome != "exited":
-                    break
-                time.sleep(POLL_INTERVAL_S)
-        finally:
-            # Always reap the group: a candidate may leave children behind even when the sandbox exits.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-    return outcome
-
-
-def _tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
-
-
-def _sandbox(mode: str, request: dict, limit_s: float, memory_cap_mib: int) -> tuple[str, dict | None, str]:
-    """Run the sandbox in an evaluation slot (harness.slots): it waits for a free slot, at most
-    ``$HARNESS_SLOT_WAIT_S`` (default: the sandbox's own limit), holds it for its lifetime and sees only the
-    slot's GPU. No slot in time is an ``infrastructure`` result, never the candidate's failure."""
-    import contextlib
-
-    from harness import slots
-
-    wait_s = float(os.environ.get("HARNESS_SLOT_WAIT_S") or limit_s)
-    with contextlib.ExitStack() as held:
-        try:
-            slot = held.enter_context(slots.acquire(wait_s))
-        except (slots.SlotTimeout, ValueError) as exc:
-            return "exited", {"reason": Reason.INFRASTRUCTURE.value, "message": f"no evaluation slot: {exc}"}, ""
-        with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as tmp:
-            tmp = Path(tmp)
-            (tmp / "request.json").write_text(json.dumps(request))
-            result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
-            env = {**os.environ, "PYTHONUNBUFFERED": "1", **slot.env()}
-            outcome = run_limited([sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"),
-                                   str(result_path)], limit_s, memory_cap_mib, log_path, env)
-            result = json.loads(result_path.read_text()) if outcome == "exited" and result_path.exists() else None
-            return outcome, result, _tail(log_path)
-
-
-def _request(framework: str, profile: Profile, ledger_path: Path) -> dict:
+def sandbox_request(framework: str, profile: Profile, ledger_path: Path, **extra) -> dict:
+    """The self-contained request every sandbox mode takes: the profile by name, the device it needs, and
+    every baseline the ledger knows for this framework and objective, keyed by fingerprint id."""
     return {"framework": framework, "profile": profile.name, "objective": profile.objective,
-            "data_source": profile.data_source, "ledger": str(ledger_path)}
+            "data_source": profile.data_source, "device": profile.device,
+            "baselines": ledger.baselines(framework, profile.objective, ledger_path), **extra}
 
 
-def prepare(framework: str, profile: Profile | None = None, ledger_path: Path | None = None) -> dict:
+def baseline_limit_s(profile: Profile) -> float:
+    """Preparing may train the baseline once: the sandbox's limit plus as much again for data preparation."""
+    return 2 * profile.hard_limit_s
+
+
+def prepare(framework: str, profile: Profile | None = None, ledger_path: Path | None = None,
+            executor_name: str | None = None) -> dict:
     """Check the set-up and make sure the baseline exists. Raises ConfigError with the reason when the
-    run cannot start (unknown profile or framework, no CUDA for a CUDA profile, missing data)."""
+    run cannot start (unknown profile, framework or executor, no CUDA for a CUDA profile, missing data, no
+    cluster). Under ``ray`` the set-up checked is that of the worker the preparation landed on."""
     profile = profile or get_profile()
     fw = get_framework(framework)
     ledger_path = Path(ledger_path or ledger.default_ledger_path())
-    key = (fw.name, profile, str(ledger_path))
+    config = executor.ExecutorConfig.from_env(executor_name)
+    key = (fw.name, profile, str(ledger_path), config)
     if key in _PREPARED:
         return _PREPARED[key]
-    require_device(profile)
-    request = _request(fw.name, profile, ledger_path)
-    # Preparing may train the baseline once: allow it the sandbox's limit plus data preparation time.
-    outcome, result, log = _sandbox("prepare", request, 2 * profile.hard_limit_s, profile.memory_cap_mib)
+    if config.name == "local":
+        require_device(profile)  # a cluster's workers have the devices, not necessarily this host
+    run = executor.run_sandbox("prepare", sandbox_request(fw.name, profile, ledger_path), baseline_limit_s(profile),
+                               profile.memory_cap_mib, executor=config.name)
+    result = run.result
     if result is None or "config_error" in result or "fingerprint" not in result:
-        detail = (result or {}).get("config_error") or (result or {}).get("message") or f"sandbox {outcome}"
-        raise ConfigError(f"cannot prepare the {fw.name} evaluator under profile {profile.name!r}: {detail}\n{log[-2000:]}")
+        detail = (result or {}).get("config_error") or (result or {}).get("message") or run.error or \
+            f"sandbox {run.outcome}"
+        raise ConfigError(f"cannot prepare the {fw.name} evaluator under profile {profile.name!r} "
+                          f"({config.name} executor): {detail}\n{run.log[-2000:]}")
     if result["baseline_computed"]:
         ledger.put_baseline(result["fingerprint"]["id"], fw.name, profile.objective, result["baseline"], ledger_path)
     prepared = {"fingerprint": result["fingerprint"], "baseline": result["baseline"], "profile": profile,
-                "ledger": ledger_path}
+                "ledger": ledger_path, "executor": config.name}
     _PREPARED[key] = prepared
     return prepared
 
@@ -190,8 +123,11 @@ def _store_code(text: str, ledger_path: Path) -> tuple[str, str]:
 
 def _result(framework: str, reason: Reason, message: str, *, score: float = 0.0, metrics: dict | None = None,
             details: str = "", flags: list[str] | None = None, prepared: dict | None = None, code: str = "",
-            timings: dict | None = None, started: float = 0.0):
-    """Build what OpenEvolve receives (plain floats, string artifacts) and write the ledger row."""
+            timings: dict | None = None, started: float = 0.0, fingerprint: dict | None = None,
+            execution: dict | None = None):
+    """Build what OpenEvolve receives (plain floats, string artifacts) and write the ledger row.
+
+    ``fingerprint``: the one the sandbox reported (that of the host it ran on); the prepared one otherwise."""
     valid = reason == Reason.OK
     score = float(score) if valid and math.isfinite(score) and score > 0 else 0.0
     metrics = _float_metrics(metrics or {})
@@ -202,7 +138,7 @@ def _result(framework: str, reason: Reason, message: str, *, score: float = 0.0,
         verdict = "rejected"
     else:
         verdict = "flagged" if flags else "valid"
-    fp = (prepared or {}).get("fingerprint") or {}
+    fp = fingerprint or (prepared or {}).get("fingerprint") or {}
     artifacts = {
         "reason": reason.value,
         "message": message,
@@ -213,6 +149,8 @@ def _result(framework: str, reason: Reason, message: str, *, score: float = 0.0,
         artifacts["flags"] = "\n".join(flags)
     if details:
         artifacts["details"] = details[-STDERR_TAIL_CHARS:]
+    if execution:
+        artifacts["execution"] = _execution_text(execution)
     try:
         ledger_path = (prepared or {}).get("ledger") or ledger.default_ledger_path()
         digest, code_path = _store_code(code, Path(ledger_path))
@@ -222,10 +160,21 @@ def _result(framework: str, reason: Reason, message: str, *, score: float = 0.0,
             "reason": reason.value, "message": message, "combined_score": score, "metrics": metrics,
             "fingerprint": fp, "profile": profile.name if profile else None,
             "seed": profile.train_seed if profile else None, "wall_s": metrics["eval_wall_s"], "timings": timings or {},
+            "execution": execution or {},
         }, ledger_path))
     except Exception as exc:  # noqa: BLE001 - the score still goes back; the failure is visible in artifacts
         artifacts["ledger_error"] = f"{type(exc).__name__}: {exc}"
     return _wrap(metrics, artifacts)
+
+
+def _execution_text(execution: dict) -> str:
+    where = execution.get("host", "?")
+    if execution.get("executor") == "ray":
+        where = f"Ray node {execution.get('node_ip', '?')} ({where})"
+    text = f"{execution.get('executor', '?')}: {where}, attempt {execution.get('attempts', 1)}"
+    for lost in execution.get("lost", []):
+        text += f"\nan earlier attempt lost its worker (retried, not the candidate's fault): {lost[:300]}"
+    return text
 
 
 def _wrap(metrics: dict, artifacts: dict):
@@ -236,19 +185,22 @@ def _wrap(metrics: dict, artifacts: dict):
     return EvaluationResult(metrics=metrics, artifacts=artifacts)
 
 
-def evaluate(framework: str, program_path: str, profile: Profile | None = None, ledger_path: Path | None = None):
-    """Score one candidate file. Never raises; every rejection scores exactly 0.0 with a reason."""
+def evaluate(framework: str, program_path: str, profile: Profile | None = None, ledger_path: Path | None = None,
+             executor_name: str | None = None):
+    """Score one candidate file. Never raises; every rejection scores exactly 0.0 with a reason.
+    ``executor_name``: local or ray (default ``$HARNESS_EXECUTOR``, else local)."""
     started = time.time()
     try:
-        return _evaluate(framework, program_path, profile, ledger_path, started)
+        return _evaluate(framework, program_path, profile, ledger_path, started, executor_name)
     except Exception as exc:  # noqa: BLE001 - fail closed
         return _result(framework, Reason.INFRASTRUCTURE, f"the evaluator itself failed: {type(exc).__name__}: {exc}",
                        details=traceback.format_exc(), started=started)
 
 
-def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger_path: Path | None, started: float):
+def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger_path: Path | None, started: float,
+              executor_name: str | None):
     try:
-        prepared = prepare(framework, profile, ledger_path)
+        prepared = prepare(framework, profile, ledger_path, executor_name)
     except ConfigError as exc:
         return _result(framework, Reason.INFRASTRUCTURE, str(exc), started=started)
     profile = prepared["profile"]
@@ -270,17 +222,20 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
     if not report.ok:
         return _result(framework, Reason.POLICY, "; ".join(report.violations[:8]), code=spliced, **common)
 
-    with tempfile.TemporaryDirectory(prefix="harness-program-") as tmp:
-        program_file = Path(tmp) / "program.py"
-        program_file.write_text(spliced)
-        request = {**_request(fw.name, profile, prepared["ledger"]), "program": str(program_file),
-                   "fingerprint_id": prepared["fingerprint"]["id"], "baseline": prepared["baseline"]}
-        outcome, result, log = _sandbox("evaluate", request, profile.hard_limit_s, profile.memory_cap_mib)
-    common["code"] = spliced
-    if outcome == "timeout":
+    request = sandbox_request(fw.name, profile, prepared["ledger"], source=spliced)
+    run = executor.run_sandbox("evaluate", request, profile.hard_limit_s, profile.memory_cap_mib,
+                               executor=prepared["executor"], baseline_limit_s=baseline_limit_s(profile))
+    result, log = run.result, run.log
+    if run.new_baseline:  # a worker kind seen for the first time: its baseline, trained on it, joins the ledger
+        ledger.put_baseline(run.new_baseline["fingerprint"]["id"], fw.name, profile.objective,
+                            run.new_baseline["record"], prepared["ledger"])
+    common.update(code=spliced, execution=run.execution, fingerprint=(result or {}).get("fingerprint"))
+    if run.outcome == "infrastructure":
+        return _result(framework, Reason.INFRASTRUCTURE, run.error, details=log, **common)
+    if run.outcome == "timeout":
         return _result(framework, Reason.TIMEOUT, f"the evaluation was killed after its hard limit of "
                        f"{profile.hard_limit_s:.0f} s", details=log, **common)
-    if outcome == "memory":
+    if run.outcome == "memory":
         return _result(framework, Reason.MEMORY, f"the sandbox exceeded its memory cap of {profile.memory_cap_mib} MiB "
                        "and was killed", details=log, **common)
     if result is None:

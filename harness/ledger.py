@@ -1,7 +1,7 @@
 """The ledger: every evaluation, accepted or rejected, in one SQLite file (WAL mode).
 
 One row per evaluation with the program hash, framework, verdict, reason, metrics, fingerprint,
-timings and the path of the exact code that ran. Baselines are cached in the same file, keyed by
+timings, where it ran (executor, host, attempts) and the path of the exact code that ran. Baselines are cached in the same file, keyed by
 fingerprint id, framework and objective, so that nothing is ever compared across fingerprints.
 """
 
@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
     profile TEXT,
     seed INTEGER,
     wall_s REAL,
-    timings_json TEXT
+    timings_json TEXT,
+    execution_json TEXT              -- where it ran: executor, host or Ray node, attempts, lost workers
 );
 CREATE INDEX IF NOT EXISTS evaluations_fp ON evaluations(fingerprint_id, framework);
 CREATE TABLE IF NOT EXISTS baselines (
@@ -57,6 +58,13 @@ def connect(path: Path | str | None = None) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(evaluations)")}
+    if "execution_json" not in columns:  # a ledger written before the column existed
+        try:
+            conn.execute("ALTER TABLE evaluations ADD COLUMN execution_json TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -67,13 +75,14 @@ def record_evaluation(row: dict, path: Path | str | None = None) -> int:
     try:
         cur = conn.execute(
             "INSERT INTO evaluations (created_at, framework, program_hash, code_path, verdict, reason, message, "
-            "combined_score, metrics_json, fingerprint_id, fingerprint_json, profile, seed, wall_s, timings_json) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "combined_score, metrics_json, fingerprint_id, fingerprint_json, profile, seed, wall_s, timings_json, "
+            "execution_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 time.time(), row["framework"], row["program_hash"], row.get("code_path"), row["verdict"],
                 row["reason"], row.get("message"), float(row["combined_score"]),
                 json.dumps(row.get("metrics", {}), sort_keys=True), fp.get("id"), json.dumps(fp, sort_keys=True),
                 row.get("profile"), row.get("seed"), row.get("wall_s"), json.dumps(row.get("timings", {})),
+                json.dumps(row.get("execution", {}), sort_keys=True),
             ),
         )
         return int(cur.lastrowid)
@@ -81,23 +90,24 @@ def record_evaluation(row: dict, path: Path | str | None = None) -> int:
         conn.close()
 
 
-def get_baseline(fingerprint_id: str, framework: str, objective: str, path: Path | str | None = None) -> dict | None:
+def baselines(framework: str, objective: str, path: Path | str | None = None) -> dict[str, dict]:
+    """Every cached baseline of a framework and objective, keyed by fingerprint id."""
     conn = connect(path)
     try:
-        row = conn.execute(
-            "SELECT record_json FROM baselines WHERE fingerprint_id=? AND framework=? AND objective=?",
-            (fingerprint_id, framework, objective),
-        ).fetchone()
-        return json.loads(row["record_json"]) if row else None
+        rows = conn.execute("SELECT fingerprint_id, record_json FROM baselines WHERE framework=? AND objective=?",
+                            (framework, objective)).fetchall()
+        return {row["fingerprint_id"]: json.loads(row["record_json"]) for row in rows}
     finally:
         conn.close()
 
 
 def put_baseline(fingerprint_id: str, framework: str, objective: str, record: dict, path: Path | str | None = None) -> None:
+    """Cache a baseline. The first one stored for a fingerprint stays: two evaluations that each trained it on
+    a new worker kind at the same time must not leave later scores measured against a moved baseline."""
     conn = connect(path)
     try:
         conn.execute(
-            "INSERT OR REPLACE INTO baselines (fingerprint_id, framework, objective, created_at, record_json) VALUES (?,?,?,?,?)",
+            "INSERT OR IGNORE INTO baselines (fingerprint_id, framework, objective, created_at, record_json) VALUES (?,?,?,?,?)",
             (fingerprint_id, framework, objective, time.time(), json.dumps(record, sort_keys=True)),
         )
     finally:
@@ -117,4 +127,5 @@ def evaluations(path: Path | str | None = None, framework: str | None = None) ->
         r["metrics"] = json.loads(r.pop("metrics_json"))
         r["fingerprint"] = json.loads(r.pop("fingerprint_json") or "{}")
         r["timings"] = json.loads(r.pop("timings_json") or "{}")
+        r["execution"] = json.loads(r.pop("execution_json") or "{}")
     return rows

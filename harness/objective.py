@@ -54,14 +54,15 @@ def rungs_for(profile: Profile) -> list[tuple]:
 
 def run_objective(attention_cls: type, profile: Profile, data, seed: int | None = None, device: str | None = None,
                   log=None, *, source: str | None = None, filename: str | None = None,
-                  concurrent: bool | None = None) -> tuple[dict, object]:
+                  concurrent: bool | None = None, rungs: list[tuple] | None = None) -> tuple[dict, object]:
     """Train what the objective needs; returns (record, the last trained model). Raises TrainingFailure
     when a run stops on a non-finite or diverging loss.
 
     ``concurrent`` (default ``profile.concurrent_rungs``) trains the rungs at once in spawned processes,
     which re-create the class from the program's ``source`` (loaded under ``filename``); without the
-    source the rungs train one after another."""
-    rungs = rungs_for(profile)
+    source the rungs train one after another. ``rungs`` (default: what the objective needs) may add rungs,
+    e.g. the whole ladder for a scaling-law fit whatever the objective; the record then also holds that fit."""
+    rungs = list(rungs) if rungs is not None else rungs_for(profile)
     concurrent = profile.concurrent_rungs if concurrent is None else concurrent
     if concurrent and len(rungs) > 1 and source is not None:
         outcomes = train_rungs_concurrently(source, filename or DEFAULT_PROGRAM_FILENAME, profile, rungs, data,
@@ -86,12 +87,16 @@ def run_objective(attention_cls: type, profile: Profile, data, seed: int | None 
     record = {"objective": profile.objective, "runs": runs}
     losses = [r["final_val_loss"] for r in runs]
     record["largest_rung_loss"] = losses[-1]
+    at_reference = [r["final_val_loss"] for r in runs if tuple(r["rung"]) == tuple(profile.reference)]
+    if at_reference:
+        record["final_loss"] = at_reference[0]
     if profile.objective == "final_loss":
-        record["final_loss"] = losses[0]
-        record["fitness"] = -losses[0]
-    else:
+        record["fitness"] = -record["final_loss"]
+    if len(runs) >= 2:
         a, b = fit_scaling_law([r["non_embedding_params"] for r in runs], losses)
-        record.update({"scaling_a": a, "scaling_b": b, "fitness": -b})
+        record.update({"scaling_a": a, "scaling_b": b})
+    if profile.objective == "scaling_slope":
+        record["fitness"] = -record["scaling_b"]
     return record, model
 
 

@@ -3,10 +3,14 @@
     python -m harness.sandbox {prepare|evaluate|objective} REQUEST.json RESULT.json
 
 ``prepare`` checks the device and the data, computes the fingerprint, and trains the pristine seed
-as the baseline when the ledger has none for that fingerprint. ``evaluate`` runs the dynamic gate,
+as the baseline when the request carries none for that fingerprint. ``evaluate`` runs the dynamic gate,
 the training, and the post-training leak test for one spliced program. ``objective`` trains one spliced
 program with a given seed and hyperparameter overrides (``harness validate``). Each writes one JSON record to
 RESULT.json and nothing else: what a candidate prints to stdout is never read.
+
+The request is plain JSON and self-contained: the candidate's source as text, the profile by name, and the
+known baselines keyed by fingerprint id. The sandbox reads no file of the caller's, so it runs the same on
+this host or on a cluster worker (harness.executor).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -55,7 +60,6 @@ def _log(message: str) -> None:
 
 
 def prepare(request: dict) -> dict:
-    from harness import ledger
     from harness.data import DataError
     from harness.fingerprint import environment_fingerprint
     from harness.frameworks import get_framework
@@ -74,7 +78,7 @@ def prepare(request: dict) -> dict:
         return {"config_error": str(exc)}
     framework = get_framework(request["framework"])
     fp = environment_fingerprint(profile, data)
-    baseline = ledger.get_baseline(fp["id"], framework.name, profile.objective, request["ledger"])
+    baseline = (request.get("baselines") or {}).get(fp["id"])
     computed = False
     if baseline is None:
         _log(f"training the {framework.name} baseline under fingerprint {fp['id']} ({profile.name}, {profile.objective})")
@@ -88,21 +92,40 @@ def prepare(request: dict) -> dict:
     return {"fingerprint": fp, "baseline": baseline, "baseline_computed": computed}
 
 
+def _environment(request: dict):
+    """(profile, data, fingerprint, None), or a record saying why this host cannot run the request: never the
+    candidate's fault, whatever broke (a missing data source on a worker, no CUDA where CUDA is needed)."""
+    from harness.fingerprint import environment_fingerprint
+    from harness.reasons import Reason
+
+    try:
+        profile = _profile(request)
+        data = _data(profile)
+        return profile, data, environment_fingerprint(profile, data), None
+    except Exception as exc:  # noqa: BLE001
+        return None, None, None, {"reason": Reason.INFRASTRUCTURE.value, "message": f"this host cannot run the "
+                                  f"evaluation: {type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=-4)}
+
+
 def evaluate(request: dict) -> dict:
     from harness.checks import GateFailure, run_gate
-    from harness.fingerprint import environment_fingerprint
     from harness.frameworks import get_framework
     from harness.objective import TrainingFailure, run_objective, score
     from harness.reasons import Reason
 
     timings: dict = {}
     start = time.perf_counter()
-    profile = _profile(request)
-    data = _data(profile)
-    fp = environment_fingerprint(profile, data)
-    if fp["id"] != request["fingerprint_id"]:
-        return {"reason": Reason.INFRASTRUCTURE.value, "message": f"the environment's fingerprint changed from "
-                f"{request['fingerprint_id']} to {fp['id']} since the baseline was prepared", "fingerprint": fp}
+    profile, data, fp, failure = _environment(request)
+    if failure:
+        return failure
+    baseline = (request.get("baselines") or {}).get(fp["id"])
+    if baseline is None:
+        # The executor decides: a cluster trains the baseline of a new worker kind; one host reports a changed
+        # environment (code, data, software), which a restart of the campaign prepares anew.
+        return {"reason": Reason.INFRASTRUCTURE.value, "baseline_missing": True, "fingerprint": fp,
+                "message": f"no baseline for this environment's fingerprint {fp['id']} (known: "
+                f"{sorted(request.get('baselines') or {})}): the hardware, software, data or harness code "
+                "changed since the evaluator was prepared"}
     framework = get_framework(request["framework"])
     baseline_cls = load_attention(framework.seed_source(), str(framework.seed_path))
     timings["setup_s"] = time.perf_counter() - start
@@ -141,7 +164,7 @@ def evaluate(request: dict) -> dict:
     except GateFailure as exc:
         return {**result, "reason": exc.reason.value, "message": exc.message, "runs": record["runs"]}
     timings["leak_s"] = time.perf_counter() - leak_start
-    value, flags = score(record, request["baseline"], profile)
+    value, flags = score(record, baseline, profile)
     if not math.isfinite(value):
         return {**result, "reason": Reason.NONFINITE.value, "message": "the objective is not finite"}
     timings["total_s"] = time.perf_counter() - start
@@ -162,18 +185,16 @@ def objective(request: dict) -> dict:
     rung, for scaling-law fits whatever the objective)."""
     import dataclasses
 
-    from harness.fingerprint import environment_fingerprint
-    from harness.objective import rungs_for
+    from harness.objective import TrainingFailure, rungs_for, run_objective
     from harness.reasons import Reason
-    from harness.train import fit_scaling_law, train
 
     if request.get("threads"):
         import torch
 
         torch.set_num_threads(int(request["threads"]))
-    profile = _profile(request)
-    data = _data(profile)
-    fp = environment_fingerprint(profile, data)
+    profile, data, fp, failure = _environment(request)
+    if failure:
+        return failure
     if request.get("fingerprint_id") and fp["id"] != request["fingerprint_id"]:
         return {"reason": Reason.INFRASTRUCTURE.value, "message": f"the environment's fingerprint is {fp['id']}, "
                 f"not the expected {request['fingerprint_id']}", "fingerprint": fp}
@@ -186,35 +207,24 @@ def objective(request: dict) -> dict:
     tuned = dataclasses.replace(profile, **{k: (float(v) if k != "warmup_steps" else v) for k, v in overrides.items()})
     seed = int(request.get("seed", profile.train_seed))
     result = {"fingerprint": fp, "seed": seed, "hparams": {k: getattr(tuned, k) for k in TUNABLE}}
-    _, cls, failure = _load_program(request)
+    source, cls, failure = _load_program(request)
     if failure:
         return {**result, **failure}
     rungs = list(profile.ladder) if request.get("rungs") == "ladder" else rungs_for(profile)
-    runs = []
     start = time.perf_counter()
     try:
-        for rung in rungs:
-            run = train(cls, tuned, rung, data, seed=seed, log=_log)
-            runs.append(run.to_dict())
-            if run.status != "ok":
-                reason = Reason.NONFINITE if run.status == "nonfinite" else Reason.DIVERGED
-                return {**result, "reason": reason.value, "runs": runs,
-                        "message": f"training at rung {tuple(rung)} stopped: loss {run.status}"}
+        record, _ = run_objective(cls, tuned, data, seed=seed, log=_log, source=source, filename="evolved_program.py",
+                                  rungs=rungs)
+    except TrainingFailure as exc:
+        reason = Reason.NONFINITE if exc.status == "nonfinite" else Reason.DIVERGED
+        return {**result, "reason": reason.value, "runs": exc.runs, "message": exc.message}
     except Exception as exc:
-        return {**result, "reason": Reason.CRASH.value, "runs": runs, "message": f"training raised "
-                f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=-4)}
-    losses = {tuple(r["rung"]): r["final_val_loss"] for r in runs}
-    record = {"objective": profile.objective, "runs": runs, "largest_rung_loss": runs[-1]["final_val_loss"],
-              "wall_s": time.perf_counter() - start}
-    if tuple(profile.reference) in losses:
-        record["final_loss"] = losses[tuple(profile.reference)]
-    if len(runs) >= 2:
-        a, b = fit_scaling_law([r["non_embedding_params"] for r in runs], [r["final_val_loss"] for r in runs])
-        record.update({"scaling_a": a, "scaling_b": b})
-    record["value"] = record["final_loss"] if profile.objective == "final_loss" else record["scaling_b"]
-    record["fitness"] = -record["value"]
+        return {**result, "reason": Reason.CRASH.value, "message": f"training raised {type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=-4)}
+    record.update(value=-record["fitness"], wall_s=time.perf_counter() - start)
     if not math.isfinite(record["value"]):
-        return {**result, "reason": Reason.NONFINITE.value, "message": "the objective is not finite", "runs": runs}
+        return {**result, "reason": Reason.NONFINITE.value, "message": "the objective is not finite",
+                "runs": record["runs"]}
     return {**result, "reason": Reason.OK.value, "message": "ok", "record": record}
 
 
@@ -223,7 +233,7 @@ def _load_program(request: dict) -> tuple[str | None, type | None, dict | None]:
     from harness.reasons import Reason
 
     try:
-        source = Path(request["program"]).read_text()
+        source = request["source"]
         return source, load_attention(source, "evolved_program.py"), None
     except Exception as exc:
         return None, None, {"reason": Reason.CRASH.value, "message": f"loading the program failed: {type(exc).__name__}: {exc}",
@@ -235,7 +245,25 @@ def _cause(exc: BaseException) -> str:
     return "".join(traceback.format_exception(cause, limit=-4)) if cause else ""
 
 
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the process that started it dies (Linux). The sandbox runs in
+    its own process group, so without this a killed evaluator or Ray worker would leave it training on,
+    holding its GPU, with nobody left to read its result."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    from harness.executor import PARENT_PID_ENV
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    expected = os.environ.get(PARENT_PID_ENV)
+    if expected and os.getppid() != int(expected):  # the parent died before the request took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     mode, request_path, result_path = (argv or sys.argv[1:])[:3]
     request = json.loads(Path(request_path).read_text())
     try:

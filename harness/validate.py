@@ -22,9 +22,10 @@ The users' protocol, in order:
    across every candidate (and framework) of the invocation, wins on k of N seeds, scaling fits with
    confidence intervals, FLOP and parameter ratios, and a verdict against the pre-registered criteria.
 
-Jobs run one after another by default (``--jobs N`` runs the independent seed jobs N at a time; tuning
-trials are always sequential). ``run_training_job`` is the one function that runs one training job; pass
-another ``runner`` to ``validate()`` to run them elsewhere.
+Jobs run one after another by default. ``--jobs N`` runs N at a time: the independent seed jobs, and the
+tuning trials in batches of N (TPE with a constant liar for the trials still running). Every job runs through
+the evaluator's executor (``--executor``, default ``$HARNESS_EXECUTOR`` or local): on ``ray`` the seeds and
+trials fan out over the cluster. ``run_training_job`` is the one function that runs one training job.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness import evaluate as evaluate_mod
+from harness import executor as executor_mod
 from harness import ledger as ledger_mod
 from harness import program as program_mod
 from harness import stats
@@ -67,25 +69,27 @@ class TrainJob:
     limit_s: float
     threads: int | None = None
     label: str = ""
+    executor: str | None = None  # local | ray; None: $HARNESS_EXECUTOR, else local
 
 
 def run_training_job(job: TrainJob) -> dict:
-    """Run ONE training job in a sandbox subprocess and return its outcome:
-    ``{"ok", "reason", "message", "record", "fingerprint_id", "seed", "hparams", "wall_s"}``.
+    """Run ONE training job in a sandbox, on the job's executor, and return its outcome:
+    ``{"ok", "reason", "message", "record", "fingerprint_id", "seed", "hparams", "wall_s", "execution"}``.
 
-    This is the single place where ``harness validate`` trains anything: replace it (``runner=``) to
-    dispatch jobs to other machines."""
+    This is the single place where ``harness validate`` trains anything."""
     request = {"framework": job.framework, "profile": job.profile.name, "objective": job.profile.objective,
-               "data_source": job.profile.data_source, "program": str(job.program_path), "seed": job.seed,
-               "hparams": job.hparams, "rungs": job.rungs, "fingerprint_id": job.fingerprint_id,
-               "threads": job.threads}
+               "data_source": job.profile.data_source, "device": job.profile.device,
+               "source": Path(job.program_path).read_text(), "seed": job.seed, "hparams": job.hparams,
+               "rungs": job.rungs, "fingerprint_id": job.fingerprint_id, "threads": job.threads}
     started = time.time()
-    outcome, result, log = evaluate_mod._sandbox("objective", request, job.limit_s, job.profile.memory_cap_mib)
+    run = executor_mod.run_sandbox("objective", request, job.limit_s, job.profile.memory_cap_mib,
+                                   executor=job.executor)
+    result, log = run.result, run.log
     out = {"ok": False, "seed": job.seed, "hparams": dict(job.hparams), "wall_s": time.time() - started,
-           "fingerprint_id": None, "record": None}
+           "fingerprint_id": None, "record": None, "execution": run.execution}
     if result is None:
-        reason = {"timeout": "timeout", "memory": "memory"}.get(outcome, "crash")
-        return {**out, "reason": reason, "message": f"the sandbox ended with {outcome} and no result",
+        reason = {"timeout": "timeout", "memory": "memory", "infrastructure": "infrastructure"}.get(run.outcome, "crash")
+        return {**out, "reason": reason, "message": run.error or f"the sandbox ended with {run.outcome} and no result",
                 "log_tail": log[-1500:]}
     out["fingerprint_id"] = (result.get("fingerprint") or {}).get("id")
     out["hparams"] = result.get("hparams", out["hparams"])
@@ -181,36 +185,41 @@ def defaults(profile: Profile) -> dict:
 
 
 def tune(make_job: Callable[[dict], TrainJob], profile: Profile, trials: int, runner, log,
-         first_value: float | None = None, sampler_seed: int = SAMPLER_SEED) -> dict:
+         first_value: float | None = None, sampler_seed: int = SAMPLER_SEED, jobs: int = 1) -> dict:
     """TPE over lr (log-uniform), warmup steps and weight decay; trial 0 is the profile's defaults.
 
-    ``first_value``: the objective of the defaults on the tuning seed when already known (the evaluator's
-    own run, identical computation): trial 0 then reuses it instead of training again."""
+    ``jobs`` trials run at a time: each batch is asked for first, with a constant liar standing in for the
+    trials still running, then trained concurrently and told. ``first_value``: the objective of the defaults
+    on the tuning seed when already known (the evaluator's own run, identical computation): trial 0 then
+    reuses it instead of training again."""
     import optuna
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = search_space(profile)
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=jobs > 1)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
     study.enqueue_trial(defaults(profile))
     history = []
-    for i in range(trials):
-        trial = study.ask(space)
-        params = {k: trial.params[k] for k in TUNABLE}
-        if i == 0 and first_value is not None:
-            value, source, reason, wall = first_value, "evaluator run (defaults, tuning seed)", "ok", 0.0
-        else:
-            res = runner(make_job(params))
-            wall = res["wall_s"]
+    while len(history) < trials:
+        batch = [study.ask(space) for _ in range(min(max(1, jobs), trials - len(history)))]
+        params = [{k: t.params[k] for k in TUNABLE} for t in batch]
+        reuse_first = not history and first_value is not None
+        to_train = params[1:] if reuse_first else params
+        trained = run_batch(runner, [make_job(p) for p in to_train], jobs, lambda m: None)
+        if reuse_first:
+            trained = [{"ok": True, "record": {"value": first_value}, "reason": "ok", "wall_s": 0.0,
+                        "source": "evaluator run (defaults, tuning seed)"}] + trained
+        for trial, p, res in zip(batch, params, trained):
             value = res["record"]["value"] if res["ok"] else None
-            source, reason = "trained", res["reason"]
-        if value is not None and math.isfinite(value):
-            study.tell(trial, value)
-        else:
-            study.tell(trial, state=TrialState.FAIL)
-        history.append({"trial": i, "params": params, "value": value, "reason": reason, "source": source,
-                        "wall_s": wall})
-        log(f"  trial {i}: {_hp(params)} -> {value if value is None else f'{value:.4f}'} ({reason})")
+            if value is not None and math.isfinite(value):
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=TrialState.FAIL)
+            history.append({"trial": len(history), "params": p, "value": value, "reason": res["reason"],
+                            "source": res.get("source", "trained"), "wall_s": res["wall_s"]})
+            log(f"  trial {history[-1]['trial']}: {_hp(p)} -> {value if value is None else f'{value:.4f}'} "
+                f"({res['reason']})")
     done = [h for h in history if h["value"] is not None and math.isfinite(h["value"])]
     if not done:
         return {"best": defaults(profile), "best_value": None, "trials": history,
@@ -440,7 +449,8 @@ def render_report(result: dict) -> str:
           f"- evaluation seeds: {result['seeds']} ({len(result['seeds'])} seeds, disjoint from the tuning seed"
           f"{'' if result['tuning_seed'] not in result['seeds'] else ' — NOT disjoint!'})",
           f"- rungs trained per seed: {'every rung of the ladder' if result['ladder'] else 'the objective only'}; "
-          f"threads per job: {result['threads'] or 'torch default'}; jobs at once: {result.get('jobs', 1)}",
+          f"threads per job: {result['threads'] or 'torch default'}; jobs at once: {result.get('jobs', 1)}; "
+          f"executor: {result.get('executor', 'local')}",
           f"- Holm-Bonferroni family: {result['holm_family_size']} comparison(s)"
           + (f" (including {len(result['family_with'])} from earlier reports)" if result["family_with"] else ""),
           f"- ledger: `{_display(result['ledger'])}`", ""]
@@ -627,15 +637,18 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
              n_seeds: int = 10, seed_base: int = 1, ladder: bool = True, threads: int | None = None, jobs: int = 1,
              ledger_path: Path | None = None, job_limit_s: float | None = None, runner=run_training_job,
              log: Callable[[str], None] = print, family_with: list[Path] | None = None, name: str | None = None,
-             command: str = "harness validate", notes: list[str] | None = None) -> dict:
-    """Run the protocol for every candidate; write ``report.md``, ``validation.json`` and PNGs to ``out_dir``."""
+             command: str = "harness validate", notes: list[str] | None = None, executor: str | None = None) -> dict:
+    """Run the protocol for every candidate; write ``report.md``, ``validation.json`` and PNGs to ``out_dir``.
+    ``executor``: where the evaluator and every training job run (local or ray; default ``$HARNESS_EXECUTOR``)."""
     if tuning not in ("optuna", "shared"):
         raise ConfigError(f"unknown tuning {tuning!r}: optuna or shared")
     if n_seeds < 2:
         raise ConfigError("at least 2 seeds are needed for a t-test")
     from harness.profiles import require_device
 
-    require_device(profile)
+    executor = executor_mod.ExecutorConfig.from_env(executor).name
+    if executor == "local":
+        require_device(profile)  # a cluster's workers have the devices, not necessarily this host
     _require("matplotlib", "plots")
     if trials > 0:
         _require("optuna", "search")
@@ -652,7 +665,7 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
         external_p += [c["stats"]["welch"]["p"] for c in prior.get("candidates", []) if c.get("stats")]
 
     def job(fw, path, fp, seed, hp, which, label):
-        return TrainJob(fw, path, profile, seed, hp, which, fp, limit, threads, label)
+        return TrainJob(fw, path, profile, seed, hp, which, fp, limit, threads, label, executor)
 
     baselines: dict[str, dict] = {}
 
@@ -660,7 +673,7 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
         if fw in baselines:
             return baselines[fw]
         log(f"[{fw}] preparing the evaluator and the baseline (pristine seed)")
-        prepared = evaluate_mod.prepare(fw, profile, ledger_path)
+        prepared = evaluate_mod.prepare(fw, profile, ledger_path, executor)
         fp = prepared["fingerprint"]["id"]
         path = out_dir / "programs" / f"{fw}_baseline.py"
         path.write_text(get_framework(fw).seed_source())
@@ -669,7 +682,7 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
         if trials > 0:
             log(f"[{fw}] tuning the baseline: {trials} trial(s)")
             b["tuning"] = tune(lambda hp: job(fw, path, fp, profile.train_seed, hp, "objective", "baseline-tune"),
-                               profile, trials, runner, log, first_value=b["evaluator_value"])
+                               profile, trials, runner, log, first_value=b["evaluator_value"], jobs=jobs)
         else:
             b["tuning"] = {"best": defaults(profile), "best_value": b["evaluator_value"], "trials": []}
         b["runs"] = None  # trained with the first candidate's seeds, in the same batch
@@ -691,7 +704,7 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
             entry["refused"] = "the candidate's block is the pristine seed's: it IS the baseline"
             continue
         log(f"[{cand.framework}] {cand.label}: the full evaluator first")
-        result = evaluate_mod.evaluate(cand.framework, str(cand.source), profile, ledger_path)
+        result = evaluate_mod.evaluate(cand.framework, str(cand.source), profile, ledger_path, executor)
         ev = _evaluation_summary(result)
         entry["evaluation"] = ev
         entry["fingerprint_id"] = ev.get("fingerprint_id")
@@ -712,7 +725,7 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
         if tuning == "optuna" and trials > 0:
             log(f"[{cand.framework}] {cand.label}: tuning, {trials} trial(s)")
             ctune = tune(lambda hp: job(cand.framework, path, fp, profile.train_seed, hp, "objective", "cand-tune"),
-                         profile, trials, runner, log, first_value=cand_first)
+                         profile, trials, runner, log, first_value=cand_first, jobs=jobs)
         else:
             ctune = {"best": dict(base["tuning"]["best"]), "best_value": None, "trials": [],
                      "note": "shared: the baseline's best settings" if trials > 0 else "no tuning: the profile's defaults"}
@@ -755,7 +768,7 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
         "profile": {k: getattr(profile, k) for k in ("name", "objective", "steps", "device", "lr", "warmup_steps",
                                                       "weight_decay", "data_source")},
         "tuning": tuning, "trials": trials, "tuning_seed": profile.train_seed, "seeds": seeds, "ladder": ladder,
-        "threads": threads, "jobs": jobs, "search_space": _space_text(profile), "ledger": _display(ledger_path),
+        "threads": threads, "jobs": jobs, "executor": executor, "search_space": _space_text(profile), "ledger": _display(ledger_path),
         "holm_family_size": family, "family_with": [str(p) for p in family_with or []],
         "baselines": {fw: {"fingerprint_id": b["fingerprint_id"], "fingerprint": b["fingerprint"],
                            "tuning": b["tuning"]} for fw, b in baselines.items()},
@@ -839,7 +852,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                       ledger_path=ledger_path, job_limit_s=args.job_limit_s,
                       log=lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True),
                       family_with=[Path(p) for p in args.family_with or []], name=name,
-                      command=_command_line(args), notes=notes)
+                      command=_command_line(args), notes=notes, executor=args.executor)
     for c in result["candidates"]:
         if c.get("refused"):
             print(f"{c['label']}: REFUSED: {c['refused']}")
@@ -865,7 +878,10 @@ def register(subparsers) -> None:
     p.add_argument("--seed-base", type=int, default=1, help="first evaluation seed (the tuning seed is the profile's)")
     p.add_argument("--no-ladder", action="store_true", help="train only the objective's rungs (no scaling fit)")
     p.add_argument("--threads", type=int, help="torch intra-op threads in each training job (default: torch's)")
-    p.add_argument("--jobs", type=int, default=1, help="evaluation-seed jobs run at once (default 1: one after another)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="training jobs run at once: seeds, and tuning trials in batches (default 1: one after another)")
+    p.add_argument("--executor", choices=["local", "ray"],
+                   help="where the evaluator and the training jobs run (default: $HARNESS_EXECUTOR or local)")
     p.add_argument("--hard-limit-s", type=float, help="the evaluator's hard limit (operational, not fingerprinted)")
     p.add_argument("--job-limit-s", type=float, help="wall-clock limit of one training job")
     p.add_argument("--ledger", help="ledger file (default: $HARNESS_LEDGER or results/ledger.sqlite)")

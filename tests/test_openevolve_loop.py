@@ -8,7 +8,8 @@ What it proves: checkpoints and ledger rows are written; a child program (not th
 positive score; each adversarial proposal that reached the evaluator was rejected with its expected
 reason code (the proposer's JSONL log is joined to the ledger on the program hash); no evaluation ran
 past the profile's hard limit; nothing is written outside the output folder and the ledger's folder;
-the resumed run continues (last_iteration grows, new ledger rows, the proposal numbering continues).
+the resumed run continues (last_iteration grows, new ledger rows, the proposal numbering continues);
+``harness analyze`` accounts for every iteration of the two runs and every program they evaluated.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ledger, program
+from harness import analyze, ledger, program
 from harness.frameworks import FRAMEWORKS, REPO_ROOT
 from harness.profiles import get_profile
 from harness.proposer import DemoRun, run_demo
@@ -180,10 +181,33 @@ def test_stock_openevolve_run_end_to_end(loop_env, framework):
     for r in rows + new_rows:
         assert program.sha256(Path(r["code_path"]).read_text()) == r["program_hash"]
 
+    _check_analysis(framework, resumed, proposals + more, root / f"analysis-{framework}")
+
     TIMINGS[framework] = {"fresh_s": fresh_s, "resume_s": resume_s}
     print(f"\n{framework}: fresh run {fresh_s:.0f} s ({len(rows)} evaluations: "
           f"{sorted(r['reason'] for r in rows)}), resumed run {resume_s:.0f} s "
           f"({sorted(r['reason'] for r in new_rows)})")
+
+
+def _check_analysis(framework: str, run: DemoRun, proposals: list[dict], out: Path) -> None:
+    """``harness analyze`` of the real run (fresh, then resumed, in one output folder)."""
+    result = analyze.analyze([run.output_dir], ledger_path=run.ledger_path, out_dir=out)
+    (summary,) = result["runs"]
+    assert summary["checkpoint"].endswith(f"checkpoint_{2 * ITERATIONS}") and summary["framework"] == framework
+    # Every program the run evaluated is in the ledger with its fingerprint: nothing unverifiable.
+    assert summary["programs"] >= 2 and summary["unverifiable"] == []
+    (group,) = summary["fingerprint_groups"]
+    assert summary["groups"][group["id"]]["best"] is not None
+    # Every iteration of both runs is accounted for: a program in the database or a failure in the logs.
+    assert summary["validity"]["iterations_seen"] == 2 * ITERATIONS, summary["validity"]
+    assert summary["validity"]["valid"] >= 1
+    expected = {p["expected_reason"] for p in proposals if p["adversarial"]}
+    assert expected and expected <= set(summary["reasons"]), (expected, summary["reasons"])
+    report = (out / "report.md").read_text()
+    for heading in ("### Fitness against iteration", "### Validity and rejections", "### Lineage",
+                    "### The best program against its seed", "### Re-introduced code",
+                    "### Does early training predict the final objective?"):
+        assert heading in report
 
 
 def test_three_frameworks_fit_the_budget():

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness import evaluate, slots
+from harness import executor, slots
 
 
 @pytest.fixture
@@ -102,19 +102,19 @@ def test_sandbox_runs_pinned_to_its_slot(slot_env, monkeypatch):
         seen["held"] = [p.name for p in slot_env.iterdir()]
         return "exited"
 
-    monkeypatch.setattr(evaluate, "run_limited", fake_run_limited)
-    outcome, result, _ = evaluate._sandbox("evaluate", {}, 60.0, 1024)
-    assert outcome == "exited" and result is None
+    monkeypatch.setattr(executor, "run_limited", fake_run_limited)
+    run = executor.run_sandbox("evaluate", {}, 60.0, 1024, executor="local")
+    assert run.outcome == "exited" and run.result is None and run.execution["slot"] == "gpu3-slot0"
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "3" and seen["held"] == ["gpu3-slot0.lock"]
 
 
 def test_no_free_slot_is_an_infrastructure_result(slot_env, monkeypatch):
     monkeypatch.setenv("HARNESS_SLOTS", "cpu")
     monkeypatch.setenv("HARNESS_SLOT_WAIT_S", "0.3")
-    monkeypatch.setattr(evaluate, "run_limited", lambda *a, **k: pytest.fail("the sandbox must not start"))
+    monkeypatch.setattr(executor, "run_limited", lambda *a, **k: pytest.fail("the sandbox must not start"))
     with slots.acquire(1.0):
-        outcome, result, _ = evaluate._sandbox("evaluate", {}, 60.0, 1024)
-    assert outcome == "exited" and result["reason"] == "infrastructure"
-    assert "no evaluation slot" in result["message"]
+        run = executor.run_sandbox("evaluate", {}, 60.0, 1024, executor="local")
+    assert run.outcome == "infrastructure" and run.result is None
+    assert "no evaluation slot" in run.error
     monkeypatch.setenv("HARNESS_SLOTS", "gpu7")  # a malformed spec is the machine's problem too
-    assert evaluate._sandbox("evaluate", {}, 60.0, 1024)[1]["reason"] == "infrastructure"
+    assert executor.run_sandbox("evaluate", {}, 60.0, 1024, executor="local").outcome == "infrastructure"

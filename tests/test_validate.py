@@ -3,7 +3,7 @@ CPU under the smoke profile through the real evaluator and sandbox."""
 
 import json
 import math
-import os
+import threading
 import time
 from types import SimpleNamespace
 
@@ -73,10 +73,10 @@ class FakeRunner:
 def fake_evaluator(monkeypatch):
     calls = []
 
-    def prepare(fw, profile=None, ledger_path=None):
+    def prepare(fw, profile=None, ledger_path=None, executor_name=None):
         return {"fingerprint": {"id": "fp-fake"}, "baseline": {"fitness": -3.0, "final_loss": 3.0}}
 
-    def evaluate(fw, path, profile=None, ledger_path=None):
+    def evaluate(fw, path, profile=None, ledger_path=None, executor_name=None):
         calls.append(path)
         if "hostile" in path:
             return SimpleNamespace(metrics={"combined_score": 0.0, "valid": 0.0},
@@ -170,6 +170,43 @@ def test_shared_tuning_and_family_with(tmp_path, fake_evaluator):
     assert s["scaling"] is None
     assert s["p_holm"] == pytest.approx(min(1.0, max(2 * min(s["welch"]["p"], good["stats"]["welch"]["p"]),
                                                      s["welch"]["p"])))
+
+
+class ConcurrentRunner(FakeRunner):
+    """FakeRunner that holds each job briefly and counts how many were in flight at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock, self.running, self.most = threading.Lock(), 0, 0
+
+    def __call__(self, job):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.05)
+        try:
+            return super().__call__(job)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_tuning_trials_and_seeds_fan_out_in_batches(tmp_path, fake_evaluator):
+    runner = ConcurrentRunner()
+    profile = get_profile("smoke")
+    result = validate.validate(candidates(tmp_path, "good"), profile, tmp_path / "val", tuning="optuna", trials=7,
+                               n_seeds=3, jobs=3, runner=runner, log=lambda m: None)
+    assert runner.most == 3  # never more than --jobs at once, and that many when the batch allows
+    hp = result["candidates"][0]["hyperparameters"]
+    for side in ("baseline", "candidate"):
+        trials = hp[side]["trials"]
+        # the same budget on both sides, trial 0 the evaluator's run of the defaults, the rest trained
+        assert [t["trial"] for t in trials] == list(range(7)) and hp[side]["n_trials"] == 7
+        assert trials[0]["source"].startswith("evaluator run") and trials[0]["params"] == validate.defaults(profile)
+        assert all(t["source"] == "trained" and t["value"] is not None for t in trials[1:])
+        assert len({tuple(sorted(t["params"].items())) for t in trials}) == 7  # the constant liar kept them apart
+    tune_jobs = [j for j in runner.jobs if j.seed == profile.train_seed]
+    assert len(tune_jobs) == 2 * 6
 
 
 def test_candidates_from_a_run_refuse_mixed_fingerprints(tmp_path):

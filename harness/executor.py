@@ -1,0 +1,396 @@
+"""Where a candidate's sandbox runs. The gate, the scoring, the reason codes and the ledger do not depend on it.
+
+``local`` (the default): ``python -m harness.sandbox`` as a subprocess of this host, in an evaluation slot
+(``harness.slots``), in its own process group, killed at its hard limit or resident-memory cap.
+
+``ray``: a Ray task on the cluster named by ``HARNESS_RAY_ADDRESS`` or ``RAY_ADDRESS`` (default ``auto``: a
+cluster already running on this host; a new one is never started). The task asks for one GPU (CUDA profiles)
+or one CPU (CPU profiles) and, on its worker, starts the very same sandbox subprocess under the very same
+limits. Ray's resource accounting replaces the slots.
+
+The request is plain JSON and carries the candidate's source as text: nothing of the candidate is imported
+or even read from a path on the driver, and a worker needs no file of the driver's.
+
+Why each Ray submission is its own short-lived process (``python -m harness.executor submit``): OpenEvolve
+loads the evaluator in its main process, forks its workers and calls the evaluator from threads. A Ray
+connection survives neither a fork nor being shared that way, so no OpenEvolve process ever holds one.
+
+A worker that dies under the task (OOM kill, preemption, node loss) is the cluster's fault, never the
+candidate's: the submission is retried up to ``HARNESS_RAY_RETRIES`` times, and when every attempt was lost
+the evaluation is an ``infrastructure`` result. The caller records it once, with its attempts. A candidate
+that crashes or times out inside a healthy worker is still the candidate's fault, exactly as on ``local``.
+
+Baselines are per fingerprint, and the fingerprint covers the worker's hardware. An evaluation that lands on
+hardware whose baseline is unknown trains the pristine seed there first (same worker, same GPU) and returns
+that baseline with the result, so a score is always measured against a baseline from identical hardware.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+EXECUTORS = ("local", "ray")
+STDERR_TAIL_CHARS = 4000
+POLL_INTERVAL_S = 0.2
+# The submit process holds a Ray driver (~300 MiB) and nothing of the candidate: its cap only guards leaks.
+SUBMIT_MEMORY_CAP_MIB = 4096
+# Connecting to the cluster and shipping the result back, beyond the task's own limits.
+SUBMIT_OVERHEAD_S = 120.0
+# Ray's errors that mean the worker or its node went away under the task: retried, never the candidate's fault.
+LOST_WORKER_ERRORS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError",
+                      "OwnerDiedError", "LocalRayletDiedError", "ObjectReconstructionFailedError",
+                      "ObjectFetchTimedOutError", "ActorDiedError")
+# The environment variable the sandbox reads to die with its parent (see sandbox.die_with_parent).
+PARENT_PID_ENV = "HARNESS_SANDBOX_PARENT_PID"
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Every setting of the executors, read from the environment (see the README's table)."""
+
+    name: str = "local"  # HARNESS_EXECUTOR
+    ray_address: str = "auto"  # HARNESS_RAY_ADDRESS, else RAY_ADDRESS
+    ray_retries: int = 2  # HARNESS_RAY_RETRIES: extra attempts after a lost worker
+    ray_gpus_per_eval: float = 1.0  # HARNESS_RAY_GPUS: GPUs one task asks for under a CUDA profile
+    ray_cpus_per_eval: float = 1.0  # HARNESS_RAY_CPUS: CPUs one task asks for (CPU profiles; 1 = the sandbox's thread)
+    ray_accelerator_type: str | None = None  # HARNESS_RAY_ACCELERATOR_TYPE, e.g. "H100": keep a campaign on one GPU kind
+    ray_queue_wait_s: float = 3600.0  # HARNESS_RAY_QUEUE_WAIT_S: longest wait for the cluster to start a task, seconds
+    # HARNESS_RAY_CONNECT_TIMEOUT_S: Ray retries an unreachable cluster for a long time; give up after this, seconds
+    ray_connect_timeout_s: float = 60.0
+
+    @classmethod
+    def from_env(cls, name: str | None = None) -> "ExecutorConfig":
+        from harness.profiles import ConfigError
+
+        env = os.environ
+        chosen = (name or env.get("HARNESS_EXECUTOR") or "local").strip().lower()
+        if chosen not in EXECUTORS:
+            raise ConfigError(f"unknown executor {chosen!r}: one of {', '.join(EXECUTORS)} (HARNESS_EXECUTOR)")
+        defaults = cls()
+
+        def number(variable: str, kind, default):
+            try:
+                value = kind(env.get(variable, default))
+            except ValueError:
+                what = "an integer" if kind is int else "a number"
+                raise ConfigError(f"{variable}={env[variable]!r} is not {what}") from None
+            if value < 0:
+                raise ConfigError(f"{variable}={env[variable]!r} is negative")
+            return value
+
+        return cls(
+            name=chosen,
+            ray_address=env.get("HARNESS_RAY_ADDRESS") or env.get("RAY_ADDRESS") or defaults.ray_address,
+            ray_retries=number("HARNESS_RAY_RETRIES", int, defaults.ray_retries),
+            ray_gpus_per_eval=number("HARNESS_RAY_GPUS", float, defaults.ray_gpus_per_eval),
+            ray_cpus_per_eval=number("HARNESS_RAY_CPUS", float, defaults.ray_cpus_per_eval),
+            ray_accelerator_type=env.get("HARNESS_RAY_ACCELERATOR_TYPE") or None,
+            ray_queue_wait_s=number("HARNESS_RAY_QUEUE_WAIT_S", float, defaults.ray_queue_wait_s),
+            ray_connect_timeout_s=number("HARNESS_RAY_CONNECT_TIMEOUT_S", float, defaults.ray_connect_timeout_s),
+        )
+
+
+@dataclass
+class SandboxRun:
+    """How one sandbox run ended, wherever it ran.
+
+    ``outcome``: "exited" (``result`` is what the sandbox wrote, or None when it died without writing),
+    "timeout", "memory", or "infrastructure" (it could not run: no slot, no cluster, every worker lost;
+    ``error`` says why)."""
+
+    outcome: str
+    result: dict | None
+    log: str = ""
+    error: str = ""
+    execution: dict = field(default_factory=dict)  # executor, host, attempts, lost workers, times
+    new_baseline: dict | None = None  # {"fingerprint": fp, "record": baseline} trained on a new worker kind
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The sandbox subprocess, on whichever host runs it
+
+
+def _group_rss_mib(pgid: int) -> float:
+    total_pages = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            with open(f"/proc/{entry.name}/statm") as f:
+                total_pages += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def run_limited(cmd: list[str], limit_s: float, memory_cap_mib: int, log_path: Path, env: dict | None = None) -> str:
+    """Run cmd in its own process group; kill the whole group past the wall-clock limit or the
+    resident-memory cap. Returns "exited", "timeout" or "memory"."""
+    env = {**(os.environ if env is None else env), PARENT_PID_ENV: str(os.getpid())}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+        deadline = time.monotonic() + limit_s
+        outcome = "exited"
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    outcome = "timeout"
+                elif _group_rss_mib(proc.pid) > memory_cap_mib:
+                    outcome = "memory"
+                if outcome != "exited":
+                    break
+                time.sleep(POLL_INTERVAL_S)
+        finally:
+            # Always reap the group: a candidate may leave children behind even when the sandbox exits.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    return outcome
+
+
+def _tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: int,
+                     env: dict | None = None) -> SandboxRun:
+    """``python -m harness.sandbox MODE`` on this host, under the limits; no slot is taken here."""
+    with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "request.json").write_text(json.dumps(request))
+        result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        outcome = run_limited([sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"),
+                               str(result_path)], limit_s, memory_cap_mib, log_path, env)
+        result = json.loads(result_path.read_text()) if outcome == "exited" and result_path.exists() else None
+        return SandboxRun(outcome, result, _tail(log_path))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# local
+
+
+def _run_local(mode: str, request: dict, limit_s: float, memory_cap_mib: int) -> SandboxRun:
+    """In an evaluation slot (harness.slots): wait for a free one, at most ``$HARNESS_SLOT_WAIT_S`` (default:
+    the sandbox's own limit), hold it for the sandbox's lifetime, and let the sandbox see only its GPU."""
+    from harness import slots
+
+    wait_s = float(os.environ.get("HARNESS_SLOT_WAIT_S") or limit_s)
+    started = time.time()
+    execution = {"executor": "local", "host": socket.gethostname(), "attempts": 1}
+    try:
+        with slots.acquire(wait_s) as slot:
+            execution.update(slot=slot.name, started_at=time.time())
+            run = run_sandbox_here(mode, request, limit_s, memory_cap_mib, slot.env())
+    except (slots.SlotTimeout, ValueError) as exc:
+        return SandboxRun("infrastructure", None, error=f"no evaluation slot: {exc}",
+                          execution={**execution, "started_at": started, "ended_at": time.time()})
+    run.execution = {**execution, "ended_at": time.time()}
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ray: the driver side
+
+
+def _run_ray(mode: str, request: dict, limit_s: float, memory_cap_mib: int, config: ExecutorConfig,
+             baseline_limit_s: float) -> SandboxRun:
+    lost: list[str] = []
+    attempts = config.ray_retries + 1
+    for attempt in range(1, attempts + 1):
+        spec = {"mode": mode, "request": request, "limit_s": limit_s, "memory_cap_mib": memory_cap_mib,
+                "baseline_limit_s": baseline_limit_s, "config": asdict(config)}
+        status, payload = _submit(spec, config)
+        execution = {"executor": "ray", "address": config.ray_address, "attempts": attempt, "lost": list(lost)}
+        if status == "done":
+            run = SandboxRun(payload["outcome"], payload["result"], payload.get("log", ""),
+                             error=payload.get("error", ""), new_baseline=payload.get("new_baseline"))
+            run.execution = {**execution, **payload.get("placement", {})}
+            return run
+        if status == "lost":
+            lost.append(payload["error"])
+            continue
+        return SandboxRun("infrastructure", None, payload.get("log", ""), error=payload["error"], execution=execution)
+    return SandboxRun("infrastructure", None, error=f"the Ray worker running this evaluation was lost on all "
+                      f"{attempts} attempts: {lost[-1]}", execution={**execution, "lost": lost})
+
+
+def _submit(spec: dict, config: ExecutorConfig) -> tuple[str, dict]:
+    """One attempt, through ``python -m harness.executor submit``: ("done" | "lost" | "error", payload)."""
+    wait_s = config.ray_queue_wait_s + spec["limit_s"] + spec["baseline_limit_s"] + config.ray_connect_timeout_s
+    with tempfile.TemporaryDirectory(prefix="harness-submit-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "spec.json").write_text(json.dumps({**spec, "wait_s": wait_s}))
+        result_path, log_path = tmp / "result.json", tmp / "submit.log"
+        outcome = run_limited([sys.executable, "-m", "harness.executor", "submit", str(tmp / "spec.json"),
+                               str(result_path)], wait_s + SUBMIT_OVERHEAD_S, SUBMIT_MEMORY_CAP_MIB, log_path,
+                              {**os.environ, "PYTHONUNBUFFERED": "1"})
+        if outcome == "exited" and result_path.exists():
+            reply = json.loads(result_path.read_text())
+            return reply["status"], reply
+        return "error", {"error": f"the Ray submission process ended ({outcome}) without a reply",
+                         "log": _tail(log_path)}
+
+
+def run_sandbox(mode: str, request: dict, limit_s: float, memory_cap_mib: int, *, executor: str | None = None,
+                baseline_limit_s: float = 0.0) -> SandboxRun:
+    """Run ``python -m harness.sandbox MODE`` for ``request`` on the chosen executor (default:
+    ``$HARNESS_EXECUTOR`` or local). ``baseline_limit_s``: under ``ray``, the time an ``evaluate`` may spend
+    first training the baseline of a worker kind that has none. Never raises."""
+    try:
+        config = ExecutorConfig.from_env(executor)
+    except Exception as exc:  # noqa: BLE001 - a setting error is the operator's, reported as infrastructure
+        return SandboxRun("infrastructure", None, error=str(exc), execution={"executor": str(executor)})
+    if config.name == "ray":
+        return _run_ray(mode, request, limit_s, memory_cap_mib, config, baseline_limit_s)
+    return _run_local(mode, request, limit_s, memory_cap_mib)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ray: the submit process and the task
+
+
+def ray_task(spec: dict) -> dict:
+    """What runs on the Ray worker: the sandbox subprocess, plus the baseline when this worker kind has none."""
+    import ray
+
+    placement = {"host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
+                 "node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid(),
+                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "started_at": time.time()}
+    mode, request = spec["mode"], spec["request"]
+    run = run_sandbox_here(mode, request, spec["limit_s"], spec["memory_cap_mib"])
+    new_baseline = None
+    missing = run.result or {}
+    if mode == "evaluate" and missing.get("baseline_missing"):
+        fp = missing["fingerprint"]
+        prep = run_sandbox_here("prepare", request, spec["baseline_limit_s"], spec["memory_cap_mib"])
+        baseline = (prep.result or {}).get("baseline")
+        if baseline is None or (prep.result or {}).get("fingerprint", {}).get("id") != fp["id"]:
+            detail = (prep.result or {}).get("config_error") or f"sandbox {prep.outcome}"
+            placement["ended_at"] = time.time()
+            return {"outcome": "infrastructure", "result": None, "log": prep.log, "placement": placement,
+                    "error": f"this worker ({fp['hardware']}) has no baseline and training one failed: {detail}"}
+        new_baseline = {"fingerprint": fp, "record": baseline}
+        request = {**request, "baselines": {**request.get("baselines", {}), fp["id"]: baseline}}
+        run = run_sandbox_here(mode, request, spec["limit_s"], spec["memory_cap_mib"])
+    placement["ended_at"] = time.time()
+    return {"outcome": run.outcome, "result": run.result, "log": run.log, "placement": placement,
+            "new_baseline": new_baseline}
+
+
+def _task_options(spec: dict) -> dict:
+    config = spec["config"]
+    # Ray's own retries stay off: the driver retries, so that each attempt is counted and recorded.
+    options = {"max_retries": 0, "num_cpus": config["ray_cpus_per_eval"]}
+    if spec["request"].get("device") == "cuda":
+        options["num_gpus"] = config["ray_gpus_per_eval"]
+        if config["ray_accelerator_type"]:
+            options["accelerator_type"] = config["ray_accelerator_type"]
+    return options
+
+
+def _unreachable(address: str) -> str | None:
+    """Why a ``host:port`` address cannot be reached, or None (also for ``auto`` and ``ray://``, left to Ray)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def submit(spec: dict, connected=lambda: None) -> dict:
+    """Connect to the cluster, run one task, wait for it: {"status": "done" | "lost" | "error", ...}."""
+    try:
+        import ray
+        import ray.exceptions
+    except ImportError:
+        return {"status": "error", "error": "Ray is not installed here: pip install -e '.[ray]'"}
+    address = spec["config"]["ray_address"]
+    why = _unreachable(address)
+    if why:
+        return {"status": "error", "error": f"cannot connect to the Ray cluster at {address!r}: {why}"}
+    try:
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False, configure_logging=False)
+    except Exception as exc:  # noqa: BLE001 - no cluster is an infrastructure error, not a candidate's
+        return {"status": "error", "error": f"cannot connect to the Ray cluster at {address!r}: "
+                f"{type(exc).__name__}: {str(exc)[:500]}"}
+    connected()
+    try:
+        options = _task_options(spec)
+        ref = ray.remote(ray_task).options(**options).remote(spec)
+        ready, _ = ray.wait([ref], timeout=spec["wait_s"])
+        if not ready:
+            ray.cancel(ref, force=True)
+            return {"status": "error", "error": f"the cluster did not finish the task within {spec['wait_s']:.0f} s "
+                    f"(queue wait {spec['config']['ray_queue_wait_s']:.0f} s plus the limits); is a "
+                    f"{'GPU' if 'num_gpus' in options else 'CPU'} of the requested kind free?"}
+        try:
+            return {"status": "done", **ray.get(ref)}
+        except ray.exceptions.RayError as exc:
+            name = type(exc).__name__
+            kind = next((k for k in LOST_WORKER_ERRORS if isinstance(exc, getattr(ray.exceptions, k, ()))), None)
+            return {"status": "lost" if kind else "error", "error": f"{kind or name}: {str(exc)[:800]}"}
+    finally:
+        ray.shutdown()
+
+
+def _write_reply(path: str, reply: dict) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(reply, default=float))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    command, spec_path, result_path = (argv or sys.argv[1:])[:3]
+    if command != "submit":
+        print(f"usage: python -m harness.executor submit SPEC.json RESULT.json (not {command!r})", file=sys.stderr)
+        return 2
+    from harness.sandbox import die_with_parent
+
+    die_with_parent()  # an orphaned driver would keep its task, and its GPU, busy
+    spec = json.loads(Path(spec_path).read_text())
+
+    limit_s = spec["config"]["ray_connect_timeout_s"]
+
+    def stuck() -> None:
+        _write_reply(result_path, {"status": "error", "error": f"no connection to the Ray cluster at "
+                                   f"{spec['config']['ray_address']!r} within {limit_s:.0f} s"})
+        os._exit(0)
+
+    watchdog = threading.Timer(limit_s, stuck)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        reply = submit(spec, connected=watchdog.cancel)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as data
+        reply = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    watchdog.cancel()
+    _write_reply(result_path, reply)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The executor's settings and failure paths that need no cluster: a wrong setting or an unreachable cluster is
+the operator's problem, reported as such, never scored as the candidate's."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import executor
+from harness.evaluate import prepare
+from harness.profiles import ConfigError
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("HARNESS_EXECUTOR", "ray")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    monkeypatch.setenv("HARNESS_RAY_RETRIES", "5")
+    monkeypatch.setenv("HARNESS_RAY_ACCELERATOR_TYPE", "H100")
+    config = executor.ExecutorConfig.from_env()
+    assert (config.name, config.ray_address, config.ray_retries, config.ray_accelerator_type) == \
+        ("ray", "10.0.0.1:6379", 5, "H100")
+    monkeypatch.setenv("HARNESS_RAY_ADDRESS", "10.0.0.2:6379")  # the harness's own setting wins
+    assert executor.ExecutorConfig.from_env().ray_address == "10.0.0.2:6379"
+    assert executor.ExecutorConfig.from_env("local").name == "local"  # an explicit choice wins over the variable
+
+
+def test_an_unknown_executor_is_a_configuration_error(monkeypatch):
+    monkeypatch.setenv("HARNESS_EXECUTOR", "slurm")
+    with pytest.raises(ConfigError, match="unknown executor 'slurm'"):
+        executor.ExecutorConfig.from_env()
+    run = executor.run_sandbox("evaluate", {}, 10.0, 512)
+    assert run.outcome == "infrastructure" and "unknown executor" in run.error
+    monkeypatch.setenv("HARNESS_EXECUTOR", "ray")
+    monkeypatch.setenv("HARNESS_RAY_RETRIES", "two")
+    with pytest.raises(ConfigError, match="HARNESS_RAY_RETRIES='two' is not an integer"):
+        executor.ExecutorConfig.from_env()
+
+
+def test_task_options_ask_for_the_profiles_device():
+    config = executor.ExecutorConfig(name="ray", ray_gpus_per_eval=0.5, ray_accelerator_type="H100")
+    spec = {"config": executor.asdict(config), "request": {"device": "cuda"}}
+    assert executor._task_options(spec) == {"max_retries": 0, "num_cpus": 1.0, "num_gpus": 0.5,
+                                            "accelerator_type": "H100"}
+    spec["request"]["device"] = "cpu"
+    assert executor._task_options(spec) == {"max_retries": 0, "num_cpus": 1.0}
+
+
+def test_an_unreachable_cluster_stops_the_run_at_preparation(smoke_env, monkeypatch):
+    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    monkeypatch.setenv("HARNESS_RAY_ADDRESS", "127.0.0.1:9")  # the discard port: nothing listens there
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="cannot connect to the Ray cluster"):
+        prepare("ttr", executor_name="ray")
+    print(f"unreachable cluster reported in {time.monotonic() - started:.1f} s")
+
+
+def test_a_cluster_that_never_answers_is_given_up_on(monkeypatch):
+    """A port that accepts connections and never speaks: Ray would keep retrying; the submission gives up."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("HARNESS_RAY_ADDRESS", f"127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setenv("HARNESS_RAY_CONNECT_TIMEOUT_S", "5")
+        started = time.monotonic()
+        run = executor.run_sandbox("evaluate", {"device": "cpu"}, 10.0, 512, executor="ray")
+    assert run.outcome == "infrastructure" and run.result is None
+    assert "within 5 s" in run.error, run.error
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_the_sandbox_dies_with_its_parent(tmp_path):
+    """What keeps a killed evaluator or Ray worker from leaving its sandbox training on."""
+    code = (
+        "import os, subprocess, sys, time\n"
+        f"env = {{**os.environ, {executor.PARENT_PID_ENV!r}: str(os.getpid())}}\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'from harness.sandbox import die_with_parent; "
+        "die_with_parent(); import time; time.sleep(120)'], env=env, start_new_session=True)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    time.sleep(1.0)  # the child has asked for its death signal
+    assert _running(child_pid)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _running(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(child_pid), "the sandbox outlived its parent"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_sandbox_whose_parent_already_died_exits(tmp_path):
+    env = {**os.environ, executor.PARENT_PID_ENV: "1"}  # not its parent: the parent it was started for is gone
+    done = subprocess.run([sys.executable, "-c", "from harness.sandbox import die_with_parent; die_with_parent(); "
+                           "print('still here')"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "still here" not in done.stdout

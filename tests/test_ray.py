@@ -1,0 +1,260 @@
+"""The ``ray`` executor on a real local Ray cluster (head on loopback, 2 CPUs, smoke profile): the same verdicts
+and scores as ``local``, a worker killed mid-evaluation retried and recorded once, per-hardware baselines, and
+``harness validate`` training seeds concurrently on the cluster."""
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import adversarial
+from harness import ledger, program
+from harness.evaluate import evaluate, prepare
+from harness.frameworks import FRAMEWORKS
+from harness.profiles import get_profile
+
+pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+pytestmark = pytest.mark.ray
+
+CLUSTER_START_LIMIT_S = 90.0
+# Cases that cover each path through the sandbox: trained and scored, refused by the dynamic gate, crashed in
+# the candidate's own code, refused statically before any executor is involved.
+COMPARED = ("decayed_linear_attention", "no_causal_mask", "raises_in_forward", "imports_os")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(smoke_env, tmp_path_factory):
+    """A Ray head on loopback with 2 CPUs, token authentication on, started from this environment (so its
+    workers share the smoke data cache), and stopped with everything it started."""
+    port = _free_port()
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": f"127.0.0.1:{port}",
+           # Four tasks at once on two cores: enough to show three seeds training concurrently.
+           "HARNESS_RAY_CPUS": "0.5", "HARNESS_EXECUTOR": "local"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    log_path = tmp_path_factory.mktemp("ray") / "head.log"
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    with open(log_path, "wb") as log:
+        head = subprocess.Popen(
+            [ray_bin if os.path.exists(ray_bin) else "ray", "start", "--head", "--block", "--node-ip-address",
+             "127.0.0.1", "--port", str(port), "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false",
+             "--disable-usage-stats", "--object-store-memory", str(200 * 1024 * 1024)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + CLUSTER_START_LIMIT_S
+        while b"Ray runtime started" not in log_path.read_bytes():
+            assert head.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the Ray head did not start:\n" + log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        yield {"address": env["RAY_ADDRESS"], "log": log_path}
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        head.wait()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _write(tmp_path: Path, name: str, source: str) -> Path:
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    return path
+
+
+def _local_row(source: str, fingerprint_id: str) -> dict | None:
+    """The ledger's row of a local evaluation of exactly this code under this fingerprint (the evaluator
+    tests of this session record them), so that each comparison trains the local side at most once."""
+    digest = program.sha256(program.splice(FRAMEWORKS["ttr"].seed_source(), source)) if program.START in source \
+        else program.sha256(source)
+    rows = [r for r in ledger.evaluations(framework="ttr") if r["program_hash"] == digest
+            and r["fingerprint_id"] == fingerprint_id and r["execution"].get("executor", "local") == "local"]
+    return rows[-1] if rows else None
+
+
+def _local_verdict(tmp_path: Path, name: str, source: str, fingerprint_id: str) -> tuple[str, float]:
+    row = _local_row(source, fingerprint_id)
+    if row is None:
+        result = evaluate("ttr", str(_write(tmp_path, f"local_{name}", source)), executor_name="local")
+        return result.artifacts["reason"], result.metrics["combined_score"]
+    return row["reason"], row["combined_score"]
+
+
+def _rows_for(source: str) -> list[dict]:
+    digest = program.sha256(source)
+    return [r for r in ledger.evaluations(framework="ttr") if r["program_hash"] == digest]
+
+
+def test_ray_gives_the_local_verdicts_and_scores(ray_cluster, tmp_path):
+    local_fp = prepare("ttr", executor_name="local")["fingerprint"]["id"]
+    ray_fp = prepare("ttr", executor_name="ray")["fingerprint"]["id"]
+    assert ray_fp == local_fp  # same machine, same software and data: the worker's hardware is this host's
+    sources = {name: adversarial.BY_NAME[name].source for name in COMPARED}
+    expected = {name: _local_verdict(tmp_path, name, src, local_fp) for name, src in sources.items()}
+    with ThreadPoolExecutor(len(sources)) as pool:  # concurrently, as OpenEvolve's workers would
+        results = dict(zip(sources, pool.map(
+            lambda item: evaluate("ttr", str(_write(tmp_path, item[0], item[1])), executor_name="ray"),
+            sources.items())))
+    for name, result in results.items():
+        reason, score = expected[name]
+        assert (result.artifacts["reason"], result.metrics["combined_score"]) == (reason, score), \
+            (name, result.artifacts.get("message"), result.artifacts.get("details", "")[-1000:])
+        assert result.artifacts["reason"] == adversarial.BY_NAME[name].reason
+        assert result.artifacts["fingerprint_id"] == local_fp
+        row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
+        if name != "imports_os":  # refused statically: no sandbox ran anywhere
+            assert row["execution"]["executor"] == "ray" and row["execution"]["attempts"] == 1
+            assert row["execution"]["node_ip"] and row["execution"]["worker_pid"] > 0
+    assert results["decayed_linear_attention"].metrics["combined_score"] > 0.0
+
+
+def _sandbox_under_a_ray_worker(timeout_s: float = 60.0) -> tuple[int, int]:
+    """(sandbox pid, its Ray worker's pid) for the one ``harness.sandbox evaluate`` running under a Ray task."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+                if b"harness.sandbox" not in cmd or b"evaluate" not in cmd:
+                    continue
+                status = Path(f"/proc/{entry.name}/status").read_text()
+                ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+                if Path(f"/proc/{ppid}/cmdline").read_bytes().startswith(b"ray::"):
+                    return int(entry.name), ppid
+            except (OSError, StopIteration, ValueError):
+                continue
+        time.sleep(0.2)
+    raise AssertionError("no sandbox started under a Ray worker")
+
+
+def _gone(pid: int, timeout_s: float = 10.0) -> bool:
+    """Dead, or a zombie waiting to be reaped: either way no longer running."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _evaluate_and_kill_its_worker(tmp_path: Path, name: str, source: str) -> tuple[object, int]:
+    """Start a ray evaluation, SIGKILL the Ray worker running its sandbox mid-gate, return (result, sandbox pid)."""
+    path = _write(tmp_path, name, source)
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(result=evaluate("ttr", str(path), executor_name="ray")))
+    thread.start()
+    sandbox_pid, worker_pid = _sandbox_under_a_ray_worker()
+    time.sleep(2.0)  # mid-evaluation: data loaded, gate running
+    os.kill(worker_pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    return box["result"], sandbox_pid
+
+
+def test_a_worker_killed_mid_evaluation_is_retried_and_recorded_once(ray_cluster, tmp_path):
+    # The seed plus a comment: a program no other test evaluates, so its ledger rows are this test's alone.
+    source = FRAMEWORKS["ttr"].seed_source().replace(program.END, "# killed once\n" + program.END)
+    fp = prepare("ttr", executor_name="local")["fingerprint"]["id"]
+    rows_before = len(ledger.evaluations())
+    result, sandbox_pid = _evaluate_and_kill_its_worker(tmp_path, "killed_once", source)
+    assert _gone(sandbox_pid), "the sandbox outlived its killed Ray worker"
+    assert result.artifacts["reason"] == "ok", result.artifacts
+    # The retried evaluation is the seed's: it reproduces the cached baseline exactly as a local run does.
+    assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
+    assert "attempt 2" in result.artifacts["execution"] and "WorkerCrashedError" in result.artifacts["execution"]
+    rows = _rows_for(source)
+    assert len(ledger.evaluations()) == rows_before + 1 and len(rows) == 1
+    row = rows[0]
+    assert row["reason"] == "ok" and row["fingerprint_id"] == fp
+    assert row["execution"]["attempts"] == 2 and len(row["execution"]["lost"]) == 1
+    assert row["execution"]["lost"][0].startswith("WorkerCrashedError")
+
+
+def test_a_worker_lost_on_every_attempt_is_infrastructure_not_the_candidate(ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_RAY_RETRIES", "0")
+    source = FRAMEWORKS["ttr"].seed_source().replace(program.END, "# always lost\n" + program.END)
+    result, sandbox_pid = _evaluate_and_kill_its_worker(tmp_path, "always_lost", source)
+    assert _gone(sandbox_pid)
+    assert result.artifacts["reason"] == "infrastructure", result.artifacts
+    assert result.metrics["combined_score"] == 0.0 and result.metrics["valid"] == 0.0
+    assert "lost on all 1 attempts" in result.artifacts["message"]
+    rows = _rows_for(source)
+    assert len(rows) == 1 and rows[0]["verdict"] == "infrastructure" and rows[0]["execution"]["attempts"] == 1
+
+
+def test_a_new_kind_of_worker_trains_its_own_baseline(ray_cluster, tmp_path):
+    """A worker whose fingerprint has no baseline yet trains one there before the candidate; on one host the
+    same situation means the environment changed, which is reported, never scored."""
+    profile = get_profile()
+    fp = prepare("ttr", executor_name="ray")["fingerprint"]["id"]
+    stored = ledger.baselines("ttr", profile.objective)[fp]
+    conn = ledger.connect()
+    try:  # the cluster has gained a kind of hardware no evaluation has run on yet
+        conn.execute("DELETE FROM baselines WHERE fingerprint_id=? AND framework='ttr'", (fp,))
+    finally:
+        conn.close()
+    try:
+        source = FRAMEWORKS["ttr"].seed_source().replace(program.END, "# new worker kind\n" + program.END)
+        local = evaluate("ttr", str(_write(tmp_path, "local_new_kind", source)), executor_name="local")
+        assert local.artifacts["reason"] == "infrastructure" and "no baseline" in local.artifacts["message"]
+        assert local.metrics["combined_score"] == 0.0
+        result = evaluate("ttr", str(_write(tmp_path, "new_kind", source)), executor_name="ray")
+        assert result.artifacts["reason"] == "ok", result.artifacts
+        assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
+        retrained = ledger.baselines("ttr", profile.objective)[fp]
+        assert retrained["final_loss"] == pytest.approx(stored["final_loss"], abs=1e-3)
+    finally:
+        ledger.put_baseline(fp, "ttr", profile.objective, stored)  # no-op when the retrained one is there
+
+
+def test_validate_trains_three_seeds_concurrently_on_the_cluster(ray_cluster, tmp_path):
+    from harness.cli import main
+
+    out = tmp_path / "validation"
+    cand = _write(tmp_path, "ttr_decayed", adversarial.BY_NAME["decayed_linear_attention"].source)
+    rc = main(["validate", "--program", str(cand), "--framework", "ttr", "--executor", "ray", "--seeds", "3",
+               "--trials", "0", "--no-ladder", "--jobs", "3", "--hard-limit-s", "300", "--out", str(out)])
+    assert rc == 0
+    result = json.loads((out / "validation.json").read_text())
+    assert result["executor"] == "ray"
+    (c,) = result["candidates"]
+    assert "refused" not in c, c.get("refused")
+    assert c["evaluation"]["reason"] == "ok"
+    for side in ("baseline", "candidate"):
+        runs = c["runs"][side]
+        assert [r["seed"] for r in runs] == [1, 2, 3] and all(r["ok"] for r in runs)
+        assert all(r["execution"]["executor"] == "ray" and r["execution"]["node_ip"] for r in runs)
+        # Three seeds at once: every run started before any of them ended.
+        assert max(r["execution"]["started_at"] for r in runs) < min(r["execution"]["ended_at"] for r in runs), side
+    assert all(r["baseline_fp"] == r["candidate_fp"] == c["fingerprint_id"] for r in c["stats"]["seeds"])
+    assert "executor: ray" in (out / "report.md").read_text()
