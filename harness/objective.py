@@ -175,6 +175,9 @@ def _child_log(prefix: str):
 
 def _rung_worker(spec: dict, result_path: str) -> None:
     """Entry point of one rung's process (spawned: a fresh interpreter)."""
+    from harness.sandbox import die_with_parent
+
+    die_with_parent(spec["parent_pid"])  # a sandbox killed with its worker must not leave its rungs training
     import torch
 
     started = time.perf_counter()
@@ -262,7 +265,7 @@ def train_rungs_concurrently(source: str, filename: str, profile: Profile, rungs
         child_env["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, cores // n))
     common = {"source": source, "filename": filename, "profile": profile, "seed": seed, "device": device,
               "train": _array_spec(data.train), "val": _array_spec(data.val), "vocab_size": data.vocab_size,
-              "threads": threads, "log": log is not None}
+              "threads": threads, "log": log is not None, "parent_pid": os.getpid()}
     outcomes: list[RungOutcome | None] = [None] * n
     procs: dict[int, tuple] = {}
     with tempfile.TemporaryDirectory(prefix="harness-rungs-") as tmp:

@@ -245,10 +245,11 @@ def _cause(exc: BaseException) -> str:
     return "".join(traceback.format_exception(cause, limit=-4)) if cause else ""
 
 
-def die_with_parent() -> None:
+def die_with_parent(expected_parent: int | None = None) -> None:
     """Have the kernel SIGKILL this process when the process that started it dies (Linux). The sandbox runs in
     its own process group, so without this a killed evaluator or Ray worker would leave it training on,
-    holding its GPU, with nobody left to read its result."""
+    holding its GPU, with nobody left to read its result. ``expected_parent`` (default: the pid the starter
+    put in the environment) closes the race where the parent dies before the request takes effect."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -257,8 +258,9 @@ def die_with_parent() -> None:
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    expected = os.environ.get(PARENT_PID_ENV)
-    if expected and os.getppid() != int(expected):  # the parent died before the request took effect
+    if expected_parent is None and os.environ.get(PARENT_PID_ENV):
+        expected_parent = int(os.environ[PARENT_PID_ENV])
+    if expected_parent is not None and os.getppid() != expected_parent:
         os._exit(1)
 
 
