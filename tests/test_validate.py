@@ -241,7 +241,7 @@ def test_validate_end_to_end_smoke(smoke_env, tmp_path, monkeypatch):
     hostile.write_text(hostile_ttr(marker))
     out = tmp_path / "validation"
     started = time.time()
-    rc = main(["validate", "--program", str(cand), "--program", str(hostile), "--framework", "ttr", "--seeds", "3",
+    rc = main(["validate", "--program", str(cand), "--program", str(hostile), "--framework", "ttr", "--seeds", "2",
                "--trials", "2", "--tuning", "optuna", "--threads", "1", "--jobs", "2", "--hard-limit-s", "600",
                "--out", str(out)])
     elapsed = time.time() - started
@@ -256,14 +256,14 @@ def test_validate_end_to_end_smoke(smoke_env, tmp_path, monkeypatch):
     fp = c["fingerprint_id"]
     assert fp == result["baselines"]["ttr"]["fingerprint_id"]
     s = c["stats"]
-    assert [r["seed"] for r in s["seeds"]] == [1, 2, 3]
+    assert [r["seed"] for r in s["seeds"]] == [1, 2]
     assert all(r["baseline_fp"] == r["candidate_fp"] == fp for r in s["seeds"])
     assert all(r["baseline"] is not None and r["candidate"] is not None for r in s["seeds"])
     assert all(0.5 < r["baseline"] < math.log(512) for r in s["seeds"])
     hp = c["hyperparameters"]
     assert hp["baseline"]["n_trials"] == hp["candidate"]["n_trials"] == 2
-    assert s["required_wins"] == 3
-    assert s["scaling"] is not None and len(s["scaling"]["candidate"]["per_seed"]) == 3
+    assert s["required_wins"] == 2  # ceil(0.7 x 2)
+    assert s["scaling"] is not None and len(s["scaling"]["candidate"]["per_seed"]) == 2
     assert 0.9 < c["evaluation"]["param_ratio"] <= 1.05 and c["evaluation"]["flop_ratio"] <= 1.10
     assert s["verdict"]["level"] in ("strong", "minimum", "not significant", "significant but below the minimum",
                                      "worse")
