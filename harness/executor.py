@@ -4,12 +4,12 @@
 (``harness.slots``), in its own process group, killed at its hard limit or resident-memory cap.
 
 ``ray``: a Ray task on the cluster named by ``HARNESS_RAY_ADDRESS`` or ``RAY_ADDRESS`` (default ``auto``: a
-cluster already running on this host; a new one is never started). The task asks for one GPU (CUDA profiles)
-or one CPU (CPU profiles) and, on its worker, starts the very same sandbox subprocess under the very same
-limits. Ray's resource accounting replaces the slots.
+cluster already running on this host; a new one is never started). The task asks for one CPU, plus one GPU
+under a CUDA profile, and on its worker starts the very same sandbox subprocess under the very same limits.
+Ray's resource accounting replaces the slots.
 
 The request is plain JSON and carries the candidate's source as text: nothing of the candidate is imported
-or even read from a path on the driver, and a worker needs no file of the driver's.
+on the driver, and the sandbox reads no file of the driver's.
 
 Why each Ray submission is its own short-lived process (``python -m harness.executor submit``): OpenEvolve
 loads the evaluator in its main process, forks its workers and calls the evaluator from threads. A Ray
