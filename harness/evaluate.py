@@ -39,12 +39,14 @@ def _module_aliases(head: str) -> set[str]:
     return aliases
 
 
-def sandbox_request(framework: str, profile: Profile, ledger_path: Path, **extra) -> dict:
-    """The self-contained request every sandbox mode takes: the profile by name, the device it needs, and
-    every baseline the ledger knows for this framework and objective, keyed by fingerprint id."""
-    return {"framework": framework, "profile": profile.name, "objective": profile.objective,
-            "data_source": profile.data_source, "device": profile.device,
-            "baselines": ledger.baselines(framework, profile.objective, ledger_path), **extra}
+def sandbox_request(framework: str, profile: Profile, ledger_path: Path | None = None, **extra) -> dict:
+    """The self-contained request every sandbox mode takes: the profile by name and the device it needs; with
+    ``ledger_path``, every baseline the ledger knows for this framework and objective, keyed by fingerprint id."""
+    request = {"framework": framework, "profile": profile.name, "objective": profile.objective,
+               "data_source": profile.data_source, "device": profile.device, **extra}
+    if ledger_path is not None:
+        request["baselines"] = ledger.baselines(framework, profile.objective, ledger_path)
+    return request
 
 
 def baseline_limit_s(profile: Profile) -> float:

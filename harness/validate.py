@@ -77,10 +77,9 @@ def run_training_job(job: TrainJob) -> dict:
     ``{"ok", "reason", "message", "record", "fingerprint_id", "seed", "hparams", "wall_s", "execution"}``.
 
     This is the single place where ``harness validate`` trains anything."""
-    request = {"framework": job.framework, "profile": job.profile.name, "objective": job.profile.objective,
-               "data_source": job.profile.data_source, "device": job.profile.device,
-               "source": Path(job.program_path).read_text(), "seed": job.seed, "hparams": job.hparams,
-               "rungs": job.rungs, "fingerprint_id": job.fingerprint_id, "threads": job.threads}
+    request = evaluate_mod.sandbox_request(
+        job.framework, job.profile, source=Path(job.program_path).read_text(), seed=job.seed, hparams=job.hparams,
+        rungs=job.rungs, fingerprint_id=job.fingerprint_id, threads=job.threads)
     started = time.time()
     run = executor_mod.run_sandbox("objective", request, job.limit_s, job.profile.memory_cap_mib,
                                    executor=job.executor)
