@@ -101,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     # Subcommands defined beside the code they drive; each module exposes register(subparsers).
-    from harness import analyze, bench, proposer, validate
+    from harness import analyze, bench, gpu_check, proposer, validate
 
-    for module in (proposer, analyze, validate, bench):
+    for module in (proposer, analyze, validate, bench, gpu_check):
         module.register(sub)
     return parser
 

@@ -219,20 +219,24 @@ def train(
     device: str | None = None,
     log=None,
     keep_model: bool = False,
+    on_step=None,
 ) -> TrainResult:
-    """Train the frozen scaffold around ``attention_cls`` at one rung under one profile."""
+    """Train the frozen scaffold around ``attention_cls`` at one rung under one profile.
+
+    ``on_step(step)``, if given, is called after each optimizer step (1-based), e.g. to advance a profiler's
+    schedule; it must not touch the model."""
     dev = torch.device(device or profile.device)
     if dev.type != "cpu":
-        return _train(attention_cls, profile, rung, data, seed, dev, log, keep_model)
+        return _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_step)
     threads = torch.get_num_threads()
     torch.set_num_threads(CPU_TRAIN_THREADS)
     try:
-        return _train(attention_cls, profile, rung, data, seed, dev, log, keep_model)
+        return _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_step)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model) -> TrainResult:
+def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_step) -> TrainResult:
     seed = profile.train_seed if seed is None else seed
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
@@ -295,6 +299,8 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model) -> Tr
         losses[step] = loss.detach()
         step += 1
         steps_done = step
+        if on_step is not None:
+            on_step(step)
         if step == 1:
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)

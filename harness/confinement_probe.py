@@ -1,0 +1,295 @@
+"""What operating-system confinement this machine allows, and whether CUDA still works inside it.
+
+    python -m harness.confinement_probe [--write-dir DIR]    # prints one JSON object
+
+The sandbox's boundary has to be built from kernel mechanisms that a Python candidate cannot undo: namespaces,
+Landlock and seccomp (audit hooks can be removed from inside Python). Which of them a host lets an unprivileged
+or a root process use differs between machines, containers and micro-VMs, and GPU device files add their own
+needs (``/dev/nvidia*`` are opened read-write and driven by ioctls). This probe asks, each in a throwaway child
+process so that nothing it changes outlives it:
+
+* ``namespaces``: whether ``unshare`` of a user, network, mount and PID namespace succeeds;
+* ``landlock_abi``: the Landlock ABI version (0 when absent or disabled);
+* ``seccomp``: whether a filter can be installed after ``PR_SET_NO_NEW_PRIVS``;
+* ``confined_child``: a child that applies every layer available (a new network namespace, a Landlock ruleset
+  that lets it read only system and Python folders and write only one scratch folder and the device files, a
+  seccomp filter that refuses ``socket``), then tries, and reports, each thing the layers must stop: reading a
+  planted secret file outside the allowed folders, writing outside the scratch folder, opening a socket; and
+  the things they must not stop: writing in the scratch folder and, where CUDA is visible, a matrix product on
+  the GPU.
+
+Every attempt reports what happened (``ok`` or the errno's name), never a guess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# x86-64 and arm64 share the generic syscall numbers for Landlock; seccomp's filter below checks the arch.
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_ADD_RULE = 445
+SYS_LANDLOCK_RESTRICT_SELF = 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_PATH_BENEATH = 1
+# Landlock ABI 1 file-system rights (the ones every kernel with Landlock knows).
+FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+FS_ALL_V1 = (1 << 13) - 1
+FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
+
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+AUDIT_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}  # (audit arch, __NR_socket)
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
+
+# What the confined child may read: the system and the Python installation (set at run time: sys.prefix, the
+# package's folder). A secret planted outside them must stay unreadable.
+SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/etc", "/proc", "/sys", "/dev",
+                     "/run/nvidia-persistenced")
+GPU_DEVICE_GLOBS = ("nvidia*", "nvidia-caps/*", "dri/*")
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def _errno_name(code: int) -> str:
+    return errno.errorcode.get(code, str(code))
+
+
+def landlock_abi() -> int:
+    libc = _libc()
+    version = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
+                           ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    return int(version) if version > 0 else 0
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def apply_landlock(read_roots: list[str], write_roots: list[str]) -> str:
+    """Restrict this process (and its future children) to reading ``read_roots`` and writing ``write_roots``.
+    Returns "ok" or the failing step and errno."""
+    libc = _libc()
+    attr = _RulesetAttr(FS_ALL_V1)
+    fd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
+                      ctypes.c_uint32(0))
+    if fd < 0:
+        return f"create_ruleset: {_errno_name(ctypes.get_errno())}"
+    rules = [(p, FS_READ) for p in read_roots] + [(p, FS_ALL_V1) for p in write_roots]
+    for path, access in rules:
+        try:
+            parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue  # a root that does not exist here
+        if not os.path.isdir(path):
+            access &= FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE  # directory rights are refused on a file
+        rule = _PathBeneath(access, parent)
+        rc = libc.syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_int(fd), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                          ctypes.byref(rule), ctypes.c_uint32(0))
+        os.close(parent)
+        if rc < 0:
+            return f"add_rule {path}: {_errno_name(ctypes.get_errno())}"
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return f"no_new_privs: {_errno_name(ctypes.get_errno())}"
+    if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(fd), ctypes.c_uint32(0)) < 0:
+        return f"restrict_self: {_errno_name(ctypes.get_errno())}"
+    os.close(fd)
+    return "ok"
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def apply_seccomp_deny_socket() -> str:
+    """A seccomp filter that fails ``socket()`` with EPERM and allows everything else (kills on a foreign arch)."""
+    arch = AUDIT_ARCH.get(platform.machine())
+    if arch is None:
+        return f"unsupported architecture {platform.machine()}"
+    audit_arch, nr_socket = arch
+    ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06
+    program = [
+        _SockFilter(ld_w_abs, 0, 0, 4),  # seccomp_data.arch
+        _SockFilter(jeq_k, 1, 0, audit_arch),
+        _SockFilter(ret_k, 0, 0, SECCOMP_RET_KILL_PROCESS),
+        _SockFilter(ld_w_abs, 0, 0, 0),  # seccomp_data.nr
+        _SockFilter(jeq_k, 0, 1, nr_socket),
+        _SockFilter(ret_k, 0, 0, SECCOMP_RET_ERRNO | errno.EPERM),
+        _SockFilter(ret_k, 0, 0, SECCOMP_RET_ALLOW),
+    ]
+    filters = (_SockFilter * len(program))(*program)
+    prog = _SockFprog(len(program), filters)
+    libc = _libc()
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        return f"no_new_privs: {_errno_name(ctypes.get_errno())}"
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        return f"set_seccomp: {_errno_name(ctypes.get_errno())}"
+    return "ok"
+
+
+def unshare(flags: int) -> str:
+    libc = _libc()
+    return "ok" if libc.unshare(ctypes.c_int(flags)) == 0 else _errno_name(ctypes.get_errno())
+
+
+def _attempt(fn) -> str:
+    try:
+        fn()
+        return "ok"
+    except OSError as exc:
+        return _errno_name(exc.errno) if exc.errno else f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a probe reports, it never raises
+        return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _cuda_matmul() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        a = torch.randn(256, 256)
+        return "no CUDA device visible (torch imported and a CPU matmul ran)" if float((a @ a).abs().sum()) > 0 \
+            else "wrong result"
+    a = torch.randn(1024, 1024, device="cuda")
+    value = float((a @ a).abs().sum())
+    return "ok" if value > 0 else "wrong result"
+
+
+def _socket() -> None:
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.close()
+
+
+def confined_child(spec: dict) -> dict:
+    """Runs in the throwaway child: apply the layers, then try what they must stop and what they must allow."""
+    layers = {}
+    if spec["netns"]:
+        layers["network_namespace"] = unshare(CLONE_NEWNET)
+    layers["landlock"] = apply_landlock(spec["read_roots"], spec["write_roots"]) if spec["landlock"] else "absent"
+    layers["seccomp_deny_socket"] = apply_seccomp_deny_socket()
+    scratch = Path(spec["scratch"])
+    os.environ["TMPDIR"] = str(scratch)  # torch's import needs a writable temporary folder
+    must_stop = {
+        "read_planted_secret": _attempt(lambda: Path(spec["secret"]).read_text()),
+        "write_outside_scratch": _attempt(lambda: Path(spec["outside"]).write_text("escaped")),
+        "open_socket": _attempt(_socket),
+    }
+    must_allow = {
+        "write_in_scratch": _attempt(lambda: (scratch / "allowed.txt").write_text("fine")),
+        "cuda_matmul": _cuda_matmul_reported(),
+    }
+    return {"layers": layers, "must_stop": must_stop, "must_allow": must_allow}
+
+
+def _cuda_matmul_reported() -> str:
+    try:
+        return _cuda_matmul()
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _child(code: str, timeout_s: float = 120.0) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+                             str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))})
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"exit {out.returncode}: {out.stderr[-500:]}"}
+
+
+def _read_roots(scratch: Path) -> list[str]:
+    package_root = str(Path(__file__).resolve().parent.parent)
+    roots = set(SYSTEM_READ_ROOTS) | {sys.prefix, sys.base_prefix, sys.exec_prefix, package_root,
+                                       str(Path(sys.executable).resolve().parent)}
+    roots |= {p for p in sys.path if p and os.path.isdir(p) and not str(scratch).startswith(p)}
+    return sorted(roots)
+
+
+def _device_files() -> list[str]:
+    found = []
+    for pattern in GPU_DEVICE_GLOBS:
+        found += [str(p) for p in Path("/dev").glob(pattern)]
+    return sorted(found)
+
+
+def probe(work_dir: Path | None = None) -> dict:
+    """Everything the module docstring lists, as one JSON-ready dict."""
+    report: dict = {"kernel": platform.release(), "machine": platform.machine(), "euid": os.geteuid(),
+                    "gpu_device_files": _device_files()}
+    status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
+    report["inherited"] = {line.split(":")[0]: line.split(":", 1)[1].strip() for line in status.splitlines()
+                           if line.startswith(("Seccomp", "NoNewPrivs", "CapEff"))}
+    report["landlock_abi"] = landlock_abi()
+    report["namespaces"] = {name: _child(
+        f"import json; from harness.confinement_probe import unshare; print(json.dumps(unshare({flag})))")
+        for name, flag in (("user", CLONE_NEWUSER), ("network", CLONE_NEWNET), ("mount", CLONE_NEWNS),
+                           ("pid", CLONE_NEWPID))}
+    report["seccomp"] = _child("import json; from harness.confinement_probe import apply_seccomp_deny_socket as f; "
+                               "print(json.dumps(f()))")
+    with tempfile.TemporaryDirectory(prefix="harness-probe-", dir=work_dir) as tmp:
+        tmp = Path(tmp)
+        scratch, denied = tmp / "scratch", tmp / "denied"
+        scratch.mkdir()
+        denied.mkdir()
+        secret = denied / "secret.txt"
+        secret.write_text("not for candidates")
+        spec = {"netns": report["namespaces"]["network"] == "ok", "landlock": report["landlock_abi"] > 0,
+                "read_roots": [r for r in _read_roots(tmp) if not str(tmp).startswith(r)],
+                "write_roots": [str(scratch), *_device_files(), "/dev/null", "/dev/shm"],
+                "scratch": str(scratch), "secret": str(secret), "outside": str(denied / "written.txt")}
+        child = _child("import json, sys; from harness.confinement_probe import confined_child; "
+                       f"print(json.dumps(confined_child({spec!r})))", timeout_s=300.0)
+        child["outside_file_exists_afterwards"] = (denied / "written.txt").exists()
+        child["read_roots"] = spec["read_roots"]
+        report["confined_child"] = child
+    report["level"] = confinement_level(report)
+    return report
+
+
+def confinement_level(report: dict) -> str:
+    """One line: which layers held in the confined child, and whether CUDA worked under them."""
+    child = report.get("confined_child", {})
+    if "error" in child:
+        return f"probe failed: {child['error'][:200]}"
+    layers = child.get("layers", {})
+    stopped = [k for k, v in child.get("must_stop", {}).items() if v != "ok"]
+    leaked = [k for k, v in child.get("must_stop", {}).items() if v == "ok"]
+    applied = [k for k, v in layers.items() if v == "ok"]
+    cuda = child.get("must_allow", {}).get("cuda_matmul", "n/a")
+    return (f"layers applied: {', '.join(applied) or 'none'}; stopped: {', '.join(stopped) or 'nothing'}; "
+            f"not stopped: {', '.join(leaked) or 'nothing'}; CUDA under them: {cuda}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.confinement_probe", description=__doc__.split("\n")[0])
+    parser.add_argument("--work-dir", help="where the probe's temporary files go (default: the system's)")
+    args = parser.parse_args(argv)
+    print(json.dumps(probe(Path(args.work_dir) if args.work_dir else None), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
