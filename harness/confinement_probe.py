@@ -166,10 +166,16 @@ def _attempt(fn) -> str:
 def _cuda_matmul() -> str:
     import torch
 
-    if not torch.cuda.is_available():
+    if torch.version.cuda is None:
         a = torch.randn(256, 256)
-        return "no CUDA device visible (torch imported and a CPU matmul ran)" if float((a @ a).abs().sum()) > 0 \
+        return "torch built without CUDA (torch imported and a CPU matmul ran)" if float((a @ a).abs().sum()) > 0 \
             else "wrong result"
+    if not torch.cuda.is_available():
+        try:
+            torch.cuda.init()  # raises with the driver's own reason
+        except Exception as exc:  # noqa: BLE001
+            return f"CUDA unavailable: {type(exc).__name__}: {exc}"[:400]
+        return "CUDA unavailable (no reason given)"
     a = torch.randn(1024, 1024, device="cuda")
     value = float((a @ a).abs().sum())
     return "ok" if value > 0 else "wrong result"
@@ -185,10 +191,14 @@ def _socket() -> None:
 def confined_child(spec: dict) -> dict:
     """Runs in the throwaway child: apply the layers, then try what they must stop and what they must allow."""
     layers = {}
-    if spec["netns"]:
+    if "network_namespace" in spec["layers"]:
         layers["network_namespace"] = unshare(CLONE_NEWNET)
-    layers["landlock"] = apply_landlock(spec["read_roots"], spec["write_roots"]) if spec["landlock"] else "absent"
-    layers["seccomp_deny_socket"] = apply_seccomp_deny_socket()
+    if "landlock" in spec["layers"]:
+        layers["landlock"] = apply_landlock(spec["read_roots"], spec["write_roots"])
+    if "landlock_writes_only" in spec["layers"]:  # reads anywhere: tells a read rule from a write rule
+        layers["landlock_writes_only"] = apply_landlock(["/"], spec["write_roots"])
+    if "seccomp_deny_socket" in spec["layers"]:
+        layers["seccomp_deny_socket"] = apply_seccomp_deny_socket()
     scratch = Path(spec["scratch"])
     os.environ["TMPDIR"] = str(scratch)  # torch's import needs a writable temporary folder
     must_stop = {
@@ -256,15 +266,24 @@ def probe(work_dir: Path | None = None) -> dict:
         denied.mkdir()
         secret = denied / "secret.txt"
         secret.write_text("not for candidates")
-        spec = {"netns": report["namespaces"]["network"] == "ok", "landlock": report["landlock_abi"] > 0,
-                "read_roots": [r for r in _read_roots(tmp) if not str(tmp).startswith(r)],
+        available = ["seccomp_deny_socket"] if report["seccomp"] == "ok" else []
+        if report["namespaces"]["network"] == "ok":
+            available.append("network_namespace")
+        if report["landlock_abi"] > 0:
+            available += ["landlock", "landlock_writes_only"]
+        spec = {"read_roots": [r for r in _read_roots(tmp) if not str(tmp).startswith(r)],
                 "write_roots": [str(scratch), *_device_files(), "/dev/null", "/dev/shm"],
                 "scratch": str(scratch), "secret": str(secret), "outside": str(denied / "written.txt")}
-        child = _child("import json, sys; from harness.confinement_probe import confined_child; "
-                       f"print(json.dumps(confined_child({spec!r})))", timeout_s=300.0)
-        child["outside_file_exists_afterwards"] = (denied / "written.txt").exists()
-        child["read_roots"] = spec["read_roots"]
-        report["confined_child"] = child
+        # Every available layer at once, then each alone: when CUDA fails under all of them, the single-layer
+        # runs say which layer it is.
+        for key, layers in [("confined_child", [x for x in available if x != "landlock_writes_only"])] + \
+                [(f"only_{x}", [x]) for x in available]:
+            child = _child("import json, sys; from harness.confinement_probe import confined_child; "
+                           f"print(json.dumps(confined_child({ {**spec, 'layers': layers}!r})))", timeout_s=300.0)
+            child["outside_file_exists_afterwards"] = (denied / "written.txt").exists()
+            (denied / "written.txt").unlink(missing_ok=True)
+            report[key] = child
+        report["read_roots"] = spec["read_roots"]
     report["level"] = confinement_level(report)
     return report
 

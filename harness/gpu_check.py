@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +76,18 @@ class Plan:
     trace_active_steps: int  # steps the profiler records
     budget_s: float  # the whole run
     stage_limit_s: dict = field(default_factory=dict)
+    bench_rungs: tuple | None = None  # ladder indices the bench times (None: every rung)
+    compile_modes: tuple = ("default",)  # torch.compile modes the bench times; the eager reference runs once
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        raw = json.loads(text)
+        raw["bench_rungs"] = tuple(raw["bench_rungs"]) if raw.get("bench_rungs") is not None else None
+        raw["compile_modes"] = tuple(raw["compile_modes"])
+        return cls(**raw)
 
 
 CUDA_PLAN = Plan(
@@ -272,13 +284,35 @@ def stage_concurrent(plan: Plan, work: Path) -> dict:
 
 
 def stage_bench(plan: Plan, work: Path) -> dict:
+    """The bench under the first compile mode, with the eager reference; every further mode times the engine
+    alone, and is compared with the same reference."""
     from harness.bench import run_bench
     from harness.profiles import get_profile
 
-    profile = get_profile(plan.bench_profile)
-    result = run_bench(profile, plan.bench_steps, device=plan.device, reference=True, concurrent=False, log=_log)
+    rungs = list(plan.bench_rungs) if plan.bench_rungs is not None else None
+    first, *others = plan.compile_modes
+    profile = get_profile(plan.bench_profile, compile_mode=first)
+    result = run_bench(profile, plan.bench_steps, rungs, device=plan.device, reference=True, concurrent=False, log=_log)
     result["reference_rung"] = list(profile.reference)
+    result["all_rungs"] = rungs is None or len(rungs) == len(profile.ladder)
+    result["compile_modes"] = {first: _mode_rows(result["rungs"], result["rungs"])}
+    for mode in others:
+        extra = run_bench(get_profile(plan.bench_profile, compile_mode=mode), plan.bench_steps, rungs,
+                          device=plan.device, reference=False, concurrent=False, log=_log)
+        result["compile_modes"][mode] = _mode_rows(extra["rungs"], result["rungs"])
     return result
+
+
+def _mode_rows(rows: list[dict], with_reference: list[dict]) -> list[dict]:
+    refs = {tuple(r["rung"]): r["reference"]["ms_per_step"] for r in with_reference if "reference" in r}
+    out = []
+    for row in rows:
+        fast, ref = row["fast"], refs.get(tuple(row["rung"]))
+        out.append({"rung": row["rung"], "ms_per_step": fast["ms_per_step"], "compiled": fast["compiled"],
+                    "compile_error": fast["compile_error"], "first_step_s": fast["first_step_s"],
+                    "final_train_loss": fast["final_train_loss"],
+                    "speedup_vs_reference": ref / fast["ms_per_step"] if ref else None})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -479,14 +513,19 @@ def headline(stages: dict) -> dict:
         out["projected_from"] = f"{conc['steps']}-step concurrent run extrapolated to {conc['horizon_steps']} steps"
     if bench and bench.get("projection"):
         proj = bench["projection"]
-        out["sequential_protocol_s"] = proj.get("sequential_s")
-        out["eager_sequential_protocol_s"] = proj.get("reference_sequential_s")
+        if bench.get("all_rungs", True):  # a protocol projection needs every rung
+            out["sequential_protocol_s"] = proj.get("sequential_s")
+            out["eager_sequential_protocol_s"] = proj.get("reference_sequential_s")
+        modes = bench.get("compile_modes", {})
+        at_ref = {m: r for m, rows in modes.items() for r in rows if r["rung"] == bench.get("reference_rung")}
+        if at_ref:
+            out["compile_modes_at_reference_rung"] = at_ref
         ref = [r for r in bench["rungs"] if r["rung"] == bench.get("reference_rung")]
         if ref and "speedup_vs_reference" in ref[0]:
             out["speedup_vs_eager_at_reference_rung"] = ref[0]["speedup_vs_reference"]
             out["reference_rung_ms_per_step"] = ref[0]["fast"]["ms_per_step"]
             out["reference_rung_eager_ms_per_step"] = ref[0]["reference"]["ms_per_step"]
-        if conc and conc.get("ok"):
+        if conc and conc.get("ok") and bench.get("all_rungs", True):
             # Measured concurrent wall at its step count against the bench's per-rung numbers at the same count.
             n = conc["steps"]
             isolated = sum(n * r["fast"]["ms_per_step"] / 1000 + r["fast"]["eval_s"] for r in bench["rungs"])
@@ -555,6 +594,11 @@ def render_summary(record: dict) -> str:
         f">= {TARGET_SPEEDUP_VS_REFERENCE_HOURS:.0f}x vs 7 h {_verdict(head.get('targets', {}).get('at_least_40x_faster_than_7h'))}; "
         f"engine >= {TARGET_SPEEDUP_VS_EAGER:.0f}x eager {_verdict(head.get('targets', {}).get('engine_at_least_3x_eager'))}.",
     ]
+    for mode, r in head.get("compile_modes_at_reference_rung", {}).items():
+        lines.append(f"- Compile mode `{mode}` at the reference rung: {r['ms_per_step']:.2f} ms/step, compiled "
+                     f"{r['compiled']}, first step {r['first_step_s']:.1f} s"
+                     + (f", {r['speedup_vs_reference']:.2f}x eager fp32" if r.get("speedup_vs_reference") else "")
+                     + (f" (compile error: {r['compile_error'][:160]})" if r.get("compile_error") else "") + ".")
     cvi = head.get("concurrent_vs_isolated_sum")
     if cvi:
         lines.append(f"- Concurrent rungs, {cvi['steps']} steps: {cvi['measured_wall_s']:.1f} s measured wall "
@@ -645,8 +689,9 @@ def _write_json(path: Path, value) -> None:
     os.replace(tmp, path)
 
 
-def run_stage_here(name: str, plan: Plan, work: Path) -> int:
-    """The body of one stage's process: run it, write ``work/<name>.json``."""
+def run_stage_here(name: str, work: Path) -> int:
+    """The body of one stage's process: run the stage of the plan in ``work/plan.json``, write ``work/<name>.json``."""
+    plan = Plan.from_json((work / "plan.json").read_text())
     started = time.perf_counter()
     try:
         result = STAGE_FUNCTIONS[name](plan, work)
@@ -664,8 +709,6 @@ def run_stage_here(name: str, plan: Plan, work: Path) -> int:
 
 def _run_stage_process(name: str, plan: Plan, work: Path, limit_s: float, log_file) -> dict:
     cmd = [sys.executable, "-m", "harness.gpu_check", "--stage", name, "--work", str(work)]
-    if plan.name == "dry-run":
-        cmd.append("--dry-run")
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     log_file.write(f"\n===== stage {name} (limit {limit_s:.0f} s) =====\n")
@@ -704,6 +747,7 @@ def run_all(plan: Plan, out: Path, stages: list[str] | None = None, budget_s: fl
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="harness-gpu-check-") as tmp, open(out / "log.txt", "a") as log_file:
         work = Path(tmp)
+        (work / "plan.json").write_text(plan.to_json())
         for name in stages or STAGES:
             left = budget - (time.monotonic() - started)
             if left < MIN_STAGE_S:
@@ -725,9 +769,19 @@ def run_all(plan: Plan, out: Path, stages: list[str] | None = None, budget_s: fl
 def cmd_gpu_check(args: argparse.Namespace) -> int:
     from harness.profiles import ConfigError, cuda_visible
 
-    plan = DRY_RUN_PLAN if args.dry_run else CUDA_PLAN
     if args.stage:
-        return run_stage_here(args.stage, plan, Path(args.work))
+        return run_stage_here(args.stage, Path(args.work))
+    plan = DRY_RUN_PLAN if args.dry_run else CUDA_PLAN
+    overrides = {}
+    if args.bench_rungs:
+        overrides["bench_rungs"] = tuple(int(i) for i in args.bench_rungs.split(","))
+    if args.bench_steps:
+        overrides["bench_steps"] = args.bench_steps
+    if args.concurrent_steps:
+        overrides["concurrent_steps"] = args.concurrent_steps
+    if args.compile_modes:
+        overrides["compile_modes"] = tuple(args.compile_modes.split(","))
+    plan = replace(plan, **overrides)
     if not args.dry_run and not cuda_visible():
         raise ConfigError("no CUDA device is visible here; run with --dry-run to check the script on the CPU")
     stages = args.stages.split(",") if args.stages else None
@@ -747,6 +801,11 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="run every stage on the CPU at smoke sizes")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all, in that order)")
     p.add_argument("--budget-s", type=float, help="wall-clock budget of the whole run, seconds (default: the plan's)")
+    p.add_argument("--bench-rungs", help="comma-separated ladder indices for the bench (default: every rung)")
+    p.add_argument("--bench-steps", type=int, help="timed steps per rung in the bench (default: the plan's)")
+    p.add_argument("--concurrent-steps", type=int, help="steps per rung when all rungs train at once")
+    p.add_argument("--compile-modes", help="comma-separated torch.compile modes for the bench, e.g. "
+                                           "default,reduce-overhead (default: default)")
     p.add_argument("--commit", help="the commit being run, recorded in the results (a copy without .git knows none)")
     p.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     p.add_argument("--work", help=argparse.SUPPRESS)

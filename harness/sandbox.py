@@ -15,6 +15,7 @@ this host or on a cluster worker (harness.executor).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -26,10 +27,20 @@ import types
 from pathlib import Path
 
 
+_LOADED_PROGRAMS = itertools.count()
+
+
 def load_attention(source: str, filename: str):
-    """Execute a (spliced) program as a fresh module and return its ATTENTION class."""
-    module = types.ModuleType("evolved_program")
+    """Execute a (spliced) program as a fresh module and return its ATTENTION class.
+
+    The module is registered in ``sys.modules`` under a name of its own: torch.compile (dynamo) imports, by name,
+    the module of every function it inlines, and fails on a module it cannot import (the engine then trained
+    every program eagerly). The name is unique per load, so that a baseline and a candidate loaded in one process
+    never share globals."""
+    name = f"evolved_program_{next(_LOADED_PROGRAMS)}"
+    module = types.ModuleType(name)
     module.__file__ = filename
+    sys.modules[name] = module
     exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - this is the sandbox
     return module.ATTENTION
 
