@@ -250,8 +250,10 @@ def _utilisation(flops: int, ms: float, peak: dict | None, key: str) -> tuple[fl
 
 def run_bench(profile: Profile, steps: int, rung_indices: list[int] | None = None, framework: str = "cd",
               program: str | None = None, device: str | None = None, reference: bool = True,
-              concurrent: bool | None = None, data_source: str = "random", protocol: bool = False, log=None) -> dict:
-    """Everything ``harness bench`` measures, as one JSON-ready dict (``table`` holds the printed table)."""
+              concurrent: bool | None = None, data_source: str = "random", protocol: bool = False, log=None,
+              reference_rungs: list[tuple] | None = None) -> dict:
+    """Everything ``harness bench`` measures, as one JSON-ready dict (``table`` holds the printed table).
+    ``reference_rungs``: time the eager reference only at these rungs (default: every rung timed)."""
     import torch
 
     from harness.frameworks import get_framework
@@ -307,7 +309,7 @@ def run_bench(profile: Profile, steps: int, rung_indices: list[int] | None = Non
                                                            fast.ms_per_step)
         log(f"rung {rung}: engine {fast.ms_per_step:.2f} ms/step ({fast.tokens_per_s:,.0f} tokens/s), "
             f"compiled {fast.compiled}, first step {fast.first_step_s:.1f} s, validation pass {fast.eval_s:.2f} s")
-        if reference:
+        if reference and (reference_rungs is None or tuple(rung) in {tuple(r) for r in reference_rungs}):
             ref = reference_loop(attention_cls, short, rung, data, steps, device)
             row["reference"] = {"ms_per_step": ref["ms_per_step"], "tokens_per_s": ref["tokens_per_s"],
                                 "final_train_loss": ref["losses"][-1]}
@@ -326,7 +328,7 @@ def run_bench(profile: Profile, steps: int, rung_indices: list[int] | None = Non
                          "protocol_steps": profile.steps, "evaluations_per_rung": n_evaluations(profile)},
               "rungs": rows}
     projection = {"sequential_s": sum(r["fast"]["projected_rung_s"] for r in rows)} if rows else {}
-    if reference and rows:
+    if rows and all("reference" in r for r in rows):
         projection["reference_sequential_s"] = sum(r["reference"]["projected_rung_s"] for r in rows)
 
     if concurrent and len(rows) > 1:

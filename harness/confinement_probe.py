@@ -16,7 +16,10 @@ process so that nothing it changes outlives it:
   seccomp filter that refuses ``socket``), then tries, and reports, each thing the layers must stop: reading a
   planted secret file outside the allowed folders, writing outside the scratch folder, opening a socket; and
   the things they must not stop: writing in the scratch folder and, where CUDA is visible, a matrix product on
-  the GPU.
+  the GPU;
+* ``only_<layer>``: the same child under each layer alone, and under looser variants of some (Landlock with reads
+  anywhere, or with writes in the system's scratch folders too; seccomp refusing only internet sockets), so that
+  when CUDA fails under the whole set, the runs say which layer and which right it needs.
 
 Every attempt reports what happened (``ok`` or the errno's name), never a guess.
 """
@@ -55,6 +58,8 @@ SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS = 0x7FFF0000, 0x0
 SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/etc", "/proc", "/sys", "/dev",
                      "/run/nvidia-persistenced")
 GPU_DEVICE_GLOBS = ("nvidia*", "nvidia-caps/*", "dri/*")
+# Folders where system libraries create sockets, locks and shared memory (the CUDA driver among them).
+SYSTEM_SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev", "/dev/shm", "/run")
 
 
 def _libc():
@@ -122,22 +127,31 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def apply_seccomp_deny_socket() -> str:
-    """A seccomp filter that fails ``socket()`` with EPERM and allows everything else (kills on a foreign arch)."""
+def apply_seccomp_deny_socket(inet_only: bool = False) -> str:
+    """A seccomp filter that fails ``socket()`` with EPERM (``inet_only``: only for AF_INET and AF_INET6, so that
+    Unix sockets stay possible) and allows everything else; a foreign architecture's calls kill the process."""
     arch = AUDIT_ARCH.get(platform.machine())
     if arch is None:
         return f"unsupported architecture {platform.machine()}"
     audit_arch, nr_socket = arch
     ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06
+    deny, allow = _SockFilter(ret_k, 0, 0, SECCOMP_RET_ERRNO | errno.EPERM), _SockFilter(ret_k, 0, 0, SECCOMP_RET_ALLOW)
     program = [
         _SockFilter(ld_w_abs, 0, 0, 4),  # seccomp_data.arch
         _SockFilter(jeq_k, 1, 0, audit_arch),
         _SockFilter(ret_k, 0, 0, SECCOMP_RET_KILL_PROCESS),
         _SockFilter(ld_w_abs, 0, 0, 0),  # seccomp_data.nr
-        _SockFilter(jeq_k, 0, 1, nr_socket),
-        _SockFilter(ret_k, 0, 0, SECCOMP_RET_ERRNO | errno.EPERM),
-        _SockFilter(ret_k, 0, 0, SECCOMP_RET_ALLOW),
     ]
+    if inet_only:
+        program += [
+            _SockFilter(jeq_k, 0, 4, nr_socket),  # not socket(): allow
+            _SockFilter(ld_w_abs, 0, 0, 16),  # low word of args[0], the address family
+            _SockFilter(jeq_k, 1, 0, socket_family("AF_INET")),
+            _SockFilter(jeq_k, 0, 1, socket_family("AF_INET6")),
+            deny, allow,
+        ]
+    else:
+        program += [_SockFilter(jeq_k, 0, 1, nr_socket), deny, allow]
     filters = (_SockFilter * len(program))(*program)
     prog = _SockFprog(len(program), filters)
     libc = _libc()
@@ -146,6 +160,12 @@ def apply_seccomp_deny_socket() -> str:
     if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
         return f"set_seccomp: {_errno_name(ctypes.get_errno())}"
     return "ok"
+
+
+def socket_family(name: str) -> int:
+    import socket
+
+    return int(getattr(socket, name))
 
 
 def unshare(flags: int) -> str:
@@ -197,8 +217,12 @@ def confined_child(spec: dict) -> dict:
         layers["landlock"] = apply_landlock(spec["read_roots"], spec["write_roots"])
     if "landlock_writes_only" in spec["layers"]:  # reads anywhere: tells a read rule from a write rule
         layers["landlock_writes_only"] = apply_landlock(["/"], spec["write_roots"])
+    if "landlock_writes_tmp_dev" in spec["layers"]:  # and writes in the shared scratch folders of the system too
+        layers["landlock_writes_tmp_dev"] = apply_landlock(["/"], spec["write_roots"] + list(SYSTEM_SCRATCH_DIRS))
     if "seccomp_deny_socket" in spec["layers"]:
         layers["seccomp_deny_socket"] = apply_seccomp_deny_socket()
+    if "seccomp_deny_inet_socket" in spec["layers"]:
+        layers["seccomp_deny_inet_socket"] = apply_seccomp_deny_socket(inet_only=True)
     scratch = Path(spec["scratch"])
     os.environ["TMPDIR"] = str(scratch)  # torch's import needs a writable temporary folder
     must_stop = {
@@ -266,17 +290,18 @@ def probe(work_dir: Path | None = None) -> dict:
         denied.mkdir()
         secret = denied / "secret.txt"
         secret.write_text("not for candidates")
-        available = ["seccomp_deny_socket"] if report["seccomp"] == "ok" else []
+        available = ["seccomp_deny_socket", "seccomp_deny_inet_socket"] if report["seccomp"] == "ok" else []
         if report["namespaces"]["network"] == "ok":
             available.append("network_namespace")
         if report["landlock_abi"] > 0:
-            available += ["landlock", "landlock_writes_only"]
+            available += ["landlock", "landlock_writes_only", "landlock_writes_tmp_dev"]
+        variants = {"landlock_writes_only", "landlock_writes_tmp_dev", "seccomp_deny_inet_socket"}
         spec = {"read_roots": [r for r in _read_roots(tmp) if not str(tmp).startswith(r)],
                 "write_roots": [str(scratch), *_device_files(), "/dev/null", "/dev/shm"],
                 "scratch": str(scratch), "secret": str(secret), "outside": str(denied / "written.txt")}
         # Every available layer at once, then each alone: when CUDA fails under all of them, the single-layer
         # runs say which layer it is.
-        for key, layers in [("confined_child", [x for x in available if x != "landlock_writes_only"])] + \
+        for key, layers in [("confined_child", [x for x in available if x not in variants])] + \
                 [(f"only_{x}", [x]) for x in available]:
             child = _child("import json, sys; from harness.confinement_probe import confined_child; "
                            f"print(json.dumps(confined_child({ {**spec, 'layers': layers}!r})))", timeout_s=300.0)

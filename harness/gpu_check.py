@@ -21,14 +21,16 @@ The stages, in the order they run:
    It runs before the per-rung bench on purpose: its four compilations run in parallel, and leave the compile
    caches warm for the stages after it, which a per-candidate evaluation would not find. Its wall time therefore
    holds the cold compilation, as an evaluation's does.
-4. ``bench``: ``harness bench`` at the full profile, ``bench_steps`` steps per rung: ms/step, tokens/s, utilisation
-   against the measured and the data-sheet peak, the eager fp32 reference and the speed-up at every rung.
-5. ``evaluation``: one ``pilot`` evaluation of the cd seed end to end through the evaluator (static gate, the
+4. ``evaluation``: one ``pilot`` evaluation of the cd seed end to end through the evaluator (static gate, the
    sandbox on CUDA, the scoring, the ledger), after preparing its baseline; then one adversarial candidate (a
    causality leak: must be rejected with ``causality``) and one escape candidate (reads a secret from the
    environment and writes a file outside the sandbox while it is constructed; whether each side effect happened
    is checked from outside). The GPU machine has no network, so the data are the package's synthetic stories
    written as a local text folder (``HARNESS_DATA``); the profile is otherwise ``pilot``.
+5. ``bench``: ``harness bench`` at the full profile, ``bench_steps`` steps per rung: ms/step, tokens/s and
+   utilisation of the engine at every rung; the eager fp32 reference, and the speed-up, at the reference rung
+   (the eager loop is 4x slower: timing it at every rung would cost the lease a minute). ``--compile-modes``
+   times further torch.compile modes against the same reference.
 6. ``trace``: a short profiler trace of the engine at the reference rung: GPU time per step by kernel, and the
    share of the step the GPU was busy.
 
@@ -51,7 +53,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("environment", "cuda_tests", "concurrent", "bench", "evaluation", "trace")
+STAGES = ("environment", "cuda_tests", "concurrent", "evaluation", "bench", "trace")
 MIN_STAGE_S = 20.0  # a stage is not started with less time than this left
 REFERENCE_HOURS = 7.0  # the users' estimate for one full-protocol evaluation on their previous loop
 TARGET_MINUTES = 10.0
@@ -77,7 +79,7 @@ class Plan:
     budget_s: float  # the whole run
     stage_limit_s: dict = field(default_factory=dict)
     bench_rungs: tuple | None = None  # ladder indices the bench times (None: every rung)
-    compile_modes: tuple = ("default",)  # torch.compile modes the bench times; the eager reference runs once
+    compile_modes: tuple = ()  # torch.compile modes the bench times (empty: the profile's own); eager runs once
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -90,11 +92,14 @@ class Plan:
         return cls(**raw)
 
 
+# Sized from the first runs on an H200 (results/bench/NOTES.md): with CUDA graphs a reference-rung step took 4.1 ms,
+# the eager fp32 reference 16.5 ms, a cold compilation 14-24 s, the environment stage 25 s. The stage limits add
+# up to more than the budget: the budget wins, and the stages that matter most run first.
 CUDA_PLAN = Plan(
-    name="cuda", device="cuda", bench_profile="full", bench_steps=1000, concurrent_steps=10_000,
+    name="cuda", device="cuda", bench_profile="full", bench_steps=500, concurrent_steps=10_000,
     eval_profile="pilot", eval_train_stories=40_000, eval_val_stories=10_000,  # ~1.3M validation tokens >= 2^20
-    trace_wait_steps=30, trace_active_steps=20, budget_s=500.0,
-    stage_limit_s={"environment": 60, "cuda_tests": 150, "concurrent": 200, "bench": 200, "evaluation": 240,
+    trace_wait_steps=30, trace_active_steps=20, budget_s=520.0,
+    stage_limit_s={"environment": 60, "cuda_tests": 120, "concurrent": 200, "evaluation": 240, "bench": 200,
                    "trace": 90},
 )
 DRY_RUN_PLAN = Plan(
@@ -290,9 +295,10 @@ def stage_bench(plan: Plan, work: Path) -> dict:
     from harness.profiles import get_profile
 
     rungs = list(plan.bench_rungs) if plan.bench_rungs is not None else None
-    first, *others = plan.compile_modes
+    first, *others = plan.compile_modes or (get_profile(plan.bench_profile).compile_mode,)
     profile = get_profile(plan.bench_profile, compile_mode=first)
-    result = run_bench(profile, plan.bench_steps, rungs, device=plan.device, reference=True, concurrent=False, log=_log)
+    result = run_bench(profile, plan.bench_steps, rungs, device=plan.device, reference=True, concurrent=False, log=_log,
+                       reference_rungs=[profile.reference])
     result["reference_rung"] = list(profile.reference)
     result["all_rungs"] = rungs is None or len(rungs) == len(profile.ladder)
     result["compile_modes"] = {first: _mode_rows(result["rungs"], result["rungs"])}
@@ -433,11 +439,12 @@ def stage_evaluation(plan: Plan, work: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Stage 6: where the time goes
 
+# First match wins: inductor's fused kernels are named after every op they fuse (``triton_..._to_copy_...``).
 KERNEL_CATEGORIES = (
+    ("fused (triton)", r"^triton_"),
     ("matmul", r"gemm|cutlass|nvjet|xmma|cublas|matmul|wgmma|addmm|\bmm\b|bmm"),
     ("optimizer", r"adam|multi_tensor|foreach"),
-    ("copy/fill", r"memcpy|memset|copy_|fill_|Memcpy|Memset"),
-    ("fused (triton)", r"^triton_"),
+    ("copy/fill", r"memcpy|memset|copy_|fill|Memcpy|Memset"),
 )
 
 
@@ -475,8 +482,9 @@ def stage_trace(plan: Plan, work: Path) -> dict:
         run = train(cls, short, prof_cfg.reference, data, device=plan.device, on_step=on_step)
     time_attr = "self_device_time_total" if cuda else "self_cpu_time_total"
     events = [e for e in prof.key_averages() if getattr(e, time_attr, 0) > 0]
-    if cuda:  # the kernels themselves, not the CPU-side ops that launched them
-        events = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    if cuda:  # the kernels themselves: not the CPU-side ops that launched them, nor the annotations around them
+        events = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+                  and not getattr(e, "is_user_annotation", False) and not e.key.startswith("ProfilerStep")]
     total_us = sum(getattr(e, time_attr) for e in events)
     rows = sorted(({"name": e.key[:160], "ms_per_step": getattr(e, time_attr) / 1000 / active,
                     "calls_per_step": e.count / active, "category": kernel_category(e.key)} for e in events),
@@ -514,8 +522,10 @@ def headline(stages: dict) -> dict:
     if bench and bench.get("projection"):
         proj = bench["projection"]
         if bench.get("all_rungs", True):  # a protocol projection needs every rung
-            out["sequential_protocol_s"] = proj.get("sequential_s")
-            out["eager_sequential_protocol_s"] = proj.get("reference_sequential_s")
+            for key, source in (("sequential_protocol_s", "sequential_s"),
+                                ("eager_sequential_protocol_s", "reference_sequential_s")):
+                if proj.get(source) is not None:
+                    out[key] = proj[source]
         modes = bench.get("compile_modes", {})
         at_ref = {m: r for m, rows in modes.items() for r in rows if r["rung"] == bench.get("reference_rung")}
         if at_ref:
@@ -805,7 +815,7 @@ def register(sub) -> None:
     p.add_argument("--bench-steps", type=int, help="timed steps per rung in the bench (default: the plan's)")
     p.add_argument("--concurrent-steps", type=int, help="steps per rung when all rungs train at once")
     p.add_argument("--compile-modes", help="comma-separated torch.compile modes for the bench, e.g. "
-                                           "default,reduce-overhead (default: default)")
+                                           "default,reduce-overhead (default: the profile's own)")
     p.add_argument("--commit", help="the commit being run, recorded in the results (a copy without .git knows none)")
     p.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     p.add_argument("--work", help=argparse.SUPPRESS)

@@ -1,0 +1,180 @@
+"""``harness gpu-check``: its CPU dry-run runs every stage end to end (so the GPU script cannot rot between the rare
+sessions that have a GPU), a stage that overruns is recorded and the next one still runs, the headline arithmetic,
+the confinement probe, and programs loaded by the sandbox can be traced by torch.compile."""
+
+import json
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from harness import cli, confinement_probe, gpu_check
+from harness.frameworks import FRAMEWORKS
+from harness.profiles import cuda_visible
+from harness.sandbox import load_attention
+from harness.scaffold import build_model
+
+
+@pytest.mark.slow
+def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, capsys):
+    out = tmp_path / "gpu"
+    assert cli.main(["gpu-check", "--dry-run", "--out", str(out), "--commit", "0123abc"]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["gpu-check.json", "log.txt", "summary.md"]
+    record = json.loads((out / "gpu-check.json").read_text())
+    assert record["commit"] == "0123abc" and record["plan"]["name"] == "dry-run"
+    assert {name: s["status"] for name, s in record["stages"].items()} == {name: "ok" for name in gpu_check.STAGES}
+    stages = {name: s["result"] for name, s in record["stages"].items()}
+
+    env = stages["environment"]
+    assert env["fingerprint"]["harness_code_hash"] and env["ceilings"]["copy_gb_per_s"] > 0
+    assert env["ceilings"]["matmul_tflops"] > 0 and env["confinement"]["level"]
+
+    # No GPU here: the CUDA test was collected and skipped, with its reason.
+    tests = stages["cuda_tests"]
+    assert tests["skipped"] == 1 and tests["failed"] == 0 and "needs CUDA" in tests["tests"][0]["message"]
+
+    conc = stages["concurrent"]
+    assert [r["rung"] for r in conc["rungs"]] == [[32, 2, 2], [48, 2, 2]] and conc["ok"]
+    assert conc["extrapolated_horizon_s"] > conc["wall_s"] > conc["fixed_s"] > 0
+
+    # Through the real evaluator: the seed scores at parity with its own baseline, the leak and the escape
+    # attempt are rejected with their reasons, and the escape's side effects were looked for from outside.
+    cases = {c["name"]: c for c in stages["evaluation"]["cases"]}
+    assert cases["seed"]["reason"] == "ok" and cases["seed"]["combined_score"] == pytest.approx(1.0, abs=0.05)
+    assert cases["adversarial_future_leak"]["reason"] == "causality"
+    assert cases["adversarial_future_leak"]["combined_score"] == 0.0
+    escape = cases["escape_secret_and_file"]
+    assert escape["reason"] == "shape" and escape["combined_score"] == 0.0
+    assert set(escape["escape"]) == {"file_written_outside_sandbox", "secret_read"}
+    assert escape["escape"]["file_written_outside_sandbox"] or not escape["escape"]["secret_read"]
+
+    bench = stages["bench"]
+    assert bench["reference_rung"] == [48, 2, 2]
+    assert ["reference" in r for r in bench["rungs"]] == [False, True]  # the eager loop at the reference rung only
+    assert "reference_sequential_s" not in bench["projection"]
+    trace = stages["trace"]
+    assert trace["busy_ms_per_step"] > 0 and trace["top"] and trace["active_steps"] == 4
+
+    head = record["headline"]
+    assert head["speedup_vs_eager_at_reference_rung"] > 0 and head["projected_protocol_s"] > 0
+    assert set(head["targets"]) == {"protocol_under_10_min", "at_least_40x_faster_than_7h", "engine_at_least_3x_eager"}
+    summary = (out / "summary.md").read_text()
+    assert summary in printed and "Dry run on the CPU" in summary and "escape_secret_and_file" in summary
+    for name in gpu_check.STAGES:
+        assert f"| {name} | ok |" in summary
+
+
+def test_a_stage_past_its_limit_is_recorded_and_the_next_stage_still_runs(tmp_path):
+    plan = replace(gpu_check.DRY_RUN_PLAN, stage_limit_s={"environment": 1, "bench": 120})
+    record = gpu_check.run_all(plan, tmp_path, stages=["environment", "bench"], echo=lambda *_: None)
+    assert record["stages"]["environment"]["status"] == "timeout"
+    assert record["stages"]["bench"]["status"] == "ok"
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| environment | timeout |" in summary and "killed at its limit of 1 s" in summary
+    assert json.loads((tmp_path / "gpu-check.json").read_text())["stages"]["bench"]["result"]["rungs"]
+
+
+def test_stages_left_without_budget_are_skipped_not_started(tmp_path):
+    record = gpu_check.run_all(gpu_check.DRY_RUN_PLAN, tmp_path, stages=["bench", "trace"], budget_s=5.0,
+                               echo=lambda *_: None)
+    assert [s["status"] for s in record["stages"].values()] == ["skipped", "skipped"]
+    assert "of the 5 s budget left" in record["stages"]["trace"]["error"]
+
+
+@pytest.mark.skipif(cuda_visible(), reason="checks the refusal on a machine without CUDA")
+def test_the_gpu_run_refuses_a_machine_without_cuda(tmp_path, capsys):
+    assert gpu_check.main(["--out", str(tmp_path)]) == 2
+    assert "--dry-run" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def _bench_rows(ms: dict, reference_ms: float) -> list[dict]:
+    rows = []
+    for rung, value in ms.items():
+        row = {"rung": list(rung), "fast": {"ms_per_step": value, "eval_s": 1.0}}
+        if rung == (128, 4, 4):
+            row["reference"] = {"ms_per_step": reference_ms}
+            row["speedup_vs_reference"] = reference_ms / value
+        rows.append(row)
+    return rows
+
+
+def test_headline_extrapolates_the_concurrent_run_and_checks_the_targets():
+    assert gpu_check.extrapolate_concurrent_s(wall_s=130.0, fixed_s=30.0, steps=10_000, horizon_steps=100_000) \
+        == pytest.approx(30.0 + 100.0 * 10)
+    ms = {(96, 4, 4): 3.0, (128, 4, 4): 4.0, (128, 6, 4): 5.0, (192, 6, 6): 6.0}
+    stages = {
+        "concurrent": {"result": {"ok": True, "steps": 10_000, "horizon_steps": 100_000, "wall_s": 130.0,
+                                  "fixed_s": 30.0, "extrapolated_horizon_s": 1030.0}},
+        "bench": {"result": {"reference_rung": [128, 4, 4], "all_rungs": True, "rungs": _bench_rows(ms, 16.0),
+                             "projection": {"sequential_s": 2000.0},
+                             "compile_modes": {"reduce-overhead": [{"rung": [128, 4, 4], "ms_per_step": 4.0}]}}},
+        "trace": {"result": {"rung": [128, 4, 4], "busy_ms_per_step": 2.0}},
+    }
+    head = gpu_check.headline(stages)
+    assert head["projected_protocol_s"] == 1030.0 and head["sequential_protocol_s"] == 2000.0
+    assert head["speedup_vs_eager_at_reference_rung"] == pytest.approx(4.0)
+    assert head["speedup_vs_users_7h"] == pytest.approx(7 * 3600 / 1030.0)
+    assert head["gpu_busy_share_at_reference_rung"] == pytest.approx(0.5)
+    cvi = head["concurrent_vs_isolated_sum"]
+    assert cvi["isolated_rungs_sum_s"] == pytest.approx(10_000 * 18.0 / 1000 + 4.0)
+    assert cvi["steady_ratio"] == pytest.approx(100.0 / cvi["isolated_rungs_sum_s"])
+    assert head["targets"] == {"protocol_under_10_min": False, "at_least_40x_faster_than_7h": False,
+                               "engine_at_least_3x_eager": True}
+    assert "eager_sequential_protocol_s" not in head  # the eager loop was not timed at every rung
+
+    # Nothing measured: every target says so, none is claimed either way.
+    assert gpu_check.headline({})["targets"] == {"protocol_under_10_min": None, "at_least_40x_faster_than_7h": None,
+                                                 "engine_at_least_3x_eager": None}
+
+
+def test_kernel_categories():
+    assert gpu_check.kernel_category("triton_red_fused__log_softmax__to_copy__unsafe_view_17") == "fused (triton)"
+    assert gpu_check.kernel_category("nvjet_sm90_tst_128x128_64x6_1x2_h_bz_NTT") == "matmul"
+    assert gpu_check.kernel_category("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<"
+                                     "FusedOptimizerTensorListMetadata<4>>") == "optimizer"
+    assert gpu_check.kernel_category("Memcpy DtoD (Device -> Device)") == "copy/fill"
+    assert gpu_check.kernel_category("void at::native::reduce_kernel<512, 1>") == "other"
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+def test_a_loaded_program_can_be_traced_by_torch_compile(framework):
+    """torch.compile imports, by name, the module of every function it inlines: a program loaded under a module
+    missing from sys.modules made every compile fail, and the engine trained everything eagerly."""
+    fw = FRAMEWORKS[framework]
+    cls = load_attention(fw.seed_source(), str(fw.seed_path))
+    other = load_attention(fw.seed_source(), str(fw.seed_path))
+    assert sys.modules[cls.__module__].ATTENTION is cls and cls.__module__ != other.__module__
+    model = build_model(cls, (32, 2, 2), 128, 16, 0.0, 0)
+    x = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", dynamic=False)
+    _, loss = compiled(x, x)
+    loss.backward()
+    _, expected = model(x, x)
+    assert torch.allclose(loss, expected)
+
+
+def test_the_confinement_probe_reports_what_each_layer_stopped(tmp_path):
+    report = confinement_probe.probe(tmp_path)
+    assert set(report["namespaces"]) == {"user", "network", "mount", "pid"} and report["level"]
+    assert "error" not in report["confined_child"], report["confined_child"]
+    for key, child in report.items():
+        if not key.startswith(("only_", "confined_child")):
+            continue
+        assert child["must_allow"]["write_in_scratch"] == "ok"
+        layers, stop = child["layers"], child["must_stop"]
+        # Each layer that applied stopped what it is for, and the file it refused was indeed not written.
+        if layers.get("landlock") == "ok":
+            assert stop["read_planted_secret"] == "EACCES" and stop["write_outside_scratch"] == "EACCES"
+            assert not child["outside_file_exists_afterwards"]
+        if layers.get("landlock_writes_only") == "ok":
+            assert stop["write_outside_scratch"] == "EACCES" and not child["outside_file_exists_afterwards"]
+        if layers.get("seccomp_deny_socket") == "ok":
+            assert stop["open_socket"] == "EPERM"
+        if not any(name.startswith("landlock") for name in layers):
+            # Unconfined file system: the same attempts succeed, so a refusal above is the layer's doing.
+            assert stop["write_outside_scratch"] == "ok" and child["outside_file_exists_afterwards"]
+            assert stop["read_planted_secret"] == "ok"
