@@ -213,7 +213,8 @@ def _git() -> dict:
 def bench_fingerprint(profile: Profile, device: str) -> dict:
     import torch
 
-    from harness.fingerprint import harness_code_hash, hardware
+    from harness.fingerprint import harness_code_hash
+    from harness.hardware import hardware
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                 "cuda": torch.version.cuda}
@@ -258,7 +259,7 @@ def run_bench(profile: Profile, steps: int, rung_indices: list[int] | None = Non
 
     from harness.frameworks import get_framework
     from harness.objective import train_rungs_concurrently
-    from harness.sandbox import load_attention
+    from harness.loader import load_attention
     from harness.train import train
 
     log = log or (lambda message: None)

@@ -19,8 +19,9 @@ def _log(message: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.data import default_cache_dir, load_token_data
     from harness.fingerprint import environment_fingerprint
+    from harness.hardware import hardware
     from harness.profiles import get_profile, require_device
-    from harness.sandbox import load_attention
+    from harness.loader import load_attention
     from harness.train import train
 
     profile = get_profile(args.profile)
@@ -33,7 +34,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                            profile.tokenizer_train_bytes, synthetic_stories_n=profile.synthetic_stories)
     _log(f"data: {len(data.train):,} train tokens, {len(data.val):,} validation tokens, vocab {data.vocab_size}")
     rungs = profile.ladder if args.rung == "all" else [profile.ladder[int(args.rung) if args.rung else profile.reference_rung]]
-    fingerprint = environment_fingerprint(profile, data)
+    fingerprint = environment_fingerprint(profile, data, hardware(profile.device))
     runs = []
     for rung in rungs:
         result = train(attention_cls, profile, rung, data, seed=args.seed, log=_log)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.profiles import default_cache_dir  # noqa: F401 - the cache folder, defined with the settings
+
 log = logging.getLogger(__name__)
 
 EOS_TOKEN = "<|endoftext|>"
@@ -545,12 +547,6 @@ def encode_stories(tokenizer, stories: list[str], eos_id: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------------------------------
 # The cache
-
-
-def default_cache_dir() -> Path:
-    """``$HARNESS_CACHE`` if set, else ``~/.cache/harness``."""
-    env = os.environ.get("HARNESS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "harness"
 
 
 def _corrupt(entry: Path, file: Path, why: str) -> DataError:

@@ -18,11 +18,11 @@ import traceback
 from pathlib import Path
 
 from harness import executor, ledger, program
-from harness.frameworks import get_framework
+from harness.frameworks import ATTENTION_KWARGS, get_framework
 from harness.policy import check_block
 from harness.profiles import ConfigError, Profile, get_profile, require_device
 from harness.reasons import HINTS, Reason
-from harness.scaffold import ATTENTION_KWARGS
+from harness.scoring import objective_metrics
 
 STDERR_TAIL_CHARS = executor.STDERR_TAIL_CHARS
 
@@ -92,22 +92,6 @@ def _float_metrics(raw: dict) -> dict[str, float]:
         value = float(value)
         if math.isfinite(value):
             out[key] = value
-    return out
-
-
-def _objective_metrics(objective: dict) -> dict[str, float]:
-    out = {"objective_fitness": objective["fitness"], "largest_rung_loss": objective["largest_rung_loss"]}
-    for key in ("final_loss", "scaling_a", "scaling_b"):
-        if key in objective:
-            out[key] = objective[key]
-    for run in objective["runs"]:
-        d, layers, _ = run["rung"]
-        out[f"val_loss_d{d}_l{layers}"] = run["final_val_loss"]
-        out[f"ms_per_step_d{d}_l{layers}"] = run["ms_per_step"]
-    # The validation loss at the first evaluation of the last rung: recorded, never scored, so that the
-    # analysis can show how well an early-training proxy would have ranked the candidates.
-    first = objective["runs"][-1]["val_curve"][0]
-    out["early_val_loss"], out["early_val_step"] = first[1], first[0]
     return out
 
 
@@ -246,7 +230,7 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
     reason = Reason(result.get("reason", "crash"))
     metrics = dict(result.get("metrics", {}))
     if "objective" in result:
-        metrics.update(_objective_metrics(result["objective"]))
+        metrics.update(objective_metrics(result["objective"]))
     details = "\n".join(filter(None, [result.get("traceback", ""), log if reason not in (Reason.OK,) else ""]))
     return _result(framework, reason, result.get("message", ""), score=result.get("combined_score", 0.0),
                    metrics=metrics, details=details, flags=result.get("flags"), timings=result.get("timings"), **common)

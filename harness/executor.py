@@ -39,6 +39,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness.process_lifetime import PARENT_PID_ENV
+
 EXECUTORS = ("local", "ray")
 STDERR_TAIL_CHARS = 4000
 POLL_INTERVAL_S = 0.2
@@ -50,8 +52,6 @@ SUBMIT_OVERHEAD_S = 120.0
 LOST_WORKER_ERRORS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError",
                       "OwnerDiedError", "LocalRayletDiedError", "ObjectReconstructionFailedError",
                       "ObjectFetchTimedOutError", "ActorDiedError")
-# The environment variable the sandbox reads to die with its parent (see sandbox.die_with_parent).
-PARENT_PID_ENV = "HARNESS_SANDBOX_PARENT_PID"
 
 
 @dataclass(frozen=True)
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     if command != "submit":
         print(f"usage: python -m harness.executor submit SPEC.json RESULT.json (not {command!r})", file=sys.stderr)
         return 2
-    from harness.sandbox import die_with_parent
+    from harness.process_lifetime import die_with_parent
 
     die_with_parent()  # an orphaned driver would keep its task, and its GPU, busy
     spec = json.loads(Path(spec_path).read_text())

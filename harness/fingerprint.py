@@ -9,48 +9,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 from pathlib import Path
 
 HARNESS_DIR = Path(__file__).resolve().parent
+# The modules whose code can change an evaluation's verdict or numbers: the frozen model, the data, the training,
+# the gates, the scoring, the budgets and the evaluator's decisions. Not the ledger, the slots or the tools around
+# the loop (analysis, validation, proposer, benchmarks): editing those never invalidates a cached baseline.
+RESULT_MODULES = ("checks", "data", "evaluate", "executor", "fingerprint", "flops", "frameworks", "hardware", "loader",
+                  "objective", "policy", "profiles", "program", "reasons", "sandbox", "scaffold", "scoring", "train")
 
 
 def harness_code_hash() -> str:
-    """Hash of every module of the package: a change to the scaffold, the recipe or the gate changes it."""
+    """Hash of the modules that can change a result (``RESULT_MODULES``): a change to the scaffold, the recipe or
+    the gate changes it."""
     digest = hashlib.sha256()
-    for path in sorted(HARNESS_DIR.glob("*.py")):
+    for name in sorted(RESULT_MODULES):
+        path = HARNESS_DIR / f"{name}.py"
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware(device: str) -> dict:
-    """Call only where torch may touch the device (the sandbox): on CUDA it initialises the driver."""
-    import torch
-
-    info = {"device": device, "cpu": cpu_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version()}
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        info["gpu"] = props.name
-        info["gpu_memory_mib"] = props.total_memory // (1 << 20)
-        info["cuda_capability"] = f"{props.major}.{props.minor}"
-    return info
-
-
-def environment_fingerprint(profile, data) -> dict:
+def environment_fingerprint(profile, data, hardware_info: dict) -> dict:
+    """``hardware_info``: ``harness.hardware.hardware(profile.device)``, read where the evaluation runs."""
     fp = {
-        "hardware": hardware(profile.device),
+        "hardware": hardware_info,
         "profile": profile.name,
         "profile_digest": profile.digest(),
         "objective": profile.objective,

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The keywords the frozen scaffold constructs every attention class with (harness.scaffold). Here, not there, so
+# that the static gate checks them without importing torch.
+ATTENTION_KWARGS = ("d_model", "n_heads", "dropout", "max_seq_len")
 
 
 @dataclass(frozen=True)

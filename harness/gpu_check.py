@@ -461,7 +461,7 @@ def stage_trace(plan: Plan, work: Path) -> dict:
 
     from harness.bench import RandomTokens, bench_profile
     from harness.profiles import get_profile
-    from harness.sandbox import load_attention
+    from harness.loader import load_attention
     from harness.train import train
 
     prof_cfg = get_profile(plan.bench_profile)
@@ -592,7 +592,7 @@ def render_summary(record: dict) -> str:
         f"({head.get('projected_from', 'no concurrent run')}); rungs one after another: "
         f"{_fmt_s(head.get('sequential_protocol_s'))}; eager fp32 loop, one after another: "
         f"{_fmt_s(head.get('eager_sequential_protocol_s'))}.",
-        f"- Engine vs eager fp32 at the reference rung: "
+        "- Engine vs eager fp32 at the reference rung: "
         + (f"**{head['speedup_vs_eager_at_reference_rung']:.2f}x** ({head['reference_rung_ms_per_step']:.2f} vs "
            f"{head['reference_rung_eager_ms_per_step']:.2f} ms/step)" if "speedup_vs_eager_at_reference_rung" in head
            else "n/a")

@@ -1,22 +1,15 @@
-"""The objective, computed at the profile's full horizon, and its transform into ``combined_score``.
-
-- ``final_loss``: validation loss at the reference rung; fitness = −loss.
-- ``scaling_slope``: train every rung, fit loss = a + b·ln N (N = non-embedding parameters); fitness = −b.
-
-``combined_score = exp(fitness − fitness_baseline)``: positive, strictly increasing in the fitness,
-exactly 1.0 at parity with the baseline. For ``final_loss`` it is the baseline's validation
-perplexity divided by the candidate's.
+"""Training what the objective needs, at the profile's full horizon: every rung it names, in sequence or at once.
+The fitness and the score are computed from the runs by :mod:`harness.scoring`.
 
 With ``profile.concurrent_rungs`` the rungs train at the same time, each in its own spawned process on the
 same device (:func:`train_rungs_concurrently`). A child re-creates the attention class from the program's
-source text with ``harness.sandbox.load_attention``, exactly as the sandbox did; classes are never pickled.
+source text with ``harness.loader.load_attention``, exactly as the sandbox did; classes are never pickled.
 Every rung is the same fresh ``train()`` call it would be in sequence, so the records are the same; a
 failure is reported exactly as the sequential loop reports it (the first failing rung in ladder order).
 """
 
 from __future__ import annotations
 
-import math
 import mmap
 import multiprocessing
 import multiprocessing.connection
@@ -31,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.profiles import Profile
-from harness.train import fit_scaling_law, train
+from harness.scoring import objective_record
+from harness.train import train
 
 DEFAULT_PROGRAM_FILENAME = "evolved_program.py"
 
@@ -84,41 +78,13 @@ def run_objective(attention_cls: type, profile: Profile, data, seed: int | None 
             model = result.model
             if result.status != "ok":
                 _raise_failure(runs[-1], runs)
-    record = {"objective": profile.objective, "runs": runs}
-    losses = [r["final_val_loss"] for r in runs]
-    record["largest_rung_loss"] = losses[-1]
-    at_reference = [r["final_val_loss"] for r in runs if tuple(r["rung"]) == tuple(profile.reference)]
-    if at_reference:
-        record["final_loss"] = at_reference[0]
-    if profile.objective == "final_loss":
-        record["fitness"] = -record["final_loss"]
-    if len(runs) >= 2:
-        a, b = fit_scaling_law([r["non_embedding_params"] for r in runs], losses)
-        record.update({"scaling_a": a, "scaling_b": b})
-    if profile.objective == "scaling_slope":
-        record["fitness"] = -record["scaling_b"]
-    return record, model
+    return objective_record(runs, profile), model
 
 
 def _raise_failure(run: dict, runs: list[dict]):
     where = f" at step {run['nonfinite_step']}" if run["nonfinite_step"] else f" by step {run['steps_done']}"
     raise TrainingFailure(run["status"], f"training at rung {tuple(run['rung'])} stopped: loss {run['status']}{where}",
                           runs)
-
-
-def score(candidate: dict, baseline: dict, profile: Profile) -> tuple[float, list[str]]:
-    """(combined_score, flags). Flags never raise the score above parity."""
-    flags = []
-    value = math.exp(max(-50.0, min(50.0, candidate["fitness"] - baseline["fitness"])))
-    cand_loss, base_loss = candidate["largest_rung_loss"], baseline["largest_rung_loss"]
-    if cand_loss < (1.0 - profile.gate.implausible_loss_frac) * base_loss:
-        flags.append(f"implausible_loss: {cand_loss:.4f} is more than {profile.gate.implausible_loss_frac:.0%} below "
-                     f"the baseline's {base_loss:.4f}; quarantined at parity until checked by hand")
-        value = min(value, 1.0)
-    if profile.objective == "scaling_slope" and candidate["scaling_b"] < baseline["scaling_b"] and cand_loss > base_loss:
-        flags.append(f"steeper_but_worse: slope {candidate['scaling_b']:.4f} is steeper than the baseline's "
-                     f"{baseline['scaling_b']:.4f}, but the largest rung's loss {cand_loss:.4f} is worse than {base_loss:.4f}")
-    return value, flags
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,7 +141,7 @@ def _child_log(prefix: str):
 
 def _rung_worker(spec: dict, result_path: str) -> None:
     """Entry point of one rung's process (spawned: a fresh interpreter)."""
-    from harness.sandbox import die_with_parent
+    from harness.process_lifetime import die_with_parent
 
     die_with_parent(spec["parent_pid"])  # a sandbox killed with its worker must not leave its rungs training
     import torch
@@ -185,7 +151,7 @@ def _rung_worker(spec: dict, result_path: str) -> None:
         torch.set_num_threads(spec["threads"])
     payload: dict = {}
     try:
-        from harness.sandbox import load_attention
+        from harness.loader import load_attention
 
         attention_cls = load_attention(spec["source"], spec["filename"])
         data = _RungData(_open_array(spec["train"]), _open_array(spec["val"]), spec["vocab_size"])
@@ -322,7 +288,7 @@ def _rebuild_model(attention_cls, source, filename, profile, rung, data, seed, d
     from harness.scaffold import build_model
 
     if attention_cls is None:
-        from harness.sandbox import load_attention
+        from harness.loader import load_attention
 
         attention_cls = load_attention(source, filename)
     seed = profile.train_seed if seed is None else seed

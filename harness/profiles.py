@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # (d_model, n_layers, n_heads) of the users' size ladder.
 FULL_LADDER = ((96, 4, 4), (128, 4, 4), (128, 6, 4), (192, 6, 6))
@@ -159,6 +160,12 @@ PROFILES["pilot"] = dataclasses.replace(
     hard_limit_s=1800.0,
     memory_cap_mib=32768,
 )
+
+
+def default_cache_dir() -> Path:
+    """Where the token cache and the slot locks live: ``$HARNESS_CACHE`` if set, else ``~/.cache/harness``."""
+    env = os.environ.get("HARNESS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "harness"
 
 
 def get_profile(name: str | None = None, **overrides) -> Profile:

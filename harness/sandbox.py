@@ -15,34 +15,16 @@ this host or on a cluster worker (harness.executor).
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
-import signal
 import sys
 import time
 import traceback
-import types
 from pathlib import Path
 
-
-_LOADED_PROGRAMS = itertools.count()
-
-
-def load_attention(source: str, filename: str):
-    """Execute a (spliced) program as a fresh module and return its ATTENTION class.
-
-    The module is registered in ``sys.modules`` under a name of its own: torch.compile (dynamo) imports, by name,
-    the module of every function it inlines, and fails on a module it cannot import (the engine then trained
-    every program eagerly). The name is unique per load, so that a baseline and a candidate loaded in one process
-    never share globals."""
-    name = f"evolved_program_{next(_LOADED_PROGRAMS)}"
-    module = types.ModuleType(name)
-    module.__file__ = filename
-    sys.modules[name] = module
-    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - this is the sandbox
-    return module.ATTENTION
+from harness.loader import load_attention
+from harness.process_lifetime import die_with_parent
 
 
 def _profile(request: dict):
@@ -74,6 +56,7 @@ def prepare(request: dict) -> dict:
     from harness.data import DataError
     from harness.fingerprint import environment_fingerprint
     from harness.frameworks import get_framework
+    from harness.hardware import hardware
     from harness.objective import TrainingFailure, run_objective
     from harness.profiles import ConfigError
 
@@ -88,7 +71,7 @@ def prepare(request: dict) -> dict:
     except (ConfigError, DataError) as exc:
         return {"config_error": str(exc)}
     framework = get_framework(request["framework"])
-    fp = environment_fingerprint(profile, data)
+    fp = environment_fingerprint(profile, data, hardware(profile.device))
     baseline = (request.get("baselines") or {}).get(fp["id"])
     computed = False
     if baseline is None:
@@ -107,12 +90,13 @@ def _environment(request: dict):
     """(profile, data, fingerprint, None), or a record saying why this host cannot run the request: never the
     candidate's fault, whatever broke (a missing data source on a worker, no CUDA where CUDA is needed)."""
     from harness.fingerprint import environment_fingerprint
+    from harness.hardware import hardware
     from harness.reasons import Reason
 
     try:
         profile = _profile(request)
         data = _data(profile)
-        return profile, data, environment_fingerprint(profile, data), None
+        return profile, data, environment_fingerprint(profile, data, hardware(profile.device)), None
     except Exception as exc:  # noqa: BLE001
         return None, None, None, {"reason": Reason.INFRASTRUCTURE.value, "message": f"this host cannot run the "
                                   f"evaluation: {type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=-4)}
@@ -121,7 +105,8 @@ def _environment(request: dict):
 def evaluate(request: dict) -> dict:
     from harness.checks import GateFailure, run_gate
     from harness.frameworks import get_framework
-    from harness.objective import TrainingFailure, run_objective, score
+    from harness.objective import TrainingFailure, run_objective
+    from harness.scoring import score
     from harness.reasons import Reason
 
     timings: dict = {}
@@ -254,25 +239,6 @@ def _load_program(request: dict) -> tuple[str | None, type | None, dict | None]:
 def _cause(exc: BaseException) -> str:
     cause = exc.__cause__
     return "".join(traceback.format_exception(cause, limit=-4)) if cause else ""
-
-
-def die_with_parent(expected_parent: int | None = None) -> None:
-    """Have the kernel SIGKILL this process when the process that started it dies (Linux). The sandbox runs in
-    its own process group, so without this a killed evaluator or Ray worker would leave it training on,
-    holding its GPU, with nobody left to read its result. ``expected_parent`` (default: the pid the starter
-    put in the environment) closes the race where the parent dies before the request takes effect."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    from harness.executor import PARENT_PID_ENV
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if expected_parent is None and os.environ.get(PARENT_PID_ENV):
-        expected_parent = int(os.environ[PARENT_PID_ENV])
-    if expected_parent is not None and os.getppid() != expected_parent:
-        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

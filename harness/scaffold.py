@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ATTENTION_KWARGS = ("d_model", "n_heads", "dropout", "max_seq_len")
+from harness.frameworks import ATTENTION_KWARGS  # noqa: F401 - also read here by stored programs and tools
 
 
 def sinusoidal_positions(max_seq_len: int, d_model: int) -> torch.Tensor:

@@ -364,10 +364,3 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
         compile_mode=compile_mode,
         model=model if keep_model else None,
     )
-
-
-def fit_scaling_law(params: list[int], losses: list[float]) -> tuple[float, float]:
-    """Least-squares fit of loss = a + b·ln N; returns (a, b)."""
-    x = np.log(np.asarray(params, dtype=np.float64))
-    b, a = np.polyfit(x, np.asarray(losses, dtype=np.float64), 1)
-    return float(a), float(b)

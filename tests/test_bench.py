@@ -7,7 +7,7 @@ import pytest
 from harness import bench, cli
 from harness.frameworks import FRAMEWORKS
 from harness.profiles import get_profile
-from harness.sandbox import load_attention
+from harness.loader import load_attention
 
 
 def test_bench_on_smoke_writes_json_with_the_fingerprint(tmp_path, capsys):

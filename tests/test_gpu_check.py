@@ -12,7 +12,7 @@ import torch
 from harness import cli, confinement_probe, gpu_check
 from harness.frameworks import FRAMEWORKS
 from harness.profiles import cuda_visible
-from harness.sandbox import load_attention
+from harness.loader import load_attention
 from harness.scaffold import build_model
 
 

@@ -280,7 +280,7 @@ def _linear_calls(node: ast.AST) -> int:
 def test_adversarial_proposals_apply_and_break_their_rule(framework, kind):
     from harness.checks import GateFailure, run_gate
     from harness.profiles import get_profile
-    from harness.sandbox import load_attention
+    from harness.loader import load_attention
 
     seed = FRAMEWORKS[framework].seed_source()
     parents = [seed, chain(framework, 4, seed=5)[-1]]
@@ -381,7 +381,7 @@ def test_random_proposals_usually_pass_the_gate(framework):
     OpenEvolve would; the child goes through the dynamic gate against the pristine seed."""
     from harness.checks import GateFailure, run_gate
     from harness.profiles import get_profile
-    from harness.sandbox import load_attention
+    from harness.loader import load_attention
 
     profile = get_profile("smoke")
     seed = FRAMEWORKS[framework].seed_source()
@@ -449,7 +449,7 @@ def test_adversarial_on_a_rejected_parent_breaks_only_its_own_rule(kind, parent_
     assert leaks == (kind == "leak")
     from harness.checks import GateFailure, run_gate
     from harness.profiles import get_profile
-    from harness.sandbox import load_attention
+    from harness.loader import load_attention
 
     with pytest.raises(GateFailure) as failure:
         run_gate(load_attention(program.splice(seed, child), "candidate.py"), load_attention(seed, "seed.py"),

@@ -13,7 +13,7 @@ from harness.data import load_token_data
 from harness.frameworks import FRAMEWORKS
 from harness.objective import TrainingFailure, run_objective, train_rungs_concurrently
 from harness.profiles import get_profile
-from harness.sandbox import load_attention
+from harness.loader import load_attention
 from harness.train import LossMonitor, lr_at, train
 
 SEED_FW = FRAMEWORKS["cd"]

@@ -1,0 +1,32 @@
+"""Processes that die with the process that started them.
+
+A sandbox runs in its own process group, and a rung's training process in its own interpreter, so a killed
+evaluator or Ray worker would leave them training on, holding their GPU, with nobody left to read the result.
+Each asks the kernel to kill it when its parent dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+# Set by the starter to its own pid: the child checks that its parent is still that process.
+PARENT_PID_ENV = "HARNESS_SANDBOX_PARENT_PID"
+
+
+def die_with_parent(expected_parent: int | None = None) -> None:
+    """Have the kernel SIGKILL this process when the process that started it dies (Linux). The sandbox runs in
+    its own process group, so without this a killed evaluator or Ray worker would leave it training on,
+    holding its GPU, with nobody left to read its result. ``expected_parent`` (default: the pid the starter
+    put in the environment) closes the race where the parent dies before the request takes effect."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if expected_parent is None and os.environ.get(PARENT_PID_ENV):
+        expected_parent = int(os.environ[PARENT_PID_ENV])
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(1)

@@ -1,0 +1,75 @@
+"""The scoring: the fitness from the training runs' measurements, the scaling-law fit, the score and its flags.
+
+- ``final_loss``: validation loss at the reference rung; fitness = −loss.
+- ``scaling_slope``: every rung, fit loss = a + b·ln N (N = non-embedding parameters); fitness = −b.
+
+``combined_score = exp(fitness − fitness_baseline)``: positive, strictly increasing in the fitness,
+exactly 1.0 at parity with the baseline. For ``final_loss`` it is the baseline's validation
+perplexity divided by the candidate's.
+
+Plain numbers in, plain numbers out: no torch, no candidate code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def objective_record(runs: list[dict], profile) -> dict:
+    """The objective of a set of finished runs (``TrainResult.to_dict()`` of each rung, in ladder order): the
+    losses, the scaling fit when there are two rungs or more, and the fitness the profile's objective names."""
+    record = {"objective": profile.objective, "runs": runs}
+    losses = [r["final_val_loss"] for r in runs]
+    record["largest_rung_loss"] = losses[-1]
+    at_reference = [r["final_val_loss"] for r in runs if tuple(r["rung"]) == tuple(profile.reference)]
+    if at_reference:
+        record["final_loss"] = at_reference[0]
+    if profile.objective == "final_loss":
+        record["fitness"] = -record["final_loss"]
+    if len(runs) >= 2:
+        a, b = fit_scaling_law([r["non_embedding_params"] for r in runs], losses)
+        record.update({"scaling_a": a, "scaling_b": b})
+    if profile.objective == "scaling_slope":
+        record["fitness"] = -record["scaling_b"]
+    return record
+
+
+def fit_scaling_law(params: list[int], losses: list[float]) -> tuple[float, float]:
+    """Least-squares fit of loss = a + b·ln N; returns (a, b)."""
+    x = np.log(np.asarray(params, dtype=np.float64))
+    b, a = np.polyfit(x, np.asarray(losses, dtype=np.float64), 1)
+    return float(a), float(b)
+
+
+def score(candidate: dict, baseline: dict, profile) -> tuple[float, list[str]]:
+    """(combined_score, flags). Flags never raise the score above parity."""
+    flags = []
+    value = math.exp(max(-50.0, min(50.0, candidate["fitness"] - baseline["fitness"])))
+    cand_loss, base_loss = candidate["largest_rung_loss"], baseline["largest_rung_loss"]
+    if cand_loss < (1.0 - profile.gate.implausible_loss_frac) * base_loss:
+        flags.append(f"implausible_loss: {cand_loss:.4f} is more than {profile.gate.implausible_loss_frac:.0%} below "
+                     f"the baseline's {base_loss:.4f}; quarantined at parity until checked by hand")
+        value = min(value, 1.0)
+    if profile.objective == "scaling_slope" and candidate["scaling_b"] < baseline["scaling_b"] and cand_loss > base_loss:
+        flags.append(f"steeper_but_worse: slope {candidate['scaling_b']:.4f} is steeper than the baseline's "
+                     f"{baseline['scaling_b']:.4f}, but the largest rung's loss {cand_loss:.4f} is worse than {base_loss:.4f}")
+    return value, flags
+
+
+def objective_metrics(objective: dict) -> dict[str, float]:
+    """The numbers of an objective record that OpenEvolve and the ledger receive as metrics."""
+    out = {"objective_fitness": objective["fitness"], "largest_rung_loss": objective["largest_rung_loss"]}
+    for key in ("final_loss", "scaling_a", "scaling_b"):
+        if key in objective:
+            out[key] = objective[key]
+    for run in objective["runs"]:
+        d, layers, _ = run["rung"]
+        out[f"val_loss_d{d}_l{layers}"] = run["final_val_loss"]
+        out[f"ms_per_step_d{d}_l{layers}"] = run["ms_per_step"]
+    # The validation loss at the first evaluation of the last rung: recorded, never scored, so that the
+    # analysis can show how well an early-training proxy would have ranked the candidates.
+    first = objective["runs"][-1]["val_curve"][0]
+    out["early_val_loss"], out["early_val_step"] = first[1], first[0]
+    return out
