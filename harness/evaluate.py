@@ -5,7 +5,9 @@ Runs in OpenEvolve's processes, so it never imports torch's CUDA, never raises, 
 2. the sandbox subprocess (own process group, hard wall-clock limit, resident-memory cap): dynamic
    gate, training at the profile's budget, post-training leak test. It runs on this host or on a Ray
    cluster (harness.executor, ``HARNESS_EXECUTOR``); nothing else depends on where;
-3. score and artifacts back to OpenEvolve, one row to the ledger, accepted or rejected.
+3. here again: the objective recomputed from the runs the sandbox reported (plain numbers, checked field by
+   field) and scored against the baseline (``harness.scoring``); no score, fit or flag computed in the sandbox is
+   read. Score and artifacts back to OpenEvolve, one row to the ledger, accepted or rejected.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from harness.frameworks import ATTENTION_KWARGS, get_framework
 from harness.policy import check_block
 from harness.profiles import ConfigError, Profile, get_profile, require_device
 from harness.reasons import HINTS, Reason
-from harness.scoring import objective_metrics
+from harness.scoring import MalformedRecord, objective_from_untrusted, objective_metrics, score
 
 STDERR_TAIL_CHARS = executor.STDERR_TAIL_CHARS
 
@@ -76,9 +78,13 @@ def prepare(framework: str, profile: Profile | None = None, ledger_path: Path | 
             f"sandbox {run.outcome}"
         raise ConfigError(f"cannot prepare the {fw.name} evaluator under profile {profile.name!r} "
                           f"({config.name} executor): {detail}\n{run.log[-2000:]}")
+    try:
+        baseline = objective_from_untrusted(result["baseline"], profile)
+    except MalformedRecord as exc:
+        raise ConfigError(f"the {fw.name} baseline's training record is malformed: {exc}") from None
     if result["baseline_computed"]:
-        ledger.put_baseline(result["fingerprint"]["id"], fw.name, profile.objective, result["baseline"], ledger_path)
-    prepared = {"fingerprint": result["fingerprint"], "baseline": result["baseline"], "profile": profile,
+        ledger.put_baseline(result["fingerprint"]["id"], fw.name, profile.objective, baseline, ledger_path)
+    prepared = {"fingerprint": result["fingerprint"], "baseline": baseline, "profile": profile,
                 "ledger": ledger_path, "executor": config.name}
     _PREPARED[key] = prepared
     return prepared
@@ -212,10 +218,21 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
     run = executor.run_sandbox("evaluate", request, profile.hard_limit_s, profile.memory_cap_mib,
                                executor=prepared["executor"], baseline_limit_s=baseline_limit_s(profile))
     result, log = run.result, run.log
+    baselines = dict(request["baselines"])
     if run.new_baseline:  # a worker kind seen for the first time: its baseline, trained on it, joins the ledger
-        ledger.put_baseline(run.new_baseline["fingerprint"]["id"], fw.name, profile.objective,
-                            run.new_baseline["record"], prepared["ledger"])
-    common.update(code=spliced, execution=run.execution, fingerprint=(result or {}).get("fingerprint"))
+        try:
+            new = objective_from_untrusted(run.new_baseline["record"], profile)
+        except MalformedRecord as exc:
+            return _result(framework, Reason.INFRASTRUCTURE, f"the baseline trained on a new worker kind has a "
+                           f"malformed training record: {exc}", details=log, code=spliced, **common)
+        ledger.put_baseline(run.new_baseline["fingerprint"]["id"], fw.name, profile.objective, new, prepared["ledger"])
+        baselines[run.new_baseline["fingerprint"]["id"]] = new
+    if result is not None and not isinstance(result, dict):
+        return _result(framework, Reason.TAMPERING, f"the sandbox's result is a {type(result).__name__}, not a record",
+                       details=log, code=spliced, execution=run.execution, **common)
+    reported_fp = (result or {}).get("fingerprint")
+    common.update(code=spliced, execution=run.execution,
+                  fingerprint=reported_fp if isinstance(reported_fp, dict) else None)
     if run.outcome == "infrastructure":
         return _result(framework, Reason.INFRASTRUCTURE, run.error, details=log, **common)
     if run.outcome == "timeout":
@@ -227,13 +244,37 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
     if result is None:
         return _result(framework, Reason.CRASH, "the sandbox process died without a result (killed by a signal "
                        "or hard crash)", details=log, **common)
-    reason = Reason(result.get("reason", "crash"))
-    metrics = dict(result.get("metrics", {}))
-    if "objective" in result:
-        metrics.update(objective_metrics(result["objective"]))
-    details = "\n".join(filter(None, [result.get("traceback", ""), log if reason not in (Reason.OK,) else ""]))
-    return _result(framework, reason, result.get("message", ""), score=result.get("combined_score", 0.0),
-                   metrics=metrics, details=details, flags=result.get("flags"), timings=result.get("timings"), **common)
+    try:
+        reason = Reason(result.get("reason", "crash"))
+    except (ValueError, TypeError):
+        return _result(framework, Reason.TAMPERING, f"the sandbox reported an unknown reason {result.get('reason')!r}",
+                       details=log, **common)
+    # Whatever else the result holds came from the sandbox's process: kept only in the shapes the ledger stores.
+    metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+    timings = result.get("timings") if isinstance(result.get("timings"), dict) else {}
+    message, traceback_text = str(result.get("message", "")), str(result.get("traceback", ""))
+    details = "\n".join(filter(None, [traceback_text, log if reason not in (Reason.OK,) else ""]))
+    if reason != Reason.OK:
+        return _result(framework, reason, message, metrics=metrics, details=details, timings=timings, **common)
+    if not isinstance(result.get("fingerprint"), dict) or "objective" not in result:
+        return _result(framework, Reason.TAMPERING, "the sandbox's result claims success without the fingerprint "
+                       "and the training record the sandbox always reports", details=log, **common)
+    fingerprint_id = result["fingerprint"].get("id")
+    if fingerprint_id not in baselines:
+        return _result(framework, Reason.INFRASTRUCTURE, f"no baseline for the fingerprint {fingerprint_id!r} the "
+                       "sandbox reported", details=log, **common)
+    try:
+        objective = objective_from_untrusted(result.get("objective"), profile)
+        baseline = objective_from_untrusted(baselines[fingerprint_id], profile)
+    except MalformedRecord as exc:
+        return _result(framework, Reason.TAMPERING, f"the sandbox handed back a malformed training record: {exc}",
+                       details=log, **common)
+    value, flags = score(objective, baseline, profile)
+    if not math.isfinite(value):
+        return _result(framework, Reason.NONFINITE, "the objective is not finite", metrics=metrics, **common)
+    metrics.update(objective_metrics(objective))
+    return _result(framework, Reason.OK, "valid", score=value, metrics=metrics, details=details, flags=flags,
+                   timings=timings, **common)
 
 
 def make_evaluator(framework: str):

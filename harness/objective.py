@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.profiles import Profile
-from harness.scoring import objective_record
+from harness.scoring import objective_record, rungs_for
 from harness.train import train
 
 DEFAULT_PROGRAM_FILENAME = "evolved_program.py"
@@ -38,12 +38,6 @@ class TrainingFailure(Exception):
 
 class RungProcessError(RuntimeError):
     """A rung's training process raised something that cannot be re-raised as itself, or died without a result."""
-
-
-def rungs_for(profile: Profile) -> list[tuple]:
-    if profile.objective == "final_loss":
-        return [profile.reference]
-    return list(profile.ladder)
 
 
 def run_objective(attention_cls: type, profile: Profile, data, seed: int | None = None, device: str | None = None,

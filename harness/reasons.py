@@ -29,6 +29,7 @@ class Reason(str, Enum):
     DIVERGED = "diverged"
     TIMEOUT = "timeout"
     LEAK_AFTER_TRAINING = "leak_after_training"
+    TAMPERING = "tampering"
     INFRASTRUCTURE = "infrastructure"
 
 
@@ -64,6 +65,8 @@ HINTS: dict[Reason, str] = {
     Reason.TIMEOUT: "The evaluation exceeded its time limit. Remove slow or unbounded loops.",
     Reason.LEAK_AFTER_TRAINING: "The trained model's predictions change when future tokens change: the "
     "attention leaks information from the future.",
+    Reason.TAMPERING: "The sandbox handed back a training record that is not what the harness writes (missing "
+    "or non-numeric fields, other rungs). Do not write files, touch the result or reach the process.",
     Reason.INFRASTRUCTURE: "The evaluation failed for reasons outside the candidate (machine, memory of the "
     "host, data). It is not the candidate's fault.",
 }

@@ -106,7 +106,6 @@ def evaluate(request: dict) -> dict:
     from harness.checks import GateFailure, run_gate
     from harness.frameworks import get_framework
     from harness.objective import TrainingFailure, run_objective
-    from harness.scoring import score
     from harness.reasons import Reason
 
     timings: dict = {}
@@ -114,8 +113,7 @@ def evaluate(request: dict) -> dict:
     profile, data, fp, failure = _environment(request)
     if failure:
         return failure
-    baseline = (request.get("baselines") or {}).get(fp["id"])
-    if baseline is None:
+    if fp["id"] not in (request.get("baselines") or {}):
         # The executor decides: a cluster trains the baseline of a new worker kind; one host reports a changed
         # environment (code, data, software), which a restart of the campaign prepares anew.
         return {"reason": Reason.INFRASTRUCTURE.value, "baseline_missing": True, "fingerprint": fp,
@@ -160,12 +158,9 @@ def evaluate(request: dict) -> dict:
     except GateFailure as exc:
         return {**result, "reason": exc.reason.value, "message": exc.message, "runs": record["runs"]}
     timings["leak_s"] = time.perf_counter() - leak_start
-    value, flags = score(record, baseline, profile)
-    if not math.isfinite(value):
-        return {**result, "reason": Reason.NONFINITE.value, "message": "the objective is not finite"}
     timings["total_s"] = time.perf_counter() - start
-    return {**result, "reason": Reason.OK.value, "message": "valid", "combined_score": value, "flags": flags,
-            "objective": record}
+    # No score here: the evaluator recomputes the objective from the runs and scores it outside this process.
+    return {**result, "reason": Reason.OK.value, "message": "trained", "objective": record}
 
 
 # The hyperparameters ``objective`` may override: the ones ``harness validate`` tunes.
@@ -181,7 +176,8 @@ def objective(request: dict) -> dict:
     rung, for scaling-law fits whatever the objective)."""
     import dataclasses
 
-    from harness.objective import TrainingFailure, rungs_for, run_objective
+    from harness.objective import TrainingFailure, run_objective
+    from harness.scoring import rungs_for
     from harness.reasons import Reason
 
     if request.get("threads"):

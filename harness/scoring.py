@@ -17,6 +17,62 @@ import math
 import numpy as np
 
 
+class MalformedRecord(ValueError):
+    """What an untrusted process handed back is not a training record the harness writes."""
+
+
+def rungs_for(profile) -> list[tuple]:
+    """The rungs the profile's objective trains: the reference rung for ``final_loss``, the ladder otherwise."""
+    if profile.objective == "final_loss":
+        return [tuple(profile.reference)]
+    return [tuple(r) for r in profile.ladder]
+
+
+def _number(value, what: str, integer: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise MalformedRecord(f"{what} is {type(value).__name__}, not a {'whole ' if integer else ''}number")
+    if not math.isfinite(value):
+        raise MalformedRecord(f"{what} is not finite")
+    return value
+
+
+def checked_runs(runs, expected_rungs: list[tuple]) -> list[dict]:
+    """The runs an untrusted process reported, kept only if they are plain numbers for exactly the expected rungs,
+    in order, every one finished: the fields the scoring reads, copied, nothing else believed."""
+    if not isinstance(runs, list) or len(runs) != len(expected_rungs):
+        raise MalformedRecord(f"expected {len(expected_rungs)} runs, got "
+                              f"{len(runs) if isinstance(runs, list) else type(runs).__name__}")
+    out = []
+    for run, rung in zip(runs, expected_rungs):
+        if not isinstance(run, dict) or [_number(v, "a rung size", True) for v in run.get("rung") or []] != list(rung):
+            raise MalformedRecord(f"a run is not the run of rung {tuple(rung)}")
+        if run.get("status") != "ok":
+            raise MalformedRecord(f"the run of rung {tuple(rung)} did not finish")
+        curve = run.get("val_curve")
+        if not isinstance(curve, list) or not curve or any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in curve):
+            raise MalformedRecord(f"the validation curve of rung {tuple(rung)} is malformed")
+        checked = {"rung": list(rung), "status": "ok",
+                   "final_val_loss": _number(run.get("final_val_loss"), f"rung {tuple(rung)}'s final loss"),
+                   "non_embedding_params": _number(run.get("non_embedding_params"),
+                                                   f"rung {tuple(rung)}'s parameter count", True),
+                   "val_curve": [[_number(s, "a validation step", True), _number(v, "a validation loss")]
+                                 for s, v in curve],
+                   "ms_per_step": _number(run.get("ms_per_step"), f"rung {tuple(rung)}'s ms per step")}
+        if checked["non_embedding_params"] <= 0 or checked["val_curve"][-1][1] != checked["final_val_loss"]:
+            raise MalformedRecord(f"rung {tuple(rung)}'s parameter count or final loss is inconsistent")
+        out.append({**run, **checked})
+    return out
+
+
+def objective_from_untrusted(record, profile, rungs: list[tuple] | None = None) -> dict:
+    """The objective recomputed by trusted code from the runs an untrusted process reported (``record["runs"]``):
+    its fitness, fit or flags are never read. Raises MalformedRecord."""
+    if not isinstance(record, dict):
+        raise MalformedRecord(f"the record is {type(record).__name__}, not a dict")
+    expected = [tuple(r) for r in rungs] if rungs is not None else rungs_for(profile)
+    return objective_record(checked_runs(record.get("runs"), expected), profile)
+
+
 def objective_record(runs: list[dict], profile) -> dict:
     """The objective of a set of finished runs (``TrainResult.to_dict()`` of each rung, in ladder order): the
     losses, the scaling fit when there are two rungs or more, and the fitness the profile's objective names."""

@@ -47,6 +47,7 @@ from harness import program as program_mod
 from harness import stats
 from harness.frameworks import FRAMEWORKS, REPO_ROOT, get_framework
 from harness.profiles import ConfigError, Profile, get_profile
+from harness.scoring import MalformedRecord, objective_from_untrusted, rungs_for
 
 DPI = 90
 TUNABLE = ("lr", "warmup_steps", "weight_decay")
@@ -95,7 +96,15 @@ def run_training_job(job: TrainJob) -> dict:
     if result.get("reason") != "ok":
         return {**out, "reason": result.get("reason", "crash"), "message": result.get("message", ""),
                 "log_tail": (result.get("traceback") or log)[-1500:]}
-    return {**out, "ok": True, "reason": "ok", "message": "ok", "record": result["record"]}
+    # The objective is recomputed here from the runs' numbers; the sandbox's own fitness and value are not read.
+    rungs = [tuple(r) for r in job.profile.ladder] if job.rungs == "ladder" else rungs_for(job.profile)
+    try:
+        record = objective_from_untrusted(result.get("record"), job.profile, rungs)
+    except MalformedRecord as exc:
+        return {**out, "reason": "tampering", "message": f"the sandbox handed back a malformed training record: {exc}",
+                "log_tail": log[-1500:]}
+    record.update(value=-record["fitness"], wall_s=(result.get("record") or {}).get("wall_s"))
+    return {**out, "ok": True, "reason": "ok", "message": "ok", "record": record}
 
 
 # ----------------------------------------------------------------------------------------------------------

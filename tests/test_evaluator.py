@@ -141,3 +141,27 @@ def test_scaling_slope_objective_scores_the_seed_at_parity(smoke_env, tmp_path):
     rung_losses = [v for k, v in result.metrics.items() if k.startswith("val_loss_d")]
     assert len(rung_losses) == len(profile.ladder)
     assert result.metrics["scaling_b"] < 0
+
+
+# While it is constructed, the candidate writes the sandbox's own result file (its path is the sandbox's third
+# argument) with a perfect score, then kills its process before the sandbox can write the real result.
+FORGED_RESULT = '{"reason": "ok", "message": "valid", "combined_score": 7.5, "flags": []}'
+FORGES_ITS_RESULT = adversarial.with_block(adversarial.block(extra_init=f"""
+        proc = getattr(torch, "os")
+        path = getattr(torch, "sys").argv[3]
+        torch.tensor(list({FORGED_RESULT!r}.encode()), dtype=torch.uint8).numpy().tofile(path)
+        proc.kill(proc.getpid(), 9)
+"""))
+
+
+def test_a_forged_result_file_is_never_scored(smoke_env, tmp_path):
+    """The score is recomputed outside the sandbox from the runs' numbers: a result without them is tampering,
+    whatever score it claims."""
+    path = tmp_path / "forger.py"
+    path.write_text(FORGES_ITS_RESULT)
+    result = evaluate("ttr", str(path))
+    check_result_types(result)
+    assert result.artifacts["reason"] == "tampering", result.artifacts
+    assert result.metrics["combined_score"] == 0.0 and result.metrics["valid"] == 0.0
+    row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
+    assert row["reason"] == "tampering" and row["combined_score"] == 0.0
