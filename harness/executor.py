@@ -182,8 +182,20 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         outcome = run_limited([sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"),
                                str(result_path)], limit_s, memory_cap_mib, log_path, env)
-        result = json.loads(result_path.read_text()) if outcome == "exited" and result_path.exists() else None
+        result = _read_result(result_path) if outcome == "exited" and result_path.exists() else None
         return SandboxRun(outcome, result, _tail(log_path))
+
+
+def _read_result(path: Path) -> dict:
+    """The sandbox's result file. The sandbox itself always writes one JSON object; anything else was written by
+    the code it ran."""
+    try:
+        result = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        result = None
+    if not isinstance(result, dict):
+        return {"reason": "tampering", "message": "the sandbox's result file is not the JSON object the sandbox writes"}
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -144,21 +144,23 @@ def test_scaling_slope_objective_scores_the_seed_at_parity(smoke_env, tmp_path):
 
 
 # While it is constructed, the candidate writes the sandbox's own result file (its path is the sandbox's third
-# argument) with a perfect score, then kills its process before the sandbox can write the real result.
-FORGED_RESULT = '{"reason": "ok", "message": "valid", "combined_score": 7.5, "flags": []}'
-FORGES_ITS_RESULT = adversarial.with_block(adversarial.block(extra_init=f"""
+# argument), then kills its process before the sandbox can write the real result.
+def _forger(content: str) -> str:
+    return adversarial.with_block(adversarial.block(extra_init=f"""
         proc = getattr(torch, "os")
         path = getattr(torch, "sys").argv[3]
-        torch.tensor(list({FORGED_RESULT!r}.encode()), dtype=torch.uint8).numpy().tofile(path)
+        torch.tensor(list({content!r}.encode()), dtype=torch.uint8).numpy().tofile(path)
         proc.kill(proc.getpid(), 9)
 """))
 
 
-def test_a_forged_result_file_is_never_scored(smoke_env, tmp_path):
+@pytest.mark.parametrize("content", ['{"reason": "ok", "message": "valid", "combined_score": 7.5, "flags": []}',
+                                     "[7.5]", "combined_score: 7.5"], ids=["perfect_score", "a_list", "not_json"])
+def test_a_forged_result_file_is_never_scored(smoke_env, tmp_path, content):
     """The score is recomputed outside the sandbox from the runs' numbers: a result without them is tampering,
     whatever score it claims."""
     path = tmp_path / "forger.py"
-    path.write_text(FORGES_ITS_RESULT)
+    path.write_text(_forger(content))
     result = evaluate("ttr", str(path))
     check_result_types(result)
     assert result.artifacts["reason"] == "tampering", result.artifacts
