@@ -43,6 +43,7 @@ from harness.profiles import Profile
 REFERENCE_HOURS = 7.0  # the users' protocol on their previous loop: one evaluation, all four rungs
 TARGET_MINUTES = 10.0
 TARGET_SPEEDUP_VS_EAGER = 3.0
+TARGET_SPEEDUP_VS_REFERENCE_HOURS = 40.0
 RANDOM_TRAIN_TOKENS = 1 << 22
 
 # Dense (no sparsity) peak rates per GPU in TFLOP/s: (bf16 tensor core, fp32 without tensor cores), from the
@@ -453,12 +454,13 @@ def write_result(result: dict, out: Path) -> Path:
     tag = "cpu" if dev["type"] == "cpu" else "".join(c if c.isalnum() else "-" for c in dev["name"]).strip("-").lower()
     path = out / f"bench-{result['config']['profile']}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=_json_default))
+    tmp.write_text(json.dumps(result, indent=2, default=json_default))
     tmp.replace(path)
     return path
 
 
-def _json_default(value):
+def json_default(value):
+    """For ``json.dumps``: numpy scalars as Python numbers, non-finite floats as null, anything else as text."""
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     if isinstance(value, float) and not math.isfinite(value):

@@ -227,9 +227,6 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
                            f"malformed training record: {exc}", details=log, code=spliced, **common)
         ledger.put_baseline(run.new_baseline["fingerprint"]["id"], fw.name, profile.objective, new, prepared["ledger"])
         baselines[run.new_baseline["fingerprint"]["id"]] = new
-    if result is not None and not isinstance(result, dict):
-        return _result(framework, Reason.TAMPERING, f"the sandbox's result is a {type(result).__name__}, not a record",
-                       details=log, code=spliced, execution=run.execution, **common)
     reported_fp = (result or {}).get("fingerprint")
     common.update(code=spliced, execution=run.execution,
                   fingerprint=reported_fp if isinstance(reported_fp, dict) else None)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import signal
@@ -52,13 +51,12 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from harness.bench import (REFERENCE_HOURS, TARGET_MINUTES, TARGET_SPEEDUP_VS_EAGER, TARGET_SPEEDUP_VS_REFERENCE_HOURS,
+                           json_default)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("environment", "cuda_tests", "concurrent", "evaluation", "bench", "trace")
 MIN_STAGE_S = 20.0  # a stage is not started with less time than this left
-REFERENCE_HOURS = 7.0  # the users' estimate for one full-protocol evaluation on their previous loop
-TARGET_MINUTES = 10.0
-TARGET_SPEEDUP_VS_EAGER = 3.0
-TARGET_SPEEDUP_VS_REFERENCE_HOURS = 40.0
 ESCAPE_SECRET_ENV = "HARNESS_GPU_CHECK_SECRET"
 
 
@@ -680,22 +678,9 @@ def render_summary(record: dict) -> str:
 # Running the stages
 
 
-def _json_default(value):
-    try:
-        import numpy as np
-
-        if isinstance(value, (np.integer, np.floating)):
-            return value.item()
-    except ImportError:
-        pass
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
-
-
 def _write_json(path: Path, value) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=_json_default))
+    tmp.write_text(json.dumps(value, indent=1, default=json_default))
     os.replace(tmp, path)
 
 

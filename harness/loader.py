@@ -1,7 +1,7 @@
 """Loading a program: the one place where a candidate's code is executed.
 
 Only processes that may run candidate code call it: the sandbox, its rung processes, and the developer commands
-that train a program in their own process (``harness train``, ``harness bench``).
+that train a program in their own process (``harness train``, ``harness bench``, ``harness gpu-check``).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import sys
 import types
-
 
 _LOADED_PROGRAMS = itertools.count()
 

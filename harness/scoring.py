@@ -38,7 +38,8 @@ def _number(value, what: str, integer: bool = False) -> float:
 
 def checked_runs(runs, expected_rungs: list[tuple]) -> list[dict]:
     """The runs an untrusted process reported, kept only if they are plain numbers for exactly the expected rungs,
-    in order, every one finished: the fields the scoring reads, copied, nothing else believed."""
+    in order, every one finished. The fields the scoring and the metrics read are checked and replaced by their
+    checked copies; the others (training curves, timings) pass through for reports and are never scored."""
     if not isinstance(runs, list) or len(runs) != len(expected_rungs):
         raise MalformedRecord(f"expected {len(expected_rungs)} runs, got "
                               f"{len(runs) if isinstance(runs, list) else type(runs).__name__}")
