@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.profiles import ConfigError
+from harness.trusted.profiles import ConfigError
 
 
 def _log(message: str) -> None:
@@ -17,12 +17,12 @@ def _log(message: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness.data import default_cache_dir, load_token_data
-    from harness.fingerprint import environment_fingerprint
-    from harness.hardware import hardware
-    from harness.profiles import get_profile, require_device
-    from harness.loader import load_attention
-    from harness.train import train
+    from harness.sandbox.data import default_cache_dir, load_token_data
+    from harness.trusted.fingerprint import environment_fingerprint
+    from harness.sandbox.hardware import hardware
+    from harness.trusted.profiles import get_profile, require_device
+    from harness.sandbox.loader import load_attention
+    from harness.sandbox.train import train
 
     profile = get_profile(args.profile)
     require_device(profile)
@@ -51,8 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from harness.evaluate import evaluate, prepare
-    from harness.profiles import get_profile
+    from harness.trusted.evaluate import evaluate, prepare
+    from harness.trusted.profiles import get_profile
 
     profile = get_profile(args.profile)
     prepare(args.framework, profile, executor_name=args.executor)
@@ -64,8 +64,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from harness.evaluate import prepare
-    from harness.profiles import get_profile
+    from harness.trusted.evaluate import prepare
+    from harness.trusted.profiles import get_profile
 
     profile = get_profile(args.profile)
     for framework in args.frameworks:
@@ -102,15 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     # Subcommands defined beside the code they drive; each module exposes register(subparsers).
-    from harness import analyze, bench, gpu_check, proposer, validate
+    from harness.analysis import commands as analysis_commands
+    from harness.diagnostics import bench, gpu_check
+    from harness.proposer import commands as proposer_commands
+    from harness.validation import commands as validation_commands
 
-    for module in (proposer, analyze, validate, bench, gpu_check):
+    for module in (proposer_commands, analysis_commands, validation_commands, bench, gpu_check):
         module.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.data import DataError
+    from harness.sandbox.data import DataError
 
     args = build_parser().parse_args(argv)
     try:

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.frameworks import ATTENTION_KWARGS  # noqa: F401 - also read here by stored programs and tools
+from harness.trusted.frameworks import ATTENTION_KWARGS  # noqa: F401 - also read here by stored programs and tools
 
 
 def sinusoidal_positions(max_seq_len: int, d_model: int) -> torch.Tensor:
@@ -138,7 +138,7 @@ def build_model(attention_cls: type, rung: tuple, vocab_size: int, max_seq_len: 
 
 def forward_backward_demo(attention_cls: type) -> None:
     """What ``python initial_programs/<fw>.py`` runs: build the reference rung and do one step."""
-    from harness.profiles import FULL_LADDER
+    from harness.trusted.profiles import FULL_LADDER
 
     torch.manual_seed(0)
     rung = FULL_LADDER[1]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from harness import program
-from harness.frameworks import FRAMEWORKS
+from harness.trusted import program
+from harness.trusted.frameworks import FRAMEWORKS
 
 FRAMEWORK = "ttr"
 CLASS = FRAMEWORKS[FRAMEWORK].class_name

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import analyze, ledger, program
-from harness.frameworks import FRAMEWORKS
+from harness.analysis.measures import rank_group
+from harness.analysis.report import analyze
+from harness.analysis.runs import load_run
+from harness.trusted import ledger
+from harness.trusted import program
+from harness.trusted.frameworks import FRAMEWORKS
 
 SEED = FRAMEWORKS["ttr"].seed_source()
 X_LINE = "            nn.init.zeros_(lin.bias)\n"  # deleted at iteration 1, re-added at iteration 2
@@ -124,7 +128,7 @@ def build_known_db(folder: Path) -> DB:
 def test_known_database(known_db, tmp_path):
     db = known_db
     out = tmp_path / "report"
-    result = analyze.analyze([db.root], ledger_path=db.ledger, out_dir=out)
+    result = analyze([db.root], ledger_path=db.ledger, out_dir=out)
     run = result["runs"][0]
     ids = {n: p["id"] for n, p in db.by_name.items()}
     assert run["checkpoint"].endswith("checkpoint_10")
@@ -191,7 +195,7 @@ def test_known_database(known_db, tmp_path):
 
 def test_ledger_join_by_hash_and_missing_ledger(known_db, tmp_path):
     rows = ledger.evaluations(known_db.ledger)
-    run = analyze.load_run(known_db.root, rows)
+    run = load_run(known_db.root, rows)
     progs = {p.id: p for p in run.programs.values()}
     ids = {n: p["id"] for n, p in known_db.by_name.items()}
     assert progs[ids["p1"]].join == "artifacts"
@@ -199,16 +203,16 @@ def test_ledger_join_by_hash_and_missing_ledger(known_db, tmp_path):
     assert progs[ids["p2"]].fingerprint_id == "fpA0000000000000"
     assert progs[ids["p6"]].join == "none" and not progs[ids["p6"]].verified
     # Without the ledger nothing is verifiable, so nothing is ranked.
-    result = analyze.analyze([known_db.root], ledger_path=tmp_path / "absent.sqlite", out_dir=tmp_path / "r2")
+    result = analyze([known_db.root], ledger_path=tmp_path / "absent.sqlite", out_dir=tmp_path / "r2")
     assert result["runs"][0]["groups"] == {}
     assert len(result["runs"][0]["unverifiable"]) == 6
     assert "FILE NOT FOUND" in (tmp_path / "r2" / "report.md").read_text()
 
 
 def test_rank_group_refuses_mixed_fingerprints(known_db):
-    run = analyze.load_run(known_db.root, ledger.evaluations(known_db.ledger))
+    run = load_run(known_db.root, ledger.evaluations(known_db.ledger))
     with pytest.raises(ValueError, match="refusing to rank"):
-        analyze.rank_group(run.evolved())
+        rank_group(run.evolved())
 
 
 def test_spearman_with_enough_points(tmp_path):
@@ -227,7 +231,7 @@ def test_spearman_with_enough_points(tmp_path):
         db.add(f"p{i}", code, parent, i, score=math.exp(3.0 - f), early=e, final=f)
         parent = f"p{i}"
     db.write(5, [])
-    result = analyze.analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")
+    result = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")
     sp = result["runs"][0]["spearman"]["fpA0000000000000"]
     assert sp["n"] == 6
     assert sp["rho"] == pytest.approx(1 - 6 * 2 / (6 * 35))
@@ -243,7 +247,7 @@ def test_two_frameworks_side_by_side(known_db, tmp_path):
     other.add("root", mm, iteration=0, score=1.0)
     other.write(5, [])
     # the mm rows were recorded under framework "ttr" by the helper: join by artifacts still works
-    result = analyze.analyze([known_db.root, other.root], ledger_path=known_db.ledger, out_dir=tmp_path / "both")
+    result = analyze([known_db.root, other.root], ledger_path=known_db.ledger, out_dir=tmp_path / "both")
     assert [r["framework"] for r in result["runs"]] == ["ttr", "mm"]
     report = (tmp_path / "both" / "report.md").read_text()
     assert "## Per-framework comparison" in report
@@ -265,7 +269,7 @@ def test_run_without_checkpoint_or_logs(tmp_path):
     (run_dir / "logs").mkdir(parents=True)
     (run_dir / "logs" / "openevolve_1.log").write_text(
         log_line("WARNING", "Iteration 1 error: LLM generation failed: connection refused") + "\n")
-    result = analyze.analyze([run_dir], ledger_path=tmp_path / "none.sqlite", out_dir=tmp_path / "r")
+    result = analyze([run_dir], ledger_path=tmp_path / "none.sqlite", out_dir=tmp_path / "r")
     run = result["runs"][0]
     assert run["programs"] == 0 and run["groups"] == {}
     assert run["log_failure_kinds"] == {"llm_failed": 1}

@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from harness import bench, cli
-from harness.frameworks import FRAMEWORKS
-from harness.profiles import get_profile
-from harness.loader import load_attention
+from harness import cli
+from harness.diagnostics import bench
+from harness.trusted.frameworks import FRAMEWORKS
+from harness.trusted.profiles import get_profile
+from harness.sandbox.loader import load_attention
 
 
 def test_bench_on_smoke_writes_json_with_the_fingerprint(tmp_path, capsys):

@@ -9,8 +9,8 @@ import yaml
 from openevolve.config import Config
 from openevolve.llm.base import LLMInterface
 
-from harness.frameworks import FRAMEWORKS, REPO_ROOT
-from harness.profiles import PROFILES
+from harness.trusted.frameworks import FRAMEWORKS, REPO_ROOT
+from harness.trusted.profiles import PROFILES
 
 CONFIGS = {fw: REPO_ROOT / "openevolve_configs" / f"{fw}.yaml" for fw in FRAMEWORKS}
 

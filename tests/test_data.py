@@ -15,8 +15,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from harness import data  # noqa: E402
-from harness.data import (  # noqa: E402
+from harness.sandbox import data  # noqa: E402
+from harness.sandbox.data import (  # noqa: E402
     EOS_TOKEN,
     DataError,
     TokenData,

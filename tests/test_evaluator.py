@@ -10,10 +10,10 @@ import pytest
 from openevolve.evaluation_result import EvaluationResult
 
 import adversarial
-from harness import ledger
-from harness.evaluate import evaluate, prepare
-from harness.frameworks import FRAMEWORKS
-from harness.profiles import ConfigError, get_profile
+from harness.trusted import ledger
+from harness.trusted.evaluate import evaluate, prepare
+from harness.trusted.frameworks import FRAMEWORKS
+from harness.trusted.profiles import ConfigError, get_profile
 
 # The timeout case runs under a short hard limit so that CI does not wait out the smoke profile's.
 TIMEOUT_CASE_LIMIT_S = 20.0
@@ -85,7 +85,7 @@ def test_configuration_errors_stop_at_start(smoke_env, monkeypatch):
     with pytest.raises(ConfigError, match="unknown profile"):
         get_profile("huge")
     monkeypatch.setenv("HARNESS_PROFILE", "full")
-    from harness import profiles
+    from harness.trusted import profiles
 
     monkeypatch.setattr(profiles, "_CUDA_VISIBLE", None)
     if profiles.cuda_visible():

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from harness import executor, process_lifetime
-from harness.evaluate import prepare
-from harness.profiles import ConfigError
+from harness.trusted import executor
+from harness.trusted import process_lifetime
+from harness.trusted.evaluate import prepare
+from harness.trusted.profiles import ConfigError
 
 
 def test_settings_come_from_the_environment(monkeypatch):
@@ -78,7 +79,7 @@ def test_the_sandbox_dies_with_its_parent(tmp_path):
     code = (
         "import os, subprocess, sys, time\n"
         f"env = {{**os.environ, {process_lifetime.PARENT_PID_ENV!r}: str(os.getpid())}}\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'from harness.process_lifetime import die_with_parent; "
+        "child = subprocess.Popen([sys.executable, '-c', 'from harness.trusted.process_lifetime import die_with_parent; "
         "die_with_parent(); import time; time.sleep(120)'], env=env, start_new_session=True)\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(120)\n"
@@ -106,6 +107,6 @@ def _running(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_a_sandbox_whose_parent_already_died_exits(tmp_path):
     env = {**os.environ, process_lifetime.PARENT_PID_ENV: "1"}  # not its parent: the parent it was started for is gone
-    done = subprocess.run([sys.executable, "-c", "from harness.process_lifetime import die_with_parent; die_with_parent(); "
+    done = subprocess.run([sys.executable, "-c", "from harness.trusted.process_lifetime import die_with_parent; die_with_parent(); "
                            "print('still here')"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "still here" not in done.stdout

@@ -1,4 +1,4 @@
-"""FLOP audit (harness/flops.py): analytic matmul counts, hidden work, unknown ops, speed."""
+"""FLOP audit (harness/sandbox/flops.py): analytic matmul counts, hidden work, unknown ops, speed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.flops import FlopReport, attention_flops, audit_flops, classify_op
+from harness.sandbox.flops import FlopReport, attention_flops, audit_flops, classify_op
 
 D, H, T = 64, 4, 64
 DH = D // H

@@ -9,10 +9,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from harness import cli, confinement_probe, gpu_check
-from harness.frameworks import FRAMEWORKS
-from harness.profiles import cuda_visible
-from harness.loader import load_attention
+from harness import cli
+from harness.diagnostics import confinement_probe
+from harness.diagnostics import gpu_check
+from harness.trusted.frameworks import FRAMEWORKS
+from harness.trusted.profiles import cuda_visible
+from harness.sandbox.loader import load_attention
 from harness.scaffold import build_model
 
 

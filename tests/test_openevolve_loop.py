@@ -23,10 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import analyze, ledger, program
-from harness.frameworks import FRAMEWORKS, REPO_ROOT
-from harness.profiles import get_profile
-from harness.proposer import DemoRun, run_demo
+from harness.analysis.report import analyze
+from harness.trusted import ledger
+from harness.trusted import program
+from harness.trusted.frameworks import FRAMEWORKS, REPO_ROOT
+from harness.trusted.profiles import get_profile
+from harness.proposer.demo import DemoRun, run_demo
 
 pytestmark = pytest.mark.slow
 
@@ -191,7 +193,7 @@ def test_stock_openevolve_run_end_to_end(loop_env, framework):
 
 def _check_analysis(framework: str, run: DemoRun, proposals: list[dict], out: Path) -> None:
     """``harness analyze`` of the real run (fresh, then resumed, in one output folder)."""
-    result = analyze.analyze([run.output_dir], ledger_path=run.ledger_path, out_dir=out)
+    result = analyze([run.output_dir], ledger_path=run.ledger_path, out_dir=out)
     (summary,) = result["runs"]
     assert summary["checkpoint"].endswith(f"checkpoint_{2 * ITERATIONS}") and summary["framework"] == framework
     # Every program the run evaluated is in the ledger with its fingerprint: nothing unverifiable.

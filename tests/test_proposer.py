@@ -23,9 +23,12 @@ from openevolve.prompt.sampler import PromptSampler
 from openevolve.utils.code_utils import apply_diff, extract_diffs
 
 import adversarial
-from harness import program, proposer
-from harness.frameworks import FRAMEWORKS, REPO_ROOT
-from harness.policy import check_block
+from harness.proposer import mutations
+from harness.proposer.catalogue import ADVERSARIAL_KINDS, CATALOGUE, EXPECTED_REASON
+from harness.proposer.server import MODEL_NAME, Proposer, ProposerServer
+from harness.trusted import program
+from harness.trusted.frameworks import FRAMEWORKS, REPO_ROOT
+from harness.trusted.policy import check_block
 from harness.scaffold import ATTENTION_KWARGS
 
 FRAMEWORK_NAMES = sorted(FRAMEWORKS)
@@ -55,7 +58,7 @@ def configs():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("proposer") / "proposals.jsonl"
-    srv = proposer.ProposerServer("127.0.0.1", 0, proposer.Proposer(seed=0, adversarial_every=0, log_path=log))
+    srv = ProposerServer("127.0.0.1", 0, Proposer(seed=0, adversarial_every=0, log_path=log))
     srv.start_background()
     yield srv
     srv.shutdown()
@@ -93,7 +96,7 @@ def post(url: str, body: dict | bytes, path: str = "/chat/completions") -> tuple
 
 
 def chat(url: str, messages: list[dict]) -> dict:
-    status, reply = post(url, {"model": proposer.MODEL_NAME, "messages": messages, "temperature": 0.7,
+    status, reply = post(url, {"model": MODEL_NAME, "messages": messages, "temperature": 0.7,
                                "max_tokens": 8192, "seed": 42, "stream": False})
     assert status == 200, reply
     return reply
@@ -121,7 +124,7 @@ def chain(framework: str, steps: int, seed: int) -> list[str]:
     """Programs along a random walk of proposals from the seed."""
     code, out, rng = FRAMEWORKS[framework].seed_source(), [], random.Random(seed)
     for n in range(steps):
-        code = proposer.propose(code, rng, n).child
+        code = mutations.propose(code, rng, n).child
         out.append(code)
     return out
 
@@ -133,7 +136,7 @@ def chain(framework: str, steps: int, seed: int) -> list[str]:
 def test_models_endpoint_and_completion_schema(server, configs):
     with urllib.request.urlopen(server.url + "/models", timeout=10) as response:
         models = json.loads(response.read())
-    assert models["object"] == "list" and models["data"][0]["id"] == proposer.MODEL_NAME
+    assert models["object"] == "list" and models["data"][0]["id"] == MODEL_NAME
     messages = openevolve_messages(configs["ttr"], FRAMEWORKS["ttr"].seed_source())
     for path in ("/chat/completions",):
         status, reply = post(server.url, {"model": "harness-proposer", "messages": messages}, path)
@@ -194,7 +197,7 @@ def test_diffs_apply_to_the_current_program(server, configs, framework):
 def test_random_walks_stay_applicable_and_policy_clean(framework):
     code, rng = FRAMEWORKS[framework].seed_source(), random.Random(3)
     for n in range(60):
-        proposal = proposer.propose(code, rng, n)
+        proposal = mutations.propose(code, rng, n)
         code = check_child(framework, code, proposal.text)
         assert code == proposal.child
 
@@ -204,7 +207,7 @@ def test_mutations_are_diverse_and_deterministic(configs, framework):
     messages = openevolve_messages(configs[framework], FRAMEWORKS[framework].seed_source())
 
     def draws(seed: int) -> list[tuple[str, str, str]]:
-        p = proposer.Proposer(seed=seed)
+        p = Proposer(seed=seed)
         out = []
         for _ in range(100):
             proposal, _n = p.answer(messages)
@@ -221,8 +224,8 @@ def test_mutations_are_diverse_and_deterministic(configs, framework):
     assert len(names) >= 6 and len(distinct) >= 20
     assert {"knob", "combo", "numeric"} <= families
     # Every knob of the catalogue that is relevant on the seed is drawn.
-    seed_config = proposer.Program(FRAMEWORKS[framework].seed_source()).config
-    relevant = {k.name for k in proposer.CATALOGUE[framework]["knobs"] if k.relevant(seed_config)}
+    seed_config = mutations.Program(FRAMEWORKS[framework].seed_source()).config
+    relevant = {k.name for k in CATALOGUE[framework]["knobs"] if k.relevant(seed_config)}
     assert relevant <= {m.split(".", 1)[1] for m in names if m.startswith("knob.")}
 
 
@@ -230,14 +233,14 @@ def test_knob_values_come_from_the_program_asserts():
     seed = FRAMEWORKS["cd"].seed_source()
     narrowed = seed.replace('assert readout in ("exp", "identity", "softplus", "elu1", "relu2")',
                             'assert readout in ("exp", "elu1")')
-    prog = proposer.Program(narrowed)
+    prog = mutations.Program(narrowed)
     assert prog.asserted[("readout",)] == [("exp",), ("elu1",)]
     assert prog.asserted[("transition",)][0] == ("identity",)
-    ttr = proposer.Program(FRAMEWORKS["ttr"].seed_source())
+    ttr = mutations.Program(FRAMEWORKS["ttr"].seed_source())
     assert ttr.asserted[("function_class", "solver")] == [("constant", "closed_form"), ("linear", "no_covariance")]
     readouts = set()
     for n in range(300):
-        p = proposer.propose(narrowed, random.Random(n), n)
+        p = mutations.propose(narrowed, random.Random(n), n)
         if "readout" in p.mutation:
             readouts.add(re.search(r'readout: str = "(\w+)"', p.child).group(1))
     assert readouts == {"elu1"}
@@ -250,20 +253,20 @@ def test_knob_values_come_from_the_program_asserts():
 def test_fallbacks_for_rewritten_blocks():
     seed = FRAMEWORKS["ttr"].seed_source()
     with_literals = adversarial.with_block(adversarial.LONG_CONVOLUTION)  # no knobs, some float literals
-    p = proposer.propose(with_literals, random.Random(0), 1)
+    p = mutations.propose(with_literals, random.Random(0), 1)
     assert p.mutation == "literal"
     check_child("ttr", with_literals, p.text)
     bare = adversarial.with_block(adversarial.block())  # no knobs and no float literal outside defaults
-    p = proposer.propose(bare, random.Random(0), 2)
+    p = mutations.propose(bare, random.Random(0), 2)
     assert p.mutation == "note"
     child = check_child("ttr", bare, p.text)
     assert program.split(child).block != program.split(bare).block
-    assert proposer.propose("no markers, no class", random.Random(0), 3).mutation in ("note", "none")
+    assert mutations.propose("no markers, no class", random.Random(0), 3).mutation in ("note", "none")
     # A program with two blocks of identical lines still gets a unique SEARCH text.
     twice = seed.replace("        self.attn_drop = nn.Dropout(dropout)\n",
                          "        self.attn_drop = nn.Dropout(dropout)\n        self.attn_drop = nn.Dropout(dropout)\n")
     for n in range(20):
-        proposal = proposer.propose(twice, random.Random(n), n)
+        proposal = mutations.propose(twice, random.Random(n), n)
         assert apply_diff(twice, proposal.text) == proposal.child
 
 
@@ -276,17 +279,17 @@ def _linear_calls(node: ast.AST) -> int:
 
 
 @pytest.mark.parametrize("framework", FRAMEWORK_NAMES)
-@pytest.mark.parametrize("kind", proposer.ADVERSARIAL_KINDS)
+@pytest.mark.parametrize("kind", ADVERSARIAL_KINDS)
 def test_adversarial_proposals_apply_and_break_their_rule(framework, kind):
-    from harness.checks import GateFailure, run_gate
-    from harness.profiles import get_profile
-    from harness.loader import load_attention
+    from harness.sandbox.checks import GateFailure, run_gate
+    from harness.trusted.profiles import get_profile
+    from harness.sandbox.loader import load_attention
 
     seed = FRAMEWORKS[framework].seed_source()
     parents = [seed, chain(framework, 4, seed=5)[-1]]
     for variant, parent in enumerate(parents):
-        p = proposer.adversarial(parent, kind, variant)
-        assert p.adversarial and p.expected_reason == proposer.EXPECTED_REASON[kind]
+        p = mutations.adversarial(parent, kind, variant)
+        assert p.adversarial and p.expected_reason == EXPECTED_REASON[kind]
         assert len(extract_diffs(p.text)) == 1
         child = apply_diff(parent, p.text)
         assert child == p.child != parent
@@ -318,7 +321,7 @@ def test_adversarial_proposals_apply_and_break_their_rule(framework, kind):
 def test_adversarial_schedule_log_and_resumed_numbering(tmp_path, configs):
     log = tmp_path / "proposals.jsonl"
     messages = openevolve_messages(configs["cd"], FRAMEWORKS["cd"].seed_source())
-    p = proposer.Proposer(seed=0, adversarial_every=3, log_path=log)
+    p = Proposer(seed=0, adversarial_every=3, log_path=log)
     answers = [p.answer(messages) for _ in range(9)]
     kinds = [(n, a.kind) for a, n in answers if a.adversarial]
     assert kinds == [(3, "leak"), (6, "frozen"), (9, "params")]
@@ -333,19 +336,19 @@ def test_adversarial_schedule_log_and_resumed_numbering(tmp_path, configs):
     for (a, _), e in zip(answers, entries):
         assert e["child_sha256"] == program.sha256(a.child)
     # A proposer on the same log (a resumed demo) continues the numbering and the cycle.
-    resumed = proposer.Proposer(seed=0, adversarial_every=3, log_path=log)
+    resumed = Proposer(seed=0, adversarial_every=3, log_path=log)
     more = [resumed.answer(messages) for _ in range(3)]
     assert [n for _, n in more] == [10, 11, 12] and more[-1][0].kind == "leak"
 
 
-@pytest.mark.parametrize("kind", proposer.ADVERSARIAL_KINDS)
+@pytest.mark.parametrize("kind", ADVERSARIAL_KINDS)
 def test_rejected_parents_are_repaired(configs, kind):
     seed = FRAMEWORKS["mm"].seed_source()
-    bad = proposer.adversarial(seed, kind).child
-    artifacts = {"reason": proposer.EXPECTED_REASON[kind], "message": "rejected", "hint": "fix it"}
-    p = proposer.Proposer(seed=0)
+    bad = mutations.adversarial(seed, kind).child
+    artifacts = {"reason": EXPECTED_REASON[kind], "message": "rejected", "hint": "fix it"}
+    p = Proposer(seed=0)
     proposal, _ = p.answer(openevolve_messages(configs["mm"], bad, artifacts=artifacts))
-    assert proposal.mutation.startswith("repair") and proposal.params["parent_reason"] == proposer.EXPECTED_REASON[kind]
+    assert proposal.mutation.startswith("repair") and proposal.params["parent_reason"] == EXPECTED_REASON[kind]
     child = check_child("mm", bad, proposal.text)
     assert "w_extra" not in child and ".tril()" in child
 
@@ -379,9 +382,9 @@ def test_cli_proposer_prints_its_url_first(tmp_path):
 def test_random_proposals_usually_pass_the_gate(framework):
     """An evolving pool: each draw mutates a random program that already passed (the seed first), as
     OpenEvolve would; the child goes through the dynamic gate against the pristine seed."""
-    from harness.checks import GateFailure, run_gate
-    from harness.profiles import get_profile
-    from harness.loader import load_attention
+    from harness.sandbox.checks import GateFailure, run_gate
+    from harness.trusted.profiles import get_profile
+    from harness.sandbox.loader import load_attention
 
     profile = get_profile("smoke")
     seed = FRAMEWORKS[framework].seed_source()
@@ -390,7 +393,7 @@ def test_random_proposals_usually_pass_the_gate(framework):
     started = time.time()
     for n in range(1, GATE_DRAWS + 1):
         parent = rng.choice(pool)
-        proposal = proposer.propose(parent, random.Random(n), n)
+        proposal = mutations.propose(parent, random.Random(n), n)
         child = program.splice(seed, proposal.child)
         if child not in cache:
             try:
@@ -423,20 +426,20 @@ def test_odd_programs_still_get_an_applicable_diff(case):
         "knob_not_a_literal": seed.replace('readout: str = "exp"', 'readout: str = "e" + "xp"'),
     }[case]
     for n in range(15):
-        proposal = proposer.propose(odd, random.Random(n), n)
+        proposal = mutations.propose(odd, random.Random(n), n)
         assert len(extract_diffs(proposal.text)) == 1, proposal.text
         child = apply_diff(odd, proposal.text)
         assert child == proposal.child and child != odd
 
 
-@pytest.mark.parametrize("kind", proposer.ADVERSARIAL_KINDS)
-@pytest.mark.parametrize("parent_kind", proposer.ADVERSARIAL_KINDS)
+@pytest.mark.parametrize("kind", ADVERSARIAL_KINDS)
+@pytest.mark.parametrize("parent_kind", ADVERSARIAL_KINDS)
 def test_adversarial_on_a_rejected_parent_breaks_only_its_own_rule(kind, parent_kind):
     """OpenEvolve may pick a rejected program as the parent: the adversarial child must still get
     exactly its own reason (e.g. params on a frozen-region parent must not be rejected as frozen_region)."""
     seed = FRAMEWORKS["ttr"].seed_source()
-    parent = proposer.adversarial(seed, parent_kind, 1).child
-    p = proposer.adversarial(parent, kind, 0)
+    parent = mutations.adversarial(seed, parent_kind, 1).child
+    p = mutations.adversarial(parent, kind, 0)
     child = apply_diff(parent, p.text)
     assert child == p.child
     if kind == "frozen":
@@ -447,11 +450,11 @@ def test_adversarial_on_a_rejected_parent_breaks_only_its_own_rule(kind, parent_
     assert ("self.w_extra" in block) == (kind == "params")
     leaks = ".tril()" not in block or ".flip(1)" in block  # mask dropped, or the time-reversed input added
     assert leaks == (kind == "leak")
-    from harness.checks import GateFailure, run_gate
-    from harness.profiles import get_profile
-    from harness.loader import load_attention
+    from harness.sandbox.checks import GateFailure, run_gate
+    from harness.trusted.profiles import get_profile
+    from harness.sandbox.loader import load_attention
 
     with pytest.raises(GateFailure) as failure:
         run_gate(load_attention(program.splice(seed, child), "candidate.py"), load_attention(seed, "seed.py"),
                  get_profile("smoke"), "cpu")
-    assert failure.value.reason.value == proposer.EXPECTED_REASON[kind]
+    assert failure.value.reason.value == EXPECTED_REASON[kind]

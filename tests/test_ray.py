@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 import adversarial
-from harness import ledger, program
-from harness.evaluate import evaluate, prepare
-from harness.frameworks import FRAMEWORKS
-from harness.profiles import get_profile
+from harness.trusted import ledger
+from harness.trusted import program
+from harness.trusted.evaluate import evaluate, prepare
+from harness.trusted.frameworks import FRAMEWORKS
+from harness.trusted.profiles import get_profile
 
 pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
 pytestmark = pytest.mark.ray

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.frameworks import FRAMEWORKS, REPO_ROOT
-from harness.profiles import FULL_LADDER
-from harness.loader import load_attention
+from harness.trusted.frameworks import FRAMEWORKS, REPO_ROOT
+from harness.trusted.profiles import FULL_LADDER
+from harness.sandbox.loader import load_attention
 from harness.scaffold import build_model, count_params, non_embedding_params, sinusoidal_positions
 
 SEED_CLS = load_attention(FRAMEWORKS["ttr"].seed_source(), "ttr.py")

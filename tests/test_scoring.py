@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from harness.profiles import get_profile
-from harness.scoring import MalformedRecord, objective_from_untrusted, objective_record, rungs_for, score
+from harness.trusted.profiles import get_profile
+from harness.trusted.scoring import MalformedRecord, objective_from_untrusted, objective_record, rungs_for, score
 
 PROFILE = get_profile("smoke", objective="scaling_slope")
 

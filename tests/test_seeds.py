@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.frameworks import FRAMEWORKS, REPO_ROOT
+from harness.trusted.frameworks import FRAMEWORKS, REPO_ROOT
 
 D_MODEL, N_HEADS, MAX_LEN = 64, 4, 128
 BASE_PARAMS = 4 * D_MODEL**2 + 4 * D_MODEL

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from harness import executor, slots
+from harness.trusted import executor
+from harness.trusted import slots
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_threads_never_hold_more_slots_than_exist(slot_env):
 
 def test_a_crashed_holder_releases_its_slot(slot_env):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom harness import slots\n"
+        [sys.executable, "-c", "import sys, time\nfrom harness.trusted import slots\n"
          "with slots.acquire(10.0, devices=['cpu']):\n    print('held', flush=True)\n    time.sleep(600)\n"],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "HARNESS_SLOT_DIR": str(slot_env)})
     try:

@@ -2,10 +2,10 @@
 
 import pytest
 
-from harness import program
-from harness.evaluate import _module_aliases
-from harness.frameworks import FRAMEWORKS
-from harness.policy import check_block
+from harness.trusted import program
+from harness.trusted.evaluate import _module_aliases
+from harness.trusted.frameworks import FRAMEWORKS
+from harness.trusted.policy import check_block
 from harness.scaffold import ATTENTION_KWARGS
 
 SEED = FRAMEWORKS["ttr"].seed_source()

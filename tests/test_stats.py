@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from harness import stats
+from harness.validation import stats
 
 A = [1.0, 2.0, 3.0, 4.0]  # mean 2.5, variance 5/3
 B = [3.0, 4.0, 5.0, 6.0, 7.0]  # mean 5, variance 5/2

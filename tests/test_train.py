@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from harness import train as train_mod
-from harness.bench import reference_loop
-from harness.data import load_token_data
-from harness.frameworks import FRAMEWORKS
-from harness.objective import TrainingFailure, run_objective, train_rungs_concurrently
-from harness.profiles import get_profile
-from harness.loader import load_attention
-from harness.train import LossMonitor, lr_at, train
+from harness.sandbox import train as train_mod
+from harness.diagnostics.bench import reference_loop
+from harness.sandbox.data import load_token_data
+from harness.trusted.frameworks import FRAMEWORKS
+from harness.sandbox.objective import TrainingFailure, run_objective, train_rungs_concurrently
+from harness.trusted.profiles import get_profile
+from harness.sandbox.loader import load_attention
+from harness.sandbox.train import LossMonitor, lr_at, train
 
 SEED_FW = FRAMEWORKS["cd"]
 SEED_CLS = load_attention(SEED_FW.seed_source(), str(SEED_FW.seed_path))
@@ -161,7 +161,7 @@ def test_engine_and_plain_eager_loop_reach_the_same_loss(data):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: bf16 autocast, torch.compile and fused AdamW "
                     "are the engine's fast path only on a GPU (compiling on this CPU takes minutes)")
 def test_fast_path_matches_the_eager_fp32_loop_on_cuda():
-    from harness.bench import RandomTokens
+    from harness.diagnostics.bench import RandomTokens
 
     p = dataclasses.replace(get_profile("pilot"), steps=300, warmup_steps=30, eval_interval_steps=300,
                             ladder=((96, 4, 4),), reference_rung=0)

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import validate
-from harness.frameworks import FRAMEWORKS
-from harness.profiles import get_profile
+from harness.validation import jobs, pipeline, tuning
+from harness.trusted.frameworks import FRAMEWORKS
+from harness.trusted.profiles import ConfigError, get_profile
 
 TTR = FRAMEWORKS["ttr"].seed_source()
 
@@ -88,8 +88,8 @@ def fake_evaluator(monkeypatch):
                                artifacts={"reason": "ok", "message": "valid", "fingerprint_id": "fp-fake",
                                           "ledger_row": "8"})
 
-    monkeypatch.setattr(validate.evaluate_mod, "prepare", prepare)
-    monkeypatch.setattr(validate.evaluate_mod, "evaluate", evaluate)
+    monkeypatch.setattr(pipeline.evaluate_mod, "prepare", prepare)
+    monkeypatch.setattr(pipeline.evaluate_mod, "evaluate", evaluate)
     return calls
 
 
@@ -99,7 +99,7 @@ def candidates(tmp_path, *names):
         path = tmp_path / f"{name}.py"
         path.write_text(hostile_ttr(tmp_path / "marker") if name == "hostile" else linear_ttr().replace(
             "# EVOLVE-BLOCK-END", f"# {name}\n# EVOLVE-BLOCK-END"))
-        out.append(validate.Candidate("ttr", path, f"ttr-{name}", str(path)))
+        out.append(jobs.Candidate("ttr", path, f"ttr-{name}", str(path)))
     return out
 
 
@@ -107,7 +107,7 @@ def test_protocol_with_fake_runner(tmp_path, fake_evaluator):
     runner = FakeRunner()
     profile = get_profile("smoke")
     out = tmp_path / "val"
-    result = validate.validate(candidates(tmp_path, "good", "same", "hostile"), profile, out, tuning="optuna",
+    result = pipeline.validate(candidates(tmp_path, "good", "same", "hostile"), profile, out, tuning="optuna",
                                trials=3, n_seeds=10, runner=runner, log=lambda m: None)
     by_label = {c["label"]: c for c in result["candidates"]}
     # the hostile candidate went through the evaluator and was refused; nothing of it ran here
@@ -124,7 +124,7 @@ def test_protocol_with_fake_runner(tmp_path, fake_evaluator):
         hp = by_label[c]["hyperparameters"]
         assert hp["baseline"]["n_trials"] == hp["candidate"]["n_trials"] == 3
         assert hp["candidate"]["trials"][0]["source"].startswith("evaluator run")
-        assert hp["candidate"]["trials"][0]["params"] == validate.defaults(profile)
+        assert hp["candidate"]["trials"][0]["params"] == tuning.defaults(profile)
     # the evaluation seeds: 1..10, disjoint from the tuning seed, the ladder trained, the baseline trained once
     seed_jobs = [j for j in runner.jobs if j.seed != profile.train_seed]
     assert sorted({j.seed for j in seed_jobs}) == list(range(1, 11))
@@ -154,7 +154,7 @@ def test_protocol_with_fake_runner(tmp_path, fake_evaluator):
 def test_shared_tuning_and_family_with(tmp_path, fake_evaluator):
     runner = FakeRunner()
     profile = get_profile("smoke")
-    first = validate.validate(candidates(tmp_path, "good"), profile, tmp_path / "a", tuning="shared", trials=3,
+    first = pipeline.validate(candidates(tmp_path, "good"), profile, tmp_path / "a", tuning="shared", trials=3,
                               n_seeds=4, runner=runner, log=lambda m: None)
     good = first["candidates"][0]
     assert good["hyperparameters"]["candidate"]["n_trials"] == 0
@@ -162,7 +162,7 @@ def test_shared_tuning_and_family_with(tmp_path, fake_evaluator):
     assert sum(1 for j in runner.jobs if j.seed == 0 and "good" in j.program_path.stem) == 0
     assert good["stats"]["required_wins"] == 3  # ceil(0.7 x 4)
     # a second report joins the first one's comparisons in its Holm family
-    second = validate.validate(candidates(tmp_path, "same"), profile, tmp_path / "b", tuning="shared", trials=0,
+    second = pipeline.validate(candidates(tmp_path, "same"), profile, tmp_path / "b", tuning="shared", trials=0,
                                n_seeds=4, runner=runner, log=lambda m: None, ladder=False,
                                family_with=[tmp_path / "a" / "validation.json"])
     s = second["candidates"][0]["stats"]
@@ -194,7 +194,7 @@ class ConcurrentRunner(FakeRunner):
 def test_tuning_trials_and_seeds_fan_out_in_batches(tmp_path, fake_evaluator):
     runner = ConcurrentRunner()
     profile = get_profile("smoke")
-    result = validate.validate(candidates(tmp_path, "good"), profile, tmp_path / "val", tuning="optuna", trials=7,
+    result = pipeline.validate(candidates(tmp_path, "good"), profile, tmp_path / "val", tuning="optuna", trials=7,
                                n_seeds=3, jobs=3, runner=runner, log=lambda m: None)
     assert runner.most == 3  # never more than --jobs at once, and that many when the batch allows
     hp = result["candidates"][0]["hyperparameters"]
@@ -202,7 +202,7 @@ def test_tuning_trials_and_seeds_fan_out_in_batches(tmp_path, fake_evaluator):
         trials = hp[side]["trials"]
         # the same budget on both sides, trial 0 the evaluator's run of the defaults, the rest trained
         assert [t["trial"] for t in trials] == list(range(7)) and hp[side]["n_trials"] == 7
-        assert trials[0]["source"].startswith("evaluator run") and trials[0]["params"] == validate.defaults(profile)
+        assert trials[0]["source"].startswith("evaluator run") and trials[0]["params"] == tuning.defaults(profile)
         assert all(t["source"] == "trained" and t["value"] is not None for t in trials[1:])
         assert len({tuple(sorted(t["params"].items())) for t in trials}) == 7  # the constant liar kept them apart
     tune_jobs = [j for j in runner.jobs if j.seed == profile.train_seed]
@@ -218,9 +218,9 @@ def test_candidates_from_a_run_refuse_mixed_fingerprints(tmp_path):
     db.add("a", linear_ttr(), "root", 1, score=1.03)
     db.add("b", TTR.replace('kernel: str = "exp"', 'kernel: str = "relu2"'), "root", 2, score=1.2, fp="fpB1111111111111")
     db.write(5, [])
-    with pytest.raises(validate.ConfigError, match="cannot be ranked together"):
-        validate.candidates_from_run(db.root, 3, db.ledger, tmp_path)
-    found, _ = validate.candidates_from_run(db.root, 3, db.ledger, tmp_path, fingerprint="fpA")
+    with pytest.raises(ConfigError, match="cannot be ranked together"):
+        jobs.candidates_from_run(db.root, 3, db.ledger, tmp_path)
+    found, _ = jobs.candidates_from_run(db.root, 3, db.ledger, tmp_path, fingerprint="fpA")
     assert [c.origin.split(":")[-1] for c in found] == [db.by_name["a"]["id"]]  # the seed itself is not a candidate
 
 

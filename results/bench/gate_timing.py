@@ -2,10 +2,10 @@
 
     python results/bench/gate_timing.py [--profile full] [--repeats 3] [--compare OLD_CHECKS.py]
 
-Runs ``harness.checks.run_gate(cls, cls, profile, "cpu")`` for each seed (``cls`` against itself, as the
+Runs ``harness.sandbox.checks.run_gate(cls, cls, profile, "cpu")`` for each seed (``cls`` against itself, as the
 sandbox runs a pristine seed) ``--repeats`` times and prints a markdown table of the median seconds per check
 and in total, with the machine's 1-minute load average while it ran. ``--compare`` also times another version
-of checks.py (e.g. ``git show HEAD:harness/checks.py > /tmp/checks_old.py``), interleaved with this one run by
+of checks.py (e.g. ``git show HEAD:harness/sandbox/checks.py > /tmp/checks_old.py``), interleaved with this one run by
 run, so that both see the same load.
 """
 
@@ -21,7 +21,7 @@ import time
 
 def _load_checks(path: str | None):
     if not path:
-        from harness import checks
+        from harness.sandbox import checks
 
         return checks
     name = f"checks_{abs(hash(path))}"
@@ -36,17 +36,17 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="full")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--compare", help="path of another checks.py, timed interleaved with harness/checks.py")
+    parser.add_argument("--compare", help="path of another checks.py, timed interleaved with harness/sandbox/checks.py")
     parser.add_argument("--frameworks", nargs="*", default=["cd", "ttr", "mm"])
     args = parser.parse_args()
 
     import torch
 
-    from harness.frameworks import FRAMEWORKS
-    from harness.profiles import get_profile
-    from harness.sandbox import load_attention
+    from harness.trusted.frameworks import FRAMEWORKS
+    from harness.trusted.profiles import get_profile
+    from harness.sandbox.loader import load_attention
 
-    versions = {"harness/checks.py": _load_checks(None)}
+    versions = {"harness/sandbox/checks.py": _load_checks(None)}
     if args.compare:
         versions[args.compare] = _load_checks(args.compare)
     profile = get_profile(args.profile)
@@ -69,7 +69,7 @@ def main() -> int:
           f"1-minute load average {min(loads):.1f}-{max(loads):.1f} while it ran.")
     print()
     columns = [(v, fw) for v in versions for fw in classes]
-    label = (lambda v, fw: f"{fw}, before" if v != "harness/checks.py" else fw) if args.compare else (lambda v, fw: fw)
+    label = (lambda v, fw: f"{fw}, before" if v != "harness/sandbox/checks.py" else fw) if args.compare else (lambda v, fw: fw)
     print("| check | " + " | ".join(f"{label(v, fw)} (s)" for v, fw in columns) + " |")
     print("|---|" + "---:|" * len(columns))
     for name in per[columns[0]][0]:

@@ -49,9 +49,9 @@ def run(log=print, only: str | None = None) -> dict:
         os.environ.pop(key, None)
     import adversarial
 
-    from harness.evaluate import evaluate
-    from harness.frameworks import FRAMEWORKS
-    from harness.profiles import get_profile
+    from harness.trusted.evaluate import evaluate
+    from harness.trusted.frameworks import FRAMEWORKS
+    from harness.trusted.profiles import get_profile
 
     entries = {}
     jobs = [(f"seed-{fw}-{objective}", fw, FRAMEWORKS[fw].seed_source(), "ok", get_profile(objective=objective))

@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("RAY_ADDRESS"):
         head, _ = _start_head(work / "head.log")
     try:
-        from harness.evaluate import evaluate, prepare
-        from harness.frameworks import get_framework
+        from harness.trusted.evaluate import evaluate, prepare
+        from harness.trusted.frameworks import get_framework
 
         prepared = prepare(args.framework, executor_name="local")
         prepare(args.framework, executor_name="ray")
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.time()
                 result = evaluate(args.framework, str(program), executor_name=name)
                 wall = time.time() - started
-                from harness import ledger
+                from harness.trusted import ledger
 
                 row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
                 ex = row["execution"]

@@ -1,6 +1,6 @@
 """``harness bench``: how fast the training engine runs here, measured, and what one evaluation will cost.
 
-For each ladder rung it times the engine (``harness.train.train``: bf16 autocast, torch.compile, fused AdamW,
+For each ladder rung it times the engine (``harness.sandbox.train.train``: bf16 autocast, torch.compile, fused AdamW,
 batches drawn on the device; whatever the profile turns on) and the same model under a plain eager fp32
 PyTorch loop, the reference:
 
@@ -11,10 +11,10 @@ PyTorch loop, the reference:
 * the same recipe otherwise: the two AdamW groups, warmup + cosine learning rate, gradient clipping.
 
 It prints ms/step, tokens/s, achieved model TFLOP/s and the share of the device's dense bf16 peak (FLOPs
-per step from ``harness.flops.audit_flops`` of the whole model's forward + backward, else the analytic
+per step from ``harness.sandbox.flops.audit_flops`` of the whole model's forward + backward, else the analytic
 6·N·tokens + 12·L·d·T·tokens), the speed-up of the engine over the reference, and the projected wall time of
 one evaluation of the profile (every rung for ``profile.steps`` steps plus its validation passes and its
-compilation; sequential, and with ``--concurrent`` the rungs trained at once as ``harness.objective`` does).
+compilation; sequential, and with ``--concurrent`` the rungs trained at once as ``harness.sandbox.objective`` does).
 ``--protocol`` also times one whole evaluation for real: the gate, every rung at the profile's full horizon
 (concurrently when the profile says so) and the post-training leak test.
 
@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.profiles import Profile
+from harness.trusted.frameworks import REPO_ROOT
+from harness.trusted.profiles import Profile
 
 REFERENCE_HOURS = 7.0  # the users' protocol on their previous loop: one evaluation, all four rungs
 TARGET_MINUTES = 10.0
@@ -102,7 +103,7 @@ def audited_flops_per_step(attention_cls: type, rung: tuple, profile: Profile, v
     """The whole model's forward + backward at one sequence, audited op by op on the CPU, × the batch."""
     import torch
 
-    from harness.flops import audit_flops
+    from harness.sandbox.flops import audit_flops
     from harness.scaffold import build_model
 
     with torch.random.fork_rng(devices=[]):
@@ -134,7 +135,7 @@ def reference_loop(attention_cls: type, profile: Profile, rung: tuple, data, ste
     import torch
 
     from harness.scaffold import build_model
-    from harness.train import CPU_TRAIN_THREADS, lr_at
+    from harness.sandbox.train import CPU_TRAIN_THREADS, lr_at
 
     seed = profile.train_seed if seed is None else seed
     dev = torch.device(device)
@@ -201,7 +202,7 @@ def projected_rung_s(profile: Profile, ms_per_step: float, eval_s: float, first_
 
 
 def _git() -> dict:
-    root = Path(__file__).resolve().parent.parent
+    root = REPO_ROOT
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
@@ -214,8 +215,8 @@ def _git() -> dict:
 def bench_fingerprint(profile: Profile, device: str) -> dict:
     import torch
 
-    from harness.fingerprint import harness_code_hash
-    from harness.hardware import hardware
+    from harness.trusted.fingerprint import harness_code_hash
+    from harness.sandbox.hardware import hardware
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                 "cuda": torch.version.cuda}
@@ -239,7 +240,7 @@ def bench_fingerprint(profile: Profile, device: str) -> dict:
 def _load_data(profile: Profile, source: str):
     if source == "random":
         return RandomTokens.make(profile.vocab_size, profile.val_tokens)
-    from harness.data import default_cache_dir, load_token_data
+    from harness.sandbox.data import default_cache_dir, load_token_data
 
     return load_token_data(profile.data_source, profile.vocab_size, profile.val_tokens, default_cache_dir(),
                            profile.tokenizer_train_bytes, synthetic_stories_n=profile.synthetic_stories)
@@ -258,10 +259,10 @@ def run_bench(profile: Profile, steps: int, rung_indices: list[int] | None = Non
     ``reference_rungs``: time the eager reference only at these rungs (default: every rung timed)."""
     import torch
 
-    from harness.frameworks import get_framework
-    from harness.objective import train_rungs_concurrently
-    from harness.loader import load_attention
-    from harness.train import train
+    from harness.trusted.frameworks import get_framework
+    from harness.sandbox.objective import train_rungs_concurrently
+    from harness.sandbox.loader import load_attention
+    from harness.sandbox.train import train
 
     log = log or (lambda message: None)
     device = device or profile.device
@@ -286,7 +287,7 @@ def run_bench(profile: Profile, steps: int, rung_indices: list[int] | None = Non
     for rung in rungs if steps > 0 else []:  # --steps 0: only the full-horizon --protocol run
         try:
             flops = audited_flops_per_step(attention_cls, rung, profile, data.vocab_size)
-            flops_source = "harness.flops audit"
+            flops_source = "harness.sandbox.flops audit"
         except Exception as exc:  # noqa: BLE001 - the analytic count is a fine fallback for a timing tool
             flops = {"matmul": analytic_flops_per_step(rung, profile, data.vocab_size), "total": None}
             flops_source = f"analytic ({type(exc).__name__})"
@@ -369,8 +370,8 @@ def run_bench(profile: Profile, steps: int, rung_indices: list[int] | None = Non
 
 def time_protocol(attention_cls, source, filename, profile: Profile, data, device: str, log) -> dict:
     """One whole evaluation at the profile's horizon, timed: gate, training (as run_objective does it), leak test."""
-    from harness.checks import check_trained_leak, run_gate
-    from harness.objective import run_objective
+    from harness.sandbox.checks import check_trained_leak, run_gate
+    from harness.sandbox.objective import run_objective
 
     timings = {}
     started = time.perf_counter()
@@ -469,7 +470,7 @@ def json_default(value):
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.profiles import get_profile, require_device
+    from harness.trusted.profiles import get_profile, require_device
 
     overrides = {}
     if args.compile_mode:
@@ -517,9 +518,9 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m harness.bench ...``: the same as ``harness bench ...`` without the rest of the CLI (for a
+    """``python -m harness.diagnostics.bench ...``: the same as ``harness bench ...`` without the rest of the CLI (for a
     machine where only torch and numpy are installed and the package is on PYTHONPATH)."""
-    parser = argparse.ArgumentParser(prog="python -m harness.bench")
+    parser = argparse.ArgumentParser(prog="python -m harness.diagnostics.bench")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
     return args.func(args)

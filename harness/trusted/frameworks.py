@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # The keywords the frozen scaffold constructs every attention class with (harness.scaffold). Here, not there, so
 # that the static gate checks them without importing torch.
 ATTENTION_KWARGS = ("d_model", "n_heads", "dropout", "max_seq_len")
@@ -34,7 +34,7 @@ FRAMEWORKS: dict[str, Framework] = {
 
 def get_framework(name: str) -> Framework:
     if name not in FRAMEWORKS:
-        from harness.profiles import ConfigError
+        from harness.trusted.profiles import ConfigError
 
         raise ConfigError(f"unknown framework {name!r}; choose one of {sorted(FRAMEWORKS)}")
     return FRAMEWORKS[name]

@@ -104,7 +104,7 @@ def lock_dir() -> Path:
     env = os.environ.get("HARNESS_SLOT_DIR")
     if env:
         return Path(env).expanduser()
-    from harness.profiles import default_cache_dir
+    from harness.trusted.profiles import default_cache_dir
 
     return default_cache_dir() / "slots"
 

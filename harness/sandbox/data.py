@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.profiles import default_cache_dir  # noqa: F401 - the cache folder, defined with the settings
+from harness.trusted.profiles import default_cache_dir  # noqa: F401 - the cache folder, defined with the settings
 
 log = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ class Profile:
     memory_cap_mib: int  # resident-memory cap of one sandbox process
     divergence_loss_factor: float  # early stop when train loss exceeds this × ln(vocab) after warmup
     gate: Gate = field(default_factory=Gate)
-    # Train the ladder's rungs at once, each in its own process on the same device (harness.objective).
+    # Train the ladder's rungs at once, each in its own process on the same device (harness.sandbox.objective).
     # Results are those of training them one after another; only the wall time changes.
     concurrent_rungs: bool = False
     compile_mode: str = "default"  # torch.compile mode when compile is on: default | reduce-overhead | ...

@@ -1,7 +1,7 @@
 """``harness gpu-check``: the GPU path proved in one prepared run, sized for a short lease on one GPU.
 
-    python -m harness.gpu_check --out DIR              # on a CUDA machine: about 8 minutes
-    python -m harness.gpu_check --out DIR --dry-run    # anywhere, on the CPU, at smoke sizes: about 1-2 minutes
+    python -m harness.diagnostics.gpu_check --out DIR              # on a CUDA machine: about 8 minutes
+    python -m harness.diagnostics.gpu_check --out DIR --dry-run    # anywhere, on the CPU, at smoke sizes: about 1-2 minutes
 
 A GPU is at hand only now and then, for minutes, on a machine without network and with other versions of Python
 and torch. So everything here is prepared and dry-run on the CPU, and runs there as one command. Each stage is a
@@ -13,7 +13,7 @@ output.
 The stages, in the order they run:
 
 1. ``environment``: versions, the GPU, the two ceilings measured here (device-to-device copy bandwidth, bf16
-   matrix-product rate), and the confinement this machine allows (:mod:`harness.confinement_probe`).
+   matrix-product rate), and the confinement this machine allows (:mod:`harness.diagnostics.confinement_probe`).
 2. ``cuda_tests``: the CUDA tests (``pytest -m cuda tests/test_train.py``): the engine's fast path against the
    eager fp32 loop, same loss within noise.
 3. ``concurrent``: every rung of the ladder trained at once for ``concurrent_steps`` steps (10k), each rung in its
@@ -51,10 +51,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from harness.bench import (REFERENCE_HOURS, TARGET_MINUTES, TARGET_SPEEDUP_VS_EAGER, TARGET_SPEEDUP_VS_REFERENCE_HOURS,
-                           json_default)
+from harness.diagnostics.bench import (REFERENCE_HOURS, TARGET_MINUTES, TARGET_SPEEDUP_VS_EAGER, TARGET_SPEEDUP_VS_REFERENCE_HOURS,
+                                       json_default)
+from harness.trusted.frameworks import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("environment", "cuda_tests", "concurrent", "evaluation", "bench", "trace")
 MIN_STAGE_S = 20.0  # a stage is not started with less time than this left
 ESCAPE_SECRET_ENV = "HARNESS_GPU_CHECK_SECRET"
@@ -114,7 +114,7 @@ def _log(message: str) -> None:
 
 
 def _seed(framework: str = "cd"):
-    from harness.frameworks import get_framework
+    from harness.trusted.frameworks import get_framework
 
     fw = get_framework(framework)
     return fw, fw.seed_source()
@@ -179,9 +179,9 @@ def _nvidia_smi() -> dict:
 def stage_environment(plan: Plan, work: Path) -> dict:
     import torch
 
-    from harness.bench import bench_fingerprint
-    from harness.confinement_probe import probe
-    from harness.profiles import get_profile
+    from harness.diagnostics.bench import bench_fingerprint
+    from harness.diagnostics.confinement_probe import probe
+    from harness.trusted.profiles import get_profile
 
     result = {"fingerprint": bench_fingerprint(get_profile(plan.bench_profile), plan.device),
               "cpu_count": os.cpu_count()}
@@ -242,9 +242,9 @@ def extrapolate_concurrent_s(wall_s: float, fixed_s: float, steps: int, horizon_
 
 
 def stage_concurrent(plan: Plan, work: Path) -> dict:
-    from harness.bench import RandomTokens, bench_profile
-    from harness.objective import train_rungs_concurrently
-    from harness.profiles import get_profile
+    from harness.diagnostics.bench import RandomTokens, bench_profile
+    from harness.sandbox.objective import train_rungs_concurrently
+    from harness.trusted.profiles import get_profile
 
     profile = get_profile(plan.bench_profile)
     short = bench_profile(profile, plan.concurrent_steps)
@@ -289,8 +289,8 @@ def stage_concurrent(plan: Plan, work: Path) -> dict:
 def stage_bench(plan: Plan, work: Path) -> dict:
     """The bench under the first compile mode, with the eager reference; every further mode times the engine
     alone, and is compared with the same reference."""
-    from harness.bench import run_bench
-    from harness.profiles import get_profile
+    from harness.diagnostics.bench import run_bench
+    from harness.trusted.profiles import get_profile
 
     rungs = list(plan.bench_rungs) if plan.bench_rungs is not None else None
     first, *others = plan.compile_modes or (get_profile(plan.bench_profile).compile_mode,)
@@ -343,7 +343,7 @@ class {cls}(nn.Module):
 
 
 def _program_with_block(seed_source: str, block: str) -> str:
-    from harness import program
+    from harness.trusted import program
 
     parts = program.split(seed_source)
     return parts.head + block + parts.tail
@@ -366,7 +366,7 @@ def evaluation_cases(work: Path) -> list[dict]:
 
 def write_synthetic_text_folder(folder: Path, train_stories: int, val_stories: int) -> None:
     """The package's synthetic stories as a local text source (disjoint train and validation stories)."""
-    from harness.data import EOS_TOKEN, synthetic_stories
+    from harness.sandbox.data import EOS_TOKEN, synthetic_stories
 
     folder.mkdir(parents=True, exist_ok=True)
     train = synthetic_stories(train_stories, seed=0)
@@ -388,9 +388,9 @@ def stage_evaluation(plan: Plan, work: Path) -> dict:
         write_synthetic_text_folder(folder, plan.eval_train_stories, plan.eval_val_stories)
         env["HARNESS_DATA"] = str(folder)
     os.environ.update(env)
-    from harness import ledger
-    from harness.evaluate import evaluate, prepare
-    from harness.profiles import get_profile
+    from harness.trusted import ledger
+    from harness.trusted.evaluate import evaluate, prepare
+    from harness.trusted.profiles import get_profile
 
     profile = get_profile(plan.eval_profile)
     result = {"profile": profile.name, "data_source": "synthetic stories as a local text folder"
@@ -457,10 +457,10 @@ def stage_trace(plan: Plan, work: Path) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    from harness.bench import RandomTokens, bench_profile
-    from harness.profiles import get_profile
-    from harness.loader import load_attention
-    from harness.train import train
+    from harness.diagnostics.bench import RandomTokens, bench_profile
+    from harness.trusted.profiles import get_profile
+    from harness.sandbox.loader import load_attention
+    from harness.sandbox.train import train
 
     prof_cfg = get_profile(plan.bench_profile)
     fw, source = _seed()
@@ -703,7 +703,7 @@ def run_stage_here(name: str, work: Path) -> int:
 
 
 def _run_stage_process(name: str, plan: Plan, work: Path, limit_s: float, log_file) -> dict:
-    cmd = [sys.executable, "-m", "harness.gpu_check", "--stage", name, "--work", str(work)]
+    cmd = [sys.executable, "-m", "harness.diagnostics.gpu_check", "--stage", name, "--work", str(work)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     log_file.write(f"\n===== stage {name} (limit {limit_s:.0f} s) =====\n")
@@ -762,7 +762,7 @@ def run_all(plan: Plan, out: Path, stages: list[str] | None = None, budget_s: fl
 
 
 def cmd_gpu_check(args: argparse.Namespace) -> int:
-    from harness.profiles import ConfigError, cuda_visible
+    from harness.trusted.profiles import ConfigError, cuda_visible
 
     if args.stage:
         return run_stage_here(args.stage, Path(args.work))
@@ -808,11 +808,11 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m harness.gpu_check ...``: the same as ``harness gpu-check ...`` without installing the package
+    """``python -m harness.diagnostics.gpu_check ...``: the same as ``harness gpu-check ...`` without installing the package
     (the GPU machine has torch and numpy but not this package or OpenEvolve)."""
-    from harness.profiles import ConfigError
+    from harness.trusted.profiles import ConfigError
 
-    parser = argparse.ArgumentParser(prog="python -m harness.gpu_check")
+    parser = argparse.ArgumentParser(prog="python -m harness.diagnostics.gpu_check")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["gpu-check", *(sys.argv[1:] if argv is None else argv)])
     try:

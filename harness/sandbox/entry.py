@@ -10,7 +10,7 @@ RESULT.json and nothing else: what a candidate prints to stdout is never read.
 
 The request is plain JSON and self-contained: the candidate's source as text, the profile by name, and the
 known baselines keyed by fingerprint id. The sandbox reads no file of the caller's, so it runs the same on
-this host or on a cluster worker (harness.executor).
+this host or on a cluster worker (harness.trusted.executor).
 """
 
 from __future__ import annotations
@@ -23,18 +23,18 @@ import time
 import traceback
 from pathlib import Path
 
-from harness.loader import load_attention
-from harness.process_lifetime import die_with_parent
+from harness.sandbox.loader import load_attention
+from harness.trusted.process_lifetime import die_with_parent
 
 
 def _profile(request: dict):
-    from harness.profiles import get_profile
+    from harness.trusted.profiles import get_profile
 
     return get_profile(request["profile"], objective=request["objective"], data_source=request["data_source"])
 
 
 def _data(profile):
-    from harness.data import load_token_data
+    from harness.sandbox.data import load_token_data
 
     return load_token_data(
         profile.data_source, profile.vocab_size, profile.val_tokens, Path(request_cache_dir()),
@@ -43,7 +43,7 @@ def _data(profile):
 
 
 def request_cache_dir() -> str:
-    from harness.data import default_cache_dir
+    from harness.sandbox.data import default_cache_dir
 
     return str(default_cache_dir())
 
@@ -53,12 +53,12 @@ def _log(message: str) -> None:
 
 
 def prepare(request: dict) -> dict:
-    from harness.data import DataError
-    from harness.fingerprint import environment_fingerprint
-    from harness.frameworks import get_framework
-    from harness.hardware import hardware
-    from harness.objective import TrainingFailure, run_objective
-    from harness.profiles import ConfigError
+    from harness.sandbox.data import DataError
+    from harness.trusted.fingerprint import environment_fingerprint
+    from harness.trusted.frameworks import get_framework
+    from harness.sandbox.hardware import hardware
+    from harness.sandbox.objective import TrainingFailure, run_objective
+    from harness.trusted.profiles import ConfigError
 
     try:
         profile = _profile(request)
@@ -89,9 +89,9 @@ def prepare(request: dict) -> dict:
 def _environment(request: dict):
     """(profile, data, fingerprint, None), or a record saying why this host cannot run the request: never the
     candidate's fault, whatever broke (a missing data source on a worker, no CUDA where CUDA is needed)."""
-    from harness.fingerprint import environment_fingerprint
-    from harness.hardware import hardware
-    from harness.reasons import Reason
+    from harness.trusted.fingerprint import environment_fingerprint
+    from harness.sandbox.hardware import hardware
+    from harness.trusted.reasons import Reason
 
     try:
         profile = _profile(request)
@@ -103,10 +103,10 @@ def _environment(request: dict):
 
 
 def evaluate(request: dict) -> dict:
-    from harness.checks import GateFailure, run_gate
-    from harness.frameworks import get_framework
-    from harness.objective import TrainingFailure, run_objective
-    from harness.reasons import Reason
+    from harness.sandbox.checks import GateFailure, run_gate
+    from harness.trusted.frameworks import get_framework
+    from harness.sandbox.objective import TrainingFailure, run_objective
+    from harness.trusted.reasons import Reason
 
     timings: dict = {}
     start = time.perf_counter()
@@ -152,7 +152,7 @@ def evaluate(request: dict) -> dict:
     timings["train_s"] = time.perf_counter() - train_start
     leak_start = time.perf_counter()
     try:
-        from harness.checks import check_trained_leak
+        from harness.sandbox.checks import check_trained_leak
 
         result["metrics"].update(check_trained_leak(model, data.val, profile))
     except GateFailure as exc:
@@ -176,9 +176,9 @@ def objective(request: dict) -> dict:
     rung, for scaling-law fits whatever the objective)."""
     import dataclasses
 
-    from harness.objective import TrainingFailure, run_objective
-    from harness.scoring import rungs_for
-    from harness.reasons import Reason
+    from harness.sandbox.objective import TrainingFailure, run_objective
+    from harness.trusted.scoring import rungs_for
+    from harness.trusted.reasons import Reason
 
     if request.get("threads"):
         import torch
@@ -222,7 +222,7 @@ def objective(request: dict) -> dict:
 
 def _load_program(request: dict) -> tuple[str | None, type | None, dict | None]:
     """(source, ATTENTION class, None), or (None, None, the crash record) when the program will not load."""
-    from harness.reasons import Reason
+    from harness.trusted.reasons import Reason
 
     try:
         source = request["source"]
@@ -250,6 +250,3 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(tmp, result_path)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness.reasons import Reason
+from harness.trusted.reasons import Reason
 from harness.scaffold import LanguageModel, count_params
 
 
@@ -289,7 +289,7 @@ def check_params(attention_cls: type, baseline_cls: type, g: Geometry, profile, 
 
 
 def check_flops(attention_cls: type, baseline_cls: type, g: Geometry, gate) -> dict:
-    from harness.flops import attention_flops
+    from harness.sandbox.flops import attention_flops
 
     def per_token(cls, length):
         try:
@@ -438,7 +438,7 @@ def check_trained_leak(model: LanguageModel, val_tokens, profile, n_sequences: i
 
 
 def _trained_leak(model: LanguageModel, val_tokens, profile, n_sequences: int, device) -> dict:
-    from harness.train import validation_windows
+    from harness.sandbox.train import validation_windows
 
     windows = validation_windows(val_tokens, profile.context_len_tokens, device)[:n_sequences, :-1]
     model.eval()

@@ -4,9 +4,9 @@ Runs in OpenEvolve's processes, so it never imports torch's CUDA, never raises, 
 1. static, here: frozen region, splice, policy;
 2. the sandbox subprocess (own process group, hard wall-clock limit, resident-memory cap): dynamic
    gate, training at the profile's budget, post-training leak test. It runs on this host or on a Ray
-   cluster (harness.executor, ``HARNESS_EXECUTOR``); nothing else depends on where;
+   cluster (harness.trusted.executor, ``HARNESS_EXECUTOR``); nothing else depends on where;
 3. here again: the objective recomputed from the runs the sandbox reported (plain numbers, checked field by
-   field) and scored against the baseline (``harness.scoring``); no score, fit or flag computed in the sandbox is
+   field) and scored against the baseline (``harness.trusted.scoring``); no score, fit or flag computed in the sandbox is
    read. Score and artifacts back to OpenEvolve, one row to the ledger, accepted or rejected.
 """
 
@@ -19,12 +19,14 @@ import time
 import traceback
 from pathlib import Path
 
-from harness import executor, ledger, program
-from harness.frameworks import ATTENTION_KWARGS, get_framework
-from harness.policy import check_block
-from harness.profiles import ConfigError, Profile, get_profile, require_device
-from harness.reasons import HINTS, Reason
-from harness.scoring import MalformedRecord, objective_from_untrusted, objective_metrics, score
+from harness.trusted import executor
+from harness.trusted import ledger
+from harness.trusted import program
+from harness.trusted.frameworks import ATTENTION_KWARGS, get_framework
+from harness.trusted.policy import check_block
+from harness.trusted.profiles import ConfigError, Profile, get_profile, require_device
+from harness.trusted.reasons import HINTS, Reason
+from harness.trusted.scoring import MalformedRecord, objective_from_untrusted, objective_metrics, score
 
 STDERR_TAIL_CHARS = executor.STDERR_TAIL_CHARS
 

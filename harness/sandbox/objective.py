@@ -1,9 +1,9 @@
 """Training what the objective needs, at the profile's full horizon: every rung it names, in sequence or at once.
-The fitness and the score are computed from the runs by :mod:`harness.scoring`.
+The fitness and the score are computed from the runs by :mod:`harness.trusted.scoring`.
 
 With ``profile.concurrent_rungs`` the rungs train at the same time, each in its own spawned process on the
 same device (:func:`train_rungs_concurrently`). A child re-creates the attention class from the program's
-source text with ``harness.loader.load_attention``, exactly as the sandbox did; classes are never pickled.
+source text with ``harness.sandbox.loader.load_attention``, exactly as the sandbox did; classes are never pickled.
 Every rung is the same fresh ``train()`` call it would be in sequence, so the records are the same; a
 failure is reported exactly as the sequential loop reports it (the first failing rung in ladder order).
 """
@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.profiles import Profile
-from harness.scoring import objective_record, rungs_for
-from harness.train import train
+from harness.trusted.profiles import Profile
+from harness.trusted.scoring import objective_record, rungs_for
+from harness.sandbox.train import train
 
 DEFAULT_PROGRAM_FILENAME = "evolved_program.py"
 
@@ -135,7 +135,7 @@ def _child_log(prefix: str):
 
 def _rung_worker(spec: dict, result_path: str) -> None:
     """Entry point of one rung's process (spawned: a fresh interpreter)."""
-    from harness.process_lifetime import die_with_parent
+    from harness.trusted.process_lifetime import die_with_parent
 
     die_with_parent(spec["parent_pid"])  # a sandbox killed with its worker must not leave its rungs training
     import torch
@@ -145,7 +145,7 @@ def _rung_worker(spec: dict, result_path: str) -> None:
         torch.set_num_threads(spec["threads"])
     payload: dict = {}
     try:
-        from harness.loader import load_attention
+        from harness.sandbox.loader import load_attention
 
         attention_cls = load_attention(spec["source"], spec["filename"])
         data = _RungData(_open_array(spec["train"]), _open_array(spec["val"]), spec["vocab_size"])
@@ -282,7 +282,7 @@ def _rebuild_model(attention_cls, source, filename, profile, rung, data, seed, d
     from harness.scaffold import build_model
 
     if attention_cls is None:
-        from harness.loader import load_attention
+        from harness.sandbox.loader import load_attention
 
         attention_cls = load_attention(source, filename)
     seed = profile.train_seed if seed is None else seed

@@ -1,6 +1,6 @@
 """What operating-system confinement this machine allows, and whether CUDA still works inside it.
 
-    python -m harness.confinement_probe [--write-dir DIR]    # prints one JSON object
+    python -m harness.diagnostics.confinement_probe [--write-dir DIR]    # prints one JSON object
 
 The sandbox's boundary has to be built from kernel mechanisms that a Python candidate cannot undo: namespaces,
 Landlock and seccomp (audit hooks can be removed from inside Python). Which of them a host lets an unprivileged
@@ -247,7 +247,7 @@ def _cuda_matmul_reported() -> str:
 def _child(code: str, timeout_s: float = 120.0) -> dict:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-                             str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))})
+                             str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))})
     try:
         return json.loads(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -255,7 +255,7 @@ def _child(code: str, timeout_s: float = 120.0) -> dict:
 
 
 def _read_roots(scratch: Path) -> list[str]:
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     roots = set(SYSTEM_READ_ROOTS) | {sys.prefix, sys.base_prefix, sys.exec_prefix, package_root,
                                        str(Path(sys.executable).resolve().parent)}
     roots |= {p for p in sys.path if p and os.path.isdir(p) and not str(scratch).startswith(p)}
@@ -278,10 +278,10 @@ def probe(work_dir: Path | None = None) -> dict:
                            if line.startswith(("Seccomp", "NoNewPrivs", "CapEff"))}
     report["landlock_abi"] = landlock_abi()
     report["namespaces"] = {name: _child(
-        f"import json; from harness.confinement_probe import unshare; print(json.dumps(unshare({flag})))")
+        f"import json; from harness.diagnostics.confinement_probe import unshare; print(json.dumps(unshare({flag})))")
         for name, flag in (("user", CLONE_NEWUSER), ("network", CLONE_NEWNET), ("mount", CLONE_NEWNS),
                            ("pid", CLONE_NEWPID))}
-    report["seccomp"] = _child("import json; from harness.confinement_probe import apply_seccomp_deny_socket as f; "
+    report["seccomp"] = _child("import json; from harness.diagnostics.confinement_probe import apply_seccomp_deny_socket as f; "
                                "print(json.dumps(f()))")
     with tempfile.TemporaryDirectory(prefix="harness-probe-", dir=work_dir) as tmp:
         tmp = Path(tmp)
@@ -303,7 +303,7 @@ def probe(work_dir: Path | None = None) -> dict:
         # runs say which layer it is.
         for key, layers in [("confined_child", [x for x in available if x not in variants])] + \
                 [(f"only_{x}", [x]) for x in available]:
-            child = _child("import json, sys; from harness.confinement_probe import confined_child; "
+            child = _child("import json, sys; from harness.diagnostics.confinement_probe import confined_child; "
                            f"print(json.dumps(confined_child({ {**spec, 'layers': layers}!r})))", timeout_s=300.0)
             child["outside_file_exists_afterwards"] = (denied / "written.txt").exists()
             (denied / "written.txt").unlink(missing_ok=True)
@@ -328,7 +328,7 @@ def confinement_level(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.confinement_probe", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.diagnostics.confinement_probe", description=__doc__.split("\n")[0])
     parser.add_argument("--work-dir", help="where the probe's temporary files go (default: the system's)")
     args = parser.parse_args(argv)
     print(json.dumps(probe(Path(args.work_dir) if args.work_dir else None), indent=2))

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from harness.frameworks import REPO_ROOT
+from harness.trusted.frameworks import REPO_ROOT
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (

@@ -1,7 +1,7 @@
 """Where a candidate's sandbox runs. The gate, the scoring, the reason codes and the ledger do not depend on it.
 
 ``local`` (the default): ``python -m harness.sandbox`` as a subprocess of this host, in an evaluation slot
-(``harness.slots``), in its own process group, killed at its hard limit or resident-memory cap.
+(``harness.trusted.slots``), in its own process group, killed at its hard limit or resident-memory cap.
 
 ``ray``: a Ray task on the cluster named by ``HARNESS_RAY_ADDRESS`` or ``RAY_ADDRESS`` (default ``auto``: a
 cluster already running on this host; a new one is never started). The task asks for one CPU, plus one GPU
@@ -11,7 +11,7 @@ Ray's resource accounting replaces the slots.
 The request is plain JSON and carries the candidate's source as text: nothing of the candidate is imported
 on the driver, and the sandbox reads no file of the driver's.
 
-Why each Ray submission is its own short-lived process (``python -m harness.executor submit``): OpenEvolve
+Why each Ray submission is its own short-lived process (``python -m harness.trusted.executor submit``): OpenEvolve
 loads the evaluator in its main process, forks its workers and calls the evaluator from threads. A Ray
 connection survives neither a fork nor being shared that way, so no OpenEvolve process ever holds one.
 
@@ -39,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness.process_lifetime import PARENT_PID_ENV
+from harness.trusted.process_lifetime import PARENT_PID_ENV
 
 EXECUTORS = ("local", "ray")
 STDERR_TAIL_CHARS = 4000
@@ -70,7 +70,7 @@ class ExecutorConfig:
 
     @classmethod
     def from_env(cls, name: str | None = None) -> "ExecutorConfig":
-        from harness.profiles import ConfigError
+        from harness.trusted.profiles import ConfigError
 
         env = os.environ
         chosen = (name or env.get("HARNESS_EXECUTOR") or "local").strip().lower()
@@ -203,9 +203,9 @@ def _read_result(path: Path) -> dict:
 
 
 def _run_local(mode: str, request: dict, limit_s: float, memory_cap_mib: int) -> SandboxRun:
-    """In an evaluation slot (harness.slots): wait for a free one, at most ``$HARNESS_SLOT_WAIT_S`` (default:
+    """In an evaluation slot (harness.trusted.slots): wait for a free one, at most ``$HARNESS_SLOT_WAIT_S`` (default:
     the sandbox's own limit), hold it for the sandbox's lifetime, and let the sandbox see only its GPU."""
-    from harness import slots
+    from harness.trusted import slots
 
     wait_s = float(os.environ.get("HARNESS_SLOT_WAIT_S") or limit_s)
     started = time.time()
@@ -248,13 +248,13 @@ def _run_ray(mode: str, request: dict, limit_s: float, memory_cap_mib: int, conf
 
 
 def _submit(spec: dict, config: ExecutorConfig) -> tuple[str, dict]:
-    """One attempt, through ``python -m harness.executor submit``: ("done" | "lost" | "error", payload)."""
+    """One attempt, through ``python -m harness.trusted.executor submit``: ("done" | "lost" | "error", payload)."""
     wait_s = config.ray_queue_wait_s + spec["limit_s"] + spec["baseline_limit_s"] + config.ray_connect_timeout_s
     with tempfile.TemporaryDirectory(prefix="harness-submit-") as tmp:
         tmp = Path(tmp)
         (tmp / "spec.json").write_text(json.dumps({**spec, "wait_s": wait_s}))
         result_path, log_path = tmp / "result.json", tmp / "submit.log"
-        outcome = run_limited([sys.executable, "-m", "harness.executor", "submit", str(tmp / "spec.json"),
+        outcome = run_limited([sys.executable, "-m", "harness.trusted.executor", "submit", str(tmp / "spec.json"),
                                str(result_path)], wait_s + SUBMIT_OVERHEAD_S, SUBMIT_MEMORY_CAP_MIB, log_path,
                               {**os.environ, "PYTHONUNBUFFERED": "1"})
         if outcome == "exited" and result_path.exists():
@@ -378,9 +378,9 @@ def _write_reply(path: str, reply: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     command, spec_path, result_path = (argv or sys.argv[1:])[:3]
     if command != "submit":
-        print(f"usage: python -m harness.executor submit SPEC.json RESULT.json (not {command!r})", file=sys.stderr)
+        print(f"usage: python -m harness.trusted.executor submit SPEC.json RESULT.json (not {command!r})", file=sys.stderr)
         return 2
-    from harness.process_lifetime import die_with_parent
+    from harness.trusted.process_lifetime import die_with_parent
 
     die_with_parent()  # an orphaned driver would keep its task, and its GPU, busy
     spec = json.loads(Path(spec_path).read_text())

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from harness.profiles import Profile
+from harness.trusted.profiles import Profile
 from harness.scaffold import LanguageModel, build_model, count_params, non_embedding_params
 
 MIN_LR_FRACTION = 0.1

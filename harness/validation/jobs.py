@@ -1,0 +1,171 @@
+"""The training jobs of ``harness validate`` and the candidates they compare.
+
+``run_training_job`` is the one function that runs one training job. Candidate code is hostile: it only ever runs
+in ``python -m harness.sandbox objective`` subprocesses (own process group, hard wall-clock limit, memory cap);
+this process reads text only.
+
+Jobs run one after another by default. ``--jobs N`` runs N at a time: the independent seed jobs, and the
+tuning trials in batches of N (TPE with a constant liar for the trials still running). Every job runs through
+the evaluator's executor (``--executor``, default ``$HARNESS_EXECUTOR`` or local): on ``ray`` the seeds and
+trials fan out over the cluster.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.trusted import evaluate as evaluate_mod
+from harness.trusted import executor as executor_mod
+from harness.trusted import ledger as ledger_mod
+from harness.trusted import program as program_mod
+from harness.trusted.frameworks import FRAMEWORKS
+from harness.trusted.profiles import ConfigError, Profile
+from harness.trusted.scoring import MalformedRecord, objective_from_untrusted, rungs_for
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One training job
+
+
+@dataclass
+class TrainJob:
+    framework: str
+    program_path: Path  # the spliced program (pristine outside + block); never imported here
+    profile: Profile
+    seed: int
+    hparams: dict
+    rungs: str  # "objective" (what the objective needs) or "ladder" (every rung)
+    fingerprint_id: str
+    limit_s: float
+    threads: int | None = None
+    label: str = ""
+    executor: str | None = None  # local | ray; None: $HARNESS_EXECUTOR, else local
+
+
+def run_training_job(job: TrainJob) -> dict:
+    """Run ONE training job in a sandbox, on the job's executor, and return its outcome:
+    ``{"ok", "reason", "message", "record", "fingerprint_id", "seed", "hparams", "wall_s", "execution"}``.
+
+    This is the single place where ``harness validate`` trains anything."""
+    request = evaluate_mod.sandbox_request(
+        job.framework, job.profile, source=Path(job.program_path).read_text(), seed=job.seed, hparams=job.hparams,
+        rungs=job.rungs, fingerprint_id=job.fingerprint_id, threads=job.threads)
+    started = time.time()
+    run = executor_mod.run_sandbox("objective", request, job.limit_s, job.profile.memory_cap_mib,
+                                   executor=job.executor)
+    result, log = run.result, run.log
+    out = {"ok": False, "seed": job.seed, "hparams": dict(job.hparams), "wall_s": time.time() - started,
+           "fingerprint_id": None, "record": None, "execution": run.execution}
+    if result is None:
+        reason = {"timeout": "timeout", "memory": "memory", "infrastructure": "infrastructure"}.get(run.outcome, "crash")
+        return {**out, "reason": reason, "message": run.error or f"the sandbox ended with {run.outcome} and no result",
+                "log_tail": log[-1500:]}
+    out["fingerprint_id"] = (result.get("fingerprint") or {}).get("id")
+    out["hparams"] = result.get("hparams", out["hparams"])
+    if result.get("reason") != "ok":
+        return {**out, "reason": result.get("reason", "crash"), "message": result.get("message", ""),
+                "log_tail": (result.get("traceback") or log)[-1500:]}
+    # The objective is recomputed here from the runs' numbers; the sandbox's own fitness and value are not read.
+    rungs = [tuple(r) for r in job.profile.ladder] if job.rungs == "ladder" else rungs_for(job.profile)
+    try:
+        record = objective_from_untrusted(result.get("record"), job.profile, rungs)
+    except MalformedRecord as exc:
+        return {**out, "reason": "tampering", "message": f"the sandbox handed back a malformed training record: {exc}",
+                "log_tail": log[-1500:]}
+    record.update(value=-record["fitness"], wall_s=(result.get("record") or {}).get("wall_s"))
+    return {**out, "ok": True, "reason": "ok", "message": "ok", "record": record}
+
+
+def run_batch(runner, batch: list[TrainJob], jobs: int, log) -> list[dict]:
+    """Run independent training jobs, ``jobs`` at a time (1 = one after another), results in order."""
+    def one(j: TrainJob) -> dict:
+        r = runner(j)
+        log(f"  {j.label} seed {j.seed}: {r['record']['value'] if r['ok'] else r['reason']} ({r['wall_s']:.0f} s)")
+        return r
+
+    if jobs <= 1:
+        return [one(j) for j in batch]
+    from concurrent.futures import ThreadPoolExecutor  # each job is its own subprocess: threads suffice
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(one, batch))
+
+
+def slim(run: dict) -> dict:
+    """A job's outcome for the JSON, curves kept (they are small)."""
+    out = {k: v for k, v in run.items() if k != "record"}
+    if run.get("record"):
+        rec = run["record"]
+        out["record"] = {k: v for k, v in rec.items() if k != "runs"}
+        out["record"]["runs"] = [{k: r.get(k) for k in ("rung", "final_val_loss", "non_embedding_params", "params",
+                                                         "val_curve", "train_curve", "ms_per_step", "wall_s", "status")}
+                                 for r in rec["runs"]]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Candidates
+
+
+@dataclass
+class Candidate:
+    framework: str
+    source: Path  # the file as given (or written from a run's database)
+    label: str
+    origin: str  # "file" or "<run>:<program id>"
+    # filled in by the evaluator step
+    evaluation: dict = field(default_factory=dict)
+    refused: str | None = None
+    program_path: Path | None = None  # spliced copy under the output folder
+    sha256: str = ""
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60] or "candidate"
+
+
+def candidates_from_run(run_dir: Path, top_k: int, ledger_path: Path, work: Path, fingerprint: str | None = None) -> tuple[list[Candidate], list[str]]:
+    """The top-k valid, verifiable programs of a run's latest checkpoint (ranked within one fingerprint
+    group), excluding programs whose block equals the pristine seed's."""
+    from harness.analysis.measures import fingerprint_groups, rank_group
+    from harness.analysis.runs import load_run
+
+    rows = ledger_mod.evaluations(ledger_path) if Path(ledger_path).exists() else []
+    run = load_run(run_dir, rows)
+    notes = []
+    groups, unverifiable = fingerprint_groups(run.evolved())
+    if unverifiable:
+        notes.append(f"{run.name}: {len(unverifiable)} unverifiable program(s) (no ledger row) were not considered")
+    if not groups:
+        raise ConfigError(f"{run_dir}: no verifiable program (no ledger row matches): nothing to validate")
+    if fingerprint:
+        chosen = [g for g in groups if g.startswith(fingerprint)]
+        if len(chosen) != 1:
+            raise ConfigError(f"{run_dir}: fingerprint {fingerprint!r} matches {len(chosen)} of the groups {sorted(groups)}")
+        fp = chosen[0]
+    elif len(groups) > 1:
+        raise ConfigError(f"{run_dir}: programs from {len(groups)} fingerprint groups ({sorted(groups)}) cannot be "
+                          "ranked together; choose one with --fingerprint")
+    else:
+        fp = next(iter(groups))
+    out, seen = [], set()
+    for p in rank_group(groups[fp]):
+        fw = p.framework or run.framework
+        if fw is None:
+            continue
+        pristine = program_mod.split(FRAMEWORKS[fw].seed_source()).block
+        block = p.block()
+        if block.strip() == pristine.strip() or block in seen:
+            continue
+        seen.add(block)
+        path = work / f"{slug(run.name)}_{p.id[:8]}.py"
+        path.write_text(p.code)
+        out.append(Candidate(fw, path, f"{fw}-{slug(run.name)}-{p.id[:8]}", f"{run_dir}:{p.id}"))
+        if len(out) >= top_k:
+            break
+    if not out:
+        notes.append(f"{run.name}: no valid program other than the seed")
+    return out, notes
