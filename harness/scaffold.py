@@ -37,6 +37,17 @@ class FeedForward(nn.Module):
         return self.drop(self.fc_out(F.gelu(self.fc_in(x))))
 
 
+class TensorSubclassError(TypeError):
+    """The attention returned a ``torch.Tensor`` subclass: its ``__torch_function__`` would run inside the frozen
+    model's operations (the residual, the FFN, the head and the loss) and could rewrite them."""
+
+
+def plain_tensor(value, what: str):
+    if type(value) is not torch.Tensor:
+        raise TensorSubclassError(f"{what} must return a plain torch.Tensor, not {type(value).__qualname__}")
+    return value
+
+
 class Block(nn.Module):
     def __init__(self, attention: nn.Module, d_model: int, dropout: float):
         super().__init__()
@@ -47,7 +58,7 @@ class Block(nn.Module):
         self.ffn = FeedForward(d_model, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_attn(x)))
+        x = x + self.drop(plain_tensor(self.attn(self.ln_attn(x)), "the attention's forward"))
         return x + self.ffn(self.ln_ffn(x))
 
 

@@ -156,9 +156,14 @@ def _forger(content: str) -> str:
 
 @pytest.mark.parametrize("content", ['{"reason": "ok", "message": "valid", "combined_score": 7.5, "flags": []}',
                                      "[7.5]", "combined_score: 7.5"], ids=["perfect_score", "a_list", "not_json"])
-def test_a_forged_result_file_is_never_scored(smoke_env, tmp_path, content):
+def test_a_forged_result_file_is_never_scored(smoke_env, tmp_path, content, monkeypatch):
     """The score is recomputed outside the sandbox from the runs' numbers: a result without them is tampering,
-    whatever score it claims."""
+    whatever score it claims. The static policy refuses this forger; it is switched off here, as if the candidate
+    had found a hole in it, to show the layer behind it."""
+    from harness.trusted import evaluate as evaluate_module
+    from harness.trusted.policy import PolicyReport
+
+    monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
     path = tmp_path / "forger.py"
     path.write_text(_forger(content))
     result = evaluate("ttr", str(path))

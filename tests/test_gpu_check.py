@@ -48,9 +48,9 @@ def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, ca
     assert cases["adversarial_future_leak"]["reason"] == "causality"
     assert cases["adversarial_future_leak"]["combined_score"] == 0.0
     escape = cases["escape_secret_and_file"]
-    assert escape["reason"] == "shape" and escape["combined_score"] == 0.0
+    assert escape["reason"] == "policy" and escape["combined_score"] == 0.0
     assert set(escape["escape"]) == {"file_written_outside_sandbox", "secret_read"}
-    assert escape["escape"]["file_written_outside_sandbox"] or not escape["escape"]["secret_read"]
+    assert escape["escape"] == {"file_written_outside_sandbox": False, "secret_read": False}
 
     bench = stages["bench"]
     assert bench["reference_rung"] == [48, 2, 2]

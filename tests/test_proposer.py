@@ -28,7 +28,7 @@ from harness.proposer.catalogue import ADVERSARIAL_KINDS, CATALOGUE, EXPECTED_RE
 from harness.proposer.server import MODEL_NAME, Proposer, ProposerServer
 from harness.trusted import program
 from harness.trusted.frameworks import FRAMEWORKS, REPO_ROOT
-from harness.trusted.policy import check_block
+from harness.trusted.policy import check_block, module_aliases
 from harness.scaffold import ATTENTION_KWARGS
 
 FRAMEWORK_NAMES = sorted(FRAMEWORKS)
@@ -115,7 +115,8 @@ def check_child(framework: str, parent: str, response: str) -> str:
     spliced = program.splice(seed, child)  # raises if anything outside the block changed
     assert spliced == child
     parts = program.split(spliced)
-    report = check_block(parts.block, FRAMEWORKS[framework].class_name, ATTENTION_KWARGS, {"math", "torch", "nn", "F"})
+    report = check_block(parts.block, FRAMEWORKS[framework].class_name, ATTENTION_KWARGS,
+                          module_aliases(parts.head))
     assert report.ok, report.violations
     return child
 

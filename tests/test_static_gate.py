@@ -3,9 +3,8 @@
 import pytest
 
 from harness.trusted import program
-from harness.trusted.evaluate import _module_aliases
 from harness.trusted.frameworks import FRAMEWORKS
-from harness.trusted.policy import check_block
+from harness.trusted.policy import check_block, module_aliases
 from harness.scaffold import ATTENTION_KWARGS
 
 SEED = FRAMEWORKS["ttr"].seed_source()
@@ -19,7 +18,7 @@ def with_block(block: str, source: str = SEED) -> str:
 
 def policy(block: str):
     parts = program.split(SEED)
-    return check_block(block, CLASS, ATTENTION_KWARGS, _module_aliases(parts.head))
+    return check_block(block, CLASS, ATTENTION_KWARGS, module_aliases(parts.head))
 
 
 GOOD = f"""
@@ -79,7 +78,7 @@ def test_good_block_passes_policy():
         ("import time", "import of 'time'"),
         ("import harness.scaffold", "import of 'harness.scaffold'"),
         ("from torch import _C", "importing '_C'"),
-        ("import torch.utils.cpp_extension", "forbidden part of torch"),
+        ("import torch.utils.cpp_extension", "modules a block may use"),
         ("F.gelu = F.relu", "monkeypatching"),
         ("torch.nn.functional.softmax = None", "monkeypatching"),
         ("x = eval('1')", "'eval'"),
@@ -107,7 +106,7 @@ def test_policy_rejects_module_level_escapes(snippet, fragment):
         ("return getattr(x, name)", "getattr is allowed only"),
         ("F.softmax = lambda a, dim: a\n        return x", "monkeypatching"),
         ("global COUNT\n        return x", "'global'"),
-        ("return torch._C._nn.gelu(x)", "private module attribute '_C'"),
+        ("return torch._C._nn.gelu(x)", "private attribute '_C' is allowed only on self"),
         ("self.register_forward_hook(None)\n        return x", "attribute 'register_forward_hook'"),
         ("return vars(self)", "'vars'"),
         ("return type('X', (), {})", "type(...)"),

@@ -24,8 +24,8 @@ The stages, in the order they run:
 4. ``evaluation``: one ``pilot`` evaluation of the cd seed end to end through the evaluator (static gate, the
    sandbox on CUDA, the scoring, the ledger), after preparing its baseline; then one adversarial candidate (a
    causality leak: must be rejected with ``causality``) and one escape candidate (reads a secret from the
-   environment and writes a file outside the sandbox while it is constructed; whether each side effect happened
-   is checked from outside). The GPU machine has no network, so the data are the package's synthetic stories
+   environment and writes a file outside the sandbox while it is constructed: the static policy must refuse it,
+   and whether each side effect happened is checked from outside). The GPU machine has no network, so the data are the package's synthetic stories
    written as a local text folder (``HARNESS_DATA``); the profile is otherwise ``pilot``.
 5. ``bench``: ``harness bench`` at the full profile, ``bench_steps`` steps per rung: ms/step, tokens/s and
    utilisation of the engine at every rung; the eager fp32 reference, and the speed-up, at the reference rung
@@ -326,9 +326,9 @@ def _mode_rows(rows: list[dict], with_reference: list[dict]) -> list[dict]:
 LEAK_FROM = "mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()"
 LEAK_TO = "mask = torch.ones(T, T, dtype=torch.bool, device=x.device)"
 
-# An escape attempt that the static policy does not catch: while the class is constructed it reads a secret from
-# the environment and writes it to a file outside the sandbox, then fails the shape check, so that it costs a few
-# seconds. Whether the secret was read and the file written is checked from outside the sandbox.
+# An escape attempt: while the class is constructed it reads a secret from the environment (through a module
+# reached as an attribute) and writes it to a file outside the sandbox (through numpy). The static policy refuses
+# it; whether the secret was read and the file written is checked from outside the sandbox all the same.
 ESCAPE_BLOCK = '''
 class {cls}(nn.Module):
     def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
@@ -360,7 +360,7 @@ def evaluation_cases(work: Path) -> list[dict]:
     return [
         {"name": "seed", "source": seed, "expected_reason": "ok"},
         {"name": "adversarial_future_leak", "source": seed.replace(LEAK_FROM, LEAK_TO), "expected_reason": "causality"},
-        {"name": "escape_secret_and_file", "source": escape, "expected_reason": "shape", "marker": str(marker)},
+        {"name": "escape_secret_and_file", "source": escape, "expected_reason": "policy", "marker": str(marker)},
     ]
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from harness.trusted.reasons import Reason
-from harness.scaffold import LanguageModel, count_params
+from harness.scaffold import LanguageModel, TensorSubclassError, count_params, plain_tensor
 
 
 RANDOMISE_REL = 0.1  # parameter perturbation for the randomised probes, relative to each tensor's mean |p|
@@ -58,9 +58,13 @@ def _call(module: nn.Module, x: torch.Tensor, what: str, rng_seed: int | None = 
     if rng_seed is not None:
         torch.manual_seed(rng_seed)  # identical dropout masks for calls being compared
     try:
-        return module(x)
+        out = module(x)
     except Exception as exc:
         raise GateFailure(Reason.CRASH, f"forward raised during the {what} check: {type(exc).__name__}: {exc}") from exc
+    try:
+        return plain_tensor(out, "forward")
+    except TensorSubclassError as exc:
+        raise GateFailure(Reason.POLICY, str(exc)) from exc
 
 
 def _lengths(g: Geometry) -> list[int]:
@@ -372,6 +376,8 @@ def check_runtime_memory(attention_cls: type, baseline_cls: type, g: Geometry, g
     except torch.OutOfMemoryError as exc:
         raise GateFailure(Reason.MEMORY, f"out of memory in a training step at batch {g.batch_size}, length "
                           f"{g.context_len}: {exc}") from exc
+    except TensorSubclassError as exc:
+        raise GateFailure(Reason.POLICY, str(exc)) from exc
     except Exception as exc:
         raise GateFailure(Reason.CRASH, f"a training step failed: {type(exc).__name__}: {exc}") from exc
     time_ratio = statistics.median(times["cand"]) / statistics.median(times["base"])

@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-from harness.sandbox.loader import load_attention
+from harness.sandbox.loader import PolicyViolation, load_attention
 from harness.trusted.process_lifetime import die_with_parent
 
 
@@ -106,6 +106,7 @@ def evaluate(request: dict) -> dict:
     from harness.sandbox.checks import GateFailure, run_gate
     from harness.trusted.frameworks import get_framework
     from harness.sandbox.objective import TrainingFailure, run_objective
+    from harness.scaffold import TensorSubclassError
     from harness.trusted.reasons import Reason
 
     timings: dict = {}
@@ -145,6 +146,9 @@ def evaluate(request: dict) -> dict:
         timings["train_s"] = time.perf_counter() - train_start
         reason = Reason.NONFINITE if exc.status == "nonfinite" else Reason.DIVERGED
         return {**result, "reason": reason.value, "message": exc.message, "runs": exc.runs}
+    except TensorSubclassError as exc:
+        timings["train_s"] = time.perf_counter() - train_start
+        return {**result, "reason": Reason.POLICY.value, "message": str(exc)}
     except Exception as exc:
         timings["train_s"] = time.perf_counter() - train_start
         return {**result, "reason": Reason.CRASH.value, "message": f"training raised {type(exc).__name__}: {exc}",
@@ -177,6 +181,7 @@ def objective(request: dict) -> dict:
     import dataclasses
 
     from harness.sandbox.objective import TrainingFailure, run_objective
+    from harness.scaffold import TensorSubclassError
     from harness.trusted.scoring import rungs_for
     from harness.trusted.reasons import Reason
 
@@ -210,6 +215,8 @@ def objective(request: dict) -> dict:
     except TrainingFailure as exc:
         reason = Reason.NONFINITE if exc.status == "nonfinite" else Reason.DIVERGED
         return {**result, "reason": reason.value, "runs": exc.runs, "message": exc.message}
+    except TensorSubclassError as exc:
+        return {**result, "reason": Reason.POLICY.value, "message": str(exc)}
     except Exception as exc:
         return {**result, "reason": Reason.CRASH.value, "message": f"training raised {type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(limit=-4)}
@@ -227,6 +234,8 @@ def _load_program(request: dict) -> tuple[str | None, type | None, dict | None]:
     try:
         source = request["source"]
         return source, load_attention(source, "evolved_program.py"), None
+    except PolicyViolation as exc:
+        return None, None, {"reason": Reason.POLICY.value, "message": str(exc)}
     except Exception as exc:
         return None, None, {"reason": Reason.CRASH.value, "message": f"loading the program failed: {type(exc).__name__}: {exc}",
                             "traceback": traceback.format_exc(limit=-4)}

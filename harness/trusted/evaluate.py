@@ -12,7 +12,6 @@ Runs in OpenEvolve's processes, so it never imports torch's CUDA, never raises, 
 
 from __future__ import annotations
 
-import ast
 import math
 import os
 import time
@@ -23,7 +22,7 @@ from harness.trusted import executor
 from harness.trusted import ledger
 from harness.trusted import program
 from harness.trusted.frameworks import ATTENTION_KWARGS, get_framework
-from harness.trusted.policy import check_block
+from harness.trusted.policy import check_block, module_aliases
 from harness.trusted.profiles import ConfigError, Profile, get_profile, require_device
 from harness.trusted.reasons import HINTS, Reason
 from harness.trusted.scoring import MalformedRecord, objective_from_untrusted, objective_metrics, score
@@ -31,16 +30,6 @@ from harness.trusted.scoring import MalformedRecord, objective_from_untrusted, o
 STDERR_TAIL_CHARS = executor.STDERR_TAIL_CHARS
 
 _PREPARED: dict[tuple, dict] = {}
-
-
-def _module_aliases(head: str) -> set[str]:
-    aliases = set()
-    for node in ast.walk(ast.parse(head)):
-        if isinstance(node, ast.Import):
-            aliases |= {a.asname or a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            aliases |= {a.asname or a.name for a in node.names}
-    return aliases
 
 
 def sandbox_request(framework: str, profile: Profile, ledger_path: Path | None = None, **extra) -> dict:
@@ -208,7 +197,7 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
         return _result(framework, Reason.FROZEN_REGION, str(exc), code=candidate, **common)
     parts = program.split(spliced)
     try:
-        report = check_block(parts.block, fw.class_name, ATTENTION_KWARGS, _module_aliases(parts.head),
+        report = check_block(parts.block, fw.class_name, ATTENTION_KWARGS, module_aliases(parts.head),
                              line_offset=program.block_offset(pristine) - 1)
     except SyntaxError as exc:
         lineno = (exc.lineno or 0) + program.block_offset(pristine) - 1

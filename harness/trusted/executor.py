@@ -172,14 +172,38 @@ def _tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
         return ""
 
 
+# The environment a sandbox sees is built from this allow-list: what Python, torch, CUDA and the data cache need.
+# Anything else in the caller's environment (API keys, tokens, cloud credentials, the harness's own settings)
+# never reaches candidate code; a name that looks like a credential is dropped even when a prefix allows it.
+SANDBOX_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "PYTHONPATH",
+    "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "PYTHONNOUSERSITE", "VIRTUAL_ENV", "CONDA_PREFIX",
+    "LD_LIBRARY_PATH", "XDG_CACHE_HOME", "HARNESS_CACHE", "HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE",
+    "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE",
+})
+SANDBOX_ENV_PREFIXES = ("LC_", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "CUDA_", "NVIDIA_", "CUBLAS_", "CUDNN_", "NCCL_",
+                        "TORCH_", "TORCHINDUCTOR_", "TRITON_", "PYTORCH_")
+CREDENTIAL_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH", "COOKIE")
+
+
+def sandbox_environment(source: dict | None = None, **extra: str) -> dict[str, str]:
+    """The allow-listed part of ``source`` (default: this process's environment), plus ``extra``."""
+    source = os.environ if source is None else source
+    kept = {name: value for name, value in source.items()
+            if (name in SANDBOX_ENV_NAMES or name.startswith(SANDBOX_ENV_PREFIXES))
+            and not any(marker in name.upper() for marker in CREDENTIAL_MARKERS)}
+    return {**kept, **extra}
+
+
 def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: int,
                      env: dict | None = None) -> SandboxRun:
-    """``python -m harness.sandbox MODE`` on this host, under the limits; no slot is taken here."""
+    """``python -m harness.sandbox MODE`` on this host, under the limits, in the allow-listed environment plus
+    ``env`` (the slot's device); no slot is taken here."""
     with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as tmp:
         tmp = Path(tmp)
         (tmp / "request.json").write_text(json.dumps(request))
         result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        env = sandbox_environment(PYTHONUNBUFFERED="1", **(env or {}))
         outcome = run_limited([sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"),
                                str(result_path)], limit_s, memory_cap_mib, log_path, env)
         result = _read_result(result_path) if outcome == "exited" and result_path.exists() else None

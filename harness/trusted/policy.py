@@ -1,9 +1,22 @@
-"""Static policy check of an evolved block: what code may appear between the markers.
+"""Static policy of an evolved block: what code may appear between the markers.
 
-The block is hostile until proven otherwise. This is an allow-list where it can be (imports,
-module-level statements) and a deny-list of the known ways out (builtins that reach the
-interpreter, dunder attributes, private torch internals, patching of modules). It runs on the
-text alone, before any of the candidate's code executes.
+The block is hostile until proven otherwise, and this check is the LLM's first feedback, so each violation is one
+short sentence saying what to do instead. It runs on the text alone, before any of the candidate's code executes.
+It is an allow-list where the language allows one:
+
+- imports only from ``ALLOWED_IMPORT_ROOTS``, and modules only from ``ALLOWED_MODULES``: an attribute that reaches
+  any other module (``torch.os``, ``typing.sys``, ``torch.serialization``) is refused;
+- a module is used only as the root of an attribute (``F.softmax(...)``): never bound to a name, passed, returned
+  or stored, so no alias escapes the checks below;
+- attributes are assigned only on ``self``, and underscore attributes are read only on ``self``;
+- classes derive only from ``torch.nn`` classes, ``torch.autograd.Function`` or classes of the block, and define
+  no dunder method but ``__init__``;
+- no name the frozen region binds is rebound at the block's top level (the frozen code shares its globals);
+- deny-lists for what an allowed object still reaches: builtins that reach the interpreter, numpy interop and
+  tensor subclassing, frames, hooks, random state and global torch settings.
+
+Python cannot be confined by a static check alone: the sandbox resolves every module attribute against the real
+modules before the program runs (``harness.sandbox.loader``), and the OS confines the process.
 """
 
 from __future__ import annotations
@@ -13,32 +26,54 @@ from dataclasses import dataclass, field
 
 ALLOWED_IMPORT_ROOTS = frozenset({"torch", "math", "typing", "functools", "einops"})
 
+# Every module a block may reach, by its full name.
+ALLOWED_MODULES = frozenset({
+    "torch", "torch.nn", "torch.nn.functional", "torch.nn.init", "torch.nn.utils", "torch.nn.utils.parametrize",
+    "torch.nn.utils.parametrizations", "torch.fft", "torch.linalg", "torch.special", "torch.autograd",
+    "math", "typing", "functools", "einops", "einops.layers", "einops.layers.torch",
+})
+
 # Names whose call or mere mention gives access to the interpreter, the file system or the process.
-FORBIDDEN_NAMES = frozenset(
-    {
-        "eval", "exec", "compile", "open", "__import__", "globals", "locals", "vars", "setattr", "delattr",
-        "input", "breakpoint", "exit", "quit", "help", "memoryview", "__builtins__", "__loader__",
-        "__spec__", "os", "sys", "subprocess", "socket", "shutil", "pathlib", "importlib", "builtins",
-        "ctypes", "pickle", "marshal", "inspect", "gc", "threading", "multiprocessing", "signal", "time",
-        "random", "io", "tempfile", "urllib", "http", "requests",
-    }
-)
+FORBIDDEN_NAMES = frozenset({
+    "eval", "exec", "compile", "open", "__import__", "globals", "locals", "vars", "setattr", "delattr",
+    "input", "breakpoint", "exit", "quit", "help", "memoryview", "__builtins__", "__loader__",
+    "__spec__", "os", "sys", "subprocess", "socket", "shutil", "pathlib", "importlib", "builtins",
+    "ctypes", "pickle", "marshal", "inspect", "gc", "threading", "multiprocessing", "signal", "time",
+    "random", "io", "tempfile", "urllib", "http", "requests",
+})
 
-# Attribute names that reach outside the model even on an allowed module.
-FORBIDDEN_ATTRIBUTES = frozenset(
-    {
-        "load", "save", "hub", "manual_seed", "seed", "set_rng_state", "get_rng_state", "random",
-        "backends", "set_default_dtype", "set_default_device", "set_grad_enabled", "set_num_threads",
-        "use_deterministic_algorithms", "cpp_extension", "library", "ops", "classes", "jit", "compile",
-        "from_file", "fx", "multiprocessing", "distributed", "profiler", "utils", "overrides",
-        "register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
-        "register_backward_hook", "register_module_forward_hook", "register_module_forward_pre_hook",
-        "register_hook", "register_load_state_dict_post_hook", "register_state_dict_pre_hook",
-        "_register_load_state_dict_pre_hook", "apply", "storage", "untyped_storage", "data_ptr", "set_",
-    }
-)
+# Modules reachable as attributes of the allowed ones. The static check refuses these names at once, with a clear
+# message; the sandbox's resolution against the installed torch refuses every other module as well.
+KNOWN_MODULE_ATTRIBUTES = FORBIDDEN_NAMES | frozenset({
+    "serialization", "package", "hub", "onnx", "jit", "library", "ops", "cpp_extension", "utils", "backends",
+    "cuda", "mps", "xpu", "cpu", "distributed", "fx", "compiler", "export", "profiler", "testing", "storage",
+    "overrides", "classes", "quantization", "ao", "amp", "optim", "graph", "forward_ad", "func", "futures",
+    "monitor", "warnings", "collections", "contextlib", "copyreg", "functools", "operator", "stdlib_re", "np",
+    "numpy", "platform", "textwrap", "glob", "dataclasses", "modules", "parallel", "nested", "sparse", "masked",
+    "types", "torch", "math", "typing", "einops",
+})
 
-ALLOWED_DUNDERS = frozenset({"__init__"})
+# Attribute names that reach outside the model even on an allowed object.
+FORBIDDEN_ATTRIBUTES = frozenset({
+    # files, random state and process-wide torch settings
+    "load", "save", "hub", "manual_seed", "seed", "set_rng_state", "get_rng_state", "random",
+    "backends", "set_default_dtype", "set_default_device", "set_grad_enabled", "set_num_threads",
+    "use_deterministic_algorithms", "cpp_extension", "library", "ops", "classes", "jit", "compile",
+    "from_file", "fx", "multiprocessing", "distributed", "profiler", "overrides",
+    # hooks that reach the frozen model or the training loop
+    "register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
+    "register_backward_hook", "register_module_forward_hook", "register_module_forward_pre_hook",
+    "register_hook", "register_load_state_dict_post_hook", "register_state_dict_pre_hook",
+    "register_multi_grad_hook", "saved_tensors_hooks", "apply", "storage", "untyped_storage", "data_ptr", "set_",
+    # numpy interop (C-level file writes) and tensor subclasses (code run inside the frozen model's ops)
+    "numpy", "tofile", "dump", "dumps", "from_numpy", "frombuffer", "as_subclass",
+    # frames and code objects
+    "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "gi_frame", "gi_code", "cr_frame", "cr_code",
+    "ag_frame", "tb_frame", "tb_next", "co_code",
+})
+
+ALLOWED_DUNDERS = frozenset({"__init__"})  # super().__init__()
+ALLOWED_BASES = ("torch.nn.", "torch.autograd.Function")
 
 
 @dataclass
@@ -54,10 +89,37 @@ class PolicyReport:
         self.violations.append(where + message)
 
 
-def _root_name(node: ast.AST) -> str | None:
-    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
-        node = node.func if isinstance(node, ast.Call) else node.value
-    return node.id if isinstance(node, ast.Name) else None
+def module_aliases(source: str) -> dict[str, str]:
+    """Each top-level name that ``source``'s imports bind, with what it names (``nn`` -> ``torch.nn``,
+    ``Optional`` -> ``typing.Optional``)."""
+    aliases = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+    return aliases
+
+
+def module_chains(tree: ast.AST, aliases: dict[str, str]):
+    """Each attribute chain rooted at a module alias: ``(node, [module path, attr, attr, ...])`` for its longest
+    form (``F.softmax(x).sum`` yields ``F.softmax``'s chain once, as ``["torch.nn.functional", "softmax"]``)."""
+    modules = {name: path for name, path in aliases.items() if path in ALLOWED_MODULES}
+    inner = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+            inner.add(id(node.value))
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or id(node) in inner:
+            continue
+        attrs, base = [], node
+        while isinstance(base, ast.Attribute):
+            attrs.append(base.attr)
+            base = base.value
+        if isinstance(base, ast.Name) and base.id in modules:
+            yield node, [modules[base.id]] + attrs[::-1]
 
 
 def _is_constant_expression(node: ast.AST) -> bool:
@@ -66,63 +128,111 @@ def _is_constant_expression(node: ast.AST) -> bool:
     for sub in ast.walk(node):
         if not isinstance(sub, allowed):
             return False
-        if isinstance(sub, ast.Attribute) and _root_name(sub) != "math":
+        if isinstance(sub, ast.Attribute) and not (isinstance(sub.value, ast.Name) and sub.value.id == "math"):
             return False
     return True
 
 
+def _dotted(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id] + parts[::-1]) if isinstance(node, ast.Name) else None
+
+
+def _is_dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
+
+
 class _Checker(ast.NodeVisitor):
-    def __init__(self, report: PolicyReport, module_aliases: set[str], line_offset: int):
+    def __init__(self, report: PolicyReport, aliases: dict[str, str], line_offset: int):
         self.report = report
-        self.modules = set(module_aliases)
+        self.aliases = dict(aliases)
         self.offset = line_offset
+        self.parents: dict[int, ast.AST] = {}
+        self.block_classes: set[str] = set()
 
     def flag(self, node: ast.AST, message: str) -> None:
         self.report.add(node, message, self.offset)
 
+    def modules(self) -> set[str]:
+        return {name for name, path in self.aliases.items() if path in ALLOWED_MODULES}
+
+    def run(self, tree: ast.Module) -> None:
+        for parent in ast.walk(tree):
+            for child in ast.iter_child_nodes(parent):
+                self.parents[id(child)] = parent
+        for stmt in tree.body:
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                self.aliases.update(module_aliases(ast.unparse(stmt)))
+        self.visit(tree)
+        self._check_module_chains(tree)
+
+    # imports -----------------------------------------------------------------------------------------------
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
-            root = alias.name.split(".")[0]
-            if root not in ALLOWED_IMPORT_ROOTS:
+            if alias.name.split(".")[0] not in ALLOWED_IMPORT_ROOTS:
                 self.flag(node, f"import of {alias.name!r} is not allowed (allowed: {sorted(ALLOWED_IMPORT_ROOTS)})")
-            self._check_import_path(node, alias.name)
-            self.modules.add(alias.asname or root)
+            elif alias.name not in ALLOWED_MODULES:
+                self.flag(node, f"import of {alias.name!r} is not allowed: the modules a block may use are "
+                          f"{sorted(ALLOWED_MODULES)}")
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         module = node.module or ""
         if node.level or module.split(".")[0] not in ALLOWED_IMPORT_ROOTS:
             self.flag(node, f"import from {module or '.'!r} is not allowed (allowed: {sorted(ALLOWED_IMPORT_ROOTS)})")
-        self._check_import_path(node, module)
+            return
+        if module not in ALLOWED_MODULES:
+            self.flag(node, f"import from {module!r} is not allowed: the modules a block may use are "
+                      f"{sorted(ALLOWED_MODULES)}")
         for alias in node.names:
+            full = f"{module}.{alias.name}"
             if alias.name == "*":
                 self.flag(node, "star imports are not allowed")
             elif alias.name.startswith("_") or alias.name in FORBIDDEN_ATTRIBUTES or alias.name in FORBIDDEN_NAMES:
                 self.flag(node, f"importing {alias.name!r} is not allowed")
-            # Anything imported from a module may itself be a module (torch.nn.functional as F).
-            self.modules.add(alias.asname or alias.name)
+            elif full not in ALLOWED_MODULES and alias.name in KNOWN_MODULE_ATTRIBUTES:
+                self.flag(node, f"{full!r} is a module a block may not use")
 
-    def _check_import_path(self, node: ast.AST, dotted: str) -> None:
-        for part in dotted.split(".")[1:]:
-            if part.startswith("_") or part in FORBIDDEN_ATTRIBUTES:
-                self.flag(node, f"import of {dotted!r} reaches a forbidden part of torch ({part!r})")
-
+    # names ----------------------------------------------------------------------------------------------------
     def visit_Name(self, node: ast.Name) -> None:
-        if node.id in FORBIDDEN_NAMES or (node.id.startswith("__") and node.id.endswith("__")):
+        if node.id in FORBIDDEN_NAMES or _is_dunder(node.id):
             self.flag(node, f"use of {node.id!r} is not allowed")
+        elif node.id in self.modules():
+            parent = self.parents.get(id(node))
+            if isinstance(node.ctx, ast.Load) and not (isinstance(parent, ast.Attribute) and parent.value is node):
+                self.flag(node, f"the module {node.id!r} may only be used as {node.id}.name: do not bind it to a "
+                          "name, pass it, return it or store it")
         self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
-        attr = node.attr
-        if attr.startswith("__") and attr.endswith("__") and attr not in ALLOWED_DUNDERS:
-            self.flag(node, f"dunder attribute {attr!r} is not allowed")
+        attr, on_self = node.attr, isinstance(node.value, ast.Name) and node.value.id == "self"
+        if _is_dunder(attr):
+            if attr not in ALLOWED_DUNDERS:
+                self.flag(node, f"dunder attribute {attr!r} is not allowed")
         elif attr in FORBIDDEN_ATTRIBUTES:
             self.flag(node, f"attribute {attr!r} is not allowed")
-        elif attr.startswith("_") and _root_name(node) in self.modules:
-            self.flag(node, f"private module attribute {attr!r} is not allowed")
-        if isinstance(node.ctx, (ast.Store, ast.Del)) and _root_name(node) in self.modules:
-            self.flag(node, f"assigning to an attribute of module {_root_name(node)!r} (monkeypatching) is not allowed")
+        elif attr in FORBIDDEN_NAMES and not on_self:
+            self.flag(node, f"attribute {attr!r} is not allowed: it reaches the interpreter or the host")
+        elif attr.startswith("_") and not on_self:
+            self.flag(node, f"private attribute {attr!r} is allowed only on self")
+        if isinstance(node.ctx, (ast.Store, ast.Del)) and (_dotted(node) or "").split(".")[0] != "self":
+            self.flag(node, f"assigning to the attribute {attr!r} of anything but self (monkeypatching) is not allowed")
         self.generic_visit(node)
 
+    def _check_module_chains(self, tree: ast.Module) -> None:
+        for node, chain in module_chains(tree, self.aliases):
+            path = chain[0]
+            for attr in chain[1:]:
+                if f"{path}.{attr}" in ALLOWED_MODULES:
+                    path = f"{path}.{attr}"
+                    continue
+                if attr in KNOWN_MODULE_ATTRIBUTES and attr not in FORBIDDEN_ATTRIBUTES:
+                    self.flag(node, f"{path}.{attr} is a module a block may not use")
+                break
+
+    # calls, classes, functions --------------------------------------------------------------------------------
     def visit_Call(self, node: ast.Call) -> None:
         name = node.func.id if isinstance(node.func, ast.Name) else None
         if name in {"getattr", "hasattr"}:
@@ -131,6 +241,26 @@ class _Checker(ast.NodeVisitor):
                 self.flag(node, f"{name} is allowed only with a constant, non-underscore attribute name")
         if name == "type" and len(node.args) > 1:
             self.flag(node, "creating classes with type(...) is not allowed")
+        self.generic_visit(node)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        for base in node.bases:
+            dotted = _dotted(base)
+            root, _, rest = (dotted or "").partition(".")
+            full = f"{self.aliases[root]}.{rest}".rstrip(".") if root in self.aliases else dotted
+            tensor_class = (full or "").endswith(("Parameter", "Buffer"))  # tensors: see as_subclass
+            if tensor_class or not (dotted in self.block_classes or (full or "").startswith(ALLOWED_BASES[0])
+                                    or full == ALLOWED_BASES[1]):
+                self.flag(node, f"class {node.name} may derive only from torch.nn classes (nn.Module), "
+                          "torch.autograd.Function or classes of the block")
+        if node.keywords:
+            self.flag(node, f"class {node.name}: class keywords (metaclass=...) are not allowed")
+        self.block_classes.add(node.name)
+        self.generic_visit(node)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        if _is_dunder(node.name) and node.name not in ALLOWED_DUNDERS:
+            self.flag(node, f"defining {node.name} is not allowed: only __init__ and forward")
         self.generic_visit(node)
 
     def visit_Global(self, node: ast.Global) -> None:
@@ -146,14 +276,27 @@ class _Checker(ast.NodeVisitor):
         self.flag(node, "async code is not allowed")
 
 
+def _top_level_bindings(tree: ast.Module) -> list[tuple[ast.AST, str]]:
+    bound = []
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.ClassDef, ast.FunctionDef)):
+            bound.append((stmt, stmt.name))
+        elif isinstance(stmt, ast.Assign):
+            bound += [(stmt, t.id) for t in stmt.targets if isinstance(t, ast.Name)]
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            bound.append((stmt, stmt.target.id))
+    return bound
+
+
 def check_block(
     block: str,
     class_name: str,
     required_kwargs: tuple[str, ...],
-    module_aliases: set[str],
+    head_aliases: dict[str, str],
     line_offset: int = 0,
 ) -> PolicyReport:
-    """Raises SyntaxError when the block does not parse; otherwise returns every violation found."""
+    """``head_aliases``: ``module_aliases`` of the frozen code before the block. Raises SyntaxError when the block
+    does not parse; otherwise returns every violation found."""
     tree = ast.parse(block)
     report = PolicyReport()
     for stmt in tree.body:
@@ -167,7 +310,15 @@ def check_block(
             continue
         report.add(stmt, f"module-level {type(stmt).__name__} statement is not allowed: only imports, "
                    "classes, functions and constants may appear at the top of the block", line_offset)
-    _Checker(report, module_aliases, line_offset).visit(tree)
+    for stmt, name in _top_level_bindings(tree):
+        if name in head_aliases:
+            report.add(stmt, f"{name!r} is bound by the frozen code above the block: use another name", line_offset)
+    block_imports = module_aliases(block)
+    for name, path in block_imports.items():
+        if name in head_aliases and head_aliases[name] != path:
+            report.add(None, f"the import that binds {name!r} rebinds a name of the frozen code: use another name",
+                       line_offset)
+    _Checker(report, head_aliases, line_offset).run(tree)
     _check_class(tree, class_name, required_kwargs, report, line_offset)
     return report
 

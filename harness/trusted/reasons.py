@@ -38,8 +38,9 @@ HINTS: dict[Reason, str] = {
     Reason.FROZEN_REGION: "Edit only the attention class between the EVOLVE-BLOCK markers; keep exactly one "
     "START and one END marker and leave every other line of the file as it was.",
     Reason.SYNTAX: "The block does not parse as Python. Return complete, valid code.",
-    Reason.POLICY: "Use only torch, math, typing and functools; no file, OS, process or network access, no "
-    "eval/exec/compile, no dunder tricks, no patching of modules. Keep the class name and constructor keywords.",
+    Reason.POLICY: "Use torch, math, typing and functools, each module only as module.name; assign attributes "
+    "only on self; no file, OS, process or network access, no numpy, no tensor subclasses, no eval/exec, no dunder "
+    "method but __init__. Keep the class name and constructor keywords.",
     Reason.CRASH: "The class raised an exception. Read the traceback and fix the code.",
     Reason.SHAPE: "forward(x) must return a finite tensor with exactly x's shape, dtype and device, for any "
     "batch size and any length from 1 to max_seq_len.",

@@ -1,0 +1,114 @@
+"""The security corpus: candidates that try to reach the host or touch their own score, one per way in.
+
+Each block is a legitimate ttr attention (the seed's projections, causal softmax attention) with one payload added
+to ``forward``. A payload that ran would leave a trace that ``tests/test_security.py`` looks for from outside:
+the marker file ``{marker}``, the secret written into it, the parent killed, the score moved. ``{marker}`` and
+``{secret_env}`` are filled in per test.
+"""
+
+from dataclasses import dataclass
+
+from harness.trusted import program
+from harness.trusted.frameworks import FRAMEWORKS
+
+FRAMEWORK = "ttr"
+CLASS = FRAMEWORKS[FRAMEWORK].class_name
+SEED = FRAMEWORKS[FRAMEWORK].seed_source()
+
+BLOCK = '''
+class {cls}(nn.Module):
+    def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+{payload}
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.n_heads)
+        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        y = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+'''
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    category: str
+    payload: str  # statements for the top of forward, 8 spaces deep; {marker} and {secret_env} are filled in
+    reason: str = "policy"
+    preamble: str = ""  # top-level code before the class (helpers, subclasses)
+
+    def source(self, marker: str, secret_env: str) -> str:
+        payload = self.payload.format(marker=marker, secret_env=secret_env)
+        body = "\n".join("        " + line for line in payload.splitlines())
+        block = self.preamble.format(marker=marker) + BLOCK.format(cls=CLASS, payload=body)
+        parts = program.split(SEED)
+        return parts.head + block + parts.tail
+
+
+ATTACKS = [
+    # commands
+    Attack("system_through_torch_os", "commands", 'torch.os.system("touch {marker}")'),
+    Attack("system_through_typing_sys_modules", "commands", 'typing.sys.modules["os"].system("touch {marker}")',
+           preamble="import typing\n"),
+    Attack("system_through_getattr_on_a_module", "commands", 'getattr(torch, "os").system("touch {marker}")'),
+    Attack("system_through_a_submodule", "commands", 'torch.serialization.os.system("touch {marker}")'),
+    Attack("system_through_partial", "commands", 'functools.partial(torch.os.system, "touch {marker}")()',
+           preamble="import functools\n"),
+    Attack("system_through_a_module_attribute_of_a_module", "commands",
+           'torch.autograd.function.warnings.sys.modules["os"].system("touch {marker}")'),
+    # files: Python-level and C-level writes, reads
+    Attack("open_builtin", "files", 'open("{marker}", "w").write("x")'),
+    Attack("numpy_tofile", "files", 'x.detach().numpy().tofile("{marker}")'),
+    Attack("numpy_dump", "files", 'x.detach().numpy().dump("{marker}")'),
+    Attack("torch_package_exporter", "files", 'torch.package.PackageExporter("{marker}").close()'),
+    Attack("torch_save", "files", 'torch.save(x, "{marker}")'),
+    Attack("read_a_host_file", "files", 'self.leak = torch.from_file("/etc/hostname", size=1)'),
+    # secrets
+    Attack("secret_through_torch_os_environ", "secrets",
+           'torch.tensor(list(torch.os.environ.get("{secret_env}", "").encode()), dtype=torch.uint8)'),
+    # network
+    Attack("socket_through_sys_modules", "network",
+           's = typing.sys.modules["socket"].socket()\ns.connect(("127.0.0.1", 9))', preamble="import typing\n"),
+    # signals to the parent
+    Attack("kill_the_parent", "signals", "torch.os.kill(torch.os.getppid(), 9)"),
+    # forging the result
+    Attack("write_the_result_file", "forging",
+           'torch.os.replace("{marker}", typing.sys.argv[-1])', preamble="import typing\n"),
+    # patching the loss, a frozen module or the scorer
+    Attack("patch_the_loss_directly", "patching", "F.cross_entropy = lambda *a, **k: torch.zeros(())"),
+    Attack("patch_the_loss_through_an_alias", "patching", "f = F\nf.cross_entropy = lambda *a, **k: torch.zeros(())"),
+    Attack("patch_a_frozen_class_through_an_alias", "patching", "ln = nn.LayerNorm\nln.forward = lambda s, a: a * 0"),
+    Attack("patch_a_frozen_class_through_type", "patching", "type(self.out).forward = lambda s, a: a * 0"),
+    Attack("patch_and_restore_around_a_step", "patching",
+           "saved = F.cross_entropy\nF.cross_entropy = lambda *a, **k: torch.zeros(())\nF.cross_entropy = saved"),
+    Attack("patch_during_backward", "patching", "x.register_hook(lambda g: g * 0)"),
+    Attack("import_the_scorer", "patching", "harness.trusted.scoring.score = lambda *a, **k: 9.0",
+           preamble="import harness.trusted.scoring\n"),
+    Attack("setattr_on_a_module", "patching", 'setattr(F, "cross_entropy", None)'),
+    # tensor subclasses
+    Attack("return_a_tensor_subclass", "subclass", "return x.as_subclass(Sneaky)",
+           preamble="class Sneaky(torch.Tensor):\n    pass\n\n"),
+    Attack("define_torch_function", "subclass", "pass",
+           preamble="class Sneaky(torch.Tensor):\n    @classmethod\n    def __torch_function__(cls, f, t, a=(), k=None):\n"
+                    "        return super().__torch_function__(f, t, a, k)\n\n"),
+    Attack("return_a_parameter", "subclass", "return nn.Parameter(x)"),
+    # frame walking
+    Attack("getframe_through_an_alias", "frames", "s = typing.sys\nframe = s._getframe(1)",
+           preamble="import typing\n"),
+    Attack("frame_through_a_traceback", "frames",
+           "try:\n    raise ValueError()\nexcept ValueError as e:\n    frame = e.__traceback__.tb_frame.f_back"),
+    Attack("private_internals_through_an_alias", "frames", "t = torch\nt._C._set_grad_enabled(False)"),
+    # reading the scoring split
+    Attack("read_the_validation_tokens", "scoring_split",
+           'self.val = torch.load(torch.os.environ["HARNESS_CACHE"] + "/val.pt")'),
+    # disabling an in-process guard
+    Attack("disable_grad_globally", "guards", "torch.set_grad_enabled(False)"),
+    Attack("audit_hook", "guards", "typing.sys.addaudithook(lambda *a: None)", preamble="import typing\n"),
+]
+
+BY_NAME = {attack.name: attack for attack in ATTACKS}

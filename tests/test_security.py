@@ -1,0 +1,116 @@
+"""The security corpus (``tests/security.py``) through the real evaluator, and the sandbox's environment.
+
+Each case asserts the rejection (score 0.0, the expected reason, a message) and that its side effect never
+happened: no marker file, this process (the sandbox's parent) alive, the ledger's earlier rows unchanged.
+"""
+
+import json
+import os
+import uuid
+
+import pytest
+
+import security
+from harness.trusted import executor, ledger, program
+from harness.trusted.evaluate import evaluate, prepare, sandbox_request
+from harness.trusted.policy import check_block, module_aliases
+from harness.scaffold import ATTENTION_KWARGS
+
+SECRET_ENV = "HARNESS_TEST_API_KEY"
+
+
+def _static_report(source: str):
+    parts = program.split(source)
+    return check_block(parts.block, security.CLASS, ATTENTION_KWARGS, module_aliases(parts.head))
+
+
+def test_every_category_of_the_threat_model_has_a_case():
+    assert {a.category for a in security.ATTACKS} >= {
+        "commands", "files", "secrets", "network", "signals", "forging", "patching", "subclass", "frames",
+        "scoring_split", "guards"}
+
+
+def test_the_corpus_without_its_payloads_is_a_valid_program():
+    clean = security.Attack("clean", "none", "pass").source("unused", SECRET_ENV)
+    assert _static_report(clean).ok, _static_report(clean).violations
+
+
+@pytest.mark.parametrize("attack", security.ATTACKS, ids=lambda a: a.name)
+def test_attack_is_rejected_and_its_side_effect_never_happens(smoke_env, attack, tmp_path, monkeypatch):
+    marker = tmp_path / "marker"
+    secret = "sk-" + uuid.uuid4().hex
+    monkeypatch.setenv(SECRET_ENV, secret)
+    forged = {"reason": "ok", "combined_score": 7.5}
+    if attack.category == "forging":  # the payload would move this over the sandbox's own result file
+        marker.write_text(json.dumps(forged))
+    path = tmp_path / "candidate.py"
+    path.write_text(attack.source(str(marker), SECRET_ENV))
+    before = ledger.evaluations()
+
+    result = evaluate(security.FRAMEWORK, str(path))
+
+    assert result.artifacts["reason"] == attack.reason, result.artifacts.get("message")
+    assert result.metrics["combined_score"] == 0.0 and result.metrics["valid"] == 0.0
+    assert result.artifacts["message"] and result.artifacts["hint"]
+    if attack.category == "forging":
+        assert json.loads(marker.read_text()) == forged, "the forged file was used"
+    else:
+        assert not marker.exists(), "the payload ran"
+    assert secret not in json.dumps(result.artifacts)
+    after = ledger.evaluations()
+    assert after[:len(before)] == before and len(after) == len(before) + 1
+    assert after[-1]["reason"] == attack.reason
+
+
+def test_a_module_the_static_check_does_not_know_is_refused_before_the_program_runs(smoke_env, tmp_path):
+    """The static check knows the common modules by name; the sandbox resolves every module attribute against the
+    installed torch before the program runs, and refuses a module outside the allow-list."""
+    attack = security.Attack("unknown_module", "commands", 'torch.nn.utils.rnn.pad_sequence([x[0]])')
+    source = attack.source("unused", SECRET_ENV)
+    assert _static_report(source).ok, "pick a module the static check does not know"
+    path = tmp_path / "candidate.py"
+    path.write_text(source)
+    result = evaluate(security.FRAMEWORK, str(path))
+    assert result.artifacts["reason"] == "policy"
+    assert "torch.nn.utils.rnn is a module a block may not use" in result.artifacts["message"]
+
+
+def test_a_tensor_subclass_returned_past_the_static_check_is_refused(smoke_env, tmp_path):
+    source = security.BY_NAME["return_a_parameter"].source("unused", SECRET_ENV)
+    assert _static_report(source).ok
+    path = tmp_path / "candidate.py"
+    path.write_text(source)
+    result = evaluate(security.FRAMEWORK, str(path))
+    assert result.artifacts["reason"] == "policy"
+    assert "plain torch.Tensor, not Parameter" in result.artifacts["message"]
+
+
+def test_the_sandbox_never_sees_the_callers_secrets(smoke_env, tmp_path, monkeypatch):
+    """Code run in the sandbox process (here added to the frozen tail, past every static check) writes out the
+    whole environment it sees: the caller's keys are not in it, what torch needs is."""
+    prepared = prepare(security.FRAMEWORK)  # with a baseline in the request, the sandbox goes on to load the program
+    secrets = {"OPENAI_API_KEY": "sk-" + uuid.uuid4().hex, "AWS_SECRET_ACCESS_KEY": uuid.uuid4().hex,
+               "TORCH_HUB_TOKEN": uuid.uuid4().hex, "HARNESS_LEDGER": str(tmp_path / "ledger.sqlite")}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    marker = tmp_path / "environment.json"
+    source = security.SEED + (f"\nimport json, os\nopen({str(marker)!r}, 'w').write(json.dumps(dict(os.environ)))\n"
+                              "os._exit(0)\n")
+    request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"], source=source)
+    run = executor.run_sandbox_here("evaluate", request, 120.0, 8192)
+    assert run.outcome == "exited", run.log
+    seen = json.loads(marker.read_text())
+    for name, value in secrets.items():
+        assert name not in seen and value not in json.dumps(seen), name
+    assert seen["OMP_NUM_THREADS"] == "1" and seen["PATH"] == os.environ["PATH"]
+    assert seen["HARNESS_CACHE"] == os.environ["HARNESS_CACHE"]
+
+
+def test_the_sandbox_environment_is_an_allow_list():
+    env = executor.sandbox_environment({
+        "PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "TORCHINDUCTOR_CACHE_DIR": "/c", "LC_ALL": "C",
+        "OPENAI_API_KEY": "k", "GITHUB_TOKEN": "t", "CUDA_AUTH_TOKEN": "t", "HARNESS_LEDGER": "/l",
+        "HARNESS_GPU_CHECK_SECRET": "s", "RAY_ADDRESS": "auto", "SSH_AUTH_SOCK": "/s"}, PYTHONUNBUFFERED="1")
+    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "TORCHINDUCTOR_CACHE_DIR": "/c", "LC_ALL": "C",
+                   "PYTHONUNBUFFERED": "1"}
