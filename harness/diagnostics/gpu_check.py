@@ -388,13 +388,19 @@ def stage_evaluation(plan: Plan, work: Path) -> dict:
         write_synthetic_text_folder(folder, plan.eval_train_stories, plan.eval_val_stories)
         env["HARNESS_DATA"] = str(folder)
     os.environ.update(env)
-    from harness.trusted import ledger
+    from harness.trusted import confine, ledger
     from harness.trusted.evaluate import evaluate, prepare
-    from harness.trusted.profiles import get_profile
+    from harness.trusted.profiles import ALLOW_UNCONFINED_ENV, get_profile
 
     profile = get_profile(plan.eval_profile)
+    # Whether the sandbox can be confined on this machine with this device is one of the things measured; where it
+    # cannot, the evaluation still runs (unconfined, and recorded so) rather than losing the stage.
+    unconfined = confine.unavailable_reason(profile.device)
+    if unconfined:
+        os.environ[ALLOW_UNCONFINED_ENV] = "1"
     result = {"profile": profile.name, "data_source": "synthetic stories as a local text folder"
-              if plan.eval_train_stories else profile.data_source, "profile_digest": profile.digest()}
+              if plan.eval_train_stories else profile.data_source, "profile_digest": profile.digest(),
+              "confinement_unavailable": unconfined}
     started = time.perf_counter()
     prepared = prepare("cd", profile)
     result["prepare_s"] = time.perf_counter() - started
@@ -419,6 +425,7 @@ def stage_evaluation(plan: Plan, work: Path) -> dict:
         entry = {"name": case["name"], "expected_reason": case["expected_reason"], "reason": row["reason"],
                  "verdict": row["verdict"], "message": (row["message"] or "")[:600],
                  "combined_score": metrics.get("combined_score"), "wall_s": wall, "timings": row["timings"],
+                 "confinement": row["execution"].get("confinement"),
                  "as_expected": row["reason"] == case["expected_reason"]}
         if "marker" in case:
             marker = Path(case["marker"])
@@ -646,7 +653,8 @@ def render_summary(record: dict) -> str:
     ev = (stages.get("evaluation") or {}).get("result")
     if ev:
         lines += ["", f"## Evaluation through the evaluator ({ev['profile']}, {ev['data_source']})", "",
-                  f"Baseline prepared in {ev['prepare_s']:.1f} s (fitness {ev['baseline']['fitness']:.4f}).", "",
+                  f"Baseline prepared in {ev['prepare_s']:.1f} s (fitness {ev['baseline']['fitness']:.4f}). "
+                  f"Sandbox confinement: {', '.join(sorted({str(c.get('confinement')) for c in ev['cases']}))}.", "",
                   "| candidate | expected | got | score | wall (s) |", "|---|---|---|---:|---:|"]
         for c in ev["cases"]:
             lines.append(f"| {c['name']} | {c['expected_reason']} | {c['reason']} ({c['verdict']}) | "

@@ -18,12 +18,12 @@ import time
 import traceback
 from pathlib import Path
 
-from harness.trusted import executor
+from harness.trusted import confine, executor
 from harness.trusted import ledger
 from harness.trusted import program
 from harness.trusted.frameworks import ATTENTION_KWARGS, get_framework
 from harness.trusted.policy import check_block, module_aliases
-from harness.trusted.profiles import ConfigError, Profile, get_profile, require_device
+from harness.trusted.profiles import ConfigError, Profile, confinement_policy, get_profile, require_device
 from harness.trusted.reasons import HINTS, Reason
 from harness.trusted.scoring import MalformedRecord, objective_from_untrusted, objective_metrics, score
 
@@ -32,11 +32,19 @@ STDERR_TAIL_CHARS = executor.STDERR_TAIL_CHARS
 _PREPARED: dict[tuple, dict] = {}
 
 
+def require_confinement(profile: Profile) -> None:
+    """Stop at once where the profile requires a confined sandbox and this machine cannot confine it."""
+    reason = confine.unavailable_reason(profile.device)
+    if reason and confinement_policy(profile) == "required":
+        raise ConfigError(confine.unconfined_message(profile.name, reason))
+
+
 def sandbox_request(framework: str, profile: Profile, ledger_path: Path | None = None, **extra) -> dict:
     """The self-contained request every sandbox mode takes: the profile by name and the device it needs; with
     ``ledger_path``, every baseline the ledger knows for this framework and objective, keyed by fingerprint id."""
     request = {"framework": framework, "profile": profile.name, "objective": profile.objective,
-               "data_source": profile.data_source, "device": profile.device, **extra}
+               "data_source": profile.data_source, "device": profile.device,
+               "confinement": confinement_policy(profile), **extra}
     if ledger_path is not None:
         request["baselines"] = ledger.baselines(framework, profile.objective, ledger_path)
     return request
@@ -61,6 +69,7 @@ def prepare(framework: str, profile: Profile | None = None, ledger_path: Path | 
         return _PREPARED[key]
     if config.name == "local":
         require_device(profile)  # a cluster's workers have the devices, not necessarily this host
+        require_confinement(profile)
     run = executor.run_sandbox("prepare", sandbox_request(fw.name, profile, ledger_path), baseline_limit_s(profile),
                                profile.memory_cap_mib, executor=config.name)
     result = run.result
@@ -155,6 +164,8 @@ def _execution_text(execution: dict) -> str:
     if execution.get("executor") == "ray":
         where = f"Ray node {execution.get('node_ip', '?')} ({where})"
     text = f"{execution.get('executor', '?')}: {where}, attempt {execution.get('attempts', 1)}"
+    if execution.get("confinement"):
+        text += f"; confinement: {execution['confinement']}"
     for lost in execution.get("lost", []):
         text += f"\nan earlier attempt lost its worker (retried, not the candidate's fault): {lost[:300]}"
     return text

@@ -39,6 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness.trusted import confine
 from harness.trusted.process_lifetime import PARENT_PID_ENV
 
 EXECUTORS = ("local", "ray")
@@ -204,10 +205,15 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         (tmp / "request.json").write_text(json.dumps(request))
         result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
         env = sandbox_environment(PYTHONUNBUFFERED="1", **(env or {}))
-        outcome = run_limited([sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"),
-                               str(result_path)], limit_s, memory_cap_mib, log_path, env)
+        cmd = [sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"), str(result_path)]
+        unavailable = confine.unavailable_reason(request.get("device", "cpu"))
+        if unavailable and request.get("confinement", "required") == "required":
+            return SandboxRun("infrastructure", None, error=confine.unconfined_message(request.get("profile", "?"),
+                                                                                        unavailable))
+        confinement = f"none: {unavailable}" if unavailable else confine.LAYERS
+        outcome = run_limited(cmd if unavailable else confine.wrap(cmd), limit_s, memory_cap_mib, log_path, env)
         result = _read_result(result_path) if outcome == "exited" and result_path.exists() else None
-        return SandboxRun(outcome, result, _tail(log_path))
+        return SandboxRun(outcome, result, _tail(log_path), execution={"confinement": confinement})
 
 
 def _read_result(path: Path) -> dict:
@@ -241,7 +247,7 @@ def _run_local(mode: str, request: dict, limit_s: float, memory_cap_mib: int) ->
     except (slots.SlotTimeout, ValueError) as exc:
         return SandboxRun("infrastructure", None, error=f"no evaluation slot: {exc}",
                           execution={**execution, "started_at": started, "ended_at": time.time()})
-    run.execution = {**execution, "ended_at": time.time()}
+    run.execution = {**execution, **run.execution, "ended_at": time.time()}
     return run
 
 
@@ -329,9 +335,9 @@ def ray_task(spec: dict) -> dict:
         new_baseline = {"fingerprint": fp, "record": baseline}
         request = {**request, "baselines": {**request.get("baselines", {}), fp["id"]: baseline}}
         run = run_sandbox_here(mode, request, spec["limit_s"], spec["memory_cap_mib"])
-    placement["ended_at"] = time.time()
+    placement.update(run.execution, ended_at=time.time())
     return {"outcome": run.outcome, "result": run.result, "log": run.log, "placement": placement,
-            "new_baseline": new_baseline}
+            "error": run.error, "new_baseline": new_baseline}
 
 
 def _task_options(spec: dict) -> dict:

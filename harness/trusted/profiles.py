@@ -20,7 +20,9 @@ FULL_LADDER = ((96, 4, 4), (128, 4, 4), (128, 6, 4), (192, 6, 6))
 
 OBJECTIVES = ("scaling_slope", "final_loss")
 # Limits that stop a run but never change its numbers: they stay out of the fingerprint.
-OPERATIONAL_FIELDS = ("hard_limit_s", "memory_cap_mib")
+OPERATIONAL_FIELDS = ("hard_limit_s", "memory_cap_mib", "requires_confinement")
+# Set to 1 to run a profile that requires a confined sandbox on a machine that cannot confine it.
+ALLOW_UNCONFINED_ENV = "HARNESS_ALLOW_UNCONFINED"
 
 
 class ConfigError(RuntimeError):
@@ -74,6 +76,9 @@ class Profile:
     # Results are those of training them one after another; only the wall time changes.
     concurrent_rungs: bool = False
     compile_mode: str = "default"  # torch.compile mode when compile is on: default | reduce-overhead | ...
+    # Refuse to evaluate where the sandbox cannot be confined (harness.trusted.confine), unless
+    # $HARNESS_ALLOW_UNCONFINED=1. Off for smoke, which runs anywhere, CI included; the ledger records either way.
+    requires_confinement: bool = True
 
     @property
     def reference(self) -> tuple:
@@ -116,6 +121,7 @@ PROFILES: dict[str, Profile] = {
         hard_limit_s=180.0,
         memory_cap_mib=6144,
         divergence_loss_factor=3.0,
+        requires_confinement=False,
     ),
     # The users' protocol: every rung for 100k steps at batch 64, context 128.
     "full": Profile(
@@ -160,6 +166,13 @@ PROFILES["pilot"] = dataclasses.replace(
     hard_limit_s=1800.0,
     memory_cap_mib=32768,
 )
+
+
+def confinement_policy(profile: Profile) -> str:
+    """What the executor does where it cannot confine the sandbox: "required" refuses, "preferred" runs it
+    unconfined and records so."""
+    opted_out = os.environ.get(ALLOW_UNCONFINED_ENV, "").strip() == "1"
+    return "required" if profile.requires_confinement and not opted_out else "preferred"
 
 
 def default_cache_dir() -> Path:
