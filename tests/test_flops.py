@@ -328,3 +328,24 @@ def test_to_dict_is_plain_python():
     check(d)
     json.dumps(d)
     assert d["total"] == d["matmul"] + d["nonmatmul"] > 0
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_a_grouped_convolution_backward_costs_twice_its_forward(groups):
+    """Forward, input gradient and weight gradient each cost the same for any ``groups``; torch's own formula
+    charges the weight gradient as if groups were 1 (a depthwise short convolution, as in Mamba-2, was overcharged
+    (C+1)/2 times and rejected)."""
+    conv = nn.Conv1d(16, 16, 4, groups=groups, padding=3)
+    x = torch.randn(2, 16, 32, requires_grad=True)
+    forward = audit_flops(lambda: conv(x))
+    both = audit_flops(lambda: conv(x).sum().backward())
+    assert forward.matmul == 2 * 2 * 35 * 16 * (16 // groups) * 4  # 2 · batch · out length · C_out · C_in/g · K
+    assert both.matmul == 3 * forward.matmul and not both.unknown_ops
+
+
+def test_weight_norm_is_costed():
+    layer = torch.nn.utils.parametrizations.weight_norm(nn.Linear(8, 8))
+    x = torch.randn(4, 8)
+    report = audit_flops(lambda: layer(x).sum().backward())
+    assert not report.unknown_ops
+    assert report.by_op.get("aten._weight_norm_interface_backward", 0) > 0, sorted(report.by_op)

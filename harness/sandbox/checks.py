@@ -57,14 +57,24 @@ def construct(attention_cls: type, g: Geometry, seed: int = 0, dropout: float | 
 def _call(module: nn.Module, x: torch.Tensor, what: str, rng_seed: int | None = 0) -> torch.Tensor:
     if rng_seed is not None:
         torch.manual_seed(rng_seed)  # identical dropout masks for calls being compared
+    n_before = count_params(module)
     try:
         out = module(x)
     except Exception as exc:
         raise GateFailure(Reason.CRASH, f"forward raised during the {what} check: {type(exc).__name__}: {exc}") from exc
+    if count_params(module) != n_before:  # found here, before the random draws it took can mislead a later check
+        raise GateFailure(Reason.PARAM_PARITY, f"parameters created during forward (the {what} check): {n_before} "
+                          f"before the call, {count_params(module)} after. Create every parameter in __init__.")
+    if not isinstance(out, torch.Tensor):
+        return out  # the shape check names it
     try:
-        return plain_tensor(out, "forward")
+        plain_tensor(out, "forward")
     except TensorSubclassError as exc:
         raise GateFailure(Reason.POLICY, str(exc)) from exc
+    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        raise GateFailure(Reason.NONFINITE, f"forward returned NaN or inf during the {what} check "
+                          f"(input {tuple(x.shape)}, {'train' if module.training else 'eval'} mode)")
+    return out
 
 
 def _lengths(g: Geometry) -> list[int]:
@@ -84,8 +94,6 @@ def check_shape(attention_cls: type, g: Geometry) -> dict:
                 if y.shape != x.shape or y.dtype != x.dtype or y.device != x.device:
                     raise GateFailure(Reason.SHAPE, f"input {tuple(x.shape)} {x.dtype} gave output "
                                       f"{tuple(y.shape)} {y.dtype} on {y.device} ({mode} mode, batch {batch}, length {length})")
-                if not torch.isfinite(y).all():
-                    raise GateFailure(Reason.SHAPE, f"output has NaN/inf at batch {batch}, length {length}, {mode} mode")
     return {"lengths_checked": _lengths(g)}
 
 
@@ -134,6 +142,9 @@ def _gradient_probe(module: nn.Module, x: torch.Tensor, t: int, where: str) -> N
     (y[:, : t + 1] * weights).sum().backward()
     if x.grad is None:
         return  # no gradient path at all; the perturbation probe still runs
+    if not bool(torch.isfinite(x.grad).all()):
+        raise GateFailure(Reason.NONFINITE, f"the gradient of forward's output with respect to its input has NaN or "
+                          f"inf ({where})")
     # Exactly zero for masked matmuls; FFT-based causal convolutions leave float round-off (~1e-8).
     leak = x.grad[:, t + 1 :].abs().max().item()
     past = x.grad[:, : t + 1].abs().max().item()
@@ -242,18 +253,19 @@ def check_statefulness(attention_cls: type, g: Geometry) -> dict:
     return {}
 
 
-def _state_numel(module: nn.Module) -> int:
-    """Tensors a module holds besides trainable parameters: buffers, frozen parameters, tensor attributes."""
-    total, seen = 0, set()
+def _state_words(module: nn.Module) -> float:
+    """Tensor state a module holds besides trainable parameters (buffers, frozen parameters, tensor attributes), in
+    32-bit words: a float32 element is one, a bool one thirty-second, so that a causal-mask buffer costs what it
+    holds, not what a float table of its size would."""
+    total, seen = 0.0, set()
     for sub in module.modules():
-        for value in list(sub._buffers.values()) + [p for p in sub._parameters.values() if p is not None and not p.requires_grad]:
+        values = list(sub._buffers.values()) + [p for p in sub._parameters.values() if p is not None and not p.requires_grad]
+        values += [v for v in vars(sub).values() if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter)]
+        for value in values:
             if value is not None and id(value) not in seen:
                 seen.add(id(value))
-                total += value.numel()
-        for key, value in vars(sub).items():
-            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and id(value) not in seen:
-                seen.add(id(value))
-                total += value.numel()
+                bits = 1 if value.dtype == torch.bool else 8 * value.element_size()
+                total += value.numel() * bits / 32
     return total
 
 
@@ -273,12 +285,14 @@ def check_params(attention_cls: type, baseline_cls: type, g: Geometry, profile, 
     if after_n > limit:
         raise GateFailure(Reason.PARAM_PARITY, f"{after_n} trainable attention parameters exceed the budget of "
                           f"{limit} (baseline {base_n} + {tolerance:.0%})", metrics)
-    state_limit = _state_numel(base) + int(profile.gate.extra_state_numel_per_ctx_dmodel * g.context_len * g.d_model)
-    state = _state_numel(cand)
-    metrics["attention_state_numel"] = state
+    state_limit = _state_words(base) + profile.gate.extra_state_words_per_ctx_dmodel * g.context_len * g.d_model \
+        + profile.gate.extra_state_words_per_ctx_squared * g.context_len ** 2
+    state = _state_words(cand)
+    metrics["attention_state_words"] = state
     if state > state_limit:
-        raise GateFailure(Reason.PARAM_PARITY, f"the class holds {state} numbers in buffers, frozen parameters "
-                          f"or tensor attributes; at most {state_limit} are allowed", metrics)
+        raise GateFailure(Reason.PARAM_PARITY, f"the class holds {state:.0f} 32-bit words of tensor state in "
+                          f"buffers, frozen parameters or tensor attributes; at most {state_limit:.0f} are allowed",
+                          metrics)
     # Whole model at every rung: the frozen parts are identical, so only the attention may differ.
     for rung in profile.ladder:
         models = [LanguageModel(c, profile.vocab_size, rung[0], rung[1], rung[2], profile.context_len_tokens, 0.0, 0)
@@ -324,11 +338,19 @@ def check_flops(attention_cls: type, baseline_cls: type, g: Geometry, gate) -> d
     def growth(reports):
         return math.log(reports[lengths[-1]].total / reports[lengths[-2]].total) / math.log(lengths[-1] / lengths[-2])
 
+    # The bound must also hold beyond the training context: the ratio is carried to ``complexity_horizon`` times
+    # the context along each one's growth between T/2 and T. Comparing the exponents alone refused programs that
+    # are cheaper at every length (multi-query attention: the same quadratic term, smaller projections, so a
+    # steeper-looking local exponent).
     cand_growth, base_growth = growth(cand), growth(base)
-    metrics.update({"flop_growth_exponent": cand_growth, "baseline_flop_growth_exponent": base_growth})
-    if cand_growth > base_growth + gate.flop_growth_slack:
+    horizon_ratio = ratio * gate.complexity_horizon ** (cand_growth - base_growth)
+    metrics.update({"flop_growth_exponent": cand_growth, "baseline_flop_growth_exponent": base_growth,
+                    "flop_ratio_at_horizon": horizon_ratio})
+    if horizon_ratio > gate.flop_bound_ratio:
         raise GateFailure(Reason.COMPLEXITY, f"cost grows as length^{cand_growth:.2f} between lengths "
-                          f"{lengths[-2]} and {lengths[-1]}; the baseline grows as length^{base_growth:.2f}", metrics)
+                          f"{lengths[-2]} and {lengths[-1]}, the baseline's as length^{base_growth:.2f}: at length "
+                          f"{gate.complexity_horizon * T:.0f} it would cost {horizon_ratio:.2f}x the baseline's "
+                          f"(bound {gate.flop_bound_ratio:.2f}x)", metrics)
     return metrics
 
 

@@ -50,7 +50,7 @@ from typing import Any, Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, get_shape
 
 __all__ = ["FlopReport", "audit_flops", "attention_flops", "classify_op", "CATEGORIES"]
 
@@ -180,6 +180,23 @@ def _addmm_activation_flop(s, a, b, *args, out_shape=None, **kwargs) -> int:
     return 2 * a[0] * a[1] * b[1] + _prod(out_shape)
 
 
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
+    """torch's formula, with the weight gradient divided by ``groups``: torch charges it as if groups were 1, so a
+    depthwise convolution's backward cost (C+1)/2 times its true cost (the input gradient and the forward already
+    use the grouped weight's shape)."""
+    def t(shape):
+        return [shape[1], shape[0]] + list(shape[2:])
+
+    flops = 0
+    if output_mask[0]:
+        flops += conv_flop_count(grad_out_shape, w_shape, get_shape(out_shape[0]), not transposed)
+    if output_mask[1]:
+        a, b = (t(grad_out_shape), t(x_shape)) if transposed else (t(x_shape), t(grad_out_shape))
+        flops += conv_flop_count(a, b, t(get_shape(out_shape[1])), transposed=False) // groups
+    return flops
+
+
 _SDPA_CPU = frozenset(
     {aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention_for_cpu_backward}
 )
@@ -198,6 +215,7 @@ _EXTRA_MATMUL: dict[Any, Callable[..., int]] = {
     aten._euclidean_dist: _euclidean_dist_flop,
     aten._trilinear: _trilinear_flop,
     aten._addmm_activation: _addmm_activation_flop,
+    aten.convolution_backward: _conv_backward_flop,
 }
 
 
@@ -281,7 +299,7 @@ _REDUCTION: dict[str, int] = {
         for n in """
         sum nansum mean nanmean prod amax amin max min aminmax argmax argmin norm
         linalg_vector_norm var std var_mean std_mean logsumexp all any count_nonzero
-        equal dist trace _weight_norm_interface norm_except_dim
+        equal dist trace _weight_norm_interface norm_except_dim masked_scatter_backward
         cumsum cumprod logcumsumexp _logcumsumexp cummax cummin _cummax_helper _cummin_helper
         cumulative_trapezoid
         """.split()
@@ -291,6 +309,7 @@ _REDUCTION: dict[str, int] = {
         for n in """
         _softmax _log_softmax softmax log_softmax _safe_softmax _masked_softmax
         _softmax_backward_data _log_softmax_backward_data _masked_softmax_backward
+        _weight_norm_interface_backward
         """.split()
     },
     **{

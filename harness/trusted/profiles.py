@@ -34,9 +34,16 @@ class Gate:
     """Bounds the constraint gate enforces, as ratios to the pristine seed measured the same way."""
 
     param_tolerance_frac: float = 0.05  # attention trainable params may exceed the baseline by this fraction
-    extra_state_numel_per_ctx_dmodel: float = 2.0  # non-parameter tensor state allowed: this × context_len × d_model
+    # Non-parameter tensor state allowed beyond the baseline's, in 32-bit words (a float32 element is one, a bool
+    # 1/32): this × context_len × d_model (RoPE tables and the like), plus the next × context_len² (a causal mask
+    # or a position-by-position bias, as nanoGPT-style code registers them). A context × context × d_model
+    # table of fixed random features does not fit.
+    extra_state_words_per_ctx_dmodel: float = 2.0
+    extra_state_words_per_ctx_squared: float = 1.0
     flop_bound_ratio: float = 1.10  # forward+backward FLOPs per token, candidate / baseline
-    flop_growth_slack: float = 0.05  # allowed excess of the candidate's FLOP growth exponent in length
+    # FLOPs must stay within flop_bound_ratio also at this multiple of the context, extrapolated along each
+    # program's growth in length between context/2 and context
+    complexity_horizon: float = 4.0
     nonmatmul_flop_share_max: float = 0.5  # share of audited FLOPs allowed outside matmuls
     runtime_bound_ratio: float = 3.0  # train-step wall time, candidate / baseline
     memory_bound_ratio: float = 3.0  # peak memory of a train step, candidate / baseline

@@ -42,7 +42,7 @@ HINTS: dict[Reason, str] = {
     "only on self; no file, OS, process or network access, no numpy, no tensor subclasses, no eval/exec, no dunder "
     "method but __init__. Keep the class name and constructor keywords.",
     Reason.CRASH: "The class raised an exception. Read the traceback and fix the code.",
-    Reason.SHAPE: "forward(x) must return a finite tensor with exactly x's shape, dtype and device, for any "
+    Reason.SHAPE: "forward(x) must return a tensor with exactly x's shape, dtype and device, for any "
     "batch size and any length from 1 to max_seq_len.",
     Reason.CAUSALITY: "Output at position t may depend only on inputs at positions <= t. Mask before "
     "normalising, use causal (cumulative) statistics only, left-pad convolutions, zero-pad FFTs to >= 2T.",
@@ -55,12 +55,14 @@ HINTS: dict[Reason, str] = {
     "are not allowed.",
     Reason.FLOP_PARITY: "Forward+backward FLOPs per token must stay within 1.10x the baseline; elementwise, "
     "reduction, FFT and linear-algebra work counts too.",
-    Reason.COMPLEXITY: "Cost must not grow faster with sequence length than the baseline's.",
+    Reason.COMPLEXITY: "Cost grows too fast with sequence length: extrapolated to 4x the context, it would exceed "
+    "the FLOP bound against the baseline.",
     Reason.RUNTIME: "A training step is too slow compared with the baseline; avoid Python loops over time "
     "steps and other serial work.",
     Reason.MEMORY: "Memory use is too high compared with the baseline; avoid materialising large tensors "
     "such as T x T x d intermediates.",
-    Reason.NONFINITE: "The training loss became NaN or inf. Stabilise: subtract row maxima before exp, keep "
+    Reason.NONFINITE: "The output, its gradient or the training loss became NaN or inf (the message says where). "
+    "Stabilise: subtract row maxima before exp, keep "
     "decays in (0, 1], add eps to denominators.",
     Reason.DIVERGED: "The training loss diverged. Keep coefficient magnitudes O(1) and normalise.",
     Reason.TIMEOUT: "The evaluation exceeded its time limit. Remove slow or unbounded loops.",

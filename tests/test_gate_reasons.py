@@ -1,0 +1,186 @@
+"""The dynamic gate names the true cause: a NaN is ``nonfinite`` (not a causality leak), a tensor subclass is
+``policy``, a non-tensor is ``shape``."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from harness.sandbox.checks import GateFailure, Geometry, check_causality, check_shape
+from harness.trusted.reasons import Reason
+
+G = Geometry(d_model=16, n_heads=2, context_len=8, batch_size=2, dropout=0.0)
+
+
+class _Attention(nn.Module):
+    def __init__(self, d_model, n_heads, dropout=0.0, max_seq_len=8):
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+
+    def mix(self, x):  # causal: a running mean over positions
+        steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype).view(1, -1, 1)
+        return self.proj(x.cumsum(1) / steps)
+
+
+class NanGradient(_Attention):
+    def forward(self, x):  # finite output; the gradient of sqrt at 0 makes the input gradient NaN
+        return self.mix(x) + 0 * torch.sqrt(x - x)
+
+
+class NanOutput(_Attention):
+    def forward(self, x):
+        return self.mix(x) * float("nan")
+
+
+class ReturnsATuple(_Attention):
+    def forward(self, x):
+        return (self.mix(x),)
+
+
+class ReturnsAParameter(_Attention):
+    def forward(self, x):
+        return nn.Parameter(self.mix(x))
+
+
+def _reason(check) -> GateFailure:
+    with pytest.raises(GateFailure) as info:
+        check()
+    return info.value
+
+
+def test_a_nan_gradient_is_nonfinite_not_a_leak():
+    failure = _reason(lambda: check_causality(NanGradient, G, 1e-5))
+    assert failure.reason == Reason.NONFINITE and "gradient" in failure.message, failure.message
+
+
+def test_a_nan_output_is_nonfinite_and_names_the_check():
+    failure = _reason(lambda: check_shape(NanOutput, G))
+    assert failure.reason == Reason.NONFINITE and "during the shape check" in failure.message, failure.message
+
+
+def test_a_non_tensor_is_a_shape_error():
+    failure = _reason(lambda: check_shape(ReturnsATuple, G))
+    assert failure.reason == Reason.SHAPE and "tuple" in failure.message
+
+
+def test_a_tensor_subclass_is_a_policy_error():
+    failure = _reason(lambda: check_shape(ReturnsAParameter, G))
+    assert failure.reason == Reason.POLICY and "plain torch.Tensor, not Parameter" in failure.message
+
+
+def test_the_causal_reference_passes():
+    class Causal(_Attention):
+        def forward(self, x):
+            return self.mix(x)
+
+    assert check_shape(Causal, G) and check_causality(Causal, G, 1e-5)["causality_probes"] > 0
+
+
+class _Projections(nn.Module):
+    def __init__(self, d_model, n_heads, dropout=0.0, max_seq_len=64):
+        super().__init__()
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.n_heads = n_heads
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        scores = (q @ k.transpose(-1, -2)).masked_fill(~self.causal_mask()[:t, :t], float("-inf"))
+        return self.out(torch.softmax(scores / d ** 0.5, dim=-1) @ v)
+
+    def causal_mask(self):
+        return torch.ones(64, 64, dtype=torch.bool).tril()
+
+
+class NanoGptStyle(_Projections):
+    """A causal-mask buffer and RoPE tables, as nanoGPT-style code registers them (the mask as floats)."""
+
+    def __init__(self, d_model, n_heads, dropout=0.0, max_seq_len=64):
+        super().__init__(d_model, n_heads, dropout, max_seq_len)
+        self.register_buffer("bias", torch.ones(max_seq_len, max_seq_len).tril().view(1, 1, max_seq_len, max_seq_len))
+        d_head = d_model // n_heads
+        angles = torch.arange(max_seq_len)[:, None] * torch.exp(-torch.arange(d_head) / d_head)[None]
+        self.register_buffer("cos", angles.cos())
+        self.register_buffer("sin", angles.sin())
+
+    def causal_mask(self):
+        return self.bias[0, 0].bool()
+
+
+class FloatTable(_Projections):
+    def __init__(self, d_model, n_heads, dropout=0.0, max_seq_len=64):
+        super().__init__(d_model, n_heads, dropout, max_seq_len)
+        self.register_buffer("table", torch.randn(max_seq_len, max_seq_len, d_model))
+
+
+def test_a_causal_mask_buffer_and_rope_tables_fit_the_state_bound():
+    from harness.sandbox.checks import check_params
+    from harness.trusted.profiles import get_profile
+
+    profile = get_profile("smoke")
+    g = Geometry.of(profile)
+    metrics = check_params(NanoGptStyle, _Projections, g, profile, profile.gate.param_tolerance_frac)
+    # A float 64 × 64 mask, 4,096 words, and two 64 × d_head float tables, 3,072: over the 2 · 64 · 48 = 6,144 words
+    # that were allowed before the context² term, within the 10,240 allowed now.
+    assert metrics["attention_state_words"] == 64 * 64 + 2 * 64 * (g.d_model // g.n_heads) == 7168
+    failure = _reason(lambda: check_params(FloatTable, _Projections, g, profile, profile.gate.param_tolerance_frac))
+    assert failure.reason == Reason.PARAM_PARITY and "32-bit words" in failure.message
+
+
+def test_a_bool_element_of_state_is_one_thirty_second_of_a_word():
+    from harness.sandbox.checks import _state_words
+
+    module = nn.Module()
+    module.register_buffer("mask", torch.ones(64, 64, dtype=torch.bool))
+    module.register_buffer("halves", torch.ones(10, dtype=torch.bfloat16))
+    assert _state_words(module) == 64 * 64 / 32 + 10 / 2
+
+
+class MultiHead(nn.Module):
+    def __init__(self, d_model, n_heads, dropout=0.0, max_seq_len=64, kv_heads=None):
+        super().__init__()
+        self.h, self.kv = n_heads, kv_heads or n_heads
+        self.dh = d_model // n_heads
+        self.q = nn.Linear(d_model, d_model)
+        self.kv_proj = nn.Linear(d_model, 2 * self.kv * self.dh)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q = self.q(x).view(b, t, self.h, self.dh).transpose(1, 2)
+        k, v = self.kv_proj(x).view(b, t, 2, self.kv, self.dh).permute(2, 0, 3, 1, 4)
+        k, v = (z.repeat_interleave(self.h // self.kv, dim=1) for z in (k, v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class MultiQuery(MultiHead):
+    def __init__(self, d_model, n_heads, dropout=0.0, max_seq_len=64):
+        super().__init__(d_model, n_heads, dropout, max_seq_len, kv_heads=1)
+
+
+def test_multi_query_attention_is_cheaper_at_every_length_and_passes_the_complexity_check():
+    """Its quadratic term equals the baseline's and its projections are smaller, so its local growth exponent is
+    steeper; compared by exponents alone it was refused."""
+    from harness.sandbox.checks import check_flops
+    from harness.trusted.profiles import get_profile
+
+    g = Geometry(d_model=64, n_heads=8, context_len=64, batch_size=2, dropout=0.0)
+    metrics = check_flops(MultiQuery, MultiHead, g, get_profile("smoke").gate)
+    assert metrics["flop_ratio"] < 1.0
+    # steeper by more than the 0.05 the exponent comparison allowed
+    assert metrics["flop_growth_exponent"] > metrics["baseline_flop_growth_exponent"] + 0.05
+    assert metrics["flop_ratio_at_horizon"] < 1.0
+
+
+class LazyRandomParameter(_Attention):
+    def forward(self, x):
+        if not hasattr(self, "late"):
+            self.late = nn.Parameter(torch.randn(x.shape[-1], x.shape[-1]))
+        return self.mix(x) @ self.late
+
+
+def test_a_parameter_created_in_forward_is_param_parity_at_the_first_call():
+    """Its random draw used to shift the dropout masks of the two calls compared for batch independence."""
+    failure = _reason(lambda: check_shape(LazyRandomParameter, G))
+    assert failure.reason == Reason.PARAM_PARITY and "Create every parameter in __init__" in failure.message
