@@ -183,3 +183,11 @@ def _running(pid: int) -> bool:
 
 def _children(pid: int) -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and (_stat(int(p)) or [None, None])[1] == str(pid)]
+
+
+def test_a_launcher_that_cannot_confine_is_infrastructure_not_the_candidates_fault(monkeypatch):
+    monkeypatch.setattr(confine, "unavailable_reason", lambda device="cpu": None)
+    monkeypatch.setattr(confine, "wrap", lambda cmd: [sys.executable, "-c", "import sys; sys.stderr.write("
+                                                      f"{confine.FAILURE_PREFIX!r} + 'unshare refused'); sys.exit(125)"])
+    run = executor.run_sandbox_here("evaluate", {"profile": "smoke", "confinement": "preferred"}, 60.0, 4096)
+    assert run.outcome == "infrastructure" and run.error == "confine: unshare refused"

@@ -28,6 +28,7 @@ from harness.trusted.profiles import ALLOW_UNCONFINED_ENV
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 LAYERS = "user, network and PID namespaces"
 EXIT_UNAVAILABLE = 125  # the namespaces could not be created; the command was not run
+FAILURE_PREFIX = "confine: "  # the first line the launcher writes when it could not start the command
 
 
 def enter() -> None:
@@ -109,7 +110,7 @@ def main(argv: list[str]) -> int:
     try:
         enter()
     except OSError as exc:
-        print(f"confine: {exc}", file=sys.stderr)
+        print(f"{FAILURE_PREFIX}{exc}", file=sys.stderr, flush=True)
         return EXIT_UNAVAILABLE
     pid = os.fork()
     if pid == 0:

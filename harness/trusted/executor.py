@@ -213,7 +213,12 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         confinement = f"none: {unavailable}" if unavailable else confine.LAYERS
         outcome = run_limited(cmd if unavailable else confine.wrap(cmd), limit_s, memory_cap_mib, log_path, env)
         result = _read_result(result_path) if outcome == "exited" and result_path.exists() else None
-        return SandboxRun(outcome, result, _tail(log_path), execution={"confinement": confinement})
+        log = _tail(log_path)
+        if result is None and not unavailable and log.startswith(confine.FAILURE_PREFIX):
+            # The launcher could not create the namespaces, so the sandbox never started: not the candidate's doing.
+            return SandboxRun("infrastructure", None, log, error=log.splitlines()[0],
+                              execution={"confinement": confinement})
+        return SandboxRun(outcome, result, log, execution={"confinement": confinement})
 
 
 def _read_result(path: Path) -> dict:

@@ -90,10 +90,11 @@ class PolicyReport:
 
 
 def module_aliases(source: str) -> dict[str, str]:
-    """Each top-level name that ``source``'s imports bind, with what it names (``nn`` -> ``torch.nn``,
-    ``Optional`` -> ``typing.Optional``)."""
+    """Each name that an import anywhere in ``source`` binds, with what it names (``nn`` -> ``torch.nn``,
+    ``Optional`` -> ``typing.Optional``). Imports inside functions count too: a module bound there is as much a
+    way in as one bound at the top."""
     aliases = {}
-    for node in ast.parse(source).body:
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             for a in node.names:
                 aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
@@ -163,9 +164,7 @@ class _Checker(ast.NodeVisitor):
         for parent in ast.walk(tree):
             for child in ast.iter_child_nodes(parent):
                 self.parents[id(child)] = parent
-        for stmt in tree.body:
-            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-                self.aliases.update(module_aliases(ast.unparse(stmt)))
+        self.aliases.update(module_aliases(ast.unparse(tree)))
         self.visit(tree)
         self._check_module_chains(tree)
 
