@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import adversarial
-from harness.trusted import ledger
+from harness.trusted import confine, ledger
 from harness.trusted import program
 from harness.trusted.evaluate import evaluate, prepare
 from harness.trusted.frameworks import FRAMEWORKS
@@ -130,11 +130,15 @@ def test_ray_gives_the_local_verdicts_and_scores(ray_cluster, tmp_path):
         if name != "imports_os":  # refused statically: no sandbox ran anywhere
             assert row["execution"]["executor"] == "ray" and row["execution"]["attempts"] == 1
             assert row["execution"]["node_ip"] and row["execution"]["worker_pid"] > 0
+            # The worker confines its sandbox as a local evaluation does (this cluster runs on this host).
+            unavailable = confine.unavailable_reason()
+            assert row["execution"]["confinement"] == (f"none: {unavailable}" if unavailable else confine.LAYERS)
     assert results["decayed_linear_attention"].metrics["combined_score"] > 0.0
 
 
 def _sandbox_under_a_ray_worker(timeout_s: float = 60.0) -> tuple[int, int]:
-    """(sandbox pid, its Ray worker's pid) for the one ``harness.sandbox evaluate`` running under a Ray task."""
+    """(pid, its Ray worker's pid) for the one ``harness.sandbox evaluate`` the worker started: the sandbox itself,
+    or, where the sandbox is confined, the launcher in front of it (its children are the sandbox's processes)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for entry in os.scandir("/proc"):
@@ -168,18 +172,31 @@ def _gone(pid: int, timeout_s: float = 10.0) -> bool:
     return False
 
 
-def _evaluate_and_kill_its_worker(tmp_path: Path, name: str, source: str) -> tuple[object, int]:
-    """Start a ray evaluation, SIGKILL the Ray worker running its sandbox mid-gate, return (result, sandbox pid)."""
+def _evaluate_and_kill_its_worker(tmp_path: Path, name: str, source: str) -> tuple[object, list[int]]:
+    """Start a ray evaluation, SIGKILL the Ray worker running its sandbox mid-gate; return the result and the pids
+    the worker had started (the sandbox, or the launcher and the sandbox behind it)."""
     path = _write(tmp_path, name, source)
     box = {}
     thread = threading.Thread(target=lambda: box.update(result=evaluate("ttr", str(path), executor_name="ray")))
     thread.start()
     sandbox_pid, worker_pid = _sandbox_under_a_ray_worker()
     time.sleep(2.0)  # mid-evaluation: data loaded, gate running
+    started = [sandbox_pid] + _children(sandbox_pid)
     os.kill(worker_pid, signal.SIGKILL)
     thread.join(timeout=300)
     assert not thread.is_alive()
-    return box["result"], sandbox_pid
+    return box["result"], started
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.scandir("/proc"):
+        try:
+            if entry.name.isdigit() and Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                found.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return found
 
 
 def test_a_worker_killed_mid_evaluation_is_retried_and_recorded_once(ray_cluster, tmp_path):
@@ -187,8 +204,8 @@ def test_a_worker_killed_mid_evaluation_is_retried_and_recorded_once(ray_cluster
     source = FRAMEWORKS["ttr"].seed_source().replace(program.END, "# killed once\n" + program.END)
     fp = prepare("ttr", executor_name="local")["fingerprint"]["id"]
     rows_before = len(ledger.evaluations())
-    result, sandbox_pid = _evaluate_and_kill_its_worker(tmp_path, "killed_once", source)
-    assert _gone(sandbox_pid), "the sandbox outlived its killed Ray worker"
+    result, started = _evaluate_and_kill_its_worker(tmp_path, "killed_once", source)
+    assert all(_gone(pid) for pid in started), "the sandbox outlived its killed Ray worker"
     assert result.artifacts["reason"] == "ok", result.artifacts
     # The retried evaluation is the seed's: it reproduces the cached baseline exactly as a local run does.
     assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
@@ -204,8 +221,8 @@ def test_a_worker_killed_mid_evaluation_is_retried_and_recorded_once(ray_cluster
 def test_a_worker_lost_on_every_attempt_is_infrastructure_not_the_candidate(ray_cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_RAY_RETRIES", "0")
     source = FRAMEWORKS["ttr"].seed_source().replace(program.END, "# always lost\n" + program.END)
-    result, sandbox_pid = _evaluate_and_kill_its_worker(tmp_path, "always_lost", source)
-    assert _gone(sandbox_pid)
+    result, started = _evaluate_and_kill_its_worker(tmp_path, "always_lost", source)
+    assert all(_gone(pid) for pid in started)
     assert result.artifacts["reason"] == "infrastructure", result.artifacts
     assert result.metrics["combined_score"] == 0.0 and result.metrics["valid"] == 0.0
     assert "lost on all 1 attempts" in result.artifacts["message"]
