@@ -8,12 +8,8 @@ the marker file ``{marker}``, the secret written into it, the parent killed, the
 
 from dataclasses import dataclass
 
+from adversarial import CLASS, FRAMEWORK, SEED  # noqa: F401 - the same seed as the adversarial corpus
 from harness.trusted import program
-from harness.trusted.frameworks import FRAMEWORKS
-
-FRAMEWORK = "ttr"
-CLASS = FRAMEWORKS[FRAMEWORK].class_name
-SEED = FRAMEWORKS[FRAMEWORK].seed_source()
 
 BLOCK = '''
 class {cls}(nn.Module):

@@ -13,10 +13,12 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 import security
+from processes import all_gone, children
 from harness.trusted import confine, executor, ledger, process_lifetime
 from harness.trusted import evaluate as evaluate_module
 from harness.trusted.evaluate import evaluate, prepare
@@ -31,15 +33,25 @@ def _past_the_static_policy(monkeypatch):
     monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
 
 
-def _candidate(tmp_path, init_payload: str) -> str:
-    """The corpus's attention with ``init_payload`` run while it is constructed, then a shape error, so that an
-    attempt costs seconds, not a training run."""
+def _candidate(tmp_path, attempt: str) -> tuple[str, Path]:
+    """The corpus's attention that, while it is constructed, runs ``attempt`` (one line; ``os_`` is the os module)
+    and writes to a marker file what happened: "succeeded" or the error. Then a shape error, so that an attempt
+    costs seconds, not a training run. Returns the program's path and the marker's."""
+    marker = tmp_path / "outcome.txt"
+    payload = (f"        os_ = getattr(torch, 'os')\n"
+               f"        try:\n"
+               f"            {attempt}\n"
+               f"            outcome = 'succeeded'\n"
+               f"        except OSError as e:\n"
+               f"            outcome = os_.strerror(e.errno)\n"
+               f"        fd = os_.open({str(marker)!r}, os_.O_WRONLY | os_.O_CREAT)\n"
+               f"        os_.write(fd, outcome.encode())\n")
     attack = security.Attack("probe", "none", "return x[:, :-1]")
     source = attack.source("unused", "unused").replace(
-        "        self.n_heads = n_heads\n", "        self.n_heads = n_heads\n" + init_payload)
+        "        self.n_heads = n_heads\n", "        self.n_heads = n_heads\n" + payload)
     path = tmp_path / "candidate.py"
     path.write_text(source)
-    return str(path)
+    return str(path), marker
 
 
 @needs_confinement
@@ -56,16 +68,8 @@ def test_the_seed_is_evaluated_confined_and_the_ledger_says_so(smoke_env, tmp_pa
 @needs_confinement
 def test_the_sandbox_cannot_signal_the_evaluator(smoke_env, tmp_path, monkeypatch):
     _past_the_static_policy(monkeypatch)
-    marker = tmp_path / "kill.txt"
-    payload = (f"        os_ = getattr(torch, 'os')\n"
-               f"        try:\n"
-               f"            os_.kill({os.getpid()}, 9)\n"
-               f"            outcome = 'sent'\n"
-               f"        except OSError as e:\n"
-               f"            outcome = os_.strerror(e.errno)\n"
-               f"        fd = os_.open({str(marker)!r}, os_.O_WRONLY | os_.O_CREAT)\n"
-               f"        os_.write(fd, outcome.encode())\n")
-    result = evaluate(security.FRAMEWORK, _candidate(tmp_path, payload))
+    path, marker = _candidate(tmp_path, f"os_.kill({os.getpid()}, 9)")
+    result = evaluate(security.FRAMEWORK, path)
     # Still here: the signal never reached this process (the evaluator, the sandbox's parent's parent).
     assert result.artifacts["reason"] == "shape", result.artifacts.get("message")
     assert marker.read_text() == "No such process"
@@ -81,17 +85,9 @@ def test_the_sandbox_has_no_network(smoke_env, tmp_path, monkeypatch):
     accepted = []
     thread = threading.Thread(target=lambda: accepted.append(_accept(server)), daemon=True)
     thread.start()
-    marker = tmp_path / "net.txt"
-    payload = (f"        os_ = getattr(torch, 'os')\n"
-               f"        try:\n"
-               f"            getattr(torch, 'sys').modules['socket'].create_connection(('127.0.0.1', "
-               f"{server.getsockname()[1]}), timeout=5)\n"
-               f"            outcome = 'connected'\n"
-               f"        except OSError as e:\n"
-               f"            outcome = os_.strerror(e.errno)\n"
-               f"        fd = os_.open({str(marker)!r}, os_.O_WRONLY | os_.O_CREAT)\n"
-               f"        os_.write(fd, outcome.encode())\n")
-    result = evaluate(security.FRAMEWORK, _candidate(tmp_path, payload))
+    path, marker = _candidate(tmp_path, "getattr(torch, 'sys').modules['socket'].create_connection(('127.0.0.1', "
+                                        f"{server.getsockname()[1]}), timeout=5)")
+    result = evaluate(security.FRAMEWORK, path)
     assert result.artifacts["reason"] == "shape", result.artifacts.get("message")
     assert marker.read_text() == "Network is unreachable"
     server.close()
@@ -156,38 +152,10 @@ def test_the_confined_sandbox_dies_with_the_evaluator():
     evaluator = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     launcher_pid = int(evaluator.stdout.readline())
     deadline = time.monotonic() + 20
-    while not (sandboxes := _children(launcher_pid)) and time.monotonic() < deadline:
+    while not (sandboxes := children(launcher_pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert sandboxes, "the launcher started no sandbox"
     time.sleep(1.0)  # the sandbox has asked for its death signal
     evaluator.kill()
     evaluator.wait()
-    deadline = time.monotonic() + 10
-    while any(_running(p) for p in [launcher_pid, *sandboxes]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_running(p) for p in [launcher_pid, *sandboxes]), "the sandbox outlived the evaluator"
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _running(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
-def _children(pid: int) -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and (_stat(int(p)) or [None, None])[1] == str(pid)]
-
-
-def test_a_launcher_that_cannot_confine_is_infrastructure_not_the_candidates_fault(monkeypatch):
-    monkeypatch.setattr(confine, "unavailable_reason", lambda device="cpu": None)
-    monkeypatch.setattr(confine, "wrap", lambda cmd: [sys.executable, "-c", "import sys; sys.stderr.write("
-                                                      f"{confine.FAILURE_PREFIX!r} + 'unshare refused'); sys.exit(125)"])
-    run = executor.run_sandbox_here("evaluate", {"profile": "smoke", "confinement": "preferred"}, 60.0, 4096)
-    assert run.outcome == "infrastructure" and run.error == "confine: unshare refused"
+    assert all_gone([launcher_pid, *sandboxes]), "the sandbox outlived the evaluator"

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from processes import all_gone, running
 from harness.trusted import executor
 from harness.trusted import process_lifetime
 from harness.trusted.evaluate import prepare
@@ -87,21 +88,10 @@ def test_the_sandbox_dies_with_its_parent(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     child_pid = int(parent.stdout.readline())
     time.sleep(1.0)  # the child has asked for its death signal
-    assert _running(child_pid)
+    assert running(child_pid)
     parent.kill()
     parent.wait()
-    deadline = time.monotonic() + 10
-    while _running(child_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _running(child_pid), "the sandbox outlived its parent"
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+    assert all_gone([child_pid]), "the sandbox outlived its parent"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import adversarial
+from processes import all_gone, children
 from harness.trusted import confine, ledger
 from harness.trusted import program
 from harness.trusted.evaluate import evaluate, prepare
@@ -158,20 +159,6 @@ def _sandbox_under_a_ray_worker(timeout_s: float = 60.0) -> tuple[int, int]:
     raise AssertionError("no sandbox started under a Ray worker")
 
 
-def _gone(pid: int, timeout_s: float = 10.0) -> bool:
-    """Dead, or a zombie waiting to be reaped: either way no longer running."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        if state in ("Z", "X"):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def _evaluate_and_kill_its_worker(tmp_path: Path, name: str, source: str) -> tuple[object, list[int]]:
     """Start a ray evaluation, SIGKILL the Ray worker running its sandbox mid-gate; return the result and the pids
     the worker had started (the sandbox, or the launcher and the sandbox behind it)."""
@@ -181,22 +168,11 @@ def _evaluate_and_kill_its_worker(tmp_path: Path, name: str, source: str) -> tup
     thread.start()
     sandbox_pid, worker_pid = _sandbox_under_a_ray_worker()
     time.sleep(2.0)  # mid-evaluation: data loaded, gate running
-    started = [sandbox_pid] + _children(sandbox_pid)
+    started = [sandbox_pid] + children(sandbox_pid)
     os.kill(worker_pid, signal.SIGKILL)
     thread.join(timeout=300)
     assert not thread.is_alive()
     return box["result"], started
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        try:
-            if entry.name.isdigit() and Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
-                found.append(int(entry.name))
-        except (OSError, IndexError):
-            continue
-    return found
 
 
 def test_a_worker_killed_mid_evaluation_is_retried_and_recorded_once(ray_cluster, tmp_path):
@@ -205,7 +181,7 @@ def test_a_worker_killed_mid_evaluation_is_retried_and_recorded_once(ray_cluster
     fp = prepare("ttr", executor_name="local")["fingerprint"]["id"]
     rows_before = len(ledger.evaluations())
     result, started = _evaluate_and_kill_its_worker(tmp_path, "killed_once", source)
-    assert all(_gone(pid) for pid in started), "the sandbox outlived its killed Ray worker"
+    assert all_gone(started), "the sandbox outlived its killed Ray worker"
     assert result.artifacts["reason"] == "ok", result.artifacts
     # The retried evaluation is the seed's: it reproduces the cached baseline exactly as a local run does.
     assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
@@ -222,7 +198,7 @@ def test_a_worker_lost_on_every_attempt_is_infrastructure_not_the_candidate(ray_
     monkeypatch.setenv("HARNESS_RAY_RETRIES", "0")
     source = FRAMEWORKS["ttr"].seed_source().replace(program.END, "# always lost\n" + program.END)
     result, started = _evaluate_and_kill_its_worker(tmp_path, "always_lost", source)
-    assert all(_gone(pid) for pid in started)
+    assert all_gone(started)
     assert result.artifacts["reason"] == "infrastructure", result.artifacts
     assert result.metrics["combined_score"] == 0.0 and result.metrics["valid"] == 0.0
     assert "lost on all 1 attempts" in result.artifacts["message"]

@@ -135,3 +135,38 @@ def test_policy_allows_constants_helpers_and_allowed_imports():
 def test_syntax_error_surfaces_as_syntax_error():
     with pytest.raises(SyntaxError):
         policy(GOOD.replace("def forward(self, x):", "def forward(self, x)"))
+
+
+@pytest.mark.parametrize(
+    "block, fragment",
+    [
+        (GOOD.replace("    def forward(self, x):", "    def __call__(self, x):\n        return x\n\n    def forward(self, x):"),
+         "defining __call__ is not allowed"),
+        ("def math(x):\n    return x\n" + GOOD, "'math' is bound by the frozen code"),
+        ("import math as F\n" + GOOD, "rebinds a name of the frozen code"),
+        ("class Base(torch.Tensor):\n    pass\n" + GOOD, "may derive only from torch.nn classes"),
+        ("class Base(nn.Parameter):\n    pass\n" + GOOD, "may derive only from torch.nn classes"),
+        ("class Base(nn.Module, metaclass=type):\n    pass\n" + GOOD, "class keywords"),
+        (GOOD.replace("return self.proj(x)", "return self.proj._forward_hooks"), "private attribute '_forward_hooks'"),
+        (GOOD.replace("return self.proj(x)", "lin = self.proj\n        lin.bias = None\n        return x"),
+         "of anything but self"),
+        (GOOD.replace("return self.proj(x)", "torch.cuda.synchronize()\n        return self.proj(x)"),
+         "torch.cuda is a module a block may not use"),
+    ],
+    ids=["dunder_method", "rebinds_a_frozen_name", "import_rebinds_a_frozen_name", "tensor_base", "parameter_base",
+         "metaclass", "private_on_a_submodule", "assignment_on_a_local", "module_outside_the_table"],
+)
+def test_the_allow_list_refuses(block, fragment):
+    report = policy(block)
+    assert any(fragment in v for v in report.violations), report.violations
+
+
+def test_the_allow_list_admits_what_attention_code_uses():
+    block = ("import torch.nn.functional as F\nfrom torch.nn.utils.parametrizations import weight_norm\n"
+             "from typing import Optional\n\n\nclass Gate(nn.Linear):\n    pass\n\n\n" + GOOD.replace(
+                 "        self.proj = nn.Linear(d_model, d_model)",
+                 "        self.proj = weight_norm(Gate(d_model, d_model))\n        self._cache: Optional[torch.Tensor] = None\n"
+                 "        self.act = F.gelu\n        nn.init.zeros_(self.proj.bias)").replace(
+                 "return self.proj(x)", "self._cache = None\n        return self.act(torch.fft.irfft(torch.fft.rfft("
+                 "self.proj(x), dim=1), n=x.shape[1], dim=1))"))
+    assert policy(block).ok, policy(block).violations

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.analysis.runs import display_path
 from harness.trusted.frameworks import REPO_ROOT
 from harness.trusted.profiles import Profile
 
@@ -327,7 +328,7 @@ def run_bench(profile: Profile, steps: int, rung_indices: list[int] | None = Non
     result = {"fingerprint": fingerprint, "device": {"type": dev.type, "name": gpu_name or fingerprint["hardware"]["cpu"],
                                                      "peak": peak},
               "config": {"profile": profile.name, "bench_steps": steps, "rungs": [list(r) for r in rungs],
-                         "program": _recorded_path(filename), "data": data_source, "reference": reference, "concurrent": concurrent,
+                         "program": display_path(filename), "data": data_source, "reference": reference, "concurrent": concurrent,
                          "protocol_steps": profile.steps, "evaluations_per_rung": n_evaluations(profile)},
               "rungs": rows}
     projection = {"sequential_s": sum(r["fast"]["projected_rung_s"] for r in rows)} if rows else {}
@@ -366,12 +367,6 @@ def run_bench(profile: Profile, steps: int, rung_indices: list[int] | None = Non
         result["protocol"] = time_protocol(attention_cls, source, filename, profile, data, device, log)
     result["table"] = format_table(result)
     return result
-
-
-def _recorded_path(path: str) -> str:
-    """A program inside the repository is recorded by its path there, so that a record names no machine's folders."""
-    resolved = Path(path).resolve()
-    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else path
 
 
 def time_protocol(attention_cls, source, filename, profile: Profile, data, device: str, log) -> dict:

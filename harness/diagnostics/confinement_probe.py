@@ -37,6 +37,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness.trusted.confine import CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWUSER
+
 # x86-64 and arm64 share the generic syscall numbers for Landlock; seccomp's filter below checks the arch.
 SYS_LANDLOCK_CREATE_RULESET = 444
 SYS_LANDLOCK_ADD_RULE = 445
@@ -48,7 +50,7 @@ FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1
 FS_ALL_V1 = (1 << 13) - 1
 FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWNS = 0x00020000  # the sandbox's launcher does not use a mount namespace; the probe reports it
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 AUDIT_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}  # (audit arch, __NR_socket)
 SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000

@@ -62,9 +62,10 @@ def _call(module: nn.Module, x: torch.Tensor, what: str, rng_seed: int | None = 
         out = module(x)
     except Exception as exc:
         raise GateFailure(Reason.CRASH, f"forward raised during the {what} check: {type(exc).__name__}: {exc}") from exc
-    if count_params(module) != n_before:  # found here, before the random draws it took can mislead a later check
+    n_after = count_params(module)
+    if n_after != n_before:  # found here, before the random draws it took can mislead a later check
         raise GateFailure(Reason.PARAM_PARITY, f"parameters created during forward (the {what} check): {n_before} "
-                          f"before the call, {count_params(module)} after. Create every parameter in __init__.")
+                          f"before the call, {n_after} after. Create every parameter in __init__.")
     if not isinstance(out, torch.Tensor):
         return out  # the shape check names it
     try:

@@ -31,8 +31,9 @@ def check_module_attributes(source: str) -> None:
         parts = program.split(source)
     except program.FrozenRegionError:
         return
-    aliases = {**module_aliases(parts.head), **module_aliases(parts.block)}
-    for _node, chain in module_chains(ast.parse(parts.block), aliases):
+    block = ast.parse(parts.block)
+    aliases = {**module_aliases(parts.head), **module_aliases(block)}
+    for _node, chain in module_chains(block, aliases):
         try:
             obj = importlib.import_module(chain[0])
         except ImportError:

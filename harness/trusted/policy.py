@@ -89,12 +89,12 @@ class PolicyReport:
         self.violations.append(where + message)
 
 
-def module_aliases(source: str) -> dict[str, str]:
-    """Each name that an import anywhere in ``source`` binds, with what it names (``nn`` -> ``torch.nn``,
-    ``Optional`` -> ``typing.Optional``). Imports inside functions count too: a module bound there is as much a
-    way in as one bound at the top."""
+def module_aliases(source: str | ast.AST) -> dict[str, str]:
+    """Each name that an import anywhere in ``source`` (text or a parsed tree) binds, with what it names (``nn`` ->
+    ``torch.nn``, ``Optional`` -> ``typing.Optional``). Imports inside functions count too: a module bound there
+    is as much a way in as one bound at the top."""
     aliases = {}
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(ast.parse(source) if isinstance(source, str) else source):
         if isinstance(node, ast.Import):
             for a in node.names:
                 aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
@@ -104,10 +104,15 @@ def module_aliases(source: str) -> dict[str, str]:
     return aliases
 
 
+def _allowed_modules(aliases: dict[str, str]) -> dict[str, str]:
+    """The aliases that name a module of ``ALLOWED_MODULES``."""
+    return {name: path for name, path in aliases.items() if path in ALLOWED_MODULES}
+
+
 def module_chains(tree: ast.AST, aliases: dict[str, str]):
     """Each attribute chain rooted at a module alias: ``(node, [module path, attr, attr, ...])`` for its longest
     form (``F.softmax(x).sum`` yields ``F.softmax``'s chain once, as ``["torch.nn.functional", "softmax"]``)."""
-    modules = {name: path for name, path in aliases.items() if path in ALLOWED_MODULES}
+    modules = _allowed_modules(aliases)
     inner = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
@@ -148,8 +153,10 @@ def _is_dunder(name: str) -> bool:
 
 class _Checker(ast.NodeVisitor):
     def __init__(self, report: PolicyReport, aliases: dict[str, str], line_offset: int):
+        """``aliases``: those of the frozen code and of the block together."""
         self.report = report
-        self.aliases = dict(aliases)
+        self.aliases = aliases
+        self.modules = set(_allowed_modules(aliases))
         self.offset = line_offset
         self.parents: dict[int, ast.AST] = {}
         self.block_classes: set[str] = set()
@@ -157,14 +164,10 @@ class _Checker(ast.NodeVisitor):
     def flag(self, node: ast.AST, message: str) -> None:
         self.report.add(node, message, self.offset)
 
-    def modules(self) -> set[str]:
-        return {name for name, path in self.aliases.items() if path in ALLOWED_MODULES}
-
     def run(self, tree: ast.Module) -> None:
         for parent in ast.walk(tree):
             for child in ast.iter_child_nodes(parent):
                 self.parents[id(child)] = parent
-        self.aliases.update(module_aliases(ast.unparse(tree)))
         self.visit(tree)
         self._check_module_chains(tree)
 
@@ -198,7 +201,7 @@ class _Checker(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if node.id in FORBIDDEN_NAMES or _is_dunder(node.id):
             self.flag(node, f"use of {node.id!r} is not allowed")
-        elif node.id in self.modules():
+        elif node.id in self.modules:
             parent = self.parents.get(id(node))
             if isinstance(node.ctx, ast.Load) and not (isinstance(parent, ast.Attribute) and parent.value is node):
                 self.flag(node, f"the module {node.id!r} may only be used as {node.id}.name: do not bind it to a "
@@ -312,12 +315,12 @@ def check_block(
     for stmt, name in _top_level_bindings(tree):
         if name in head_aliases:
             report.add(stmt, f"{name!r} is bound by the frozen code above the block: use another name", line_offset)
-    block_imports = module_aliases(block)
+    block_imports = module_aliases(tree)
     for name, path in block_imports.items():
         if name in head_aliases and head_aliases[name] != path:
             report.add(None, f"the import that binds {name!r} rebinds a name of the frozen code: use another name",
                        line_offset)
-    _Checker(report, head_aliases, line_offset).run(tree)
+    _Checker(report, {**head_aliases, **block_imports}, line_offset).run(tree)
     _check_class(tree, class_name, required_kwargs, report, line_offset)
     return report
 

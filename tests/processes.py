@@ -1,0 +1,30 @@
+"""Reading ``/proc`` (Linux) for the tests that check which processes outlive which."""
+
+import os
+import time
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and (_stat(int(p)) or [None, None])[1] == str(pid)]
+
+
+def all_gone(pids: list[int], timeout_s: float = 10.0) -> bool:
+    """Whether every one of ``pids`` stops running within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while any(running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(running(p) for p in pids)
