@@ -1,4 +1,5 @@
-"""The ``harness`` command: train, evaluate, propose, analyse, validate and benchmark attention programs."""
+"""The ``harness`` command: train, evaluate, propose, analyse, validate, run whole campaigns and benchmark
+attention programs."""
 
 from __future__ import annotations
 
@@ -24,10 +25,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from harness.sandbox.loader import load_attention
     from harness.sandbox.train import train
 
+    from harness.trusted.evaluate import check_program_file, static_gate
+    from harness.trusted.frameworks import get_framework
+    from harness.trusted.program import splice
+
+    framework, text = check_program_file(args.program)
+    spliced = splice(get_framework(framework).seed_source(), text)  # what the evaluator would train
+    problem = static_gate(framework, spliced)
+    if problem:
+        raise ConfigError(f"{args.program}: refused by the static gate ({problem[0].value}): {problem[1]}")
     profile = get_profile(args.profile)
     require_device(profile)
     path = Path(args.program)
-    attention_cls = load_attention(path.read_text(), str(path))
+    attention_cls = load_attention(spliced, str(path))
     _log(f"profile {profile.name} on {profile.device}: {profile.steps} steps, batch {profile.batch_size_seqs} x "
          f"{profile.context_len_tokens} tokens, data {profile.data_source}")
     data = load_token_data(profile.data_source, profile.vocab_size, profile.val_tokens, default_cache_dir(),
@@ -54,6 +64,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from harness.trusted.evaluate import evaluate, prepare
     from harness.trusted.profiles import get_profile
 
+    if not Path(args.program).is_file():
+        raise ConfigError(f"{args.program}: no such file")
     profile = get_profile(args.profile)
     prepare(args.framework, profile, executor_name=args.executor)
     result = evaluate(args.framework, args.program, profile, executor_name=args.executor)
@@ -103,11 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands defined beside the code they drive; each module exposes register(subparsers).
     from harness.analysis import commands as analysis_commands
+    from harness.campaign import commands as campaign_commands
     from harness.diagnostics import bench, gpu_check
     from harness.proposer import commands as proposer_commands
     from harness.validation import commands as validation_commands
 
-    for module in (proposer_commands, analysis_commands, validation_commands, bench, gpu_check):
+    for module in (proposer_commands, analysis_commands, validation_commands, campaign_commands, bench, gpu_check):
         module.register(sub)
     return parser
 
@@ -119,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError) as exc:
-        print(f"harness: {exc}", file=sys.stderr)
+        print(f"harness {args.command}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.analysis.measures import rank_group
+from harness.analysis.measures import rank_group, spearman_test
 from harness.analysis.report import analyze
 from harness.analysis.runs import load_run
 from harness.trusted import ledger
@@ -41,7 +41,9 @@ class DB:
 
     def add(self, name, code, parent=None, iteration=0, score=1.0, reason="ok", fp="fpA0000000000000",
             early=None, final=None, artifacts=True, ledger_row=True, extra=None):
-        pid = str(uuid.UUID(int=((len(self.programs) + 1) * 0x11111111) << 96))  # distinct 8-character prefixes
+        n = len(self.programs) + 1
+        prefix = f"{n:x}" * 8 if n < 16 else f"{n:04x}" * 2  # distinct 8-character prefixes
+        pid = str(uuid.UUID(prefix[:8] + "0" * 24))
         valid = reason == "ok"
         metrics = {"combined_score": score if valid else 0.0, "valid": 1.0 if valid else 0.0,
                    "param_ratio": 1.0 + 0.01 * len(self.programs), "flop_ratio": 1.0 + 0.02 * len(self.programs)}
@@ -168,11 +170,17 @@ def test_known_database(known_db, tmp_path):
     # Spearman: 3 valid programs in group A, 1 in B: too few, said plainly
     assert run["spearman"]["fpA0000000000000"]["rho"] is None
     assert "Too few points" in run["spearman"]["fpA0000000000000"]["text"]
+    # no early_val_step metric in these rows: the step is the smoke profile's first validation
+    assert run["spearman"]["fpA0000000000000"]["early_step"] == 100
+    assert "profile smoke" in run["spearman"]["fpA0000000000000"]["early_step_source"]
+    # no stopping rule fires on these eight iterations
+    assert [r["fired_at"] for r in run["stopping_rules"]] == [None] * 4
 
     report = (out / "report.md").read_text()
     assert "Refusing to rank across fingerprints" in report
     assert "NOT comparable" in report
     assert "Unverifiable: 1 program(s)" in report
+    assert "not triggered" in report
     assert "Too few points" in report
     assert "(20.0%)" in report  # the re-introduction rate
     assert "No valid diffs found in response" in report
@@ -262,6 +270,7 @@ def test_cli_analyze(known_db, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "run_ttr [ttr]: 6 evaluated, 5 valid, 3 log-only failures" in out
     assert "2 fingerprint group(s), 1 unverifiable" in out
+    assert "stopping rules (flagged, nothing stopped): none triggered" in out
 
 
 def test_run_without_checkpoint_or_logs(tmp_path):
@@ -275,3 +284,123 @@ def test_run_without_checkpoint_or_logs(tmp_path):
     assert run["log_failure_kinds"] == {"llm_failed": 1}
     report = (tmp_path / "r" / "report.md").read_text()
     assert "no checkpoint found" in report and "No program in the database." in report
+
+
+CTOR = "dropout: float = 0.1, max_seq_len: int = 128, *,"
+
+
+def variant(i: int, code: str = SEED) -> str:
+    """A program whose EVOLVE block differs from every other variant's (a comment on the constructor line)."""
+    return mutate(code, CTOR, f"{CTOR}  # v{i}")
+
+
+def test_spearman_exact_p_value_and_interval(tmp_path):
+    """rho = 1 with n = 9: the exact two-sided permutation p is 2/9!, not the asymptotic 'p < 1e-300'."""
+    db = DB(tmp_path / "run_nine")
+    db.root.mkdir()
+    db.add("root", SEED, iteration=0, score=1.0, early=5.0, final=3.0, extra={"early_val_step": 250})
+    for i in range(1, 9):
+        final = 3.0 - 0.05 * i
+        db.add(f"p{i}", variant(i), "root", i, score=math.exp(3.0 - final), early=5.0 - 0.1 * i, final=final,
+               extra={"early_val_step": 250})
+    db.write(10, [])
+    result = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")
+    sp = result["runs"][0]["spearman"]["fpA0000000000000"]
+    assert sp["n"] == 9 and sp["rho"] == pytest.approx(1.0)
+    assert sp["p"] == pytest.approx(2 / math.factorial(9))
+    assert sp["p_method"] == "exact permutation"
+    assert sp["ci_low"] == pytest.approx(1.0) and sp["ci_high"] == pytest.approx(1.0)
+    assert sp["early_step"] == 250 and sp["early_step_source"] == "metric early_val_step"
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "p = 5.5e-06 (exact permutation)" in report
+    assert "1e-300" not in report
+    assert "95% CI 1.00 to 1.00, percentile bootstrap" in report
+    assert "training step 250 of the largest rung" in report
+
+
+def test_spearman_test_monte_carlo_above_nine_points():
+    early = [float(i) for i in range(12)]
+    final = [float(i) for i in (0, 2, 1, 3, 5, 4, 6, 7, 9, 8, 10, 11)]
+    res = spearman_test(early, final)
+    assert res["p_method"] == "Monte Carlo permutation, 99999 resamples"
+    assert 1 / 100_000 <= res["p"] < 1e-3  # bounded below by 1/(resamples + 1)
+    assert res["ci_low"] < res["rho"] <= res["ci_high"] <= 1.0
+    assert res == spearman_test(early, final)  # fixed seeds: the same numbers every time
+    # ties and a two-valued variable: defined, with the degenerate resamples counted, not fatal
+    tied = spearman_test([1.0, 1.0, 2.0, 2.0, 3.0], [0.0, 0.0, 0.0, 1.0, 1.0])
+    assert -1.0 <= tied["ci_low"] <= tied["ci_high"] <= 1.0
+    assert tied["ci_undefined_resamples"] > 0
+    assert tied["p_method"] == "exact permutation"
+
+
+def test_identical_blocks_count_once(tmp_path):
+    """Re-evaluations of the same EVOLVE block (up to surrounding and trailing whitespace) are one program
+    in the ranking and in the correlation; the best evaluation of the block represents it."""
+    db = DB(tmp_path / "run_dup")
+    db.root.mkdir()
+    db.add("root", SEED, iteration=0, score=1.0)
+    for i in range(1, 6):
+        db.add(f"p{i}", variant(i), "root", i, score=1.0 + 0.01 * i)
+    # p2 again, with trailing spaces on a line of the block; a second evaluation of it scores higher
+    again = mutate(variant(2), f"{CTOR}  # v2", f"{CTOR}  # v2   ")
+    db.add("p2_again", again, "p2", 6, score=1.2)
+    db.add("p4_again", variant(4), "p4", 7, score=1.0 + 0.01 * 4)  # a tie: the earlier p4 represents it
+    db.write(10, [])
+    result = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")
+    run = result["runs"][0]
+    ids = {n: p["id"] for n, p in db.by_name.items()}
+    group = run["groups"]["fpA0000000000000"]
+    assert group["duplicates"]["merged"] == 2
+    assert group["duplicates"]["copies_of"] == {ids["p2_again"]: [ids["p2"]], ids["p4"]: [ids["p4_again"]]}
+    top = [r["id"] for r in group["top"]]
+    assert top[0] == ids["p2_again"] and ids["p2"] not in top and ids["p4_again"] not in top
+    assert len(top) == 6  # root and five distinct variants
+    sp = run["spearman"]["fpA0000000000000"]
+    assert sp["n"] == 6 and sp["duplicates_merged"] == 2
+    assert run["validity"]["evaluated"] == 8  # every evaluation still counts as an evaluation
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "(6 distinct valid; 2 duplicate evaluation(s) merged" in report
+    assert "2 duplicate(s) of an identical EVOLVE block merged" in report
+
+
+def test_stopping_rules_flagged(tmp_path):
+    """(a) no improvement in 10 evaluated iterations, (b) more than 5 invalid in a row (log-only failures
+    included), (c) a valid program below half the baseline's score; (d) stays quiet here."""
+    db = DB(tmp_path / "run_stop")
+    db.root.mkdir()
+    db.add("root", SEED, iteration=0, score=1.0)
+    db.add("p1", variant(1), "root", 1, score=1.1)
+    for i in range(2, 12):  # ten evaluated iterations without improvement: fires at 11
+        db.add(f"p{i}", variant(i), "p1", i, score=0.4 if i == 5 else 1.1)  # 5: more than 50% below the baseline
+    for i in (12, 13, 14, 17):  # 12-14 rejected, 15-16 failed before evaluation, 17 rejected: sixth invalid
+        db.add(f"p{i}", variant(i), "p1", i, reason="causality")
+    db.add("p18", variant(18), "p1", 18, score=1.2)
+    logs = [log_line("WARNING", f"Iteration {i} error: No valid diffs found in response") for i in (15, 16)]
+    db.write(20, logs)
+    result = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")
+    rules = {r["rule"]: r for r in result["runs"][0]["stopping_rules"]}
+    assert rules["no_improvement"]["fired_at"] == 11
+    assert rules["invalid_in_a_row"]["fired_at"] == 17
+    assert "longest run of invalid iterations: 6" in rules["invalid_in_a_row"]["detail"]
+    assert rules["low_fitness"]["fired_at"] == 5
+    assert rules["mostly_nonfinite"]["fired_at"] is None
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "### Stopping rules (flagged only: nothing was stopped)" in report
+    assert "| **11** |" in report and "| **17** |" in report and "| **5** |" in report
+    assert "no_improvement at 11, invalid_in_a_row at 17, low_fitness at 5" in report
+    assert report.count("not triggered") == 1
+
+
+def test_mostly_nonfinite_flagged(tmp_path):
+    db = DB(tmp_path / "run_nan")
+    db.root.mkdir()
+    db.add("root", SEED, iteration=0, score=1.0)
+    for i in range(1, 13):  # nonfinite at 1, 3, 4, 6, 7, 9, 10: a majority first judged at the 10th iteration
+        reason = "nonfinite" if i in (1, 3, 4, 6, 7, 9, 10) else "ok"
+        db.add(f"p{i}", variant(i), "root", i, score=1.0 + 0.01 * i, reason=reason)
+    db.write(15, [])
+    rules = {r["rule"]: r for r in analyze([db.root], ledger_path=db.ledger,
+                                            out_dir=tmp_path / "r")["runs"][0]["stopping_rules"]}
+    assert rules["mostly_nonfinite"]["fired_at"] == 10
+    assert rules["mostly_nonfinite"]["detail"] == "7 of 12 iteration(s) nonfinite"
+    assert rules["invalid_in_a_row"]["fired_at"] is None

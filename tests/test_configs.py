@@ -95,3 +95,18 @@ def test_the_three_configs_differ_only_in_their_framework_text():
     assert "coefficient" in raw("cd")["prompt"]["system_message"]
     assert "regression" in raw("ttr")["prompt"]["system_message"]
     assert "mixer" in raw("mm")["prompt"]["system_message"]
+
+
+@pytest.mark.parametrize("fw", sorted(FRAMEWORKS))
+def test_early_stopping_is_the_users_rule(fw, monkeypatch):
+    """Rule (a) of the users' design: stop after 10 iterations without improvement of the best score.
+    The keys are top-level in OpenEvolve 0.4.0 (Config.early_stopping_patience, read by process_parallel.py);
+    harness analyze replays the same rule with the same numbers."""
+    from harness.analysis.measures import CONVERGENCE_THRESHOLD, PATIENCE
+
+    assert raw(fw)["early_stopping_patience"] == 10
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    config = Config.from_yaml(str(CONFIGS[fw]))
+    assert config.early_stopping_patience == PATIENCE == 10
+    assert config.convergence_threshold == CONVERGENCE_THRESHOLD
+    assert config.early_stopping_metric == "combined_score"

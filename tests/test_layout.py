@@ -3,7 +3,7 @@
 - ``harness/trusted/`` runs in OpenEvolve's processes and in the commands around the loop. It imports neither torch,
   nor the sandbox side, nor the frozen model, nor any tool.
 - ``harness/sandbox/`` and ``harness/scaffold.py`` run in the sandbox process, next to candidate code.
-- The tools around the loop (``proposer/``, ``analysis/``, ``validation/``) never import the sandbox side: they reach
+- The tools around the loop (``proposer/``, ``analysis/``, ``validation/``, ``campaign/``) never import the sandbox side: they reach
   candidate code only through the evaluator's executor. ``diagnostics/`` holds the developer commands that time a
   program in their own process.
 - No import cycle anywhere in ``harness/``.
@@ -23,7 +23,7 @@ import harness
 HARNESS = Path(harness.__file__).resolve().parent
 ROOT = HARNESS.parent
 
-TOOL_PACKAGES = {"proposer", "analysis", "validation", "diagnostics"}
+TOOL_PACKAGES = {"proposer", "analysis", "validation", "campaign", "diagnostics"}
 TOP_LEVEL = {"harness", "harness.cli", "harness.scaffold"}
 LOADS_PROGRAMS = {"harness.sandbox.entry", "harness.sandbox.objective", "harness.cli", "harness.diagnostics.bench",
                   "harness.diagnostics.gpu_check"}
@@ -114,7 +114,7 @@ def test_the_trusted_side_imports_neither_torch_nor_the_sandbox_side_nor_a_tool(
 
 def test_the_tools_around_the_loop_never_import_the_sandbox_side():
     for name in MODULES:
-        if name.split(".")[1:2] in (["proposer"], ["analysis"], ["validation"]):
+        if name.split(".")[1:2] in (["proposer"], ["analysis"], ["validation"], ["campaign"]):
             reached = {m for m in GRAPH[name] if _side(m) == "sandbox"}
             assert not reached, f"{name} imports the sandbox side: {sorted(reached)}"
 

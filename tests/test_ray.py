@@ -246,7 +246,7 @@ def test_validate_trains_three_seeds_concurrently_on_the_cluster(ray_cluster, tm
     assert c["evaluation"]["reason"] == "ok"
     for side in ("baseline", "candidate"):
         runs = c["runs"][side]
-        assert [r["seed"] for r in runs] == [1, 2, 3] and all(r["ok"] for r in runs)
+        assert [r["seed"] for r in runs] == [42, 43, 44] and all(r["ok"] for r in runs)
         assert all(r["execution"]["executor"] == "ray" and r["execution"]["node_ip"] for r in runs)
         # Three seeds at once: every run started before any of them ended.
         assert max(r["execution"]["started_at"] for r in runs) < min(r["execution"]["ended_at"] for r in runs), side

@@ -14,7 +14,7 @@ from harness.trusted.frameworks import FRAMEWORKS
 from harness.sandbox.objective import TrainingFailure, run_objective, train_rungs_concurrently
 from harness.trusted.profiles import get_profile
 from harness.sandbox.loader import load_attention
-from harness.sandbox.train import LossMonitor, lr_at, train
+from harness.sandbox.train import LossMonitor, lr_at, train, train_curve_interval
 
 SEED_FW = FRAMEWORKS["cd"]
 SEED_CLS = load_attention(SEED_FW.seed_source(), str(SEED_FW.seed_path))
@@ -70,7 +70,11 @@ def test_same_seed_same_curves_and_a_different_seed_differs(data):
     assert a.status == b.status == "ok"
     assert a.train_curve == b.train_curve and a.val_curve == b.val_curve and a.final_val_loss == b.final_val_loss
     assert [s for s, _ in a.val_curve] == [20, 40]
-    assert [s for s, _ in a.train_curve] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert train_curve_interval(SHORT) == 1  # about 100 points per run: every step of a 40-step run
+    assert [s for s, _ in a.train_curve] == list(range(1, 41))
+    longer = dataclasses.replace(SHORT, steps=1000, eval_interval_steps=100)
+    assert train_curve_interval(longer) == 10 and train_curve_interval(get_profile("full")) == 1000
+    assert a.grad_norm_mean > 0 and a.grad_norm_var >= 0 and a.loss_roughness > 0 and a.peak_memory_mib > 0
     c = train(SEED_CLS, SHORT, SHORT.ladder[0], data, seed=1)
     assert c.val_curve != a.val_curve and c.train_curve != a.train_curve
     assert torch.get_num_threads() == threads  # the engine restores the caller's thread count
@@ -94,7 +98,8 @@ def test_nonfinite_loss_stops_at_the_exact_first_bad_step(data, nan_program):
     assert result.status == "nonfinite"
     assert result.nonfinite_step == NAN_AT_STEP and result.steps_done == NAN_AT_STEP
     assert result.final_val_loss is None
-    assert [s for s, _ in result.train_curve] == [5, 10] and all(math.isfinite(v) for _, v in result.train_curve)
+    assert [s for s, _ in result.train_curve] == list(range(1, NAN_AT_STEP))
+    assert all(math.isfinite(v) for _, v in result.train_curve)
 
 
 def test_sparse_checks_still_report_the_exact_first_bad_step(data, nan_program, monkeypatch):

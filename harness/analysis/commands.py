@@ -12,10 +12,6 @@ from harness.analysis.report import analyze
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    for r in args.runs:
-        if not Path(r).is_dir():
-            print(f"harness analyze: {r} is not a folder", flush=True)
-            return 2
     result = analyze([Path(r) for r in args.runs], Path(args.ledger) if args.ledger else None,
                      Path(args.out) if args.out else None, args.name, args.top)
     for s in result["runs"]:
@@ -24,6 +20,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"{s['name']} [{s['framework']}]: {v['evaluated']} evaluated, {v['valid']} valid, "
               f"{len(s['log_failures'])} log-only failures, best {bests or 'none'}, "
               f"{len(s['fingerprint_groups'])} fingerprint group(s), {len(s['unverifiable'])} unverifiable")
+        fired = ", ".join(f"{r['rule']} at iteration {r['fired_at']}" for r in s["stopping_rules"]
+                          if r["fired_at"] is not None)
+        print(f"  stopping rules (flagged, nothing stopped): {fired or 'none triggered'}")
     print(f"report: {result['report_path']}")
     return 0
 

@@ -10,10 +10,10 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from harness.analysis.measures import (best_so_far, fingerprint_groups, outcome_table, rank_group, reintroductions,
-                                       root_of, spearman, unified_block_diff)
+from harness.analysis.measures import (best_so_far, dedupe, fingerprint_groups, format_p, outcome_table, rank_group,
+                                       reintroductions, root_of, spearman, stopping_rules, unified_block_diff)
 from harness.analysis.plots import plot_early_vs_final, plot_fitness, plot_lineage, plot_rejections, short
-from harness.analysis.runs import Prog, Run, display_path, load_run
+from harness.analysis.runs import Prog, Run, display_path, load_run, require_run_folder
 from harness.trusted import ledger as ledger_mod
 from harness.trusted.frameworks import REPO_ROOT
 
@@ -153,7 +153,9 @@ def analyze_run(run: Run, out_dir: Path, top: int) -> tuple[dict, list[str]]:
         r = rank_group(members)
         ranked[fp] = r
         bsf = best_so_far(members)
-        gsum = {"best": None, "best_so_far": bsf, "top": []}
+        merged = dedupe(members)[1]
+        gsum = {"best": None, "best_so_far": bsf, "top": [],
+                "duplicates": {"merged": sum(len(v) for v in merged.values()), "copies_of": merged}}
         if r:
             best_ids.add(r[0].id)
             gsum["best"] = {"id": r[0].id, "iteration": r[0].iteration, "combined_score": r[0].score,
@@ -231,16 +233,23 @@ def analyze_run(run: Run, out_dir: Path, top: int) -> tuple[dict, list[str]]:
 
     # Top programs
     md.append(f"### Top programs (ranked within each fingerprint group; top {top})\n")
+    md.append("Programs whose EVOLVE block is the same text (stripped) are one entry: the best evaluation of the "
+              "block is listed, its copies are merged into it. The validity counts above count every evaluation.\n")
     for fp, r in ranked.items():
         rows = []
         for rank, p in enumerate(r[:top], 1):
             row = {"rank": rank, "id": p.id, "iteration": p.iteration, "combined_score": p.score,
                    "objective_value": p.objective_value(), "param_ratio": p.metric("param_ratio"),
                    "flop_ratio": p.metric("flop_ratio"), "step_time_ratio": p.metric("step_time_ratio"),
-                   "memory_ratio": p.metric("memory_ratio"), "early_val_loss": p.metric("early_val_loss")}
+                   "memory_ratio": p.metric("memory_ratio"), "early_val_loss": p.metric("early_val_loss"),
+                   "early_val_step": p.metric("early_val_step")}
             rows.append(row)
         summary["groups"][fp]["top"] = rows
-        md.append(f"Fingerprint `{fp}` ({len(r)} valid):\n")
+        dup = summary["groups"][fp]["duplicates"]
+        dup_text = (f"; {dup['merged']} duplicate evaluation(s) merged: "
+                    + ", ".join(f"`{rep[:8]}` ← " + ", ".join(f"`{c[:8]}`" for c in copies)
+                                for rep, copies in dup["copies_of"].items())) if dup["merged"] else ""
+        md.append(f"Fingerprint `{fp}` ({len(r)} distinct valid{dup_text}):\n")
         md.append("| rank | program | iteration | combined_score | objective | param ratio | FLOP ratio | "
                   "step-time ratio | memory ratio |")
         md.append("|---|---|---|---|---|---|---|---|---|")
@@ -262,6 +271,19 @@ def analyze_run(run: Run, out_dir: Path, top: int) -> tuple[dict, list[str]]:
         md.append("- no verifiable programs.")
     if plot_early_vs_final(run, sp, out_dir / f"{slug}_early_vs_final.png"):
         md.append(f"\n![early vs final]({slug}_early_vs_final.png)")
+    md.append("")
+
+    # Stopping rules
+    rules = stopping_rules(run)
+    summary["stopping_rules"] = rules
+    md.append("### Stopping rules (flagged only: nothing was stopped)\n")
+    md.append("Where each of the users' stopping rules would first have stopped this run. Rule (a) is OpenEvolve's "
+              "own early stopping as the configs set it (`early_stopping_patience`), replayed in iteration order.\n")
+    md.append("| rule | would have fired at iteration | detail |")
+    md.append("|---|---|---|")
+    for label, rule in zip("abcd", rules):
+        fired = f"**{rule['fired_at']}**" if rule["fired_at"] is not None else "not triggered"
+        md.append(f"| ({label}) {rule['description']} | {fired} | {rule['detail']} |")
     md.append("")
 
     # Re-introductions
@@ -286,17 +308,19 @@ def _per_framework_table(summaries: list[dict]) -> list[str]:
           "combined_score is each framework's ratio to its OWN pristine seed (1.0 = parity). Best scores are "
           "shown per fingerprint group and are comparable only between rows with the same fingerprint.\n",
           "| run | framework | iterations | evaluated | valid | validity | log-only failures | best combined_score "
-          "(per fingerprint) | re-introduction rate | Spearman early/final |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "(per fingerprint) | re-introduction rate | Spearman early/final | stopping rules fired (iteration) |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         v = s["validity"]
         bests = "; ".join(f"{g['best']['combined_score']:.4f} (`{fp[:8]}`)" for fp, g in s["groups"].items() if g["best"])
-        rho = "; ".join(f"{r['rho']:.2f} (`{fp[:8]}`)" if r.get("rho") is not None else f"n={r['n']}, too few (`{fp[:8]}`)"
-                        for fp, r in s["spearman"].items())
+        rho = "; ".join(f"{r['rho']:.2f}, p = {format_p(r['p'])} (`{fp[:8]}`)" if r.get("rho") is not None
+                        else f"n={r['n']}, too few (`{fp[:8]}`)" for fp, r in s["spearman"].items())
+        fired = ", ".join(f"{r['rule']} at {r['fired_at']}" for r in s["stopping_rules"] if r["fired_at"] is not None)
         rate = s["reintroductions"]["rate"]
         md.append(f"| `{s['name']}` | {s['framework']} | {s['last_iteration']} | {v['evaluated']} | {v['valid']} | "
                   f"{_fmt(v['rate_of_evaluated'], 3) if v['rate_of_evaluated'] is not None else '–'} | "
-                  f"{len(s['log_failures'])} | {bests or '–'} | {f'{rate:.1%}' if rate is not None else '–'} | {rho or '–'} |")
+                  f"{len(s['log_failures'])} | {bests or '–'} | {f'{rate:.1%}' if rate is not None else '–'} | "
+                  f"{rho or '–'} | {fired or 'none'} |")
     fps = {fp for s in summaries for fp in s["groups"]}
     if len(fps) > 1:
         md.append(f"\n**Not comparable across fingerprints:** these runs span {len(fps)} fingerprint groups "
@@ -315,7 +339,7 @@ def analyze(run_dirs: list[Path], ledger_path: Path | None = None, out_dir: Path
         from harness.trusted.profiles import ConfigError
 
         raise ConfigError("matplotlib is not installed (the report's plots need it): pip install -e '.[plots]'")
-    run_dirs = [Path(r) for r in run_dirs]
+    run_dirs = [require_run_folder(r) for r in run_dirs]  # before anything is written
     ledger_path = Path(ledger_path or ledger_mod.default_ledger_path())
     rows = ledger_mod.evaluations(ledger_path) if ledger_path.exists() else []
     name = name or "+".join(r.resolve().name for r in run_dirs)

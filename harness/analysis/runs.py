@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.trusted import program as program_mod
-from harness.trusted.frameworks import FRAMEWORKS, REPO_ROOT
+from harness.trusted.frameworks import FRAMEWORKS, REPO_ROOT, framework_of
+from harness.trusted.profiles import ConfigError
 
-CLASS_TO_FRAMEWORK = {fw.class_name: fw.name for fw in FRAMEWORKS.values()}
-_CLASS_RE = re.compile(r"^\s*class\s+(" + "|".join(map(re.escape, CLASS_TO_FRAMEWORK)) + r")\b", re.M)
 
 # OpenEvolve 0.4.0 log lines (process_parallel.py) that mark an iteration that produced no program.
 _LOG_PATTERNS = [
@@ -60,12 +59,6 @@ def display_path(path) -> str:
         except (ValueError, OSError):
             continue
     return str(path)
-
-
-def framework_of(code: str) -> str | None:
-    """The framework whose attention class the code defines (cd, ttr, mm), or None."""
-    found = _CLASS_RE.findall(code or "")
-    return CLASS_TO_FRAMEWORK[found[0]] if found else None
 
 
 @dataclass
@@ -275,8 +268,19 @@ def join_ledger(prog: Prog, by_id: dict[int, dict], by_hash: dict[str, list[dict
                 f"{len(matches)} ledger rows with this code under different fingerprints; the closest in time used"
 
 
-def load_run(run_dir: Path, ledger_rows: list[dict]) -> Run:
+def require_run_folder(run_dir: Path) -> Path:
+    """The folder, if it holds an OpenEvolve run (its checkpoints or its logs); a ConfigError saying why not."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such folder")
+    if not (run_dir / "checkpoints").is_dir() and not (run_dir / "logs").is_dir() and not (run_dir / "programs").is_dir():
+        raise ConfigError(f"{run_dir}: not an OpenEvolve output folder (no checkpoints/, logs/ or programs/ inside); "
+                          "give the folder passed to openevolve-run --output")
+    return run_dir
+
+
+def load_run(run_dir: Path, ledger_rows: list[dict]) -> Run:
+    run_dir = require_run_folder(run_dir)
     checkpoint = latest_checkpoint(run_dir)
     root = _run_root(run_dir, checkpoint)
     metadata, programs, notes = {}, {}, []

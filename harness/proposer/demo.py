@@ -107,13 +107,40 @@ def run_demo(framework: str, iterations: int, output_dir: Path, adversarial_ever
              echo: bool | Callable[[str], None] = False) -> DemoRun:
     """Run stock ``openevolve-run`` on one framework against an in-process proposer.
 
-    The subprocess runs with its working directory set to ``output_dir`` (OpenEvolve writes large
-    artifacts to ``./artifacts``), ``HARNESS_PROFILE=smoke`` unless ``extra_env`` says otherwise, and
-    ``OPENAI_API_KEY=local`` if unset. ``checkpoint`` resumes: OpenEvolve continues at
-    last_iteration + 1 and runs ``iterations`` more. Its exit code is 0 even when every iteration
-    failed: check the checkpoints and the ledger. Past ``timeout_s`` the run is killed, its sandboxes
-    included. Proposals are logged to ``output_dir/proposals.jsonl`` (appended on resume, so the request
-    numbering and the adversarial cycle continue), OpenEvolve's output to ``output_dir/openevolve.out``."""
+    ``HARNESS_PROFILE=smoke`` unless ``extra_env`` says otherwise. ``checkpoint`` resumes: OpenEvolve continues
+    at last_iteration + 1 and runs ``iterations`` more. Its exit code is 0 even when every iteration failed:
+    check the checkpoints and the ledger. Proposals are logged to ``output_dir/proposals.jsonl`` (appended on
+    resume, so the request numbering and the adversarial cycle continue)."""
+    return run_with_builtin_proposer(framework, iterations, output_dir=output_dir, adversarial_every=adversarial_every,
+                                     seed=seed, checkpoint=checkpoint,
+                                     extra_env={"HARNESS_PROFILE": "smoke", **(extra_env or {})},
+                                     timeout_s=timeout_s, echo=echo)
+
+
+def run_with_builtin_proposer(framework: str, iterations: int, *, output_dir: Path, seed: int = 0,
+                              adversarial_every: int = 0, **kwargs) -> DemoRun:
+    """``run_openevolve`` against the built-in proposer, served in-process on an ephemeral localhost port."""
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    server = ProposerServer("127.0.0.1", 0, Proposer(seed, adversarial_every, output_dir / "proposals.jsonl"))
+    server.start_background()
+    try:
+        return run_openevolve(framework, iterations, output_dir=output_dir, api_base=server.url, model=MODEL_NAME,
+                              **kwargs)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_openevolve(framework: str, iterations: int, *, output_dir: Path, api_base: str, model: str,
+                   config_path: Path | None = None, checkpoint: Path | None = None, extra_env: dict | None = None,
+                   timeout_s: float = 900, echo: bool | Callable[[str], None] = False) -> DemoRun:
+    """Run stock ``openevolve-run`` on one framework against an OpenAI-compatible endpoint.
+
+    The subprocess runs with its working directory set to ``output_dir`` (OpenEvolve writes large artifacts to
+    ``./artifacts``), ``OPENAI_API_KEY=local`` if unset, and ``config_path`` (default the framework's config in
+    ``openevolve_configs/``). OpenEvolve's output goes to ``output_dir/openevolve.out``. Past ``timeout_s`` the
+    run is killed, its sandboxes included."""
     from harness.trusted import ledger
 
     if framework not in FRAMEWORKS:
@@ -121,51 +148,45 @@ def run_demo(framework: str, iterations: int, output_dir: Path, adversarial_ever
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     proposals_path, log_path = output_dir / "proposals.jsonl", output_dir / "openevolve.out"
-    env = {**os.environ, "HARNESS_PROFILE": "smoke", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.setdefault("OPENAI_API_KEY", "local")
     env.update({k: str(v) for k, v in (extra_env or {}).items()})
     ledger_path = Path(env["HARNESS_LEDGER"]) if env.get("HARNESS_LEDGER") else ledger.default_ledger_path()
     say = echo if callable(echo) else (lambda line: print(line, flush=True)) if echo else (lambda line: None)
 
-    server = ProposerServer("127.0.0.1", 0, Proposer(seed, adversarial_every, proposals_path))
-    server.start_background()
     fw = FRAMEWORKS[framework]
+    config = Path(config_path) if config_path else REPO_ROOT / "openevolve_configs" / f"{framework}.yaml"
     cmd = _openevolve_command() + [
         str(fw.seed_path), str(REPO_ROOT / "evaluators" / f"{framework}_eval.py"),
-        "--config", str(REPO_ROOT / "openevolve_configs" / f"{framework}.yaml"),
-        "--iterations", str(iterations), "--output", str(output_dir),
-        "--api-base", server.url, "--primary-model", MODEL_NAME,
+        "--config", str(config.resolve()), "--iterations", str(iterations), "--output", str(output_dir),
+        "--api-base", api_base, "--primary-model", model,
     ]
     if checkpoint is not None:
         cmd += ["--checkpoint", str(Path(checkpoint).resolve())]
     started = time.time()
     timed_out = False
-    try:
-        with open(log_path, "a") as log:
-            log.write(f"$ {' '.join(cmd)}\n")
-            log.flush()
-            proc = subprocess.Popen(cmd, cwd=output_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace")
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, cwd=output_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace")
 
-            def pump():
-                for line in proc.stdout:
-                    log.write(line)
-                    log.flush()
-                    say(line.rstrip("\n"))
+        def pump():
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                say(line.rstrip("\n"))
 
-            reader = threading.Thread(target=pump, daemon=True)
-            reader.start()
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_tree(proc)
-            reader.join(timeout=10)
-            if timed_out:
-                log.write(f"\n[harness demo] killed after {timeout_s:.0f} s\n")
-    finally:
-        server.shutdown()
-        server.server_close()
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_tree(proc)
+        reader.join(timeout=10)
+        if timed_out:
+            log.write(f"\n[harness] openevolve-run killed after {timeout_s:.0f} s\n")
     return DemoRun(output_dir, ledger_path, proc.returncode if not timed_out else -9, log_path, proposals_path,
                    time.time() - started, timed_out)
 

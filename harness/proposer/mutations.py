@@ -21,11 +21,8 @@ from dataclasses import dataclass
 
 from harness.proposer.catalogue import (ADVERSARIAL_KINDS, CATALOGUE, EXPECTED_REASON, FAMILY_WEIGHTS, INIT_STD,
                                         Knob)
-from harness.trusted.frameworks import FRAMEWORKS
-
-START = "# EVOLVE-BLOCK-START"
-END = "# EVOLVE-BLOCK-END"
-CLASS_TO_FRAMEWORK = {fw.class_name: fw.name for fw in FRAMEWORKS.values()}
+from harness.trusted.frameworks import CLASS_TO_FRAMEWORK, FRAMEWORKS, framework_of
+from harness.trusted.program import END, START
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -47,9 +44,8 @@ def extract_program(text: str) -> str | None:
 
 
 def identify_framework(program: str) -> str | None:
-    for class_name, fw in CLASS_TO_FRAMEWORK.items():
-        if re.search(rf"^\s*class {class_name}\b", program, re.M):
-            return fw
+    if framework_of(program):
+        return framework_of(program)
     m = re.search(r"^ATTENTION\s*=\s*(\w+)", program, re.M)
     return CLASS_TO_FRAMEWORK.get(m.group(1)) if m else None
 

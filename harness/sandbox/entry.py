@@ -167,8 +167,9 @@ def evaluate(request: dict) -> dict:
     return {**result, "reason": Reason.OK.value, "message": "trained", "objective": record}
 
 
-# The hyperparameters ``objective`` may override: the ones ``harness validate`` tunes.
-TUNABLE = ("lr", "warmup_steps", "weight_decay")
+# What ``objective`` may override, and the type of each: the hyperparameters ``harness validate`` tunes, and
+# the tuning horizon.
+OVERRIDABLE = {"lr": float, "warmup_steps": int, "weight_decay": float, "batch_size_seqs": int, "steps": int}
 
 
 def objective(request: dict) -> dict:
@@ -176,8 +177,11 @@ def objective(request: dict) -> dict:
 
     Used by ``harness validate`` (one call = one training job). The fingerprint is that of the profile as
     named (the overrides are recorded beside it, like the seed), so that the result can be checked against
-    the evaluator's. ``rungs`` is "objective" (what the profile's objective trains) or "ladder" (every
-    rung, for scaling-law fits whatever the objective)."""
+    the evaluator's. ``rungs`` is "objective" (what the profile's objective trains), "ladder" (every
+    rung, for scaling-law fits whatever the objective) or "reference" (the reference rung alone, for tuning).
+    ``prune_above`` [[step, loss], ...]: a median pruner's thresholds (see ``train``); a pruned run comes
+    back with reason "pruned" and its curve. ``mixing``: also measure the last trained model's token-mixing
+    matrices on the first validation window (``harness.sandbox.mixing``), for the report's pattern plot."""
     import dataclasses
 
     from harness.sandbox.objective import TrainingFailure, run_objective
@@ -196,23 +200,27 @@ def objective(request: dict) -> dict:
         return {"reason": Reason.INFRASTRUCTURE.value, "message": f"the environment's fingerprint is {fp['id']}, "
                 f"not the expected {request['fingerprint_id']}", "fingerprint": fp}
     overrides = dict(request.get("hparams") or {})
-    unknown = sorted(set(overrides) - set(TUNABLE))
+    unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
         return {"reason": Reason.INFRASTRUCTURE.value, "message": f"cannot override {unknown}", "fingerprint": fp}
-    if "warmup_steps" in overrides:
-        overrides["warmup_steps"] = int(overrides["warmup_steps"])
-    tuned = dataclasses.replace(profile, **{k: (float(v) if k != "warmup_steps" else v) for k, v in overrides.items()})
+    tuned = dataclasses.replace(profile, **{k: OVERRIDABLE[k](v) for k, v in overrides.items()})
     seed = int(request.get("seed", profile.train_seed))
-    result = {"fingerprint": fp, "seed": seed, "hparams": {k: getattr(tuned, k) for k in TUNABLE}}
+    result = {"fingerprint": fp, "seed": seed, "hparams": {k: getattr(tuned, k) for k in OVERRIDABLE}}
     source, cls, failure = _load_program(request)
     if failure:
         return {**result, **failure}
-    rungs = list(profile.ladder) if request.get("rungs") == "ladder" else rungs_for(profile)
+    rungs = {"ladder": list(profile.ladder), "reference": [tuple(profile.reference)]}.get(request.get("rungs"),
+                                                                                         rungs_for(profile))
+    prune_above = {int(step): float(loss) for step, loss in request.get("prune_above") or []}
     start = time.perf_counter()
     try:
-        record, _ = run_objective(cls, tuned, data, seed=seed, log=_log, source=source, filename="evolved_program.py",
-                                  rungs=rungs)
+        record, model = run_objective(cls, tuned, data, seed=seed, log=_log, source=source,
+                                      filename="evolved_program.py", rungs=rungs, prune_above=prune_above or None)
+        if request.get("mixing"):
+            record["mixing"] = _mixing(model, tuned, data, record["runs"][-1]["rung"], seed)
     except TrainingFailure as exc:
+        if exc.status == "pruned":
+            return {**result, "reason": "pruned", "runs": exc.runs, "message": exc.message}
         reason = Reason.NONFINITE if exc.status == "nonfinite" else Reason.DIVERGED
         return {**result, "reason": reason.value, "runs": exc.runs, "message": exc.message}
     except TensorSubclassError as exc:
@@ -220,11 +228,23 @@ def objective(request: dict) -> dict:
     except Exception as exc:
         return {**result, "reason": Reason.CRASH.value, "message": f"training raised {type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(limit=-4)}
-    record.update(value=-record["fitness"], wall_s=time.perf_counter() - start)
-    if not math.isfinite(record["value"]):
+    record["wall_s"] = time.perf_counter() - start
+    if not math.isfinite(record["final_loss"]):
         return {**result, "reason": Reason.NONFINITE.value, "message": "the objective is not finite",
                 "runs": record["runs"]}
     return {**result, "reason": Reason.OK.value, "message": "ok", "record": record}
+
+
+def _mixing(model, profile, data, rung, seed: int) -> dict:
+    """The pattern plot's data; a program it cannot measure keeps its training result, with the error instead."""
+    from harness.sandbox.mixing import mixing_matrices
+    from harness.sandbox.train import validation_windows
+
+    try:
+        tokens = validation_windows(data.val, profile.context_len_tokens, next(model.parameters()).device)[0]
+        return {"rung": list(rung), "seed": seed, "layers": mixing_matrices(model, tokens)}
+    except Exception as exc:  # noqa: BLE001 - a drawing aid must never fail a training job
+        return {"rung": list(rung), "seed": seed, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def _load_program(request: dict) -> tuple[str | None, type | None, dict | None]:

@@ -42,16 +42,19 @@ class RungProcessError(RuntimeError):
 
 def run_objective(attention_cls: type, profile: Profile, data, seed: int | None = None, device: str | None = None,
                   log=None, *, source: str | None = None, filename: str | None = None,
-                  concurrent: bool | None = None, rungs: list[tuple] | None = None) -> tuple[dict, object]:
+                  concurrent: bool | None = None, rungs: list[tuple] | None = None,
+                  prune_above: dict[int, float] | None = None) -> tuple[dict, object]:
     """Train what the objective needs; returns (record, the last trained model). Raises TrainingFailure
     when a run stops on a non-finite or diverging loss.
 
     ``concurrent`` (default ``profile.concurrent_rungs``) trains the rungs at once in spawned processes,
     which re-create the class from the program's ``source`` (loaded under ``filename``); without the
     source the rungs train one after another. ``rungs`` (default: what the objective needs) may add rungs,
-    e.g. the whole ladder for a scaling-law fit whatever the objective; the record then also holds that fit."""
+    e.g. the whole ladder for a scaling-law fit whatever the objective; the record then also holds that fit.
+    ``prune_above``: see ``train``; the rungs then train one after another."""
     rungs = list(rungs) if rungs is not None else rungs_for(profile)
     concurrent = profile.concurrent_rungs if concurrent is None else concurrent
+    concurrent = concurrent and not prune_above
     if concurrent and len(rungs) > 1 and source is not None:
         outcomes = train_rungs_concurrently(source, filename or DEFAULT_PROGRAM_FILENAME, profile, rungs, data,
                                             seed=seed, device=device, log=log, keep_last_model=True,
@@ -67,7 +70,8 @@ def run_objective(attention_cls: type, profile: Profile, data, seed: int | None 
     else:
         runs, model = [], None
         for rung in rungs:
-            result = train(attention_cls, profile, rung, data, seed=seed, device=device, log=log, keep_model=True)
+            result = train(attention_cls, profile, rung, data, seed=seed, device=device, log=log, keep_model=True,
+                           prune_above=prune_above)
             runs.append(result.to_dict())
             model = result.model
             if result.status != "ok":
@@ -76,6 +80,9 @@ def run_objective(attention_cls: type, profile: Profile, data, seed: int | None 
 
 
 def _raise_failure(run: dict, runs: list[dict]):
+    if run["status"] == "pruned":
+        raise TrainingFailure("pruned", f"training at rung {tuple(run['rung'])} pruned at step {run['steps_done']}: "
+                              "its best validation loss was above the median of the finished trials", runs)
     where = f" at step {run['nonfinite_step']}" if run["nonfinite_step"] else f" by step {run['steps_done']}"
     raise TrainingFailure(run["status"], f"training at rung {tuple(run['rung'])} stopped: loss {run['status']}{where}",
                           runs)

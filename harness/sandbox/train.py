@@ -42,7 +42,7 @@ CPU_TRAIN_THREADS = 1
 class TrainResult:
     rung: tuple
     seed: int
-    status: str  # "ok", "nonfinite" or "diverged"
+    status: str  # "ok", "nonfinite", "diverged" or "pruned"
     final_val_loss: float | None
     val_curve: list[tuple[int, float]]
     train_curve: list[tuple[int, float]]
@@ -59,6 +59,14 @@ class TrainResult:
     eval_s: float = 0.0  # wall seconds spent in validation (excluded from ms_per_step)
     first_step_s: float = 0.0  # wall seconds of the first step: compilation, allocator and cache warm-up
     compile_mode: str | None = None  # torch.compile mode asked for (None when the profile does not compile)
+    # Secondary measures, reported and never scored: the gradient norm before clipping (mean and variance
+    # over the steps run), the loss's roughness (sd of the step-to-step change of the per-step training loss
+    # after warmup; lower is smoother), and the peak memory (CUDA: allocated by torch on the device; CPU:
+    # the training process's peak resident set, interpreter included).
+    grad_norm_mean: float | None = None
+    grad_norm_var: float | None = None
+    loss_roughness: float | None = None
+    peak_memory_mib: float | None = None
     model: LanguageModel | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -220,23 +228,26 @@ def train(
     log=None,
     keep_model: bool = False,
     on_step=None,
+    prune_above: dict[int, float] | None = None,
 ) -> TrainResult:
     """Train the frozen scaffold around ``attention_cls`` at one rung under one profile.
 
     ``on_step(step)``, if given, is called after each optimizer step (1-based), e.g. to advance a profiler's
-    schedule; it must not touch the model."""
+    schedule; it must not touch the model. ``prune_above`` {step: loss}: after the evaluation at such a step
+    (before the last), stop with status "pruned" when the best validation loss so far is above the loss
+    given, which is a median pruner's rule with the thresholds the tuner computed before the run."""
     dev = torch.device(device or profile.device)
     if dev.type != "cpu":
-        return _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_step)
+        return _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_step, prune_above)
     threads = torch.get_num_threads()
     torch.set_num_threads(CPU_TRAIN_THREADS)
     try:
-        return _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_step)
+        return _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_step, prune_above)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_step) -> TrainResult:
+def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_step, prune_above) -> TrainResult:
     seed = profile.train_seed if seed is None else seed
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
@@ -258,8 +269,11 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
 
     cuda_graphs = compile_mode == "reduce-overhead"
     check_every = CPU_CHECK_EVERY_STEPS if dev.type == "cpu" else CUDA_CHECK_EVERY_STEPS
-    curve_every = max(1, profile.eval_interval_steps // 4)
+    curve_every = train_curve_interval(profile)
     losses = torch.zeros(profile.steps, device=dev)
+    grad_norms = torch.zeros(profile.steps, device=dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     divergence_limit = profile.divergence_loss_factor * math.log(data.vocab_size)
     monitor = LossMonitor(losses, profile.warmup_steps, divergence_limit)
     val_curve = []
@@ -293,7 +307,7 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
             if rng is not None:
                 _set_rng_state(dev, rng)  # the same dropout masks as an eager run
             loss = _forward_backward(step_fn, x, y, dev, profile.bf16_autocast)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), profile.grad_clip_norm)
+        grad_norms[step] = torch.nn.utils.clip_grad_norm_(model.parameters(), profile.grad_clip_norm).detach()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses[step] = loss.detach()
@@ -323,6 +337,11 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
                 status, nonfinite_step = "nonfinite", step
                 curve_upto, curve_last = step, True
                 break
+            threshold = (prune_above or {}).get(step)
+            if threshold is not None and not last and min(v for _, v in val_curve) > threshold:
+                status, steps_done = "pruned", step
+                curve_upto, curve_last = step, True
+                break
             if log:
                 log(f"rung {rung} step {step}/{profile.steps} train {monitor.value(step):.4f} val {val:.4f} "
                     f"lr {lr_at(step - 1, profile):.2e}")
@@ -333,8 +352,14 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
     end = time.perf_counter()
     monitor.submit(steps_done)
     monitor.poll(wait=True)
-    train_curve = [(k, monitor.value(k)) for k in range(1, curve_upto + 1)
-                   if (k % curve_every == 0 or k == profile.steps) and (k < curve_upto or curve_last)]
+    # Each point is the mean training loss of the steps since the previous point, so that the curve is
+    # smooth enough to read the steps to 90 % of the final performance from it.
+    clean = monitor.host[: curve_upto if curve_last else max(0, curve_upto - 1)].to(torch.float64).numpy()
+    ends = [k for k in range(1, len(clean) + 1) if k % curve_every == 0 or k == profile.steps]
+    train_curve = [(k, float(clean[max(0, k - curve_every):k].mean())) for k in ends]
+    norms = grad_norms[:steps_done].float().cpu().numpy().astype(np.float64)
+    norms = norms[np.isfinite(norms)]
+    after_warmup = clean[profile.warmup_steps:]
     # `step` counts the steps actually run: past steps_done when a bad loss was seen a few steps late.
     if timing_start is not None and step > timing_step:
         timed, n_timed = end - timing_start - (eval_s - eval_s_at_timing), step - timing_step
@@ -362,5 +387,22 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
         eval_s=eval_s,
         first_step_s=first_step_s,
         compile_mode=compile_mode,
+        grad_norm_mean=float(norms.mean()) if len(norms) else None,
+        grad_norm_var=float(norms.var(ddof=1)) if len(norms) > 1 else None,
+        loss_roughness=float(np.diff(after_warmup).std(ddof=1)) if len(after_warmup) > 2 else None,
+        peak_memory_mib=_peak_memory_mib(dev),
         model=model if keep_model else None,
     )
+
+
+def train_curve_interval(profile: Profile) -> int:
+    """Steps per point of the training curve: about 100 points per run, and at least 4 per evaluation interval."""
+    return max(1, min(profile.eval_interval_steps // 4, profile.steps // 100))
+
+
+def _peak_memory_mib(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2 ** 20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

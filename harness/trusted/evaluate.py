@@ -21,7 +21,7 @@ from pathlib import Path
 from harness.trusted import confine, executor
 from harness.trusted import ledger
 from harness.trusted import program
-from harness.trusted.frameworks import ATTENTION_KWARGS, get_framework
+from harness.trusted.frameworks import ATTENTION_KWARGS, FRAMEWORKS, framework_of, get_framework
 from harness.trusted.policy import check_block, module_aliases
 from harness.trusted.profiles import ConfigError, Profile, confinement_policy, get_profile, require_device
 from harness.trusted.reasons import HINTS, Reason
@@ -179,11 +179,68 @@ def _wrap(metrics: dict, artifacts: dict):
     return EvaluationResult(metrics=metrics, artifacts=artifacts)
 
 
+def static_gate(framework: str, spliced: str) -> tuple[Reason, str] | None:
+    """The policy check of a spliced program: None, or (SYNTAX or POLICY, the message)."""
+    fw = get_framework(framework)
+    pristine = fw.seed_source()
+    parts = program.split(spliced)
+    try:
+        report = check_block(parts.block, fw.class_name, ATTENTION_KWARGS, module_aliases(parts.head),
+                             line_offset=program.block_offset(pristine) - 1)
+    except SyntaxError as exc:
+        return Reason.SYNTAX, f"line {(exc.lineno or 0) + program.block_offset(pristine) - 1}: {exc.msg}"
+    return None if report.ok else (Reason.POLICY, "; ".join(report.violations[:8]))
+
+
+def check_program_file(path, framework: str | None = None) -> tuple[str, str]:
+    """(framework, text) of a program named on a command line, or a ConfigError that says what is wrong with it:
+    no such file, no EVOLVE-BLOCK markers, no attention class of a known framework, a syntax error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    text = path.read_text(errors="replace")
+    try:
+        parts = program.split(text)
+    except program.FrozenRegionError as exc:
+        if not any(program.MARKER_LIKE.match(line) for line in text.splitlines()):
+            raise ConfigError(f"{path}: no EVOLVE-BLOCK markers: not a harness program (start from "
+                              "initial_programs/<framework>.py and edit between its markers)") from None
+        raise ConfigError(f"{path}: {exc}") from None
+    framework = framework or framework_of(text)
+    if framework is None:
+        raise ConfigError(f"{path}: no attention class of a known framework ("
+                          f"{', '.join(fw.class_name for fw in FRAMEWORKS.values())}): pass --framework")
+    get_framework(framework)
+    try:
+        compile(parts.block, str(path), "exec")
+    except SyntaxError as exc:
+        line = (exc.lineno or 0) + parts.head.count("\n")
+        raise ConfigError(f"{path}: syntax error at line {line}: {exc.msg}") from None
+    return framework, text
+
+
+def _die_with_openevolve() -> None:
+    """In OpenEvolve's worker processes (multiprocessing children), die with openevolve-run: a killed run would
+    otherwise leave its workers evaluating on, as orphans that ignore SIGTERM. Never in a command's own process."""
+    import multiprocessing
+
+    global _TIED_TO_PARENT
+    if not _TIED_TO_PARENT and multiprocessing.parent_process() is not None:
+        from harness.trusted.process_lifetime import die_with_parent
+
+        die_with_parent(os.getppid())
+        _TIED_TO_PARENT = True
+
+
+_TIED_TO_PARENT = False
+
+
 def evaluate(framework: str, program_path: str, profile: Profile | None = None, ledger_path: Path | None = None,
              executor_name: str | None = None):
     """Score one candidate file. Never raises; every rejection scores exactly 0.0 with a reason.
     ``executor_name``: local or ray (default ``$HARNESS_EXECUTOR``, else local)."""
     started = time.time()
+    _die_with_openevolve()
     try:
         return _evaluate(framework, program_path, profile, ledger_path, started, executor_name)
     except Exception as exc:  # noqa: BLE001 - fail closed
@@ -206,15 +263,9 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
         spliced = program.splice(pristine, candidate)
     except program.FrozenRegionError as exc:
         return _result(framework, Reason.FROZEN_REGION, str(exc), code=candidate, **common)
-    parts = program.split(spliced)
-    try:
-        report = check_block(parts.block, fw.class_name, ATTENTION_KWARGS, module_aliases(parts.head),
-                             line_offset=program.block_offset(pristine) - 1)
-    except SyntaxError as exc:
-        lineno = (exc.lineno or 0) + program.block_offset(pristine) - 1
-        return _result(framework, Reason.SYNTAX, f"line {lineno}: {exc.msg}", code=spliced, **common)
-    if not report.ok:
-        return _result(framework, Reason.POLICY, "; ".join(report.violations[:8]), code=spliced, **common)
+    problem = static_gate(framework, spliced)
+    if problem:
+        return _result(framework, problem[0], problem[1], code=spliced, **common)
 
     request = sandbox_request(fw.name, profile, prepared["ledger"], source=spliced)
     run = executor.run_sandbox("evaluate", request, profile.hard_limit_s, profile.memory_cap_mib,

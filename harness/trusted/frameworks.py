@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,16 @@ FRAMEWORKS: dict[str, Framework] = {
     "ttr": Framework("ttr", "test-time regression (Wang, Shi & Fox 2025)", "TestTimeRegressionAttention"),
     "mm": Framework("mm", "matrix mixer (Hwang et al. 2024)", "MatrixMixerAttention"),
 }
+
+
+CLASS_TO_FRAMEWORK = {fw.class_name: fw.name for fw in FRAMEWORKS.values()}
+_CLASS_RE = re.compile(r"^\s*class\s+(" + "|".join(map(re.escape, CLASS_TO_FRAMEWORK)) + r")\b", re.M)
+
+
+def framework_of(code: str) -> str | None:
+    """The framework whose attention class the code defines (cd, ttr, mm), or None."""
+    found = _CLASS_RE.findall(code or "")
+    return CLASS_TO_FRAMEWORK[found[0]] if found else None
 
 
 def get_framework(name: str) -> Framework:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import time
 from pathlib import Path
 
 from harness.trusted.frameworks import REPO_ROOT
+
+CONNECT_TIMEOUT_S = 60.0  # how long a writer waits for another process's lock on the ledger
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -51,13 +54,28 @@ def default_ledger_path() -> Path:
     return Path(os.environ.get("HARNESS_LEDGER", REPO_ROOT / "results" / "ledger.sqlite"))
 
 
+def _initialise(conn: sqlite3.Connection) -> None:
+    """WAL mode and the schema. Switching a fresh file to WAL needs it to itself, and SQLite reports "database is
+    locked" at once, without waiting, when another process opens it at that moment (two OpenEvolve runs starting
+    together): retry until the connect timeout."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02 + 0.08 * random.random())
+
+
 def connect(path: Path | str | None = None) -> sqlite3.Connection:
     path = Path(path or default_ledger_path())
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=60.0, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
+    conn = sqlite3.connect(path, timeout=CONNECT_TIMEOUT_S, isolation_level=None)
+    _initialise(conn)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(evaluations)")}
     if "execution_json" not in columns:  # a ledger written before the column existed
         try:

@@ -49,19 +49,25 @@ def checked_runs(runs, expected_rungs: list[tuple]) -> list[dict]:
             raise MalformedRecord(f"a run is not the run of rung {tuple(rung)}")
         if run.get("status") != "ok":
             raise MalformedRecord(f"the run of rung {tuple(rung)} did not finish")
-        curve = run.get("val_curve")
-        if not isinstance(curve, list) or not curve or any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in curve):
-            raise MalformedRecord(f"the validation curve of rung {tuple(rung)} is malformed")
         checked = {"rung": list(rung), "status": "ok",
                    "final_val_loss": _number(run.get("final_val_loss"), f"rung {tuple(rung)}'s final loss"),
                    "non_embedding_params": _number(run.get("non_embedding_params"),
                                                    f"rung {tuple(rung)}'s parameter count", True),
-                   "val_curve": [[_number(s, "a validation step", True), _number(v, "a validation loss")]
-                                 for s, v in curve],
+                   "val_curve": checked_curve(run.get("val_curve"), f"the validation curve of rung {tuple(rung)}"),
                    "ms_per_step": _number(run.get("ms_per_step"), f"rung {tuple(rung)}'s ms per step")}
         if checked["non_embedding_params"] <= 0 or checked["val_curve"][-1][1] != checked["final_val_loss"]:
             raise MalformedRecord(f"rung {tuple(rung)}'s parameter count or final loss is inconsistent")
         out.append({**run, **checked})
+    return out
+
+
+def checked_curve(curve, what: str) -> list[list]:
+    """A non-empty [[step, loss], ...] of whole steps, strictly increasing, and finite losses, copied."""
+    if not isinstance(curve, list) or not curve or any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in curve):
+        raise MalformedRecord(f"{what} is malformed")
+    out = [[_number(s, "a step", True), _number(v, "a loss")] for s, v in curve]
+    if any(b[0] <= a[0] for a, b in zip(out, out[1:])) or out[0][0] < 1:
+        raise MalformedRecord(f"{what} does not advance step by step")
     return out
 
 
@@ -76,7 +82,8 @@ def objective_from_untrusted(record, profile, rungs: list[tuple] | None = None) 
 
 def objective_record(runs: list[dict], profile) -> dict:
     """The objective of a set of finished runs (``TrainResult.to_dict()`` of each rung, in ladder order): the
-    losses, the scaling fit when there are two rungs or more, and the fitness the profile's objective names."""
+    losses, the scaling fit when there are two rungs or more, and the fitness the profile's objective names
+    (absent when the runs cannot give it: one rung under ``scaling_slope``, or no reference rung)."""
     record = {"objective": profile.objective, "runs": runs}
     losses = [r["final_val_loss"] for r in runs]
     record["largest_rung_loss"] = losses[-1]
@@ -88,7 +95,7 @@ def objective_record(runs: list[dict], profile) -> dict:
     if len(runs) >= 2:
         a, b = fit_scaling_law([r["non_embedding_params"] for r in runs], losses)
         record.update({"scaling_a": a, "scaling_b": b})
-    if profile.objective == "scaling_slope":
+    if profile.objective == "scaling_slope" and "scaling_b" in record:
         record["fitness"] = -record["scaling_b"]
     return record
 

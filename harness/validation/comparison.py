@@ -1,21 +1,56 @@
-"""The statistics of ``harness validate`` applied to the runs: per seed, per comparison (``compare``: Welch's
-t-test, Cohen's d, wins, scaling fits, ...), and across the family of one invocation (``decide``: Holm-Bonferroni
-and the verdict against the pre-registered criteria)."""
+"""The statistics of ``harness validate`` applied to the runs: per seed and per comparison (``compare``: the
+pre-registered paired test on the final validation loss at the reference size, Welch's test as a robustness
+check, wins, the scaling slopes and their paired test, secondary measures, cost), across the family of one
+invocation (``decide``: Holm's correction and the verdict), and across frameworks (``across_frameworks``)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from harness.validation import stats
 
+SECONDARY = ("grad_norm_mean", "grad_norm_var", "loss_roughness", "steps_to_90pct", "ms_per_step", "wall_s",
+             "peak_memory_mib")
 
-def seed_table(base_runs: list[dict], cand_runs: list[dict]) -> list[dict]:
+
+def reference_run(run: dict, reference: tuple) -> dict | None:
+    """The run of the reference rung in a training job's record."""
+    if not run["ok"]:
+        return None
+    return next((r for r in run["record"]["runs"] if tuple(r["rung"]) == tuple(reference)), None)
+
+
+def steps_to_fraction(curve: list, fraction: float = 0.9) -> int | None:
+    """The first step at which the training loss has covered ``fraction`` of its drop from the first point of
+    the curve to the last (the curve's points are window means, about 100 per run)."""
+    if not curve or len(curve) < 2:
+        return None
+    first, last = curve[0][1], curve[-1][1]
+    if not first > last:
+        return None
+    target = first - fraction * (first - last)
+    return next(int(s) for s, v in curve if v <= target)
+
+
+def secondary(run: dict, reference: tuple) -> dict:
+    r = reference_run(run, reference)
+    if r is None:
+        return {}
+    out = {k: r.get(k) for k in SECONDARY if k != "steps_to_90pct"}
+    out["steps_to_90pct"] = steps_to_fraction(r.get("train_curve") or [])
+    return out
+
+
+def seed_table(base_runs: list[dict], cand_runs: list[dict], reference: tuple) -> list[dict]:
     rows = []
     for b, c in zip(base_runs, cand_runs):
         row = {"seed": b["seed"], "baseline": b["record"]["value"] if b["ok"] else None,
                "candidate": c["record"]["value"] if c["ok"] else None,
                "baseline_fp": b["fingerprint_id"], "candidate_fp": c["fingerprint_id"],
-               "baseline_reason": b["reason"], "candidate_reason": c["reason"]}
+               "baseline_reason": b["reason"], "candidate_reason": c["reason"],
+               "baseline_secondary": secondary(b, reference), "candidate_secondary": secondary(c, reference)}
         for side, run in (("baseline", b), ("candidate", c)):
             if run["ok"]:
                 for r in run["record"]["runs"]:
@@ -27,69 +62,99 @@ def seed_table(base_runs: list[dict], cand_runs: list[dict]) -> list[dict]:
     return rows
 
 
-def ladder_points(runs: list[dict]) -> list[tuple[list[float], list[float]]]:
-    out = []
-    for r in runs:
-        if r["ok"] and len(r["record"]["runs"]) >= 2:
-            out.append(([x["non_embedding_params"] for x in r["record"]["runs"]],
-                        [x["final_val_loss"] for x in r["record"]["runs"]]))
-    return out
+def ladder_points(runs: list[dict]) -> dict[int, tuple[list[float], list[float]]]:
+    """{seed: (non-embedding parameters, final losses)} of the jobs that trained two sizes or more."""
+    return {r["seed"]: ([x["non_embedding_params"] for x in r["record"]["runs"]],
+                        [x["final_val_loss"] for x in r["record"]["runs"]])
+            for r in runs if r["ok"] and len(r["record"]["runs"]) >= 2}
 
 
-def compare(base_runs: list[dict], cand_runs: list[dict]) -> dict:
-    """Everything but the Holm adjustment and the verdict, which need the whole family."""
-    rows = seed_table(base_runs, cand_runs)
-    paired = [r for r in rows if r["baseline"] is not None and r["candidate"] is not None]
-    b = [r["baseline"] for r in rows if r["baseline"] is not None]
-    c = [r["candidate"] for r in rows if r["candidate"] is not None]
-    w = stats.welch(c, b)
-    d = stats.cohens_d(c, b)
+def _summary(values: list) -> dict:
+    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return {"n": len(xs), "mean": float(np.mean(xs)) if xs else math.nan,
+            "sd": float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan}
+
+
+def compare(base_runs: list[dict], cand_runs: list[dict], reference: tuple) -> dict:
+    """Everything but Holm's correction and the verdict, which need the whole family."""
+    rows = seed_table(base_runs, cand_runs, reference)
+    both = [r for r in rows if r["baseline"] is not None and r["candidate"] is not None]
+    c, b = [r["candidate"] for r in both], [r["baseline"] for r in both]
+    primary = stats.paired(c, b)
     out = {
         "seeds": rows,
         "n_seeds": len(rows),
         "failed_candidate_seeds": [r["seed"] for r in rows if r["candidate"] is None],
         "failed_baseline_seeds": [r["seed"] for r in rows if r["baseline"] is None],
-        "welch": w.to_dict(),
-        "cohens_d": d,
-        "d_interpretation": stats.interpret_d(d),
-        "wins": stats.wins([r["candidate"] for r in paired], [r["baseline"] for r in paired]),
-        "paired_t": stats.paired([r["candidate"] for r in paired], [r["baseline"] for r in paired]),
-        "required_wins": stats.required_wins(len(rows)),
-        "improvement": stats.improvement_frac(w.mean_a, w.mean_b),
+        "primary": primary.to_dict(),
+        "welch": stats.welch(c, b).to_dict(),
+        "wins": stats.wins(c, b),
+        "improvement": stats.improvement_frac(primary.mean_a, primary.mean_b),
+        "secondary": {side: {k: _summary([r[f"{side}_secondary"].get(k) for r in rows]) for k in SECONDARY}
+                      for side in ("baseline", "candidate")},
     }
     bl, cl = ladder_points(base_runs), ladder_points(cand_runs)
-    if bl and cl:
-        fb, fc = stats.scaling_fits(bl), stats.scaling_fits(cl)
-        slope_test = stats.welch([s["b"] for s in fc["per_seed"]], [s["b"] for s in fb["per_seed"]])
-        out["scaling"] = {"baseline": fb, "candidate": fc, "slope_welch": slope_test.to_dict(),
-                          "slope_better": bool(fc["mean_slope"] < fb["mean_slope"])}
+    common = [seed for seed in bl if seed in cl]  # the slope test pairs the seeds where both trained the ladder
+    if common:
+        fb, fc = stats.scaling_fits([bl[s] for s in common]), stats.scaling_fits([cl[s] for s in common])
+        out["scaling"] = {"seeds": common, "baseline": fb, "candidate": fc,
+                          "slope_test": stats.paired([x["b"] for x in fc["per_seed"]],
+                                                     [x["b"] for x in fb["per_seed"]]).to_dict()}
     else:
         out["scaling"] = None
     return out
 
 
-def decide(comparisons: list[dict], external_p: list[float] | None = None) -> int:
-    """Holm-adjust the raw Welch p-values of the family and attach each verdict (in place); returns the
-    family size (testable comparisons of this invocation plus those of ``external_p``)."""
-    raw = [c["stats"]["welch"]["p"] if c.get("stats") else math.nan for c in comparisons]
-    adjusted = stats.holm(raw + list(external_p or []))[: len(raw)]
-    family = sum(1 for p in raw + list(external_p or []) if not math.isnan(p))
-    for c, p_adj in zip(comparisons, adjusted):
-        if not c.get("stats"):
-            continue
+def decide(comparisons: list[dict], deviations: list[str], external: dict | None = None) -> dict:
+    """Holm-adjust the family's primary p-values, and separately its slope-test p-values, and attach each
+    verdict (in place). ``external``: {"primary": [...], "slope": [...]} raw p-values of earlier reports that
+    join the families. Returns the family sizes."""
+    external = external or {}
+    tested = [c for c in comparisons if c.get("stats")]
+    sizes = {}
+    for key, get in (("primary", lambda s: s["primary"]["p"]),
+                     ("slope", lambda s: s["scaling"]["slope_test"]["p"] if s["scaling"] else math.nan)):
+        raw = [get(c["stats"]) for c in tested]
+        outside = list(external.get(key, []))
+        adjusted = stats.holm(raw + outside)[: len(raw)]
+        sizes[key] = sum(1 for p in raw + outside if not math.isnan(p))
+        for c, p_adj in zip(tested, adjusted):
+            if key == "primary":
+                c["stats"]["p_holm"] = p_adj
+            elif c["stats"]["scaling"]:
+                c["stats"]["scaling"]["slope_test"]["p_holm"] = p_adj
+    for c in tested:
         s = c["stats"]
-        s["p_holm"] = p_adj
-        s["holm_family_size"] = family
+        slope = s["scaling"]["slope_test"] if s["scaling"] else None
+        v = stats.verdict(primary=stats.Paired(**s["primary"]), p_holm=s["p_holm"], n_wins=s["wins"], slope=slope,
+                          flop_ratio=(c.get("evaluation") or {}).get("flop_ratio"),
+                          interpretation=c.get("interpretation"), deviations=deviations)
         failed = s["failed_candidate_seeds"] or s["failed_baseline_seeds"]
-        slope_better = s["scaling"]["slope_better"] if s["scaling"] else None
-        v = stats.verdict(p_adj, s["welch"]["diff"], s["improvement"], s["wins"], s["n_seeds"], s["cohens_d"],
-                          slope_better)
-        if failed:
+        if failed and v.level != "exploratory":
             who = (f"the candidate failed to train on seeds {s['failed_candidate_seeds']}" if s["failed_candidate_seeds"]
                    else f"the baseline failed to train on seeds {s['failed_baseline_seeds']}")
             v = stats.Verdict("failed", f"No claim possible: {who}. The statistics below use the seeds that "
-                              "trained and are for information only. Not significant.", v.criteria)
-        elif slope_better is None and v.level in ("minimum",):
-            v.text += " The scaling slope was not measured (--no-ladder), so 'strong' cannot be assessed."
+                              "trained and describe this run only.", v.criteria)
         s["verdict"] = v.to_dict()
-    return family
+    return sizes
+
+
+def across_frameworks(comparisons: list[dict]) -> dict | None:
+    """H2: when candidates of two frameworks or more were validated, compare the best of each (lowest mean
+    final loss at the reference size): ANOVA, Kruskal-Wallis and Holm-adjusted pairs on the per-seed losses."""
+    best: dict[str, dict] = {}
+    for c in comparisons:
+        if not c.get("stats"):
+            continue
+        mean = c["stats"]["primary"]["mean_a"]
+        if c["framework"] not in best or mean < best[c["framework"]]["stats"]["primary"]["mean_a"]:
+            best[c["framework"]] = c
+    if len(best) < 2:
+        return None
+    groups = {fw: [r["candidate"] for r in c["stats"]["seeds"] if r["candidate"] is not None]
+              for fw, c in sorted(best.items())}
+    out = stats.across_groups(groups)
+    out["candidates"] = {fw: c["label"] for fw, c in sorted(best.items())}
+    out["improvement"] = {fw: c["stats"]["improvement"] for fw, c in sorted(best.items())}
+    out["verdict"] = {fw: c["stats"]["verdict"]["level"] for fw, c in sorted(best.items())}
+    return out

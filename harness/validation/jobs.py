@@ -12,6 +12,9 @@ trials fan out over the cluster.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -23,7 +26,7 @@ from harness.trusted import ledger as ledger_mod
 from harness.trusted import program as program_mod
 from harness.trusted.frameworks import FRAMEWORKS
 from harness.trusted.profiles import ConfigError, Profile
-from harness.trusted.scoring import MalformedRecord, objective_from_untrusted, rungs_for
+from harness.trusted.scoring import MalformedRecord, checked_curve, objective_from_untrusted, rungs_for
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -37,22 +40,35 @@ class TrainJob:
     profile: Profile
     seed: int
     hparams: dict
-    rungs: str  # "objective" (what the objective needs) or "ladder" (every rung)
+    rungs: str  # "reference" (the reference rung: tuning), "objective" (what the objective needs), "ladder"
     fingerprint_id: str
     limit_s: float
     threads: int | None = None
     label: str = ""
     executor: str | None = None  # local | ray; None: $HARNESS_EXECUTOR, else local
+    prune_above: dict[int, float] | None = None  # a median pruner's thresholds {step: loss} (tuning only)
+    mixing: bool = False  # also measure the trained model's token-mixing matrices (one seed per side)
+
+
+def job_rungs(job: TrainJob) -> list[tuple]:
+    if job.rungs == "ladder":
+        return [tuple(r) for r in job.profile.ladder]
+    if job.rungs == "reference":
+        return [tuple(job.profile.reference)]
+    return rungs_for(job.profile)
 
 
 def run_training_job(job: TrainJob) -> dict:
     """Run ONE training job in a sandbox, on the job's executor, and return its outcome:
-    ``{"ok", "reason", "message", "record", "fingerprint_id", "seed", "hparams", "wall_s", "execution"}``.
+    ``{"ok", "reason", "message", "record", "fingerprint_id", "seed", "hparams", "wall_s", "execution"}``;
+    a pruned tuning run has reason "pruned" and its checked validation curve in ``pruned_curve``.
 
-    This is the single place where ``harness validate`` trains anything."""
+    This is the single place where ``harness validate`` trains anything. The value it compares is the final
+    validation loss at the reference rung, recomputed here from the runs' plain numbers."""
     request = evaluate_mod.sandbox_request(
         job.framework, job.profile, source=Path(job.program_path).read_text(), seed=job.seed, hparams=job.hparams,
-        rungs=job.rungs, fingerprint_id=job.fingerprint_id, threads=job.threads)
+        rungs=job.rungs, fingerprint_id=job.fingerprint_id, threads=job.threads,
+        prune_above=sorted((job.prune_above or {}).items()), mixing=job.mixing)
     started = time.time()
     run = executor_mod.run_sandbox("objective", request, job.limit_s, job.profile.memory_cap_mib,
                                    executor=job.executor)
@@ -65,25 +81,88 @@ def run_training_job(job: TrainJob) -> dict:
                 "log_tail": log[-1500:]}
     out["fingerprint_id"] = (result.get("fingerprint") or {}).get("id")
     out["hparams"] = result.get("hparams", out["hparams"])
+    if result.get("reason") == "pruned" and job.prune_above:
+        runs = result.get("runs")
+        try:
+            if not isinstance(runs, list) or len(runs) != 1 or not isinstance(runs[0], dict):
+                raise MalformedRecord("a pruned run must report its one run")
+            curve = checked_curve(runs[0].get("val_curve"), "the pruned run's validation curve")
+        except MalformedRecord as exc:
+            return {**out, "reason": "tampering", "message": str(exc), "log_tail": log[-1500:]}
+        return {**out, "reason": "pruned", "message": result.get("message", ""), "pruned_curve": curve}
     if result.get("reason") != "ok":
         return {**out, "reason": result.get("reason", "crash"), "message": result.get("message", ""),
                 "log_tail": (result.get("traceback") or log)[-1500:]}
-    # The objective is recomputed here from the runs' numbers; the sandbox's own fitness and value are not read.
-    rungs = [tuple(r) for r in job.profile.ladder] if job.rungs == "ladder" else rungs_for(job.profile)
+    # The value is recomputed here from the runs' numbers; the sandbox's own fitness and values are not read.
     try:
-        record = objective_from_untrusted(result.get("record"), job.profile, rungs)
+        record = objective_from_untrusted(result.get("record"), job.profile, job_rungs(job))
     except MalformedRecord as exc:
         return {**out, "reason": "tampering", "message": f"the sandbox handed back a malformed training record: {exc}",
                 "log_tail": log[-1500:]}
-    record.update(value=-record["fitness"], wall_s=(result.get("record") or {}).get("wall_s"))
+    record.update(value=record["final_loss"], wall_s=(result.get("record") or {}).get("wall_s"))
+    if job.mixing:
+        record["mixing"] = checked_mixing((result.get("record") or {}).get("mixing"))
     return {**out, "ok": True, "reason": "ok", "message": "ok", "record": record}
+
+
+def checked_mixing(mixing) -> dict | None:
+    """The token-mixing matrices a sandbox reported, kept only as square layers of finite numbers (they are
+    drawn, never scored); None otherwise."""
+    try:
+        layers = mixing["layers"]
+        rung = [int(x) for x in mixing["rung"]]
+        checked = []
+        for layer in layers:
+            rows = [[float(v) for v in row] for row in layer]
+            if not rows or any(len(r) != len(rows) or not all(map(math.isfinite, r)) for r in rows):
+                return None
+            checked.append(rows)
+        return {"rung": rung, "seed": int(mixing["seed"]), "layers": checked} if checked else None
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+# Outcomes that say nothing about the program: run again rather than remembered.
+NOT_CACHED = ("infrastructure", "timeout", "memory")
+
+
+class JobCache:
+    """Finished training jobs, one JSON file each, named by the hash of everything that determines them (the
+    program's text, the profile's digest, the seed, the hyperparameters, the rungs, the fingerprint, the pruning
+    thresholds). A validation run again in the same folder takes them from here instead of training again."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def key(self, job: TrainJob) -> str:
+        identity = {"framework": job.framework, "program": program_mod.sha256(Path(job.program_path).read_text()),
+                    "profile": job.profile.digest(), "seed": job.seed, "hparams": job.hparams, "rungs": job.rungs,
+                    "fingerprint": job.fingerprint_id, "prune_above": sorted((job.prune_above or {}).items()),
+                    "mixing": job.mixing}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def wrap(self, runner):
+        def cached(job: TrainJob) -> dict:
+            path = self.folder / f"{self.key(job)}.json"
+            if path.exists():
+                return {**json.loads(path.read_text()), "cached": True}
+            outcome = runner(job)
+            if outcome.get("reason") not in NOT_CACHED:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(outcome, default=str))
+                tmp.replace(path)
+            return outcome
+
+        return cached
 
 
 def run_batch(runner, batch: list[TrainJob], jobs: int, log) -> list[dict]:
     """Run independent training jobs, ``jobs`` at a time (1 = one after another), results in order."""
     def one(j: TrainJob) -> dict:
         r = runner(j)
-        log(f"  {j.label} seed {j.seed}: {r['record']['value'] if r['ok'] else r['reason']} ({r['wall_s']:.0f} s)")
+        log(f"  {j.label} seed {j.seed}: {r['record']['value'] if r['ok'] else r['reason']} ({r['wall_s']:.0f} s"
+            f"{', cached' if r.get('cached') else ''})")
         return r
 
     if jobs <= 1:
@@ -94,15 +173,17 @@ def run_batch(runner, batch: list[TrainJob], jobs: int, log) -> list[dict]:
         return list(pool.map(one, batch))
 
 
+RUN_FIELDS = ("rung", "final_val_loss", "non_embedding_params", "params", "val_curve", "train_curve", "ms_per_step",
+              "wall_s", "status", "steps_done", "grad_norm_mean", "grad_norm_var", "loss_roughness", "peak_memory_mib")
+
+
 def slim(run: dict) -> dict:
     """A job's outcome for the JSON, curves kept (they are small)."""
     out = {k: v for k, v in run.items() if k != "record"}
     if run.get("record"):
         rec = run["record"]
-        out["record"] = {k: v for k, v in rec.items() if k != "runs"}
-        out["record"]["runs"] = [{k: r.get(k) for k in ("rung", "final_val_loss", "non_embedding_params", "params",
-                                                         "val_curve", "train_curve", "ms_per_step", "wall_s", "status")}
-                                 for r in rec["runs"]]
+        out["record"] = {k: v for k, v in rec.items() if k not in ("runs", "mixing")}  # mixing: kept per comparison
+        out["record"]["runs"] = [{k: r.get(k) for k in RUN_FIELDS} for r in rec["runs"]]
     return out
 
 

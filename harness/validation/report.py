@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from harness.validation.tuning import SAMPLER_SEED
+from harness.validation import protocol
 
 
 def _f(x, digits=4) -> str:
@@ -36,56 +36,100 @@ def _p(x) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
 
 
+def _g(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+
+
+def _n(x, digits=4) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else _f(x, digits)
+
+
 def render_report(result: dict) -> str:
-    objective = result["profile"]["objective"]
-    value_name = "final validation loss" if objective == "final_loss" else "scaling slope b"
+    d, l, h = result["reference_rung"]
+    dev = result["deviations"]
     md = [f"# Validation: {result['name']}\n",
-          f"Generated {result['created']} by `{result['command']}`.\n",
-          f"- profile **{result['profile']['name']}** (objective `{objective}`: the {value_name}, lower is better), "
-          f"{result['profile']['steps']} steps per run, device {result['profile']['device']}",
-          f"- tuning **{result['tuning']}**, {result['trials']} trial(s) per tuned side, TPE sampler seed "
-          f"{SAMPLER_SEED}, tuning seed {result['tuning_seed']}; search space: {result['search_space']}",
-          f"- evaluation seeds: {result['seeds']} ({len(result['seeds'])} seeds, disjoint from the tuning seed"
-          f"{'' if result['tuning_seed'] not in result['seeds'] else ' — NOT disjoint!'})",
-          f"- rungs trained per seed: {'every rung of the ladder' if result['ladder'] else 'the objective only'}; "
-          f"threads per job: {result['threads'] or 'torch default'}; jobs at once: {result.get('jobs', 1)}; "
-          f"executor: {result.get('executor', 'local')}",
-          f"- Holm-Bonferroni family: {result['holm_family_size']} comparison(s)"
-          + (f" (including {len(result['family_with'])} from earlier reports)" if result["family_with"] else ""),
-          f"- ledger: `{display(result['ledger'])}`", ""]
+          f"Generated {result['created']} by `{result['command']}`.\n"]
+    if dev:
+        md.append("> **Exploratory: protocol not followed.** This run departs from the design in "
+                  f"{len(dev)} way(s), so no verdict is drawn:\n>")
+        md += [f"> - {x}" for x in dev]
+        md.append("")
+    else:
+        md.append("The run follows the users' design: seeds 42..51 at the full horizon, the design's tuning, "
+                  "the ladder trained.\n")
+    md += [f"- profile **{result['profile']['name']}**: {result['profile']['steps']} steps per run, batch "
+           f"{result['profile']['batch_size_seqs']}, device {result['profile']['device']}; the compared value is "
+           f"the **final validation loss at the reference size** (d={d}, {l} layers, {h} heads), lower is better",
+           f"- tuning **{result['tuning']}** (option {'A, per variant' if result['tuning'] == 'optuna' else 'B, shared'}), "
+           f"{result['trials']} trial(s) per tuned side, median pruner, independent TPE sampler per side, tuning "
+           f"seed {result['tuning_seed']}; search space: {result['search_space']}",
+           f"- evaluation seeds: {result['seeds']} ({len(result['seeds'])} seeds)",
+           f"- rungs trained per seed: {'every rung of the ladder' if result['ladder'] else 'the objective only'}; "
+           f"threads per job: {result['threads'] or 'torch default'}; jobs at once: {result.get('jobs', 1)}; "
+           f"executor: {result.get('executor', 'local')}",
+           f"- Holm families: {result['holm_family_size']} primary comparison(s), {result['slope_family_size']} "
+           "slope test(s)" + (f", including {len(result['family_with'])} earlier report(s)" if result["family_with"]
+                              else ""),
+           f"- ledger: `{display(result['ledger'])}`", ""]
     md.append("## Summary\n")
-    md.append("| candidate | framework | fingerprint | baseline mean ± sd | candidate mean ± sd | improvement | "
-              "p (Welch) | p (Holm) | Cohen's d | wins | verdict |")
+    md.append("| candidate | framework | baseline mean ± sd | candidate mean ± sd | mean difference [95 % CI] | "
+              "paired t (df) | p | p (Holm) | paired d | wins | verdict |")
     md.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for c in result["candidates"]:
         if c.get("refused"):
-            md.append(f"| `{c['label']}` | {c['framework']} | `{c.get('fingerprint_id') or '–'}` | – | – | – | – | – | – | – | "
-                      f"**refused**: {c['refused']} |")
+            md.append(f"| `{c['label']}` | {c['framework']} | – | – | – | – | – | – | – | – | **refused**: {c['refused']} |")
             continue
         s = c["stats"]
-        w = s["welch"]
-        md.append(f"| `{c['label']}` | {c['framework']} | `{c['fingerprint_id']}` | {_f(w['mean_b'])} ± {_f(w['sd_b'])} | "
-                  f"{_f(w['mean_a'])} ± {_f(w['sd_a'])} | {_f(100 * s['improvement'], 2)} % | {_p(w['p'])} | "
-                  f"{_p(s['p_holm'])} | {_f(s['cohens_d'], 2)} ({s['d_interpretation']}) | {s['wins']}/{s['n_seeds']} | "
-                  f"**{s['verdict']['level']}** |")
+        p = s["primary"]
+        md.append(f"| `{c['label']}` | {c['framework']} | {_n(p['mean_b'])} ± {_n(p['sd_b'])} | "
+                  f"{_n(p['mean_a'])} ± {_n(p['sd_a'])} | {_n(p['diff'])} [{_n(p['ci_low'])}, {_n(p['ci_high'])}] | "
+                  f"{_n(p['t'], 3)} ({p['df']}) | {_p(p['p'])} | {_p(s['p_holm'])} | {_n(p['d'], 2)} ({p['d_label']}) | "
+                  f"{s['wins']}/{p['n']} | **{s['verdict']['level']}** |")
     md.append("")
+    if result.get("frameworks"):
+        md += _frameworks_section(result)
     for c in result["candidates"]:
         md += _candidate_section(c, result)
-    md.append("## Method notes\n")
-    md.append("- Welch's t-test: `scipy.stats.ttest_ind(candidate, baseline, equal_var=False)`, two-sided; df by "
-              "Welch–Satterthwaite; the 95 % CI is of mean(candidate) − mean(baseline) (negative = better).")
-    md.append("- Cohen's d = (mean(candidate) − mean(baseline)) / pooled sd (negative = better); |d| < 0.2 "
-              "negligible, < 0.5 small, < 0.8 medium, else large.")
-    md.append("- Holm-Bonferroni: raw p-values of every comparison in the family sorted ascending, p_(i) multiplied "
-              "by (m − i + 1), made monotone, capped at 1.")
-    md.append("- Pre-registered criteria. Minimum: Holm-adjusted p < 0.05, more than 1 % improvement of the mean "
-              "objective, and better on at least 7 of 10 seeds — scaled to N seeds as ceil(0.7 N). Strong: "
-              "additionally |d| > 0.5 and a better (more negative) mean scaling slope.")
-    md.append("- Scaling law per seed: least squares loss = a + b ln N over the ladder (N = non-embedding "
-              "parameters); the mean slope's CI is a t-interval over seeds; the pooled fit regresses every "
-              "(ln N, loss) point and reports classical standard errors.")
-    md.append("")
+    md += _method_notes()
     return "\n".join(md)
+
+
+def _frameworks_section(result: dict) -> list[str]:
+    fw = result["frameworks"]
+    md = ["## Across frameworks (H2)\n",
+          "The best validated candidate of each framework (lowest mean final loss), compared on the per-seed final "
+          "losses at the reference size.\n",
+          "| framework | candidate | n | mean ± sd | improvement on its baseline | verdict |", "|---|---|---|---|---|---|"]
+    for name, label in fw["candidates"].items():
+        g = fw["groups"][name]
+        md.append(f"| {name} | `{label}` | {g['n']} | {_n(g['mean'])} ± {_n(g['sd'])} | "
+                  f"{_n(100 * fw['improvement'][name], 2)} % | {fw['verdict'][name]} |")
+    a, k = fw["anova"], fw["kruskal"]
+    md += ["", f"- one-way ANOVA: F({a['df_between']}, {a['df_within']}) = {_n(a['F'], 3)}, p = {_p(a['p'])}",
+           f"- Kruskal-Wallis: H({k['df']}) = {_n(k['H'], 3)}, p = {_p(k['p'])}", "",
+           "| pair | difference [95 % CI] | Welch t (df) | p | p (Holm, over the pairs) |", "|---|---|---|---|---|"]
+    for pr in fw["pairs"]:
+        md.append(f"| {pr['a']} − {pr['b']} | {_n(pr['diff'])} [{_n(pr['ci_low'])}, {_n(pr['ci_high'])}] | "
+                  f"{_n(pr['t'], 3)} ({_n(pr['df'], 1)}) | {_p(pr['p'])} | {_p(pr['p_holm'])} |")
+    if result["deviations"]:
+        md.append("\nExploratory (see the deviations above): these tests describe this run only.")
+    md.append("\n![frameworks](frameworks.png)\n")
+    return md
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _criterion_value(crit: dict) -> str:
+    v = crit["value"]
+    if v is None:
+        return "–"
+    if isinstance(v, float) and "lower" in crit["name"]:
+        return f"{100 * v:.2f} %"
+    if isinstance(v, float):
+        return _p(v) if "p" in crit["name"].split() or "(Holm" in crit["name"] else _n(v, 3)
+    return str(v)
 
 
 def _candidate_section(c: dict, result: dict) -> list[str]:
@@ -99,98 +143,183 @@ def _candidate_section(c: dict, result: dict) -> list[str]:
                   + (f", flags: {ev['flags']}" if ev.get("flags") else ""))
         md.append(f"- parameter ratio {_f(ev.get('param_ratio'), 3)}, FLOP ratio {_f(ev.get('flop_ratio'), 3)}, "
                   f"step-time ratio {_f(ev.get('step_time_ratio'), 2)}, memory ratio {_f(ev.get('memory_ratio'), 2)} "
-                  "(candidate / baseline, from the evaluator's gate; fingerprint as above)")
+                  "(candidate / baseline, from the evaluator's gate)")
     if ev.get("flags"):
-        md.append(f"- **FLAGGED by the evaluator** (quarantined at parity in the evolution run; check by hand): "
-                  f"{ev['flags']}")
+        md.append(f"- **FLAGGED by the evaluator** (check by hand): {ev['flags']}")
     if c.get("refused"):
         md.append(f"\n**Refused: {c['refused']}**\n")
         if ev.get("message"):
             md.append(f"> {ev['message'][:600]}\n")
         return md
+    md.append(f"- interpretation: {c.get('interpretation') or '*pending* (record it with `harness validate --interpret`)'}")
     s = c["stats"]
     fp = c["fingerprint_id"]
     v = s["verdict"]
     md.append(f"\n**Verdict: {v['text']}**\n")
-    md.append("| criterion | value | passed |")
-    md.append("|---|---|---|")
+    md.append("| criterion | tier | value | met |")
+    md.append("|---|---|---|---|")
     for crit in v["criteria"]:
-        val = crit["value"]
-        if isinstance(val, float) and "improvement" in crit["name"]:
-            val = f"{100 * val:.2f} %"
-        elif isinstance(val, float):
-            val = _p(val) if "p <" in crit["name"] else _f(val, 3)
-        md.append(f"| {crit['name']} | {val if not isinstance(val, bool) else _f(val)} | {'yes' if crit['passed'] else 'no'} |")
+        met = {True: "yes", False: "no", None: crit.get("note") or "pending"}[crit["passed"]]
+        md.append(f"| {_cell(crit['name'])} | {crit['tier']} | {_cell(_criterion_value(crit))} | {met} |")
     md.append("")
-    hp = c["hyperparameters"]
-    md.append(f"### Hyperparameters (tuning: {result['tuning']})\n")
-    md.append("| side | lr | warmup steps | weight decay | best tuning value | trials |")
-    md.append("|---|---|---|---|---|---|")
-    for side in ("baseline", "candidate"):
-        h = hp[side]
-        md.append(f"| {side} | {_f(h['best']['lr'], 5)} | {int(h['best']['warmup_steps'])} | "
-                  f"{_f(h['best']['weight_decay'], 4)} | {_f(h.get('best_value'))} | {h.get('n_trials', 0)} |")
-    md.append("")
-    if any(hp[s].get("trials") for s in ("baseline", "candidate")):
-        md.append("<details><summary>Every trial</summary>\n")
-        md.append("| side | trial | lr | warmup | weight decay | value | outcome |")
-        md.append("|---|---|---|---|---|---|---|")
-        for side in ("baseline", "candidate"):
-            for t in hp[side].get("trials", []):
-                md.append(f"| {side} | {t['trial']} | {_f(t['params']['lr'], 5)} | {int(t['params']['warmup_steps'])} | "
-                          f"{_f(t['params']['weight_decay'], 4)} | {_f(t['value'])} | {t['reason']} ({t['source']}) |")
-        md.append("\n</details>\n")
+    md += _tuning_section(c, result)
     md.append(f"### Per seed (fingerprint `{fp}`)\n")
     rung_keys = sorted({k[len("baseline_loss_"):] for r in s["seeds"] for k in r if k.startswith("baseline_loss_")})
-    head = "| seed | baseline | candidate | difference | better | " + " | ".join(
-        f"base {k} | cand {k}" for k in rung_keys) + " | fingerprint |"
-    md.append(head)
+    md.append("| seed | baseline | candidate | difference | better | " + " | ".join(
+        f"base {k} | cand {k}" for k in rung_keys) + " | fingerprint |")
     md.append("|" + "---|" * (6 + 2 * len(rung_keys)))
     for r in s["seeds"]:
         cells = [str(r["seed"]), _f(r["baseline"]) if r["baseline"] is not None else f"failed ({r['baseline_reason']})",
                  _f(r["candidate"]) if r["candidate"] is not None else f"failed ({r['candidate_reason']})",
-                 _f(r.get("diff")), "candidate" if r.get("candidate_better") else ("baseline" if "diff" in r else "–")]
+                 _n(r.get("diff")), "candidate" if r.get("candidate_better") else ("baseline" if "diff" in r else "–")]
         for k in rung_keys:
-            cells += [_f(r.get(f"baseline_loss_{k}")), _f(r.get(f"candidate_loss_{k}"))]
+            cells += [_n(r.get(f"baseline_loss_{k}")), _n(r.get(f"candidate_loss_{k}"))]
         fps = {r["baseline_fp"], r["candidate_fp"]} - {None}
         cells.append(" / ".join(f"`{x}`" for x in sorted(fps)) or "–")
         md.append("| " + " | ".join(cells) + " |")
     md.append("")
-    w = s["welch"]
-    md.append(f"### Statistics (fingerprint `{fp}`)\n")
+    p, w = s["primary"], s["welch"]
+    md.append("### The primary test: paired by seed\n")
     md.append("| quantity | value |")
     md.append("|---|---|")
-    md.append(f"| baseline mean ± sd (n) | {_f(w['mean_b'])} ± {_f(w['sd_b'])} ({w['n_b']}) |")
-    md.append(f"| candidate mean ± sd (n) | {_f(w['mean_a'])} ± {_f(w['sd_a'])} ({w['n_a']}) |")
-    md.append(f"| difference candidate − baseline | {_f(w['diff'])} |")
-    md.append(f"| 95 % CI of the difference (Welch df) | [{_f(w['ci_low'])}, {_f(w['ci_high'])}] |")
-    md.append(f"| improvement | {_f(100 * s['improvement'], 2)} % |")
-    md.append(f"| Welch t, df | {_f(w['t'], 3)}, {_f(w['df'], 2)} |")
-    md.append(f"| p (two-sided), Holm-adjusted (family of {s['holm_family_size']}) | {_p(w['p'])}, {_p(s['p_holm'])} |")
-    md.append(f"| Cohen's d (pooled sd) | {_f(s['cohens_d'], 3)} ({s['d_interpretation']}) |")
-    md.append(f"| wins | {s['wins']} of {s['n_seeds']} seeds (needed: {s['required_wins']}) |")
-    pt = s.get("paired_t") or {}
-    md.append(f"| paired t-test on the same seeds (information only, not pre-registered) | t = {_f(pt.get('t'), 3)}, "
-              f"p = {_p(pt.get('p'))} |")
+    md.append(f"| baseline mean ± sd (n) | {_n(p['mean_b'])} ± {_n(p['sd_b'])} ({p['n']}) |")
+    md.append(f"| candidate mean ± sd (n) | {_n(p['mean_a'])} ± {_n(p['sd_a'])} ({p['n']}) |")
+    md.append(f"| mean difference candidate − baseline, sd | {_n(p['diff'])}, {_n(p['sd_diff'])} |")
+    md.append(f"| 95 % CI of the mean difference | [{_n(p['ci_low'])}, {_n(p['ci_high'])}] |")
+    md.append(f"| improvement | {_n(100 * s['improvement'], 2)} % |")
+    md.append(f"| paired t, df | {_n(p['t'], 3)}, {p['df']} |")
+    md.append(f"| p (two-sided), Holm-adjusted (family of {result['holm_family_size']}) | {_p(p['p'])}, {_p(s['p_holm'])} |")
+    md.append(f"| Cohen's d for paired samples | {_n(p['d'], 3)} ({p['d_label']}) |")
+    md.append(f"| wins | {s['wins']} of {p['n']} seeds |")
+    md.append(f"| robustness check, Welch's t-test (unpaired) | t = {_n(w['t'], 3)}, df = {_n(w['df'], 2)}, p = "
+              f"{_p(w['p'])}, 95 % CI [{_n(w['ci_low'])}, {_n(w['ci_high'])}] |")
     md.append("")
-    slug = c["slug"]
-    md.append(f"![per seed]({slug}_box.png) ![training curves]({slug}_curves.png)\n")
+    plots = c.get("plots") or {}
+    md.append(" ".join(f"![{k}]({plots[k]})" for k in ("seeds", "box", "curves") if k in plots) + "\n")
     sc = s["scaling"]
     if sc:
-        md.append(f"### Scaling law loss = a + b ln N (fingerprint `{fp}`)\n")
-        md.append("| side | mean slope b | 95 % CI (over seeds) | pooled b ± SE | pooled a ± SE | per-seed b |")
-        md.append("|---|---|---|---|---|---|")
+        md.append(f"### Scaling law loss = a + b ln N (seeds {sc['seeds']})\n")
+        md.append("| side | mean slope b [95 % CI over seeds] | per-seed b (R²) | pooled b ± SE | pooled R² |")
+        md.append("|---|---|---|---|---|")
         for side in ("baseline", "candidate"):
             f = sc[side]
             pooled = f["pooled"] or {}
-            md.append(f"| {side} | {_f(f['mean_slope'])} | [{_f(f['slope_ci'][0])}, {_f(f['slope_ci'][1])}] | "
-                      f"{_f(pooled.get('slope'))} ± {_f(pooled.get('se_slope'))} | {_f(pooled.get('intercept'))} ± "
-                      f"{_f(pooled.get('se_intercept'))} | {', '.join(_f(x['b']) for x in f['per_seed'])} |")
-        st = sc["slope_welch"]
-        md.append(f"\nSlope difference candidate − baseline {_f(st['diff'])}, 95 % CI [{_f(st['ci_low'])}, "
-                  f"{_f(st['ci_high'])}], Welch p = {_p(st['p'])} (not part of the Holm family). "
-                  f"Better slope: **{'yes' if sc['slope_better'] else 'no'}**.\n")
-        md.append(f"![scaling]({slug}_scaling.png)\n")
+            md.append(f"| {side} | {_n(f['mean_slope'])} [{_n(f['slope_ci'][0])}, {_n(f['slope_ci'][1])}] | "
+                      f"{', '.join(_n(x['b']) + ' (' + _n(x['r2'], 3) + ')' for x in f['per_seed'])} | "
+                      f"{_n(pooled.get('slope'))} ± {_n(pooled.get('se_slope'))} | {_n(pooled.get('r2'), 3)} |")
+        st = sc["slope_test"]
+        sizes = sorted({x["sizes"] for side in ("baseline", "candidate") for x in sc[side]["per_seed"]})
+        md.append(f"\nPaired slope test (candidate − baseline): mean difference {_n(st['diff'])}, 95 % CI "
+                  f"[{_n(st['ci_low'])}, {_n(st['ci_high'])}], t = {_n(st['t'], 3)} ({st['df']} df), p = {_p(st['p'])}, "
+                  f"Holm-adjusted over {result['slope_family_size']} slope test(s) p = {_p(st.get('p_holm'))}. "
+                  f"Sizes per fit: {sizes}" + (" (with two sizes every R² is 1 by construction)" if sizes == [2] else "")
+                  + ".\n")
+        if "scaling" in plots:
+            md.append(f"![scaling]({plots['scaling']})\n")
     else:
-        md.append("Scaling law: not measured (one rung per seed).\n")
+        md.append("Scaling law: not measured (one size per seed).\n")
+    md += _secondary_section(s)
+    md += _option_a_section(c)
+    if "mixing" in plots:
+        md.append("### Token mixing\n")
+        md.append(f"![mixing]({plots['mixing']})\n")
     return md
+
+
+def _tuning_section(c: dict, result: dict) -> list[str]:
+    hp = c["hyperparameters"]
+    md = [f"### Hyperparameters (tuning: {result['tuning']})\n",
+          "| side | lr | warmup steps | weight decay | batch | best tuning value | trials (pruned) | sampler seed |",
+          "|---|---|---|---|---|---|---|---|"]
+    for side in ("baseline", "candidate"):
+        h = hp[side]
+        b = h["best"]
+        md.append(f"| {side} | {_f(b['lr'], 5)} | {int(b['warmup_steps'])} | {_f(b['weight_decay'], 4)} | "
+                  f"{b.get('batch_size_seqs', '–')} | {_n(h.get('best_value'))} | {h.get('n_trials', 0)} "
+                  f"({h.get('pruned', 0)}) | {h.get('sampler_seed', '–')} |")
+        if h.get("note"):
+            md.append(f"| | {h['note']} | | | | | | |")
+    md.append("")
+    if any(hp[s].get("trials") for s in ("baseline", "candidate")):
+        md.append("<details><summary>Every trial</summary>\n")
+        md.append("| side | trial | lr | warmup | weight decay | batch | value | state |")
+        md.append("|---|---|---|---|---|---|---|---|")
+        for side in ("baseline", "candidate"):
+            for t in hp[side].get("trials", []):
+                md.append(f"| {side} | {t['trial']} | {_f(t['params']['lr'], 5)} | {int(t['params']['warmup_steps'])} | "
+                          f"{_f(t['params']['weight_decay'], 4)} | {t['params'].get('batch_size_seqs', '–')} | "
+                          f"{_n(t['value'])} | {t['state']}{': ' + t['note'] if t.get('note') else ''} |")
+        md.append("\n</details>\n")
+    return md
+
+
+def _option_a_section(c: dict) -> list[str]:
+    a = c.get("option_a")
+    if not a:
+        return []
+    md = ["### Option A beside option B: the candidate with its own tuning\n"]
+    if a.get("refused"):
+        return md + [f"Not compared: {a['refused']}.\n"]
+    p, h = a["stats"]["primary"], a["hyperparameters"]
+    md += [f"The design asks option B to report both results. Here the candidate trains with its own best settings "
+           f"({h['n_trials']} trials, {h.get('pruned', 0)} pruned: lr {_f(h['best']['lr'], 5)}, warmup "
+           f"{int(h['best']['warmup_steps'])}, weight decay {_f(h['best']['weight_decay'], 4)}, batch "
+           f"{h['best'].get('batch_size_seqs', '–')}) against the same baseline runs. Reported for comparison: "
+           "outside the Holm family, no verdict.\n",
+           "| baseline mean ± sd | candidate mean ± sd | mean difference [95 % CI] | paired t (df) | p | paired d | wins |",
+           "|---|---|---|---|---|---|---|",
+           f"| {_n(p['mean_b'])} ± {_n(p['sd_b'])} | {_n(p['mean_a'])} ± {_n(p['sd_a'])} | {_n(p['diff'])} "
+           f"[{_n(p['ci_low'])}, {_n(p['ci_high'])}] | {_n(p['t'], 3)} ({p['df']}) | {_p(p['p'])} | "
+           f"{_n(p['d'], 2)} ({p['d_label']}) | {a['stats']['wins']}/{p['n']} |", ""]
+    return md
+
+
+SECONDARY_NAMES = {
+    "grad_norm_mean": "gradient norm, mean over steps",
+    "grad_norm_var": "gradient norm, variance over steps",
+    "loss_roughness": "loss roughness (sd of step-to-step change after warmup; lower is smoother)",
+    "steps_to_90pct": "steps to 90 % of the final training-loss drop",
+    "ms_per_step": "training time, ms per step",
+    "wall_s": "training wall time, s",
+    "peak_memory_mib": "peak memory, MiB",
+}
+
+
+def _secondary_section(s: dict) -> list[str]:
+    sec = s.get("secondary") or {}
+    if not sec:
+        return []
+    md = ["### Secondary measures and cost at the reference size (mean ± sd over seeds)\n",
+          "| measure | baseline | candidate |", "|---|---|---|"]
+    for key, name in SECONDARY_NAMES.items():
+        b, c = sec["baseline"].get(key, {}), sec["candidate"].get(key, {})
+        if not b.get("n") and not c.get("n"):
+            continue
+        md.append(f"| {name} | {_g(b.get('mean'))} ± {_g(b.get('sd'))} | {_g(c.get('mean'))} ± {_g(c.get('sd'))} |")
+    md.append("\nFLOPs per forward and backward pass: the evaluator's FLOP ratio above. These measures are "
+              "reported, never scored.\n")
+    return md
+
+
+def _method_notes() -> list[str]:
+    return ["## Method notes\n",
+            "- The primary test is the design's: `scipy.stats.ttest_rel(candidate, baseline)` on the final validation "
+            "loss at the reference size, one pair per seed, two-sided, df = n − 1; the 95 % CI is the t-interval of "
+            "the mean difference; Cohen's d for paired samples = mean difference / sd of the differences (|d| < 0.2 "
+            "negligible, < 0.5 small, < 0.8 medium, else large). Negative differences favour the candidate.",
+            "- Holm-Bonferroni over every primary comparison of the invocation (and of `--family-with` reports); the "
+            "slope tests form their own Holm family.",
+            "- Welch's unequal-variance t-test (`scipy.stats.ttest_ind(..., equal_var=False)`) is a robustness check "
+            "only; it ignores the pairing by seed.",
+            f"- The design's criteria. Minimum: Holm-adjusted p < {protocol.ALPHA}, more than "
+            f"{protocol.MIN_IMPROVEMENT_FRAC:.0%} lower mean final loss, better on at least {protocol.MIN_WINS} of "
+            f"{len(protocol.SEEDS)} seeds, and a better scaling slope by its paired test (Holm p < {protocol.ALPHA}, "
+            f"negative difference). Strong: also |paired d| > {protocol.STRONG_ABS_D}, a FLOP ratio of at most "
+            f"{protocol.MAX_FLOP_RATIO:.2f}, and the researcher's interpretation of the mechanism.",
+            "- A run that departs from the design (profile, seeds, tuning trials or horizon, no ladder) is labelled "
+            "exploratory and no verdict is drawn, whatever its numbers.",
+            "- Scaling law per seed: least squares loss = a + b ln N over the ladder (N = non-embedding parameters), "
+            "with R²; the band in the plot is the 95 % t-interval over seeds of the mean fitted curve.",
+            "- Tuning trials train the reference size for half the horizon; a median pruner (Optuna's rule, "
+            "5 start-up trials) stops trials whose best validation loss is above the median of the finished trials "
+            "at the same step.", ""]

@@ -1,8 +1,9 @@
-"""The statistics of ``harness validate``: Welch's t-test, Cohen's d, confidence intervals, Holm-Bonferroni,
-scaling-law fits with standard errors, and the verdict against the users' pre-registered criteria.
+"""The statistics of ``harness validate``: the pre-registered paired t-test with the paired Cohen's d and the
+CI of the mean difference, Welch's t-test as a robustness check, Holm-Bonferroni, scaling-law fits with R²,
+the comparison across frameworks (one-way ANOVA, Kruskal-Wallis), and the verdict against the users' design.
 
 Pure numpy/scipy; nothing here touches torch or candidate code. Conventions: ``a`` is the candidate and ``b``
-the baseline, and every objective is "lower is better" (validation loss, or the slope b of
+the baseline, and every value is "lower is better" (the final validation loss, or the slope b of
 loss = a + b ln N, where more negative is better). Differences are candidate minus baseline, so a negative
 difference is an improvement.
 """
@@ -16,10 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import stats as sps
 
-ALPHA = 0.05
-MIN_IMPROVEMENT_FRAC = 0.01  # "more than 1 % improvement of the objective"
-WIN_FRACTION = 0.7  # "better on at least 7 of 10 seeds", scaled to other N
-STRONG_ABS_D = 0.5  # "strong": additionally |d| > 0.5 and a better slope
+from harness.validation import protocol
 
 
 def _arr(x) -> np.ndarray:
@@ -80,26 +78,58 @@ def welch(a, b, confidence: float = 0.95) -> Welch:
                  float(res.pvalue), diff - half, diff + half, confidence)
 
 
-def paired(a, b) -> dict:
-    """Paired t-test on the same seeds (``scipy.stats.ttest_rel``): information only, not pre-registered."""
+@dataclass
+class Paired:
+    """The pre-registered primary test: candidate and baseline trained on the same seeds, compared seed by seed."""
+
+    n: int
+    mean_a: float
+    mean_b: float
+    sd_a: float
+    sd_b: float
+    diff: float  # mean of the per-seed differences a - b
+    sd_diff: float
+    se: float
+    t: float
+    df: int  # n - 1
+    p: float  # two-sided
+    ci_low: float  # CI of the mean difference, t with n - 1 df
+    ci_high: float
+    d: float  # Cohen's d for paired samples: mean difference / sd of the differences
+    d_label: str
+    confidence: float = 0.95
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired(a, b, confidence: float = 0.95) -> Paired:
+    """Paired t-test of a - b on matched seeds, ``scipy.stats.ttest_rel``, two-sided, with the paired d and the CI.
+
+    t = mean(d) / (sd(d) / sqrt(n)) with n - 1 df; the CI is mean(d) +- t_{(1+confidence)/2, n-1} sd(d)/sqrt(n).
+    Degenerate samples (n < 2, or every difference equal) give NaN t and p, read as "cannot be tested"."""
     a, b = _arr(a), _arr(b)
-    if len(a) < 2 or len(a) != len(b) or np.all(a - b == (a - b)[0]):
-        return {"n": int(len(a)), "t": math.nan, "p": math.nan}
+    if len(a) != len(b):
+        raise ValueError("a paired test needs one candidate and one baseline value per seed")
+    n = len(a)
+    nan = math.nan
+    sd = (lambda x: float(x.std(ddof=1)) if n > 1 else nan)
+    diffs = a - b
+    ma, mb = (float(a.mean()), float(b.mean())) if n else (nan, nan)
+    md = float(diffs.mean()) if n else nan
+    if n < 2:
+        return Paired(n, ma, mb, sd(a), sd(b), md, nan, nan, nan, max(0, n - 1), nan, nan, nan, nan, "undefined",
+                      confidence)
+    sdd = float(diffs.std(ddof=1))
+    se = sdd / math.sqrt(n)
+    if sdd == 0.0:
+        d = 0.0 if md == 0.0 else math.copysign(math.inf, md)
+        return Paired(n, ma, mb, sd(a), sd(b), md, 0.0, 0.0, nan, n - 1, nan, md, md, d, interpret_d(d), confidence)
     res = sps.ttest_rel(a, b)
-    return {"n": int(len(a)), "t": float(res.statistic), "p": float(res.pvalue)}
-
-
-def cohens_d(a, b) -> float:
-    """(mean(a) - mean(b)) / pooled sd, pooled sd = sqrt(((na-1) va + (nb-1) vb) / (na + nb - 2))."""
-    a, b = _arr(a), _arr(b)
-    na, nb = len(a), len(b)
-    if na < 2 or nb < 2:
-        return math.nan
-    pooled = math.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
-    diff = float(a.mean() - b.mean())
-    if pooled == 0.0:
-        return 0.0 if diff == 0.0 else math.copysign(math.inf, diff)
-    return diff / pooled
+    half = float(sps.t.ppf(0.5 + confidence / 2.0, n - 1)) * se
+    d = md / sdd
+    return Paired(n, ma, mb, sd(a), sd(b), md, sdd, se, float(res.statistic), n - 1, float(res.pvalue),
+                  md - half, md + half, d, interpret_d(d), confidence)
 
 
 def interpret_d(d: float) -> str:
@@ -156,6 +186,7 @@ class OLS:
     df: int
     slope_ci: tuple[float, float]
     n: int
+    r2: float  # 1 - SSR / SST; NaN when y is constant or fewer than 2 points
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -164,38 +195,41 @@ class OLS:
 
 
 def ols(x, y, confidence: float = 0.95) -> OLS:
-    """Least squares y = intercept + slope x with the classical standard errors (residual df = n - 2)."""
+    """Least squares y = intercept + slope x with the classical standard errors (residual df = n - 2) and R²."""
     x, y = _arr(x), _arr(y)
     n = len(x)
+    nan = math.nan
     if n < 2 or np.ptp(x) == 0:
-        return OLS(math.nan, math.nan, math.nan, math.nan, max(0, n - 2), (math.nan, math.nan), n)
+        return OLS(nan, nan, nan, nan, max(0, n - 2), (nan, nan), n, nan)
     xm = x.mean()
     sxx = float(((x - xm) ** 2).sum())
     slope = float(((x - xm) * (y - y.mean())).sum() / sxx)
     intercept = float(y.mean() - slope * xm)
+    resid = y - (intercept + slope * x)
+    ssr, sst = float((resid ** 2).sum()), float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - ssr / sst if sst > 0 else nan
     df = n - 2
     if df <= 0:
-        return OLS(slope, intercept, math.nan, math.nan, df, (math.nan, math.nan), n)
-    resid = y - (intercept + slope * x)
-    s2 = float((resid ** 2).sum() / df)
+        return OLS(slope, intercept, nan, nan, df, (nan, nan), n, r2)
+    s2 = ssr / df
     se_slope = math.sqrt(s2 / sxx)
     se_intercept = math.sqrt(s2 * (1.0 / n + xm ** 2 / sxx))
     half = float(sps.t.ppf(0.5 + confidence / 2.0, df)) * se_slope
-    return OLS(slope, intercept, se_slope, se_intercept, df, (slope - half, slope + half), n)
+    return OLS(slope, intercept, se_slope, se_intercept, df, (slope - half, slope + half), n, r2)
 
 
 def scaling_fits(per_seed: list[tuple[list[float], list[float]]], confidence: float = 0.95) -> dict:
     """Scaling law loss = a + b ln N across the ladder.
 
-    ``per_seed``: one (non-embedding params, final losses) pair of lists per seed. Returns the per-seed
-    (a, b), the mean slope with its t-interval across seeds, and a pooled regression over every
-    (ln N, loss) point with its standard errors."""
+    ``per_seed``: one (non-embedding params, final losses) pair of lists per seed. Returns each seed's fit
+    (a, b, R²; R² is 1 by construction with two sizes), the mean slope with its t-interval across seeds, and a
+    pooled regression over every (ln N, loss) point with its standard errors and R²."""
     seeds = []
     xs, ys = [], []
     for params, losses in per_seed:
         lx = [math.log(p) for p in params]
         fit = ols(lx, losses)
-        seeds.append({"a": fit.intercept, "b": fit.slope})
+        seeds.append({"a": fit.intercept, "b": fit.slope, "r2": fit.r2, "sizes": len(lx)})
         xs += lx
         ys += list(losses)
     slopes = [s["b"] for s in seeds if math.isfinite(s["b"])]
@@ -216,21 +250,62 @@ def wins(candidate, baseline) -> int:
     return int(sum(1 for c, b in zip(candidate, baseline) if c < b))
 
 
-def required_wins(n: int) -> int:
-    """The users' "at least 7 of 10 seeds", scaled proportionally: ceil(0.7 N) (7 of 10, 3 of 3, 4 of 5)."""
-    return math.ceil(WIN_FRACTION * n - 1e-9)
-
-
 def improvement_frac(mean_candidate: float, mean_baseline: float) -> float:
-    """Relative improvement of a lower-is-better objective: (baseline - candidate) / |baseline|."""
+    """Relative improvement of a lower-is-better value: (baseline - candidate) / |baseline|."""
     if mean_baseline == 0 or not math.isfinite(mean_baseline):
         return math.nan
     return (mean_baseline - mean_candidate) / abs(mean_baseline)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Across frameworks (H2)
+
+
+def across_groups(groups: dict[str, list[float]], alpha: float = 0.05) -> dict:
+    """Do the groups (one list of per-seed final losses per framework) differ?
+
+    One-way ANOVA (``scipy.stats.f_oneway``) and its rank-based counterpart Kruskal-Wallis
+    (``scipy.stats.kruskal``) over all groups; then every pair by Welch's t-test (the groups are different
+    models), Holm-adjusted over the pairs. Needs at least two groups of two values; NaN otherwise."""
+    names = [k for k, v in groups.items() if len(v) >= 2]
+    samples = [_arr(groups[k]) for k in names]
+    out = {"groups": {k: {"n": len(groups[k]), "mean": float(np.mean(groups[k])) if groups[k] else math.nan,
+                          "sd": float(np.std(groups[k], ddof=1)) if len(groups[k]) > 1 else math.nan}
+                      for k in groups},
+           "anova": {"F": math.nan, "df_between": len(names) - 1, "df_within": sum(map(len, samples)) - len(names),
+                     "p": math.nan},
+           "kruskal": {"H": math.nan, "df": len(names) - 1, "p": math.nan}, "pairs": []}
+    if len(names) < 2:
+        return out
+    pooled_constant = all(np.ptp(x) == 0 for x in samples)
+    with warnings.catch_warnings():  # constant groups: scipy warns and returns NaN, which is what we report
+        warnings.simplefilter("ignore")
+        if not pooled_constant:
+            f = sps.f_oneway(*samples)
+            out["anova"].update(F=float(f.statistic), p=float(f.pvalue))
+        if len({float(v) for x in samples for v in x}) > 1:
+            k = sps.kruskal(*samples)
+            out["kruskal"].update(H=float(k.statistic), p=float(k.pvalue))
+    pairs = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            w = welch(samples[i], samples[j])
+            pairs.append({"a": names[i], "b": names[j], "diff": w.diff, "t": w.t, "df": w.df, "p": w.p,
+                          "ci_low": w.ci_low, "ci_high": w.ci_high})
+    for pair, p_adj in zip(pairs, holm([p["p"] for p in pairs])):
+        pair["p_holm"] = p_adj
+        pair["significant"] = bool(math.isfinite(p_adj) and p_adj < alpha)
+    out["pairs"] = pairs
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The verdict
+
+
 @dataclass
 class Verdict:
-    level: str  # "strong" | "minimum" | "not significant" | "significant but below the minimum" | "worse" | "untestable"
+    level: str  # see LEVELS
     text: str
     criteria: list[dict] = field(default_factory=list)
 
@@ -238,41 +313,73 @@ class Verdict:
         return asdict(self)
 
 
-def verdict(p_adjusted: float, diff: float, improvement: float, n_wins: int, n_seeds: int, d: float,
-            slope_better: bool | None, alpha: float = ALPHA) -> Verdict:
-    """The users' pre-registered criteria (lower objective is better).
+LEVELS = ("strong", "minimum", "minimum, strong pending interpretation", "below the minimum", "not significant",
+          "worse", "untestable", "failed", "exploratory")
 
-    minimum: Holm-adjusted p < alpha, improvement > 1 %, and wins on >= ceil(0.7 N) seeds;
-    strong: minimum, and |d| > 0.5, and a better (more negative) scaling slope."""
-    need = required_wins(n_seeds)
-    scaled = "" if n_seeds == 10 else f" (the users' 7 of 10 scaled to N = {n_seeds}: ceil(0.7 x {n_seeds}) = {need})"
-    sig = math.isfinite(p_adjusted) and p_adjusted < alpha
+
+def criterion(name: str, value, passed: bool | None, tier: str, note: str = "") -> dict:
+    """One line of the design's criteria; ``passed`` None means not assessable yet (pending or not measured)."""
+    return {"name": name, "value": value, "passed": passed, "tier": tier, "note": note}
+
+
+def verdict(*, primary: Paired, p_holm: float, n_wins: int, slope: dict | None, flop_ratio: float | None,
+            interpretation: str | None, deviations: list[str]) -> Verdict:
+    """The design's criteria on the final validation loss at the reference size (lower is better).
+
+    minimum: Holm-adjusted two-tailed p < alpha, more than 1 % lower mean loss, better on at least 7 of 10
+    seeds, and a better scaling slope by its own test (paired over seeds, Holm-adjusted p < alpha, negative);
+    strong: the minimum, and |paired d| > 0.5, a FLOP ratio of at most 1.10 (the evaluator's), and an
+    interpretation filled in by the researcher (pending until then).
+
+    A run with deviations from the design is exploratory whatever its numbers: the criteria are shown, no claim
+    is drawn."""
+    improvement = improvement_frac(primary.mean_a, primary.mean_b)
+    sig = math.isfinite(p_holm) and p_holm < protocol.ALPHA
+    slope_ok = None if slope is None else bool(math.isfinite(slope.get("p_holm", math.nan))
+                                                and slope["p_holm"] < protocol.ALPHA and slope["diff"] < 0)
+    flops_ok = None if flop_ratio is None or not math.isfinite(flop_ratio) else flop_ratio <= protocol.MAX_FLOP_RATIO
     crit = [
-        {"name": f"Holm-adjusted p < {alpha}", "value": p_adjusted, "passed": bool(sig)},
-        {"name": f"improvement > {MIN_IMPROVEMENT_FRAC:.0%}", "value": improvement,
-         "passed": bool(math.isfinite(improvement) and improvement > MIN_IMPROVEMENT_FRAC)},
-        {"name": f"better on >= {need} of {n_seeds} seeds{scaled}", "value": n_wins, "passed": n_wins >= need},
-        {"name": f"Cohen's d magnitude > {STRONG_ABS_D} (strong only)", "value": d,
-         "passed": bool(not math.isnan(d) and abs(d) > STRONG_ABS_D)},
-        {"name": "better scaling slope (strong only)", "value": slope_better,
-         "passed": bool(slope_better) if slope_better is not None else False},
+        criterion(f"two-tailed paired p (Holm) < {protocol.ALPHA}", p_holm, bool(sig), "minimum"),
+        criterion(f"final loss more than {protocol.MIN_IMPROVEMENT_FRAC:.0%} lower", improvement,
+                  bool(math.isfinite(improvement) and improvement > protocol.MIN_IMPROVEMENT_FRAC), "minimum"),
+        criterion(f"better on at least {protocol.MIN_WINS} of {len(protocol.SEEDS)} seeds", f"{n_wins} of {primary.n}",
+                  n_wins >= protocol.MIN_WINS and primary.n == len(protocol.SEEDS), "minimum"),
+        criterion(f"better scaling slope (paired slope test, Holm p < {protocol.ALPHA}, negative difference)",
+                  None if slope is None else slope.get("p_holm"), slope_ok, "minimum",
+                  "" if slope is not None else "not measured: one size per seed"),
+        criterion(f"|paired d| > {protocol.STRONG_ABS_D}", primary.d,
+                  bool(math.isfinite(primary.d) and abs(primary.d) > protocol.STRONG_ABS_D), "strong"),
+        criterion(f"FLOP ratio at most {protocol.MAX_FLOP_RATIO:.2f}", flop_ratio, flops_ok, "strong",
+                  "" if flops_ok is not None else "the evaluator's FLOP ratio is missing"),
+        criterion("interpretable mechanism (the researcher's interpretation)", interpretation,
+                  True if interpretation else None, "strong", "" if interpretation else "pending"),
     ]
-    minimum = all(c["passed"] for c in crit[:3])
-    if not math.isfinite(p_adjusted):
-        return Verdict("untestable", "Untestable: the samples are too small or have no variance, so no p-value "
-                       "exists. Not significant.", crit)
+    minimum = [c for c in crit if c["tier"] == "minimum"]
+    strong = [c for c in crit if c["tier"] == "strong"]
+    if deviations:
+        return Verdict("exploratory", "Exploratory: protocol not followed (" + "; ".join(deviations) + "). The "
+                       "numbers below describe this run only; no claim is drawn from them.", crit)
+    if not math.isfinite(primary.p):
+        return Verdict("untestable", "Untestable: no p-value exists (too few seeds, or every seed gives the same "
+                       "difference). No claim is drawn.", crit)
     if not sig:
-        return Verdict("not significant", f"Not significant: the Holm-adjusted p = {p_adjusted:.3g} is not below "
-                       f"{alpha}. The data do not show that the candidate differs from the baseline.", crit)
-    if diff > 0:
-        return Verdict("worse", f"Significantly WORSE than the baseline (Holm-adjusted p = {p_adjusted:.3g}).", crit)
-    if not minimum:
-        failed = ", ".join(c["name"] for c in crit[1:3] if not c["passed"])
-        return Verdict("significant but below the minimum", f"Significant (Holm-adjusted p = {p_adjusted:.3g}) but "
-                       f"the pre-registered minimum is not met: failed {failed}.", crit)
-    if crit[3]["passed"] and crit[4]["passed"]:
-        return Verdict("strong", f"STRONG evidence of improvement: Holm-adjusted p = {p_adjusted:.3g}, "
-                       f"{improvement:.2%} better, {n_wins}/{n_seeds} seeds, |d| = {abs(d):.2f}, better slope.", crit)
-    missing = ", ".join(c["name"].replace(" (strong only)", "") for c in crit[3:] if not c["passed"])
-    return Verdict("minimum", f"Meets the pre-registered MINIMUM: Holm-adjusted p = {p_adjusted:.3g}, "
-                   f"{improvement:.2%} better, {n_wins}/{n_seeds} seeds; not strong ({missing}).", crit)
+        return Verdict("not significant", f"Not significant: the Holm-adjusted p = {p_holm:.3g} is not below "
+                       f"{protocol.ALPHA}. The data do not show that the candidate differs from the baseline.", crit)
+    if primary.diff > 0:
+        return Verdict("worse", f"Significantly WORSE than the baseline (Holm-adjusted p = {p_holm:.3g}, mean "
+                       f"difference {primary.diff:+.4g}).", crit)
+    failed = [c["name"] for c in minimum if not c["passed"]]
+    if failed:
+        return Verdict("below the minimum", f"Significant (Holm-adjusted p = {p_holm:.3g}) but the design's "
+                       f"minimum is not met: {'; '.join(failed)}.", crit)
+    evidence = (f"Holm-adjusted p = {p_holm:.3g}, {improvement:.2%} lower final loss, {n_wins}/{primary.n} seeds, "
+                "better slope")
+    head = f"Meets the design's MINIMUM: {evidence}"
+    if all(c["passed"] for c in strong):
+        return Verdict("strong", f"STRONG: {evidence}, |d| = {abs(primary.d):.2f}, FLOP ratio {flop_ratio:.3f}, "
+                       "interpreted by the researcher.", crit)
+    if all(c["passed"] is not False for c in strong):
+        return Verdict("minimum, strong pending interpretation", f"{head}. Strong once the researcher records an "
+                       "interpretation of the mechanism (`harness validate --interpret`).", crit)
+    missing = "; ".join(c["name"] for c in strong if c["passed"] is False)
+    return Verdict("minimum", f"{head}. Not strong: {missing}.", crit)

@@ -1,86 +1,135 @@
-"""The hyperparameter search of ``harness validate``: lr (log-uniform), warmup steps and weight decay around the
-profile's values, by Optuna's TPE with a fixed sampler seed and the profile's defaults as trial 0.
+"""The hyperparameter search of ``harness validate``, as the design has it: Optuna's TPE over lr (log-uniform),
+warmup steps, weight decay and batch size, in the design's ranges (``protocol.search_space``), each trial
+trained on the reference rung for half the full horizon, with a median pruner.
+
+Pruning runs where the trial runs: before a trial starts, the trusted side computes the median pruner's
+thresholds from the finished trials (the median of their validation losses at each evaluation step), and the
+training stops at the first evaluation where its best loss so far is above that step's threshold. The curve it
+hands back is then replayed into the study through ``trial.report`` and Optuna's own ``MedianPruner``, which
+must agree: a run that stopped where the pruner would not have pruned it is a failed trial.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Callable
 
+import numpy as np
+
 from harness.trusted.profiles import Profile
+from harness.validation import protocol
 from harness.validation.jobs import TrainJob, run_batch
 
-TUNABLE = ("lr", "warmup_steps", "weight_decay")
-SAMPLER_SEED = 12345
+TUNED = ("lr", "warmup_steps", "weight_decay", "batch_size_seqs")
+PRUNER_STARTUP_TRIALS = 5  # Optuna's default: no pruning until this many trials have finished
+BASE_SAMPLER_SEED = 12345
 
 
-def search_space(profile: Profile) -> dict:
-    """The hyperparameter ranges, around the profile's values."""
-    from optuna.distributions import FloatDistribution, IntDistribution
+def sampler_seed(side: str) -> int:
+    """An independent TPE seed for each tuned side, derived from its label so that reruns repeat it."""
+    return BASE_SAMPLER_SEED + int(hashlib.sha256(side.encode()).hexdigest()[:6], 16)
 
-    w_hi = max(1, min(profile.steps // 4, 4 * profile.warmup_steps))
-    w_lo = min(w_hi, max(0, profile.warmup_steps // 4))
+
+def distributions(profile: Profile) -> dict:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space = protocol.search_space(profile)
     return {
-        "lr": FloatDistribution(profile.lr / 4.0, profile.lr * 4.0, log=True),
-        "warmup_steps": IntDistribution(w_lo, w_hi),
-        "weight_decay": FloatDistribution(0.0, max(0.3, 3.0 * profile.weight_decay)),
+        "lr": FloatDistribution(*space.lr, log=True),
+        "warmup_steps": IntDistribution(*space.warmup_steps),
+        "weight_decay": FloatDistribution(*space.weight_decay),
+        "batch_size_seqs": CategoricalDistribution(list(space.batch_size_seqs)),
     }
 
 
 def defaults(profile: Profile) -> dict:
-    return {"lr": profile.lr, "warmup_steps": profile.warmup_steps, "weight_decay": profile.weight_decay}
+    """The profile's own recipe: used without tuning, and when every trial failed."""
+    return {"lr": profile.lr, "warmup_steps": profile.warmup_steps, "weight_decay": profile.weight_decay,
+            "batch_size_seqs": profile.batch_size_seqs}
 
 
-def tune(make_job: Callable[[dict], TrainJob], profile: Profile, trials: int, runner, log,
-         first_value: float | None = None, sampler_seed: int = SAMPLER_SEED, jobs: int = 1) -> dict:
-    """TPE over lr (log-uniform), warmup steps and weight decay; trial 0 is the profile's defaults.
+def median_thresholds(study) -> dict[int, float]:
+    """{step: median validation loss of the finished trials at that step}, or {} while the pruner is still in
+    its start-up (the same rule as ``optuna.pruners.MedianPruner``'s defaults)."""
+    from optuna.trial import TrialState
 
-    ``jobs`` trials run at a time: each batch is asked for first, with a constant liar standing in for the
-    trials still running, then trained concurrently and told. ``first_value``: the objective of the defaults
-    on the tuning seed when already known (the evaluator's own run, identical computation): trial 0 then
-    reuses it instead of training again."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(done) < PRUNER_STARTUP_TRIALS:
+        return {}
+    steps = sorted({s for t in done for s in t.intermediate_values})
+    return {s: float(np.nanpercentile([t.intermediate_values[s] for t in done if s in t.intermediate_values], 50))
+            for s in steps}
+
+
+def tune(make_job: Callable[[dict], TrainJob], profile: Profile, trials: int, runner, log, side: str,
+         jobs: int = 1) -> dict:
+    """``trials`` TPE trials for one side, ``jobs`` at a time (a constant liar stands in for the trials still
+    running); returns the best hyperparameters (with the tuning horizon) and every trial."""
     import optuna
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = search_space(profile)
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=jobs > 1)
-    study = optuna.create_study(direction="minimize", sampler=sampler)
-    study.enqueue_trial(defaults(profile))
+    space = protocol.search_space(profile)
+    dists = distributions(profile)
+    seed = sampler_seed(side)
+    study = optuna.create_study(direction="minimize",
+                                sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=jobs > 1),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS))
     history = []
     while len(history) < trials:
-        batch = [study.ask(space) for _ in range(min(max(1, jobs), trials - len(history)))]
-        params = [{k: t.params[k] for k in TUNABLE} for t in batch]
-        reuse_first = not history and first_value is not None
-        to_train = params[1:] if reuse_first else params
-        trained = run_batch(runner, [make_job(p) for p in to_train], jobs, lambda m: None)
-        if reuse_first:
-            trained = [{"ok": True, "record": {"value": first_value}, "reason": "ok", "wall_s": 0.0,
-                        "source": "evaluator run (defaults, tuning seed)"}] + trained
-        for trial, p, res in zip(batch, params, trained):
-            value = res["record"]["value"] if res["ok"] else None
-            if value is not None and math.isfinite(value):
-                study.tell(trial, value)
-            else:
-                study.tell(trial, state=TrialState.FAIL)
-            history.append({"trial": len(history), "params": p, "value": value, "reason": res["reason"],
-                            "source": res.get("source", "trained"), "wall_s": res["wall_s"]})
-            log(f"  trial {history[-1]['trial']}: {hp_text(p)} -> {value if value is None else f'{value:.4f}'} "
-                f"({res['reason']})")
-    done = [h for h in history if h["value"] is not None and math.isfinite(h["value"])]
+        thresholds = median_thresholds(study)
+        batch = [study.ask(dists) for _ in range(min(max(1, jobs), trials - len(history)))]
+        params = [{k: t.params[k] for k in TUNED} for t in batch]
+        made = []
+        for p in params:
+            job = make_job({**p, "steps": space.steps})
+            job.prune_above = dict(thresholds) or None
+            made.append(job)
+        trained = run_batch(runner, made, jobs, lambda m: None)
+        # Replay every curve of the batch before telling any trial, so that each is judged against the same
+        # finished trials that set its thresholds.
+        outcomes = [_replay(trial, res) for trial, res in zip(batch, trained)]
+        for trial, p, res, (state, value, note) in zip(batch, params, trained, outcomes):
+            study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+            history.append({"trial": len(history), "params": p, "value": value, "state": state.name.lower(),
+                            "reason": res["reason"], "note": note, "wall_s": res["wall_s"]})
+            log(f"  trial {history[-1]['trial']}: {hp_text(p)} -> "
+                f"{'–' if value is None else f'{value:.4f}'} ({history[-1]['state']}{': ' + note if note else ''})")
+    done = [h for h in history if h["state"] == "complete"]
+    base = {"trials": history, "sampler_seed": seed, "space": space.text(), "pruned": sum(h["state"] == "pruned"
+                                                                                         for h in history)}
     if not done:
-        return {"best": defaults(profile), "best_value": None, "trials": history,
-                "note": "every trial failed: the profile's defaults are used"}
+        return {**base, "best": defaults(profile), "best_value": None,
+                "note": "no trial finished: the profile's defaults are used"}
     best = min(done, key=lambda h: h["value"])
-    return {"best": best["params"], "best_value": best["value"], "trials": history}
+    return {**base, "best": best["params"], "best_value": best["value"]}
+
+
+def _replay(trial, res: dict):
+    """(state, value, note) of one trained trial, after reporting its validation curve to the study."""
+    from optuna.trial import TrialState
+
+    if res["reason"] == "pruned":
+        curve = res["pruned_curve"]
+    elif res["ok"]:
+        curve = res["record"]["runs"][-1]["val_curve"]
+    else:
+        return TrialState.FAIL, None, res["reason"]
+    for i, (step, value) in enumerate(curve):
+        trial.report(value, step)
+        if trial.should_prune():
+            if res["reason"] == "pruned" and i == len(curve) - 1:
+                return TrialState.PRUNED, None, f"pruned at step {step}"
+            if res["ok"] and i == len(curve) - 1:  # at the last evaluation: finished, and below the median
+                return TrialState.PRUNED, None, f"pruned at its last step {step}"
+            return TrialState.FAIL, None, f"ran past step {step}, where the median pruner prunes it"
+    if res["reason"] == "pruned":
+        return TrialState.FAIL, None, f"stopped at step {curve[-1][0]}, where the median pruner does not prune it"
+    value = res["record"]["value"]
+    return (TrialState.COMPLETE, value, "") if math.isfinite(value) else (TrialState.FAIL, None, "non-finite")
 
 
 def hp_text(h: dict) -> str:
-    return f"lr={h['lr']:.3g} warmup={int(h['warmup_steps'])} wd={h['weight_decay']:.3g}"
-
-
-def space_text(profile: Profile) -> str:
-    sp = search_space(profile)
-    return (f"lr log-uniform [{sp['lr'].low:.3g}, {sp['lr'].high:.3g}], warmup steps integer "
-            f"[{sp['warmup_steps'].low}, {sp['warmup_steps'].high}], weight decay uniform "
-            f"[{sp['weight_decay'].low:.3g}, {sp['weight_decay'].high:.3g}]")
+    return (f"lr={h['lr']:.3g} warmup={int(h['warmup_steps'])} wd={h['weight_decay']:.3g} "
+            f"batch={int(h.get('batch_size_seqs', 0)) or '–'}")
