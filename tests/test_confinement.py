@@ -137,6 +137,33 @@ def test_the_launcher_runs_its_command_as_process_1_with_no_network():
 
 
 @needs_confinement
+def test_a_sandbox_whose_launcher_dies_while_it_starts_still_dies():
+    """A death signal asked for before exec does not survive exec in a user namespace, and process 1 of a PID
+    namespace reads 0 from getppid() whether its parent lives or not: a sandbox still importing when the evaluator
+    and the launcher died used to train on as an orphan (found by killing openevolve-run while its evaluator
+    prepared the baseline). It now reads the launcher's death from a pipe when it asks for its signal."""
+    inner = ("import time; time.sleep(3)\n"  # the start-up: imports, before the sandbox asks for its signal
+             "from harness.trusted.process_lifetime import die_with_parent; die_with_parent()\n"
+             "time.sleep(120)")
+    code = (
+        "import os, subprocess, sys, time\n"
+        "from harness.trusted import confine\n"
+        f"launcher = subprocess.Popen(confine.wrap([sys.executable, '-c', {inner!r}]), start_new_session=True)\n"
+        "print(launcher.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    evaluator = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    launcher_pid = int(evaluator.stdout.readline())
+    deadline = time.monotonic() + 20
+    while not (sandboxes := children(launcher_pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandboxes, "the launcher started nothing"
+    evaluator.kill()  # while the sandbox is still starting
+    evaluator.wait()
+    assert all_gone([launcher_pid, *sandboxes], timeout_s=15), "the sandbox outlived its launcher"
+
+
+@needs_confinement
 def test_the_confined_sandbox_dies_with_the_evaluator():
     """evaluator -> launcher -> sandbox (process 1 of its namespace): killing the evaluator ends both."""
     inner = ("from harness.trusted.process_lifetime import die_with_parent; die_with_parent(); "

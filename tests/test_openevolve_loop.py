@@ -245,3 +245,43 @@ def test_a_run_past_its_timeout_is_killed_with_its_sandboxes(loop_env):
     time.sleep(1)
     assert _processes_in(output) == []
     assert "killed after 8 s" in run.log_path.read_text()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def test_killing_openevolve_run_takes_its_workers_and_their_sandboxes(loop_env):
+    """After ``kill -9`` of openevolve-run, its worker processes used to live on as orphans that ignore SIGTERM; a
+    worker now asks the kernel to kill it with openevolve-run as soon as it loads the evaluator, and the sandbox it
+    started dies with it."""
+    import signal
+    import threading
+
+    from processes import all_gone, children
+
+    root, env = loop_env
+    output = (root / "sigkilled").resolve()
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(run=run_demo("ttr", 5, output, extra_env=env,
+                                                                          timeout_s=300)))
+    thread.start()
+    deadline, main, busy = time.time() + 240, None, []
+    while time.time() < deadline and not busy:  # until a worker (not the main process's own launcher) evaluates
+        main = next((p for p in _processes_in(output) if p in children(os.getpid())), None)
+        workers = [w for w in (children(main) if main else []) if "harness.trusted.confine" not in _cmdline(w)]
+        busy = [w for w in workers if any("harness.trusted.confine" in _cmdline(c) for c in children(w))]
+        time.sleep(0.2)
+    assert busy, _tail(result["run"]) if "run" in result else "openevolve-run never had a worker evaluating"
+    launchers = [c for w in busy for c in children(w)]
+    descendants = busy + launchers + [c for launcher in launchers for c in children(launcher)]
+    os.kill(main, signal.SIGKILL)
+    thread.join(timeout=60)
+    assert result["run"].returncode == -signal.SIGKILL
+    assert all_gone(descendants, timeout_s=15), {p: _cmdline(p)[:120] for p in descendants}
+    time.sleep(1)
+    assert _processes_in(output) == []

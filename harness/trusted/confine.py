@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 
-from harness.trusted.process_lifetime import PARENT_PID_ENV, die_with_parent
+from harness.trusted.process_lifetime import PARENT_ALIVE_FD_ENV, PARENT_PID_ENV, die_with_parent
 from harness.trusted.profiles import ALLOW_UNCONFINED_ENV
 
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -112,15 +112,23 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"{FAILURE_PREFIX}{exc}", file=sys.stderr, flush=True)
         return EXIT_UNAVAILABLE
+    alive_r, alive_w = os.pipe()  # the launcher holds the write end for as long as it lives
     pid = os.fork()
     if pid == 0:
-        # Process 1 of the new namespace. Its parent is outside, where the namespace shows no pid: 0.
-        os.environ[PARENT_PID_ENV] = "0"
+        # Process 1 of the new namespace. Its parent is outside, where the namespace shows no pid: 0, so
+        # die_with_parent reads the launcher's death from the pipe (see process_lifetime).
         try:
+            os.close(alive_w)
+            os.set_inheritable(alive_r, True)
+            os.environ[PARENT_PID_ENV] = "0"
+            os.environ[PARENT_ALIVE_FD_ENV] = str(alive_r)
             os.execvp(argv[0], argv)
         finally:
             os._exit(127)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    os.close(alive_r)
+    status = os.waitpid(pid, 0)[1]
+    os.close(alive_w)
+    return os.waitstatus_to_exitcode(status)
 
 
 if __name__ == "__main__":

@@ -329,7 +329,9 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
 
 def make_evaluator(framework: str):
     """The ``evaluate(program_path)`` of one framework. Preparing at import time makes configuration
-    errors stop the OpenEvolve run at start instead of being scored as candidate failures."""
+    errors stop the OpenEvolve run at start instead of being scored as candidate failures. A worker process ties
+    its life to openevolve-run here, as soon as it loads the evaluator."""
+    _die_with_openevolve()
     prepare(framework)
 
     def evaluate_program(program_path: str):

@@ -13,19 +13,36 @@ import sys
 
 # Set by the starter to its own pid: the child checks that its parent is still that process.
 PARENT_PID_ENV = "HARNESS_SANDBOX_PARENT_PID"
+# Set by the confinement launcher: a pipe whose write end it holds for as long as it lives. Its child is process 1
+# of a new PID namespace, where getppid() is 0 whether the launcher lives or not, so the child reads the launcher's
+# death as an end of file instead.
+PARENT_ALIVE_FD_ENV = "HARNESS_SANDBOX_PARENT_ALIVE_FD"
 
 
 def die_with_parent(expected_parent: int | None = None) -> None:
     """Have the kernel SIGKILL this process when the process that started it dies (Linux). The sandbox runs in
     its own process group, so without this a killed evaluator or Ray worker would leave it training on,
     holding its GPU, with nobody left to read its result. ``expected_parent`` (default: the pid the starter
-    put in the environment) closes the race where the parent dies before the request takes effect."""
+    put in the environment), or the launcher's pipe, closes the race where the parent dies before the request
+    takes effect. A death signal asked for before exec does not survive it in a user namespace: the process
+    must ask once running."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    alive_fd = os.environ.pop(PARENT_ALIVE_FD_ENV, None)
+    if alive_fd is not None:
+        fd = int(alive_fd)
+        try:
+            os.set_blocking(fd, False)
+            if os.read(fd, 1) == b"":  # every write end closed: the launcher died before the request took effect
+                os._exit(1)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
     if expected_parent is None and os.environ.get(PARENT_PID_ENV):
         expected_parent = int(os.environ[PARENT_PID_ENV])
     if expected_parent is not None and os.getppid() != expected_parent:
