@@ -199,6 +199,9 @@ class Campaign:
                 time.sleep(0.5)
         finally:
             progress.stop()
+        for fw in todo:  # a run that raised instead of returning leaves no mark: it is unfinished too
+            if not self._done("evolve", fw) and fw not in errors:
+                errors[fw] = "its run stopped with an error; see the log above"
         if errors:
             raise ConfigError("evolution did not finish: " + "; ".join(f"{fw}: {e}" for fw, e in errors.items())
                               + ". Run the same command again to resume.")
