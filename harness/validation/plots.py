@@ -43,11 +43,6 @@ def plot_comparison(comp: dict, result: dict, out_dir: Path) -> dict[str, str]:
     return drawn
 
 
-def _label(result: dict) -> str:
-    d, l, h = result["reference_rung"]
-    return f"final validation loss at the reference size (d={d}, {l} layers, {h} heads)"
-
-
 def plot_seed_bars(comp: dict, result: dict, path: Path) -> bool:
     """Per seed, the candidate's difference from its baseline (negative is better)."""
     plt = _plt()
