@@ -18,7 +18,7 @@ def _log(message: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness.sandbox.data import default_cache_dir, load_token_data
+    from harness.data import default_cache_dir, load_token_data
     from harness.trusted.fingerprint import environment_fingerprint
     from harness.sandbox.hardware import hardware
     from harness.trusted.profiles import get_profile, require_device
@@ -42,14 +42,14 @@ def cmd_train(args: argparse.Namespace) -> int:
          f"{profile.context_len_tokens} tokens, data {profile.data_source}")
     data = load_token_data(profile.data_source, profile.vocab_size, profile.val_tokens, default_cache_dir(),
                            profile.tokenizer_train_bytes, synthetic_stories_n=profile.synthetic_stories)
-    _log(f"data: {len(data.train):,} train tokens, {len(data.val):,} validation tokens, vocab {data.vocab_size}")
+    _log(f"data: {len(data.train):,} train tokens, {len(data.monitor):,} monitoring tokens, vocab {data.vocab_size}")
     rungs = profile.ladder if args.rung == "all" else [profile.ladder[int(args.rung) if args.rung else profile.reference_rung]]
     fingerprint = environment_fingerprint(profile, data, hardware(profile.device))
     runs = []
     for rung in rungs:
         result = train(attention_cls, profile, rung, data, seed=args.seed, log=_log)
         runs.append(result.to_dict())
-        _log(f"rung {rung}: status {result.status}, final val loss {result.final_val_loss}, "
+        _log(f"rung {rung}: status {result.status}, final loss on the monitoring split {result.final_monitor_loss}, "
              f"{result.non_embedding_params:,} non-embedding params, {result.ms_per_step:.1f} ms/step, "
              f"{result.tokens_per_s:,.0f} tokens/s, {result.wall_s:.1f} s (ln V = {math.log(data.vocab_size):.3f})")
     record = {"program": str(path), "profile": profile.to_dict(), "fingerprint": fingerprint, "runs": runs}
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.sandbox.data import DataError
+    from harness.data import DataError
 
     args = build_parser().parse_args(argv)
     try:

@@ -111,14 +111,19 @@ class LanguageModel(nn.Module):
             m for b in self.blocks for m in (b.ln_attn, b.ln_ffn, b.ffn)
         ]
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The residual stream after the last block, before the final norm: what the forward-only sandbox hands
+        to the trusted scorer, which applies the final norm, the tied head and the loss itself."""
         T = idx.shape[1]
         if T > self.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.max_seq_len}")
         x = self.drop(self.tok_emb(idx) * self.embed_scale + self.pos_emb[:T])
         for block in self.blocks:
             x = block(x)
-        logits = self.lm_head(self.ln_final(x))
+        return x
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
+        logits = self.lm_head(self.ln_final(self.hidden(idx)))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)

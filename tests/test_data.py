@@ -15,8 +15,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from harness.sandbox import data  # noqa: E402
-from harness.sandbox.data import (  # noqa: E402
+from harness import data  # noqa: E402
+from harness.data import (  # noqa: E402
     EOS_TOKEN,
     DataError,
     TokenData,
@@ -99,11 +99,14 @@ def test_synthetic_token_data_and_cache(tmp_path):
     builds, hits = data.STATS["builds"], data.STATS["cache_hits"]
     first = _load("synthetic", cache)
     assert data.STATS["builds"] == builds + 1 and data.STATS["cache_hits"] == hits
-    for array in (first.train, first.val):
+    for array in (first.train, first.score, first.monitor):
         assert array.dtype == np.uint16 and array.ndim == 1
         assert int(array.max()) < first.vocab_size == VOCAB
-    assert len(first.val) == VAL_TOKENS and len(first.train) > 20 * VAL_TOKENS
-    assert first.eos_id == 0 and (first.train == first.eos_id).sum() == N_STORIES and first.eos_id in first.val
+    assert len(first.score) == len(first.monitor) == VAL_TOKENS and len(first.train) > 20 * VAL_TOKENS
+    assert first.eos_id == 0 and (first.train == first.eos_id).sum() == N_STORIES and first.eos_id in first.score
+    # the monitoring split follows the scored one in the validation split: never the same tokens
+    whole = np.load(first.tokenizer_path.parent / "val.npy")
+    assert np.array_equal(whole[:VAL_TOKENS], first.score) and np.array_equal(whole[VAL_TOKENS:2 * VAL_TOKENS], first.monitor)
     assert first.train[-1] == first.eos_id
     assert _first_story(first, first.train) == synthetic_stories(1)[0]
     assert len(first.data_hash) == 16 and len(first.tokenizer_hash) == 16
@@ -114,12 +117,12 @@ def test_synthetic_token_data_and_cache(tmp_path):
 
     second = _load("synthetic", cache)  # served from the cache: nothing tokenised
     assert data.STATS["builds"] == builds + 1 and data.STATS["cache_hits"] == hits + 1
-    assert np.array_equal(first.train, second.train) and np.array_equal(first.val, second.val)
+    assert np.array_equal(first.train, second.train) and np.array_equal(first.score, second.score)
     assert (first.data_hash, first.tokenizer_hash, first.tokenizer_path) == (
         second.data_hash, second.tokenizer_hash, second.tokenizer_path)
 
     shorter = _load("synthetic", cache, val_tokens=VAL_TOKENS // 2)  # same entry, a shorter slice
-    assert data.STATS["builds"] == builds + 1 and np.array_equal(shorter.val, first.val[: VAL_TOKENS // 2])
+    assert data.STATS["builds"] == builds + 1 and np.array_equal(shorter.score, first.score[: VAL_TOKENS // 2])
 
     other = _load("synthetic", cache, vocab_size=VOCAB + 64)  # a different vocabulary: a different entry
     assert data.STATS["builds"] == builds + 2
@@ -163,7 +166,7 @@ def test_a_crash_mid_write_publishes_nothing(tmp_path, monkeypatch):
 
     builds = data.STATS["builds"]
     rebuilt = _load("synthetic", cache)  # the next run rebuilds cleanly
-    assert data.STATS["builds"] == builds + 1 and len(rebuilt.val) == VAL_TOKENS
+    assert data.STATS["builds"] == builds + 1 and len(rebuilt.score) == VAL_TOKENS
     assert _entries(cache) == [rebuilt.tokenizer_path.parent.name]
     assert np.array_equal(rebuilt.train, _load("synthetic", tmp_path / "reference").train)
 
@@ -202,8 +205,8 @@ def test_saved_datasetdict_folder(offline):
                  "validation": Dataset.from_dict({"text": val})}).save_to_disk(str(folder))
     assert load_text_splits(str(folder)) == (train, val, "local-saved-dataset")
     loaded = _load(str(folder), offline / "cache")
-    assert (loaded.train == loaded.eos_id).sum() == len(train) and len(loaded.val) == VAL_TOKENS
-    assert _first_story(loaded, loaded.val) == val[0]
+    assert (loaded.train == loaded.eos_id).sum() == len(train) and len(loaded.score) == VAL_TOKENS
+    assert _first_story(loaded, loaded.score) == val[0]
 
 
 def test_parquet_folder(offline):
@@ -244,7 +247,7 @@ def test_text_folder_and_single_text_file(offline):
     split_train, split_val, identity = load_text_splits(str(single))
     assert split_train == stories[:-4] and split_val == stories[-4:] and "held-out" in identity
     loaded = _load(str(single), offline / "cache", val_tokens=256)
-    head = _first_story(loaded, loaded.val)  # 256 tokens: part of the first held-out story
+    head = _first_story(loaded, loaded.score)  # 256 tokens: part of the first held-out story
     assert len(head) > 200 and stories[-4].startswith(head)
 
 

@@ -3,6 +3,8 @@
 - ``harness/trusted/`` runs in OpenEvolve's processes and in the commands around the loop. It imports neither torch,
   nor the sandbox side, nor the frozen model, nor any tool.
 - ``harness/sandbox/`` and ``harness/scaffold.py`` run in the sandbox process, next to candidate code.
+- ``harness/scorer/`` is the trusted scorer: its own process, with torch, and never a program in it. It imports the
+  trusted side and the data pipeline (``harness/data.py``, used by both), never the sandbox side or the frozen model.
 - The tools around the loop (``proposer/``, ``analysis/``, ``validation/``, ``campaign/``) never import the sandbox side: they reach
   candidate code only through the evaluator's executor. ``diagnostics/`` holds the developer commands that time a
   program in their own process.
@@ -24,7 +26,7 @@ HARNESS = Path(harness.__file__).resolve().parent
 ROOT = HARNESS.parent
 
 TOOL_PACKAGES = {"proposer", "analysis", "validation", "campaign", "diagnostics"}
-TOP_LEVEL = {"harness", "harness.cli", "harness.scaffold"}
+TOP_LEVEL = {"harness", "harness.cli", "harness.scaffold", "harness.data"}
 LOADS_PROGRAMS = {"harness.sandbox.entry", "harness.sandbox.objective", "harness.cli", "harness.diagnostics.bench",
                   "harness.diagnostics.gpu_check"}
 
@@ -43,6 +45,10 @@ def _side(module: str) -> str:
         return "sandbox"
     if parts[1:2] == ["trusted"]:
         return "trusted"
+    if parts[1:2] == ["scorer"]:
+        return "scorer"
+    if module == "harness.data":
+        return "data"
     return "tool"
 
 
@@ -77,8 +83,8 @@ GRAPH = {name: {m for m in _imports(path) if m in MODULES} - {name} for name, pa
 def test_every_module_is_on_one_side_or_in_a_tool_package():
     for name in MODULES:
         parts = name.split(".")
-        assert name in TOP_LEVEL or parts[1] in TOOL_PACKAGES | {"trusted", "sandbox"}, (
-            f"{name}: put it in trusted/, sandbox/ or a tool package")
+        assert name in TOP_LEVEL or parts[1] in TOOL_PACKAGES | {"trusted", "sandbox", "scorer"}, (
+            f"{name}: put it in trusted/, sandbox/, scorer/ or a tool package")
 
 
 def test_no_import_cycle():
@@ -112,6 +118,13 @@ def test_the_trusted_side_imports_neither_torch_nor_the_sandbox_side_nor_a_tool(
         assert not reached, f"{name} imports beyond the trusted side: {sorted(reached)}"
 
 
+def test_the_scorer_and_the_data_pipeline_never_import_the_sandbox_side_or_a_tool():
+    for name in MODULES:
+        if _side(name) in ("scorer", "data"):
+            reached = {m for m in GRAPH[name] if _side(m) in ("sandbox", "tool") and m != "harness"}
+            assert not reached, f"{name} imports beyond the trusted side and the data pipeline: {sorted(reached)}"
+
+
 def test_the_tools_around_the_loop_never_import_the_sandbox_side():
     for name in MODULES:
         if name.split(".")[1:2] in (["proposer"], ["analysis"], ["validation"], ["campaign"]):
@@ -130,6 +143,7 @@ def test_the_code_hash_covers_what_can_change_a_result_and_no_tool():
     covered = {_module_name(HARNESS / f) for f in result_files()}
     sandbox_side = {m for m in MODULES if _side(m) == "sandbox"}
     assert sandbox_side <= covered, "everything the sandbox runs can change a result"
+    assert {m for m in MODULES if _side(m) in ("scorer", "data")} <= covered, "the scorer and the data set the loss"
     assert all(_side(m) != "tool" for m in covered), "editing a tool must not invalidate cached baselines"
     assert {"harness.trusted.ledger", "harness.trusted.slots", "harness.trusted.process_lifetime"}.isdisjoint(covered)
     assert {"harness.trusted.evaluate", "harness.trusted.scoring", "harness.trusted.policy"} <= covered

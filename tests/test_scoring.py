@@ -7,14 +7,16 @@ import math
 import pytest
 
 from harness.trusted.profiles import get_profile
-from harness.trusted.scoring import MalformedRecord, objective_from_untrusted, objective_record, rungs_for, score
+from harness.trusted.scoring import (MalformedRecord, objective_from_untrusted, objective_record, parity_violation,
+                                     rungs_for, score)
 
 PROFILE = get_profile("smoke", objective="scaling_slope")
 
 
-def _run(rung, loss, params):
+def _run(rung, loss, params, attention=10_000, buffers=0):
     return {"rung": list(rung), "status": "ok", "final_val_loss": loss, "non_embedding_params": params,
-            "val_curve": [[100, loss + 1.0], [300, loss]], "ms_per_step": 12.5, "train_curve": [[50, 5.0]]}
+            "attention_params": attention, "buffer_elements": buffers, "scored_split_sha256": "0123456789abcdef",
+            "val_curve": [[100, loss + 1.0], [300, loss + 0.1]], "ms_per_step": 12.5, "train_curve": [[50, 5.0]]}
 
 
 RECORD = {"runs": [_run(PROFILE.ladder[0], 3.3, 25_000), _run(PROFILE.ladder[1], 2.8, 56_000)],
@@ -42,7 +44,10 @@ def test_the_objective_is_recomputed_and_the_reported_fitness_ignored():
     lambda r: r["runs"][1].update(non_embedding_params=0),
     lambda r: r["runs"][1].update(status="diverged"),
     lambda r: r["runs"][1].update(val_curve=[]),
-    lambda r: r["runs"][1].update(val_curve=[[300, 1.0]]),  # the last validation is not the final loss
+    lambda r: r["runs"][1].update(val_curve=[[300, 1.0], [200, 1.0]]),  # the steps go back
+    lambda r: r["runs"][1].pop("attention_params"),  # not scored by the trusted scorer
+    lambda r: r["runs"][1].update(buffer_elements=-1),
+    lambda r: r["runs"][1].update(scored_split_sha256="../../etc"),
     lambda r: r["runs"][1].update(rung=[48, 2, 3]),
     lambda r: r["runs"][1].pop("ms_per_step"),
     lambda r: r.update(runs="all good"),
@@ -61,3 +66,21 @@ def test_the_rungs_expected_follow_the_objective():
     assert final["fitness"] == -2.8 and math.isfinite(final["fitness"])
     with pytest.raises(MalformedRecord):  # a scaling record where one rung is expected
         objective_from_untrusted(RECORD, get_profile("smoke", objective="final_loss"))
+
+
+def test_the_parameter_budget_is_rechecked_on_the_trusted_counts():
+    base = objective_from_untrusted(RECORD, PROFILE)
+    within = copy.deepcopy(RECORD)
+    within["runs"][1]["non_embedding_params"] += 500  # 5 % of the baseline's 10 000 attention parameters
+    assert parity_violation(objective_from_untrusted(within, PROFILE), base, PROFILE) is None
+    over = copy.deepcopy(RECORD)
+    over["runs"][1]["non_embedding_params"] += 501
+    assert "at most 5% of its 10000 attention parameters" in parity_violation(
+        objective_from_untrusted(over, PROFILE), base, PROFILE)
+    ctx, (d, layers, _) = PROFILE.context_len_tokens, PROFILE.ladder[0]
+    allowance = layers * (2 * ctx * d + ctx ** 2)  # a causal mask and RoPE tables per layer fit
+    state = copy.deepcopy(RECORD)
+    state["runs"][0]["buffer_elements"] = allowance
+    assert parity_violation(objective_from_untrusted(state, PROFILE), base, PROFILE) is None
+    state["runs"][0]["buffer_elements"] = allowance + 1
+    assert "buffer elements" in parity_violation(objective_from_untrusted(state, PROFILE), base, PROFILE)

@@ -9,7 +9,7 @@ import torch
 
 from harness.sandbox import train as train_mod
 from harness.diagnostics.bench import reference_loop
-from harness.sandbox.data import load_token_data
+from harness.data import load_token_data
 from harness.trusted.frameworks import FRAMEWORKS
 from harness.sandbox.objective import TrainingFailure, run_objective, train_rungs_concurrently
 from harness.trusted.profiles import get_profile
@@ -68,7 +68,7 @@ def test_same_seed_same_curves_and_a_different_seed_differs(data):
     a = train(SEED_CLS, SHORT, SHORT.ladder[0], data)
     b = train(SEED_CLS, SHORT, SHORT.ladder[0], data)
     assert a.status == b.status == "ok"
-    assert a.train_curve == b.train_curve and a.val_curve == b.val_curve and a.final_val_loss == b.final_val_loss
+    assert a.train_curve == b.train_curve and a.val_curve == b.val_curve and a.final_monitor_loss == b.final_monitor_loss
     assert [s for s, _ in a.val_curve] == [20, 40]
     assert train_curve_interval(SHORT) == 1  # about 100 points per run: every step of a 40-step run
     assert [s for s, _ in a.train_curve] == list(range(1, 41))
@@ -97,7 +97,7 @@ def test_nonfinite_loss_stops_at_the_exact_first_bad_step(data, nan_program):
     result = train(cls, SHORT, SHORT.ladder[0], data)
     assert result.status == "nonfinite"
     assert result.nonfinite_step == NAN_AT_STEP and result.steps_done == NAN_AT_STEP
-    assert result.final_val_loss is None
+    assert result.final_monitor_loss is None
     assert [s for s, _ in result.train_curve] == list(range(1, NAN_AT_STEP))
     assert all(math.isfinite(v) for _, v in result.train_curve)
 
@@ -183,14 +183,19 @@ def _ladder_profile():
     return dataclasses.replace(SHORT, objective="scaling_slope", steps=30, eval_interval_steps=15)
 
 
-def test_concurrent_rungs_give_the_sequential_results(data):
+def test_concurrent_rungs_give_the_sequential_results(data, tmp_path):
     p = _ladder_profile()
-    sequential, seq_model = run_objective(SEED_CLS, p, data, concurrent=False)
-    concurrent, conc_model = run_objective(SEED_CLS, p, data, concurrent=True)  # source recovered from the seed file
-    keys = ("rung", "status", "final_val_loss", "val_curve", "train_curve", "steps_done", "params",
+    sequential, seq_model = run_objective(SEED_CLS, p, data, concurrent=False, weights_dir=tmp_path / "seq")
+    # source recovered from the seed file
+    concurrent, conc_model = run_objective(SEED_CLS, p, data, concurrent=True, weights_dir=tmp_path / "conc")
+    keys = ("rung", "status", "final_monitor_loss", "val_curve", "train_curve", "steps_done", "params",
             "non_embedding_params", "compiled")
     assert [{k: r[k] for k in keys} for r in concurrent["runs"]] == [{k: r[k] for k in keys} for r in sequential["runs"]]
-    assert concurrent["fitness"] == sequential["fitness"] and concurrent["scaling_b"] == sequential["scaling_b"]
+    # Every rung leaves the same trained tensors for the scorer either way.
+    for i in range(len(p.ladder)):
+        seq_pack, conc_pack = (torch.load(tmp_path / side / f"rung{i}.pt", weights_only=True) for side in ("seq", "conc"))
+        assert seq_pack["params"].keys() == conc_pack["params"].keys() and "tok_emb.weight" in seq_pack["params"]
+        assert all(torch.equal(seq_pack["params"][k], conc_pack["params"][k]) for k in seq_pack["params"])
     # The last rung's trained model comes back intact for the post-training leak test.
     for (name, a), (_, b) in zip(seq_model.state_dict().items(), conc_model.state_dict().items()):
         assert torch.equal(a, b), name

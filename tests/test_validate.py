@@ -75,6 +75,8 @@ class FakeRunner:
         for i, rung in enumerate(job.profile.ladder):
             loss = value + step_up * (ref - i)
             runs.append({"rung": list(rung), "final_val_loss": loss, "non_embedding_params": 25000 * 2 ** i,
+                         "attention_params": 8000 * 2 ** i, "buffer_elements": 0,
+                         "scored_split_sha256": "0123456789abcdef",
                          "val_curve": curve if i == ref else [[100, loss + 1.0], [steps, loss]],
                          "train_curve": [[10, 6.0], [100, loss + 0.2], [steps, loss + 0.1]],
                          "grad_norm_mean": 1.0, "grad_norm_var": 0.1, "loss_roughness": 0.05, "ms_per_step": 20.0,

@@ -74,10 +74,10 @@ def device_peak(name: str | None) -> dict | None:
 
 @dataclass(frozen=True)
 class RandomTokens:
-    """Uniform random token ids: the shape of TokenData (train, val, vocab_size) for timing."""
+    """Uniform random token ids: the shape of TokenData (train, monitor, vocab_size) for timing."""
 
     train: np.ndarray
-    val: np.ndarray
+    monitor: np.ndarray
     vocab_size: int
 
     @classmethod
@@ -241,7 +241,7 @@ def bench_fingerprint(profile: Profile, device: str) -> dict:
 def _load_data(profile: Profile, source: str):
     if source == "random":
         return RandomTokens.make(profile.vocab_size, profile.val_tokens)
-    from harness.sandbox.data import default_cache_dir, load_token_data
+    from harness.data import default_cache_dir, load_token_data
 
     return load_token_data(profile.data_source, profile.vocab_size, profile.val_tokens, default_cache_dir(),
                            profile.tokenizer_train_bytes, synthetic_stories_n=profile.synthetic_stories)
@@ -383,11 +383,11 @@ def time_protocol(attention_cls, source, filename, profile: Profile, data, devic
     record, model = run_objective(attention_cls, profile, data, device=device, log=log, source=source, filename=filename)
     timings["train_s"] = time.perf_counter() - train_start
     leak_start = time.perf_counter()
-    check_trained_leak(model, data.val, profile)
+    check_trained_leak(model, data.monitor, profile)
     timings["leak_s"] = time.perf_counter() - leak_start
     timings["total_s"] = time.perf_counter() - started
     timings["concurrent_rungs"] = profile.concurrent_rungs
-    timings["runs"] = [{k: r[k] for k in ("rung", "status", "final_val_loss", "ms_per_step", "wall_s", "first_step_s",
+    timings["runs"] = [{k: r[k] for k in ("rung", "status", "final_monitor_loss", "ms_per_step", "wall_s", "first_step_s",
                                           "eval_s", "compiled", "compile_error")} for r in record["runs"]]
     log(f"protocol: {timings['total_s']:.1f} s (gate {timings['gate_s']:.1f} s, training {timings['train_s']:.1f} s, "
         f"leak test {timings['leak_s']:.1f} s)")

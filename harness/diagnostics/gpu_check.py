@@ -366,7 +366,7 @@ def evaluation_cases(work: Path) -> list[dict]:
 
 def write_synthetic_text_folder(folder: Path, train_stories: int, val_stories: int) -> None:
     """The package's synthetic stories as a local text source (disjoint train and validation stories)."""
-    from harness.sandbox.data import EOS_TOKEN, synthetic_stories
+    from harness.data import EOS_TOKEN, synthetic_stories
 
     folder.mkdir(parents=True, exist_ok=True)
     train = synthetic_stories(train_stories, seed=0)

@@ -1,12 +1,17 @@
 """The sandbox entry point: the only place a candidate's code ever runs.
 
-    python -m harness.sandbox {prepare|evaluate|objective} REQUEST.json RESULT.json
+    python -m harness.sandbox {prepare|evaluate|objective|forward} REQUEST.json RESULT.json
 
 ``prepare`` checks the device and the data, computes the fingerprint, and trains the pristine seed
 as the baseline when the request carries none for that fingerprint. ``evaluate`` runs the dynamic gate,
 the training, and the post-training leak test for one spliced program. ``objective`` trains one spliced
 program with a given seed and hyperparameter overrides (``harness validate``). Each writes one JSON record to
-RESULT.json and nothing else: what a candidate prints to stdout is never read.
+RESULT.json and nothing else: what a candidate prints to stdout is never read. The three training modes hand back
+each rung's trained tensors in ``request["weights_dir"]``, and never see the scored split: their curves use the
+monitoring split, and the final loss is measured afterwards by the trusted scorer (``harness.scorer``).
+
+``forward`` is the scorer's forward-only pass: it loads the trained tensors into the program's model and writes the
+hidden states of the windows the scorer chose. It never sees a target.
 
 The request is plain JSON and self-contained: the candidate's source as text, the profile by name, and the
 known baselines keyed by fingerprint id. The sandbox reads no file of the caller's, so it runs the same on
@@ -16,7 +21,6 @@ this host or on a cluster worker (harness.trusted.executor).
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -34,16 +38,24 @@ def _profile(request: dict):
 
 
 def _data(profile):
-    from harness.sandbox.data import load_token_data
+    """The token data without the scored split: nothing that trains may see it."""
+    import dataclasses
 
-    return load_token_data(
+    from harness.data import load_token_data
+
+    data = load_token_data(
         profile.data_source, profile.vocab_size, profile.val_tokens, Path(request_cache_dir()),
         profile.tokenizer_train_bytes, synthetic_stories_n=profile.synthetic_stories,
     )
+    return dataclasses.replace(data, score=None)
+
+
+def _weights_dir(request: dict) -> Path:
+    return Path(request["weights_dir"])
 
 
 def request_cache_dir() -> str:
-    from harness.sandbox.data import default_cache_dir
+    from harness.data import default_cache_dir
 
     return str(default_cache_dir())
 
@@ -53,7 +65,7 @@ def _log(message: str) -> None:
 
 
 def prepare(request: dict) -> dict:
-    from harness.sandbox.data import DataError
+    from harness.data import DataError
     from harness.trusted.fingerprint import environment_fingerprint
     from harness.trusted.frameworks import get_framework
     from harness.sandbox.hardware import hardware
@@ -79,7 +91,7 @@ def prepare(request: dict) -> dict:
         seed_cls = load_attention(framework.seed_source(), str(framework.seed_path))
         try:
             baseline, _ = run_objective(seed_cls, profile, data, log=_log, source=framework.seed_source(),
-                                        filename=str(framework.seed_path))
+                                        filename=str(framework.seed_path), weights_dir=_weights_dir(request))
         except TrainingFailure as exc:
             return {"config_error": f"the pristine {framework.name} seed failed to train: {exc.message}"}
         computed = True
@@ -141,7 +153,7 @@ def evaluate(request: dict) -> dict:
     train_start = time.perf_counter()
     try:
         record, model = run_objective(candidate_cls, profile, data, log=_log, source=source,
-                                      filename="evolved_program.py")
+                                      filename="evolved_program.py", weights_dir=_weights_dir(request))
     except TrainingFailure as exc:
         timings["train_s"] = time.perf_counter() - train_start
         reason = Reason.NONFINITE if exc.status == "nonfinite" else Reason.DIVERGED
@@ -158,7 +170,7 @@ def evaluate(request: dict) -> dict:
     try:
         from harness.sandbox.checks import check_trained_leak
 
-        result["metrics"].update(check_trained_leak(model, data.val, profile))
+        result["metrics"].update(check_trained_leak(model, data.monitor, profile))
     except GateFailure as exc:
         return {**result, "reason": exc.reason.value, "message": exc.message, "runs": record["runs"]}
     timings["leak_s"] = time.perf_counter() - leak_start
@@ -209,13 +221,13 @@ def objective(request: dict) -> dict:
     source, cls, failure = _load_program(request)
     if failure:
         return {**result, **failure}
-    rungs = {"ladder": list(profile.ladder), "reference": [tuple(profile.reference)]}.get(request.get("rungs"),
-                                                                                         rungs_for(profile))
+    rungs = rungs_for(profile, request.get("rungs"))
     prune_above = {int(step): float(loss) for step, loss in request.get("prune_above") or []}
     start = time.perf_counter()
     try:
         record, model = run_objective(cls, tuned, data, seed=seed, log=_log, source=source,
-                                      filename="evolved_program.py", rungs=rungs, prune_above=prune_above or None)
+                                      filename="evolved_program.py", rungs=rungs, prune_above=prune_above or None,
+                                      weights_dir=_weights_dir(request))
         if request.get("mixing"):
             record["mixing"] = _mixing(model, tuned, data, record["runs"][-1]["rung"], seed)
     except TrainingFailure as exc:
@@ -229,9 +241,6 @@ def objective(request: dict) -> dict:
         return {**result, "reason": Reason.CRASH.value, "message": f"training raised {type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(limit=-4)}
     record["wall_s"] = time.perf_counter() - start
-    if not math.isfinite(record["final_loss"]):
-        return {**result, "reason": Reason.NONFINITE.value, "message": "the objective is not finite",
-                "runs": record["runs"]}
     return {**result, "reason": Reason.OK.value, "message": "ok", "record": record}
 
 
@@ -241,10 +250,64 @@ def _mixing(model, profile, data, rung, seed: int) -> dict:
     from harness.sandbox.train import validation_windows
 
     try:
-        tokens = validation_windows(data.val, profile.context_len_tokens, next(model.parameters()).device)[0]
+        tokens = validation_windows(data.monitor, profile.context_len_tokens, next(model.parameters()).device)[0]
         return {"rung": list(rung), "seed": seed, "layers": mixing_matrices(model, tokens)}
     except Exception as exc:  # noqa: BLE001 - a drawing aid must never fail a training job
         return {"rung": list(rung), "seed": seed, "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def forward(request: dict) -> dict:
+    """The forward-only pass of the trusted scoring: for each rung in ``request["rungs"]``, the program's model with
+    the trained tensors of ``weights_dir``, in eval mode and float32 without autocast, run on the token windows of
+    ``inputs_path`` (an int32 array [windows, length]) in their order, ``batch_size`` at a time. It writes the hidden
+    states (float32 [windows, length, d_model]) to ``hidden_dir/rung<i>.npy``. The scorer checks them and computes
+    the loss; nothing this process says about them is believed."""
+    import numpy as np
+    import torch
+
+    from harness.sandbox.objective import weights_file
+    from harness.sandbox.train import CPU_TRAIN_THREADS
+    from harness.scaffold import TensorSubclassError, build_model, plain_tensor
+    from harness.trusted.reasons import Reason
+
+    profile = _profile(request)
+    device = torch.device(profile.device)
+    if device.type == "cpu":
+        torch.set_num_threads(CPU_TRAIN_THREADS)
+    else:
+        # TF32 would make a window's states depend on which other windows share its batch beyond the canary
+        # test's tolerance.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    source, cls, failure = _load_program(request)
+    if failure:
+        return failure
+    inputs = np.load(request["inputs_path"], allow_pickle=False)
+    batch, (n, length) = int(request["batch_size"]), inputs.shape
+    out_dir = Path(request["hidden_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        for i, rung in enumerate(request["rungs"]):
+            pack = torch.load(weights_file(request["weights_dir"], i), weights_only=True, map_location="cpu")
+            model = build_model(cls, tuple(rung), profile.vocab_size, profile.context_len_tokens, 0.0,
+                                profile.train_seed)
+            model.load_state_dict({**pack["params"], **pack["buffers"], "lm_head.weight": pack["params"]["tok_emb.weight"]})
+            model.to(device).eval()
+            hidden = np.lib.format.open_memmap(out_dir / f"rung{i}.npy", mode="w+", dtype=np.float32,
+                                               shape=(n, length, rung[0]))
+            with torch.no_grad():
+                for start in range(0, n, batch):
+                    x = torch.from_numpy(inputs[start : start + batch].astype(np.int64)).to(device)
+                    h = plain_tensor(model.hidden(x), "the model's hidden states")
+                    hidden[start : start + batch] = h.float().cpu().numpy()
+            hidden.flush()
+            del hidden, model
+    except TensorSubclassError as exc:
+        return {"reason": Reason.POLICY.value, "message": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - reported to the scorer as data
+        return {"reason": Reason.CRASH.value, "message": f"the forward pass of the trained model raised "
+                f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=-4)}
+    return {"reason": Reason.OK.value, "message": "hidden states written"}
 
 
 def _load_program(request: dict) -> tuple[str | None, type | None, dict | None]:
@@ -271,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     mode, request_path, result_path = (argv or sys.argv[1:])[:3]
     request = json.loads(Path(request_path).read_text())
     try:
-        result = {"prepare": prepare, "evaluate": evaluate, "objective": objective}[mode](request)
+        result = {"prepare": prepare, "evaluate": evaluate, "objective": objective, "forward": forward}[mode](request)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as data
         result = {"reason": "crash", "message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     tmp = Path(result_path).with_suffix(".tmp")

@@ -1,5 +1,6 @@
 """Training what the objective needs, at the profile's full horizon: every rung it names, in sequence or at once.
-The fitness and the score are computed from the runs by :mod:`harness.trusted.scoring`.
+Each rung's trained weights go to a file (``weights_dir``); its final loss is measured by the trusted scorer
+(:mod:`harness.scorer`), and the fitness and the score are computed by :mod:`harness.trusted.scoring`.
 
 With ``profile.concurrent_rungs`` the rungs train at the same time, each in its own spawned process on the
 same device (:func:`train_rungs_concurrently`). A child re-creates the attention class from the program's
@@ -24,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.trusted.profiles import Profile
-from harness.trusted.scoring import objective_record, rungs_for
-from harness.sandbox.train import train
+from harness.trusted.scoring import rungs_for
+from harness.sandbox.train import save_weights, train
 
 DEFAULT_PROGRAM_FILENAME = "evolved_program.py"
 
@@ -43,9 +44,11 @@ class RungProcessError(RuntimeError):
 def run_objective(attention_cls: type, profile: Profile, data, seed: int | None = None, device: str | None = None,
                   log=None, *, source: str | None = None, filename: str | None = None,
                   concurrent: bool | None = None, rungs: list[tuple] | None = None,
-                  prune_above: dict[int, float] | None = None) -> tuple[dict, object]:
-    """Train what the objective needs; returns (record, the last trained model). Raises TrainingFailure
-    when a run stops on a non-finite or diverging loss.
+                  prune_above: dict[int, float] | None = None,
+                  weights_dir: Path | None = None) -> tuple[dict, object]:
+    """Train what the objective needs; returns ({"runs": [TrainResult.to_dict() of each rung]}, the last trained
+    model). Raises TrainingFailure when a run stops on a non-finite or diverging loss. With ``weights_dir``, each
+    finished rung's weights are saved there as ``rung<i>.pt`` (:func:`weights_file`).
 
     ``concurrent`` (default ``profile.concurrent_rungs``) trains the rungs at once in spawned processes,
     which re-create the class from the program's ``source`` (loaded under ``filename``); without the
@@ -58,7 +61,7 @@ def run_objective(attention_cls: type, profile: Profile, data, seed: int | None 
     if concurrent and len(rungs) > 1 and source is not None:
         outcomes = train_rungs_concurrently(source, filename or DEFAULT_PROGRAM_FILENAME, profile, rungs, data,
                                             seed=seed, device=device, log=log, keep_last_model=True,
-                                            attention_cls=attention_cls)
+                                            attention_cls=attention_cls, weights_dir=weights_dir)
         runs = []
         for outcome in outcomes:
             if outcome.error is not None:
@@ -69,14 +72,21 @@ def run_objective(attention_cls: type, profile: Profile, data, seed: int | None 
         model = outcomes[-1].model
     else:
         runs, model = [], None
-        for rung in rungs:
+        for i, rung in enumerate(rungs):
             result = train(attention_cls, profile, rung, data, seed=seed, device=device, log=log, keep_model=True,
                            prune_above=prune_above)
             runs.append(result.to_dict())
             model = result.model
             if result.status != "ok":
                 _raise_failure(runs[-1], runs)
-    return objective_record(runs, profile), model
+            if weights_dir is not None:
+                save_weights(model, weights_file(weights_dir, i))
+    return {"runs": runs}, model
+
+
+def weights_file(weights_dir, index: int) -> Path:
+    """Where rung ``index`` (in the order trained) leaves its weights for the scorer."""
+    return Path(weights_dir) / f"rung{index}.pt"
 
 
 def _raise_failure(run: dict, runs: list[dict]):
@@ -110,7 +120,7 @@ class RungOutcome:
 @dataclass(frozen=True)
 class _RungData:
     train: object
-    val: object
+    monitor: object
     vocab_size: int
 
 
@@ -155,11 +165,13 @@ def _rung_worker(spec: dict, result_path: str) -> None:
         from harness.sandbox.loader import load_attention
 
         attention_cls = load_attention(spec["source"], spec["filename"])
-        data = _RungData(_open_array(spec["train"]), _open_array(spec["val"]), spec["vocab_size"])
+        data = _RungData(_open_array(spec["train"]), _open_array(spec["monitor"]), spec["vocab_size"])
         log = _child_log("rung-process") if spec["log"] else None
         result = train(attention_cls, spec["profile"], spec["rung"], data, seed=spec["seed"], device=spec["device"],
-                       log=log, keep_model=spec["keep_model"])
+                       log=log, keep_model=spec["keep_model"] or bool(spec["weights_path"]))
         payload["record"] = result.to_dict()
+        if spec["weights_path"] and result.status == "ok":
+            save_weights(result.model, spec["weights_path"])
         if spec["keep_model"]:
             payload["state_dict"] = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as data
@@ -215,7 +227,7 @@ def _read_outcome(rung: tuple, path: Path, exitcode: int | None) -> RungOutcome:
 def train_rungs_concurrently(source: str, filename: str, profile: Profile, rungs: list[tuple], data,
                              seed: int | None = None, device: str | None = None, log=None,
                              keep_last_model: bool = True, stop_on_failure: bool = True,
-                             attention_cls: type | None = None) -> list[RungOutcome]:
+                             attention_cls: type | None = None, weights_dir: Path | None = None) -> list[RungOutcome]:
     """Train each rung in its own spawned process, all at once on one device; one RungOutcome per rung, in
     ladder order. With ``stop_on_failure``, a failing rung stops the rungs after it in ladder order (their
     results cannot change what is reported) while the rungs before it finish, as in a sequential loop.
@@ -231,7 +243,7 @@ def train_rungs_concurrently(source: str, filename: str, profile: Profile, rungs
     if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
         child_env["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, cores // n))
     common = {"source": source, "filename": filename, "profile": profile, "seed": seed, "device": device,
-              "train": _array_spec(data.train), "val": _array_spec(data.val), "vocab_size": data.vocab_size,
+              "train": _array_spec(data.train), "monitor": _array_spec(data.monitor), "vocab_size": data.vocab_size,
               "threads": threads, "log": log is not None, "parent_pid": os.getpid()}
     outcomes: list[RungOutcome | None] = [None] * n
     procs: dict[int, tuple] = {}
@@ -239,7 +251,8 @@ def train_rungs_concurrently(source: str, filename: str, profile: Profile, rungs
         try:
             with _environ(child_env):
                 for i, rung in enumerate(rungs):
-                    spec = {**common, "rung": tuple(rung), "keep_model": keep_last_model and i == n - 1}
+                    spec = {**common, "rung": tuple(rung), "keep_model": keep_last_model and i == n - 1,
+                            "weights_path": str(weights_file(weights_dir, i)) if weights_dir is not None else None}
                     path = Path(tmp) / f"rung{i}.pt"
                     proc = ctx.Process(target=_rung_worker, args=(spec, str(path)), name=f"harness-rung-{i}")
                     proc.start()

@@ -1,8 +1,8 @@
 """The training engine: one recipe for every program. It knows nothing about evolution.
 
 AdamW, linear warmup then cosine decay to 10% of the peak, gradient clipping, random windows of the
-train tokens sampled on the training device, validation loss on the fixed validation tokens at set
-intervals and at the end, bf16 autocast on CUDA, optional torch.compile with an eager fallback.
+train tokens sampled on the training device, the validation loss on the monitoring split at set intervals and at
+the end (the scored split never reaches this process: the trusted scorer measures the final loss), bf16 autocast on CUDA, optional torch.compile with an eager fallback.
 
 Speed without changing what is computed (CUDA): the token arrays live on the GPU (int32) and batches are
 drawn there by the sampler's own generator; AdamW is fused; the per-step losses stay on the device and are
@@ -43,8 +43,8 @@ class TrainResult:
     rung: tuple
     seed: int
     status: str  # "ok", "nonfinite", "diverged" or "pruned"
-    final_val_loss: float | None
-    val_curve: list[tuple[int, float]]
+    final_monitor_loss: float | None  # on the monitoring split; the scored final loss comes from harness.scorer
+    val_curve: list[tuple[int, float]]  # [(step, loss on the monitoring split)]
     train_curve: list[tuple[int, float]]
     steps_done: int
     tokens_seen: int
@@ -121,10 +121,10 @@ def device_tokens(tokens: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def validation_windows(val: np.ndarray, context_len: int, device: torch.device) -> torch.Tensor:
-    """Non-overlapping windows of context_len + 1 tokens (stride context_len) over the fixed slice."""
-    n = (len(val) - 1) // context_len
-    idx = np.arange(n)[:, None] * context_len + np.arange(context_len + 1)[None, :]
-    return torch.from_numpy(val.astype(np.int64)[idx]).to(device)
+    """``harness.data.validation_windows`` on the device."""
+    from harness.data import validation_windows as windows
+
+    return torch.from_numpy(windows(val, context_len)).to(device)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -256,7 +256,7 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
     model.train()
     optimizer = make_optimizer(model, profile, dev)
     sampler = BatchSampler(data.train, profile.context_len_tokens, profile.batch_size_seqs, seed, dev)
-    val_windows = validation_windows(data.val, profile.context_len_tokens, dev)
+    val_windows = validation_windows(data.monitor, profile.context_len_tokens, dev)
     eval_batch = max(profile.batch_size_seqs, 64)
 
     compile_mode = getattr(profile, "compile_mode", None) if profile.compile else None
@@ -371,7 +371,7 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
         rung=tuple(rung),
         seed=seed,
         status=status,
-        final_val_loss=val_curve[-1][1] if status == "ok" and val_curve else None,
+        final_monitor_loss=val_curve[-1][1] if status == "ok" and val_curve else None,
         val_curve=val_curve,
         train_curve=train_curve,
         steps_done=steps_done,
@@ -393,6 +393,25 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
         peak_memory_mib=_peak_memory_mib(dev),
         model=model if keep_model else None,
     )
+
+
+def save_weights(model: torch.nn.Module, path) -> None:
+    """What the training sandbox hands back: the trained tensors only, for the forward-only sandbox and the trusted
+    scorer. ``params``: each trainable tensor once (the tied head is the embedding); ``buffers``: the persistent
+    buffers and the frozen parameters (the gate counts both as state, not as parameters). Plain CPU tensors in a file that ``torch.load(weights_only=True)`` reads."""
+    import os
+    from pathlib import Path
+
+    state = model.state_dict()
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    pack = {"params": {k: state[k].detach().cpu().clone().contiguous() for k in trainable},
+            "buffers": {k: v.detach().cpu().clone().contiguous() for k, v in state.items()
+                        if k not in trainable and k != "lm_head.weight"}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(pack, tmp)
+    os.replace(tmp, path)
 
 
 def train_curve_interval(profile: Profile) -> int:

@@ -3,11 +3,13 @@
 Runs in OpenEvolve's processes, so it never imports torch's CUDA, never raises, never hangs:
 1. static, here: frozen region, splice, policy;
 2. the sandbox subprocess (own process group, hard wall-clock limit, resident-memory cap): dynamic
-   gate, training at the profile's budget, post-training leak test. It runs on this host or on a Ray
-   cluster (harness.trusted.executor, ``HARNESS_EXECUTOR``); nothing else depends on where;
-3. here again: the objective recomputed from the runs the sandbox reported (plain numbers, checked field by
-   field) and scored against the baseline (``harness.trusted.scoring``); no score, fit or flag computed in the sandbox is
-   read. Score and artifacts back to OpenEvolve, one row to the ledger, accepted or rejected.
+   gate, training at the profile's budget, post-training leak test; it hands back the trained tensors. Then the
+   trusted scorer (``harness.scorer``, no candidate code in its process) runs a forward-only sandbox on the scored
+   split, checks canary and duplicate windows, and measures the losses and counts the parameters itself. Both run
+   on this host or on a Ray worker (harness.trusted.executor, ``HARNESS_EXECUTOR``); nothing else depends on where;
+3. here again: the objective recomputed from the scorer's losses and counts (plain numbers, checked field by
+   field), the parameter budget re-checked on those counts, and the score against the baseline
+   (``harness.trusted.scoring``); no loss, score, fit or flag computed in a sandbox is read. Score and artifacts back to OpenEvolve, one row to the ledger, accepted or rejected.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from harness.trusted.frameworks import ATTENTION_KWARGS, FRAMEWORKS, framework_o
 from harness.trusted.policy import check_block, module_aliases
 from harness.trusted.profiles import ConfigError, Profile, confinement_policy, get_profile, require_device
 from harness.trusted.reasons import HINTS, Reason
-from harness.trusted.scoring import MalformedRecord, objective_from_untrusted, objective_metrics, score
+from harness.trusted.scoring import MalformedRecord, objective_from_untrusted, objective_metrics, parity_violation, score
 
 STDERR_TAIL_CHARS = executor.STDERR_TAIL_CHARS
 
@@ -319,6 +321,13 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
     except MalformedRecord as exc:
         return _result(framework, Reason.TAMPERING, f"the sandbox handed back a malformed training record: {exc}",
                        details=log, **common)
+    if {r["scored_split_sha256"] for r in objective["runs"]} != {r["scored_split_sha256"] for r in baseline["runs"]}:
+        return _result(framework, Reason.TAMPERING, "the scored split on disk is not the one the baseline was scored "
+                       "on: the token cache was modified after the baseline was measured; delete the token cache "
+                       "folder and restart the run", details=log, **common)
+    problem = parity_violation(objective, baseline, profile)
+    if problem:
+        return _result(framework, Reason.PARAM_PARITY, problem, metrics=metrics, details=log, **common)
     value, flags = score(objective, baseline, profile)
     if not math.isfinite(value):
         return _result(framework, Reason.NONFINITE, "the objective is not finite", metrics=metrics, **common)

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from harness.trusted import confine
 from harness.trusted.process_lifetime import PARENT_PID_ENV
+from harness.trusted.scoring import SCORED_FIELDS
 
 EXECUTORS = ("local", "ray")
 STDERR_TAIL_CHARS = 4000
@@ -49,6 +50,8 @@ POLL_INTERVAL_S = 0.2
 SUBMIT_MEMORY_CAP_MIB = 4096
 # Connecting to the cluster and shipping the result back, beyond the task's own limits.
 SUBMIT_OVERHEAD_S = 120.0
+# The scorer's own work beyond its forward-only sandbox's limit: reading the weights and the data, the loss.
+SCORER_OVERHEAD_S = 300.0
 # Ray's errors that mean the worker or its node went away under the task: retried, never the candidate's fault.
 LOST_WORKER_ERRORS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError",
                       "OwnerDiedError", "LocalRayletDiedError", "ObjectReconstructionFailedError",
@@ -166,7 +169,7 @@ def run_limited(cmd: list[str], limit_s: float, memory_cap_mib: int, log_path: P
     return outcome
 
 
-def _tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
+def tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
     except OSError:
@@ -199,9 +202,11 @@ def sandbox_environment(source: dict | None = None, **extra: str) -> dict[str, s
 def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: int,
                      env: dict | None = None) -> SandboxRun:
     """``python -m harness.sandbox MODE`` on this host, under the limits, in the allow-listed environment plus
-    ``env`` (the slot's device); no slot is taken here."""
+    ``env`` (the slot's device); no slot is taken here. A training that finished is then scored by the trusted
+    scorer on this same host (``_score``): its losses and counts replace the sandbox's own."""
     with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as tmp:
         tmp = Path(tmp)
+        request = {**request, "weights_dir": str(tmp / "weights")}
         (tmp / "request.json").write_text(json.dumps(request))
         result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
         env = sandbox_environment(PYTHONUNBUFFERED="1", **(env or {}))
@@ -212,16 +217,99 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
                                                                                         unavailable))
         confinement = f"none: {unavailable}" if unavailable else confine.LAYERS
         outcome = run_limited(cmd if unavailable else confine.wrap(cmd), limit_s, memory_cap_mib, log_path, env)
-        result = _read_result(result_path) if outcome == "exited" and result_path.exists() else None
-        log = _tail(log_path)
+        result = read_result(result_path) if outcome == "exited" and result_path.exists() else None
+        log = tail(log_path)
         if result is None and not unavailable and log.startswith(confine.FAILURE_PREFIX):
             # The launcher could not create the namespaces, so the sandbox never started: not the candidate's doing.
             return SandboxRun("infrastructure", None, log, error=log.splitlines()[0],
                               execution={"confinement": confinement})
-        return SandboxRun(outcome, result, log, execution={"confinement": confinement})
+        run = SandboxRun(outcome, result, log, execution={"confinement": confinement})
+        if result is not None and _trained(mode, result):
+            _score(mode, request, run, tmp, limit_s, memory_cap_mib, env, confined=not unavailable)
+        return run
 
 
-def _read_result(path: Path) -> dict:
+# ----------------------------------------------------------------------------------------------------------
+# The trusted scoring of a finished training, on the host that trained it
+
+# Where each training mode's result holds its training record.
+TRAINING_RECORD = {"prepare": "baseline", "evaluate": "objective", "objective": "record"}
+
+
+def _trained(mode: str, result: dict) -> bool:
+    if mode == "prepare":
+        return result.get("baseline_computed") is True
+    return mode in TRAINING_RECORD and result.get("reason") == "ok"
+
+
+def _scored_rungs(mode: str, request: dict) -> list[tuple]:
+    from harness.trusted.profiles import get_profile
+    from harness.trusted.scoring import rungs_for
+
+    profile = get_profile(request["profile"], objective=request["objective"], data_source=request["data_source"])
+    return rungs_for(profile, request.get("rungs") if mode == "objective" else None)
+
+
+def _score(mode: str, request: dict, run: SandboxRun, tmp: Path, limit_s: float, memory_cap_mib: int, env: dict,
+           confined: bool) -> None:
+    """Run ``python -m harness.scorer`` on what the training left in ``tmp``, then write its losses and counts
+    (``scoring.SCORED_FIELDS``) over the training record's runs, or turn the result into the rejection it found.
+    ``run`` is updated in place; its ``execution["scoring"]`` records the checks. ``env``: the sandbox's own
+    (allow-listed) environment, which the scorer and its forward-only sandbox get too."""
+    from harness.trusted.fingerprint import fingerprint_id
+    from harness.trusted.frameworks import get_framework
+    from harness.trusted.profiles import default_cache_dir
+
+    result = run.result
+    fp = result.get("fingerprint")
+    if not isinstance(fp, dict) or fingerprint_id(fp) != fp.get("id") or not isinstance(fp.get("data_hash"), str):
+        run.result = {"reason": "tampering", "message": "the sandbox reported a fingerprint that is not the one it "
+                      "computes", "fingerprint": None}
+        return
+    source = request.get("source") if mode != "prepare" else get_framework(request["framework"]).seed_source()
+    forward_request = {k: v for k, v in request.items() if k not in ("baselines", "source", "weights_dir")}
+    plan = {"request": {**forward_request, "source": source}, "rungs": [list(r) for r in _scored_rungs(mode, request)],
+            "weights_dir": str(tmp / "weights"), "run_dir": str(tmp), "data_hash": fp["data_hash"],
+            "cache_dir": str(default_cache_dir()), "limit_s": limit_s, "memory_cap_mib": memory_cap_mib,
+            "confined": confined, "env": env}
+    (tmp / "score-plan.json").write_text(json.dumps(plan))
+    outcome = run_limited([sys.executable, "-m", "harness.scorer", str(tmp / "score-plan.json"),
+                           str(tmp / "score.json")], scoring_limit_s(limit_s), memory_cap_mib, tmp / "scorer.log",
+                          env)
+    scored = read_result(tmp / "score.json") if outcome == "exited" and (tmp / "score.json").exists() else None
+    if scored is None or scored.get("status") not in ("ok", "rejected"):
+        detail = (scored or {}).get("message") or f"the scorer ended ({outcome}) without a result"
+        run.outcome, run.result = "infrastructure", None
+        run.error = f"the trusted scoring failed: {detail}"
+        run.log += "\n" + tail(tmp / "scorer.log")
+        return
+    if scored["status"] == "rejected":
+        reason, message = scored["reason"], scored["message"]
+        run.log += "\n" + str(scored.get("details", ""))
+        if mode == "prepare":
+            run.result = {"config_error": f"the pristine seed failed its trusted scoring ({reason}): {message}"}
+        else:
+            run.result = {"reason": reason, "message": message, "fingerprint": fp,
+                          **{k: result[k] for k in ("metrics", "timings", "seed", "hparams") if k in result}}
+        return
+    record = result.get(TRAINING_RECORD[mode])
+    runs = record.get("runs") if isinstance(record, dict) else None
+    if not isinstance(runs, list) or len(runs) != len(scored["rungs"]) or not all(isinstance(r, dict) for r in runs):
+        run.result = {"reason": "tampering", "message": "the sandbox's training record does not hold one run per "
+                      "trained rung", "fingerprint": fp}
+        return
+    for entry, trusted in zip(runs, scored["rungs"]):
+        entry.update({k: trusted[k] for k in ("rung", *SCORED_FIELDS)})
+    run.execution["scoring"] = scored["scoring"]
+
+
+def scoring_limit_s(limit_s: float) -> float:
+    """The scorer's wall-clock limit after a training under ``limit_s``: its forward-only sandbox gets as long as
+    the training did, plus the scorer's own work."""
+    return limit_s + SCORER_OVERHEAD_S
+
+
+def read_result(path: Path) -> dict:
     """The sandbox's result file. The sandbox itself always writes one JSON object; anything else was written by
     the code it ran."""
     try:
@@ -284,7 +372,8 @@ def _run_ray(mode: str, request: dict, limit_s: float, memory_cap_mib: int, conf
 
 def _submit(spec: dict, config: ExecutorConfig) -> tuple[str, dict]:
     """One attempt, through ``python -m harness.trusted.executor submit``: ("done" | "lost" | "error", payload)."""
-    wait_s = config.ray_queue_wait_s + spec["limit_s"] + spec["baseline_limit_s"] + config.ray_connect_timeout_s
+    wait_s = config.ray_queue_wait_s + config.ray_connect_timeout_s + sum(
+        limit + scoring_limit_s(limit) for limit in (spec["limit_s"], spec["baseline_limit_s"]))
     with tempfile.TemporaryDirectory(prefix="harness-submit-") as tmp:
         tmp = Path(tmp)
         (tmp / "spec.json").write_text(json.dumps({**spec, "wait_s": wait_s}))
@@ -296,7 +385,7 @@ def _submit(spec: dict, config: ExecutorConfig) -> tuple[str, dict]:
             reply = json.loads(result_path.read_text())
             return reply["status"], reply
         return "error", {"error": f"the Ray submission process ended ({outcome}) without a reply",
-                         "log": _tail(log_path)}
+                         "log": tail(log_path)}
 
 
 def run_sandbox(mode: str, request: dict, limit_s: float, memory_cap_mib: int, *, executor: str | None = None,

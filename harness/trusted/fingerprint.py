@@ -13,18 +13,19 @@ from pathlib import Path
 
 HARNESS_DIR = Path(__file__).resolve().parents[1]
 # What can change an evaluation's verdict or numbers: everything that runs in the sandbox (the frozen model, the
-# data, the training, the dynamic gate, the FLOP audit), and on the trusted side the static gate, the scoring, the
-# budgets, the limits and the evaluator's decisions. Not the ledger, the slots or the tools around the loop
+# training, the dynamic gate, the FLOP audit), the data pipeline, the trusted scorer, and on the trusted side the
+# static gate, the scoring, the budgets, the limits and the evaluator's decisions. Not the ledger, the slots or the tools around the loop
 # (analysis, validation, proposer, diagnostics): editing those never invalidates a cached baseline.
 TRUSTED_RESULT_MODULES = ("evaluate", "executor", "fingerprint", "frameworks", "policy", "profiles", "program",
                           "reasons", "scoring")
 
 
 def result_files() -> list[str]:
-    """The files ``harness_code_hash`` covers, relative to the package: ``scaffold.py``, every module of
-    ``sandbox/`` (a new one is covered without a change here) and ``TRUSTED_RESULT_MODULES``."""
-    files = ["scaffold.py"]
-    files += [p.relative_to(HARNESS_DIR).as_posix() for p in (HARNESS_DIR / "sandbox").glob("*.py")]
+    """The files ``harness_code_hash`` covers, relative to the package: ``scaffold.py``, ``data.py``, every module
+    of ``sandbox/`` and ``scorer/`` (a new one is covered without a change here) and ``TRUSTED_RESULT_MODULES``."""
+    files = ["scaffold.py", "data.py"]
+    for folder in ("sandbox", "scorer"):
+        files += [p.relative_to(HARNESS_DIR).as_posix() for p in (HARNESS_DIR / folder).glob("*.py")]
     files += [f"trusted/{name}.py" for name in TRUSTED_RESULT_MODULES]
     return sorted(files)
 

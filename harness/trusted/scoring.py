@@ -21,9 +21,16 @@ class MalformedRecord(ValueError):
     """What an untrusted process handed back is not a training record the harness writes."""
 
 
-def rungs_for(profile) -> list[tuple]:
-    """The rungs the profile's objective trains: the reference rung for ``final_loss``, the ladder otherwise."""
-    if profile.objective == "final_loss":
+RUNG_SETS = ("objective", "ladder", "reference")
+
+
+def rungs_for(profile, which: str | None = None) -> list[tuple]:
+    """The rungs a training trains. ``which``: "objective" (default: the reference rung for ``final_loss``, the
+    ladder otherwise), "ladder" (every rung, for a scaling-law fit whatever the objective) or "reference"."""
+    which = which or "objective"
+    if which not in RUNG_SETS:
+        raise ValueError(f"unknown rung set {which!r}: one of {RUNG_SETS}")
+    if which == "reference" or (which == "objective" and profile.objective == "final_loss"):
         return [tuple(profile.reference)]
     return [tuple(r) for r in profile.ladder]
 
@@ -36,10 +43,16 @@ def _number(value, what: str, integer: bool = False) -> float:
     return value
 
 
+# What the trusted scorer (harness.scorer) writes into each run, over whatever the training sandbox said.
+SCORED_FIELDS = ("final_val_loss", "non_embedding_params", "attention_params", "buffer_elements",
+                 "scored_split_sha256")
+
+
 def checked_runs(runs, expected_rungs: list[tuple]) -> list[dict]:
-    """The runs an untrusted process reported, kept only if they are plain numbers for exactly the expected rungs,
-    in order, every one finished. The fields the scoring and the metrics read are checked and replaced by their
-    checked copies; the others (training curves, timings) pass through for reports and are never scored."""
+    """The runs of a training, kept only if they are plain numbers for exactly the expected rungs, in order, every
+    one finished. The fields the scoring and the metrics read are checked and replaced by their checked copies; the
+    others (training curves, timings) pass through for reports and are never scored. ``SCORED_FIELDS`` are
+    the trusted scorer's: the executor writes them over the training sandbox's runs."""
     if not isinstance(runs, list) or len(runs) != len(expected_rungs):
         raise MalformedRecord(f"expected {len(expected_rungs)} runs, got "
                               f"{len(runs) if isinstance(runs, list) else type(runs).__name__}")
@@ -53,10 +66,17 @@ def checked_runs(runs, expected_rungs: list[tuple]) -> list[dict]:
                    "final_val_loss": _number(run.get("final_val_loss"), f"rung {tuple(rung)}'s final loss"),
                    "non_embedding_params": _number(run.get("non_embedding_params"),
                                                    f"rung {tuple(rung)}'s parameter count", True),
+                   "attention_params": _number(run.get("attention_params"), f"rung {tuple(rung)}'s attention "
+                                               "parameter count", True),
+                   "buffer_elements": _number(run.get("buffer_elements"), f"rung {tuple(rung)}'s buffer size", True),
                    "val_curve": checked_curve(run.get("val_curve"), f"the validation curve of rung {tuple(rung)}"),
                    "ms_per_step": _number(run.get("ms_per_step"), f"rung {tuple(rung)}'s ms per step")}
-        if checked["non_embedding_params"] <= 0 or checked["val_curve"][-1][1] != checked["final_val_loss"]:
-            raise MalformedRecord(f"rung {tuple(rung)}'s parameter count or final loss is inconsistent")
+        split = run.get("scored_split_sha256")
+        if not isinstance(split, str) or len(split) != 16 or any(c not in "0123456789abcdef" for c in split):
+            raise MalformedRecord(f"rung {tuple(rung)} does not name the scored split it was measured on")
+        checked["scored_split_sha256"] = split
+        if checked["non_embedding_params"] <= 0 or checked["attention_params"] < 0 or checked["buffer_elements"] < 0:
+            raise MalformedRecord(f"rung {tuple(rung)}'s parameter counts are inconsistent")
         out.append({**run, **checked})
     return out
 
@@ -98,6 +118,27 @@ def objective_record(runs: list[dict], profile) -> dict:
     if profile.objective == "scaling_slope" and "scaling_b" in record:
         record["fitness"] = -record["scaling_b"]
     return record
+
+
+def parity_violation(candidate: dict, baseline: dict, profile) -> str | None:
+    """The parameter and state budget re-checked on the trusted scorer's counts of the trained tensors, rung by
+    rung: the whole model may add at most ``param_tolerance_frac`` of the baseline's attention parameters, and its
+    buffers at most the gate's allowance per layer (counted in elements, which bounds the gate's 32-bit words
+    from above). None when within; else the message."""
+    gate = profile.gate
+    for cand, base in zip(candidate["runs"], baseline["runs"]):
+        d, layers, _ = cand["rung"]
+        limit = base["non_embedding_params"] + gate.param_tolerance_frac * base["attention_params"]
+        if cand["non_embedding_params"] > limit:
+            return (f"the trained model at rung {tuple(cand['rung'])} holds {cand['non_embedding_params']} non-embedding "
+                    f"parameters; the baseline holds {base['non_embedding_params']}, and at most "
+                    f"{gate.param_tolerance_frac:.0%} of its {base['attention_params']} attention parameters may be added")
+        ctx = profile.context_len_tokens
+        allowance = layers * (gate.extra_state_words_per_ctx_dmodel * ctx * d + gate.extra_state_words_per_ctx_squared * ctx ** 2)
+        if cand["buffer_elements"] > base["buffer_elements"] + allowance:
+            return (f"the trained model at rung {tuple(cand['rung'])} holds {cand['buffer_elements']} buffer elements; "
+                    f"at most {base['buffer_elements'] + allowance:.0f} are allowed")
+    return None
 
 
 def fit_scaling_law(params: list[int], losses: list[float]) -> tuple[float, float]:

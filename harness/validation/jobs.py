@@ -51,11 +51,7 @@ class TrainJob:
 
 
 def job_rungs(job: TrainJob) -> list[tuple]:
-    if job.rungs == "ladder":
-        return [tuple(r) for r in job.profile.ladder]
-    if job.rungs == "reference":
-        return [tuple(job.profile.reference)]
-    return rungs_for(job.profile)
+    return rungs_for(job.profile, job.rungs)
 
 
 def run_training_job(job: TrainJob) -> dict:

@@ -14,6 +14,9 @@ the EOS token) and caches the result under ``cache_dir/tokens/<key>/`` where the
 text plus the vocabulary size and the tokenizer's training budget. A cache entry is built in a temporary folder and
 published by renaming it, so a crash never leaves a half-written entry that a later run would trust.
 The pipeline is deterministic: the same inputs give byte-identical token arrays and tokenizer.
+
+The validation split serves twice: its first ``val_tokens`` tokens are the scored split, which only the trusted
+scorer reads, and the next ``val_tokens`` the monitoring split, for the training curve and the in-sandbox checks.
 """
 
 from __future__ import annotations
@@ -69,7 +72,12 @@ class DataError(RuntimeError):
 @dataclass(frozen=True)
 class TokenData:
     train: np.ndarray  # uint16 ids of the whole train split, each story followed by eos_id (read-only memory map)
-    val: np.ndarray  # uint16, the fixed validation slice: the first val_tokens tokens of the validation split
+    # uint16, the scored split: the first val_tokens tokens of the validation split. Only the trusted scorer reads
+    # it (harness.scorer); the training sandbox drops it (None there), so training never sees it.
+    score: np.ndarray | None
+    # uint16, the monitoring split: the next val_tokens tokens. The training curve, pruning and the in-sandbox
+    # checks read this one.
+    monitor: np.ndarray
     vocab_size: int  # the requested vocabulary size (the embedding size); every id is below it
     eos_id: int
     data_hash: str  # sha256 (first 16 hex) of the raw text of both splits and the source identity
@@ -556,7 +564,8 @@ def _corrupt(entry: Path, file: Path, why: str) -> DataError:
 
 def _short_validation(n_tokens: int, n_stories: int, val_tokens: int) -> DataError:
     return DataError(f"the validation split has only {n_tokens} tokens ({n_stories} stories), fewer than "
-                     f"val_tokens={val_tokens}; lower val_tokens or use a source with a larger validation split")
+                     f"2 x val_tokens={val_tokens} (the scored split, then the monitoring split); lower val_tokens "
+                     "or use a source with a larger validation split")
 
 
 def _remove_stale_temps(root: Path) -> None:
@@ -586,7 +595,7 @@ def _build_entry(entry: Path, train: list[str], val: list[str], source_identity:
         eos_id = tokenizer.token_to_id(EOS_TOKEN)
         t1 = time.perf_counter()
         val_ids = encode_stories(tokenizer, val, eos_id)
-        if len(val_ids) < val_tokens:  # fail before the long train tokenisation
+        if len(val_ids) < 2 * val_tokens:  # fail before the long train tokenisation
             raise _short_validation(len(val_ids), len(val), val_tokens)
         train_ids = encode_stories(tokenizer, train, eos_id)
         t_encode = time.perf_counter() - t1
@@ -662,12 +671,14 @@ def _open_entry(entry: Path, vocab_size: int, val_tokens: int) -> TokenData:
             raise _corrupt(entry, entry / name, f"{array.dtype} array of shape {array.shape}, expected {expected} "
                                                 f"uint16 tokens")
         arrays[name] = array
-    if len(arrays["val.npy"]) < val_tokens:
+    if len(arrays["val.npy"]) < 2 * val_tokens:
         raise _short_validation(len(arrays["val.npy"]), meta.get("val_stories", -1), val_tokens)
-    val = np.array(arrays["val.npy"][:val_tokens])
-    val.setflags(write=False)
+    score = np.array(arrays["val.npy"][:val_tokens])
+    monitor = np.array(arrays["val.npy"][val_tokens : 2 * val_tokens])
+    score.setflags(write=False)
+    monitor.setflags(write=False)
     return TokenData(
-        train=arrays["train.npy"], val=val, vocab_size=vocab_size, eos_id=int(meta["eos_id"]),
+        train=arrays["train.npy"], score=score, monitor=monitor, vocab_size=vocab_size, eos_id=int(meta["eos_id"]),
         data_hash=meta["data_hash"], tokenizer_hash=tokenizer_hash, tokenizer_path=tokenizer_path,
     )
 
@@ -687,9 +698,10 @@ def load_token_data(source: str, vocab_size: int, val_tokens: int, cache_dir: Pa
     builds); a different val_tokens reuses the entry. An entry is built in a temporary folder and published by
     renaming it, so a crash never leaves a half-written entry; left-over temporary folders are removed after a day.
 
-    Returns TokenData whose ``train`` is a read-only memory map of the cached array (shared between processes) and
-    ``val`` the first ``val_tokens`` tokens of the validation split. Raises DataError if vocab_size is out of range
-    (257..65535), if the validation split has fewer than val_tokens tokens, if a cache file is unreadable or corrupt
+    Returns TokenData whose ``train`` is a read-only memory map of the cached array (shared between processes),
+    ``score`` the first ``val_tokens`` tokens of the validation split and ``monitor`` the next ``val_tokens``. Raises
+    DataError if vocab_size is out of range (257..65535), if the validation split has fewer than 2 × val_tokens
+    tokens, if a cache file is unreadable or corrupt
     (naming the file and the folder to delete), and for every data problem :func:`load_text_splits` reports."""
     _check_vocab_size(vocab_size)
     if val_tokens <= 0:
@@ -706,3 +718,21 @@ def load_token_data(source: str, vocab_size: int, val_tokens: int, cache_dir: Pa
         _build_entry(entry, train, val, source_identity, data_hash, vocab_size, val_tokens, tokenizer_train_bytes)
         STATS["builds"] += 1
     return _open_entry(entry, vocab_size, val_tokens)
+
+
+def open_cached(cache_dir: Path, data_hash: str, vocab_size: int, val_tokens: int,
+                tokenizer_train_bytes: int) -> TokenData:
+    """The TokenData of an entry that :func:`load_token_data` built, found by its data hash without reading the
+    text again (the trusted scorer's way in). DataError when there is no such entry or a file of it is corrupt."""
+    entry = Path(cache_dir).expanduser() / "tokens" / cache_key(data_hash, vocab_size, tokenizer_train_bytes)
+    if not entry.is_dir():
+        raise DataError(f"no token cache entry {entry}: the data it names was never prepared on this host")
+    return _open_entry(entry, vocab_size, val_tokens)
+
+
+def validation_windows(tokens: np.ndarray, context_len: int) -> np.ndarray:
+    """Non-overlapping windows of context_len + 1 tokens (stride context_len) over a validation split, int64: the
+    monitoring curve's windows in training, the scored windows in the scorer."""
+    n = (len(tokens) - 1) // context_len
+    idx = np.arange(n)[:, None] * context_len + np.arange(context_len + 1)[None, :]
+    return np.asarray(tokens).astype(np.int64)[idx]

@@ -1,0 +1,182 @@
+"""The trusted scorer: the final loss is measured where no candidate code runs, from hidden states a forward-only
+sandbox hands back, with canary and duplicate windows that catch a forward pass that reads the future or carries
+state; nothing the training sandbox says about its losses or its size is believed."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import security
+from harness.scaffold import build_model
+from harness.scorer.score import (STATE_RTOL, Rejection, check_states, head_loss, layout, load_weights)
+from harness.sandbox.loader import load_attention
+from harness.sandbox.train import save_weights
+from harness.trusted import executor
+from harness.trusted.evaluate import evaluate, prepare, sandbox_request
+from harness.trusted.frameworks import get_framework
+from harness.trusted.reasons import Reason
+from harness.trusted.scoring import objective_from_untrusted
+
+RUNG, VOCAB, CONTEXT = (32, 2, 2), 512, 16
+
+
+def _seed_model():
+    fw = get_framework("ttr")
+    model = build_model(load_attention(fw.seed_source(), str(fw.seed_path)), RUNG, VOCAB, CONTEXT, 0.0, 3)
+    return model.eval()
+
+
+def test_the_scorers_head_reproduces_the_frozen_models_own_loss(tmp_path):
+    model = _seed_model()
+    save_weights(model, tmp_path / "rung0.pt")
+    weights = load_weights(tmp_path / "rung0.pt", RUNG, VOCAB)
+    idx = torch.randint(0, VOCAB, (5, CONTEXT + 1), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, own = model(idx[:, :-1], idx[:, 1:], reduction="none")
+        trusted = head_loss(model.hidden(idx[:, :-1]), idx[:, 1:], weights)
+    assert math.isclose(float(trusted), float(own.double().sum()), rel_tol=1e-6)
+    counts = weights.counts()
+    attention = sum(p.numel() for b in model.blocks for p in b.attn.parameters())
+    assert counts["attention_params"] == attention
+    assert counts["non_embedding_params"] == sum(p.numel() for p in model.parameters()) - model.tok_emb.weight.numel()
+
+
+def test_weights_that_are_not_plain_tensors_are_tampering(tmp_path):
+    model = _seed_model()
+    save_weights(model, tmp_path / "good.pt")
+    pack = torch.load(tmp_path / "good.pt", weights_only=True)
+    cases = {"missing": None, "not_a_dict": [1, 2], "an_object": {"params": {"x": torch.nn.Linear(2, 2)}, "buffers": {}},
+             "no_head": {"params": {k: v for k, v in pack["params"].items() if k != "tok_emb.weight"}, "buffers": {}},
+             "wrong_shape": {"params": {**pack["params"], "ln_final.weight": torch.ones(7)}, "buffers": {}}}
+    for name, content in cases.items():
+        if content is not None:
+            torch.save(content, tmp_path / f"{name}.pt")
+        with pytest.raises(Rejection) as caught:
+            load_weights(tmp_path / f"{name}.pt", RUNG, VOCAB)
+        assert caught.value.reason == Reason.TAMPERING, name
+
+
+def _windows(n=40, length=CONTEXT, seed=0):
+    return np.random.default_rng(seed).integers(0, VOCAB, (n, length + 1))
+
+
+def test_the_layout_mixes_canaries_and_duplicates_among_the_scored_windows():
+    windows = _windows()
+    lay = layout(windows, np.random.default_rng(1), batch=16)
+    base = windows[:, :-1]
+    assert lay.n_scored == 40 and len(lay.canaries) >= 4 and len(lay.duplicates) >= 2
+    assert len(lay.inputs) % 16 == 0 and sorted(lay.position) == list(range(len(lay.inputs) - 16))
+    assert all(np.array_equal(lay.inputs[lay.position[i]], base[i]) for i in range(40))
+    for c, (i, k) in enumerate(lay.canaries):
+        canary = lay.inputs[lay.position[40 + c]]
+        assert 1 <= k < CONTEXT and np.array_equal(canary[:k], base[i, :k]) and not np.array_equal(canary, base[i])
+    for r, i in enumerate(lay.duplicates):
+        assert np.array_equal(lay.inputs[lay.position[40 + len(lay.canaries) + r]], base[i])
+    first = lay.repeated_batch * 16
+    assert np.array_equal(lay.inputs[-16:], lay.inputs[first : first + 16])
+    assert layout(windows, np.random.default_rng(2), 16).position.tolist() != lay.position.tolist()  # a secret order
+
+
+def _states(lay, fn, batch=16) -> np.ndarray:
+    """fn(window, batch index, batch) for each window, run batch by batch as the forward sandbox does."""
+    rows = [fn(row, b // batch, lay.inputs[b - b % batch : b - b % batch + batch]) for b, row in enumerate(lay.inputs)]
+    return np.stack(rows).astype(np.float32)
+
+
+def test_each_way_a_forward_pass_can_cheat_is_caught_and_named():
+    lay = layout(_windows(), np.random.default_rng(3), batch=16)
+
+    def causal(row, *_):  # a running mean of token ids: each position sees only its past
+        return (np.cumsum(row) / np.arange(1, len(row) + 1))[:, None] * np.ones((1, 4))
+
+    cheats = {
+        "leak_after_training": lambda row, *a: causal(row) + np.append(row[1:], 0)[:, None] * 1e-3,  # sees t + 1
+        "statefulness": lambda row, b, _: causal(row) + b,  # drifts with the batches seen before
+        "batch_independence": lambda row, b, batch: causal(row) + batch.mean(),  # mixes its batch
+    }
+    checks = check_states(_states(lay, causal), lay, RUNG)
+    assert max(checks.values()) <= STATE_RTOL
+    for reason, fn in cheats.items():
+        with pytest.raises(Rejection) as caught:
+            check_states(_states(lay, fn), lay, RUNG)
+        assert caught.value.reason == Reason(reason), (reason, caught.value.message)
+    broken = _states(lay, causal)
+    broken[lay.position[lay.canaries[0][0]], 0, 0] = np.nan
+    with pytest.raises(Rejection) as caught:
+        check_states(broken, lay, RUNG)
+    assert caught.value.reason == Reason.NONFINITE
+
+
+def test_the_training_sandbox_never_holds_the_scored_split(smoke_env):
+    from harness.sandbox.entry import _data
+    from harness.trusted.profiles import get_profile
+
+    data = _data(get_profile("smoke"))
+    assert data.score is None and len(data.monitor) == get_profile("smoke").val_tokens
+
+
+# A forger past every static check: the code runs at the program's load, in the sandbox process, and rewrites the
+# training record on its way into the result file.
+FORGER = '''
+import json as _json
+_dumps = _json.dumps
+
+
+def _forged(obj, *args, **kwargs):
+    if isinstance(obj, dict) and isinstance(obj.get("objective"), dict):
+        for run in obj["objective"]["runs"]:
+            run.update(final_val_loss=0.01, final_monitor_loss=0.01, non_embedding_params=10, attention_params=0)
+            run["val_curve"][-1] = [run["val_curve"][-1][0], 0.01]
+    return _dumps(obj, *args, **kwargs)
+
+
+_json.dumps = _forged
+'''
+
+
+def test_a_forged_training_record_moves_no_loss_and_no_count(smoke_env):
+    prepared = prepare(security.FRAMEWORK)
+    request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"], source=security.SEED + FORGER)
+    run = executor.run_sandbox_here("evaluate", request, 180.0, 8192)
+    assert run.outcome == "exited" and run.result["reason"] == "ok", run.log
+    runs = run.result["objective"]["runs"]
+    assert runs[0]["final_monitor_loss"] == 0.01, "the forger ran"
+    objective = objective_from_untrusted(run.result["objective"], prepared["profile"])
+    # the seed, trained the same way: the scorer measures exactly the baseline's loss and size
+    assert objective["final_loss"] == prepared["baseline"]["final_loss"] != 0.01
+    assert runs[0]["non_embedding_params"] == prepared["baseline"]["runs"][0]["non_embedding_params"] > 10
+    assert run.execution["scoring"]["canaries"] >= 4
+
+
+# Causal in training, in the gate and in the in-sandbox test of the trained model (8 windows); it reads the next
+# token only in large evaluation batches, as the scored pass runs them.
+LEAKS_WHEN_SCORED = security.Attack(
+    "leak_in_large_evaluation_batches", "scoring_split",
+    "if not self.training and x.shape[0] >= 32:\n    x = x + torch.roll(x, -1, dims=1)")
+
+
+def test_a_model_that_reads_the_future_only_when_scored_is_rejected(smoke_env, tmp_path):
+    path = tmp_path / "candidate.py"
+    path.write_text(LEAKS_WHEN_SCORED.source("unused", "UNUSED"))
+    result = evaluate(security.FRAMEWORK, str(path))
+    assert result.artifacts["reason"] == Reason.LEAK_AFTER_TRAINING.value, result.artifacts["message"]
+    assert result.metrics["combined_score"] == 0.0
+    assert "reads future tokens" in result.artifacts["message"]
+
+
+def test_a_scored_split_changed_on_disk_after_the_baseline_is_tampering(smoke_env, tmp_path, monkeypatch):
+    """The token cache is writable by the sandbox until files are confined: a split rewritten there (here by the
+    test, as a candidate past the static policy could) is never scored against a baseline measured on the original."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HARNESS_LEDGER", str(tmp_path / "ledger.sqlite"))
+    prepared = prepare("ttr")
+    [entry] = (tmp_path / "cache" / "tokens").iterdir()
+    tokens = np.load(entry / "val.npy")
+    tokens[: prepared["profile"].val_tokens] = tokens[0]  # one token repeated: trivially predictable
+    np.save(entry / "val.npy", tokens)
+    result = evaluate("ttr", "initial_programs/ttr.py")
+    assert result.artifacts["reason"] == "tampering", result.artifacts["message"]
+    assert "scored split on disk is not the one the baseline was scored on" in result.artifacts["message"]
+    assert result.metrics["combined_score"] == 0.0
