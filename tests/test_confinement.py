@@ -1,5 +1,6 @@
-"""The sandbox's OS confinement (``harness.trusted.confine``): no network, no signal to anything outside it, and
-recorded in every ledger row; profiles that require it refuse to run without it unless the user opts out.
+"""The sandbox's OS confinement (``harness.trusted.confine``): no network, no signal to anything outside it, files
+read and written only where it needs them, and recorded in every ledger row; profiles that require it refuse to
+run without it unless the user opts out.
 
 The attacks here are switched past the static policy (``check_block`` returns ok), as if a candidate had found a
 hole in it, to show the layer behind it. Each asserts that the side effect did not happen, seen from outside.
@@ -33,25 +34,32 @@ def _past_the_static_policy(monkeypatch):
     monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
 
 
-def _candidate(tmp_path, attempt: str) -> tuple[str, Path]:
+needs_landlock = pytest.mark.skipif(UNAVAILABLE is not None or confine.landlock_abi() == 0,
+                                    reason="this machine cannot confine files with Landlock")
+
+
+def _candidate(tmp_path, attempt: str) -> str:
     """The corpus's attention that, while it is constructed, runs ``attempt`` (one line; ``os_`` is the os module)
-    and writes to a marker file what happened: "succeeded" or the error. Then a shape error, so that an attempt
-    costs seconds, not a training run. Returns the program's path and the marker's."""
-    marker = tmp_path / "outcome.txt"
+    and raises what happened, "outcome: succeeded" or "outcome: <the error>", so that the evaluator's message
+    carries it out (the sandbox may not write anywhere else) and an attempt costs seconds, not a training run."""
     payload = (f"        os_ = getattr(torch, 'os')\n"
                f"        try:\n"
                f"            {attempt}\n"
                f"            outcome = 'succeeded'\n"
                f"        except OSError as e:\n"
                f"            outcome = os_.strerror(e.errno)\n"
-               f"        fd = os_.open({str(marker)!r}, os_.O_WRONLY | os_.O_CREAT)\n"
-               f"        os_.write(fd, outcome.encode())\n")
-    attack = security.Attack("probe", "none", "return x[:, :-1]")
+               f"        raise RuntimeError('outcome: ' + outcome)\n")
+    attack = security.Attack("probe", "none", "pass")
     source = attack.source("unused", "unused").replace(
         "        self.n_heads = n_heads\n", "        self.n_heads = n_heads\n" + payload)
     path = tmp_path / "candidate.py"
     path.write_text(source)
-    return str(path), marker
+    return str(path)
+
+
+def _outcome(result) -> str:
+    assert result.artifacts["reason"] == "crash", result.artifacts.get("message")
+    return result.artifacts["message"].split("outcome: ", 1)[1].splitlines()[0]
 
 
 @needs_confinement
@@ -61,18 +69,18 @@ def test_the_seed_is_evaluated_confined_and_the_ledger_says_so(smoke_env, tmp_pa
     result = evaluate(security.FRAMEWORK, str(path))
     assert result.artifacts["reason"] == "ok", result.artifacts.get("message")
     row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
-    assert row["execution"]["confinement"] == confine.LAYERS
-    assert confine.LAYERS in result.artifacts["execution"]
+    files = f"; {confine.FILES_LAYER}" if confine.landlock_abi() else ""
+    assert row["execution"]["confinement"] == confine.LAYERS + files
+    assert confine.LAYERS + files in result.artifacts["execution"]
 
 
 @needs_confinement
 def test_the_sandbox_cannot_signal_the_evaluator(smoke_env, tmp_path, monkeypatch):
     _past_the_static_policy(monkeypatch)
-    path, marker = _candidate(tmp_path, f"os_.kill({os.getpid()}, 9)")
+    path = _candidate(tmp_path, f"os_.kill({os.getpid()}, 9)")
     result = evaluate(security.FRAMEWORK, path)
     # Still here: the signal never reached this process (the evaluator, the sandbox's parent's parent).
-    assert result.artifacts["reason"] == "shape", result.artifacts.get("message")
-    assert marker.read_text() == "No such process"
+    assert _outcome(result) == "No such process"
 
 
 @needs_confinement
@@ -85,14 +93,40 @@ def test_the_sandbox_has_no_network(smoke_env, tmp_path, monkeypatch):
     accepted = []
     thread = threading.Thread(target=lambda: accepted.append(_accept(server)), daemon=True)
     thread.start()
-    path, marker = _candidate(tmp_path, "getattr(torch, 'sys').modules['socket'].create_connection(('127.0.0.1', "
-                                        f"{server.getsockname()[1]}), timeout=5)")
+    path = _candidate(tmp_path, "getattr(torch, 'sys').modules['socket'].create_connection(('127.0.0.1', "
+                                f"{server.getsockname()[1]}), timeout=5)")
     result = evaluate(security.FRAMEWORK, path)
-    assert result.artifacts["reason"] == "shape", result.artifacts.get("message")
-    assert marker.read_text() == "Network is unreachable"
+    assert _outcome(result) == "Network is unreachable"
     server.close()
     thread.join(timeout=35)
     assert accepted == [None], "a connection reached this host"
+
+
+@needs_landlock
+def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(smoke_env, tmp_path, monkeypatch):
+    """Past the static policy: a planted secret, another process's environment (this evaluator's, which holds a
+    key), a file outside the run folder and the token cache are each out of reach, and nothing was written."""
+    prepare(security.FRAMEWORK)  # the token cache exists
+    _past_the_static_policy(monkeypatch)
+    secret_value = "sk-" + os.urandom(8).hex()
+    monkeypatch.setenv("HARNESS_TEST_API_KEY", secret_value)
+    secret = tmp_path / "secret.txt"
+    secret.write_text(secret_value)
+    [entry] = (Path(os.environ["HARNESS_CACHE"]) / "tokens").iterdir()
+    cache_before = (entry / "val.npy").read_bytes()
+    attempts = {
+        "read_a_planted_secret": f"os_.read(os_.open({str(secret)!r}, os_.O_RDONLY), 100)",
+        "read_the_evaluators_environment": f"os_.read(os_.open('/proc/{os.getpid()}/environ', os_.O_RDONLY), 10000)",
+        "write_outside_the_run_folder": f"os_.open({str(tmp_path / 'written')!r}, os_.O_WRONLY | os_.O_CREAT)",
+        "write_the_token_cache": f"os_.open({str(entry / 'val.npy')!r}, os_.O_WRONLY)",
+        "read_the_ledger": f"os_.read(os_.open({os.environ['HARNESS_LEDGER']!r}, os_.O_RDONLY), 100)",
+    }
+    for name, attempt in attempts.items():
+        result = evaluate(security.FRAMEWORK, _candidate(tmp_path, attempt))
+        assert _outcome(result) == "Permission denied", name
+        assert secret_value not in str(result.artifacts), name
+    assert not (tmp_path / "written").exists()
+    assert (entry / "val.npy").read_bytes() == cache_before
 
 
 def _accept(server):
@@ -186,3 +220,15 @@ def test_the_confined_sandbox_dies_with_the_evaluator():
     evaluator.kill()
     evaluator.wait()
     assert all_gone([launcher_pid, *sandboxes]), "the sandbox outlived the evaluator"
+
+
+def test_the_layers_command_says_what_a_sandbox_gets_here():
+    out = subprocess.run([sys.executable, "-m", "harness.trusted.confine", "--layers"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0
+    if UNAVAILABLE:
+        assert out.stdout.startswith("none: ")
+    elif confine.landlock_abi():
+        assert out.stdout.strip() == f"{confine.LAYERS}; {confine.FILES_LAYER} (ABI {confine.landlock_abi()})"
+    else:
+        assert "no Landlock" in out.stdout

@@ -94,13 +94,12 @@ def test_the_sandbox_never_sees_the_callers_secrets(smoke_env, tmp_path, monkeyp
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    marker = tmp_path / "environment.json"
-    source = security.SEED + (f"\nimport json, os\nopen({str(marker)!r}, 'w').write(json.dumps(dict(os.environ)))\n"
-                              "os._exit(0)\n")
+    # The sandbox may write nowhere but its run folder: the environment comes out in the error it raises.
+    source = security.SEED + "\nimport json, os\nraise RuntimeError('environment:' + json.dumps(dict(os.environ)))\n"
     request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"], source=source)
     run = executor.run_sandbox_here("evaluate", request, 120.0, 8192)
-    assert run.outcome == "exited", run.log
-    seen = json.loads(marker.read_text())
+    assert run.outcome == "exited" and run.result["reason"] == "crash", run.log
+    seen = json.loads(run.result["message"].split("environment:", 1)[1])
     for name, value in secrets.items():
         assert name not in seen and value not in json.dumps(seen), name
     assert seen["OMP_NUM_THREADS"] == "1" and seen["PATH"] == os.environ["PATH"]
@@ -114,3 +113,28 @@ def test_the_sandbox_environment_is_an_allow_list():
         "HARNESS_GPU_CHECK_SECRET": "s", "RAY_ADDRESS": "auto", "SSH_AUTH_SOCK": "/s"}, PYTHONUNBUFFERED="1")
     assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "TORCHINDUCTOR_CACHE_DIR": "/c", "LC_ALL": "C",
                    "PYTHONUNBUFFERED": "1"}
+
+
+# Past every static check (appended to the program, so it runs when the sandbox loads it): patches of the frozen
+# model's callables, made at load or from inside forward, are refused by the run-time snapshot, naming what changed.
+PATCHES = {
+    "at_load": ("import torch.nn as _nn\n_nn.LayerNorm.forward = lambda self, x: x\n",
+                "torch.nn.modules.normalization.LayerNorm.forward", "loading the program"),
+    "inside_forward": ("_forward = ATTENTION.forward\n\n\ndef _patched(self, x):\n    import torch.nn.functional as _F\n"
+                       "    _F.gelu = lambda t, approximate='none': t\n    return _forward(self, x)\n\n\n"
+                       "ATTENTION.forward = _patched\n",
+                       "torch.nn.functional.gelu", "during the gate"),
+}
+
+
+@pytest.mark.parametrize("when", sorted(PATCHES))
+def test_a_patch_of_torch_past_the_static_check_is_refused_at_run_time(smoke_env, when):
+    payload, name, stage = PATCHES[when]
+    prepared = prepare(security.FRAMEWORK)
+    request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"],
+                              source=security.SEED + "\n" + payload)
+    run = executor.run_sandbox_here("evaluate", request, 120.0, 8192)
+    assert run.outcome == "exited", run.log
+    assert run.result["reason"] == "policy", run.result
+    assert name in run.result["message"] and stage in run.result["message"]
+    assert "objective" not in run.result  # nothing trained past the stage that saw it

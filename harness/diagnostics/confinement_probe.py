@@ -37,28 +37,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness.trusted import confine
 from harness.trusted.confine import CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWUSER
-
-# x86-64 and arm64 share the generic syscall numbers for Landlock; seccomp's filter below checks the arch.
-SYS_LANDLOCK_CREATE_RULESET = 444
-SYS_LANDLOCK_ADD_RULE = 445
-SYS_LANDLOCK_RESTRICT_SELF = 446
-LANDLOCK_CREATE_RULESET_VERSION = 1
-LANDLOCK_RULE_PATH_BENEATH = 1
-# Landlock ABI 1 file-system rights (the ones every kernel with Landlock knows).
-FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-FS_ALL_V1 = (1 << 13) - 1
-FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
 
 CLONE_NEWNS = 0x00020000  # the sandbox's launcher does not use a mount namespace; the probe reports it
 PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
 AUDIT_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}  # (audit arch, __NR_socket)
 SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
 
-# What the confined child may read: the system and the Python installation (set at run time: sys.prefix, the
-# package's folder). A secret planted outside them must stay unreadable.
-SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/etc", "/proc", "/sys", "/dev",
-                     "/run/nvidia-persistenced")
+# What the confined child may read: what a sandbox may (harness.trusted.confine), plus the Python installation and
+# the package's folder (set at run time). A secret planted outside them must stay unreadable.
+SYSTEM_READ_ROOTS = confine.SYSTEM_READ_ROOTS + confine.PROC_READ
 GPU_DEVICE_GLOBS = ("nvidia*", "nvidia-caps/*", "dri/*")
 # Folders where system libraries create sockets, locks and shared memory (the CUDA driver among them).
 SYSTEM_SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev", "/dev/shm", "/run")
@@ -74,50 +63,15 @@ def _errno_name(code: int) -> str:
     return errno.errorcode.get(code, str(code))
 
 
-def landlock_abi() -> int:
-    libc = _libc()
-    version = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
-                           ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
-    return int(version) if version > 0 else 0
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64)]
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+landlock_abi = confine.landlock_abi
 
 
 def apply_landlock(read_roots: list[str], write_roots: list[str]) -> str:
-    """Restrict this process (and its future children) to reading ``read_roots`` and writing ``write_roots``.
-    Returns "ok" or the failing step and errno."""
-    libc = _libc()
-    attr = _RulesetAttr(FS_ALL_V1)
-    fd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
-                      ctypes.c_uint32(0))
-    if fd < 0:
-        return f"create_ruleset: {_errno_name(ctypes.get_errno())}"
-    rules = [(p, FS_READ) for p in read_roots] + [(p, FS_ALL_V1) for p in write_roots]
-    for path, access in rules:
-        try:
-            parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            continue  # a root that does not exist here
-        if not os.path.isdir(path):
-            access &= FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE  # directory rights are refused on a file
-        rule = _PathBeneath(access, parent)
-        rc = libc.syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_int(fd), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
-                          ctypes.byref(rule), ctypes.c_uint32(0))
-        os.close(parent)
-        if rc < 0:
-            return f"add_rule {path}: {_errno_name(ctypes.get_errno())}"
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        return f"no_new_privs: {_errno_name(ctypes.get_errno())}"
-    if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(fd), ctypes.c_uint32(0)) < 0:
-        return f"restrict_self: {_errno_name(ctypes.get_errno())}"
-    os.close(fd)
+    """``confine.apply_landlock``, reported: "ok" or the failing step and its error."""
+    try:
+        confine.apply_landlock(read_roots, write_roots)
+    except OSError as exc:
+        return str(exc)
     return "ok"
 
 

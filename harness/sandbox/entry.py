@@ -118,6 +118,7 @@ def evaluate(request: dict) -> dict:
     from harness.sandbox.checks import GateFailure, run_gate
     from harness.trusted.frameworks import get_framework
     from harness.sandbox.objective import TrainingFailure, run_objective
+    from harness.sandbox.snapshot import RuntimeTampering
     from harness.scaffold import TensorSubclassError
     from harness.trusted.reasons import Reason
 
@@ -140,6 +141,9 @@ def evaluate(request: dict) -> dict:
     source, candidate_cls, failure = _load_program(request)
     if failure:
         return {**result, **failure}
+    tampered = _tampered("loading the program")
+    if tampered:
+        return {**result, **tampered}
     try:
         gate_start = time.perf_counter()
         metrics, gate_timings = run_gate(candidate_cls, baseline_cls, profile, profile.device, log=_log)
@@ -150,6 +154,9 @@ def evaluate(request: dict) -> dict:
         timings["gate_s"] = time.perf_counter() - gate_start
         return {**result, "reason": exc.reason.value, "message": exc.message,
                 "metrics": {**result["metrics"], **exc.details}, "traceback": _cause(exc)}
+    tampered = _tampered("during the gate")
+    if tampered:
+        return {**result, **tampered}
     train_start = time.perf_counter()
     try:
         record, model = run_objective(candidate_cls, profile, data, log=_log, source=source,
@@ -158,7 +165,7 @@ def evaluate(request: dict) -> dict:
         timings["train_s"] = time.perf_counter() - train_start
         reason = Reason.NONFINITE if exc.status == "nonfinite" else Reason.DIVERGED
         return {**result, "reason": reason.value, "message": exc.message, "runs": exc.runs}
-    except TensorSubclassError as exc:
+    except (TensorSubclassError, RuntimeTampering) as exc:
         timings["train_s"] = time.perf_counter() - train_start
         return {**result, "reason": Reason.POLICY.value, "message": str(exc)}
     except Exception as exc:
@@ -173,6 +180,9 @@ def evaluate(request: dict) -> dict:
         result["metrics"].update(check_trained_leak(model, data.monitor, profile))
     except GateFailure as exc:
         return {**result, "reason": exc.reason.value, "message": exc.message, "runs": record["runs"]}
+    tampered = _tampered("during training")
+    if tampered:
+        return {**result, **tampered}
     timings["leak_s"] = time.perf_counter() - leak_start
     timings["total_s"] = time.perf_counter() - start
     # No score here: the evaluator recomputes the objective from the runs and scores it outside this process.
@@ -197,6 +207,7 @@ def objective(request: dict) -> dict:
     import dataclasses
 
     from harness.sandbox.objective import TrainingFailure, run_objective
+    from harness.sandbox.snapshot import RuntimeTampering
     from harness.scaffold import TensorSubclassError
     from harness.trusted.scoring import rungs_for
     from harness.trusted.reasons import Reason
@@ -221,6 +232,9 @@ def objective(request: dict) -> dict:
     source, cls, failure = _load_program(request)
     if failure:
         return {**result, **failure}
+    tampered = _tampered("loading the program")
+    if tampered:
+        return {**result, **tampered}
     rungs = rungs_for(profile, request.get("rungs"))
     prune_above = {int(step): float(loss) for step, loss in request.get("prune_above") or []}
     start = time.perf_counter()
@@ -235,12 +249,15 @@ def objective(request: dict) -> dict:
             return {**result, "reason": "pruned", "runs": exc.runs, "message": exc.message}
         reason = Reason.NONFINITE if exc.status == "nonfinite" else Reason.DIVERGED
         return {**result, "reason": reason.value, "runs": exc.runs, "message": exc.message}
-    except TensorSubclassError as exc:
+    except (TensorSubclassError, RuntimeTampering) as exc:
         return {**result, "reason": Reason.POLICY.value, "message": str(exc)}
     except Exception as exc:
         return {**result, "reason": Reason.CRASH.value, "message": f"training raised {type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(limit=-4)}
     record["wall_s"] = time.perf_counter() - start
+    tampered = _tampered("during training")
+    if tampered:
+        return {**result, **tampered}
     return {**result, "reason": Reason.OK.value, "message": "ok", "record": record}
 
 
@@ -282,6 +299,9 @@ def forward(request: dict) -> dict:
     source, cls, failure = _load_program(request)
     if failure:
         return failure
+    tampered = _tampered("loading the program")
+    if tampered:
+        return tampered
     inputs = np.load(request["inputs_path"], allow_pickle=False)
     batch, (n, length) = int(request["batch_size"]), inputs.shape
     out_dir = Path(request["hidden_dir"])
@@ -307,7 +327,7 @@ def forward(request: dict) -> dict:
     except Exception as exc:  # noqa: BLE001 - reported to the scorer as data
         return {"reason": Reason.CRASH.value, "message": f"the forward pass of the trained model raised "
                 f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=-4)}
-    return {"reason": Reason.OK.value, "message": "hidden states written"}
+    return _tampered("during the forward pass") or {"reason": Reason.OK.value, "message": "hidden states written"}
 
 
 def _load_program(request: dict) -> tuple[str | None, type | None, dict | None]:
@@ -324,6 +344,21 @@ def _load_program(request: dict) -> tuple[str | None, type | None, dict | None]:
                             "traceback": traceback.format_exc(limit=-4)}
 
 
+_SNAPSHOT: dict = {}  # what harness.sandbox.snapshot.take() saw before any program loaded
+
+
+def _tampered(stage: str) -> dict | None:
+    """The policy record when the program changed torch or the harness so far; None otherwise."""
+    from harness.sandbox.snapshot import RuntimeTampering, check
+    from harness.trusted.reasons import Reason
+
+    try:
+        check(_SNAPSHOT, stage)
+    except RuntimeTampering as exc:
+        return {"reason": Reason.POLICY.value, "message": str(exc)}
+    return None
+
+
 def _cause(exc: BaseException) -> str:
     cause = exc.__cause__
     return "".join(traceback.format_exception(cause, limit=-4)) if cause else ""
@@ -333,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     mode, request_path, result_path = (argv or sys.argv[1:])[:3]
     request = json.loads(Path(request_path).read_text())
+    from harness.sandbox import snapshot
+
+    _SNAPSHOT.update(snapshot.take())
     try:
         result = {"prepare": prepare, "evaluate": evaluate, "objective": objective, "forward": forward}[mode](request)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as data

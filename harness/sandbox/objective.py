@@ -162,13 +162,16 @@ def _rung_worker(spec: dict, result_path: str) -> None:
         torch.set_num_threads(spec["threads"])
     payload: dict = {}
     try:
+        from harness.sandbox import snapshot
         from harness.sandbox.loader import load_attention
 
+        before = snapshot.take()
         attention_cls = load_attention(spec["source"], spec["filename"])
         data = _RungData(_open_array(spec["train"]), _open_array(spec["monitor"]), spec["vocab_size"])
         log = _child_log("rung-process") if spec["log"] else None
         result = train(attention_cls, spec["profile"], spec["rung"], data, seed=spec["seed"], device=spec["device"],
                        log=log, keep_model=spec["keep_model"] or bool(spec["weights_path"]))
+        snapshot.check(before, f"training rung {tuple(spec['rung'])}")
         payload["record"] = result.to_dict()
         if spec["weights_path"] and result.status == "ok":
             save_weights(result.model, spec["weights_path"])

@@ -212,7 +212,7 @@ def forward_pass(plan: dict, lay: Layout, work: Path) -> tuple[float, str]:
     did not hand back states."""
     if work.exists():
         shutil.rmtree(work)
-    work.mkdir(parents=True)
+    (work / "tmp").mkdir(parents=True)
     np.save(work / "inputs.npy", lay.inputs)
     request = {**plan["request"], "rungs": plan["rungs"], "weights_dir": plan["weights_dir"],
                "inputs_path": str(work / "inputs.npy"), "hidden_dir": str(work / "hidden"),
@@ -220,8 +220,8 @@ def forward_pass(plan: dict, lay: Layout, work: Path) -> tuple[float, str]:
     (work / "request.json").write_text(json.dumps(request))
     cmd = [sys.executable, "-m", "harness.sandbox", "forward", str(work / "request.json"), str(work / "result.json")]
     started = time.perf_counter()
-    outcome = run_limited(confine.wrap(cmd) if plan["confined"] else cmd, plan["limit_s"], plan["memory_cap_mib"],
-                          work / "sandbox.log", plan["env"])
+    outcome = run_limited(confine.wrap(cmd, plan["files"]) if plan["confined"] else cmd, plan["limit_s"],
+                          plan["memory_cap_mib"], work / "sandbox.log", {**plan["env"], "TMPDIR": str(work / "tmp")})
     wall_s = time.perf_counter() - started
     log = tail(work / "sandbox.log")
     if outcome == "timeout":
@@ -271,13 +271,13 @@ def score(plan: dict) -> dict:
                for i, rung in enumerate(rungs)]
     batch = max(profile.batch_size_seqs, 64)  # the training's evaluation batch
     lay = layout(windows, np.random.default_rng(secrets.randbits(128)), batch)
-    forward_s, _ = forward_pass({**plan, "batch_size": batch}, lay, Path(plan["run_dir"]) / "forward")
+    forward_s, _ = forward_pass({**plan, "batch_size": batch}, lay, Path(plan["forward_dir"]))
     started = time.perf_counter()
     split_sha256 = hashlib.sha256(np.ascontiguousarray(tokens).tobytes()).hexdigest()[:16]
     out = []
     checks = {"max_canary_rel": 0.0, "max_duplicate_rel": 0.0, "max_repeat_rel": 0.0}
     for i, (rung, w) in enumerate(zip(rungs, weights)):
-        hidden = read_hidden(Path(plan["run_dir"]) / "forward" / "hidden" / f"rung{i}.npy",
+        hidden = read_hidden(Path(plan["forward_dir"]) / "hidden" / f"rung{i}.npy",
                              (len(lay.inputs), profile.context_len_tokens, rung[0]))
         for key, value in check_states(hidden, lay, rung).items():
             checks[key] = max(checks[key], value)

@@ -1,7 +1,8 @@
-"""Start the sandbox in new user, network and PID namespaces.
+"""Start the sandbox in new user, network and PID namespaces, and confine its files with Landlock.
 
-    python -m harness.trusted.confine CMD [ARG ...]     # what the executor runs in front of the sandbox
+    python -m harness.trusted.confine [--read P ...] [--write P ...] -- CMD [ARG ...]   # in front of the sandbox
     python -m harness.trusted.confine --check [cuda]    # exit 0 when this machine allows it (and CUDA works in it)
+    python -m harness.trusted.confine --layers [cuda]   # what a sandbox gets here, as the ledger records it
 
 In a new network namespace the sandbox has no network interface at all, not even loopback: no connection leaves
 it. In a new PID namespace it is process 1 and sees no process outside: it cannot signal the evaluator, the
@@ -9,8 +10,12 @@ OpenEvolve worker or anything else of the user's, and when it exits the kernel k
 namespace. The user namespace is what lets an unprivileged user create the other two; the caller's uid and gid
 are mapped to themselves, so files keep their owners.
 
-Files are not confined here (the executor's allow-listed environment keeps secrets out; Landlock is the next
-layer). A kernel that refuses unprivileged user namespaces (some distributions' defaults, gVisor, macOS) makes
+With ``--read``/``--write``, the command also runs under a Landlock ruleset (Linux 5.13+, no root needed): it
+may read only beneath the ``--read`` paths and write only beneath the ``--write`` paths, whatever it calls, C++
+file I/O included. Under ``/proc`` it may read only its own entries and a few system-wide files, so the
+environments of the user's other processes stay out of reach. The executor asks for it on CPU sandboxes where
+the kernel offers Landlock (``file_rules``). It does not ask on CUDA yet: on the one GPU machine measured, the CUDA
+driver failed under Landlock (``results/bench/NOTES.md``). A kernel that refuses unprivileged user namespaces (some distributions' defaults, gVisor, macOS) makes
 ``--check`` fail; the evaluator then records that the sandbox ran unconfined, or refuses to start under a profile
 that requires confinement (``harness.trusted.profiles.confinement_policy``).
 """
@@ -27,6 +32,26 @@ from harness.trusted.profiles import ALLOW_UNCONFINED_ENV
 
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 LAYERS = "user, network and PID namespaces"
+FILES_LAYER = "Landlock files"  # recorded after LAYERS when the file rules applied
+
+# x86-64 and arm64 share the generic syscall numbers of Landlock.
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_PATH_BENEATH = 1
+# Landlock ABI 1 file-system rights (the ones every kernel with Landlock knows).
+FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+FS_ALL_V1 = (1 << 13) - 1
+FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
+PR_SET_NO_NEW_PRIVS = 38
+# What any sandbox may read besides Python, the package and its own folders: the system's files.
+SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/etc", "/sys", "/dev",
+                     "/run/nvidia-persistenced")
+# Under /proc: the process's own entries (resolved when the rules are made), and system-wide files that libraries
+# read. Never another process's entries: /proc/<pid>/environ holds that process's secrets.
+PROC_READ = ("/proc/self", "/proc/thread-self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys",
+             "/proc/filesystems", "/proc/mounts", "/proc/loadavg", "/proc/driver")
+# Written by any sandbox: the null device, and POSIX shared memory and semaphores.
+SYSTEM_WRITE_ROOTS = ("/dev/null", "/dev/shm")
 EXIT_UNAVAILABLE = 125  # the namespaces could not be created; the command was not run
 FAILURE_PREFIX = "confine: "  # the first line the launcher writes when it could not start the command
 
@@ -84,6 +109,103 @@ def _check_inside(cuda: bool) -> int:
     return 0
 
 
+def layers_here(device: str = "cpu") -> str:
+    """What a sandbox on ``device`` gets on this machine, in the words the ledger records."""
+    reason = unavailable_reason(device)
+    if reason:
+        return f"none: {reason}"
+    if device != "cpu":
+        return f"{LAYERS} (files: the static policy only; Landlock is not applied on {device} yet)"
+    abi = landlock_abi()
+    return f"{LAYERS}; {FILES_LAYER} (ABI {abi})" if abi else f"{LAYERS} (files: the static policy only; no Landlock)"
+
+
+def _libc():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when it has none or it is disabled."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return 0
+    version = _libc().syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
+                              ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    return int(version) if version > 0 else 0
+
+
+def apply_landlock(read_roots, write_roots) -> None:
+    """Restrict this process and its future children to reading beneath ``read_roots`` and writing beneath
+    ``write_roots`` (a path that does not exist here is skipped). Raises OSError naming the failing step."""
+    import ctypes
+
+    class RulesetAttr(ctypes.Structure):
+        _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+
+    class PathBeneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+    def fail(step: str):
+        errno = ctypes.get_errno()
+        return OSError(errno, f"Landlock {step}: {os.strerror(errno)}")
+
+    libc = _libc()
+    attr = RulesetAttr(FS_ALL_V1)
+    fd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
+                      ctypes.c_uint32(0))
+    if fd < 0:
+        raise fail("create_ruleset")
+    try:
+        for path, access in [(p, FS_READ) for p in read_roots] + [(p, FS_ALL_V1) for p in write_roots]:
+            try:
+                parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            if not os.path.isdir(path):
+                access &= FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE  # directory rights are refused on a file
+            rule = PathBeneath(access, parent)
+            rc = libc.syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_int(fd), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                              ctypes.byref(rule), ctypes.c_uint32(0))
+            os.close(parent)
+            if rc < 0:
+                raise fail(f"add_rule {path}")
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise fail("no_new_privs")
+        if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(fd), ctypes.c_uint32(0)) < 0:
+            raise fail("restrict_self")
+    finally:
+        os.close(fd)
+
+
+def file_rules(run_dir, *, reads=(), writes=()) -> tuple[list[str], list[str]]:
+    """(read roots, write roots) of a sandbox that works in ``run_dir``: it reads the system, the Python
+    installation, the package and its seeds, the data caches and ``reads``; it writes ``run_dir`` and ``writes``.
+    Never the ledger, results/, the rest of the source tree or the home folders (beyond what Python lives in)."""
+    import site
+    from pathlib import Path
+
+    from harness.trusted.frameworks import FRAMEWORKS
+    from harness.trusted.profiles import default_cache_dir
+
+    package = Path(__file__).resolve().parents[1]
+    seeds = {str(fw.seed_path.resolve().parent) for fw in FRAMEWORKS.values()}
+    hf_home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
+    hf = {str(hf_home)} | {os.environ[v] for v in ("HF_DATASETS_CACHE", "HF_HUB_CACHE") if os.environ.get(v)}
+    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent),
+              *site.getsitepackages(), site.getusersitepackages()}
+    read = sorted(set(SYSTEM_READ_ROOTS) | set(PROC_READ) | python | {str(package)} | seeds | hf
+                  | {str(default_cache_dir()), str(run_dir)} | {str(r) for r in reads})
+    # The datasets library writes lock files beside its cache even when it only reads.
+    write = sorted(set(SYSTEM_WRITE_ROOTS) | hf | {str(run_dir)} | {str(w) for w in writes})
+    return read, write
+
+
 def unconfined_message(profile_name: str, reason: str) -> str:
     return (f"profile {profile_name!r} runs candidates only in a confined sandbox ({LAYERS}), and this machine "
             f"cannot create one: {reason}. Allow unprivileged user namespaces (for example sysctl "
@@ -91,8 +213,23 @@ def unconfined_message(profile_name: str, reason: str) -> str:
             f"{ALLOW_UNCONFINED_ENV}=1 to run without it (every ledger row records it)")
 
 
-def wrap(cmd: list[str]) -> list[str]:
-    return [sys.executable, "-m", "harness.trusted.confine", *cmd]
+def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None) -> list[str]:
+    """The launcher's command line in front of ``cmd``; ``files``: (read roots, write roots) for Landlock."""
+    options = []
+    for path in (files or ([], []))[0]:
+        options += ["--read", path]
+    for path in (files or ([], []))[1]:
+        options += ["--write", path]
+    return [sys.executable, "-m", "harness.trusted.confine", *options, "--", *cmd]
+
+
+def _parse(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(read roots, write roots, command) of the launcher's arguments."""
+    read, write = [], []
+    while argv and argv[0] in ("--read", "--write"):
+        (read if argv[0] == "--read" else write).append(argv[1])
+        argv = argv[2:]
+    return read, write, argv[1:] if argv[:1] == ["--"] else argv
 
 
 def main(argv: list[str]) -> int:
@@ -106,7 +243,11 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             print(f"confine: {exc}", file=sys.stderr)
             return 1
+    if argv[:1] == ["--layers"]:
+        print(layers_here(*(argv[1:2] or ["cpu"])))
+        return 0
     die_with_parent()
+    read, write, argv = _parse(argv)
     try:
         enter()
     except OSError as exc:
@@ -122,6 +263,12 @@ def main(argv: list[str]) -> int:
             os.set_inheritable(alive_r, True)
             os.environ[PARENT_PID_ENV] = "0"
             os.environ[PARENT_ALIVE_FD_ENV] = str(alive_r)
+            if read or write:
+                try:
+                    apply_landlock(read, write)
+                except OSError as exc:
+                    print(f"{FAILURE_PREFIX}{exc}", file=sys.stderr, flush=True)
+                    os._exit(EXIT_UNAVAILABLE)
             os.execvp(argv[0], argv)
         finally:
             os._exit(127)

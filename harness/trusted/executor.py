@@ -41,6 +41,7 @@ from pathlib import Path
 
 from harness.trusted import confine
 from harness.trusted.process_lifetime import PARENT_PID_ENV
+from harness.trusted.profiles import default_cache_dir
 from harness.trusted.scoring import SCORED_FIELDS
 
 EXECUTORS = ("local", "ray")
@@ -209,14 +210,20 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         request = {**request, "weights_dir": str(tmp / "weights")}
         (tmp / "request.json").write_text(json.dumps(request))
         result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
-        env = sandbox_environment(PYTHONUNBUFFERED="1", **(env or {}))
+        (tmp / "tmp").mkdir()
+        env = sandbox_environment(PYTHONUNBUFFERED="1", **(env or {}), TMPDIR=str(tmp / "tmp"))
         cmd = [sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"), str(result_path)]
         unavailable = confine.unavailable_reason(request.get("device", "cpu"))
         if unavailable and request.get("confinement", "required") == "required":
             return SandboxRun("infrastructure", None, error=confine.unconfined_message(request.get("profile", "?"),
                                                                                         unavailable))
-        confinement = f"none: {unavailable}" if unavailable else confine.LAYERS
-        outcome = run_limited(cmd if unavailable else confine.wrap(cmd), limit_s, memory_cap_mib, log_path, env)
+        files = landlock_rules(request, tmp, writes=[default_cache_dir()] if mode == "prepare" else ())
+        if unavailable:
+            confinement, launched = f"none: {unavailable}", cmd
+        else:
+            confinement = confine.LAYERS + (f"; {confine.FILES_LAYER}" if files else "")
+            launched = confine.wrap(cmd, files)
+        outcome = run_limited(launched, limit_s, memory_cap_mib, log_path, env)
         result = read_result(result_path) if outcome == "exited" and result_path.exists() else None
         log = tail(log_path)
         if result is None and not unavailable and log.startswith(confine.FAILURE_PREFIX):
@@ -227,6 +234,19 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         if result is not None and _trained(mode, result):
             _score(mode, request, run, tmp, limit_s, memory_cap_mib, env, confined=not unavailable)
         return run
+
+
+def landlock_rules(request: dict, run_dir: Path, *, reads=(), writes=()) -> tuple[list[str], list[str]] | None:
+    """The Landlock rules of a confined sandbox (``confine.file_rules``), or None where they are not applied: on
+    CUDA (the driver's needs are not known yet), or on a kernel without Landlock. A data source that is a local
+    folder or file is readable. Only ``prepare``, which runs the pristine seed, may write the token cache it
+    builds; the cache folder is created here, since a rule needs an existing path."""
+    if request.get("device", "cpu") != "cpu" or confine.landlock_abi() == 0:
+        return None
+    default_cache_dir().mkdir(parents=True, exist_ok=True)
+    source = Path(str(request.get("data_source", ""))).expanduser()
+    reads = [*reads, *([source.resolve()] if source.exists() else [])]
+    return confine.file_rules(run_dir, reads=reads, writes=writes)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -258,7 +278,6 @@ def _score(mode: str, request: dict, run: SandboxRun, tmp: Path, limit_s: float,
     (allow-listed) environment, which the scorer and its forward-only sandbox get too."""
     from harness.trusted.fingerprint import fingerprint_id
     from harness.trusted.frameworks import get_framework
-    from harness.trusted.profiles import default_cache_dir
 
     result = run.result
     fp = result.get("fingerprint")
@@ -268,11 +287,14 @@ def _score(mode: str, request: dict, run: SandboxRun, tmp: Path, limit_s: float,
         return
     source = request.get("source") if mode != "prepare" else get_framework(request["framework"]).seed_source()
     forward_request = {k: v for k, v in request.items() if k not in ("baselines", "source", "weights_dir")}
+    forward_dir = tmp / "forward"
     plan = {"request": {**forward_request, "source": source}, "rungs": [list(r) for r in _scored_rungs(mode, request)],
-            "weights_dir": str(tmp / "weights"), "run_dir": str(tmp), "data_hash": fp["data_hash"],
+            "weights_dir": str(tmp / "weights"), "forward_dir": str(forward_dir), "data_hash": fp["data_hash"],
+            "files": landlock_rules(request, forward_dir, reads=[tmp / "weights"]),
             "cache_dir": str(default_cache_dir()), "limit_s": limit_s, "memory_cap_mib": memory_cap_mib,
             "confined": confined, "env": env}
     (tmp / "score-plan.json").write_text(json.dumps(plan))
+    started = time.monotonic()
     outcome = run_limited([sys.executable, "-m", "harness.scorer", str(tmp / "score-plan.json"),
                            str(tmp / "score.json")], scoring_limit_s(limit_s), memory_cap_mib, tmp / "scorer.log",
                           env)
@@ -300,7 +322,7 @@ def _score(mode: str, request: dict, run: SandboxRun, tmp: Path, limit_s: float,
         return
     for entry, trusted in zip(runs, scored["rungs"]):
         entry.update({k: trusted[k] for k in ("rung", *SCORED_FIELDS)})
-    run.execution["scoring"] = scored["scoring"]
+    run.execution["scoring"] = {**scored["scoring"], "scorer_wall_s": round(time.monotonic() - started, 3)}
 
 
 def scoring_limit_s(limit_s: float) -> float:

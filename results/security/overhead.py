@@ -1,11 +1,15 @@
-"""What the sandbox's confinement costs on a smoke evaluation.
+"""What the trust boundary costs on a smoke evaluation.
 
-    python results/security/overhead.py [--repeats 5] [--out results/security/overhead.json]
+    python results/security/overhead.py --before COMMIT [--repeats 5] [--out results/security/overhead.json]
 
-Evaluates the ttr seed under ``smoke`` through the real evaluator, alternating a confined sandbox (user, network
-and PID namespaces) and an unconfined one, with a fresh data cache and ledger, and reports the median wall time
-of each and the static policy's time per candidate. Needs a machine that can confine (see
-``harness.trusted.confine --check``).
+Evaluates the ttr seed under ``smoke`` through the real evaluator, round-robin over three arms, each with its own
+data cache and ledger (its baseline trained once, untimed):
+- ``before``: the code at COMMIT (checked out into a temporary worktree), with its confinement;
+- ``confined``: this checkout, with the sandbox's namespaces, the trusted scorer and the run-time snapshots;
+- ``unconfined``: this checkout with the namespaces switched off (the scorer and the snapshots still run).
+Each evaluation runs in a fresh interpreter that imports its arm's code, as an OpenEvolve worker would. Reports
+the median wall time of each arm, the overhead of this checkout against ``before``, and the scorer's own times
+from the ledger (``execution.scoring``). Needs a machine that can confine (``harness.trusted.confine --check``).
 """
 
 from __future__ import annotations
@@ -14,57 +18,92 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+
+# Run in the arm's interpreter: evaluate the seed once and print what was measured as the last line.
+WORKER = """
+import json, sys, time
+from harness.trusted import confine
+if sys.argv[1] == "unconfined":
+    confine.unavailable_reason = lambda device="cpu": "switched off for the comparison"
+from harness.trusted.evaluate import evaluate, prepare
+from harness.trusted.frameworks import get_framework
+fw = get_framework("ttr")
+prepare(fw.name)
+started = time.perf_counter()
+result = evaluate(fw.name, sys.argv[2])
+wall = time.perf_counter() - started
+print(json.dumps({"wall_s": wall, "reason": result.artifacts["reason"], "score": result.metrics["combined_score"],
+                  "execution": result.artifacts.get("execution", "")}))
+"""
+
+
+def _run(arm: str, code_dir: Path, work: Path, seed: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(code_dir), "HARNESS_PROFILE": "smoke",
+           "HARNESS_CACHE": str(work / arm / "cache"), "HARNESS_LEDGER": str(work / arm / "ledger.sqlite"),
+           "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", WORKER, arm, str(seed)], cwd=code_dir, env=env, capture_output=True,
+                         text=True, timeout=900)
+    if out.returncode != 0:
+        sys.exit(f"{arm}: the evaluation failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _scoring_times(ledger_path: Path) -> list[dict]:
+    import sqlite3
+
+    with sqlite3.connect(ledger_path) as db:
+        rows = db.execute("SELECT execution_json FROM evaluations ORDER BY id").fetchall()
+    return [json.loads(r[0] or "{}").get("scoring", {}) for r in rows]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--before", required=True, help="the commit to compare against")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "overhead.json"))
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="harness-overhead-"))
-    os.environ.update({"HARNESS_PROFILE": "smoke", "HARNESS_CACHE": str(work / "cache"),
-                       "HARNESS_LEDGER": str(work / "ledger.sqlite"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
-    from harness.trusted import confine, program
-    from harness.trusted.evaluate import evaluate, prepare
-    from harness.trusted.frameworks import ATTENTION_KWARGS, get_framework
-    from harness.trusted.policy import check_block, module_aliases
+    sys.path.insert(0, str(ROOT))
+    from harness.trusted import confine
 
     reason = confine.unavailable_reason("cpu")
     if reason:
         sys.exit(f"this machine cannot confine the sandbox: {reason}")
-    fw = get_framework("ttr")
-    seed = work / "seed.py"
-    seed.write_text(fw.seed_source())
-    prepare(fw.name)
-    walls: dict[str, list[float]] = {"confined": [], "unconfined": []}
-    scores = set()
-    for _ in range(args.repeats):
-        for kind in walls:
-            confine.unavailable_reason = (lambda device="cpu": "switched off for the comparison") \
-                if kind == "unconfined" else (lambda device="cpu": None)
-            started = time.perf_counter()
-            result = evaluate(fw.name, str(seed))
-            walls[kind].append(time.perf_counter() - started)
-            assert result.artifacts["reason"] == "ok", result.artifacts
-            assert (kind == "confined") == (confine.LAYERS in result.artifacts["execution"])
-            scores.add(result.metrics["combined_score"])
-    parts = program.split(fw.seed_source())
-    started = time.perf_counter()
-    for _ in range(50):
-        check_block(parts.block, fw.class_name, ATTENTION_KWARGS, module_aliases(parts.head))
-    static_ms = (time.perf_counter() - started) / 50 * 1e3
-    medians = {k: statistics.median(v) for k, v in walls.items()}
-    report = {"what": "ttr seed, smoke profile, evaluate() wall time in seconds, alternating",
-              "repeats": args.repeats, "walls_s": walls, "median_s": medians,
-              "confinement_overhead_frac": medians["confined"] / medians["unconfined"] - 1,
-              "static_policy_ms_per_candidate": static_ms, "scores": sorted(scores)}
+    work = Path(tempfile.mkdtemp(prefix="harness-overhead-"))
+    before_dir = work / "before-code"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(before_dir), args.before],
+                   check=True, capture_output=True)
+    try:
+        seed = work / "seed.py"
+        seed.write_text((ROOT / "initial_programs" / "ttr.py").read_text())
+        arms = {"before": before_dir, "confined": ROOT, "unconfined": ROOT}
+        for arm, code_dir in arms.items():
+            _run(arm, code_dir, work, seed)  # trains the arm's baseline; its evaluation is not counted
+        walls: dict[str, list[float]] = {arm: [] for arm in arms}
+        outcomes = set()
+        for _ in range(args.repeats):
+            for arm, code_dir in arms.items():
+                measured = _run(arm, code_dir, work, seed)
+                walls[arm].append(measured["wall_s"])
+                outcomes.add((arm, measured["reason"], measured["score"]))
+        scoring = [s for arm in ("confined", "unconfined") for s in _scoring_times(work / arm / "ledger.sqlite") if s]
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_dir)], capture_output=True)
+    medians = {arm: statistics.median(v) for arm, v in walls.items()}
+    report = {"what": "ttr seed, smoke profile, evaluate() wall time in seconds, round-robin over the arms",
+              "before_commit": args.before, "repeats": args.repeats, "walls_s": walls, "median_s": medians,
+              "overhead_vs_before_frac": medians["confined"] / medians["before"] - 1,
+              "namespaces_overhead_frac": medians["confined"] / medians["unconfined"] - 1,
+              "scorer_forward_s_median": statistics.median(s["forward_s"] for s in scoring),
+              "scorer_loss_s_median": statistics.median(s["loss_s"] for s in scoring),
+              "scorer_wall_s_median": statistics.median(s["scorer_wall_s"] for s in scoring),
+              "outcomes": sorted(outcomes), "measured_at": time.strftime("%Y-%m-%d")}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "walls_s"}, indent=2))
     return 0

@@ -1,0 +1,109 @@
+"""Run-time tampering: the callables the frozen model and the harness rely on, checked after each stage where a
+program's code ran.
+
+The static policy refuses the known ways to patch torch or the harness (``F.cross_entropy = ...``, through an
+alias, through ``type(...)``). This catches what gets past it. Before a program loads, ``take()`` keeps every
+watched callable by identity:
+- ``torch.nn.functional``, and the functions of ``torch`` and ``torch.autograd``;
+- every attribute of ``torch.Tensor`` and of its C base;
+- what decides a module's computation on ``torch.nn.Module`` and on each ``torch.nn`` module class
+  (``CALL_MEMBERS``);
+- the functions and methods of the harness modules that run in the sandbox.
+
+``changed(before)`` names each one that is no longer the same object, or gone. A ``CALL_MEMBERS`` attribute
+added to a class also counts: a new ``forward`` or ``__torch_function__`` on a frozen class changes what it
+computes. New names in a module namespace do not count: torch adds attributes to itself as it imports
+submodules lazily. Torch itself replaces a few callables at run time, and those are left out (``TORCH_REPLACES``):
+importing dynamo wraps ``torch.manual_seed``, the first ``torch.compile`` patches ``Module.__init__``, and the
+first optimizer of a class wraps its ``step``; so the optimizers are not watched. The
+sandbox checks after loading the program, after the gate, after training and after the forward pass, and refuses
+a change as ``policy``, naming it. A patch undone before the next check is not seen here; the static policy is
+what refuses those.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.optim
+
+# The harness modules whose functions a sandbox runs; any of them not imported yet is watched once it is.
+HARNESS_MODULES = ("harness.scaffold", "harness.data", "harness.sandbox.train", "harness.sandbox.objective",
+                   "harness.sandbox.checks", "harness.sandbox.flops", "harness.sandbox.entry",
+                   "harness.sandbox.mixing", "harness.sandbox.loader", "harness.trusted.scoring")
+
+
+# What a module computes: its forward, how it is called, and the tensor protocol.
+CALL_MEMBERS = ("forward", "__call__", "_call_impl", "_wrapped_call_impl", "__torch_function__", "__getattr__",
+                "__setattr__", "__getattribute__")
+TORCH_REPLACES = ("torch.manual_seed",)
+
+
+class RuntimeTampering(Exception):
+    """The program changed torch or the harness while it ran."""
+
+
+def _module_classes() -> list[type]:
+    found = [nn.Module] + [v for v in vars(nn).values() if isinstance(v, type) and issubclass(v, nn.Module)]
+    return list(dict.fromkeys(found))
+
+
+def _namespaces() -> list[tuple[str, object]]:
+    spaces = [("torch.nn.functional", F), ("torch", torch), ("torch.autograd", torch.autograd)]
+    spaces += [(name, sys.modules[name]) for name in HARNESS_MODULES if name in sys.modules]
+    return spaces
+
+
+def _watched() -> tuple[dict[str, object], set[str]]:
+    """(every watched object by name, the names of classes' own attributes)."""
+    objects, class_attributes = {}, set()
+    for name, space in _namespaces():
+        for attr, value in list(vars(space).items()):
+            if attr.startswith("__") or isinstance(value, types.ModuleType) or not callable(value):
+                continue
+            objects[f"{name}.{attr}"] = value
+            if isinstance(value, type) and value.__module__ == getattr(space, "__name__", None):
+                for member, inner in list(vars(value).items()):  # a harness class's own methods
+                    objects[f"{name}.{attr}.{member}"] = inner
+    for cls in (torch.Tensor, torch._C.TensorBase):
+        for attr, value in list(vars(cls).items()):
+            objects[f"{cls.__module__}.{cls.__qualname__}.{attr}"] = value
+    for cls in _module_classes():
+        for attr in CALL_MEMBERS:
+            key = f"{cls.__module__}.{cls.__qualname__}.{attr}"
+            class_attributes.add(key)
+            if attr in vars(cls):
+                objects[key] = vars(cls)[attr]
+    for name in TORCH_REPLACES:
+        objects.pop(name, None)
+    return objects, class_attributes
+
+
+def take() -> dict[str, object]:
+    """The watched callables, once the harness modules a sandbox runs are imported."""
+    import importlib
+
+    for name in HARNESS_MODULES:
+        importlib.import_module(name)
+    return _watched()[0]
+
+
+def changed(before: dict[str, object]) -> list[str]:
+    """The watched names whose object is no longer the one ``before`` holds, or that appeared on a class."""
+    now, class_attributes = _watched()
+    out = [name for name, value in before.items() if now.get(name) is not value]
+    out += [name for name in class_attributes if name in now and name not in before]
+    return sorted(set(out))
+
+
+def check(before: dict[str, object], stage: str) -> None:
+    """Raise RuntimeTampering naming what changed since ``before``, the snapshot taken before the program loaded."""
+    names = changed(before)
+    if names:
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise RuntimeTampering(f"the program changed {shown} at run time ({stage}): a program may not modify "
+                               "torch or the harness")
