@@ -138,6 +138,38 @@ def test_ray_gives_the_local_verdicts_and_scores(ray_cluster, tmp_path):
     assert results["decayed_linear_attention"].metrics["combined_score"] > 0.0
 
 
+def test_the_trust_boundary_holds_on_ray_workers(ray_cluster, tmp_path, monkeypatch):
+    """The cases that need more than the static policy, on a worker: a forward pass that reads the future only
+    when scored, a training record forged past the static checks, and file access past them."""
+    import security
+    import test_scorer
+    from harness.trusted import evaluate as evaluate_module
+    from harness.trusted.evaluate import sandbox_request
+    from harness.trusted.executor import run_sandbox
+    from harness.trusted.policy import PolicyReport
+
+    prepared = prepare("ttr", executor_name="ray")
+    leak = evaluate("ttr", str(_write(tmp_path, "leak", test_scorer.LEAKS_WHEN_SCORED.source("unused", "UNUSED"))),
+                    executor_name="ray")
+    assert leak.artifacts["reason"] == "leak_after_training", leak.artifacts["message"]
+    assert "ray" in leak.artifacts["execution"]
+
+    request = sandbox_request("ttr", prepared["profile"], prepared["ledger"], source=security.SEED + test_scorer.FORGER)
+    run = run_sandbox("evaluate", request, 180.0, 8192, executor="ray")
+    assert run.outcome == "exited" and run.result["reason"] == "ok", run.log
+    assert run.result["objective"]["runs"][0]["final_monitor_loss"] == 0.01, "the forger ran"
+    assert run.result["objective"]["runs"][0]["final_val_loss"] == prepared["baseline"]["final_loss"]
+
+    if confine.unavailable_reason() is None and confine.landlock_abi():
+        monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
+        secret = tmp_path / "secret.txt"
+        secret.write_text("sk-" + secrets.token_hex(8))
+        attack = security.Attack("probe", "none", f"getattr(torch, 'os').open({str(secret)!r}, 0)")
+        result = evaluate("ttr", str(_write(tmp_path, "reads", attack.source("unused", "UNUSED"))), executor_name="ray")
+        assert result.artifacts["reason"] == "crash" and "Permission denied" in result.artifacts["message"], \
+            result.artifacts["message"]
+
+
 def _sandbox_under_a_ray_worker(timeout_s: float = 60.0) -> tuple[int, int]:
     """(pid, its Ray worker's pid) for the one ``harness.sandbox evaluate`` the worker started: the sandbox itself,
     or, where the sandbox is confined, the launcher in front of it (its children are the sandbox's processes)."""

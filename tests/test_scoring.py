@@ -84,3 +84,16 @@ def test_the_parameter_budget_is_rechecked_on_the_trusted_counts():
     assert parity_violation(objective_from_untrusted(state, PROFILE), base, PROFILE) is None
     state["runs"][0]["buffer_elements"] = allowance + 1
     assert "buffer elements" in parity_violation(objective_from_untrusted(state, PROFILE), base, PROFILE)
+
+
+def test_an_implausibly_low_loss_keeps_its_score_and_is_flagged_for_validation():
+    final = get_profile("smoke", objective="final_loss")
+    base = objective_from_untrusted({"runs": [RECORD["runs"][1]]}, final)  # loss 2.8
+    better = copy.deepcopy(RECORD["runs"][1])
+    better["final_val_loss"] = 2.0  # 29 % below
+    value, flags = score(objective_from_untrusted({"runs": [better]}, final), base, final)
+    assert value == pytest.approx(math.exp(0.8)) and value > 1.0
+    assert len(flags) == 1 and flags[0].startswith("implausible_loss") and "harness validate" in flags[0]
+    fine = copy.deepcopy(RECORD["runs"][1])
+    fine["final_val_loss"] = 2.2  # 21 % below: no flag
+    assert score(objective_from_untrusted({"runs": [fine]}, final), base, final)[1] == []

@@ -367,10 +367,14 @@ def _cause(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     mode, request_path, result_path = (argv or sys.argv[1:])[:3]
-    request = json.loads(Path(request_path).read_text())
     from harness.sandbox import snapshot
 
     _SNAPSHOT.update(snapshot.take())
+    if mode == "forward" and not sys.stdin.readline():
+        # The scorer starts this process ahead, while the training runs, and sends one line when the request is
+        # ready; end of file means there is nothing to score.
+        return 0
+    request = json.loads(Path(request_path).read_text())
     try:
         result = {"prepare": prepare, "evaluate": evaluate, "objective": objective, "forward": forward}[mode](request)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as data

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from harness.data import DataError, open_cached, validation_windows
 from harness.trusted import confine
-from harness.trusted.executor import read_result, run_limited, tail
+from harness.trusted.executor import Started, abandon, read_result, start_limited, supervise, tail
 from harness.trusted.process_lifetime import die_with_parent
 from harness.trusted.profiles import get_profile
 from harness.trusted.reasons import Reason
@@ -207,23 +207,36 @@ def scored_loss(hidden: np.ndarray, lay: Layout, windows: np.ndarray, weights: W
     return float(total.item() / count)
 
 
-def forward_pass(plan: dict, lay: Layout, work: Path) -> tuple[float, str]:
-    """Run the forward-only sandbox on ``lay.inputs``; (wall seconds, its log). Rejection or Infrastructure when it
-    did not hand back states."""
-    if work.exists():
-        shutil.rmtree(work)
-    (work / "tmp").mkdir(parents=True)
+def start_forward(plan: dict) -> Started:
+    """Start the forward-only sandbox ahead: it imports torch and the harness, then waits for its go line."""
+    work = Path(plan["forward_dir"])
+    cmd = [sys.executable, "-m", "harness.sandbox", "forward", str(work / "request.json"), str(work / "result.json")]
+    # Its log is the scorer's: the forward folder is writable by the training sandbox, which runs meanwhile.
+    return start_limited(confine.wrap(cmd, plan["files"]) if plan["confined"] else cmd,
+                         Path(plan["log_dir"]) / "forward.log", {**plan["env"], "TMPDIR": str(work / "tmp")})
+
+
+def forward_pass(plan: dict, lay: Layout, forward: Started) -> tuple[float, str]:
+    """Let the started forward-only sandbox run on ``lay.inputs``; (wall seconds, its log). Rejection or
+    Infrastructure when it did not hand back states."""
+    work = Path(plan["forward_dir"])
+    # Whatever the training sandbox left here goes; the folder itself stays, as the Landlock rule names it.
+    for entry in work.iterdir():
+        if entry.name == "tmp" and entry.is_dir() and not entry.is_symlink():
+            continue  # the forward sandbox's TMPDIR
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     np.save(work / "inputs.npy", lay.inputs)
     request = {**plan["request"], "rungs": plan["rungs"], "weights_dir": plan["weights_dir"],
                "inputs_path": str(work / "inputs.npy"), "hidden_dir": str(work / "hidden"),
                "batch_size": plan["batch_size"]}
     (work / "request.json").write_text(json.dumps(request))
-    cmd = [sys.executable, "-m", "harness.sandbox", "forward", str(work / "request.json"), str(work / "result.json")]
     started = time.perf_counter()
-    outcome = run_limited(confine.wrap(cmd, plan["files"]) if plan["confined"] else cmd, plan["limit_s"],
-                          plan["memory_cap_mib"], work / "sandbox.log", {**plan["env"], "TMPDIR": str(work / "tmp")})
+    outcome = supervise(forward, plan["limit_s"], plan["memory_cap_mib"], b"go\n")
     wall_s = time.perf_counter() - started
-    log = tail(work / "sandbox.log")
+    log = tail(Path(plan["log_dir"]) / "forward.log")
     if outcome == "timeout":
         raise Rejection(Reason.TIMEOUT, f"the forward pass of the trained model took longer than {plan['limit_s']:.0f} s",
                         log)
@@ -255,8 +268,9 @@ def read_hidden(path: Path, shape: tuple) -> np.ndarray:
     return hidden
 
 
-def score(plan: dict) -> dict:
-    """Everything above, for the rungs of ``plan``; the result record (see ``main``)."""
+def score(plan: dict, forward: Started) -> dict:
+    """Everything above, for the rungs of ``plan``, with the started forward-only sandbox; the result record (see
+    ``main``)."""
     request = plan["request"]
     profile = get_profile(request["profile"], objective=request["objective"], data_source=request["data_source"])
     device = torch.device(profile.device)
@@ -271,7 +285,7 @@ def score(plan: dict) -> dict:
                for i, rung in enumerate(rungs)]
     batch = max(profile.batch_size_seqs, 64)  # the training's evaluation batch
     lay = layout(windows, np.random.default_rng(secrets.randbits(128)), batch)
-    forward_s, _ = forward_pass({**plan, "batch_size": batch}, lay, Path(plan["forward_dir"]))
+    forward_s, _ = forward_pass({**plan, "batch_size": batch}, lay, forward)
     started = time.perf_counter()
     split_sha256 = hashlib.sha256(np.ascontiguousarray(tokens).tobytes()).hexdigest()[:16]
     out = []
@@ -289,15 +303,24 @@ def score(plan: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Writes ``{"status": "ok", "rungs": [...], "scoring": {...}}``, ``{"status": "rejected", "reason", "message",
-    "details"}`` or ``{"status": "infrastructure", "message"}`` to RESULT.json."""
+    """Started ahead by the executor: starts the forward-only sandbox, then waits for one line on stdin, the
+    training's ``{"data_hash": ...}`` (end of file: nothing to score, exit). Writes ``{"status": "ok", "rungs":
+    [...], "scoring": {...}}``, ``{"status": "rejected", "reason", "message", "details"}`` or ``{"status":
+    "infrastructure", "message"}`` to RESULT.json."""
     die_with_parent()
     plan_path, result_path = (argv or sys.argv[1:])[:2]
     plan = json.loads(Path(plan_path).read_text())
+    plan["log_dir"] = str(Path(plan_path).parent)
     if plan["request"].get("device") == "cpu":
         torch.set_num_threads(1)  # the scorer's matmuls are small; one thread is the same on every machine
+    forward = start_forward(plan)
+    line = sys.stdin.readline()
+    if not line:
+        abandon(forward)
+        return 0
+    plan.update(json.loads(line))
     try:
-        result = score(plan)
+        result = score(plan, forward)
     except Rejection as exc:
         result = {"status": "rejected", "reason": exc.reason.value, "message": exc.message, "details": exc.details}
     except Infrastructure as exc:
@@ -305,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a scorer failure is never the candidate's
         result = {"status": "infrastructure", "message": f"the scorer failed: {type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc()}
+    finally:
+        abandon(forward)
     tmp = Path(result_path).with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, result_path)

@@ -142,32 +142,73 @@ def _group_rss_mib(pgid: int) -> float:
     return total_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
+@dataclass
+class Started:
+    """A process started in its own process group, its stdin a pipe, not yet supervised (``start_limited``)."""
+
+    proc: subprocess.Popen
+    log: object  # the open log file
+
+
+def start_limited(cmd: list[str], log_path: Path, env: dict | None = None) -> Started:
+    """Start cmd in its own process group, its output to ``log_path``. Every process started so is then either
+    supervised or abandoned; until then it may only wait for its stdin: a process that its caller needs soon is
+    started ahead, so that its interpreter start and imports overlap what comes before."""
+    env = {**(os.environ if env is None else env), PARENT_PID_ENV: str(os.getpid())}
+    log = open(log_path, "wb")
+    try:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
+                                start_new_session=True, env=env)
+    except BaseException:
+        log.close()
+        raise
+    return Started(proc, log)
+
+
+def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: bytes = b"") -> str:
+    """Write ``message`` to the process's stdin and close it, then kill its whole group past the wall-clock limit
+    (counted from now) or the resident-memory cap. Returns "exited", "timeout" or "memory"."""
+    proc = started.proc
+    deadline = time.monotonic() + limit_s
+    outcome = "exited"
+    try:
+        try:
+            proc.stdin.write(message)
+            proc.stdin.close()
+        except OSError:  # it exited already: its outcome is read below
+            pass
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                outcome = "timeout"
+            elif _group_rss_mib(proc.pid) > memory_cap_mib:
+                outcome = "memory"
+            if outcome != "exited":
+                break
+            time.sleep(POLL_INTERVAL_S)
+    finally:
+        abandon(started)
+    return outcome
+
+
+def abandon(started: Started) -> None:
+    """Kill the process's whole group and reap it: a candidate may leave children behind even when it exits."""
+    try:
+        os.killpg(started.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    started.proc.wait()
+    if started.proc.stdin and not started.proc.stdin.closed:
+        try:
+            started.proc.stdin.close()
+        except OSError:
+            pass
+    started.log.close()
+
+
 def run_limited(cmd: list[str], limit_s: float, memory_cap_mib: int, log_path: Path, env: dict | None = None) -> str:
     """Run cmd in its own process group; kill the whole group past the wall-clock limit or the
     resident-memory cap. Returns "exited", "timeout" or "memory"."""
-    env = {**(os.environ if env is None else env), PARENT_PID_ENV: str(os.getpid())}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
-        deadline = time.monotonic() + limit_s
-        outcome = "exited"
-        try:
-            while proc.poll() is None:
-                if time.monotonic() > deadline:
-                    outcome = "timeout"
-                elif _group_rss_mib(proc.pid) > memory_cap_mib:
-                    outcome = "memory"
-                if outcome != "exited":
-                    break
-                time.sleep(POLL_INTERVAL_S)
-        finally:
-            # Always reap the group: a candidate may leave children behind even when the sandbox exits.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-    return outcome
+    return supervise(start_limited(cmd, log_path, env), limit_s, memory_cap_mib)
 
 
 def tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
@@ -205,12 +246,14 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
     """``python -m harness.sandbox MODE`` on this host, under the limits, in the allow-listed environment plus
     ``env`` (the slot's device); no slot is taken here. A training that finished is then scored by the trusted
     scorer on this same host (``_score``): its losses and counts replace the sandbox's own."""
-    with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="harness-scorer-") as private:
+        tmp, private = Path(tmp), Path(private)
         request = {**request, "weights_dir": str(tmp / "weights")}
         (tmp / "request.json").write_text(json.dumps(request))
         result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
-        (tmp / "tmp").mkdir()
+        for folder in ("tmp", "weights", "forward", "forward/tmp"):
+            (tmp / folder).mkdir()
         env = sandbox_environment(PYTHONUNBUFFERED="1", **(env or {}), TMPDIR=str(tmp / "tmp"))
         cmd = [sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"), str(result_path)]
         unavailable = confine.unavailable_reason(request.get("device", "cpu"))
@@ -223,17 +266,23 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         else:
             confinement = confine.LAYERS + (f"; {confine.FILES_LAYER}" if files else "")
             launched = confine.wrap(cmd, files)
-        outcome = run_limited(launched, limit_s, memory_cap_mib, log_path, env)
-        result = read_result(result_path) if outcome == "exited" and result_path.exists() else None
-        log = tail(log_path)
-        if result is None and not unavailable and log.startswith(confine.FAILURE_PREFIX):
-            # The launcher could not create the namespaces, so the sandbox never started: not the candidate's doing.
-            return SandboxRun("infrastructure", None, log, error=log.splitlines()[0],
-                              execution={"confinement": confinement})
-        run = SandboxRun(outcome, result, log, execution={"confinement": confinement})
-        if result is not None and _trained(mode, result):
-            _score(mode, request, run, tmp, limit_s, memory_cap_mib, env, confined=not unavailable)
-        return run
+        scorer = _start_scorer(mode, request, tmp, private, limit_s, memory_cap_mib, env, not unavailable) \
+            if mode in TRAINING_RECORD else None
+        try:
+            outcome = run_limited(launched, limit_s, memory_cap_mib, log_path, env)
+            result = read_result(result_path) if outcome == "exited" and result_path.exists() else None
+            log = tail(log_path)
+            if result is None and not unavailable and log.startswith(confine.FAILURE_PREFIX):
+                # The launcher could not create the namespaces, so the sandbox never started: not the candidate's.
+                return SandboxRun("infrastructure", None, log, error=log.splitlines()[0],
+                                  execution={"confinement": confinement})
+            run = SandboxRun(outcome, result, log, execution={"confinement": confinement})
+            if result is not None and _trained(mode, result):
+                _score(mode, run, private, scorer, limit_s, memory_cap_mib)
+            return run
+        finally:
+            if scorer is not None and scorer.proc.poll() is None:
+                abandon(scorer)
 
 
 def landlock_rules(request: dict, run_dir: Path, *, reads=(), writes=()) -> tuple[list[str], list[str]] | None:
@@ -270,14 +319,31 @@ def _scored_rungs(mode: str, request: dict) -> list[tuple]:
     return rungs_for(profile, request.get("rungs") if mode == "objective" else None)
 
 
-def _score(mode: str, request: dict, run: SandboxRun, tmp: Path, limit_s: float, memory_cap_mib: int, env: dict,
-           confined: bool) -> None:
-    """Run ``python -m harness.scorer`` on what the training left in ``tmp``, then write its losses and counts
-    (``scoring.SCORED_FIELDS``) over the training record's runs, or turn the result into the rejection it found.
-    ``run`` is updated in place; its ``execution["scoring"]`` records the checks. ``env``: the sandbox's own
-    (allow-listed) environment, which the scorer and its forward-only sandbox get too."""
-    from harness.trusted.fingerprint import fingerprint_id
+def _start_scorer(mode: str, request: dict, tmp: Path, private: Path, limit_s: float, memory_cap_mib: int,
+                  env: dict, confined: bool) -> Started:
+    """Start ``python -m harness.scorer`` ahead, with everything known before the training: it imports torch and
+    starts its forward-only sandbox while the training runs, then waits for the training's data hash. Its plan,
+    log and result live in ``private``, outside every sandbox's run folder (``tmp``)."""
     from harness.trusted.frameworks import get_framework
+
+    source = request.get("source") if mode != "prepare" else get_framework(request["framework"]).seed_source()
+    forward_request = {k: v for k, v in request.items() if k not in ("baselines", "source", "weights_dir")}
+    forward_dir = tmp / "forward"
+    plan = {"request": {**forward_request, "source": source}, "rungs": [list(r) for r in _scored_rungs(mode, request)],
+            "weights_dir": str(tmp / "weights"), "forward_dir": str(forward_dir),
+            "files": landlock_rules(request, forward_dir, reads=[tmp / "weights"]),
+            "cache_dir": str(default_cache_dir()), "limit_s": limit_s, "memory_cap_mib": memory_cap_mib,
+            "confined": confined, "env": env}
+    (private / "plan.json").write_text(json.dumps(plan))
+    return start_limited([sys.executable, "-m", "harness.scorer", str(private / "plan.json"),
+                          str(private / "score.json")], private / "scorer.log", env)
+
+
+def _score(mode: str, run: SandboxRun, private: Path, scorer: Started, limit_s: float, memory_cap_mib: int) -> None:
+    """Send the started scorer (``_start_scorer``) the training's data hash and wait for it, then write its losses
+    and counts (``scoring.SCORED_FIELDS``) over the training record's runs, or turn the result into the rejection
+    it found. ``run`` is updated in place; its ``execution["scoring"]`` records the checks."""
+    from harness.trusted.fingerprint import fingerprint_id
 
     result = run.result
     fp = result.get("fingerprint")
@@ -285,25 +351,15 @@ def _score(mode: str, request: dict, run: SandboxRun, tmp: Path, limit_s: float,
         run.result = {"reason": "tampering", "message": "the sandbox reported a fingerprint that is not the one it "
                       "computes", "fingerprint": None}
         return
-    source = request.get("source") if mode != "prepare" else get_framework(request["framework"]).seed_source()
-    forward_request = {k: v for k, v in request.items() if k not in ("baselines", "source", "weights_dir")}
-    forward_dir = tmp / "forward"
-    plan = {"request": {**forward_request, "source": source}, "rungs": [list(r) for r in _scored_rungs(mode, request)],
-            "weights_dir": str(tmp / "weights"), "forward_dir": str(forward_dir), "data_hash": fp["data_hash"],
-            "files": landlock_rules(request, forward_dir, reads=[tmp / "weights"]),
-            "cache_dir": str(default_cache_dir()), "limit_s": limit_s, "memory_cap_mib": memory_cap_mib,
-            "confined": confined, "env": env}
-    (tmp / "score-plan.json").write_text(json.dumps(plan))
     started = time.monotonic()
-    outcome = run_limited([sys.executable, "-m", "harness.scorer", str(tmp / "score-plan.json"),
-                           str(tmp / "score.json")], scoring_limit_s(limit_s), memory_cap_mib, tmp / "scorer.log",
-                          env)
-    scored = read_result(tmp / "score.json") if outcome == "exited" and (tmp / "score.json").exists() else None
+    outcome = supervise(scorer, scoring_limit_s(limit_s), memory_cap_mib,
+                        json.dumps({"data_hash": fp["data_hash"]}).encode() + b"\n")
+    scored = read_result(private / "score.json") if outcome == "exited" and (private / "score.json").exists() else None
     if scored is None or scored.get("status") not in ("ok", "rejected"):
         detail = (scored or {}).get("message") or f"the scorer ended ({outcome}) without a result"
         run.outcome, run.result = "infrastructure", None
         run.error = f"the trusted scoring failed: {detail}"
-        run.log += "\n" + tail(tmp / "scorer.log")
+        run.log += "\n" + tail(private / "scorer.log")
         return
     if scored["status"] == "rejected":
         reason, message = scored["reason"], scored["message"]

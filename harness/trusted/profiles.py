@@ -48,7 +48,7 @@ class Gate:
     runtime_bound_ratio: float = 3.0  # train-step wall time, candidate / baseline
     memory_bound_ratio: float = 3.0  # peak memory of a train step, candidate / baseline
     causality_atol: float = 1e-5  # perturbation test tolerance, float32, relative to the output scale
-    implausible_loss_frac: float = 0.25  # a loss this fraction below the baseline is flagged, never rewarded
+    implausible_loss_frac: float = 0.25  # a loss this fraction below the baseline is flagged for validation
 
 
 @dataclass(frozen=True)

@@ -149,14 +149,19 @@ def fit_scaling_law(params: list[int], losses: list[float]) -> tuple[float, floa
 
 
 def score(candidate: dict, baseline: dict, profile) -> tuple[float, list[str]]:
-    """(combined_score, flags). Flags never raise the score above parity."""
+    """(combined_score, flags). A flag never changes the score: it tells the LLM, the ledger and the campaign's
+    selection what to confirm. ``implausible_loss`` ranks a program at its score and marks it for validation: the
+    losses come from the trusted scorer, which has already checked the forward pass for reading the future, for
+    state and for mixing its batch, so what remains is a real gain or an exploit no check knows, and
+    ``harness validate`` (ten seeds, the full horizon) tells them apart. Holding it at parity instead turned away
+    the one legitimate design that reached it (a Mamba-2 variant 31 % below the baseline at smoke)."""
     flags = []
     value = math.exp(max(-50.0, min(50.0, candidate["fitness"] - baseline["fitness"])))
     cand_loss, base_loss = candidate["largest_rung_loss"], baseline["largest_rung_loss"]
     if cand_loss < (1.0 - profile.gate.implausible_loss_frac) * base_loss:
         flags.append(f"implausible_loss: {cand_loss:.4f} is more than {profile.gate.implausible_loss_frac:.0%} below "
-                     f"the baseline's {base_loss:.4f}; quarantined at parity until checked by hand")
-        value = min(value, 1.0)
+                     f"the baseline's {base_loss:.4f}; ranked at its score, to be confirmed with harness validate "
+                     "before it is trusted")
     if profile.objective == "scaling_slope" and candidate["scaling_b"] < baseline["scaling_b"] and cand_loss > base_loss:
         flags.append(f"steeper_but_worse: slope {candidate['scaling_b']:.4f} is steeper than the baseline's "
                      f"{baseline['scaling_b']:.4f}, but the largest rung's loss {cand_loss:.4f} is worse than {base_loss:.4f}")
