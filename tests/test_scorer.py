@@ -167,11 +167,14 @@ def test_a_model_that_reads_the_future_only_when_scored_is_rejected(smoke_env, t
 
 
 def test_a_scored_split_changed_on_disk_after_the_baseline_is_tampering(smoke_env, tmp_path, monkeypatch):
-    """The token cache is writable by the sandbox until files are confined: a split rewritten there (here by the
-    test, as a candidate past the static policy could) is never scored against a baseline measured on the original."""
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HARNESS_LEDGER", str(tmp_path / "ledger.sqlite"))
+    """Where files are not confined (CUDA, no Landlock) the token cache is writable by the sandbox: a split rewritten
+    there (here by the test, as a candidate past the static policy could) is never scored against a baseline
+    measured on the original. A copy of the session's cache, so that the baseline is the session's."""
+    import shutil
+
     prepared = prepare("ttr")
+    shutil.copytree(smoke_env / "cache" / "tokens", tmp_path / "cache" / "tokens")
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     [entry] = (tmp_path / "cache" / "tokens").iterdir()
     tokens = np.load(entry / "val.npy")
     tokens[: prepared["profile"].val_tokens] = tokens[0]  # one token repeated: trivially predictable

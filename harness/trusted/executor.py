@@ -266,8 +266,12 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         else:
             confinement = confine.LAYERS + (f"; {confine.FILES_LAYER}" if files else "")
             launched = confine.wrap(cmd, files)
-        scorer = _start_scorer(mode, request, tmp, private, limit_s, memory_cap_mib, env, not unavailable) \
-            if mode in TRAINING_RECORD else None
+        scorer, scorer_error = None, ""
+        if mode in TRAINING_RECORD:
+            try:
+                scorer = _start_scorer(mode, request, tmp, private, limit_s, memory_cap_mib, env, not unavailable)
+            except Exception as exc:  # noqa: BLE001 - a request it cannot plan for fails only if scoring is needed
+                scorer_error = f"{type(exc).__name__}: {exc}"
         try:
             outcome = run_limited(launched, limit_s, memory_cap_mib, log_path, env)
             result = read_result(result_path) if outcome == "exited" and result_path.exists() else None
@@ -278,6 +282,9 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
                                   execution={"confinement": confinement})
             run = SandboxRun(outcome, result, log, execution={"confinement": confinement})
             if result is not None and _trained(mode, result):
+                if scorer is None:
+                    return SandboxRun("infrastructure", None, log, error=f"the trusted scorer could not start: "
+                                      f"{scorer_error}", execution={"confinement": confinement})
                 _score(mode, run, private, scorer, limit_s, memory_cap_mib)
             return run
         finally:
