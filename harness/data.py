@@ -15,8 +15,10 @@ text plus the vocabulary size and the tokenizer's training budget. A cache entry
 published by renaming it, so a crash never leaves a half-written entry that a later run would trust.
 The pipeline is deterministic: the same inputs give byte-identical token arrays and tokenizer.
 
-The validation split serves twice: its first ``val_tokens`` tokens are the scored split, which only the trusted
-scorer reads, and the next ``val_tokens`` the monitoring split, for the training curve and the in-sandbox checks.
+The validation split serves twice, cut in two halves by tokens. The first ``val_tokens`` tokens of the first half are
+the scored split, which only the trusted scorer reads; the first ``val_tokens`` of the second half are the monitoring
+split, for the training curve and the in-sandbox checks. The first half lives apart, in
+``cache_dir/scored/<key>/score.npy``, so that a sandbox given ``cache_dir/tokens`` to read cannot read it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from harness.trusted.profiles import default_cache_dir  # noqa: F401 - the cache
 log = logging.getLogger(__name__)
 
 EOS_TOKEN = "<|endoftext|>"
-CACHE_FORMAT_VERSION = 1  # bump when the tokenisation or the cache layout changes: old entries are then ignored
+CACHE_FORMAT_VERSION = 2  # bump when the tokenisation or the cache layout changes: old entries are then ignored
 MIN_VOCAB_SIZE = 257  # the 256 byte-level symbols plus the EOS token
 MAX_VOCAB_SIZE = 65535  # ids are stored as uint16
 HELD_OUT_EVERY = 50  # a single text file: its last len // 50 stories (2%) are the validation split
@@ -72,11 +74,11 @@ class DataError(RuntimeError):
 @dataclass(frozen=True)
 class TokenData:
     train: np.ndarray  # uint16 ids of the whole train split, each story followed by eos_id (read-only memory map)
-    # uint16, the scored split: the first val_tokens tokens of the validation split. Only the trusted scorer reads
-    # it (harness.scorer); the training sandbox drops it (None there), so training never sees it.
+    # uint16, the scored split: the first val_tokens tokens of the validation split's first half. Only the trusted
+    # scorer reads it (harness.scorer); the training sandbox never opens its file (None there).
     score: np.ndarray | None
-    # uint16, the monitoring split: the next val_tokens tokens. The training curve, pruning and the in-sandbox
-    # checks read this one.
+    # uint16, the monitoring split: the first val_tokens tokens of the second half. The training curve, pruning and
+    # the in-sandbox checks read this one.
     monitor: np.ndarray
     vocab_size: int  # the requested vocabulary size (the embedding size); every id is below it
     eos_id: int
@@ -564,8 +566,13 @@ def _corrupt(entry: Path, file: Path, why: str) -> DataError:
 
 def _short_validation(n_tokens: int, n_stories: int, val_tokens: int) -> DataError:
     return DataError(f"the validation split has only {n_tokens} tokens ({n_stories} stories), fewer than "
-                     f"2 x val_tokens={val_tokens} (the scored split, then the monitoring split); lower val_tokens "
-                     "or use a source with a larger validation split")
+                     f"2 x val_tokens={val_tokens} (the scored split in its first half, the monitoring split in its "
+                     "second); lower val_tokens or use a source with a larger validation split")
+
+
+def _halves(n_tokens: int) -> int:
+    """Where the validation split is cut: its first half is the scored one."""
+    return n_tokens // 2
 
 
 def _remove_stale_temps(root: Path) -> None:
@@ -580,13 +587,17 @@ def _remove_stale_temps(root: Path) -> None:
 
 def _build_entry(entry: Path, train: list[str], val: list[str], source_identity: str, data_hash: str,
                  vocab_size: int, val_tokens: int, tokenizer_train_bytes: int) -> None:
-    """Tokenise into a temporary folder next to ``entry`` and publish it by renaming; nothing half-written remains."""
+    """Tokenise into temporary folders next to ``entry`` and its scored folder (``_scored_dir``) and publish them by
+    renaming, the scored one first: nothing half-written remains, and a published entry has its scored split."""
     from tokenizers import Tokenizer
 
-    root = entry.parent
+    root, scored = entry.parent, _scored_dir(entry)
     root.mkdir(parents=True, exist_ok=True)
+    scored.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(root)
+    _remove_stale_temps(scored.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=root))
+    tmp_scored = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=scored.parent))
     try:
         t0 = time.perf_counter()
         train_tokenizer(train, vocab_size, tokenizer_train_bytes, tmp / "tokenizer.json")
@@ -602,8 +613,10 @@ def _build_entry(entry: Path, train: list[str], val: list[str], source_identity:
         n_tokens = len(train_ids) + len(val_ids)
         log.info("tokenised %d tokens in %.1f s (%.0f tokens/s); tokenizer trained in %.1f s",
                  n_tokens, t_encode, n_tokens / max(t_encode, 1e-9), t_tok)
+        half = _halves(len(val_ids))
         np.save(tmp / "train.npy", train_ids)
-        np.save(tmp / "val.npy", val_ids)
+        np.save(tmp_scored / "score.npy", val_ids[:half])
+        np.save(tmp / "monitor.npy", val_ids[half:])
         meta = {
             "format_version": CACHE_FORMAT_VERSION,
             "source_identity": source_identity,
@@ -619,13 +632,23 @@ def _build_entry(entry: Path, train: list[str], val: list[str], source_identity:
             "val_stories": len(val),
             "train_tokens": len(train_ids),
             "val_tokens_total": len(val_ids),
+            "score_tokens": half,
+            "monitor_tokens": len(val_ids) - half,
             "tokenizer_train_s": round(t_tok, 3),
             "tokenise_s": round(t_encode, 3),
             "tokenise_tokens_per_s": round(n_tokens / max(t_encode, 1e-9)),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        for name in ("train.npy", "val.npy", "meta.json"):
+        for name in ("train.npy", "monitor.npy", "meta.json"):
             _fsync(tmp / name)
+        _fsync(tmp_scored / "score.npy")
+        try:
+            os.rename(tmp_scored, scored)
+        except OSError:
+            if not (scored / "score.npy").is_file():
+                raise
+            shutil.rmtree(tmp_scored, ignore_errors=True)  # published by another process first
+        _fsync(scored.parent)
         try:
             os.rename(tmp, entry)
         except OSError:
@@ -635,11 +658,18 @@ def _build_entry(entry: Path, train: list[str], val: list[str], source_identity:
         _fsync(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp_scored, ignore_errors=True)
         raise
 
 
-def _open_entry(entry: Path, vocab_size: int, val_tokens: int) -> TokenData:
-    """TokenData of a published cache entry, every file checked; DataError naming the file if one is corrupt."""
+def _scored_dir(entry: Path) -> Path:
+    """``cache_dir/scored/<key>`` of the entry ``cache_dir/tokens/<key>``."""
+    return entry.parent.parent / "scored" / entry.name
+
+
+def _open_entry(entry: Path, vocab_size: int, val_tokens: int, with_score: bool) -> TokenData:
+    """TokenData of a published cache entry, every file checked; DataError naming the file if one is corrupt.
+    Without ``with_score`` the scored split's file is never opened (``score`` is None)."""
     from tokenizers import Tokenizer
 
     meta_path, tokenizer_path = entry / "meta.json", entry / "tokenizer.json"
@@ -647,7 +677,8 @@ def _open_entry(entry: Path, vocab_size: int, val_tokens: int) -> TokenData:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise _corrupt(entry, meta_path, f"{type(exc).__name__}: {exc}") from exc
-    missing = [key for key in ("data_hash", "eos_id", "train_tokens", "val_tokens_total", "tokenizer_hash")
+    missing = [key for key in ("data_hash", "eos_id", "train_tokens", "score_tokens", "monitor_tokens",
+                               "tokenizer_hash")
                if not isinstance(meta, dict) or key not in meta]
     if missing:
         raise _corrupt(entry, meta_path, f"missing {missing}")
@@ -661,22 +692,26 @@ def _open_entry(entry: Path, vocab_size: int, val_tokens: int) -> TokenData:
         raise _corrupt(entry, tokenizer_path, "it is not the tokenizer this entry was built with")
     if tokenizer.get_vocab_size() > vocab_size:
         raise _corrupt(entry, tokenizer_path, f"its vocabulary of {tokenizer.get_vocab_size()} exceeds {vocab_size}")
+    if min(meta["score_tokens"], meta["monitor_tokens"]) < val_tokens:
+        raise _short_validation(meta["score_tokens"] + meta["monitor_tokens"], meta.get("val_stories", -1), val_tokens)
+    files = [(entry / "train.npy", meta["train_tokens"]), (entry / "monitor.npy", meta["monitor_tokens"])]
+    if with_score:
+        files.append((_scored_dir(entry) / "score.npy", meta["score_tokens"]))
     arrays = {}
-    for name, expected in (("train.npy", meta["train_tokens"]), ("val.npy", meta["val_tokens_total"])):
+    for path, expected in files:
         try:
-            array = np.load(entry / name, mmap_mode="r", allow_pickle=False)
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise _corrupt(entry, entry / name, f"{type(exc).__name__}: {exc}") from exc
+            raise _corrupt(entry, path, f"{type(exc).__name__}: {exc}") from exc
         if array.dtype != np.uint16 or array.ndim != 1 or len(array) != expected:
-            raise _corrupt(entry, entry / name, f"{array.dtype} array of shape {array.shape}, expected {expected} "
-                                                f"uint16 tokens")
-        arrays[name] = array
-    if len(arrays["val.npy"]) < 2 * val_tokens:
-        raise _short_validation(len(arrays["val.npy"]), meta.get("val_stories", -1), val_tokens)
-    score = np.array(arrays["val.npy"][:val_tokens])
-    monitor = np.array(arrays["val.npy"][val_tokens : 2 * val_tokens])
-    score.setflags(write=False)
-    monitor.setflags(write=False)
+            raise _corrupt(entry, path, f"{array.dtype} array of shape {array.shape}, expected {expected} "
+                                        f"uint16 tokens")
+        arrays[path.name] = array
+    score = np.array(arrays["score.npy"][:val_tokens]) if with_score else None
+    monitor = np.array(arrays["monitor.npy"][:val_tokens])
+    for split in (score, monitor):
+        if split is not None:
+            split.setflags(write=False)
     return TokenData(
         train=arrays["train.npy"], score=score, monitor=monitor, vocab_size=vocab_size, eos_id=int(meta["eos_id"]),
         data_hash=meta["data_hash"], tokenizer_hash=tokenizer_hash, tokenizer_path=tokenizer_path,
@@ -689,18 +724,20 @@ def cache_key(data_hash: str, vocab_size: int, tokenizer_train_bytes: int) -> st
 
 
 def load_token_data(source: str, vocab_size: int, val_tokens: int, cache_dir: Path,
-                    tokenizer_train_bytes: int, synthetic_stories_n: int = 3000) -> TokenData:
+                    tokenizer_train_bytes: int, synthetic_stories_n: int = 3000, with_score: bool = True) -> TokenData:
     """Load the text (:func:`load_text_splits`), train or reuse the tokenizer, tokenise both splits and cache them.
 
     The cache entry ``cache_dir/tokens/<data_hash>-v<vocab_size>-tb<tokenizer_train_bytes>-f<format>/`` holds
-    tokenizer.json, train.npy (the whole train split), val.npy (the whole validation split) and meta.json. A second
+    tokenizer.json, train.npy (the whole train split), monitor.npy (the validation split's second half) and
+    meta.json; ``cache_dir/scored/<the same key>/score.npy`` holds the first half. A second
     call with the same inputs tokenises nothing (``STATS["cache_hits"]`` counts it; ``STATS["builds"]`` counts
     builds); a different val_tokens reuses the entry. An entry is built in a temporary folder and published by
     renaming it, so a crash never leaves a half-written entry; left-over temporary folders are removed after a day.
 
     Returns TokenData whose ``train`` is a read-only memory map of the cached array (shared between processes),
-    ``score`` the first ``val_tokens`` tokens of the validation split and ``monitor`` the next ``val_tokens``. Raises
-    DataError if vocab_size is out of range (257..65535), if the validation split has fewer than 2 × val_tokens
+    ``score`` the first ``val_tokens`` tokens of the first half (None without ``with_score``: the training sandbox
+    never opens that file) and ``monitor`` the first ``val_tokens`` of the second half. Raises
+    DataError if vocab_size is out of range (257..65535), if a half of the validation split has fewer than val_tokens
     tokens, if a cache file is unreadable or corrupt
     (naming the file and the folder to delete), and for every data problem :func:`load_text_splits` reports."""
     _check_vocab_size(vocab_size)
@@ -717,7 +754,7 @@ def load_token_data(source: str, vocab_size: int, val_tokens: int, cache_dir: Pa
                  entry, source_identity, len(train), len(val))
         _build_entry(entry, train, val, source_identity, data_hash, vocab_size, val_tokens, tokenizer_train_bytes)
         STATS["builds"] += 1
-    return _open_entry(entry, vocab_size, val_tokens)
+    return _open_entry(entry, vocab_size, val_tokens, with_score)
 
 
 def open_cached(cache_dir: Path, data_hash: str, vocab_size: int, val_tokens: int,
@@ -727,7 +764,7 @@ def open_cached(cache_dir: Path, data_hash: str, vocab_size: int, val_tokens: in
     entry = Path(cache_dir).expanduser() / "tokens" / cache_key(data_hash, vocab_size, tokenizer_train_bytes)
     if not entry.is_dir():
         raise DataError(f"no token cache entry {entry}: the data it names was never prepared on this host")
-    return _open_entry(entry, vocab_size, val_tokens)
+    return _open_entry(entry, vocab_size, val_tokens, with_score=True)
 
 
 def validation_windows(tokens: np.ndarray, context_len: int) -> np.ndarray:

@@ -8,6 +8,7 @@ hole in it, to show the layer behind it. Each asserts that the side effect did n
 
 import dataclasses
 import errno
+import json
 import os
 import socket
 import subprocess
@@ -68,9 +69,9 @@ def test_the_seed_is_evaluated_confined_and_the_ledger_says_so(smoke_env, tmp_pa
     result = evaluate(security.FRAMEWORK, str(path))
     assert result.artifacts["reason"] == "ok", result.artifacts.get("message")
     row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
-    files = f"; {confine.FILES_LAYER}" if confine.landlock_abi() else ""
-    assert row["execution"]["confinement"] == confine.LAYERS + files
-    assert confine.LAYERS + files in result.artifacts["execution"]
+    layers = confine.recorded(confine.landlock_abi() > 0, confine.seccomp_supported())
+    assert row["execution"]["confinement"] == layers
+    assert layers in result.artifacts["execution"]
 
 
 @needs_confinement
@@ -91,7 +92,9 @@ def test_the_sandbox_has_no_network(smoke_env, tmp_path, monkeypatch):
     path = _candidate(tmp_path, "getattr(torch, 'sys').modules['socket'].create_connection(('127.0.0.1', "
                                 f"{server.getsockname()[1]}), timeout=5)")
     result = evaluate(security.FRAMEWORK, path)
-    assert _outcome(result) == "Network is unreachable"
+    # The seccomp filter refuses the internet socket itself; without it, the empty network namespace has no route.
+    expected = "Address family not supported by protocol" if confine.seccomp_supported() else "Network is unreachable"
+    assert _outcome(result) == expected
     server.settimeout(1.0)  # a connection made during the evaluation would be waiting in the backlog
     assert _accept(server) is None, "a connection reached this host"
     server.close()
@@ -100,7 +103,8 @@ def test_the_sandbox_has_no_network(smoke_env, tmp_path, monkeypatch):
 @needs_landlock
 def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(smoke_env, tmp_path, monkeypatch):
     """Past the static policy: a planted secret, another process's environment (this evaluator's, which holds a
-    key), a file outside the run folder and the token cache are each out of reach, and nothing was written."""
+    key), a file outside the run folder, the token cache (for writing) and the scored split (even for reading) are
+    each out of reach, and nothing was written."""
     prepare(security.FRAMEWORK)  # the token cache exists
     _past_the_static_policy(monkeypatch)
     secret_value = "sk-" + os.urandom(8).hex()
@@ -108,12 +112,14 @@ def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(sm
     secret = tmp_path / "secret.txt"
     secret.write_text(secret_value)
     [entry] = (Path(os.environ["HARNESS_CACHE"]) / "tokens").iterdir()
-    cache_before = (entry / "val.npy").read_bytes()
+    scored = Path(os.environ["HARNESS_CACHE"]) / "scored" / entry.name / "score.npy"
+    cache_before = (entry / "monitor.npy").read_bytes()
     attempts = {
         "read_a_planted_secret": f"os_.read(os_.open({str(secret)!r}, os_.O_RDONLY), 100)",
         "read_the_evaluators_environment": f"os_.read(os_.open('/proc/{os.getpid()}/environ', os_.O_RDONLY), 10000)",
         "write_outside_the_run_folder": f"os_.open({str(tmp_path / 'written')!r}, os_.O_WRONLY | os_.O_CREAT)",
-        "write_the_token_cache": f"os_.open({str(entry / 'val.npy')!r}, os_.O_WRONLY)",
+        "write_the_token_cache": f"os_.open({str(entry / 'monitor.npy')!r}, os_.O_WRONLY)",
+        "read_the_scored_split": f"os_.read(os_.open({str(scored)!r}, os_.O_RDONLY), 100)",
         "read_the_ledger": f"os_.read(os_.open({os.environ['HARNESS_LEDGER']!r}, os_.O_RDONLY), 100)",
     }
     for name, attempt in attempts.items():
@@ -121,7 +127,7 @@ def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(sm
         assert _outcome(result) == "Permission denied", name
         assert secret_value not in str(result.artifacts), name
     assert not (tmp_path / "written").exists()
-    assert (entry / "val.npy").read_bytes() == cache_before
+    assert (entry / "monitor.npy").read_bytes() == cache_before
 
 
 def _accept(server):
@@ -223,7 +229,77 @@ def test_the_layers_command_says_what_a_sandbox_gets_here():
     assert out.returncode == 0
     if UNAVAILABLE:
         assert out.stdout.startswith("none: ")
-    elif confine.landlock_abi():
-        assert out.stdout.strip() == f"{confine.LAYERS}; {confine.FILES_LAYER} (ABI {confine.landlock_abi()})"
     else:
-        assert "no Landlock" in out.stdout
+        files = f"; {confine.FILES_LAYER} (ABI {confine.landlock_abi()})" if confine.landlock_abi() else \
+            " (files: the static policy only; no Landlock)"
+        seccomp = f"; {confine.SECCOMP_LAYER}" if confine.seccomp_supported() else "; no seccomp filter for this machine"
+        assert out.stdout.strip() == confine.LAYERS + files + seccomp
+
+
+@needs_confinement
+@pytest.mark.skipif(not confine.seccomp_supported(), reason="no seccomp filter for this machine")
+def test_an_evaluated_program_cannot_reach_the_kernel_keyrings_or_make_a_namespace(smoke_env, tmp_path, monkeypatch):
+    """Past the static policy, through ctypes: the user's keyring (which can hold credentials) and a new user
+    namespace are refused by the seccomp filter, in the sandbox the evaluator starts."""
+    import platform
+
+    from harness.trusted.seccomp import _NUMBERS
+
+    _past_the_static_policy(monkeypatch)
+    numbers = _NUMBERS[platform.machine()]
+    for name, args in (("keyctl", "0, -4, 0"), ("unshare", "0x10000000")):
+        attempt = (f"ct = os_.sys.modules['ctypes']; lib = ct.CDLL(None, use_errno=True); "
+                   f"r = lib.syscall({numbers[name]}, {args}); "
+                   "(_ for _ in ()).throw(OSError(ct.get_errno(), 'refused')) if r < 0 else None")
+        result = evaluate(security.FRAMEWORK, _candidate(tmp_path, attempt))
+        assert _outcome(result) == "Operation not permitted", name
+
+
+# Run in the sandbox's place by the seccomp tests: each call's errno name, or "ok".
+SYSCALL_PROBE = """
+import ctypes, errno, json, platform, socket, subprocess, sys, threading
+from harness.trusted.seccomp import _NUMBERS
+nr = _NUMBERS[platform.machine()]
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+def call(name, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr[name]), *[ctypes.c_long(a) for a in args])
+    return "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()]
+out["keyctl"] = call("keyctl", 0, -4, 0)  # KEYCTL_GET_KEYRING_ID of the user keyring
+out["ptrace"] = call("ptrace", 16, 999999, 0, 0)  # PTRACE_ATTACH to no process: ESRCH unless refused first
+out["unshare_user"] = call("unshare", 0x10000000)
+out["io_uring_setup"] = call("io_uring_setup", 1, 0)
+out["clone3"] = call("clone3", 0, 0)
+for family in ("AF_INET", "AF_INET6", "AF_UNIX"):
+    try:
+        socket.socket(getattr(socket, family)).close()
+        out[family] = "ok"
+    except OSError as e:
+        out[family] = errno.errorcode[e.errno]
+out["subprocess"] = subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True).stdout.strip()
+seen = []
+t = threading.Thread(target=seen.append, args=("thread",)); t.start(); t.join()
+out["thread"] = seen[0]
+out["status"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp:")][0]
+print(json.dumps(out))
+"""
+
+
+@needs_confinement
+@pytest.mark.skipif(not confine.seccomp_supported(), reason="no seccomp filter for this machine")
+def test_seccomp_refuses_what_a_training_never_needs_and_nothing_it_does():
+    def probe(seccomp: bool) -> dict:
+        out = subprocess.run(confine.wrap([sys.executable, "-c", SYSCALL_PROBE], seccomp=seccomp),
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout)
+
+    filtered, plain = probe(True), probe(False)
+    assert filtered == {"keyctl": "EPERM", "ptrace": "EPERM", "unshare_user": "EPERM", "io_uring_setup": "EPERM",
+                        "clone3": "ENOSYS", "AF_INET": "EAFNOSUPPORT", "AF_INET6": "EAFNOSUPPORT", "AF_UNIX": "ok",
+                        "subprocess": "42", "thread": "thread", "status": "2"}, filtered
+    # Without the filter the same calls reach the kernel: the refusals above are the filter's.
+    assert plain["status"] == "0" and plain["AF_INET"] == "ok" and plain["unshare_user"] == "ok", plain
+    assert plain["ptrace"] == "ESRCH" and plain["clone3"] != "ENOSYS"
+    assert plain["subprocess"] == "42"

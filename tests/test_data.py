@@ -49,8 +49,10 @@ def offline(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _load(source: str, cache: Path, vocab_size: int = VOCAB, val_tokens: int = VAL_TOKENS, n: int = N_STORIES):
-    return load_token_data(source, vocab_size, val_tokens, cache, TRAIN_BYTES, synthetic_stories_n=n)
+def _load(source: str, cache: Path, vocab_size: int = VOCAB, val_tokens: int = VAL_TOKENS, n: int = N_STORIES,
+          with_score: bool = True):
+    return load_token_data(source, vocab_size, val_tokens, cache, TRAIN_BYTES, synthetic_stories_n=n,
+                           with_score=with_score)
 
 
 def _entries(cache: Path) -> list[str]:
@@ -104,19 +106,27 @@ def test_synthetic_token_data_and_cache(tmp_path):
         assert int(array.max()) < first.vocab_size == VOCAB
     assert len(first.score) == len(first.monitor) == VAL_TOKENS and len(first.train) > 20 * VAL_TOKENS
     assert first.eos_id == 0 and (first.train == first.eos_id).sum() == N_STORIES and first.eos_id in first.score
-    # the monitoring split follows the scored one in the validation split: never the same tokens
-    whole = np.load(first.tokenizer_path.parent / "val.npy")
-    assert np.array_equal(whole[:VAL_TOKENS], first.score) and np.array_equal(whole[VAL_TOKENS:2 * VAL_TOKENS], first.monitor)
+    # the scored split opens the validation split's first half, apart from the entry; the monitoring split opens the
+    # second half: never the same tokens
+    scored = np.load(cache / "scored" / first.tokenizer_path.parent.name / "score.npy")
+    monitor = np.load(first.tokenizer_path.parent / "monitor.npy")
+    assert np.array_equal(scored[:VAL_TOKENS], first.score) and np.array_equal(monitor[:VAL_TOKENS], first.monitor)
+    meta = json.loads((first.tokenizer_path.parent / "meta.json").read_text())
+    assert meta["score_tokens"] == len(scored) == meta["val_tokens_total"] // 2
+    assert meta["monitor_tokens"] == len(monitor) == meta["val_tokens_total"] - len(scored)
+    # what the training sandbox loads: the scored file is never opened
+    blind = _load("synthetic", cache, with_score=False)
+    assert blind.score is None and np.array_equal(blind.monitor, first.monitor)
     assert first.train[-1] == first.eos_id
     assert _first_story(first, first.train) == synthetic_stories(1)[0]
     assert len(first.data_hash) == 16 and len(first.tokenizer_hash) == 16
     entry = first.tokenizer_path.parent
-    assert sorted(p.name for p in entry.iterdir()) == ["meta.json", "tokenizer.json", "train.npy", "val.npy"]
+    assert sorted(p.name for p in entry.iterdir()) == ["meta.json", "monitor.npy", "tokenizer.json", "train.npy"]
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["tokenizer_vocab_size"] <= VOCAB and meta["train_stories"] == N_STORIES
 
     second = _load("synthetic", cache)  # served from the cache: nothing tokenised
-    assert data.STATS["builds"] == builds + 1 and data.STATS["cache_hits"] == hits + 1
+    assert data.STATS["builds"] == builds + 1 and data.STATS["cache_hits"] == hits + 2  # the blind load, this one
     assert np.array_equal(first.train, second.train) and np.array_equal(first.score, second.score)
     assert (first.data_hash, first.tokenizer_hash, first.tokenizer_path) == (
         second.data_hash, second.tokenizer_hash, second.tokenizer_path)
@@ -130,8 +140,10 @@ def test_synthetic_token_data_and_cache(tmp_path):
     assert other.tokenizer_hash != first.tokenizer_hash and len(_entries(cache)) == 2
 
     fresh = _load("synthetic", tmp_path / "elsewhere")  # deterministic: byte-identical files from a fresh build
-    for name in ("tokenizer.json", "train.npy", "val.npy"):
+    for name in ("tokenizer.json", "train.npy", "monitor.npy"):
         assert (fresh.tokenizer_path.parent / name).read_bytes() == (entry / name).read_bytes()
+    assert (tmp_path / "elsewhere" / "scored" / entry.name / "score.npy").read_bytes() == (
+        cache / "scored" / entry.name / "score.npy").read_bytes()
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):

@@ -183,4 +183,45 @@ class LazyRandomParameter(_Attention):
 def test_a_parameter_created_in_forward_is_param_parity_at_the_first_call():
     """Its random draw used to shift the dropout masks of the two calls compared for batch independence."""
     failure = _reason(lambda: check_shape(LazyRandomParameter, G))
-    assert failure.reason == Reason.PARAM_PARITY and "Create every parameter in __init__" in failure.message
+    assert failure.reason == Reason.PARAM_PARITY and "in __init__" in failure.message
+    assert "parameter 'late'" in failure.message, failure.message
+
+
+class LazyModule(_Attention):
+    def forward(self, x):
+        if not hasattr(self, "gate"):
+            self.gate = nn.Sigmoid()
+        return self.gate(self.mix(x))
+
+
+class LazyBuffer(_Attention):
+    def forward(self, x):
+        if "steps" not in self._buffers:
+            self.register_buffer("steps", torch.arange(1, 9, dtype=x.dtype))
+        return self.mix(x)
+
+
+class LazyCache(_Attention):
+    def forward(self, x):
+        if not hasattr(self, "_cache"):
+            self._cache = torch.ones(x.shape[1], 1)  # a cache built at the first call, as in lazy RoPE tables
+        return self.mix(x) * self._cache[: x.shape[1]]
+
+
+class LazyCacheInSubmodule(_Attention):
+    def __init__(self, d_model, n_heads, dropout=0.0, max_seq_len=8):
+        super().__init__(d_model, n_heads, dropout, max_seq_len)
+        self.inner = nn.Identity()
+
+    def forward(self, x):
+        self.inner.seen = True
+        return self.mix(x)
+
+
+@pytest.mark.parametrize("cls, named", [(LazyModule, "module 'gate'"), (LazyBuffer, "buffer 'steps'"),
+                                        (LazyCache, "attribute '_cache'"),
+                                        (LazyCacheInSubmodule, "attribute 'inner.seen'")])
+def test_anything_created_in_forward_is_named_at_the_first_call(cls, named):
+    failure = _reason(lambda: check_shape(cls, G))
+    assert failure.reason == Reason.STATEFULNESS and named in failure.message, failure.message
+    assert "(the shape check)" in failure.message and "in __init__" in failure.message

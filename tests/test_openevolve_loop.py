@@ -1,8 +1,8 @@
 """The stock loop end to end: the real ``openevolve-run`` CLI in a subprocess, the built-in proposer on
 localhost, the real evaluator, the smoke profile. For each framework: 5 iterations (the configs'
 checkpoint_interval, so checkpoint_5 is the final state) with an adversarial proposal every 2nd request,
-then a resumed run of 5 more from checkpoint_5 in which every request is adversarial (the three kinds in
-turn): rejections cost seconds, trainings cost ~12 s each, and the three frameworks must fit in 10 minutes.
+then, for ttr, a resumed run of 5 more from checkpoint_5 in which every request is adversarial (the three kinds
+in turn): rejections cost seconds, trainings cost ~12 s each, and the whole must fit in 10 minutes.
 
 What it proves: checkpoints and ledger rows are written; a child program (not the seed) is valid with a
 positive score; each adversarial proposal that reached the evaluator was rejected with its expected
@@ -36,8 +36,11 @@ ITERATIONS = 5  # = checkpoint_interval of the configs: the final state is check
 ADVERSARIAL_EVERY = 2  # requests 2 and 4: leak, frozen; the rest are structured mutations that train
 RESUMED_ADVERSARIAL_EVERY = 1  # requests 6-10 on resume: params, leak, frozen, params, leak
 RUN_TIMEOUT_S = 900  # a backstop for a stuck run; the time budget is asserted separately below
-TOTAL_BUDGET_S = 600
-KILL_SLACK_S = 10.0  # the three frameworks, fresh and resumed, on the 2-core CI machine
+TOTAL_BUDGET_S = 600  # the three frameworks, fresh, and one resumed, on the 2-core CI machine
+KILL_SLACK_S = 10.0
+# Resuming is the same code for every framework: one resumed run proves it, and the three kinds of adversarial
+# proposal it sends go through the same gate for all three.
+RESUMED_FRAMEWORK = "ttr"
 TIMINGS: dict[str, dict[str, float]] = {}
 
 
@@ -159,6 +162,11 @@ def test_stock_openevolve_run_end_to_end(loop_env, framework):
     hashes = {r["program_hash"] for r in rows}
     assert all(p["child_sha256"] in hashes for p in proposals), (proposals, hashes)
 
+    if framework != RESUMED_FRAMEWORK:
+        assert (REPO_ROOT / "artifacts").exists() == artifacts_before
+        assert all(program.sha256(Path(r["code_path"]).read_text()) == r["program_hash"] for r in rows)
+        TIMINGS[framework] = {"fresh_s": fresh_s}
+        return
     # ---- resumed from the last checkpoint --------------------------------------------------------------------------
     t1 = time.time()
     resumed = run_demo(framework, ITERATIONS, output, adversarial_every=RESUMED_ADVERSARIAL_EVERY, seed=0,
@@ -215,9 +223,10 @@ def _check_analysis(framework: str, run: DemoRun, proposals: list[dict], out: Pa
 def test_three_frameworks_fit_the_budget():
     if len(TIMINGS) < 3:
         pytest.skip("needs the three end-to-end runs of this module")
-    total = sum(t["fresh_s"] + t["resume_s"] for t in TIMINGS.values())
+    total = sum(t["fresh_s"] + t.get("resume_s", 0.0) for t in TIMINGS.values())
     load = os.getloadavg()
-    print(f"\nend to end, three frameworks, fresh + resumed: {total:.0f} s  {TIMINGS} (load average {load})")
+    print(f"\nend to end, three frameworks fresh, {RESUMED_FRAMEWORK} resumed: {total:.0f} s  {TIMINGS} "
+          f"(load average {load})")
     assert total < TOTAL_BUDGET_S, f"{total:.0f} s on {os.cpu_count()} cores, load average {load}"
 
 

@@ -133,8 +133,8 @@ def test_ray_gives_the_local_verdicts_and_scores(ray_cluster, tmp_path):
             assert row["execution"]["node_ip"] and row["execution"]["worker_pid"] > 0
             # The worker confines its sandbox as a local evaluation does (this cluster runs on this host).
             unavailable = confine.unavailable_reason()
-            files = f"; {confine.FILES_LAYER}" if confine.landlock_abi() else ""
-            assert row["execution"]["confinement"] == (f"none: {unavailable}" if unavailable else confine.LAYERS + files)
+            layers = confine.recorded(confine.landlock_abi() > 0, confine.seccomp_supported())
+            assert row["execution"]["confinement"] == (f"none: {unavailable}" if unavailable else layers)
     assert results["decayed_linear_attention"].metrics["combined_score"] > 0.0
 
 

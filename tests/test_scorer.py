@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import adversarial
 import security
 from harness.scaffold import build_model
 from harness.scorer.score import (STATE_RTOL, Rejection, check_states, head_loss, layout, load_weights)
@@ -17,7 +18,7 @@ from harness.trusted import executor
 from harness.trusted.evaluate import evaluate, prepare, sandbox_request
 from harness.trusted.frameworks import get_framework
 from harness.trusted.reasons import Reason
-from harness.trusted.scoring import objective_from_untrusted
+from harness.trusted.scoring import TRAINING_BEGINS, objective_from_untrusted
 
 RUNG, VOCAB, CONTEXT = (32, 2, 2), 512, 16
 
@@ -136,11 +137,34 @@ _json.dumps = _forged
 '''
 
 
-def test_a_forged_training_record_moves_no_loss_and_no_count(smoke_env):
+def _count_scorer_starts(monkeypatch) -> list[str]:
+    """The sandbox's log as it stood at each start of the scorer."""
+    starts, start = [], executor._start_scorer
+
+    def counted(mode, request, tmp, *args):
+        starts.append((tmp / "sandbox.log").read_text())
+        return start(mode, request, tmp, *args)
+
+    monkeypatch.setattr(executor, "_start_scorer", counted)
+    return starts
+
+
+def test_the_scorer_starts_once_the_training_begins_and_never_for_a_rejected_program(smoke_env, monkeypatch):
     prepared = prepare(security.FRAMEWORK)
+    starts = _count_scorer_starts(monkeypatch)
+    rejected = adversarial.BY_NAME["raises_in_forward"]
+    request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"], source=rejected.source)
+    run = executor.run_sandbox_here("evaluate", request, 180.0, 8192)
+    assert run.result["reason"] == rejected.reason and starts == [] and "scoring" not in run.execution
+
+
+def test_a_forged_training_record_moves_no_loss_and_no_count(smoke_env, monkeypatch):
+    prepared = prepare(security.FRAMEWORK)
+    starts = _count_scorer_starts(monkeypatch)
     request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"], source=security.SEED + FORGER)
     run = executor.run_sandbox_here("evaluate", request, 180.0, 8192)
     assert run.outcome == "exited" and run.result["reason"] == "ok", run.log
+    assert len(starts) == 1 and TRAINING_BEGINS in starts[0]  # started while the training ran, not before
     runs = run.result["objective"]["runs"]
     assert runs[0]["final_monitor_loss"] == 0.01, "the forger ran"
     objective = objective_from_untrusted(run.result["objective"], prepared["profile"])
@@ -173,12 +197,13 @@ def test_a_scored_split_changed_on_disk_after_the_baseline_is_tampering(smoke_en
     import shutil
 
     prepared = prepare("ttr")
-    shutil.copytree(smoke_env / "cache" / "tokens", tmp_path / "cache" / "tokens")
+    for folder in ("tokens", "scored"):
+        shutil.copytree(smoke_env / "cache" / folder, tmp_path / "cache" / folder)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    [entry] = (tmp_path / "cache" / "tokens").iterdir()
-    tokens = np.load(entry / "val.npy")
+    [entry] = (tmp_path / "cache" / "scored").iterdir()
+    tokens = np.load(entry / "score.npy")
     tokens[: prepared["profile"].val_tokens] = tokens[0]  # one token repeated: trivially predictable
-    np.save(entry / "val.npy", tokens)
+    np.save(entry / "score.npy", tokens)
     result = evaluate("ttr", "initial_programs/ttr.py")
     assert result.artifacts["reason"] == "tampering", result.artifacts["message"]
     assert "scored split on disk is not the one the baseline was scored on" in result.artifacts["message"]

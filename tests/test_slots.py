@@ -98,12 +98,13 @@ def test_sandbox_runs_pinned_to_its_slot(slot_env, monkeypatch):
     monkeypatch.setenv("HARNESS_SLOTS", "3")
     seen = {}
 
-    def fake_run_limited(cmd, limit_s, memory_cap_mib, log_path, env=None):
+    def fake_start_limited(cmd, log_path, env=None):
         seen["env"] = env
         seen["held"] = [p.name for p in slot_env.iterdir()]
-        return "exited"
+        return None
 
-    monkeypatch.setattr(executor, "run_limited", fake_run_limited)
+    monkeypatch.setattr(executor, "start_limited", fake_start_limited)
+    monkeypatch.setattr(executor, "supervise", lambda *a, **k: "exited")
     run = executor.run_sandbox("evaluate", {}, 60.0, 1024, executor="local")
     assert run.outcome == "exited" and run.result is None and run.execution["slot"] == "gpu3-slot0"
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "3" and seen["held"] == ["gpu3-slot0.lock"]
@@ -112,7 +113,7 @@ def test_sandbox_runs_pinned_to_its_slot(slot_env, monkeypatch):
 def test_no_free_slot_is_an_infrastructure_result(slot_env, monkeypatch):
     monkeypatch.setenv("HARNESS_SLOTS", "cpu")
     monkeypatch.setenv("HARNESS_SLOT_WAIT_S", "0.3")
-    monkeypatch.setattr(executor, "run_limited", lambda *a, **k: pytest.fail("the sandbox must not start"))
+    monkeypatch.setattr(executor, "start_limited", lambda *a, **k: pytest.fail("the sandbox must not start"))
     with slots.acquire(1.0):
         run = executor.run_sandbox("evaluate", {}, 60.0, 1024, executor="local")
     assert run.outcome == "infrastructure" and run.result is None

@@ -10,16 +10,16 @@ process so that nothing it changes outlives it:
 
 * ``namespaces``: whether ``unshare`` of a user, network, mount and PID namespace succeeds;
 * ``landlock_abi``: the Landlock ABI version (0 when absent or disabled);
-* ``seccomp``: whether a filter can be installed after ``PR_SET_NO_NEW_PRIVS``;
+* ``seccomp``: whether the sandbox's seccomp filter (``harness.trusted.seccomp``) can be installed;
 * ``confined_child``: a child that applies every layer available (a new network namespace, a Landlock ruleset
-  that lets it read only system and Python folders and write only one scratch folder and the device files, a
-  seccomp filter that refuses ``socket``), then tries, and reports, each thing the layers must stop: reading a
+  that lets it read only system and Python folders and write only one scratch folder and the device files, the
+  sandbox's seccomp filter), then tries, and reports, each thing the layers must stop: reading a
   planted secret file outside the allowed folders, writing outside the scratch folder, opening a socket; and
   the things they must not stop: writing in the scratch folder and, where CUDA is visible, a matrix product on
   the GPU;
-* ``only_<layer>``: the same child under each layer alone, and under looser variants of some (Landlock with reads
-  anywhere, or with writes in the system's scratch folders too; seccomp refusing only internet sockets), so that
-  when CUDA fails under the whole set, the runs say which layer and which right it needs.
+* ``only_<layer>``: the same child under each layer alone, and under looser variants of Landlock (reads anywhere, or
+  writes in the system's scratch folders too), so that when CUDA fails under the whole set, the runs say which
+  layer and which right it needs.
 
 Every attempt reports what happened (``ok`` or the errno's name), never a guess.
 """
@@ -37,13 +37,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.trusted import confine
+from harness.trusted import confine, seccomp
 from harness.trusted.confine import CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWUSER
 
 CLONE_NEWNS = 0x00020000  # the sandbox's launcher does not use a mount namespace; the probe reports it
-PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
-AUDIT_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}  # (audit arch, __NR_socket)
-SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO, SECCOMP_RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
 
 # What the confined child may read: what a sandbox may (harness.trusted.confine), plus the Python installation and
 # the package's folder (set at run time). A secret planted outside them must stay unreadable.
@@ -75,53 +72,13 @@ def apply_landlock(read_roots: list[str], write_roots: list[str]) -> str:
     return "ok"
 
 
-class _SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
-
-
-def apply_seccomp_deny_socket(inet_only: bool = False) -> str:
-    """A seccomp filter that fails ``socket()`` with EPERM (``inet_only``: only for AF_INET and AF_INET6, so that
-    Unix sockets stay possible) and allows everything else; a foreign architecture's calls kill the process."""
-    arch = AUDIT_ARCH.get(platform.machine())
-    if arch is None:
-        return f"unsupported architecture {platform.machine()}"
-    audit_arch, nr_socket = arch
-    ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06
-    deny, allow = _SockFilter(ret_k, 0, 0, SECCOMP_RET_ERRNO | errno.EPERM), _SockFilter(ret_k, 0, 0, SECCOMP_RET_ALLOW)
-    program = [
-        _SockFilter(ld_w_abs, 0, 0, 4),  # seccomp_data.arch
-        _SockFilter(jeq_k, 1, 0, audit_arch),
-        _SockFilter(ret_k, 0, 0, SECCOMP_RET_KILL_PROCESS),
-        _SockFilter(ld_w_abs, 0, 0, 0),  # seccomp_data.nr
-    ]
-    if inet_only:
-        program += [
-            _SockFilter(jeq_k, 0, 4, nr_socket),  # not socket(): allow
-            _SockFilter(ld_w_abs, 0, 0, 16),  # low word of args[0], the address family
-            _SockFilter(jeq_k, 1, 0, socket_family("AF_INET")),
-            _SockFilter(jeq_k, 0, 1, socket_family("AF_INET6")),
-            deny, allow,
-        ]
-    else:
-        program += [_SockFilter(jeq_k, 0, 1, nr_socket), deny, allow]
-    filters = (_SockFilter * len(program))(*program)
-    prog = _SockFprog(len(program), filters)
-    libc = _libc()
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        return f"no_new_privs: {_errno_name(ctypes.get_errno())}"
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
-        return f"set_seccomp: {_errno_name(ctypes.get_errno())}"
+def apply_seccomp() -> str:
+    """``seccomp.apply``, the sandbox's own filter, reported: "ok" or the error."""
+    try:
+        seccomp.apply()
+    except OSError as exc:
+        return str(exc)
     return "ok"
-
-
-def socket_family(name: str) -> int:
-    import socket
-
-    return int(getattr(socket, name))
 
 
 def unshare(flags: int) -> str:
@@ -175,10 +132,8 @@ def confined_child(spec: dict) -> dict:
         layers["landlock_writes_only"] = apply_landlock(["/"], spec["write_roots"])
     if "landlock_writes_tmp_dev" in spec["layers"]:  # and writes in the shared scratch folders of the system too
         layers["landlock_writes_tmp_dev"] = apply_landlock(["/"], spec["write_roots"] + list(SYSTEM_SCRATCH_DIRS))
-    if "seccomp_deny_socket" in spec["layers"]:
-        layers["seccomp_deny_socket"] = apply_seccomp_deny_socket()
-    if "seccomp_deny_inet_socket" in spec["layers"]:
-        layers["seccomp_deny_inet_socket"] = apply_seccomp_deny_socket(inet_only=True)
+    if "seccomp" in spec["layers"]:
+        layers["seccomp"] = apply_seccomp()
     scratch = Path(spec["scratch"])
     os.environ["TMPDIR"] = str(scratch)  # torch's import needs a writable temporary folder
     must_stop = {
@@ -237,7 +192,7 @@ def probe(work_dir: Path | None = None) -> dict:
         f"import json; from harness.diagnostics.confinement_probe import unshare; print(json.dumps(unshare({flag})))")
         for name, flag in (("user", CLONE_NEWUSER), ("network", CLONE_NEWNET), ("mount", CLONE_NEWNS),
                            ("pid", CLONE_NEWPID))}
-    report["seccomp"] = _child("import json; from harness.diagnostics.confinement_probe import apply_seccomp_deny_socket as f; "
+    report["seccomp"] = _child("import json; from harness.diagnostics.confinement_probe import apply_seccomp as f; "
                                "print(json.dumps(f()))")
     with tempfile.TemporaryDirectory(prefix="harness-probe-", dir=work_dir) as tmp:
         tmp = Path(tmp)
@@ -246,12 +201,12 @@ def probe(work_dir: Path | None = None) -> dict:
         denied.mkdir()
         secret = denied / "secret.txt"
         secret.write_text("not for candidates")
-        available = ["seccomp_deny_socket", "seccomp_deny_inet_socket"] if report["seccomp"] == "ok" else []
+        available = ["seccomp"] if report["seccomp"] == "ok" else []
         if report["namespaces"]["network"] == "ok":
             available.append("network_namespace")
         if report["landlock_abi"] > 0:
             available += ["landlock", "landlock_writes_only", "landlock_writes_tmp_dev"]
-        variants = {"landlock_writes_only", "landlock_writes_tmp_dev", "seccomp_deny_inet_socket"}
+        variants = {"landlock_writes_only", "landlock_writes_tmp_dev"}
         spec = {"read_roots": [r for r in _read_roots(tmp) if not str(tmp).startswith(r)],
                 "write_roots": [str(scratch), *_device_files(), "/dev/null", "/dev/shm"],
                 "scratch": str(scratch), "secret": str(secret), "outside": str(denied / "written.txt")}

@@ -54,18 +54,44 @@ def construct(attention_cls: type, g: Geometry, seed: int = 0, dropout: float | 
         raise GateFailure(Reason.CRASH, f"constructing the class failed: {type(exc).__name__}: {exc}") from exc
 
 
+def _members(module: nn.Module) -> dict[str, str]:
+    """Every parameter, buffer, submodule and attribute of the module and its submodules, by dotted name: kind."""
+    members = {}
+    for prefix, sub in module.named_modules():
+        prefix = f"{prefix}." if prefix else ""
+        for kind, names in (("parameter", sub._parameters), ("buffer", sub._buffers), ("module", sub._modules),
+                            ("attribute", vars(sub))):
+            for name in names:
+                members.setdefault(prefix + name, kind)
+    return members
+
+
+def _created(before: dict[str, str], after: dict[str, str], what: str) -> None:
+    """Raise for anything forward created: a parameter is ``param_parity``; a module, buffer or attribute is state
+    (``statefulness``). Found after the call that created it, before its random draws or its value can mislead a
+    later check into naming another cause."""
+    created = sorted(name for name in after if name not in before)
+    if not created:
+        return
+    named = ", ".join(f"{after[name]} {name!r}" for name in created[:5]) + (" ..." if len(created) > 5 else "")
+    reason = Reason.PARAM_PARITY if any(after[name] == "parameter" for name in created) else Reason.STATEFULNESS
+    raise GateFailure(reason, f"forward created {named} (the {what} check). Create every parameter, module, buffer "
+                      f"and attribute in __init__; a cache is a buffer registered there.")
+
+
 def _call(module: nn.Module, x: torch.Tensor, what: str, rng_seed: int | None = 0) -> torch.Tensor:
     if rng_seed is not None:
         torch.manual_seed(rng_seed)  # identical dropout masks for calls being compared
-    n_before = count_params(module)
+    n_before, members = count_params(module), _members(module)
     try:
         out = module(x)
     except Exception as exc:
         raise GateFailure(Reason.CRASH, f"forward raised during the {what} check: {type(exc).__name__}: {exc}") from exc
+    _created(members, _members(module), what)
     n_after = count_params(module)
-    if n_after != n_before:  # found here, before the random draws it took can mislead a later check
-        raise GateFailure(Reason.PARAM_PARITY, f"parameters created during forward (the {what} check): {n_before} "
-                          f"before the call, {n_after} after. Create every parameter in __init__.")
+    if n_after != n_before:  # a parameter replaced by a larger one, or unfrozen
+        raise GateFailure(Reason.PARAM_PARITY, f"forward changed the trainable parameters (the {what} check): "
+                          f"{n_before} before the call, {n_after} after. Create every parameter in __init__.")
     if not isinstance(out, torch.Tensor):
         return out  # the shape check names it
     try:
@@ -308,7 +334,7 @@ def check_params(attention_cls: type, baseline_cls: type, g: Geometry, profile, 
 
 
 def check_flops(attention_cls: type, baseline_cls: type, g: Geometry, gate) -> dict:
-    from harness.sandbox.flops import attention_flops
+    from harness.sandbox.flops import attention_flops, unaccounted_message
 
     def per_token(cls, length):
         try:
@@ -321,8 +347,7 @@ def check_flops(attention_cls: type, baseline_cls: type, g: Geometry, gate) -> d
     cand = {n: per_token(attention_cls, n) for n in lengths}
     unknown = {op: c for r in cand.values() for op, c in r.unknown_ops.items()}
     if unknown:
-        raise GateFailure(Reason.UNACCOUNTED_OP, f"operations whose cost cannot be accounted for: {sorted(unknown)}",
-                          {"unknown_ops": unknown})
+        raise GateFailure(Reason.UNACCOUNTED_OP, unaccounted_message(unknown), {"unknown_ops": unknown})
     base = {n: per_token(baseline_cls, n) for n in lengths}
     T = g.context_len
     ratio = cand[T].total / base[T].total
@@ -484,7 +509,7 @@ def _trained_leak(model: LanguageModel, val_tokens, profile, n_sequences: int, d
             scale = max(1.0, logits[:, : t + 1].abs().max().item())
             diff = (logits[:, : t + 1] - other[:, : t + 1]).abs().max().item()
             worst = max(worst, diff / scale)
-            if not diff <= 1e-4 * scale:
+            if not diff <= profile.gate.trained_state_rtol * scale:
                 raise GateFailure(Reason.LEAK_AFTER_TRAINING, f"after training, scrambling the tokens after position "
                                   f"{t} changed the predictions at positions <= {t} by {diff:.3g}")
     return {"trained_leak_max_rel": worst}

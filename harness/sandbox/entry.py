@@ -38,16 +38,14 @@ def _profile(request: dict):
 
 
 def _data(profile):
-    """The token data without the scored split: nothing that trains may see it."""
-    import dataclasses
-
+    """The token data without the scored split, whose file is never opened here: nothing that trains may see it (and
+    under Landlock it cannot: see ``confine.file_rules``)."""
     from harness.data import load_token_data
 
-    data = load_token_data(
+    return load_token_data(
         profile.data_source, profile.vocab_size, profile.val_tokens, Path(request_cache_dir()),
-        profile.tokenizer_train_bytes, synthetic_stories_n=profile.synthetic_stories,
+        profile.tokenizer_train_bytes, synthetic_stories_n=profile.synthetic_stories, with_score=False,
     )
-    return dataclasses.replace(data, score=None)
 
 
 def _weights_dir(request: dict) -> Path:
@@ -62,6 +60,12 @@ def request_cache_dir() -> str:
 
 def _log(message: str) -> None:
     print(f"[sandbox {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _training_begins() -> None:
+    from harness.trusted.scoring import TRAINING_BEGINS
+
+    _log(TRAINING_BEGINS)
 
 
 def prepare(request: dict) -> dict:
@@ -89,6 +93,7 @@ def prepare(request: dict) -> dict:
     if baseline is None:
         _log(f"training the {framework.name} baseline under fingerprint {fp['id']} ({profile.name}, {profile.objective})")
         seed_cls = load_attention(framework.seed_source(), str(framework.seed_path))
+        _training_begins()
         try:
             baseline, _ = run_objective(seed_cls, profile, data, log=_log, source=framework.seed_source(),
                                         filename=str(framework.seed_path), weights_dir=_weights_dir(request))
@@ -158,6 +163,7 @@ def evaluate(request: dict) -> dict:
     if tampered:
         return {**result, **tampered}
     train_start = time.perf_counter()
+    _training_begins()
     try:
         record, model = run_objective(candidate_cls, profile, data, log=_log, source=source,
                                       filename="evolved_program.py", weights_dir=_weights_dir(request))
@@ -238,6 +244,7 @@ def objective(request: dict) -> dict:
     rungs = rungs_for(profile, request.get("rungs"))
     prune_above = {int(step): float(loss) for step, loss in request.get("prune_above") or []}
     start = time.perf_counter()
+    _training_begins()
     try:
         record, model = run_objective(cls, tuned, data, seed=seed, log=_log, source=source,
                                       filename="evolved_program.py", rungs=rungs, prune_above=prune_above or None,

@@ -52,7 +52,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, get_shape
 
-__all__ = ["FlopReport", "audit_flops", "attention_flops", "classify_op", "CATEGORIES"]
+__all__ = ["FlopReport", "audit_flops", "attention_flops", "classify_op", "unaccounted_message", "refused_advice",
+           "CATEGORIES", "REFUSED"]
 
 aten = torch.ops.aten
 
@@ -180,6 +181,42 @@ def _addmm_activation_flop(s, a, b, *args, out_shape=None, **kwargs) -> int:
     return 2 * a[0] * a[1] * b[1] + _prod(out_shape)
 
 
+def _addmm_inplace_flop(s, a, b, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a[0] * a[1] * b[1]
+
+
+def _baddbmm_inplace_flop(s, a, b, *args, out_shape=None, **kwargs) -> int:
+    return 2 * a[0] * a[1] * a[2] * b[2]
+
+
+def _pdist_fwd_flop(x, *args, out_shape=None, **kwargs) -> int:
+    # x (N, M) -> N(N-1)/2 distances: what cdist pays per pair and feature.
+    return 3 * _prod(out_shape) * x[-1]
+
+
+def _pdist_bwd_flop(grad, x, *args, out_shape=None, **kwargs) -> int:
+    return 2 * _pdist_fwd_flop(x, out_shape=grad)
+
+
+# Per hidden unit and step, the LSTM cell's pointwise work as the decomposed cell pays it: two bias adds and an
+# activation per gate (4 gates), then c = f*c + i*g and h = o*tanh(c).
+_LSTM_CELL_OPS = 17
+
+
+def _rnn_layer_fwd_flop(x, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+    """The fused CPU kernel of one LSTM layer (``mkldnn_rnn_layer``): the input and recurrent products of every
+    step, 2 · tokens · (|W_ih| + |W_hh|), plus the cell's pointwise work. Only the LSTM reaches this kernel; GRU
+    and plain RNN layers decompose into costed ops."""
+    tokens = x[0] * x[1]  # (T, B, I) or (B, T, I)
+    hidden = w_hh[-1]
+    return 2 * tokens * (_prod(w_ih) + _prod(w_hh)) + _LSTM_CELL_OPS * tokens * hidden
+
+
+def _rnn_layer_bwd_flop(x, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+    # Gradients of the input, the hidden state and both weights: twice the forward, as for a matmul.
+    return 2 * _rnn_layer_fwd_flop(x, w_ih, w_hh)
+
+
 def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
                         _output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
     """torch's formula, with the weight gradient divided by ``groups``: torch charges it as if groups were 1, so a
@@ -216,6 +253,15 @@ _EXTRA_MATMUL: dict[Any, Callable[..., int]] = {
     aten._trilinear: _trilinear_flop,
     aten._addmm_activation: _addmm_activation_flop,
     aten.convolution_backward: _conv_backward_flop,
+    aten.addmm_: _addmm_inplace_flop,
+    aten.baddbmm_: _baddbmm_inplace_flop,
+    aten.addbmm_: _addbmm_flop,
+    aten.addmv_: _addmv_flop,
+    aten.addr_: _addr_flop,
+    aten._pdist_forward: _pdist_fwd_flop,
+    aten._pdist_backward: _pdist_bwd_flop,
+    aten.mkldnn_rnn_layer: _rnn_layer_fwd_flop,
+    aten.mkldnn_rnn_layer_backward: _rnn_layer_bwd_flop,
 }
 
 
@@ -251,7 +297,8 @@ _FREE = frozenset(
     diag_embed diag _reshape_copy pixel_shuffle pixel_unshuffle channel_shuffle
     native_channel_shuffle block_diag narrow_copy empty_permuted fill_diagonal
     reflection_pad1d_backward reflection_pad2d_backward replication_pad1d_backward
-    replication_pad2d_backward
+    replication_pad2d_backward reflection_pad3d reflection_pad3d_backward replication_pad3d
+    replication_pad3d_backward rot90 _chunk_cat
     """.split()
 )
 
@@ -301,7 +348,7 @@ _REDUCTION: dict[str, int] = {
         linalg_vector_norm var std var_mean std_mean logsumexp all any count_nonzero
         equal dist trace _weight_norm_interface norm_except_dim masked_scatter_backward
         cumsum cumprod logcumsumexp _logcumsumexp cummax cummin _cummax_helper _cummin_helper
-        cumulative_trapezoid
+        cumulative_trapezoid allclose
         """.split()
     },
     **{
@@ -349,7 +396,9 @@ _OTHER_NUMEL = frozenset(
     _upsample_nearest_exact1d _upsample_nearest_exact2d upsample_linear1d upsample_bilinear2d
     upsample_bicubic2d upsample_trilinear3d upsample_nearest1d_backward upsample_nearest2d_backward
     _upsample_nearest_exact1d_backward _upsample_nearest_exact2d_backward upsample_linear1d_backward
-    upsample_bilinear2d_backward upsample_bicubic2d_backward
+    upsample_bilinear2d_backward upsample_bicubic2d_backward upsample_trilinear3d_backward
+    _upsample_bilinear2d_aa _upsample_bilinear2d_aa_backward _unsafe_masked_index
+    _unsafe_masked_index_put_accumulate
     """.split()
 )
 _OTHER_SORT = frozenset({"sort", "argsort", "msort"})
@@ -376,6 +425,56 @@ _LINALG = frozenset(
     matrix_exp linalg_lstsq linalg_ldl_factor_ex linalg_ldl_solve linalg_pinv
     """.split()
 )
+
+
+# Ops a block can reach whose cost the audit does not model: refused by name, with what to use instead. They have no
+# use in mixing a sequence, or they compute something outside torch's dispatcher (sparse kernels, fused losses).
+# tests/test_flop_sweep.py runs every op torch catalogues and requires each to be costed or listed here.
+_SPARSE = "sparse tensors: use a dense tensor and a mask"
+_LOSS = "a loss has no place in an attention layer; for an inner objective write it with tensor ops (F.mse_loss is costed)"
+_RESAMPLE = "resampling on a grid: gather with an index tensor, or F.interpolate(mode='linear')"
+_POOL = "use F.max_pool1d or F.avg_pool1d"
+_STATISTICS = "a histogram or hash: use comparisons and sums over tensors"
+REFUSED: dict[str, str] = {
+    **{op: _SPARSE for op in ("_to_sparse", "sparse_mask", "sparse_sampled_addmm", "_sparse_mm_reduce_impl",
+                              "_sparse_mm_reduce_impl_backward")},
+    **{op: _LOSS for op in ("_ctc_loss", "_ctc_loss_backward", "multi_margin_loss", "multi_margin_loss_backward",
+                            "multilabel_margin_loss_forward", "multilabel_margin_loss_backward")},
+    **{op: "a fused linear + cross-entropy: use F.linear, then F.cross_entropy"
+       for op in ("torch_nn._linear_cross_entropy_batch_chunked",
+                  "torch_nn._linear_cross_entropy_batch_chunked_no_reduction")},
+    **{op: _RESAMPLE for op in ("grid_sampler_2d", "grid_sampler_2d_backward", "grid_sampler_3d",
+                                "grid_sampler_3d_backward")},
+    **{op: _POOL for op in ("fractional_max_pool2d", "fractional_max_pool2d_backward", "fractional_max_pool3d",
+                            "fractional_max_pool3d_backward", "max_unpool2d", "max_unpool3d")},
+    **{op: _STATISTICS for op in ("histogram", "_histogramdd_bin_edges", "_histogramdd_from_bin_cts", "hash_tensor")},
+    **{op: "use scatter_reduce or index_add" for op in ("segment_reduce", "_segment_reduce_backward")},
+}
+
+_UNKNOWN_ADVICE = ("a custom or fused kernel whose cost cannot be known: write it with torch ops (matmul, "
+                   "elementwise, reductions, scans)")
+
+
+def _op_key(op: str) -> str:
+    """'aten.grid_sampler_2d.default' -> 'grid_sampler_2d' (its ``REFUSED`` key); other namespaces keep theirs."""
+    namespace, _, rest = op.partition(".")
+    name = rest.rsplit(".", 1)[0] if "." in rest else rest
+    return name if namespace == "aten" else f"{namespace}.{name}"
+
+
+def refused_advice(op: str) -> str | None:
+    """What to use instead of ``op`` (as ``FlopReport.unknown_ops`` names it) when it is refused by name."""
+    return REFUSED.get(_op_key(op))
+
+
+def unaccounted_message(unknown_ops: dict[str, int]) -> str:
+    """The ``unaccounted_op`` rejection's message: each op the audit could not cost, and what to use instead."""
+    parts = []
+    for op in sorted(unknown_ops):
+        key = _op_key(op)
+        label = f"aten.{key}" if "." not in key else key
+        parts.append(f"{label} ({refused_advice(op) or _UNKNOWN_ADVICE})")
+    return "operations whose cost cannot be accounted for: " + "; ".join(parts)
 
 
 def _normalize(name: str) -> str:

@@ -43,7 +43,7 @@ from harness.data import DataError, open_cached, validation_windows
 from harness.trusted import confine
 from harness.trusted.executor import Started, abandon, read_result, start_limited, supervise, tail
 from harness.trusted.process_lifetime import die_with_parent
-from harness.trusted.profiles import get_profile
+from harness.trusted.profiles import Gate, get_profile
 from harness.trusted.reasons import Reason
 
 # The scaffold's final norm is nn.LayerNorm(d_model) with torch's default epsilon. tests/test_scorer.py checks that
@@ -52,9 +52,7 @@ LAYER_NORM_EPS = 1e-5
 # One canary per this many scored windows, and at least the minimum; the same for duplicates.
 CANARY_EVERY, MIN_CANARIES = 16, 4
 DUPLICATE_EVERY, MIN_DUPLICATES = 32, 2
-# States that must be equal may differ by this much relative to their scale (at least 1): a different batch changes
-# float rounding and nothing else. The same tolerance as the in-sandbox test of the trained model.
-STATE_RTOL = 1e-4
+STATE_RTOL = Gate.trained_state_rtol
 SCORE_CHUNK_WINDOWS = 64  # windows whose loss is computed at a time
 ATTENTION_PARAM = re.compile(r"blocks\.\d+\.attn\.")
 
@@ -212,7 +210,7 @@ def start_forward(plan: dict) -> Started:
     work = Path(plan["forward_dir"])
     cmd = [sys.executable, "-m", "harness.sandbox", "forward", str(work / "request.json"), str(work / "result.json")]
     # Its log is the scorer's: the forward folder is writable by the training sandbox, which runs meanwhile.
-    return start_limited(confine.wrap(cmd, plan["files"]) if plan["confined"] else cmd,
+    return start_limited(confine.wrap(cmd, plan["files"], plan["seccomp"]) if plan["confined"] else cmd,
                          Path(plan["log_dir"]) / "forward.log", {**plan["env"], "TMPDIR": str(work / "tmp")})
 
 

@@ -1,6 +1,6 @@
 """Start the sandbox in new user, network and PID namespaces, and confine its files with Landlock.
 
-    python -m harness.trusted.confine [--read P ...] [--write P ...] -- CMD [ARG ...]   # in front of the sandbox
+    python -m harness.trusted.confine [--read P ...] [--write P ...] [--seccomp] -- CMD [ARG ...]   # the sandbox
     python -m harness.trusted.confine --check [cuda]    # exit 0 when this machine allows it (and CUDA works in it)
     python -m harness.trusted.confine --layers [cuda]   # what a sandbox gets here, as the ledger records it
 
@@ -15,7 +15,13 @@ may read only beneath the ``--read`` paths and write only beneath the ``--write`
 file I/O included. Under ``/proc`` it may read only its own entries and a few system-wide files, so the
 environments of the user's other processes stay out of reach. The executor asks for it on CPU sandboxes where
 the kernel offers Landlock (``file_rules``). It does not ask on CUDA yet: on the one GPU machine measured, the CUDA
-driver failed under Landlock (``results/bench/NOTES.md``). A kernel that refuses unprivileged user namespaces (some distributions' defaults, gVisor, macOS) makes
+driver failed under Landlock (``results/bench/NOTES.md``).
+
+With ``--seccomp``, the command also runs under the seccomp filter of ``harness.trusted.seccomp``: system calls a
+training never needs fail, and only Unix-domain sockets can be opened. The executor asks for it on CPU sandboxes; on
+CUDA not yet, for the same reason as Landlock (the driver failed under a filter that refused every socket).
+
+A kernel that refuses unprivileged user namespaces (some distributions' defaults, gVisor, macOS) makes
 ``--check`` fail; the evaluator then records that the sandbox ran unconfined, or refuses to start under a profile
 that requires confinement (``harness.trusted.profiles.confinement_policy``).
 """
@@ -33,6 +39,7 @@ from harness.trusted.profiles import ALLOW_UNCONFINED_ENV
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 LAYERS = "user, network and PID namespaces"
 FILES_LAYER = "Landlock files"  # recorded after LAYERS when the file rules applied
+SECCOMP_LAYER = "seccomp"  # recorded last when the seccomp filter applied
 
 # x86-64 and arm64 share the generic syscall numbers of Landlock.
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
@@ -109,15 +116,32 @@ def _check_inside(cuda: bool) -> int:
     return 0
 
 
+def recorded(files: bool, seccomp: bool) -> str:
+    """The confinement a ledger row records for a confined sandbox: the namespaces, then the layers that applied."""
+    return LAYERS + (f"; {FILES_LAYER}" if files else "") + (f"; {SECCOMP_LAYER}" if seccomp else "")
+
+
+def seccomp_supported() -> bool:
+    """Whether the sandbox's seccomp filter exists for this machine and its kernel offers seccomp filters."""
+    from harness.trusted import seccomp
+
+    try:
+        status = open("/proc/self/status").read()
+    except OSError:
+        return False
+    return sys.platform.startswith("linux") and seccomp.supported_machine() and "Seccomp:" in status
+
+
 def layers_here(device: str = "cpu") -> str:
     """What a sandbox on ``device`` gets on this machine, in the words the ledger records."""
     reason = unavailable_reason(device)
     if reason:
         return f"none: {reason}"
     if device != "cpu":
-        return f"{LAYERS} (files: the static policy only; Landlock is not applied on {device} yet)"
+        return f"{LAYERS} (files: the static policy only; Landlock and seccomp are not applied on {device} yet)"
     abi = landlock_abi()
-    return f"{LAYERS}; {FILES_LAYER} (ABI {abi})" if abi else f"{LAYERS} (files: the static policy only; no Landlock)"
+    layers = f"{LAYERS}; {FILES_LAYER} (ABI {abi})" if abi else f"{LAYERS} (files: the static policy only; no Landlock)"
+    return layers + (f"; {SECCOMP_LAYER}" if seccomp_supported() else "; no seccomp filter for this machine")
 
 
 def _libc():
@@ -185,7 +209,8 @@ def apply_landlock(read_roots, write_roots) -> None:
 
 def file_rules(run_dir, *, reads=(), writes=()) -> tuple[list[str], list[str]]:
     """(read roots, write roots) of a sandbox that works in ``run_dir``: it reads the system, the Python
-    installation, the package and its seeds, the data caches and ``reads``; it writes ``run_dir`` and ``writes``.
+    installation, the package and its seeds, the datasets cache, the token cache (``cache_dir/tokens``: not the
+    scored split, which lives in ``cache_dir/scored``) and ``reads``; it writes ``run_dir`` and ``writes``.
     Never the ledger, results/, the rest of the source tree or the home folders (beyond what Python lives in)."""
     import site
     from pathlib import Path
@@ -200,7 +225,7 @@ def file_rules(run_dir, *, reads=(), writes=()) -> tuple[list[str], list[str]]:
     python = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent),
               *site.getsitepackages(), site.getusersitepackages()}
     read = sorted(set(SYSTEM_READ_ROOTS) | set(PROC_READ) | python | {str(package)} | seeds | hf
-                  | {str(default_cache_dir()), str(run_dir)} | {str(r) for r in reads})
+                  | {str(default_cache_dir() / "tokens"), str(run_dir)} | {str(r) for r in reads})
     # The datasets library writes lock files beside its cache even when it only reads.
     write = sorted(set(SYSTEM_WRITE_ROOTS) | hf | {str(run_dir)} | {str(w) for w in writes})
     return read, write
@@ -213,23 +238,29 @@ def unconfined_message(profile_name: str, reason: str) -> str:
             f"{ALLOW_UNCONFINED_ENV}=1 to run without it (every ledger row records it)")
 
 
-def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None) -> list[str]:
-    """The launcher's command line in front of ``cmd``; ``files``: (read roots, write roots) for Landlock."""
+def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None, seccomp: bool = False) -> list[str]:
+    """The launcher's command line in front of ``cmd``; ``files``: (read roots, write roots) for Landlock;
+    ``seccomp``: under the seccomp filter too."""
     options = []
     for path in (files or ([], []))[0]:
         options += ["--read", path]
     for path in (files or ([], []))[1]:
         options += ["--write", path]
+    if seccomp:
+        options.append("--seccomp")
     return [sys.executable, "-m", "harness.trusted.confine", *options, "--", *cmd]
 
 
-def _parse(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(read roots, write roots, command) of the launcher's arguments."""
-    read, write = [], []
-    while argv and argv[0] in ("--read", "--write"):
+def _parse(argv: list[str]) -> tuple[list[str], list[str], bool, list[str]]:
+    """(read roots, write roots, seccomp, command) of the launcher's arguments."""
+    read, write, seccomp = [], [], False
+    while argv and argv[0] in ("--read", "--write", "--seccomp"):
+        if argv[0] == "--seccomp":
+            seccomp, argv = True, argv[1:]
+            continue
         (read if argv[0] == "--read" else write).append(argv[1])
         argv = argv[2:]
-    return read, write, argv[1:] if argv[:1] == ["--"] else argv
+    return read, write, seccomp, argv[1:] if argv[:1] == ["--"] else argv
 
 
 def main(argv: list[str]) -> int:
@@ -247,7 +278,7 @@ def main(argv: list[str]) -> int:
         print(layers_here(*(argv[1:2] or ["cpu"])))
         return 0
     die_with_parent()
-    read, write, argv = _parse(argv)
+    read, write, seccomp, argv = _parse(argv)
     try:
         enter()
     except OSError as exc:
@@ -263,12 +294,16 @@ def main(argv: list[str]) -> int:
             os.set_inheritable(alive_r, True)
             os.environ[PARENT_PID_ENV] = "0"
             os.environ[PARENT_ALIVE_FD_ENV] = str(alive_r)
-            if read or write:
-                try:
+            try:
+                if read or write:
                     apply_landlock(read, write)
-                except OSError as exc:
-                    print(f"{FAILURE_PREFIX}{exc}", file=sys.stderr, flush=True)
-                    os._exit(EXIT_UNAVAILABLE)
+                if seccomp:  # last: it refuses calls the steps before make
+                    from harness.trusted import seccomp as filters
+
+                    filters.apply()
+            except OSError as exc:
+                print(f"{FAILURE_PREFIX}{exc}", file=sys.stderr, flush=True)
+                os._exit(EXIT_UNAVAILABLE)
             os.execvp(argv[0], argv)
         finally:
             os._exit(127)

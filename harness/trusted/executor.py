@@ -38,11 +38,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from harness.trusted import confine
 from harness.trusted.process_lifetime import PARENT_PID_ENV
 from harness.trusted.profiles import default_cache_dir
-from harness.trusted.scoring import SCORED_FIELDS
+from harness.trusted.scoring import SCORED_FIELDS, TRAINING_BEGINS
 
 EXECUTORS = ("local", "ray")
 STDERR_TAIL_CHARS = 4000
@@ -165,9 +166,11 @@ def start_limited(cmd: list[str], log_path: Path, env: dict | None = None) -> St
     return Started(proc, log)
 
 
-def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: bytes = b"") -> str:
+def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: bytes = b"",
+              on_poll: Callable[[], None] | None = None) -> str:
     """Write ``message`` to the process's stdin and close it, then kill its whole group past the wall-clock limit
-    (counted from now) or the resident-memory cap. Returns "exited", "timeout" or "memory"."""
+    (counted from now) or the resident-memory cap. ``on_poll`` is called at every poll while it runs. Returns
+    "exited", "timeout" or "memory"."""
     proc = started.proc
     deadline = time.monotonic() + limit_s
     outcome = "exited"
@@ -184,6 +187,8 @@ def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: by
                 outcome = "memory"
             if outcome != "exited":
                 break
+            if on_poll is not None:
+                on_poll()
             time.sleep(POLL_INTERVAL_S)
     finally:
         abandon(started)
@@ -261,19 +266,30 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
             return SandboxRun("infrastructure", None, error=confine.unconfined_message(request.get("profile", "?"),
                                                                                         unavailable))
         files = landlock_rules(request, tmp, writes=[default_cache_dir()] if mode == "prepare" else ())
+        seccomp = seccomp_applies(request)
         if unavailable:
             confinement, launched = f"none: {unavailable}", cmd
         else:
-            confinement = confine.LAYERS + (f"; {confine.FILES_LAYER}" if files else "")
-            launched = confine.wrap(cmd, files)
-        scorer, scorer_error = None, ""
-        if mode in TRAINING_RECORD:
+            confinement = confine.recorded(bool(files), seccomp)
+            launched = confine.wrap(cmd, files, seccomp)
+        scorer: list = []  # [Started] once started, [None, error] if it could not start
+        begins = _LogWatch(log_path, TRAINING_BEGINS)
+
+        def start_scorer() -> None:
+            if scorer or mode not in TRAINING_RECORD:
+                return
             try:
-                scorer = _start_scorer(mode, request, tmp, private, limit_s, memory_cap_mib, env, not unavailable)
+                scorer.append(_start_scorer(mode, request, tmp, private, limit_s, memory_cap_mib, env, not unavailable))
             except Exception as exc:  # noqa: BLE001 - a request it cannot plan for fails only if scoring is needed
-                scorer_error = f"{type(exc).__name__}: {exc}"
+                scorer.extend([None, f"{type(exc).__name__}: {exc}"])
+
+        def on_poll() -> None:
+            # Started as the training starts, it imports torch and starts its forward-only sandbox meanwhile.
+            if not scorer and begins.seen():
+                start_scorer()
+
         try:
-            outcome = run_limited(launched, limit_s, memory_cap_mib, log_path, env)
+            outcome = supervise(start_limited(launched, log_path, env), limit_s, memory_cap_mib, on_poll=on_poll)
             result = read_result(result_path) if outcome == "exited" and result_path.exists() else None
             log = tail(log_path)
             if result is None and not unavailable and log.startswith(confine.FAILURE_PREFIX):
@@ -282,14 +298,37 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
                                   execution={"confinement": confinement})
             run = SandboxRun(outcome, result, log, execution={"confinement": confinement})
             if result is not None and _trained(mode, result):
-                if scorer is None:
+                start_scorer()  # a training too short to be seen starting, or a log line the program suppressed
+                if scorer[0] is None:
                     return SandboxRun("infrastructure", None, log, error=f"the trusted scorer could not start: "
-                                      f"{scorer_error}", execution={"confinement": confinement})
-                _score(mode, run, private, scorer, limit_s, memory_cap_mib)
+                                      f"{scorer[1]}", execution={"confinement": confinement})
+                _score(mode, run, private, scorer[0], limit_s, memory_cap_mib)
             return run
         finally:
-            if scorer is not None and scorer.proc.poll() is None:
-                abandon(scorer)
+            if scorer and scorer[0] is not None and scorer[0].proc.poll() is None:
+                abandon(scorer[0])
+
+
+class _LogWatch:
+    """Whether a line holding ``marker`` has been written to a growing log file; reads only what is new."""
+
+    def __init__(self, path: Path, marker: str):
+        self.path, self.marker = path, marker.encode()
+        self.offset, self.carry, self.found = 0, b"", False
+
+    def seen(self) -> bool:
+        if not self.found:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self.offset)
+                    new = f.read()
+            except OSError:
+                return False
+            self.offset += len(new)
+            window = self.carry + new
+            self.found = self.marker in window
+            self.carry = window[-len(self.marker):]
+        return self.found
 
 
 def landlock_rules(request: dict, run_dir: Path, *, reads=(), writes=()) -> tuple[list[str], list[str]] | None:
@@ -299,10 +338,16 @@ def landlock_rules(request: dict, run_dir: Path, *, reads=(), writes=()) -> tupl
     builds; the cache folder is created here, since a rule needs an existing path."""
     if request.get("device", "cpu") != "cpu" or confine.landlock_abi() == 0:
         return None
-    default_cache_dir().mkdir(parents=True, exist_ok=True)
+    (default_cache_dir() / "tokens").mkdir(parents=True, exist_ok=True)
     source = Path(str(request.get("data_source", ""))).expanduser()
     reads = [*reads, *([source.resolve()] if source.exists() else [])]
     return confine.file_rules(run_dir, reads=reads, writes=writes)
+
+
+def seccomp_applies(request: dict) -> bool:
+    """Whether a confined sandbox runs under the seccomp filter: on CPU where the filter exists for the machine. Not
+    on CUDA until a GPU session shows the driver works under it (``confine``'s docstring)."""
+    return request.get("device", "cpu") == "cpu" and confine.seccomp_supported()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -338,7 +383,7 @@ def _start_scorer(mode: str, request: dict, tmp: Path, private: Path, limit_s: f
     forward_dir = tmp / "forward"
     plan = {"request": {**forward_request, "source": source}, "rungs": [list(r) for r in _scored_rungs(mode, request)],
             "weights_dir": str(tmp / "weights"), "forward_dir": str(forward_dir),
-            "files": landlock_rules(request, forward_dir, reads=[tmp / "weights"]),
+            "files": landlock_rules(request, forward_dir, reads=[tmp / "weights"]), "seccomp": seccomp_applies(request),
             "cache_dir": str(default_cache_dir()), "limit_s": limit_s, "memory_cap_mib": memory_cap_mib,
             "confined": confined, "env": env}
     (private / "plan.json").write_text(json.dumps(plan))

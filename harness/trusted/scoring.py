@@ -43,6 +43,10 @@ def _number(value, what: str, integer: bool = False) -> float:
     return value
 
 
+# The line a training sandbox logs when its training starts: the executor then starts the trusted scorer, so that a
+# program the gate rejects costs no scorer. A forged line only starts the scorer early.
+TRAINING_BEGINS = "training begins"
+
 # What the trusted scorer (harness.scorer) writes into each run, over whatever the training sandbox said.
 SCORED_FIELDS = ("final_val_loss", "non_embedding_params", "attention_params", "buffer_elements",
                  "scored_split_sha256")

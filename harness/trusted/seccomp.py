@@ -1,0 +1,132 @@
+"""The seccomp filter of a confined sandbox: system calls a training process never needs fail with EPERM.
+
+Applied by the launcher (``harness.trusted.confine``) in the sandbox's process 1, after the namespaces and Landlock,
+just before it runs the sandbox's command; every process the sandbox starts inherits it. It narrows what code past
+the static policy can ask of the kernel:
+
+- reaching other processes' memory or the kernel's keyrings: ``ptrace``, ``process_vm_readv``/``writev``, ``kcmp``,
+  ``keyctl``, ``add_key``, ``request_key`` (a user's keyring can hold credentials);
+- changing what files mean: ``mount`` and the new mount API, ``umount2``, ``pivot_root``, ``chroot``,
+  ``open_by_handle_at``, ``name_to_handle_at``;
+- leaving its namespaces or making new ones: ``setns``, ``unshare`` and ``clone`` with a namespace flag
+  (``clone3``, whose flags a filter cannot read, answers ENOSYS, and the C library then falls back to ``clone``);
+- kernel interfaces that are common exploit primitives: ``bpf``, ``perf_event_open``, ``userfaultfd``, io_uring;
+- the machine: modules, kexec, reboot, swap, accounting, quotas, the kernel log;
+- sockets other than Unix-domain ones, so that a sandbox has no network even where it shares the host's network
+  namespace.
+
+The filter is a classic BPF program built here (a dependency-free equivalent of what libseccomp would compile) for
+x86-64 and arm64; on any other architecture ``apply`` raises and the launcher reports the sandbox unconfined.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import platform
+import struct
+
+# Syscall numbers: x86-64 (asm/unistd_64.h) and the generic table arm64 uses (asm-generic/unistd.h).
+_NUMBERS = {
+    "x86_64": {
+        "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kcmp": 312, "keyctl": 250,
+        "add_key": 248, "request_key": 249, "mount": 165, "umount2": 166, "pivot_root": 155, "chroot": 161,
+        "open_by_handle_at": 304, "name_to_handle_at": 303, "open_tree": 428, "move_mount": 429, "fsopen": 430,
+        "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442, "setns": 308, "bpf": 321,
+        "perf_event_open": 298, "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426,
+        "io_uring_register": 427, "init_module": 175, "finit_module": 313, "delete_module": 176, "kexec_load": 246,
+        "kexec_file_load": 320, "reboot": 169, "swapon": 167, "swapoff": 168, "acct": 163, "quotactl": 179,
+        "syslog": 103, "unshare": 272, "clone": 56, "clone3": 435, "socket": 41,
+    },
+    "aarch64": {
+        "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272, "keyctl": 219,
+        "add_key": 217, "request_key": 218, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51,
+        "open_by_handle_at": 265, "name_to_handle_at": 264, "open_tree": 428, "move_mount": 429, "fsopen": 430,
+        "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442, "setns": 268, "bpf": 280,
+        "perf_event_open": 241, "userfaultfd": 282, "io_uring_setup": 425, "io_uring_enter": 426,
+        "io_uring_register": 427, "init_module": 105, "finit_module": 273, "delete_module": 106, "kexec_load": 104,
+        "kexec_file_load": 294, "reboot": 142, "swapon": 224, "swapoff": 225, "acct": 89, "quotactl": 60,
+        "syslog": 116, "unshare": 97, "clone": 220, "clone3": 435, "socket": 198,
+    },
+}
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_X32_SYSCALL_BIT = 0x40000000  # x86-64's x32 ABI: another numbering, refused whole
+
+# Refused outright (the special cases follow).
+DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "keyctl", "add_key", "request_key", "mount",
+          "umount2", "pivot_root", "chroot", "open_by_handle_at", "name_to_handle_at", "open_tree", "move_mount",
+          "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "setns", "bpf", "perf_event_open",
+          "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "init_module", "finit_module",
+          "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "acct", "quotactl",
+          "syslog")
+# Namespace flags of clone and unshare: CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME.
+NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x80
+AF_UNIX = 1
+
+# Classic BPF and seccomp constants (linux/filter.h, linux/seccomp.h).
+_LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+_RET_ALLOW, _RET_ERRNO, _RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
+_OFFSET_NR, _OFFSET_ARCH, _OFFSET_ARG0 = 0, 4, 16  # struct seccomp_data; arg0's low word (little-endian)
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+
+
+def _stmt(code: int, k: int) -> tuple:
+    return code, 0, 0, k
+
+
+def _jump(code: int, k: int, jt: int, jf: int) -> tuple:
+    return code, jt, jf, k
+
+
+def supported_machine(machine: str | None = None) -> bool:
+    return (machine or platform.machine()) in _NUMBERS
+
+
+def program(machine: str | None = None) -> list[tuple]:
+    """The filter for ``machine`` (``platform.machine()`` by default) as (code, jt, jf, k) instructions."""
+    machine = machine or platform.machine()
+    if machine not in _NUMBERS:
+        raise OSError(errno.ENOSYS, f"no seccomp filter for the {machine} architecture")
+    nr = _NUMBERS[machine]
+    eperm, enosys = _RET_ERRNO | errno.EPERM, _RET_ERRNO | errno.ENOSYS
+    prog = [_stmt(_LD_W_ABS, _OFFSET_ARCH),
+            _jump(_JEQ_K, _AUDIT_ARCH[machine], 1, 0),
+            _stmt(_RET_K, _RET_KILL_PROCESS),  # a syscall of another ABI, whose numbers mean other calls
+            _stmt(_LD_W_ABS, _OFFSET_NR)]
+    if machine == "x86_64":
+        prog += [_jump(_JGE_K, _X32_SYSCALL_BIT, 0, 1), _stmt(_RET_K, eperm)]
+    for name in DENIED:
+        prog += [_jump(_JEQ_K, nr[name], 0, 1), _stmt(_RET_K, eperm)]
+    prog += [_jump(_JEQ_K, nr["clone3"], 0, 1), _stmt(_RET_K, enosys)]
+    # clone and unshare: refused with a namespace flag in their first argument (the flags on both architectures).
+    for name in ("clone", "unshare"):
+        prog += [_jump(_JEQ_K, nr[name], 0, 4),
+                 _stmt(_LD_W_ABS, _OFFSET_ARG0),
+                 _jump(_JSET_K, NAMESPACE_FLAGS, 0, 1),
+                 _stmt(_RET_K, eperm),
+                 _stmt(_RET_K, _RET_ALLOW)]
+    # socket: Unix-domain only.
+    prog += [_jump(_JEQ_K, nr["socket"], 0, 3),
+             _stmt(_LD_W_ABS, _OFFSET_ARG0),
+             _jump(_JEQ_K, AF_UNIX, 1, 0),
+             _stmt(_RET_K, _RET_ERRNO | errno.EAFNOSUPPORT)]
+    prog += [_stmt(_RET_K, _RET_ALLOW)]
+    return prog
+
+
+def apply() -> None:
+    """Install the filter on this thread (and what it starts). Raises OSError when the kernel refuses."""
+    prog = program()
+    raw = b"".join(struct.pack("=HBBI", *instruction) for instruction in prog)
+    buffer = ctypes.create_string_buffer(raw, len(raw))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(prog), ctypes.cast(buffer, ctypes.c_void_p))
+    libc = ctypes.CDLL(None, use_errno=True)
+    for args in ((PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+                 (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0)):
+        if libc.prctl(*[ctypes.c_ulong(a) for a in args]) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"seccomp refused: {errno.errorcode.get(code, code)}")
