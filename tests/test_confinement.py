@@ -241,12 +241,10 @@ def test_the_layers_command_says_what_a_sandbox_gets_here():
 def test_an_evaluated_program_cannot_reach_the_kernel_keyrings_or_make_a_namespace(smoke_env, tmp_path, monkeypatch):
     """Past the static policy, through ctypes: the user's keyring (which can hold credentials) and a new user
     namespace are refused by the seccomp filter, in the sandbox the evaluator starts."""
-    import platform
-
-    from harness.trusted.seccomp import _NUMBERS
+    from harness.trusted import seccomp
 
     _past_the_static_policy(monkeypatch)
-    numbers = _NUMBERS[platform.machine()]
+    numbers = seccomp.numbers()
     for name, args in (("keyctl", "0, -4, 0"), ("unshare", "0x10000000")):
         attempt = (f"ct = os_.sys.modules['ctypes']; lib = ct.CDLL(None, use_errno=True); "
                    f"r = lib.syscall({numbers[name]}, {args}); "
@@ -257,9 +255,9 @@ def test_an_evaluated_program_cannot_reach_the_kernel_keyrings_or_make_a_namespa
 
 # Run in the sandbox's place by the seccomp tests: each call's errno name, or "ok".
 SYSCALL_PROBE = """
-import ctypes, errno, json, platform, socket, subprocess, sys, threading
-from harness.trusted.seccomp import _NUMBERS
-nr = _NUMBERS[platform.machine()]
+import ctypes, errno, json, socket, subprocess, sys, threading
+from harness.trusted.seccomp import numbers
+nr = numbers()
 libc = ctypes.CDLL(None, use_errno=True)
 out = {}
 def call(name, *args):

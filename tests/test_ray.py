@@ -18,7 +18,7 @@ import pytest
 
 import adversarial
 from processes import all_gone, children
-from harness.trusted import confine, ledger
+from harness.trusted import confine, ledger, seccomp
 from harness.trusted import program
 from harness.trusted.evaluate import evaluate, prepare
 from harness.trusted.frameworks import FRAMEWORKS
@@ -143,6 +143,7 @@ def test_the_trust_boundary_holds_on_ray_workers(ray_cluster, tmp_path, monkeypa
     when scored, a training record forged past the static checks, and file access past them."""
     import security
     import test_scorer
+    import test_security
     from harness.trusted import evaluate as evaluate_module
     from harness.trusted.evaluate import sandbox_request
     from harness.trusted.executor import run_sandbox
@@ -160,14 +161,33 @@ def test_the_trust_boundary_holds_on_ray_workers(ray_cluster, tmp_path, monkeypa
     assert run.result["objective"]["runs"][0]["final_monitor_loss"] == 0.01, "the forger ran"
     assert run.result["objective"]["runs"][0]["final_val_loss"] == prepared["baseline"]["final_loss"]
 
-    if confine.unavailable_reason() is None and confine.landlock_abi():
-        monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
-        secret = tmp_path / "secret.txt"
-        secret.write_text("sk-" + secrets.token_hex(8))
-        attack = security.Attack("probe", "none", f"getattr(torch, 'os').open({str(secret)!r}, 0)")
-        result = evaluate("ttr", str(_write(tmp_path, "reads", attack.source("unused", "UNUSED"))), executor_name="ray")
-        assert result.artifacts["reason"] == "crash" and "Permission denied" in result.artifacts["message"], \
-            result.artifacts["message"]
+    # A patch of torch made past the static checks, seen by the run-time snapshot on the worker.
+    payload, name, stage = test_security.PATCHES["at_load"]
+    request = sandbox_request("ttr", prepared["profile"], prepared["ledger"], source=security.SEED + "\n" + payload)
+    run = run_sandbox("evaluate", request, 180.0, 8192, executor="ray")
+    assert run.result["reason"] == "policy" and name in run.result["message"] and stage in run.result["message"]
+
+    if confine.unavailable_reason() is not None:
+        return
+    # Past the static policy: what the OS layers stop, on a worker as on this host (tests/test_confinement.py).
+    monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
+    secret = tmp_path / "secret.txt"
+    secret.write_text("sk-" + secrets.token_hex(8))
+    attempts = {"signal_the_driver": (f"getattr(torch, 'os').kill({os.getpid()}, 9)", "No such process")}
+    if confine.landlock_abi():
+        attempts["read_a_planted_secret"] = (f"getattr(torch, 'os').open({str(secret)!r}, 0)", "Permission denied")
+    if confine.seccomp_supported():
+        keyctl = seccomp.numbers()["keyctl"]
+        attempts["read_the_keyring"] = (
+            f"ct = getattr(torch, 'os').sys.modules['ctypes']; lib = ct.CDLL(None, use_errno=True); "
+            f"(_ for _ in ()).throw(OSError(ct.get_errno(), 'refused')) if lib.syscall({keyctl}, 0, -4, 0) < 0 else 0",
+            "refused")
+    for name, (attempt, refusal) in attempts.items():
+        attack = security.Attack("probe", "none", attempt)
+        result = evaluate("ttr", str(_write(tmp_path, name, attack.source("unused", "UNUSED"))), executor_name="ray")
+        assert result.artifacts["reason"] == "crash" and refusal in result.artifacts["message"], \
+            (name, result.artifacts["message"])
+        assert "ray" in result.artifacts["execution"]
 
 
 def _sandbox_under_a_ray_worker(timeout_s: float = 60.0) -> tuple[int, int]:

@@ -82,6 +82,11 @@ def supported_machine(machine: str | None = None) -> bool:
     return (machine or platform.machine()) in _NUMBERS
 
 
+def numbers(machine: str | None = None) -> dict[str, int]:
+    """The syscall numbers the filter names, for ``machine`` (this one by default)."""
+    return dict(_NUMBERS[machine or platform.machine()])
+
+
 def program(machine: str | None = None) -> list[tuple]:
     """The filter for ``machine`` (``platform.machine()`` by default) as (code, jt, jf, k) instructions."""
     machine = machine or platform.machine()
