@@ -120,13 +120,14 @@ def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(sm
         "write_outside_the_run_folder": f"os_.open({str(tmp_path / 'written')!r}, os_.O_WRONLY | os_.O_CREAT)",
         "write_the_token_cache": f"os_.open({str(entry / 'monitor.npy')!r}, os_.O_WRONLY)",
         "read_the_scored_split": f"os_.read(os_.open({str(scored)!r}, os_.O_RDONLY), 100)",
+        "truncate_a_file_of_the_user": f"os_.truncate({str(secret)!r}, 0)",
         "read_the_ledger": f"os_.read(os_.open({os.environ['HARNESS_LEDGER']!r}, os_.O_RDONLY), 100)",
     }
     for name, attempt in attempts.items():
         result = evaluate(security.FRAMEWORK, _candidate(tmp_path, attempt))
         assert _outcome(result) == "Permission denied", name
         assert secret_value not in str(result.artifacts), name
-    assert not (tmp_path / "written").exists()
+    assert not (tmp_path / "written").exists() and secret.read_text() == secret_value
     assert (entry / "monitor.npy").read_bytes() == cache_before
 
 

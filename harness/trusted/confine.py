@@ -48,7 +48,12 @@ LANDLOCK_RULE_PATH_BENEATH = 1
 # Landlock ABI 1 file-system rights (the ones every kernel with Landlock knows).
 FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 FS_ALL_V1 = (1 << 13) - 1
+# Rights later ABIs add: moving files between folders (2), truncating (3), ioctl on devices (5). Each is handled
+# where the kernel knows it; unhandled, the right is not restricted at all: under ABI 1's rights alone a sandbox
+# could truncate any file of the user's, the ledger included.
+FS_REFER, FS_TRUNCATE, FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
+FS_FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV  # the rights a file can have
 PR_SET_NO_NEW_PRIVS = 38
 # What any sandbox may read besides Python, the package and its own folders: the system's files.
 SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/etc", "/sys", "/dev",
@@ -180,19 +185,22 @@ def apply_landlock(read_roots, write_roots) -> None:
         return OSError(errno, f"Landlock {step}: {os.strerror(errno)}")
 
     libc = _libc()
-    attr = RulesetAttr(FS_ALL_V1)
+    abi = landlock_abi()
+    handled = FS_ALL_V1 | (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0) \
+        | (FS_IOCTL_DEV if abi >= 5 else 0)
+    attr = RulesetAttr(handled)
     fd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
                       ctypes.c_uint32(0))
     if fd < 0:
         raise fail("create_ruleset")
     try:
-        for path, access in [(p, FS_READ) for p in read_roots] + [(p, FS_ALL_V1) for p in write_roots]:
+        for path, access in [(p, FS_READ) for p in read_roots] + [(p, handled) for p in write_roots]:
             try:
                 parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError:
                 continue
             if not os.path.isdir(path):
-                access &= FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE  # directory rights are refused on a file
+                access &= FS_FILE_RIGHTS  # directory rights are refused on a file
             rule = PathBeneath(access, parent)
             rc = libc.syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_int(fd), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
                               ctypes.byref(rule), ctypes.c_uint32(0))
