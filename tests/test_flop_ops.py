@@ -215,3 +215,41 @@ def test_fused_lstm_kernel_costs_what_its_decomposition_costs(batch, length, inp
         pytest.skip("this build of torch runs the LSTM without its fused CPU kernel")
     assert not any("mkldnn" in op for op in decomposed_ops)
     assert fused == pytest.approx(decomposed, rel=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# Elementwise ops: one per output element; reductions: one per input element
+# ---------------------------------------------------------------------------------------------
+
+_UNARY = ["exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "abs", "neg", "reciprocal", "square",
+          "erf", "expm1", "log1p", "sign", "floor", "relu"]
+_BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "pow", "atan2", "eq", "lt"]
+_ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "softplus": F.softplus, "elu": F.elu, "leaky_relu": F.leaky_relu,
+                "hardtanh": F.hardtanh, "mish": F.mish}
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 7, 9)])
+def test_elementwise_ops_charge_their_output(shape):
+    numel = math.prod(shape)
+    x, y = torch.rand(shape) + 0.5, torch.rand(shape) + 0.5  # positive: every op is defined
+    calls = {**{name: (lambda name=name: getattr(torch, name)(x)) for name in _UNARY},
+             **{name: (lambda name=name: getattr(torch, name)(x, y)) for name in _BINARY},
+             **{name: (lambda fn=fn: fn(x)) for name, fn in _ACTIVATIONS.items()}}
+    for name, call in calls.items():
+        report = audit_flops(call)  # one op, whatever torch calls it (square is pow): one charge per element
+        assert (report.total, report.elementwise, len(report.by_op)) == (numel, numel, 1), (name, report.by_op)
+    # broadcasting: the output's size, not the inputs'
+    row = torch.rand(shape[-1])
+    assert audit_flops(lambda: x * row).by_op == {"aten.mul": numel}
+    assert audit_flops(lambda: torch.where(x > 1.0, x, y)).by_op == {"aten.gt": numel, "aten.where": numel}
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 7, 9)])
+def test_reductions_charge_their_input(shape):
+    numel = math.prod(shape)
+    x = torch.rand(shape)
+    for name in ("sum", "mean", "amax", "amin", "prod", "var", "std", "logsumexp", "argmax"):
+        reduce = getattr(torch, name)
+        assert audit_flops(lambda: reduce(x, -1)).by_op == {f"aten.{name}": numel}, name
+    assert audit_flops(lambda: x.sum()).by_op == {"aten.sum": numel}
+    assert audit_flops(lambda: torch.linalg.vector_norm(x, dim=-1)).by_op == {"aten.linalg_vector_norm": numel}
