@@ -16,6 +16,26 @@ import torch.nn.functional as F
 
 from harness.trusted.frameworks import ATTENTION_KWARGS  # noqa: F401 - also read here by stored programs and tools
 
+# The functions the frozen model computes with, captured when this module is imported, before any program loads: a
+# program that replaces torch's functions or the nn classes' methods at run time (past the static policy, and
+# between two of the run-time snapshot's checks) still cannot change what the frozen parts compute. The nn modules
+# below hold the parameters; their forward methods are not called.
+_linear, _layer_norm, _gelu, _dropout, _embedding, _cross_entropy = (
+    F.linear, F.layer_norm, F.gelu, F.dropout, F.embedding, F.cross_entropy)
+_add, _mul, _narrow = torch.add, torch.mul, torch.narrow
+
+
+def _apply_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return _linear(x, layer.weight, layer.bias)
+
+
+def _apply_layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return _layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def _apply_dropout(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    return _dropout(x, drop.p, drop.training, drop.inplace)
+
 
 def sinusoidal_positions(max_seq_len: int, d_model: int) -> torch.Tensor:
     position = torch.arange(max_seq_len, dtype=torch.float32)[:, None]
@@ -34,7 +54,7 @@ class FeedForward(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc_out(F.gelu(self.fc_in(x))))
+        return _apply_dropout(self.drop, _apply_linear(self.fc_out, _gelu(_apply_linear(self.fc_in, x))))
 
 
 class TensorSubclassError(TypeError):
@@ -58,8 +78,9 @@ class Block(nn.Module):
         self.ffn = FeedForward(d_model, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(plain_tensor(self.attn(self.ln_attn(x)), "the attention's forward"))
-        return x + self.ffn(self.ln_ffn(x))
+        mixed = plain_tensor(self.attn(_apply_layer_norm(self.ln_attn, x)), "the attention's forward")
+        x = _add(x, _apply_dropout(self.drop, mixed))
+        return _add(x, FeedForward.forward(self.ffn, _apply_layer_norm(self.ln_ffn, x)))
 
 
 class LanguageModel(nn.Module):
@@ -117,16 +138,17 @@ class LanguageModel(nn.Module):
         T = idx.shape[1]
         if T > self.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len {self.max_seq_len}")
-        x = self.drop(self.tok_emb(idx) * self.embed_scale + self.pos_emb[:T])
+        tokens = _mul(_embedding(idx, self.tok_emb.weight), self.embed_scale)
+        x = _apply_dropout(self.drop, _add(tokens, _narrow(self.pos_emb, 0, 0, T)))
         for block in self.blocks:
-            x = block(x)
+            x = Block.forward(block, x)
         return x
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
-        logits = self.lm_head(self.ln_final(self.hidden(idx)))
+        logits = _linear(_apply_layer_norm(self.ln_final, self.hidden(idx)), self.lm_head.weight)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
+        loss = _cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
         if reduction == "none":
             loss = loss.view(targets.shape)
         return logits, loss

@@ -8,11 +8,13 @@ import sys
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.trusted.frameworks import FRAMEWORKS, REPO_ROOT
 from harness.trusted.profiles import FULL_LADDER
 from harness.sandbox.loader import load_attention
+from harness import scaffold
 from harness.scaffold import build_model, count_params, non_embedding_params, sinusoidal_positions
 
 SEED_CLS = load_attention(FRAMEWORKS["ttr"].seed_source(), "ttr.py")
@@ -50,12 +52,44 @@ def test_scaffold_matches_the_written_out_architecture(rung):
     torch.testing.assert_close(logits, reference_forward(model, idx), atol=1e-5, rtol=1e-5)
 
 
-def test_a_swapped_activation_would_be_caught():
+def test_a_swapped_activation_would_be_caught(monkeypatch):
     model = build_model(SEED_CLS, (32, 2, 2), vocab_size=97, max_seq_len=16, dropout=0.0, seed=3).eval()
     idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(0))
-    for block in model.blocks:
-        block.ffn.forward = lambda x, b=block.ffn: b.fc_out(F.relu(b.fc_in(x)))
+    monkeypatch.setattr(scaffold, "_gelu", F.relu)  # the function the frozen FFN captured at import
     assert not torch.allclose(model(idx)[0], reference_forward(model, idx), atol=1e-4)
+
+
+def test_the_frozen_model_computes_with_what_it_captured_at_import(monkeypatch):
+    """Replacing torch's functions, the nn classes' methods or a frozen module's forward at run time, as a program
+    past the static policy could, changes nothing the frozen parts compute."""
+    model = build_model(_RunningMean, (32, 2, 2), vocab_size=97, max_seq_len=16, dropout=0.0, seed=3).eval()
+    idx = torch.randint(0, 97, (2, 17), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(idx[:, :-1], idx[:, 1:])
+    monkeypatch.setattr(F, "gelu", lambda x, approximate="none": x)
+    monkeypatch.setattr(F, "layer_norm", lambda x, *args, **kwargs: x)
+    monkeypatch.setattr(F, "cross_entropy", lambda *args, **kwargs: torch.tensor(0.0))
+    monkeypatch.setattr(torch, "add", lambda a, b, **kwargs: a)
+    monkeypatch.setattr(nn.Linear, "forward", lambda self, x: x)
+    monkeypatch.setattr(nn.Embedding, "forward", lambda self, x: torch.zeros(*x.shape, self.embedding_dim))
+    for block in model.blocks:
+        block.ffn.forward = lambda x: x
+        block.ln_ffn.forward = lambda x: x
+    with torch.no_grad():
+        after = model(idx[:, :-1], idx[:, 1:])
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+
+
+class _RunningMean(torch.nn.Module):
+    """An attention built from tensor methods only, so that the patches above leave it alone."""
+
+    def __init__(self, d_model, n_heads, dropout=0.0, max_seq_len=16):
+        super().__init__()
+        self.mix = torch.nn.Parameter(torch.eye(d_model))
+
+    def forward(self, x):
+        steps = torch.arange(1, x.shape[1] + 1, dtype=x.dtype).view(1, -1, 1)
+        return (x.cumsum(1) / steps) @ self.mix
 
 
 def test_head_is_tied_to_the_embedding_and_counted_once():
