@@ -100,3 +100,22 @@ def test_a_sandbox_whose_parent_already_died_exits(tmp_path):
     done = subprocess.run([sys.executable, "-c", "from harness.trusted.process_lifetime import die_with_parent; die_with_parent(); "
                            "print('still here')"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "still here" not in done.stdout
+
+
+def test_the_log_watch_finds_its_marker_across_reads_and_reads_a_flood_a_slice_at_a_time(tmp_path, monkeypatch):
+    from harness.trusted.executor import _LogWatch
+
+    log = tmp_path / "sandbox.log"
+    watch = _LogWatch(log, "training begins")
+    assert not watch.seen()  # no file yet
+    log.write_bytes(b"gate shape: 0.1s\ntraining be")
+    assert not watch.seen()
+    with open(log, "ab") as f:
+        f.write(b"gins\n")
+    assert watch.seen() and watch.seen()  # split across two reads, and it stays found
+    monkeypatch.setattr(executor, "LOG_WATCH_BYTES", 1000)
+    flood = tmp_path / "flood.log"
+    flood.write_bytes(b"x" * 5000 + b"training begins\n")
+    watch = _LogWatch(flood, "training begins")
+    sightings = [watch.seen() for _ in range(6)]
+    assert sightings == [False] * 5 + [True] and watch.offset <= 6000

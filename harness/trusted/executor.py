@@ -47,6 +47,7 @@ from harness.trusted.scoring import SCORED_FIELDS, TRAINING_BEGINS
 
 EXECUTORS = ("local", "ray")
 STDERR_TAIL_CHARS = 4000
+LOG_WATCH_BYTES = 1 << 20  # of a sandbox's log read per poll while watching for the training's start
 POLL_INTERVAL_S = 0.2
 # The submit process holds a Ray driver (~300 MiB) and nothing of the candidate: its cap only guards leaks.
 SUBMIT_MEMORY_CAP_MIB = 4096
@@ -310,7 +311,9 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
 
 
 class _LogWatch:
-    """Whether a line holding ``marker`` has been written to a growing log file; reads only what is new."""
+    """Whether a line holding ``marker`` has been written to a growing log file. Each look reads only what is new, and
+    at most ``LOG_WATCH_BYTES``: a program that floods its log delays the sighting (the scorer then starts when the
+    sandbox ends), never fills this process's memory."""
 
     def __init__(self, path: Path, marker: str):
         self.path, self.marker = path, marker.encode()
@@ -321,7 +324,7 @@ class _LogWatch:
             try:
                 with open(self.path, "rb") as f:
                     f.seek(self.offset)
-                    new = f.read()
+                    new = f.read(LOG_WATCH_BYTES)
             except OSError:
                 return False
             self.offset += len(new)
