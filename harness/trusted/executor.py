@@ -349,7 +349,7 @@ def landlock_rules(request: dict, run_dir: Path, *, reads=(), writes=()) -> tupl
 
 def seccomp_applies(request: dict) -> bool:
     """Whether a confined sandbox runs under the seccomp filter: on CPU where the filter exists for the machine. Not
-    on CUDA until a GPU session shows the driver works under it (``confine``'s docstring)."""
+    on CUDA until a run on a GPU machine shows the driver works under it (``confine``'s docstring)."""
     return request.get("device", "cpu") == "cpu" and confine.seccomp_supported()
 
 
