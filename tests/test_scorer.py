@@ -11,16 +11,18 @@ import torch
 import adversarial
 import security
 from harness.scaffold import build_model
-from harness.scorer.score import (STATE_RTOL, Rejection, check_states, head_loss, layout, load_weights)
+from harness.scorer.score import Rejection, check_states, head_loss, layout, load_weights
 from harness.sandbox.loader import load_attention
 from harness.sandbox.train import save_weights
 from harness.trusted import executor
 from harness.trusted.evaluate import evaluate, prepare, sandbox_request
 from harness.trusted.frameworks import get_framework
+from harness.trusted.profiles import get_profile
 from harness.trusted.reasons import Reason
 from harness.trusted.scoring import TRAINING_BEGINS, objective_from_untrusted
 
 RUNG, VOCAB, CONTEXT = (32, 2, 2), 512, 16
+RTOL = get_profile("smoke").gate.trained_state_rtol
 
 
 def _seed_model():
@@ -97,16 +99,16 @@ def test_each_way_a_forward_pass_can_cheat_is_caught_and_named():
         "statefulness": lambda row, b, _: causal(row) + b,  # drifts with the batches seen before
         "batch_independence": lambda row, b, batch: causal(row) + batch.mean(),  # mixes its batch
     }
-    checks = check_states(_states(lay, causal), lay, RUNG)
-    assert max(checks.values()) <= STATE_RTOL
+    checks = check_states(_states(lay, causal), lay, RUNG, RTOL)
+    assert max(checks.values()) <= RTOL
     for reason, fn in cheats.items():
         with pytest.raises(Rejection) as caught:
-            check_states(_states(lay, fn), lay, RUNG)
+            check_states(_states(lay, fn), lay, RUNG, RTOL)
         assert caught.value.reason == Reason(reason), (reason, caught.value.message)
     broken = _states(lay, causal)
     broken[lay.position[lay.canaries[0][0]], 0, 0] = np.nan
     with pytest.raises(Rejection) as caught:
-        check_states(broken, lay, RUNG)
+        check_states(broken, lay, RUNG, RTOL)
     assert caught.value.reason == Reason.NONFINITE
 
 

@@ -305,16 +305,13 @@ def _state_words(module: nn.Module) -> float:
 def check_params(attention_cls: type, baseline_cls: type, g: Geometry, profile, tolerance: float) -> dict:
     base = construct(baseline_cls, g)
     cand = construct(attention_cls, g)
-    base_n, cand_n = count_params(base), count_params(cand)
-    with torch.no_grad():
+    base_n = count_params(base)
+    with torch.no_grad():  # _call refuses a forward that creates or changes parameters
         _call(cand, torch.randn(1, g.context_len, g.d_model), "parameter")
     after_n = count_params(cand)
     limit = math.floor(base_n * (1.0 + tolerance))
     metrics = {"attention_params": after_n, "baseline_attention_params": base_n,
                "param_ratio": after_n / base_n}
-    if after_n != cand_n:
-        raise GateFailure(Reason.PARAM_PARITY, f"parameters created during forward: {cand_n} before the first "
-                          f"call, {after_n} after. Create every parameter in __init__.", metrics)
     if after_n > limit:
         raise GateFailure(Reason.PARAM_PARITY, f"{after_n} trainable attention parameters exceed the budget of "
                           f"{limit} (baseline {base_n} + {tolerance:.0%})", metrics)

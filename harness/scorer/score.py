@@ -43,7 +43,7 @@ from harness.data import DataError, open_cached, validation_windows
 from harness.trusted import confine
 from harness.trusted.executor import Started, abandon, read_result, start_limited, supervise, tail
 from harness.trusted.process_lifetime import die_with_parent
-from harness.trusted.profiles import Gate, get_profile
+from harness.trusted.profiles import get_profile
 from harness.trusted.reasons import Reason
 
 # The scaffold's final norm is nn.LayerNorm(d_model) with torch's default epsilon. tests/test_scorer.py checks that
@@ -52,7 +52,6 @@ LAYER_NORM_EPS = 1e-5
 # One canary per this many scored windows, and at least the minimum; the same for duplicates.
 CANARY_EVERY, MIN_CANARIES = 16, 4
 DUPLICATE_EVERY, MIN_DUPLICATES = 32, 2
-STATE_RTOL = Gate.trained_state_rtol
 SCORE_CHUNK_WINDOWS = 64  # windows whose loss is computed at a time
 ATTENTION_PARAM = re.compile(r"blocks\.\d+\.attn\.")
 
@@ -145,8 +144,9 @@ def layout(windows: np.ndarray, rng: np.random.Generator, batch: int) -> Layout:
                   [int(i) for i in duplicated], batch, repeated)
 
 
-def check_states(hidden: np.ndarray, lay: Layout, rung: tuple) -> dict:
-    """The tests of one rung's hidden states, each of which names one cause; Rejection when one fails:
+def check_states(hidden: np.ndarray, lay: Layout, rung: tuple, rtol: float) -> dict:
+    """The tests of one rung's hidden states, each of which names one cause; Rejection when one fails (states that
+    must be equal may differ by ``rtol`` relative to their scale, the profile's ``Gate.trained_state_rtol``):
     1. the repeated batch, run last, equals its first run: otherwise the forward pass carries state;
     2. a duplicate window, in another batch, equals its original: otherwise it depends on its batch;
     3. a canary's states before its splice equal its original's: otherwise it reads the future."""
@@ -159,21 +159,21 @@ def check_states(hidden: np.ndarray, lay: Layout, rung: tuple) -> dict:
     where = f"on the trained model at rung {tuple(rung)}"
     first, again = lay.repeated_batch * lay.batch, len(lay.inputs) - lay.batch
     worst_repeat = compare(hidden[first : first + lay.batch], hidden[again:])
-    if worst_repeat > STATE_RTOL:
+    if worst_repeat > rtol:
         raise Rejection(Reason.STATEFULNESS, f"{where}, the same batch run twice gave different states "
                         f"({worst_repeat:.3g}, relative): the forward pass depends on what it processed before")
     worst_duplicate = worst_canary = 0.0
     first_duplicate = lay.n_scored + len(lay.canaries)
     for r, i in enumerate(lay.duplicates):
         worst_duplicate = max(worst_duplicate, compare(hidden[lay.position[i]], hidden[lay.position[first_duplicate + r]]))
-        if worst_duplicate > STATE_RTOL:
+        if worst_duplicate > rtol:
             raise Rejection(Reason.BATCH_INDEPENDENCE, f"{where}, the same window gave different states in two "
                             f"batches ({worst_duplicate:.3g}, relative): a window's states depend on the other "
                             "windows of its batch or on its place in it")
     for c, (i, k) in enumerate(lay.canaries):
         original, canary = hidden[lay.position[i], :k], hidden[lay.position[lay.n_scored + c], :k]
         worst_canary = max(worst_canary, compare(original, canary))
-        if worst_canary > STATE_RTOL:
+        if worst_canary > rtol:
             raise Rejection(Reason.LEAK_AFTER_TRAINING, f"{where}, changing the tokens from position {k} on changed "
                             f"the states at positions < {k} by {worst_canary:.3g} (relative): the model reads future "
                             "tokens")
@@ -291,7 +291,7 @@ def score(plan: dict, forward: Started) -> dict:
     for i, (rung, w) in enumerate(zip(rungs, weights)):
         hidden = read_hidden(Path(plan["forward_dir"]) / "hidden" / f"rung{i}.npy",
                              (len(lay.inputs), profile.context_len_tokens, rung[0]))
-        for key, value in check_states(hidden, lay, rung).items():
+        for key, value in check_states(hidden, lay, rung, profile.gate.trained_state_rtol).items():
             checks[key] = max(checks[key], value)
         out.append({"rung": list(rung), "final_val_loss": scored_loss(hidden, lay, windows, w, device), **w.counts(),
                     "scored_split_sha256": split_sha256})
