@@ -1,4 +1,5 @@
-"""Shared fixtures. Every test runs offline, on CPU, under the smoke profile, with its own cache and ledger."""
+"""Shared fixtures. Every test runs offline, on CPU, under the smoke profile, with its own cache and ledger (``harness
+gpu-check`` runs some of them under smoke-cuda: ``security.PROFILE``)."""
 
 import os
 import sys
@@ -14,11 +15,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def smoke_env(tmp_path_factory):
-    """Environment for anything that spawns the sandbox: smoke profile, a session-wide data cache (the
-    synthetic corpus is tokenised once), and a fresh ledger. Restores the environment afterwards."""
+    """Environment for anything that spawns the sandbox: the smoke profile (``security.PROFILE``), a session-wide
+    data cache (the synthetic corpus is tokenised once), and a fresh ledger. Restores the environment afterwards."""
+    from security import PROFILE
+
     root = tmp_path_factory.mktemp("harness")
     values = {
-        "HARNESS_PROFILE": "smoke",
+        "HARNESS_PROFILE": PROFILE,
         "HARNESS_CACHE": str(root / "cache"),
         "HARNESS_LEDGER": str(root / "ledger.sqlite"),
         "HF_DATASETS_OFFLINE": "1",

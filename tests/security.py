@@ -6,10 +6,17 @@ the marker file ``{marker}``, the secret written into it, the parent killed, the
 ``{secret_env}`` are filled in per test.
 """
 
+import os
 from dataclasses import dataclass
 
 from adversarial import CLASS, FRAMEWORK, SEED  # noqa: F401 - the same seed as the adversarial corpus
 from harness.trusted import program
+from harness.trusted.profiles import get_profile
+
+# The profile the tests' evaluations run under (``conftest.smoke_env``): smoke, on the CPU; ``harness gpu-check`` runs
+# the security corpus and the confinement tests again under smoke-cuda, so that they hold on a GPU machine too.
+PROFILE = os.environ.get("HARNESS_TEST_PROFILE", "smoke")
+DEVICE = get_profile(PROFILE).device
 
 BLOCK = '''
 class {cls}(nn.Module):

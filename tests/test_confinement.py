@@ -26,16 +26,23 @@ from harness.trusted.evaluate import evaluate, prepare
 from harness.trusted.policy import PolicyReport
 from harness.trusted.profiles import ALLOW_UNCONFINED_ENV, ConfigError, get_profile
 
-UNAVAILABLE = confine.unavailable_reason()
+# What a sandbox on the tests' device (``security.DEVICE``: the CPU, or the GPU under gpu-check) gets here.
+UNAVAILABLE = confine.unavailable_reason(security.DEVICE)
+LAYERS = confine.device_layers(security.DEVICE)
 needs_confinement = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"this machine cannot confine: {UNAVAILABLE}")
+sandbox_files = pytest.mark.skipif(UNAVAILABLE is not None or not LAYERS.files,
+                                   reason=f"a sandbox on {security.DEVICE} gets no Landlock here: "
+                                          f"{UNAVAILABLE or LAYERS.files_absent}")
+sandbox_seccomp = pytest.mark.skipif(UNAVAILABLE is not None or not LAYERS.seccomp,
+                                     reason=f"a sandbox on {security.DEVICE} gets no seccomp filter here: "
+                                            f"{UNAVAILABLE or LAYERS.seccomp_absent}")
+# The launcher's own tests, whatever the device.
+needs_landlock = pytest.mark.skipif(confine.unavailable_reason() is not None or confine.landlock_abi() == 0,
+                                    reason="this machine cannot confine files with Landlock")
 
 
 def _past_the_static_policy(monkeypatch):
     monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
-
-
-needs_landlock = pytest.mark.skipif(UNAVAILABLE is not None or confine.landlock_abi() == 0,
-                                    reason="this machine cannot confine files with Landlock")
 
 
 def _candidate(tmp_path, attempt: str) -> str:
@@ -69,7 +76,7 @@ def test_the_seed_is_evaluated_confined_and_the_ledger_says_so(smoke_env, tmp_pa
     result = evaluate(security.FRAMEWORK, str(path))
     assert result.artifacts["reason"] == "ok", result.artifacts.get("message")
     row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
-    layers = confine.recorded(confine.landlock_abi() > 0, confine.seccomp_supported())
+    layers = confine.recorded(LAYERS.files, LAYERS.seccomp)
     assert row["execution"]["confinement"] == layers
     assert layers in result.artifacts["execution"]
 
@@ -93,14 +100,14 @@ def test_the_sandbox_has_no_network(smoke_env, tmp_path, monkeypatch):
                                 f"{server.getsockname()[1]}), timeout=5)")
     result = evaluate(security.FRAMEWORK, path)
     # The seccomp filter refuses the internet socket itself; without it, the empty network namespace has no route.
-    expected = "Address family not supported by protocol" if confine.seccomp_supported() else "Network is unreachable"
+    expected = "Address family not supported by protocol" if LAYERS.seccomp else "Network is unreachable"
     assert _outcome(result) == expected
     server.settimeout(1.0)  # a connection made during the evaluation would be waiting in the backlog
     assert _accept(server) is None, "a connection reached this host"
     server.close()
 
 
-@needs_landlock
+@sandbox_files
 def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(smoke_env, tmp_path, monkeypatch):
     """Past the static policy: a planted secret, another process's environment (this evaluator's, which holds a
     key), a file outside the run folder, the token cache (for writing) and the scored split (even for reading) are
@@ -224,6 +231,90 @@ def test_the_confined_sandbox_dies_with_the_evaluator():
     assert all_gone([launcher_pid, *sandboxes]), "the sandbox outlived the evaluator"
 
 
+# Stand-ins for a GPU driver's needs, run in the launcher as ``confine.CUDA_CHECK`` is: an internet socket (refused by
+# the seccomp filter) and a write outside the run folder (refused by Landlock).
+NEEDS_A_SOCKET = "import socket; socket.socket(socket.AF_INET).close()"
+NEEDS_A_WRITE = "open({path!r}, 'w').close()"
+
+
+@needs_landlock
+@pytest.mark.skipif(not confine.seccomp_supported(), reason="no seccomp filter for this machine")
+@pytest.mark.parametrize("needs, layers", [
+    ((), (True, True)),
+    ((NEEDS_A_SOCKET,), (True, False)),
+    ((NEEDS_A_WRITE,), (False, True)),
+    ((NEEDS_A_SOCKET, NEEDS_A_WRITE), (False, False)),
+], ids=["nothing", "a_socket", "a_write", "both"])
+def test_a_gpu_sandbox_gets_the_strongest_layers_its_driver_works_under(tmp_path, needs, layers):
+    check = "\n".join(needs).format(path=str(tmp_path / "written")) or "pass"
+    found = confine.layers_that_work(check, True, True, "cuda")
+    assert (found.files, found.seccomp) == layers, found
+    # A layer left out says why, with the error the check met under it.
+    assert bool(found.files_absent) != found.files and bool(found.seccomp_absent) != found.seccomp
+    if not found.files:
+        assert "Landlock was not applied: cuda fails under it here" in found.files_absent
+        assert "Permission denied" in found.files_absent
+    if not found.seccomp:
+        assert "Address family not supported by protocol" in found.seccomp_absent
+
+
+@needs_landlock
+def test_only_the_layers_offered_are_tried(tmp_path):
+    found = confine.layers_that_work(NEEDS_A_WRITE.format(path=str(tmp_path / "written")), True, False, "cuda")
+    assert (found.files, found.seccomp) == (False, False)
+    assert found.seccomp_absent == "no seccomp filter for this machine" and "Permission denied" in found.files_absent
+
+
+@needs_landlock
+def test_a_gpu_sandbox_may_write_the_gpu_device_files_and_nothing_beside_them(tmp_path, monkeypatch):
+    """The device files (stand-ins here: plain files matching the pattern) are write roots of a sandbox on CUDA only,
+    and a rule for a file gives that file alone."""
+    devices = tmp_path / "dev"
+    devices.mkdir()
+    for name in ("nvidia0", "nvidiactl", "other"):
+        (devices / name).write_text("")
+    monkeypatch.setattr(confine, "GPU_DEVICE_FILES", str(devices / "nvidia*"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cuda = confine.file_rules(run_dir, device="cuda")
+    assert {str(devices / "nvidia0"), str(devices / "nvidiactl")} <= set(cuda[1])
+    assert not any(path.startswith(str(devices)) for path in confine.file_rules(run_dir)[1])
+    code = ("import errno\nfor name in ('nvidia0', 'nvidiactl', 'other'):\n    try:\n"
+            f"        open({str(devices)!r} + '/' + name, 'r+').write('x')\n        print(name, 'ok')\n"
+            "    except OSError as e:\n        print(name, errno.errorcode[e.errno])")
+    out = subprocess.run(confine.wrap([sys.executable, "-c", code], cuda), capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[:3] == ["nvidia0 ok", "nvidiactl ok", "other EACCES"], out.stderr
+
+
+@needs_landlock
+@pytest.mark.skipif(not confine.seccomp_supported(), reason="no seccomp filter for this machine")
+def test_the_executor_confines_a_gpu_sandbox_with_the_layers_found(tmp_path, monkeypatch):
+    """The wiring, with a driver that needs an internet socket standing in for CUDA (none here): a sandbox on CUDA
+    gets Landlock, with the GPU device files among its write roots, and no seccomp filter."""
+    monkeypatch.setattr(confine, "CUDA_CHECK", NEEDS_A_SOCKET)
+    monkeypatch.setattr(confine, "unavailable_reason", lambda device="cpu": None)
+    devices = tmp_path / "dev"
+    devices.mkdir()
+    (devices / "nvidia0").write_text("")
+    monkeypatch.setattr(confine, "GPU_DEVICE_FILES", str(devices / "nvidia*"))
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    confine.device_layers.cache_clear()
+    try:
+        request = {"device": "cuda", "data_source": "synthetic"}
+        rules = executor.landlock_rules(request, tmp_path)
+        assert rules is not None and str(devices / "nvidia0") in rules[1]
+        assert not executor.seccomp_applies(request)
+        assert "the seccomp filter was not applied: cuda fails under it here" in confine.layers_here("cuda")
+        assert executor.landlock_rules({**request, "device": "cpu"}, tmp_path)[1] == confine.file_rules(tmp_path)[1]
+    finally:
+        confine.device_layers.cache_clear()
+
+
+def test_a_cpu_sandbox_gets_every_layer_the_kernel_offers():
+    layers = confine.device_layers("cpu")
+    assert (layers.files, layers.seccomp) == (confine.landlock_abi() > 0, confine.seccomp_supported())
+
+
 def test_the_layers_command_says_what_a_sandbox_gets_here():
     out = subprocess.run([sys.executable, "-m", "harness.trusted.confine", "--layers"], capture_output=True, text=True,
                          timeout=120)
@@ -237,8 +328,7 @@ def test_the_layers_command_says_what_a_sandbox_gets_here():
         assert out.stdout.strip() == confine.LAYERS + files + seccomp
 
 
-@needs_confinement
-@pytest.mark.skipif(not confine.seccomp_supported(), reason="no seccomp filter for this machine")
+@sandbox_seccomp
 def test_an_evaluated_program_cannot_reach_the_kernel_keyrings_or_make_a_namespace(smoke_env, tmp_path, monkeypatch):
     """Past the static policy, through ctypes: the user's keyring (which can hold credentials) and a new user
     namespace are refused by the seccomp filter, in the sandbox the evaluator starts."""

@@ -12,6 +12,7 @@ import torch
 from harness import cli
 from harness.diagnostics import confinement_probe
 from harness.diagnostics import gpu_check
+from harness.trusted import confine
 from harness.trusted.frameworks import FRAMEWORKS
 from harness.trusted.profiles import cuda_visible
 from harness.sandbox.loader import load_attention
@@ -51,6 +52,12 @@ def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, ca
     assert escape["reason"] == "policy" and escape["combined_score"] == 0.0
     assert set(escape["escape"]) == {"file_written_outside_sandbox", "secret_read"}
     assert escape["escape"] == {"file_written_outside_sandbox": False, "secret_read": False}
+
+    # The security stage ran its test through the evaluator (the dry-run picks one) and recorded the layers.
+    security = stages["security"]
+    assert security["profile"] == "smoke" and security["failed"] == 0
+    assert [t["name"] for t in security["tests"]] == ["test_the_sandbox_has_no_network"]
+    assert security["confinement"] == confine.layers_here("cpu")
 
     bench = stages["bench"]
     assert bench["reference_rung"] == [48, 2, 2]

@@ -7,6 +7,7 @@ happened: no marker file, this process (the sandbox's parent) alive, the ledger'
 import json
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,9 @@ def test_the_sandbox_never_sees_the_callers_secrets(smoke_env, tmp_path, monkeyp
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    shared_caches = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "TRITON_CACHE_DIR": str(tmp_path / "triton")}
+    for name, value in shared_caches.items():
+        monkeypatch.setenv(name, value)
     # The sandbox may write nowhere but its run folder: the environment comes out in the error it raises.
     source = security.SEED + "\nimport json, os\nraise RuntimeError('environment:' + json.dumps(dict(os.environ)))\n"
     request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"], source=source)
@@ -104,6 +108,11 @@ def test_the_sandbox_never_sees_the_callers_secrets(smoke_env, tmp_path, monkeyp
         assert name not in seen and value not in json.dumps(seen), name
     assert seen["OMP_NUM_THREADS"] == "1" and seen["PATH"] == os.environ["PATH"]
     assert seen["HARNESS_CACHE"] == os.environ["HARNESS_CACHE"]
+    # Compilation caches shared between sandboxes would let one candidate leave a kernel for a later program to load.
+    scratch = executor.scratch_environment(Path(seen["TMPDIR"]))
+    assert {name: seen[name] for name in scratch} == scratch
+    assert Path(seen["TMPDIR"]).parent.name.startswith("harness-sandbox-")
+    assert all(seen[name] != value for name, value in shared_caches.items())
 
 
 def test_the_sandbox_environment_is_an_allow_list():

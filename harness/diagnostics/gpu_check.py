@@ -1,6 +1,6 @@
 """``harness gpu-check``: the GPU path proved in one prepared run, sized for a short lease on one GPU.
 
-    python -m harness.diagnostics.gpu_check --out DIR              # on a CUDA machine: about 8 minutes
+    python -m harness.diagnostics.gpu_check --out DIR              # on a CUDA machine: about 9 minutes
     python -m harness.diagnostics.gpu_check --out DIR --dry-run    # anywhere, on the CPU, at smoke sizes: about 1-2 minutes
 
 A GPU is at hand only now and then, for minutes, on a machine without network and with other versions of Python
@@ -27,11 +27,16 @@ The stages, in the order they run:
    environment and writes a file outside the sandbox while it is constructed: the static policy must refuse it,
    and whether each side effect happened is checked from outside). The GPU machine has no network, so the data are the package's synthetic stories
    written as a local text folder (``HARNESS_DATA``); the profile is otherwise ``pilot``.
-5. ``bench``: ``harness bench`` at the full profile, ``bench_steps`` steps per rung: ms/step, tokens/s and
+5. ``security``: the security corpus and the confinement tests (``tests/test_security.py``,
+   ``tests/test_confinement.py``) through the evaluator under ``smoke-cuda``, the sandbox on the GPU: every attack
+   rejected with its side effect looked for from outside, and the OS layers tried past the static policy. A sandbox
+   on CUDA gets the layers the GPU driver works under (``confine.device_layers``); a layer it does not get skips its
+   tests with the reason, and the record says what applied.
+6. ``bench``: ``harness bench`` at the full profile, ``bench_steps`` steps per rung: ms/step, tokens/s and
    utilisation of the engine at every rung; the eager fp32 reference, and the speed-up, at the reference rung
    (the eager loop is 4x slower: timing it at every rung would cost the lease a minute). ``--compile-modes``
    times further torch.compile modes against the same reference.
-6. ``trace``: a short profiler trace of the engine at the reference rung: GPU time per step by kernel, and the
+7. ``trace``: a short profiler trace of the engine at the reference rung: GPU time per step by kernel, and the
    share of the step the GPU was busy.
 
 The summary then says the projected full-protocol wall time, the speed-up against eager, and what limits it.
@@ -55,7 +60,7 @@ from harness.diagnostics.bench import (REFERENCE_HOURS, TARGET_MINUTES, TARGET_S
                                        json_default)
 from harness.trusted.frameworks import REPO_ROOT
 
-STAGES = ("environment", "cuda_tests", "concurrent", "evaluation", "bench", "trace")
+STAGES = ("environment", "cuda_tests", "concurrent", "evaluation", "security", "bench", "trace")
 MIN_STAGE_S = 20.0  # a stage is not started with less time than this left
 ESCAPE_SECRET_ENV = "HARNESS_GPU_CHECK_SECRET"
 
@@ -74,6 +79,8 @@ class Plan:
     eval_val_stories: int
     trace_wait_steps: int  # steps before the profiler records (compilation and warm-up)
     trace_active_steps: int  # steps the profiler records
+    security_profile: str  # the profile the security corpus and the confinement tests run under
+    security_select: str  # pytest's -k expression choosing among those tests ("": all of them)
     budget_s: float  # the whole run
     stage_limit_s: dict = field(default_factory=dict)
     bench_rungs: tuple | None = None  # ladder indices the bench times (None: every rung)
@@ -96,16 +103,17 @@ class Plan:
 CUDA_PLAN = Plan(
     name="cuda", device="cuda", bench_profile="full", bench_steps=500, concurrent_steps=10_000,
     eval_profile="pilot", eval_train_stories=40_000, eval_val_stories=10_000,  # ~1.3M validation tokens >= 2^20
-    trace_wait_steps=30, trace_active_steps=20, budget_s=520.0,
-    stage_limit_s={"environment": 60, "cuda_tests": 120, "concurrent": 200, "evaluation": 240, "bench": 200,
-                   "trace": 90},
+    trace_wait_steps=30, trace_active_steps=20, security_profile="smoke-cuda", security_select="", budget_s=540.0,
+    stage_limit_s={"environment": 60, "cuda_tests": 120, "concurrent": 200, "evaluation": 240, "security": 150,
+                   "bench": 200, "trace": 90},
 )
 DRY_RUN_PLAN = Plan(
     name="dry-run", device="cpu", bench_profile="smoke", bench_steps=12, concurrent_steps=30,
     eval_profile="smoke", eval_train_stories=0, eval_val_stories=0,
-    trace_wait_steps=3, trace_active_steps=4, budget_s=400.0,
+    trace_wait_steps=3, trace_active_steps=4, security_profile="smoke", security_select="has_no_network",
+    budget_s=460.0,
     stage_limit_s={"environment": 60, "cuda_tests": 90, "concurrent": 90, "bench": 90, "evaluation": 240,
-                   "trace": 60},
+                   "security": 60, "trace": 60},
 )
 
 
@@ -202,14 +210,13 @@ def stage_environment(plan: Plan, work: Path) -> dict:
 # Stage 2: the CUDA tests
 
 
-def stage_cuda_tests(plan: Plan, work: Path) -> dict:
+def run_pytest(args: list[str], junit: Path, env: dict | None = None) -> dict:
+    """``pytest ARGS`` in the repository, each test's outcome read from its JUnit XML."""
     import xml.etree.ElementTree as ET
 
-    junit = work / "cuda-tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "tests/test_train.py", "-m", "cuda", "-q", "-p", "no:cacheprovider",
-           f"--junitxml={junit}"]
+    cmd = [sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env)
     result = {"command": " ".join(cmd[1:]), "exit_code": proc.returncode, "wall_s": time.perf_counter() - started,
               "output_tail": (proc.stdout + proc.stderr)[-3000:], "tests": []}
     if junit.exists():
@@ -227,6 +234,10 @@ def stage_cuda_tests(plan: Plan, work: Path) -> dict:
     # pytest exits 5 when every test was deselected; that, like any other exit, must show in the summary
     result["ok"] = proc.returncode == 0 and result["failed"] == 0 and result["passed"] + result["skipped"] > 0
     return result
+
+
+def stage_cuda_tests(plan: Plan, work: Path) -> dict:
+    return run_pytest(["tests/test_train.py", "-m", "cuda"], work / "cuda-tests.xml")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,7 +294,7 @@ def stage_concurrent(plan: Plan, work: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 4: the bench
+# Stage 6: the bench
 
 
 def stage_bench(plan: Plan, work: Path) -> dict:
@@ -320,7 +331,7 @@ def _mode_rows(rows: list[dict], with_reference: list[dict]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 5: one evaluation end to end, an adversarial and an escape candidate
+# Stage 4: one evaluation end to end, an adversarial and an escape candidate
 
 # A future-token leak: the seed with its causal mask removed. The gate must reject it with ``causality``.
 LEAK_FROM = "mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()"
@@ -442,7 +453,31 @@ def stage_evaluation(plan: Plan, work: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 6: where the time goes
+# Stage 5: the security corpus and the confinement tests on the device
+
+
+SECURITY_TESTS = ("tests/test_security.py", "tests/test_confinement.py")
+
+
+def stage_security(plan: Plan, work: Path) -> dict:
+    """The tests of the trust boundary, through the real evaluator, with the sandbox on the plan's device: every attack
+    rejected and its side effect looked for from outside, and the OS layers tried past the static policy. A layer that
+    does not apply to a sandbox on this device skips its tests, saying why, and the record says which applied."""
+    from harness.trusted import confine
+    from harness.trusted.profiles import get_profile
+
+    device = get_profile(plan.security_profile).device
+    select = ["-k", plan.security_select] if plan.security_select else []
+    result = run_pytest([*SECURITY_TESTS, *select], work / "security-tests.xml",
+                        {**os.environ, "HARNESS_TEST_PROFILE": plan.security_profile})
+    result["profile"], result["confinement"] = plan.security_profile, confine.layers_here(device)
+    _log(f"security: {result['passed']} passed, {result['failed']} failed, {result['skipped']} skipped on {device}; "
+         f"a sandbox there gets: {result['confinement']}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 7: where the time goes
 
 # First match wins: inductor's fused kernels are named after every op they fuse (``triton_..._to_copy_...``).
 KERNEL_CATEGORIES = (
@@ -513,7 +548,8 @@ def stage_trace(plan: Plan, work: Path) -> dict:
 # The summary
 
 STAGE_FUNCTIONS = {"environment": stage_environment, "cuda_tests": stage_cuda_tests, "concurrent": stage_concurrent,
-                   "bench": stage_bench, "evaluation": stage_evaluation, "trace": stage_trace}
+                   "bench": stage_bench, "evaluation": stage_evaluation, "security": stage_security,
+                   "trace": stage_trace}
 
 
 def headline(stages: dict) -> dict:
@@ -664,6 +700,13 @@ def render_summary(record: dict) -> str:
                 lines.append("")
                 lines.append(f"Escape candidate's side effects, checked from outside: file written outside the "
                              f"sandbox: **{e['file_written_outside_sandbox']}**; secret read: **{e['secret_read']}**.")
+    security = (stages.get("security") or {}).get("result")
+    if security:
+        lines += ["", f"## The security corpus and the confinement tests ({security['profile']})", "",
+                  f"{security['passed']} passed, {security['failed']} failed, {security['skipped']} skipped (exit code "
+                  f"{security['exit_code']}). A sandbox here gets: {security['confinement']}."]
+        lines += [f"- {t['name']}: {t['outcome']} {t['message'][:300]}" for t in security["tests"]
+                  if t["outcome"] != "passed"]
     trace = (stages.get("trace") or {}).get("result")
     if trace:
         lines += ["", f"## Where the time goes (reference rung {tuple(trace['rung'])}, {trace['device_time']})", "",

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 
 from harness.data import DataError, open_cached, validation_windows
 from harness.trusted import confine
-from harness.trusted.executor import Started, abandon, read_result, start_limited, supervise, tail
+from harness.trusted.executor import (Started, abandon, read_result, scratch_environment, start_limited, supervise,
+                                      tail)
 from harness.trusted.process_lifetime import die_with_parent
 from harness.trusted.profiles import get_profile
 from harness.trusted.reasons import Reason
@@ -211,7 +212,7 @@ def start_forward(plan: dict) -> Started:
     cmd = [sys.executable, "-m", "harness.sandbox", "forward", str(work / "request.json"), str(work / "result.json")]
     # Its log is the scorer's: the forward folder is writable by the training sandbox, which runs meanwhile.
     return start_limited(confine.wrap(cmd, plan["files"], plan["seccomp"]) if plan["confined"] else cmd,
-                         Path(plan["log_dir"]) / "forward.log", {**plan["env"], "TMPDIR": str(work / "tmp")})
+                         Path(plan["log_dir"]) / "forward.log", {**plan["env"], **scratch_environment(work / "tmp")})
 
 
 def forward_pass(plan: dict, lay: Layout, forward: Started) -> tuple[float, str]:

@@ -14,12 +14,17 @@ With ``--read``/``--write``, the command also runs under a Landlock ruleset (Lin
 may read only beneath the ``--read`` paths and write only beneath the ``--write`` paths, whatever it calls, C++
 file I/O included. Under ``/proc`` it may read only its own entries and a few system-wide files, so the
 environments of the user's other processes stay out of reach. The executor asks for it on CPU sandboxes where
-the kernel offers Landlock (``file_rules``). It does not ask on CUDA yet: on the one GPU machine measured, the CUDA
-driver failed under Landlock (``results/bench/NOTES.md``).
+the kernel offers Landlock (``file_rules``).
 
 With ``--seccomp``, the command also runs under the seccomp filter of ``harness.trusted.seccomp``: system calls a
-training never needs fail, and only Unix-domain sockets can be opened. The executor asks for it on CPU sandboxes; on
-CUDA not yet, for the same reason as Landlock (the driver failed under a filter that refused every socket).
+training never needs fail, and only Unix-domain sockets can be opened. The executor asks for it where the kernel
+offers seccomp filters and the filter exists for the machine.
+
+On CUDA, the driver must work under both layers too, and what it needs differs between drivers (on one GPU machine
+measured, it failed under a Landlock ruleset and under a filter that refused every socket: ``results/bench/NOTES.md``).
+So ``device_layers("cuda")`` runs a CUDA check in the launcher under the sandbox's own rules (the GPU device files
+writable), strongest combination first, and a sandbox on CUDA gets the strongest one under which the check passed.
+The ledger records what applied; ``--layers cuda`` says it, and why a layer did not.
 
 A kernel that refuses unprivileged user namespaces (some distributions' defaults, gVisor, macOS) makes
 ``--check`` fail; the evaluator then records that the sandbox ran unconfined, or refuses to start under a profile
@@ -28,10 +33,13 @@ that requires confinement (``harness.trusted.profiles.confinement_policy``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import glob
 import os
 import subprocess
 import sys
+import tempfile
 
 from harness.trusted.process_lifetime import PARENT_ALIVE_FD_ENV, PARENT_PID_ENV, die_with_parent
 from harness.trusted.profiles import ALLOW_UNCONFINED_ENV
@@ -64,6 +72,8 @@ PROC_READ = ("/proc/self", "/proc/thread-self", "/proc/cpuinfo", "/proc/meminfo"
              "/proc/filesystems", "/proc/mounts", "/proc/loadavg", "/proc/driver")
 # Written by any sandbox: the null device, and POSIX shared memory and semaphores.
 SYSTEM_WRITE_ROOTS = ("/dev/null", "/dev/shm")
+# Written by a sandbox on CUDA as well: the driver opens the GPU's device files read-write and drives them with ioctl.
+GPU_DEVICE_FILES = "/dev/nvidia*"
 EXIT_UNAVAILABLE = 125  # the namespaces could not be created; the command was not run
 FAILURE_PREFIX = "confine: "  # the first line the launcher writes when it could not start the command
 
@@ -100,7 +110,8 @@ def unavailable_reason(device: str = "cpu") -> str | None:
     return None if out.returncode == 0 else (out.stderr.strip().splitlines() or ["refused"])[-1]
 
 
-# Run inside the namespaces by ``--check cuda``, in an interpreter of its own: this module never imports torch.
+# Run inside the namespaces by ``--check cuda``, and under each layer by ``device_layers``, in an interpreter of its
+# own: this module never imports torch.
 CUDA_CHECK = """
 import sys
 try:
@@ -108,8 +119,9 @@ try:
     a = torch.ones(64, 64, device="cuda")
     assert float((a @ a).sum()) == 64.0 ** 3, "a matrix product on the GPU gave a wrong result"
 except Exception as exc:
-    sys.exit(f"confine: CUDA does not work inside the namespaces: {type(exc).__name__}: {exc}"[:500])
+    sys.exit(f"confine: CUDA does not work in a sandbox here: {type(exc).__name__}: {exc}"[:500])
 """
+CHECK_TIMEOUT_S = 150.0
 
 
 def _check_inside(cuda: bool) -> int:
@@ -117,7 +129,7 @@ def _check_inside(cuda: bool) -> int:
         print("confine: the PID namespace was not created", file=sys.stderr)
         return 1
     if cuda:
-        return subprocess.run([sys.executable, "-c", CUDA_CHECK], timeout=150).returncode
+        return subprocess.run([sys.executable, "-c", CUDA_CHECK], timeout=CHECK_TIMEOUT_S).returncode
     return 0
 
 
@@ -137,16 +149,81 @@ def seccomp_supported() -> bool:
     return sys.platform.startswith("linux") and seccomp.supported_machine() and "Seccomp:" in status
 
 
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """The layers a confined sandbox gets beyond the namespaces; each ``*_absent`` says why that layer does not apply
+    (empty when it does)."""
+
+    files: bool  # the Landlock file rules
+    seccomp: bool  # the seccomp filter
+    files_absent: str = ""
+    seccomp_absent: str = ""
+
+
+@functools.lru_cache(maxsize=2)
+def device_layers(device: str = "cpu") -> Layers:
+    """The layers beyond the namespaces that a sandbox on ``device`` gets on this machine: on CPU, each one the kernel
+    offers; on CUDA, the strongest combination of them under which ``CUDA_CHECK`` passes in the launcher
+    (``layers_that_work``). Asked once per process and device."""
+    files_absent = "" if landlock_abi() else "no Landlock"
+    seccomp_absent = "" if seccomp_supported() else "no seccomp filter for this machine"
+    if device != "cpu" and (not files_absent or not seccomp_absent):
+        unavailable = unavailable_reason(device)
+        if unavailable:
+            absent = f"a sandbox on {device} is not confined here ({unavailable})"
+            return Layers(False, False, absent, absent)
+        return layers_that_work(CUDA_CHECK, not files_absent, not seccomp_absent, device)
+    return Layers(not files_absent, not seccomp_absent, files_absent, seccomp_absent)
+
+
+def layers_that_work(check: str, files: bool, seccomp: bool, device: str) -> Layers:
+    """The strongest of (Landlock and seccomp, Landlock alone, seccomp alone) under which the Python code ``check``
+    exits 0 in the launcher, as a sandbox on ``device`` would run (its file rules, a fresh run folder as its TMPDIR);
+    only the layers offered (``files``, ``seccomp``) are tried. A layer left out says why: the check's last line of
+    error under it."""
+    errors = {}
+    for tried in ((True, True), (True, False), (False, True)):
+        if (tried[0] and not files) or (tried[1] and not seccomp):
+            continue
+        with tempfile.TemporaryDirectory(prefix="harness-confine-check-") as run_dir:
+            rules = file_rules(run_dir, device=device) if tried[0] else None
+            try:
+                out = subprocess.run(wrap([sys.executable, "-c", check], rules, tried[1]), capture_output=True,
+                                     text=True, timeout=CHECK_TIMEOUT_S, env={**os.environ, "TMPDIR": run_dir})
+                error = "" if out.returncode == 0 else (out.stderr.strip().splitlines() or ["failed"])[-1]
+            except subprocess.TimeoutExpired:
+                error = f"the check did not finish in {CHECK_TIMEOUT_S:.0f} s"
+        if not error:
+            return _chosen(tried, errors, (files, seccomp), device)
+        errors[tried] = error.removeprefix(FAILURE_PREFIX)
+    return _chosen((False, False), errors, (files, seccomp), device)
+
+
+def _chosen(chosen: tuple, errors: dict, offered: tuple, device: str) -> Layers:
+    """``Layers`` for the (files, seccomp) ``chosen``; a layer left out says why: not offered, or the check's error
+    under that layer alone (else under both)."""
+    absent = []
+    for layer, name in enumerate(("Landlock", "the seccomp filter")):
+        if chosen[layer]:
+            absent.append("")
+        elif not offered[layer]:
+            absent.append(("no Landlock", "no seccomp filter for this machine")[layer])
+        else:
+            error = errors.get(((True, False), (False, True))[layer]) or errors[(True, True)]
+            absent.append(f"{name} was not applied: {device} fails under it here ({error})")
+    return Layers(chosen[0], chosen[1], *absent)
+
+
 def layers_here(device: str = "cpu") -> str:
-    """What a sandbox on ``device`` gets on this machine, in the words the ledger records."""
+    """What a sandbox on ``device`` gets on this machine, in the words the ledger records, and why a layer does not
+    apply."""
     reason = unavailable_reason(device)
     if reason:
         return f"none: {reason}"
-    if device != "cpu":
-        return f"{LAYERS} (files: the static policy only; Landlock and seccomp are not applied on {device} yet)"
-    abi = landlock_abi()
-    layers = f"{LAYERS}; {FILES_LAYER} (ABI {abi})" if abi else f"{LAYERS} (files: the static policy only; no Landlock)"
-    return layers + (f"; {SECCOMP_LAYER}" if seccomp_supported() else "; no seccomp filter for this machine")
+    layers = device_layers(device)
+    text = f"{LAYERS}; {FILES_LAYER} (ABI {landlock_abi()})" if layers.files else \
+        f"{LAYERS} (files: the static policy only; {layers.files_absent})"
+    return text + (f"; {SECCOMP_LAYER}" if layers.seccomp else f"; {layers.seccomp_absent}")
 
 
 def _libc():
@@ -215,11 +292,12 @@ def apply_landlock(read_roots, write_roots) -> None:
         os.close(fd)
 
 
-def file_rules(run_dir, *, reads=(), writes=()) -> tuple[list[str], list[str]]:
+def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu") -> tuple[list[str], list[str]]:
     """(read roots, write roots) of a sandbox that works in ``run_dir``: it reads the system, the Python
     installation, the package and its seeds, the datasets cache, the token cache (``cache_dir/tokens``: not the
-    scored split, which lives in ``cache_dir/scored``) and ``reads``; it writes ``run_dir`` and ``writes``.
-    Never the ledger, results/, the rest of the source tree or the home folders (beyond what Python lives in)."""
+    scored split, which lives in ``cache_dir/scored``) and ``reads``; it writes ``run_dir``, ``writes`` and, on CUDA,
+    the GPU's device files. Never the ledger, results/, the rest of the source tree or the home folders (beyond what
+    Python lives in)."""
     import site
     from pathlib import Path
 
@@ -235,7 +313,8 @@ def file_rules(run_dir, *, reads=(), writes=()) -> tuple[list[str], list[str]]:
     read = sorted(set(SYSTEM_READ_ROOTS) | set(PROC_READ) | python | {str(package)} | seeds | hf
                   | {str(default_cache_dir() / "tokens"), str(run_dir)} | {str(r) for r in reads})
     # The datasets library writes lock files beside its cache even when it only reads.
-    write = sorted(set(SYSTEM_WRITE_ROOTS) | hf | {str(run_dir)} | {str(w) for w in writes})
+    gpu = set(glob.glob(GPU_DEVICE_FILES)) if device == "cuda" else set()
+    write = sorted(set(SYSTEM_WRITE_ROOTS) | gpu | hf | {str(run_dir)} | {str(w) for w in writes})
     return read, write
 
 

@@ -260,7 +260,7 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
         for folder in ("tmp", "weights", "forward", "forward/tmp"):
             (tmp / folder).mkdir()
-        env = sandbox_environment(PYTHONUNBUFFERED="1", **(env or {}), TMPDIR=str(tmp / "tmp"))
+        env = sandbox_environment(PYTHONUNBUFFERED="1", **(env or {}), **scratch_environment(tmp / "tmp"))
         cmd = [sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"), str(result_path)]
         unavailable = confine.unavailable_reason(request.get("device", "cpu"))
         if unavailable and request.get("confinement", "required") == "required":
@@ -335,22 +335,32 @@ class _LogWatch:
 
 
 def landlock_rules(request: dict, run_dir: Path, *, reads=(), writes=()) -> tuple[list[str], list[str]] | None:
-    """The Landlock rules of a confined sandbox (``confine.file_rules``), or None where they are not applied: on
-    CUDA (the driver's needs are not known yet), or on a kernel without Landlock. A data source that is a local
-    folder or file is readable. Only ``prepare``, which runs the pristine seed, may write the token cache it
+    """The Landlock rules of a confined sandbox (``confine.file_rules``), or None where they are not applied
+    (``confine.device_layers``: a kernel without Landlock, or a GPU driver that fails under it). A data source that is
+    a local folder or file is readable. Only ``prepare``, which runs the pristine seed, may write the token cache it
     builds; the cache folder is created here, since a rule needs an existing path."""
-    if request.get("device", "cpu") != "cpu" or confine.landlock_abi() == 0:
+    device = request.get("device", "cpu")
+    if not confine.device_layers(device).files:
         return None
     (default_cache_dir() / "tokens").mkdir(parents=True, exist_ok=True)
     source = Path(str(request.get("data_source", ""))).expanduser()
     reads = [*reads, *([source.resolve()] if source.exists() else [])]
-    return confine.file_rules(run_dir, reads=reads, writes=writes)
+    return confine.file_rules(run_dir, reads=reads, writes=writes, device=device)
 
 
 def seccomp_applies(request: dict) -> bool:
-    """Whether a confined sandbox runs under the seccomp filter: on CPU where the filter exists for the machine. Not
-    on CUDA until a run on a GPU machine shows the driver works under it (``confine``'s docstring)."""
-    return request.get("device", "cpu") == "cpu" and confine.seccomp_supported()
+    """Whether a confined sandbox runs under the seccomp filter (``confine.device_layers``)."""
+    return confine.device_layers(request.get("device", "cpu")).seccomp
+
+
+def scratch_environment(folder: Path) -> dict[str, str]:
+    """The variables that keep a sandbox's temporary files and compilation caches in its own run folder: inductor's
+    and Triton's kernels and the CUDA and torch kernel caches would otherwise go to folders shared between sandboxes
+    (a candidate could leave there a kernel that a later program loads), which the Landlock rules do not let it
+    write anyway."""
+    return {"TMPDIR": str(folder), "TORCHINDUCTOR_CACHE_DIR": str(folder / "torchinductor"),
+            "TRITON_CACHE_DIR": str(folder / "triton"), "CUDA_CACHE_PATH": str(folder / "nv"),
+            "PYTORCH_KERNEL_CACHE_PATH": str(folder / "torch-kernels")}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -167,6 +167,9 @@ PROFILES: dict[str, Profile] = {
         compile_mode="reduce-overhead",
     ),
 }
+# The smoke run on a GPU, seconds: checks a GPU machine's setup (CUDA and the confinement in the sandbox), and runs the
+# security corpus there (harness gpu-check). Eager fp32, as on the CPU.
+PROFILES["smoke-cuda"] = dataclasses.replace(PROFILES["smoke"], name="smoke-cuda", device="cuda")
 # A short GPU run: the users' protocol on the real ladder and data, for 2% of the steps.
 PROFILES["pilot"] = dataclasses.replace(
     PROFILES["full"],
