@@ -20,6 +20,7 @@ from harness.analysis.runs import Prog, Run
 from harness.trusted import program as program_mod
 from harness.trusted.frameworks import FRAMEWORKS
 from harness.trusted.profiles import PROFILES
+from harness.validation.stats import format_p
 
 MIN_SPEARMAN_N = 5
 # The permutation test enumerates every pairing up to 9! = 362,880 (under a second); above, a fixed-seed
@@ -218,10 +219,6 @@ def spearman_test(early: list[float], final: list[float]) -> dict:
             "ci_low": low, "ci_high": high,
             "ci_method": f"percentile bootstrap, {BOOTSTRAP_RESAMPLES} paired resamples",
             "ci_undefined_resamples": int(dist.size - defined.size)}
-
-
-def format_p(p: float) -> str:
-    return f"{p:.2g}" if p < 1e-3 else f"{p:.3g}"
 
 
 def spearman(progs: list[Prog]) -> dict:

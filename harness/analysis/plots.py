@@ -6,8 +6,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from harness.analysis.measures import best_so_far, fingerprint_groups, format_p, outcome_table
+from harness.analysis.measures import best_so_far, fingerprint_groups, outcome_table
 from harness.analysis.runs import Prog, Run
+from harness.validation.stats import format_p
 
 DPI = 90
 

@@ -10,12 +10,13 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from harness.analysis.measures import (best_so_far, dedupe, fingerprint_groups, format_p, outcome_table, rank_group,
+from harness.analysis.measures import (best_so_far, dedupe, fingerprint_groups, outcome_table, rank_group,
                                        reintroductions, root_of, spearman, stopping_rules, unified_block_diff)
 from harness.analysis.plots import plot_early_vs_final, plot_fitness, plot_lineage, plot_rejections, short
 from harness.analysis.runs import Prog, Run, display_path, load_run, require_run_folder
 from harness.trusted import ledger as ledger_mod
 from harness.trusted.frameworks import REPO_ROOT
+from harness.validation.stats import format_p
 
 
 def _fmt(x, digits=4) -> str:

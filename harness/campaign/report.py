@@ -7,16 +7,8 @@ import math
 from pathlib import Path
 
 from harness.campaign.plan import PREREGISTRATION_MD
-
-
-def _n(x, digits=4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
-def _p(x) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+from harness.validation.report import number
+from harness.validation.stats import format_p
 
 
 def deviations(prereg: dict, state: dict, validation: dict | None, code_hash_now: str) -> list[str]:
@@ -75,9 +67,9 @@ def render_report(prereg: dict, state: dict, validation: dict | None, ledger_row
             md.append(f"| {fw} | {evo} | `{c['label']}` | – | – | – | – | refused: {c['refused']} |")
         else:
             st, p = c["stats"], c["stats"]["primary"]
-            md.append(f"| {fw} | {evo} | `{c['label']}` | {_n((c.get('evaluation') or {}).get('combined_score'))} | "
-                      f"{_n(p['mean_b'])} → {_n(p['mean_a'])} | {_p(p['p'])} ({_p(st['p_holm'])}) | "
-                      f"{_n(p['d'], 2)} | **{st['verdict']['level']}** |")
+            md.append(f"| {fw} | {evo} | `{c['label']}` | {number((c.get('evaluation') or {}).get('combined_score'))} | "
+                      f"{number(p['mean_b'])} → {number(p['mean_a'])} | {format_p(p['p'])} ({format_p(st['p_holm'])}) | "
+                      f"{number(p['d'], 2)} | **{st['verdict']['level']}** |")
     md.append("")
     for fw in s["frameworks"]:
         c = by_fw.get(fw)
@@ -90,11 +82,11 @@ def render_report(prereg: dict, state: dict, validation: dict | None, ledger_row
         md += ["| framework | candidate | mean final loss ± sd | improvement on its seed |", "|---|---|---|---|"]
         for name, label in fwc["candidates"].items():
             g = fwc["groups"][name]
-            md.append(f"| {name} | `{label}` | {_n(g['mean'])} ± {_n(g['sd'])} | "
-                      f"{_n(100 * fwc['improvement'][name], 2)} % |")
+            md.append(f"| {name} | `{label}` | {number(g['mean'])} ± {number(g['sd'])} | "
+                      f"{number(100 * fwc['improvement'][name], 2)} % |")
         a, k = fwc["anova"], fwc["kruskal"]
-        md += ["", f"One-way ANOVA p = {_p(a['p'])}; Kruskal-Wallis p = {_p(k['p'])}; pairs (Holm): "
-               + ", ".join(f"{x['a']}−{x['b']} p = {_p(x['p_holm'])}" for x in fwc["pairs"]) + ".", ""]
+        md += ["", f"One-way ANOVA p = {format_p(a['p'])}; Kruskal-Wallis p = {format_p(k['p'])}; pairs (Holm): "
+               + ", ".join(f"{x['a']}−{x['b']} p = {format_p(x['p_holm'])}" for x in fwc["pairs"]) + ".", ""]
     else:
         md.append("Fewer than two frameworks were validated: no comparison.\n")
     md += ["## Evolution\n", "| framework | evaluations | valid | best combined_score | stopping rules that fired |",
@@ -104,7 +96,7 @@ def render_report(prereg: dict, state: dict, validation: dict | None, ledger_row
         mine = [r for r in ledger_rows if r["framework"] == fw and r["created_at"] <= ended]
         rules = ", ".join(f"{x['rule']} at {x['fired_at']}" for x in runs.get(fw, {}).get("stopping_rules", []))
         md.append(f"| {fw} | {len(mine)} | {sum(1 for r in mine if r['reason'] == 'ok')} | "
-                  f"{_n(max((r['combined_score'] for r in mine), default=None))} | {rules or 'none'} |")
+                  f"{number(max((r['combined_score'] for r in mine), default=None))} | {rules or 'none'} |")
     md += ["", "## Reports\n", f"- [pre-registration]({PREREGISTRATION_MD})", "- [analysis of the evolution "
            "runs](analysis/report.md)", "- [validation](validation/report.md)" if validation else
            "- validation: not run (no candidate)", "- the OpenEvolve runs: `runs/<framework>/`; the ledger: "
@@ -112,6 +104,6 @@ def render_report(prereg: dict, state: dict, validation: dict | None, ledger_row
     md += ["## Timing\n", "| phase | wall time |", "|---|---|"]
     for phase in ("evolve", "select", "validate"):
         wall = state["phases"].get(phase, {}).get("wall_s")
-        md.append(f"| {phase} | {_n(wall / 60, 1) + ' min' if wall is not None else '–'} |")
+        md.append(f"| {phase} | {number(wall / 60, 1) + ' min' if wall is not None else '–'} |")
     md.append(f"\nStarted {len(state.get('starts', []))} time(s).\n")
     return "\n".join(md)

@@ -354,10 +354,10 @@ def seccomp_applies(request: dict) -> bool:
 
 
 def scratch_environment(folder: Path) -> dict[str, str]:
-    """The variables that keep a sandbox's temporary files and compilation caches in its own run folder: inductor's
-    and Triton's kernels and the CUDA and torch kernel caches would otherwise go to folders shared between sandboxes
-    (a candidate could leave there a kernel that a later program loads), which the Landlock rules do not let it
-    write anyway."""
+    """The variables that keep a sandbox's temporary files and compilation caches in its own run folder. Inductor's
+    and Triton's kernels and the CUDA and torch kernel caches would otherwise go to folders shared between sandboxes,
+    where a candidate could leave a kernel for a later program to load (and which a sandbox under Landlock may not
+    write)."""
     return {"TMPDIR": str(folder), "TORCHINDUCTOR_CACHE_DIR": str(folder / "torchinductor"),
             "TRITON_CACHE_DIR": str(folder / "triton"), "CUDA_CACHE_PATH": str(folder / "nv"),
             "PYTORCH_KERNEL_CACHE_PATH": str(folder / "torch-kernels")}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from harness.validation import stats
 
@@ -69,12 +68,6 @@ def ladder_points(runs: list[dict]) -> dict[int, tuple[list[float], list[float]]
             for r in runs if r["ok"] and len(r["record"]["runs"]) >= 2}
 
 
-def _summary(values: list) -> dict:
-    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
-    return {"n": len(xs), "mean": float(np.mean(xs)) if xs else math.nan,
-            "sd": float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan}
-
-
 def compare(base_runs: list[dict], cand_runs: list[dict], reference: tuple) -> dict:
     """Everything but Holm's correction and the verdict, which need the whole family."""
     rows = seed_table(base_runs, cand_runs, reference)
@@ -90,7 +83,7 @@ def compare(base_runs: list[dict], cand_runs: list[dict], reference: tuple) -> d
         "welch": stats.welch(c, b).to_dict(),
         "wins": stats.wins(c, b),
         "improvement": stats.improvement_frac(primary.mean_a, primary.mean_b),
-        "secondary": {side: {k: _summary([r[f"{side}_secondary"].get(k) for r in rows]) for k in SECONDARY}
+        "secondary": {side: {k: stats.describe([r[f"{side}_secondary"].get(k) for r in rows]) for k in SECONDARY}
                       for side in ("baseline", "candidate")},
     }
     bl, cl = ladder_points(base_runs), ladder_points(cand_runs)

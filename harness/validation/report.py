@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from harness.validation import protocol
+from harness.validation.stats import format_p
 
 
 def _f(x, digits=4) -> str:
@@ -32,15 +33,12 @@ def display(text: str) -> str:
     return display_path(head) + sep + tail if Path(head).exists() else str(text)
 
 
-def _p(x) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
-
-
 def _g(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
 
-def _n(x, digits=4) -> str:
+def number(x, digits=4) -> str:
+    """A number as the reports print it (``_f``); a dash when there is none."""
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else _f(x, digits)
 
 
@@ -81,9 +79,9 @@ def render_report(result: dict) -> str:
             continue
         s = c["stats"]
         p = s["primary"]
-        md.append(f"| `{c['label']}` | {c['framework']} | {_n(p['mean_b'])} ± {_n(p['sd_b'])} | "
-                  f"{_n(p['mean_a'])} ± {_n(p['sd_a'])} | {_n(p['diff'])} [{_n(p['ci_low'])}, {_n(p['ci_high'])}] | "
-                  f"{_n(p['t'], 3)} ({p['df']}) | {_p(p['p'])} | {_p(s['p_holm'])} | {_n(p['d'], 2)} ({p['d_label']}) | "
+        md.append(f"| `{c['label']}` | {c['framework']} | {number(p['mean_b'])} ± {number(p['sd_b'])} | "
+                  f"{number(p['mean_a'])} ± {number(p['sd_a'])} | {number(p['diff'])} [{number(p['ci_low'])}, {number(p['ci_high'])}] | "
+                  f"{number(p['t'], 3)} ({p['df']}) | {format_p(p['p'])} | {format_p(s['p_holm'])} | {number(p['d'], 2)} ({p['d_label']}) | "
                   f"{s['wins']}/{p['n']} | **{s['verdict']['level']}** |")
     md.append("")
     if result.get("frameworks"):
@@ -102,15 +100,15 @@ def _frameworks_section(result: dict) -> list[str]:
           "| framework | candidate | n | mean ± sd | improvement on its baseline | verdict |", "|---|---|---|---|---|---|"]
     for name, label in fw["candidates"].items():
         g = fw["groups"][name]
-        md.append(f"| {name} | `{label}` | {g['n']} | {_n(g['mean'])} ± {_n(g['sd'])} | "
-                  f"{_n(100 * fw['improvement'][name], 2)} % | {fw['verdict'][name]} |")
+        md.append(f"| {name} | `{label}` | {g['n']} | {number(g['mean'])} ± {number(g['sd'])} | "
+                  f"{number(100 * fw['improvement'][name], 2)} % | {fw['verdict'][name]} |")
     a, k = fw["anova"], fw["kruskal"]
-    md += ["", f"- one-way ANOVA: F({a['df_between']}, {a['df_within']}) = {_n(a['F'], 3)}, p = {_p(a['p'])}",
-           f"- Kruskal-Wallis: H({k['df']}) = {_n(k['H'], 3)}, p = {_p(k['p'])}", "",
+    md += ["", f"- one-way ANOVA: F({a['df_between']}, {a['df_within']}) = {number(a['F'], 3)}, p = {format_p(a['p'])}",
+           f"- Kruskal-Wallis: H({k['df']}) = {number(k['H'], 3)}, p = {format_p(k['p'])}", "",
            "| pair | difference [95 % CI] | Welch t (df) | p | p (Holm, over the pairs) |", "|---|---|---|---|---|"]
     for pr in fw["pairs"]:
-        md.append(f"| {pr['a']} − {pr['b']} | {_n(pr['diff'])} [{_n(pr['ci_low'])}, {_n(pr['ci_high'])}] | "
-                  f"{_n(pr['t'], 3)} ({_n(pr['df'], 1)}) | {_p(pr['p'])} | {_p(pr['p_holm'])} |")
+        md.append(f"| {pr['a']} − {pr['b']} | {number(pr['diff'])} [{number(pr['ci_low'])}, {number(pr['ci_high'])}] | "
+                  f"{number(pr['t'], 3)} ({number(pr['df'], 1)}) | {format_p(pr['p'])} | {format_p(pr['p_holm'])} |")
     if result["deviations"]:
         md.append("\nExploratory (see the deviations above): these tests describe this run only.")
     md.append("\n![frameworks](frameworks.png)\n")
@@ -128,7 +126,7 @@ def _criterion_value(crit: dict) -> str:
     if isinstance(v, float) and "lower" in crit["name"]:
         return f"{100 * v:.2f} %"
     if isinstance(v, float):
-        return _p(v) if "p" in crit["name"].split() or "(Holm" in crit["name"] else _n(v, 3)
+        return format_p(v) if "p" in crit["name"].split() or "(Holm" in crit["name"] else number(v, 3)
     return str(v)
 
 
@@ -171,9 +169,9 @@ def _candidate_section(c: dict, result: dict) -> list[str]:
     for r in s["seeds"]:
         cells = [str(r["seed"]), _f(r["baseline"]) if r["baseline"] is not None else f"failed ({r['baseline_reason']})",
                  _f(r["candidate"]) if r["candidate"] is not None else f"failed ({r['candidate_reason']})",
-                 _n(r.get("diff")), "candidate" if r.get("candidate_better") else ("baseline" if "diff" in r else "–")]
+                 number(r.get("diff")), "candidate" if r.get("candidate_better") else ("baseline" if "diff" in r else "–")]
         for k in rung_keys:
-            cells += [_n(r.get(f"baseline_loss_{k}")), _n(r.get(f"candidate_loss_{k}"))]
+            cells += [number(r.get(f"baseline_loss_{k}")), number(r.get(f"candidate_loss_{k}"))]
         fps = {r["baseline_fp"], r["candidate_fp"]} - {None}
         cells.append(" / ".join(f"`{x}`" for x in sorted(fps)) or "–")
         md.append("| " + " | ".join(cells) + " |")
@@ -182,17 +180,17 @@ def _candidate_section(c: dict, result: dict) -> list[str]:
     md.append("### The primary test: paired by seed\n")
     md.append("| quantity | value |")
     md.append("|---|---|")
-    md.append(f"| baseline mean ± sd (n) | {_n(p['mean_b'])} ± {_n(p['sd_b'])} ({p['n']}) |")
-    md.append(f"| candidate mean ± sd (n) | {_n(p['mean_a'])} ± {_n(p['sd_a'])} ({p['n']}) |")
-    md.append(f"| mean difference candidate − baseline, sd | {_n(p['diff'])}, {_n(p['sd_diff'])} |")
-    md.append(f"| 95 % CI of the mean difference | [{_n(p['ci_low'])}, {_n(p['ci_high'])}] |")
-    md.append(f"| improvement | {_n(100 * s['improvement'], 2)} % |")
-    md.append(f"| paired t, df | {_n(p['t'], 3)}, {p['df']} |")
-    md.append(f"| p (two-sided), Holm-adjusted (family of {result['holm_family_size']}) | {_p(p['p'])}, {_p(s['p_holm'])} |")
-    md.append(f"| Cohen's d for paired samples | {_n(p['d'], 3)} ({p['d_label']}) |")
+    md.append(f"| baseline mean ± sd (n) | {number(p['mean_b'])} ± {number(p['sd_b'])} ({p['n']}) |")
+    md.append(f"| candidate mean ± sd (n) | {number(p['mean_a'])} ± {number(p['sd_a'])} ({p['n']}) |")
+    md.append(f"| mean difference candidate − baseline, sd | {number(p['diff'])}, {number(p['sd_diff'])} |")
+    md.append(f"| 95 % CI of the mean difference | [{number(p['ci_low'])}, {number(p['ci_high'])}] |")
+    md.append(f"| improvement | {number(100 * s['improvement'], 2)} % |")
+    md.append(f"| paired t, df | {number(p['t'], 3)}, {p['df']} |")
+    md.append(f"| p (two-sided), Holm-adjusted (family of {result['holm_family_size']}) | {format_p(p['p'])}, {format_p(s['p_holm'])} |")
+    md.append(f"| Cohen's d for paired samples | {number(p['d'], 3)} ({p['d_label']}) |")
     md.append(f"| wins | {s['wins']} of {p['n']} seeds |")
-    md.append(f"| robustness check, Welch's t-test (unpaired) | t = {_n(w['t'], 3)}, df = {_n(w['df'], 2)}, p = "
-              f"{_p(w['p'])}, 95 % CI [{_n(w['ci_low'])}, {_n(w['ci_high'])}] |")
+    md.append(f"| robustness check, Welch's t-test (unpaired) | t = {number(w['t'], 3)}, df = {number(w['df'], 2)}, p = "
+              f"{format_p(w['p'])}, 95 % CI [{number(w['ci_low'])}, {number(w['ci_high'])}] |")
     md.append("")
     plots = c.get("plots") or {}
     md.append(" ".join(f"![{k}]({plots[k]})" for k in ("seeds", "box", "curves") if k in plots) + "\n")
@@ -204,14 +202,14 @@ def _candidate_section(c: dict, result: dict) -> list[str]:
         for side in ("baseline", "candidate"):
             f = sc[side]
             pooled = f["pooled"] or {}
-            md.append(f"| {side} | {_n(f['mean_slope'])} [{_n(f['slope_ci'][0])}, {_n(f['slope_ci'][1])}] | "
-                      f"{', '.join(_n(x['b']) + ' (' + _n(x['r2'], 3) + ')' for x in f['per_seed'])} | "
-                      f"{_n(pooled.get('slope'))} ± {_n(pooled.get('se_slope'))} | {_n(pooled.get('r2'), 3)} |")
+            md.append(f"| {side} | {number(f['mean_slope'])} [{number(f['slope_ci'][0])}, {number(f['slope_ci'][1])}] | "
+                      f"{', '.join(number(x['b']) + ' (' + number(x['r2'], 3) + ')' for x in f['per_seed'])} | "
+                      f"{number(pooled.get('slope'))} ± {number(pooled.get('se_slope'))} | {number(pooled.get('r2'), 3)} |")
         st = sc["slope_test"]
         sizes = sorted({x["sizes"] for side in ("baseline", "candidate") for x in sc[side]["per_seed"]})
-        md.append(f"\nPaired slope test (candidate − baseline): mean difference {_n(st['diff'])}, 95 % CI "
-                  f"[{_n(st['ci_low'])}, {_n(st['ci_high'])}], t = {_n(st['t'], 3)} ({st['df']} df), p = {_p(st['p'])}, "
-                  f"Holm-adjusted over {result['slope_family_size']} slope test(s) p = {_p(st.get('p_holm'))}. "
+        md.append(f"\nPaired slope test (candidate − baseline): mean difference {number(st['diff'])}, 95 % CI "
+                  f"[{number(st['ci_low'])}, {number(st['ci_high'])}], t = {number(st['t'], 3)} ({st['df']} df), p = {format_p(st['p'])}, "
+                  f"Holm-adjusted over {result['slope_family_size']} slope test(s) p = {format_p(st.get('p_holm'))}. "
                   f"Sizes per fit: {sizes}" + (" (with two sizes every R² is 1 by construction)" if sizes == [2] else "")
                   + ".\n")
         if "scaling" in plots:
@@ -235,7 +233,7 @@ def _tuning_section(c: dict, result: dict) -> list[str]:
         h = hp[side]
         b = h["best"]
         md.append(f"| {side} | {_f(b['lr'], 5)} | {int(b['warmup_steps'])} | {_f(b['weight_decay'], 4)} | "
-                  f"{b.get('batch_size_seqs', '–')} | {_n(h.get('best_value'))} | {h.get('n_trials', 0)} "
+                  f"{b.get('batch_size_seqs', '–')} | {number(h.get('best_value'))} | {h.get('n_trials', 0)} "
                   f"({h.get('pruned', 0)}) | {h.get('sampler_seed', '–')} |")
         if h.get("note"):
             md.append(f"| | {h['note']} | | | | | | |")
@@ -248,7 +246,7 @@ def _tuning_section(c: dict, result: dict) -> list[str]:
             for t in hp[side].get("trials", []):
                 md.append(f"| {side} | {t['trial']} | {_f(t['params']['lr'], 5)} | {int(t['params']['warmup_steps'])} | "
                           f"{_f(t['params']['weight_decay'], 4)} | {t['params'].get('batch_size_seqs', '–')} | "
-                          f"{_n(t['value'])} | {t['state']}{': ' + t['note'] if t.get('note') else ''} |")
+                          f"{number(t['value'])} | {t['state']}{': ' + t['note'] if t.get('note') else ''} |")
         md.append("\n</details>\n")
     return md
 
@@ -268,9 +266,9 @@ def _option_a_section(c: dict) -> list[str]:
            "outside the Holm family, no verdict.\n",
            "| baseline mean ± sd | candidate mean ± sd | mean difference [95 % CI] | paired t (df) | p | paired d | wins |",
            "|---|---|---|---|---|---|---|",
-           f"| {_n(p['mean_b'])} ± {_n(p['sd_b'])} | {_n(p['mean_a'])} ± {_n(p['sd_a'])} | {_n(p['diff'])} "
-           f"[{_n(p['ci_low'])}, {_n(p['ci_high'])}] | {_n(p['t'], 3)} ({p['df']}) | {_p(p['p'])} | "
-           f"{_n(p['d'], 2)} ({p['d_label']}) | {a['stats']['wins']}/{p['n']} |", ""]
+           f"| {number(p['mean_b'])} ± {number(p['sd_b'])} | {number(p['mean_a'])} ± {number(p['sd_a'])} | {number(p['diff'])} "
+           f"[{number(p['ci_low'])}, {number(p['ci_high'])}] | {number(p['t'], 3)} ({p['df']}) | {format_p(p['p'])} | "
+           f"{number(p['d'], 2)} ({p['d_label']}) | {a['stats']['wins']}/{p['n']} |", ""]
     return md
 
 

@@ -146,6 +146,20 @@ def interpret_d(d: float) -> str:
     return "large"
 
 
+def describe(values) -> dict:
+    """n, mean and sample standard deviation of the finite values (None and non-finite ones left out)."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return {"n": len(xs), "mean": float(np.mean(xs)) if xs else math.nan,
+            "sd": float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan}
+
+
+def format_p(p) -> str:
+    """A p-value as every report prints it: three significant digits, two below 0.001; a dash when there is none."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "–"
+    return f"{p:.2g}" if p < 1e-3 else f"{p:.3g}"
+
+
 def holm(pvalues) -> list[float]:
     """Holm-Bonferroni adjusted p-values, in the input order.
 
@@ -269,9 +283,7 @@ def across_groups(groups: dict[str, list[float]], alpha: float = 0.05) -> dict:
     models), Holm-adjusted over the pairs. Needs at least two groups of two values; NaN otherwise."""
     names = [k for k, v in groups.items() if len(v) >= 2]
     samples = [_arr(groups[k]) for k in names]
-    out = {"groups": {k: {"n": len(groups[k]), "mean": float(np.mean(groups[k])) if groups[k] else math.nan,
-                          "sd": float(np.std(groups[k], ddof=1)) if len(groups[k]) > 1 else math.nan}
-                      for k in groups},
+    out = {"groups": {k: describe(groups[k]) for k in groups},
            "anova": {"F": math.nan, "df_between": len(names) - 1, "df_within": sum(map(len, samples)) - len(names),
                      "p": math.nan},
            "kruskal": {"H": math.nan, "df": len(names) - 1, "p": math.nan}, "pairs": []}
