@@ -187,3 +187,12 @@ def test_the_confinement_probe_reports_what_each_layer_stopped(tmp_path):
             # Unconfined file system: the same attempts succeed, so a refusal above is the layer's doing.
             assert stop["write_outside_scratch"] == "ok" and child["outside_file_exists_afterwards"]
             assert stop["read_planted_secret"] == "ok"
+
+
+def test_evaluate_keeps_the_reason_and_message_where_openevolve_is_not_installed(monkeypatch):
+    """The GPU machine has no OpenEvolve: the security stage's tests read ``artifacts`` all the same."""
+    from harness.trusted import evaluate as evaluate_module
+
+    monkeypatch.setitem(sys.modules, "openevolve.evaluation_result", None)  # its import now fails
+    result = evaluate_module._wrap({"combined_score": 0.0}, {"reason": "policy", "message": "no"})
+    assert result.metrics == {"combined_score": 0.0} and result.artifacts == {"reason": "policy", "message": "no"}

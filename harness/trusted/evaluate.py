@@ -18,6 +18,7 @@ import math
 import os
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.trusted import confine, executor
@@ -173,11 +174,20 @@ def _execution_text(execution: dict) -> str:
     return text
 
 
+@dataclass
+class Evaluation:
+    """What ``evaluate`` returns where OpenEvolve is not installed (``harness gpu-check``'s GPU machine): the two
+    fields of OpenEvolve's ``EvaluationResult``, so that the reason and the message are not lost."""
+
+    metrics: dict
+    artifacts: dict
+
+
 def _wrap(metrics: dict, artifacts: dict):
     try:
         from openevolve.evaluation_result import EvaluationResult
     except ImportError:
-        return {**metrics}
+        return Evaluation(metrics=metrics, artifacts=artifacts)
     return EvaluationResult(metrics=metrics, artifacts=artifacts)
 
 
