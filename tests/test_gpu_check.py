@@ -33,6 +33,7 @@ def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, ca
     env = stages["environment"]
     assert env["fingerprint"]["harness_code_hash"] and env["ceilings"]["copy_gb_per_s"] > 0
     assert env["ceilings"]["matmul_tflops"] > 0 and env["confinement"]["level"]
+    assert env["sandbox_layers"] == confine.layers_here("cpu")
 
     # No GPU here: the CUDA test was collected and skipped, with its reason.
     tests = stages["cuda_tests"]
@@ -196,3 +197,22 @@ def test_evaluate_keeps_the_reason_and_message_where_openevolve_is_not_installed
     monkeypatch.setitem(sys.modules, "openevolve.evaluation_result", None)  # its import now fails
     result = evaluate_module._wrap({"combined_score": 0.0}, {"reason": "policy", "message": "no"})
     assert result.metrics == {"combined_score": 0.0} and result.artifacts == {"reason": "policy", "message": "no"}
+
+
+@pytest.mark.skipif(confinement_probe.landlock_abi() == 0, reason="no Landlock here")
+def test_the_probe_can_let_the_driver_write_one_more_folder(tmp_path):
+    """The bisecting step the probe takes on a GPU whose driver needs to write a shared folder: writes are allowed in
+    the scratch folder and the one folder named, nowhere else."""
+    scratch, elsewhere, other = tmp_path / "scratch", tmp_path / "elsewhere", tmp_path / "other"
+    for folder in (scratch, elsewhere, other):
+        folder.mkdir()
+    secret = other / "secret.txt"
+    secret.write_text("x")
+    spec = {"read_roots": ["/"], "write_roots": [str(scratch)], "scratch": str(scratch), "secret": str(secret),
+            "outside": str(elsewhere / "written.txt"), "layers": ["landlock_writes_one_more"]}
+    allowed = confinement_probe.child_under({**spec, "one_more": str(elsewhere)})
+    assert allowed["layers"] == {"landlock_writes_one_more": "ok"}, allowed
+    assert allowed["must_stop"]["write_outside_scratch"] == "ok" and allowed["outside_file_exists_afterwards"]
+    refused = confinement_probe.child_under({**spec, "one_more": str(other)})
+    assert refused["must_stop"]["write_outside_scratch"] == "EACCES" and not refused["outside_file_exists_afterwards"]
+    assert refused["must_allow"]["write_in_scratch"] == "ok" and confinement_probe._cuda(refused) != "n/a"

@@ -18,8 +18,10 @@ process so that nothing it changes outlives it:
   the things they must not stop: writing in the scratch folder and, where CUDA is visible, a matrix product on
   the GPU;
 * ``only_<layer>``: the same child under each layer alone, and under looser variants of Landlock (reads anywhere, or
-  writes in the system's scratch folders too), so that when CUDA fails under the whole set, the runs say which
-  layer and which right it needs.
+  writes in the system's shared folders too), so that when CUDA fails under the whole set, the runs say which
+  layer and which right it needs;
+* ``landlock_writes_one_more``: where CUDA works when Landlock lets it write the system's shared folders and fails
+  when it does not, the same child once per folder with writes there only: which folder the driver writes.
 
 Every attempt reports what happened (``ok`` or the errno's name), never a guess.
 """
@@ -46,8 +48,9 @@ CLONE_NEWNS = 0x00020000  # the sandbox's launcher does not use a mount namespac
 # the package's folder (set at run time). A secret planted outside them must stay unreadable.
 SYSTEM_READ_ROOTS = confine.SYSTEM_READ_ROOTS + confine.PROC_READ
 GPU_DEVICE_GLOBS = ("nvidia*", "nvidia-caps/*", "dri/*")
-# Folders where system libraries create sockets, locks and shared memory (the CUDA driver among them).
-SYSTEM_SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev", "/dev/shm", "/run")
+# Folders where system libraries create sockets, locks and shared memory, and the kernel's own files (the CUDA
+# driver may write any of them). Tried by the probe only: a sandbox never writes them.
+SYSTEM_SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev", "/dev/shm", "/run", "/proc", "/sys")
 
 
 def _libc():
@@ -132,6 +135,8 @@ def confined_child(spec: dict) -> dict:
         layers["landlock_writes_only"] = apply_landlock(["/"], spec["write_roots"])
     if "landlock_writes_tmp_dev" in spec["layers"]:  # and writes in the shared scratch folders of the system too
         layers["landlock_writes_tmp_dev"] = apply_landlock(["/"], spec["write_roots"] + list(SYSTEM_SCRATCH_DIRS))
+    if "landlock_writes_one_more" in spec["layers"]:  # reads anywhere, writes in one more folder
+        layers["landlock_writes_one_more"] = apply_landlock(["/"], spec["write_roots"] + [spec["one_more"]])
     if "seccomp" in spec["layers"]:
         layers["seccomp"] = apply_seccomp()
     scratch = Path(spec["scratch"])
@@ -180,6 +185,16 @@ def _device_files() -> list[str]:
     return sorted(found)
 
 
+def child_under(spec: dict) -> dict:
+    """``confined_child(spec)`` in a throwaway child, and whether its write outside the scratch folder left a file."""
+    child = _child("import json; from harness.diagnostics.confinement_probe import confined_child; "
+                   f"print(json.dumps(confined_child({spec!r})))", timeout_s=300.0)
+    outside = Path(spec["outside"])
+    child["outside_file_exists_afterwards"] = outside.exists()
+    outside.unlink(missing_ok=True)
+    return child
+
+
 def probe(work_dir: Path | None = None) -> dict:
     """Everything the module docstring lists, as one JSON-ready dict."""
     report: dict = {"kernel": platform.release(), "machine": platform.machine(), "euid": os.geteuid(),
@@ -214,14 +229,20 @@ def probe(work_dir: Path | None = None) -> dict:
         # runs say which layer it is.
         for key, layers in [("confined_child", [x for x in available if x not in variants])] + \
                 [(f"only_{x}", [x]) for x in available]:
-            child = _child("import json, sys; from harness.diagnostics.confinement_probe import confined_child; "
-                           f"print(json.dumps(confined_child({ {**spec, 'layers': layers}!r})))", timeout_s=300.0)
-            child["outside_file_exists_afterwards"] = (denied / "written.txt").exists()
-            (denied / "written.txt").unlink(missing_ok=True)
-            report[key] = child
+            report[key] = child_under({**spec, "layers": layers})
+        if _cuda(report, "only_landlock_writes_tmp_dev") == "ok" and _cuda(report, "only_landlock_writes_only") != "ok":
+            report["landlock_writes_one_more"] = {
+                folder: _cuda(child_under({**spec, "layers": ["landlock_writes_one_more"], "one_more": folder}))
+                for folder in SYSTEM_SCRATCH_DIRS}
         report["read_roots"] = spec["read_roots"]
     report["level"] = confinement_level(report)
     return report
+
+
+def _cuda(report: dict, key: str | None = None) -> str:
+    """What the CUDA attempt of a child (``report[key]``, or ``report`` itself) gave."""
+    child = report.get(key, {}) if key else report
+    return child.get("must_allow", {}).get("cuda_matmul", "n/a")
 
 
 def confinement_level(report: dict) -> str:

@@ -13,7 +13,8 @@ output.
 The stages, in the order they run:
 
 1. ``environment``: versions, the GPU, the two ceilings measured here (device-to-device copy bandwidth, bf16
-   matrix-product rate), and the confinement this machine allows (:mod:`harness.diagnostics.confinement_probe`).
+   matrix-product rate), the confinement this machine allows (:mod:`harness.diagnostics.confinement_probe`), and
+   the layers a sandbox on the device gets here (``confine.layers_here``).
 2. ``cuda_tests``: the CUDA tests (``pytest -m cuda tests/test_train.py``): the engine's fast path against the
    eager fp32 loop, same loss within noise.
 3. ``concurrent``: every rung of the ladder trained at once for ``concurrent_steps`` steps (10k), each rung in its
@@ -104,7 +105,7 @@ CUDA_PLAN = Plan(
     name="cuda", device="cuda", bench_profile="full", bench_steps=500, concurrent_steps=10_000,
     eval_profile="pilot", eval_train_stories=40_000, eval_val_stories=10_000,  # ~1.3M validation tokens >= 2^20
     trace_wait_steps=30, trace_active_steps=20, security_profile="smoke-cuda", security_select="", budget_s=540.0,
-    stage_limit_s={"environment": 60, "cuda_tests": 120, "concurrent": 200, "evaluation": 240, "security": 150,
+    stage_limit_s={"environment": 90, "cuda_tests": 120, "concurrent": 200, "evaluation": 240, "security": 150,
                    "bench": 200, "trace": 90},
 )
 DRY_RUN_PLAN = Plan(
@@ -189,6 +190,7 @@ def stage_environment(plan: Plan, work: Path) -> dict:
 
     from harness.diagnostics.bench import bench_fingerprint
     from harness.diagnostics.confinement_probe import probe
+    from harness.trusted import confine
     from harness.trusted.profiles import get_profile
 
     result = {"fingerprint": bench_fingerprint(get_profile(plan.bench_profile), plan.device),
@@ -203,6 +205,8 @@ def stage_environment(plan: Plan, work: Path) -> dict:
          f"{result['ceilings']['matmul_tflops']:.1f} TFLOP/s ({result['ceilings']['matmul_dtype']})")
     result["confinement"] = probe(work)
     _log(f"confinement: {result['confinement']['level']}")
+    result["sandbox_layers"] = confine.layers_here(plan.device)
+    _log(f"a sandbox on {plan.device} gets: {result['sandbox_layers']}")
     return result
 
 
@@ -666,6 +670,7 @@ def render_summary(record: dict) -> str:
                   f"matmul {c['matmul_n']}^3 {c['matmul_tflops']:.1f} TFLOP/s.",
                   f"- Confinement: {env.get('confinement', {}).get('level', 'n/a')} "
                   f"(Landlock ABI {env.get('confinement', {}).get('landlock_abi', 'n/a')}).",
+                  f"- A sandbox on {plan['device']} gets: {env.get('sandbox_layers', 'n/a')}.",
                   f"- Versions: {json.dumps(env.get('fingerprint', {}).get('versions', {}))}."]
     bench = (stages.get("bench") or {}).get("result")
     if bench and bench.get("table"):
