@@ -356,7 +356,7 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
     # smooth enough to read the steps to 90 % of the final performance from it.
     clean = monitor.host[: curve_upto if curve_last else max(0, curve_upto - 1)].to(torch.float64).numpy()
     ends = [k for k in range(1, len(clean) + 1) if k % curve_every == 0 or k == profile.steps]
-    train_curve = [(k, float(clean[max(0, k - curve_every):k].mean())) for k in ends]
+    train_curve = [(k, float(clean[j:k].mean())) for j, k in zip([0, *ends], ends)]
     norms = grad_norms[:steps_done].float().cpu().numpy().astype(np.float64)
     norms = norms[np.isfinite(norms)]
     after_warmup = clean[profile.warmup_steps:]
