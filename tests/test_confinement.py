@@ -8,6 +8,7 @@ hole in it, to show the layer behind it. Each asserts that the side effect did n
 
 import dataclasses
 import errno
+import functools
 import json
 import os
 import socket
@@ -267,13 +268,13 @@ def test_only_the_layers_offered_are_tried(tmp_path):
 
 @needs_landlock
 def test_a_gpu_sandbox_may_write_the_gpu_device_files_and_nothing_beside_them(tmp_path, monkeypatch):
-    """The device files (stand-ins here: plain files matching the pattern) are write roots of a sandbox on CUDA only,
-    and a rule for a file gives that file alone."""
+    """The device files (stand-ins here: plain files) are write roots of a sandbox on CUDA only, and a rule for a file
+    gives that file alone."""
     devices = tmp_path / "dev"
     devices.mkdir()
     for name in ("nvidia0", "nvidiactl", "other"):
         (devices / name).write_text("")
-    monkeypatch.setattr(confine, "GPU_DEVICE_FILES", str(devices / "nvidia*"))
+    monkeypatch.setattr(confine, "gpu_device_files", lambda: [str(devices / "nvidia0"), str(devices / "nvidiactl")])
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     cuda = confine.file_rules(run_dir, device="cuda")
@@ -296,18 +297,45 @@ def test_the_executor_confines_a_gpu_sandbox_with_the_layers_found(tmp_path, mon
     devices = tmp_path / "dev"
     devices.mkdir()
     (devices / "nvidia0").write_text("")
-    monkeypatch.setattr(confine, "GPU_DEVICE_FILES", str(devices / "nvidia*"))
+    monkeypatch.setattr(confine, "gpu_device_files", lambda: [str(devices / "nvidia0")])
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    confine.device_layers.cache_clear()
-    try:
-        request = {"device": "cuda", "data_source": "synthetic"}
-        rules = executor.landlock_rules(request, tmp_path)
-        assert rules is not None and str(devices / "nvidia0") in rules[1]
-        assert not executor.seccomp_applies(request)
-        assert "the seccomp filter was not applied: cuda fails under it here" in confine.layers_here("cuda")
-        assert executor.landlock_rules({**request, "device": "cpu"}, tmp_path)[1] == confine.file_rules(tmp_path)[1]
-    finally:
-        confine.device_layers.cache_clear()
+    _fresh_layers_cache(monkeypatch)
+    request = {"device": "cuda", "data_source": "synthetic"}
+    rules = executor.landlock_rules(request, tmp_path)
+    assert rules is not None and str(devices / "nvidia0") in rules[1]
+    assert not executor.seccomp_applies(request)
+    assert "the seccomp filter was not applied: cuda fails under it here" in confine.layers_here("cuda")
+    assert executor.landlock_rules({**request, "device": "cpu"}, tmp_path)[1] == confine.file_rules(tmp_path)[1]
+
+
+def _fresh_layers_cache(monkeypatch):
+    """``confine.device_layers`` with an empty cache of its own for this test; the module's, filled at import for
+    the tests' device, comes back afterwards."""
+    monkeypatch.setattr(confine, "device_layers", functools.lru_cache(maxsize=2)(confine.device_layers.__wrapped__))
+
+
+@needs_landlock
+def test_a_check_that_fails_without_any_layer_too_concludes_nothing(tmp_path, monkeypatch):
+    """A GPU that is busy or out of memory fails the check under every layer and without them: that says nothing about
+    the layers, so none is dropped, nothing is cached, and the evaluation is an infrastructure failure."""
+    broken = "import sys; sys.exit('confine: the device is busy')"
+    with pytest.raises(confine.LayersUnknown, match="even without Landlock and seccomp.*the device is busy"):
+        confine.layers_that_work(broken, True, confine.seccomp_supported(), "cuda")
+    monkeypatch.setattr(confine, "CUDA_CHECK", broken)
+    monkeypatch.setattr(confine, "unavailable_reason", lambda device="cpu": None)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    _fresh_layers_cache(monkeypatch)
+    run = executor.run_sandbox_here("evaluate", {"profile": "smoke", "device": "cuda"}, 60.0, 4096)
+    assert run.outcome == "infrastructure" and "which layers cuda works under is not known" in run.error
+    assert confine.device_layers.cache_info().currsize == 0
+    assert "Landlock and seccomp: not known" in confine.layers_here("cuda")
+
+
+def test_only_character_devices_count_as_gpu_device_files(tmp_path, monkeypatch):
+    (tmp_path / "nvidia-caps").mkdir()
+    (tmp_path / "nvidia0").write_text("")
+    monkeypatch.setattr(confine, "GPU_DEVICE_FILES", (str(tmp_path / "nvidia*"), "/dev/nul*"))
+    assert confine.gpu_device_files() == ["/dev/null"]  # a character device; the folder and the plain file are not
 
 
 def test_a_cpu_sandbox_gets_every_layer_the_kernel_offers():

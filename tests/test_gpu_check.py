@@ -33,7 +33,6 @@ def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, ca
     env = stages["environment"]
     assert env["fingerprint"]["harness_code_hash"] and env["ceilings"]["copy_gb_per_s"] > 0
     assert env["ceilings"]["matmul_tflops"] > 0 and env["confinement"]["level"]
-    assert env["sandbox_layers"] == confine.layers_here("cpu")
 
     # No GPU here: the CUDA test was collected and skipped, with its reason.
     tests = stages["cuda_tests"]
@@ -216,3 +215,13 @@ def test_the_probe_can_let_the_driver_write_one_more_folder(tmp_path):
     refused = confinement_probe.child_under({**spec, "one_more": str(other)})
     assert refused["must_stop"]["write_outside_scratch"] == "EACCES" and not refused["outside_file_exists_afterwards"]
     assert refused["must_allow"]["write_in_scratch"] == "ok" and confinement_probe._cuda(refused) != "n/a"
+
+
+def test_a_pytest_run_stopped_at_its_limit_keeps_the_outcomes_of_the_tests_that_finished(tmp_path):
+    tests = tmp_path / "test_slow.py"
+    tests.write_text("import time\n\ndef test_fast():\n    pass\n\ndef test_skipped():\n    import pytest\n"
+                     "    pytest.skip('no')\n\ndef test_slow():\n    time.sleep(120)\n")
+    result = gpu_check.run_pytest([str(tests)], tmp_path / "junit.xml", timeout_s=15.0)
+    assert result["timed_out"] and not result["ok"] and result["wall_s"] < 60
+    assert [(t["name"], t["outcome"]) for t in result["tests"]] == [("test_fast", "passed"), ("test_skipped", "skipped")]
+    assert (result["passed"], result["skipped"], result["failed"]) == (1, 1, 0)

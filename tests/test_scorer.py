@@ -3,6 +3,7 @@ sandbox hands back, with canary and duplicate windows that catch a forward pass 
 state; nothing the training sandbox says about its losses or its size is believed."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,10 +164,19 @@ def test_the_scorer_starts_once_the_training_begins_and_never_for_a_rejected_pro
 def test_a_forged_training_record_moves_no_loss_and_no_count(smoke_env, monkeypatch):
     prepared = prepare(security.FRAMEWORK)
     starts = _count_scorer_starts(monkeypatch)
+    launched, start_limited = [], executor.start_limited
+    monkeypatch.setattr(executor, "start_limited", lambda cmd, log, env: launched.append((cmd, env))
+                        or start_limited(cmd, log, env))
     request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"], source=security.SEED + FORGER)
     run = executor.run_sandbox_here("evaluate", request, 180.0, 8192)
     assert run.outcome == "exited" and run.result["reason"] == "ok", run.log
     assert len(starts) == 1 and TRAINING_BEGINS in starts[0]  # started while the training ran, not before
+    # The scorer's scratch and compile caches are its own, never in the sandbox's run folder, which the forger writes.
+    [scorer_env] = [env for cmd, env in launched if "harness.scorer" in cmd]
+    [sandbox_env] = [env for cmd, env in launched if "harness.sandbox" in cmd]
+    assert Path(scorer_env["TMPDIR"]).parent.name.startswith("harness-scorer-")
+    assert Path(sandbox_env["TMPDIR"]).parent.name.startswith("harness-sandbox-")
+    assert all(scorer_env[k] != sandbox_env[k] for k in executor.scratch_environment(Path("/x")))
     runs = run.result["objective"]["runs"]
     assert runs[0]["final_monitor_loss"] == 0.01, "the forger ran"
     objective = objective_from_untrusted(run.result["objective"], prepared["profile"])

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from harness.validation import stats
@@ -206,3 +207,9 @@ def test_degenerate_samples():
     assert math.isnan(w.p)
     w = stats.welch([1.0], [2.0, 3.0])
     assert math.isnan(w.p) and math.isnan(w.df)
+
+
+def test_every_report_prints_a_p_value_the_same_way():
+    assert [stats.format_p(p) for p in (0.0123456, 1.23e-5, 0.5, None, float("nan"), np.float32("nan"))] == \
+        ["0.0123", "1.2e-05", "0.5", "–", "–", "–"]
+    assert stats.describe([1.0, None, 3.0, float("inf")]) == {"n": 2, "mean": 2.0, "sd": pytest.approx(2 ** 0.5)}

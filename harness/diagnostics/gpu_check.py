@@ -13,8 +13,7 @@ output.
 The stages, in the order they run:
 
 1. ``environment``: versions, the GPU, the two ceilings measured here (device-to-device copy bandwidth, bf16
-   matrix-product rate), the confinement this machine allows (:mod:`harness.diagnostics.confinement_probe`), and
-   the layers a sandbox on the device gets here (``confine.layers_here``).
+   matrix-product rate), and the confinement this machine allows (:mod:`harness.diagnostics.confinement_probe`).
 2. ``cuda_tests``: the CUDA tests (``pytest -m cuda tests/test_train.py``): the engine's fast path against the
    eager fp32 loop, same loss within noise.
 3. ``concurrent``: every rung of the ladder trained at once for ``concurrent_steps`` steps (10k), each rung in its
@@ -63,6 +62,7 @@ from harness.trusted.frameworks import REPO_ROOT
 
 STAGES = ("environment", "cuda_tests", "concurrent", "evaluation", "security", "bench", "trace")
 MIN_STAGE_S = 20.0  # a stage is not started with less time than this left
+STAGE_LIMIT_ENV = "HARNESS_GPU_CHECK_STAGE_LIMIT_S"  # a stage's process is told its limit, seconds
 ESCAPE_SECRET_ENV = "HARNESS_GPU_CHECK_SECRET"
 
 
@@ -190,7 +190,6 @@ def stage_environment(plan: Plan, work: Path) -> dict:
 
     from harness.diagnostics.bench import bench_fingerprint
     from harness.diagnostics.confinement_probe import probe
-    from harness.trusted import confine
     from harness.trusted.profiles import get_profile
 
     result = {"fingerprint": bench_fingerprint(get_profile(plan.bench_profile), plan.device),
@@ -205,8 +204,6 @@ def stage_environment(plan: Plan, work: Path) -> dict:
          f"{result['ceilings']['matmul_tflops']:.1f} TFLOP/s ({result['ceilings']['matmul_dtype']})")
     result["confinement"] = probe(work)
     _log(f"confinement: {result['confinement']['level']}")
-    result["sandbox_layers"] = confine.layers_here(plan.device)
-    _log(f"a sandbox on {plan.device} gets: {result['sandbox_layers']}")
     return result
 
 
@@ -214,16 +211,26 @@ def stage_environment(plan: Plan, work: Path) -> dict:
 # Stage 2: the CUDA tests
 
 
-def run_pytest(args: list[str], junit: Path, env: dict | None = None) -> dict:
-    """``pytest ARGS`` in the repository, each test's outcome read from its JUnit XML."""
+PYTEST_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+
+
+def run_pytest(args: list[str], junit: Path, env: dict | None = None, timeout_s: float | None = None) -> dict:
+    """``pytest ARGS`` in the repository, each test's outcome read from its JUnit XML; past ``timeout_s`` it is
+    stopped, and the outcomes of the tests that finished are read from its verbose output instead."""
     import xml.etree.ElementTree as ET
 
-    cmd = [sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    cmd = [sys.executable, "-m", "pytest", *args, "-v", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, env=env)
-    result = {"command": " ".join(cmd[1:]), "exit_code": proc.returncode, "wall_s": time.perf_counter() - started,
-              "output_tail": (proc.stdout + proc.stderr)[-3000:], "tests": []}
-    if junit.exists():
+    try:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s,
+                              env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
+        output, exit_code, timed_out = proc.stdout + proc.stderr, proc.returncode, False
+    except subprocess.TimeoutExpired as exc:  # its output is bytes, whatever text= says
+        output = b"".join(x for x in (exc.stdout, exc.stderr) if x).decode(errors="replace")
+        exit_code, timed_out = None, True
+    result = {"command": " ".join(cmd[1:]), "exit_code": exit_code, "timed_out": timed_out,
+              "wall_s": time.perf_counter() - started, "output_tail": output[-3000:], "tests": []}
+    if junit.exists() and not timed_out:
         for case in ET.parse(junit).getroot().iter("testcase"):
             outcome, message = "passed", ""
             for tag in ("failure", "error", "skipped"):
@@ -232,11 +239,19 @@ def run_pytest(args: list[str], junit: Path, env: dict | None = None) -> dict:
                     outcome, message = tag, (node.get("message") or "")[:500]
             result["tests"].append({"name": case.get("name"), "outcome": outcome, "seconds": float(case.get("time", 0)),
                                     "message": message})
+    else:
+        outcomes = {"PASSED": "passed", "FAILED": "failure", "ERROR": "error", "SKIPPED": "skipped",
+                    "XFAIL": "skipped", "XPASS": "failure"}
+        for line in output.splitlines():
+            found = PYTEST_LINE.match(line)
+            if found:
+                result["tests"].append({"name": found.group(1).rsplit("::", 1)[-1], "outcome": outcomes[found.group(2)],
+                                        "seconds": None, "message": ""})
     result["passed"] = sum(t["outcome"] == "passed" for t in result["tests"])
     result["failed"] = sum(t["outcome"] in ("failure", "error") for t in result["tests"])
     result["skipped"] = sum(t["outcome"] == "skipped" for t in result["tests"])
     # pytest exits 5 when every test was deselected; that, like any other exit, must show in the summary
-    result["ok"] = proc.returncode == 0 and result["failed"] == 0 and result["passed"] + result["skipped"] > 0
+    result["ok"] = exit_code == 0 and result["failed"] == 0 and result["passed"] + result["skipped"] > 0
     return result
 
 
@@ -460,7 +475,8 @@ def stage_evaluation(plan: Plan, work: Path) -> dict:
 # Stage 5: the security corpus and the confinement tests on the device
 
 
-SECURITY_TESTS = ("tests/test_security.py", "tests/test_confinement.py")
+SECURITY_TESTS = ("tests/test_confinement.py", "tests/test_security.py")  # the OS layers on the device first
+PYTEST_MARGIN_S = 20.0  # left of the stage's limit to read and record the outcomes
 
 
 def stage_security(plan: Plan, work: Path) -> dict:
@@ -470,13 +486,19 @@ def stage_security(plan: Plan, work: Path) -> dict:
     from harness.trusted import confine
     from harness.trusted.profiles import get_profile
 
+    started = time.perf_counter()
     device = get_profile(plan.security_profile).device
+    layers = confine.layers_here(device)  # first: the tests' process finds the same, and the stage may be stopped
+    _log(f"security: a sandbox on {device} gets: {layers}")
     select = ["-k", plan.security_select] if plan.security_select else []
+    # Stopped before the stage's own limit, so that the outcomes of the tests that finished are kept.
+    left = float(os.environ.get(STAGE_LIMIT_ENV, plan.stage_limit_s.get("security", 600))) \
+        - (time.perf_counter() - started)
     result = run_pytest([*SECURITY_TESTS, *select], work / "security-tests.xml",
-                        {**os.environ, "HARNESS_TEST_PROFILE": plan.security_profile})
-    result["profile"], result["confinement"] = plan.security_profile, confine.layers_here(device)
-    _log(f"security: {result['passed']} passed, {result['failed']} failed, {result['skipped']} skipped on {device}; "
-         f"a sandbox there gets: {result['confinement']}")
+                        {**os.environ, "HARNESS_TEST_PROFILE": plan.security_profile},
+                        timeout_s=max(10.0, left - PYTEST_MARGIN_S))
+    result["profile"], result["confinement"] = plan.security_profile, layers
+    _log(f"security: {result['passed']} passed, {result['failed']} failed, {result['skipped']} skipped on {device}")
     return result
 
 
@@ -670,7 +692,6 @@ def render_summary(record: dict) -> str:
                   f"matmul {c['matmul_n']}^3 {c['matmul_tflops']:.1f} TFLOP/s.",
                   f"- Confinement: {env.get('confinement', {}).get('level', 'n/a')} "
                   f"(Landlock ABI {env.get('confinement', {}).get('landlock_abi', 'n/a')}).",
-                  f"- A sandbox on {plan['device']} gets: {env.get('sandbox_layers', 'n/a')}.",
                   f"- Versions: {json.dumps(env.get('fingerprint', {}).get('versions', {}))}."]
     bench = (stages.get("bench") or {}).get("result")
     if bench and bench.get("table"):
@@ -709,7 +730,8 @@ def render_summary(record: dict) -> str:
     if security:
         lines += ["", f"## The security corpus and the confinement tests ({security['profile']})", "",
                   f"{security['passed']} passed, {security['failed']} failed, {security['skipped']} skipped (exit code "
-                  f"{security['exit_code']}). A sandbox here gets: {security['confinement']}."]
+                  f"{security['exit_code']}{', stopped at its time limit' if security.get('timed_out') else ''}). "
+                  f"A sandbox here gets: {security['confinement']}."]
         lines += [f"- {t['name']}: {t['outcome']} {t['message'][:300]}" for t in security["tests"]
                   if t["outcome"] != "passed"]
     trace = (stages.get("trace") or {}).get("result")
@@ -760,7 +782,7 @@ def run_stage_here(name: str, work: Path) -> int:
 
 def _run_stage_process(name: str, plan: Plan, work: Path, limit_s: float, log_file) -> dict:
     cmd = [sys.executable, "-m", "harness.diagnostics.gpu_check", "--stage", name, "--work", str(work)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", STAGE_LIMIT_ENV: str(limit_s),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     log_file.write(f"\n===== stage {name} (limit {limit_s:.0f} s) =====\n")
     log_file.flush()

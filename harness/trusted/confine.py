@@ -24,7 +24,8 @@ On CUDA, the driver must work under both layers too, and what it needs differs b
 measured, it failed under a Landlock ruleset and under a filter that refused every socket: ``results/bench/NOTES.md``).
 So ``device_layers("cuda")`` runs a CUDA check in the launcher under the sandbox's own rules (the GPU device files
 writable), strongest combination first, and a sandbox on CUDA gets the strongest one under which the check passed.
-The ledger records what applied; ``--layers cuda`` says it, and why a layer did not.
+A layer is dropped only when the check passes without it (``LayersUnknown`` otherwise). The ledger records what
+applied; ``--layers cuda`` says it, and why a layer did not.
 
 A kernel that refuses unprivileged user namespaces (some distributions' defaults, gVisor, macOS) makes
 ``--check`` fail; the evaluator then records that the sandbox ran unconfined, or refuses to start under a profile
@@ -37,6 +38,7 @@ import dataclasses
 import functools
 import glob
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -73,7 +75,8 @@ PROC_READ = ("/proc/self", "/proc/thread-self", "/proc/cpuinfo", "/proc/meminfo"
 # Written by any sandbox: the null device, and POSIX shared memory and semaphores.
 SYSTEM_WRITE_ROOTS = ("/dev/null", "/dev/shm")
 # Written by a sandbox on CUDA as well: the driver opens the GPU's device files read-write and drives them with ioctl.
-GPU_DEVICE_FILES = "/dev/nvidia*"
+# Only character devices match (``gpu_device_files``), never a folder beneath which a rule would allow creating files.
+GPU_DEVICE_FILES = ("/dev/nvidia*", "/dev/nvidia-caps/*")
 EXIT_UNAVAILABLE = 125  # the namespaces could not be created; the command was not run
 FAILURE_PREFIX = "confine: "  # the first line the launcher writes when it could not start the command
 
@@ -176,27 +179,45 @@ def device_layers(device: str = "cpu") -> Layers:
     return Layers(not files_absent, not seccomp_absent, files_absent, seccomp_absent)
 
 
+class LayersUnknown(RuntimeError):
+    """The check failed with no layer at all as well, so no failure can be put down to a layer: nothing is
+    concluded (and nothing cached); the evaluation is an infrastructure failure, tried again the next time."""
+
+
 def layers_that_work(check: str, files: bool, seccomp: bool, device: str) -> Layers:
     """The strongest of (Landlock and seccomp, Landlock alone, seccomp alone) under which the Python code ``check``
     exits 0 in the launcher, as a sandbox on ``device`` would run (its file rules, a fresh run folder as its TMPDIR);
     only the layers offered (``files``, ``seccomp``) are tried. A layer left out says why: the check's last line of
-    error under it."""
+    error under it. A layer is left out only if the check then passes in the namespaces alone: else LayersUnknown
+    (a GPU that was busy or out of memory says nothing about the layers)."""
     errors = {}
     for tried in ((True, True), (True, False), (False, True)):
         if (tried[0] and not files) or (tried[1] and not seccomp):
             continue
-        with tempfile.TemporaryDirectory(prefix="harness-confine-check-") as run_dir:
-            rules = file_rules(run_dir, device=device) if tried[0] else None
-            try:
-                out = subprocess.run(wrap([sys.executable, "-c", check], rules, tried[1]), capture_output=True,
-                                     text=True, timeout=CHECK_TIMEOUT_S, env={**os.environ, "TMPDIR": run_dir})
-                error = "" if out.returncode == 0 else (out.stderr.strip().splitlines() or ["failed"])[-1]
-            except subprocess.TimeoutExpired:
-                error = f"the check did not finish in {CHECK_TIMEOUT_S:.0f} s"
+        error = _check_under(check, tried, device)
         if not error:
             return _chosen(tried, errors, (files, seccomp), device)
-        errors[tried] = error.removeprefix(FAILURE_PREFIX)
+        errors[tried] = error
+    if errors:
+        bare = _check_under(check, (False, False), device)
+        if bare:
+            raise LayersUnknown(f"the {device} check failed in a sandbox even without Landlock and seccomp, so "
+                                f"which layers {device} works under is not known: {bare}")
     return _chosen((False, False), errors, (files, seccomp), device)
+
+
+def _check_under(check: str, layers: tuple, device: str) -> str:
+    """The last line of error of ``check`` run in the launcher under (files, seccomp) ``layers``; "" when it passed."""
+    with tempfile.TemporaryDirectory(prefix="harness-confine-check-") as run_dir:
+        rules = file_rules(run_dir, device=device) if layers[0] else None
+        try:
+            out = subprocess.run(wrap([sys.executable, "-c", check], rules, layers[1]), capture_output=True,
+                                 text=True, timeout=CHECK_TIMEOUT_S, env={**os.environ, "TMPDIR": run_dir})
+        except subprocess.TimeoutExpired:
+            return f"the check did not finish in {CHECK_TIMEOUT_S:.0f} s"
+    if out.returncode == 0:
+        return ""
+    return (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1].removeprefix(FAILURE_PREFIX)
 
 
 def _chosen(chosen: tuple, errors: dict, offered: tuple, device: str) -> Layers:
@@ -220,7 +241,10 @@ def layers_here(device: str = "cpu") -> str:
     reason = unavailable_reason(device)
     if reason:
         return f"none: {reason}"
-    layers = device_layers(device)
+    try:
+        layers = device_layers(device)
+    except LayersUnknown as exc:
+        return f"{LAYERS} (Landlock and seccomp: not known: {exc})"
     text = f"{LAYERS}; {FILES_LAYER} (ABI {landlock_abi()})" if layers.files else \
         f"{LAYERS} (files: the static policy only; {layers.files_absent})"
     return text + (f"; {SECCOMP_LAYER}" if layers.seccomp else f"; {layers.seccomp_absent}")
@@ -313,9 +337,22 @@ def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu") -> tuple[li
     read = sorted(set(SYSTEM_READ_ROOTS) | set(PROC_READ) | python | {str(package)} | seeds | hf
                   | {str(default_cache_dir() / "tokens"), str(run_dir)} | {str(r) for r in reads})
     # The datasets library writes lock files beside its cache even when it only reads.
-    gpu = set(glob.glob(GPU_DEVICE_FILES)) if device == "cuda" else set()
+    gpu = set(gpu_device_files()) if device == "cuda" else set()
     write = sorted(set(SYSTEM_WRITE_ROOTS) | gpu | hf | {str(run_dir)} | {str(w) for w in writes})
     return read, write
+
+
+def gpu_device_files() -> list[str]:
+    """The GPU's device files here: the character devices that ``GPU_DEVICE_FILES`` matches."""
+    found = set()
+    for pattern in GPU_DEVICE_FILES:
+        for path in glob.glob(pattern):
+            try:
+                if stat.S_ISCHR(os.stat(path).st_mode):
+                    found.add(path)
+            except OSError:
+                continue
+    return sorted(found)
 
 
 def unconfined_message(profile_name: str, reason: str) -> str:

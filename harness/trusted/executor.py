@@ -260,14 +260,20 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
         for folder in ("tmp", "weights", "forward", "forward/tmp"):
             (tmp / folder).mkdir()
-        env = sandbox_environment(PYTHONUNBUFFERED="1", **(env or {}), **scratch_environment(tmp / "tmp"))
+        (private / "tmp").mkdir()
+        # The scorer gets a scratch folder of its own: the sandbox's is the candidate's to write.
+        base_env = sandbox_environment(PYTHONUNBUFFERED="1", **(env or {}))
+        env = {**base_env, **scratch_environment(tmp / "tmp")}
         cmd = [sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"), str(result_path)]
         unavailable = confine.unavailable_reason(request.get("device", "cpu"))
         if unavailable and request.get("confinement", "required") == "required":
             return SandboxRun("infrastructure", None, error=confine.unconfined_message(request.get("profile", "?"),
                                                                                         unavailable))
-        files = landlock_rules(request, tmp, writes=[default_cache_dir()] if mode == "prepare" else ())
-        seccomp = seccomp_applies(request)
+        try:
+            files = landlock_rules(request, tmp, writes=[default_cache_dir()] if mode == "prepare" else ())
+            seccomp = seccomp_applies(request)
+        except confine.LayersUnknown as exc:
+            return SandboxRun("infrastructure", None, error=str(exc))
         if unavailable:
             confinement, launched = f"none: {unavailable}", cmd
         else:
@@ -280,7 +286,8 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
             if scorer or mode not in TRAINING_RECORD:
                 return
             try:
-                scorer.append(_start_scorer(mode, request, tmp, private, limit_s, memory_cap_mib, env, not unavailable))
+                scorer.append(_start_scorer(mode, request, tmp, private, limit_s, memory_cap_mib, base_env,
+                                            not unavailable))
             except Exception as exc:  # noqa: BLE001 - a request it cannot plan for fails only if scoring is needed
                 scorer.extend([None, f"{type(exc).__name__}: {exc}"])
 
@@ -354,12 +361,14 @@ def seccomp_applies(request: dict) -> bool:
 
 
 def scratch_environment(folder: Path) -> dict[str, str]:
-    """The variables that keep a sandbox's temporary files and compilation caches in its own run folder. Inductor's
-    and Triton's kernels and the CUDA and torch kernel caches would otherwise go to folders shared between sandboxes,
-    where a candidate could leave a kernel for a later program to load (and which a sandbox under Landlock may not
-    write)."""
+    """The variables that keep a process's temporary files and compilation caches in its own folder, whatever the
+    user set. Inductor's and Triton's kernels (Triton's override and dump folders too), torch's extensions and the
+    CUDA and torch kernel caches would otherwise live in folders shared between sandboxes, where a candidate could
+    leave a kernel for a later program to load (and which a sandbox under Landlock may not write)."""
     return {"TMPDIR": str(folder), "TORCHINDUCTOR_CACHE_DIR": str(folder / "torchinductor"),
-            "TRITON_CACHE_DIR": str(folder / "triton"), "CUDA_CACHE_PATH": str(folder / "nv"),
+            "TRITON_HOME": str(folder), "TRITON_CACHE_DIR": str(folder / "triton"),
+            "TRITON_OVERRIDE_DIR": str(folder / "triton-override"), "TRITON_DUMP_DIR": str(folder / "triton-dump"),
+            "TORCH_EXTENSIONS_DIR": str(folder / "torch-extensions"), "CUDA_CACHE_PATH": str(folder / "nv"),
             "PYTORCH_KERNEL_CACHE_PATH": str(folder / "torch-kernels")}
 
 
@@ -388,7 +397,8 @@ def _start_scorer(mode: str, request: dict, tmp: Path, private: Path, limit_s: f
                   env: dict, confined: bool) -> Started:
     """Start ``python -m harness.scorer`` ahead, with everything known before the training: it imports torch and
     starts its forward-only sandbox while the training runs, then waits for the training's data hash. Its plan,
-    log and result live in ``private``, outside every sandbox's run folder (``tmp``)."""
+    log, result and scratch folder live in ``private``, outside every sandbox's run folder (``tmp``). ``env``: the
+    sandboxes' environment without a scratch folder (each process gets its own)."""
     from harness.trusted.frameworks import get_framework
 
     source = request.get("source") if mode != "prepare" else get_framework(request["framework"]).seed_source()
@@ -401,7 +411,8 @@ def _start_scorer(mode: str, request: dict, tmp: Path, private: Path, limit_s: f
             "confined": confined, "env": env}
     (private / "plan.json").write_text(json.dumps(plan))
     return start_limited([sys.executable, "-m", "harness.scorer", str(private / "plan.json"),
-                          str(private / "score.json")], private / "scorer.log", env)
+                          str(private / "score.json")], private / "scorer.log",
+                         {**env, **scratch_environment(private / "tmp")})
 
 
 def _score(mode: str, run: SandboxRun, private: Path, scorer: Started, limit_s: float, memory_cap_mib: int) -> None:

@@ -155,7 +155,7 @@ def describe(values) -> dict:
 
 def format_p(p) -> str:
     """A p-value as every report prints it: three significant digits, two below 0.001; a dash when there is none."""
-    if p is None or (isinstance(p, float) and math.isnan(p)):
+    if p is None or math.isnan(float(p)):
         return "–"
     return f"{p:.2g}" if p < 1e-3 else f"{p:.3g}"
 
