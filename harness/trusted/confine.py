@@ -13,8 +13,8 @@ are mapped to themselves, so files keep their owners.
 With ``--read``/``--write``, the command also runs under a Landlock ruleset (Linux 5.13+, no root needed): it
 may read only beneath the ``--read`` paths and write only beneath the ``--write`` paths, whatever it calls, C++
 file I/O included. Under ``/proc`` it may read only its own entries and a few system-wide files, so the
-environments of the user's other processes stay out of reach. The executor asks for it on CPU sandboxes where
-the kernel offers Landlock (``file_rules``).
+environments of the user's other processes stay out of reach. The executor asks for it where the kernel offers
+Landlock (``file_rules``).
 
 With ``--seccomp``, the command also runs under the seccomp filter of ``harness.trusted.seccomp``: system calls a
 training never needs fail, and only Unix-domain sockets can be opened. The executor asks for it where the kernel
