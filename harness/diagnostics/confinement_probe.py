@@ -47,7 +47,6 @@ CLONE_NEWNS = 0x00020000  # the sandbox's launcher does not use a mount namespac
 # What the confined child may read: what a sandbox may (harness.trusted.confine), plus the Python installation and
 # the package's folder (set at run time). A secret planted outside them must stay unreadable.
 SYSTEM_READ_ROOTS = confine.SYSTEM_READ_ROOTS + confine.PROC_READ
-GPU_DEVICE_GLOBS = ("nvidia*", "nvidia-caps/*", "dri/*")
 # Folders where system libraries create sockets, locks and shared memory, and the kernel's own files (the CUDA
 # driver may write any of them). Tried by the probe only: a sandbox never writes them.
 SYSTEM_SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev", "/dev/shm", "/run", "/proc", "/sys")
@@ -178,13 +177,6 @@ def _read_roots(scratch: Path) -> list[str]:
     return sorted(roots)
 
 
-def _device_files() -> list[str]:
-    found = []
-    for pattern in GPU_DEVICE_GLOBS:
-        found += [str(p) for p in Path("/dev").glob(pattern)]
-    return sorted(found)
-
-
 def child_under(spec: dict) -> dict:
     """``confined_child(spec)`` in a throwaway child, and whether its write outside the scratch folder left a file."""
     child = _child("import json; from harness.diagnostics.confinement_probe import confined_child; "
@@ -198,7 +190,7 @@ def child_under(spec: dict) -> dict:
 def probe(work_dir: Path | None = None) -> dict:
     """Everything the module docstring lists, as one JSON-ready dict."""
     report: dict = {"kernel": platform.release(), "machine": platform.machine(), "euid": os.geteuid(),
-                    "gpu_device_files": _device_files()}
+                    "gpu_device_files": confine.gpu_device_files()}
     status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
     report["inherited"] = {line.split(":")[0]: line.split(":", 1)[1].strip() for line in status.splitlines()
                            if line.startswith(("Seccomp", "NoNewPrivs", "CapEff"))}
@@ -223,7 +215,7 @@ def probe(work_dir: Path | None = None) -> dict:
             available += ["landlock", "landlock_writes_only", "landlock_writes_tmp_dev"]
         variants = {"landlock_writes_only", "landlock_writes_tmp_dev"}
         spec = {"read_roots": [r for r in _read_roots(tmp) if not str(tmp).startswith(r)],
-                "write_roots": [str(scratch), *_device_files(), "/dev/null", "/dev/shm"],
+                "write_roots": [str(scratch), *confine.gpu_device_files(), *confine.SYSTEM_WRITE_ROOTS],
                 "scratch": str(scratch), "secret": str(secret), "outside": str(denied / "written.txt")}
         # Every available layer at once, then each alone: when CUDA fails under all of them, the single-layer
         # runs say which layer it is.
@@ -254,7 +246,7 @@ def confinement_level(report: dict) -> str:
     stopped = [k for k, v in child.get("must_stop", {}).items() if v != "ok"]
     leaked = [k for k, v in child.get("must_stop", {}).items() if v == "ok"]
     applied = [k for k, v in layers.items() if v == "ok"]
-    cuda = child.get("must_allow", {}).get("cuda_matmul", "n/a")
+    cuda = _cuda(child)
     return (f"layers applied: {', '.join(applied) or 'none'}; stopped: {', '.join(stopped) or 'nothing'}; "
             f"not stopped: {', '.join(leaked) or 'nothing'}; CUDA under them: {cuda}")
 

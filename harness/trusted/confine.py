@@ -168,15 +168,14 @@ def device_layers(device: str = "cpu") -> Layers:
     """The layers beyond the namespaces that a sandbox on ``device`` gets on this machine: on CPU, each one the kernel
     offers; on CUDA, the strongest combination of them under which ``CUDA_CHECK`` passes in the launcher
     (``layers_that_work``). Asked once per process and device."""
-    files_absent = "" if landlock_abi() else "no Landlock"
-    seccomp_absent = "" if seccomp_supported() else "no seccomp filter for this machine"
-    if device != "cpu" and (not files_absent or not seccomp_absent):
-        unavailable = unavailable_reason(device)
-        if unavailable:
-            absent = f"a sandbox on {device} is not confined here ({unavailable})"
-            return Layers(False, False, absent, absent)
-        return layers_that_work(CUDA_CHECK, not files_absent, not seccomp_absent, device)
-    return Layers(not files_absent, not seccomp_absent, files_absent, seccomp_absent)
+    offered = (landlock_abi() > 0, seccomp_supported())
+    if device == "cpu" or not any(offered):
+        return _chosen(offered, {}, offered, device)
+    unavailable = unavailable_reason(device)
+    if unavailable:
+        absent = f"a sandbox on {device} is not confined here ({unavailable})"
+        return Layers(False, False, absent, absent)
+    return layers_that_work(CUDA_CHECK, *offered, device)
 
 
 class LayersUnknown(RuntimeError):
