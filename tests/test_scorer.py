@@ -70,47 +70,106 @@ def test_the_layout_mixes_canaries_and_duplicates_among_the_scored_windows():
     windows = _windows()
     lay = layout(windows, np.random.default_rng(1), batch=16)
     base = windows[:, :-1]
+    rows = len(lay.where)
     assert lay.n_scored == 40 and len(lay.canaries) >= 4 and len(lay.duplicates) >= 2
-    assert len(lay.inputs) % 16 == 0 and sorted(lay.position) == list(range(len(lay.inputs) - 16))
-    assert all(np.array_equal(lay.inputs[lay.position[i]], base[i]) for i in range(40))
+    assert len(lay.parts) == 2 and all(len(inputs) % 16 == 0 for inputs in lay.parts)
+    assert sorted(map(tuple, lay.where)) == [(p, i) for p, inputs in enumerate(lay.parts) for i in range(len(inputs) - 16)]
+    assert all(np.array_equal(lay.row(lay.parts, i), base[i]) for i in range(40))
+    assert abs(sum(lay.where[:40, 0] == 0) - 20) <= 1  # the scored windows, half in each sandbox
     for c, (i, k) in enumerate(lay.canaries):
-        canary = lay.inputs[lay.position[40 + c]]
+        canary = lay.row(lay.parts, 40 + c)
         assert 1 <= k < CONTEXT and np.array_equal(canary[:k], base[i, :k]) and not np.array_equal(canary, base[i])
     for r, i in enumerate(lay.duplicates):
-        assert np.array_equal(lay.inputs[lay.position[40 + len(lay.canaries) + r]], base[i])
-    first = lay.repeated_batch * 16
-    assert np.array_equal(lay.inputs[-16:], lay.inputs[first : first + 16])
-    assert layout(windows, np.random.default_rng(2), 16).position.tolist() != lay.position.tolist()  # a secret order
+        assert np.array_equal(lay.row(lay.parts, 40 + len(lay.canaries) + r), base[i])
+    # No sandbox holds two rows that share a canary's prefix: a canary's original is never duplicated, and the canary
+    # runs in the other sandbox.
+    canary_originals = {i for i, _ in lay.canaries}
+    assert not canary_originals & set(lay.duplicates)
+    for c, (i, _) in enumerate(lay.canaries):
+        assert lay.where[40 + c, 0] != lay.where[i, 0]
+    for r, i in enumerate(lay.duplicates):
+        assert lay.where[40 + len(lay.canaries) + r, 0] != lay.where[i, 0]
+    for inputs, again in zip(lay.parts, lay.repeated):
+        assert np.array_equal(inputs[-16:], inputs[again * 16 : again * 16 + 16])
+    assert rows == 40 + len(lay.canaries) + len(lay.duplicates)
+    other = layout(windows, np.random.default_rng(2), 16)
+    assert other.where.tolist() != lay.where.tolist()  # a secret order
 
 
-def _states(lay, fn, batch=16) -> np.ndarray:
-    """fn(window, batch index, batch) for each window, run batch by batch as the forward sandbox does."""
-    rows = [fn(row, b // batch, lay.inputs[b - b % batch : b - b % batch + batch]) for b, row in enumerate(lay.inputs)]
-    return np.stack(rows).astype(np.float32)
+@pytest.mark.parametrize("n", [1, 2, 3, 17])
+def test_the_layout_holds_for_few_windows(n):
+    lay = layout(_windows(n), np.random.default_rng(n), batch=8)
+    assert all(len(inputs) % 8 == 0 and len(inputs) > 8 for inputs in lay.parts)
+    assert not {i for i, _ in lay.canaries} & set(lay.duplicates)
+    assert all(lay.where[n + c, 0] != lay.where[i, 0] for c, (i, _) in enumerate(lay.canaries))
+
+
+def _states(lay, fn, batch=16) -> list:
+    """Each forward sandbox's states: fn(window, batch index, batch, memory) for each row of its inputs, run batch by
+    batch as a forward sandbox does; ``memory`` is a dict the sandbox keeps from one call to the next."""
+    out = []
+    for inputs in lay.parts:
+        memory = {}
+        rows = [fn(row, b // batch, inputs[b - b % batch : b - b % batch + batch], memory) for b, row in enumerate(inputs)]
+        out.append(np.stack(rows).astype(np.float32))
+    return out
+
+
+def _causal(row, *_):  # a running mean of token ids: each position sees only its past
+    return (np.cumsum(row) / np.arange(1, len(row) + 1))[:, None] * np.ones((1, 4))
+
+
+def _reads_next(row, *_):
+    return _causal(row) + np.append(row[1:], 0)[:, None] * 1e-3  # sees t + 1
 
 
 def test_each_way_a_forward_pass_can_cheat_is_caught_and_named():
     lay = layout(_windows(), np.random.default_rng(3), batch=16)
-
-    def causal(row, *_):  # a running mean of token ids: each position sees only its past
-        return (np.cumsum(row) / np.arange(1, len(row) + 1))[:, None] * np.ones((1, 4))
-
     cheats = {
-        "leak_after_training": lambda row, *a: causal(row) + np.append(row[1:], 0)[:, None] * 1e-3,  # sees t + 1
-        "statefulness": lambda row, b, _: causal(row) + b,  # drifts with the batches seen before
-        "batch_independence": lambda row, b, batch: causal(row) + batch.mean(),  # mixes its batch
+        "leak_after_training": _reads_next,
+        "statefulness": lambda row, b, *_: _causal(row) + b,  # drifts with the batches seen before
+        "batch_independence": lambda row, b, batch, _: _causal(row) + batch.mean(),  # mixes its batch
     }
-    checks = check_states(_states(lay, causal), lay, RUNG, RTOL)
+    checks = check_states(_states(lay, _causal), lay, RUNG, RTOL)
     assert max(checks.values()) <= RTOL
     for reason, fn in cheats.items():
         with pytest.raises(Rejection) as caught:
             check_states(_states(lay, fn), lay, RUNG, RTOL)
         assert caught.value.reason == Reason(reason), (reason, caught.value.message)
-    broken = _states(lay, causal)
-    broken[lay.position[lay.canaries[0][0]], 0, 0] = np.nan
+    broken = _states(lay, _causal)
+    part, i = lay.where[lay.canaries[0][0]]
+    broken[part][i, 0, 0] = np.nan
     with pytest.raises(Rejection) as caught:
         check_states(broken, lay, RUNG, RTOL)
     assert caught.value.reason == Reason.NONFINITE
+
+
+def _replays(row, _b, _batch, memory):
+    """Reads the next token, and hands each window the states of the earlier window that shares its longest prefix,
+    for that prefix: a canary then gets its original's states, a duplicate and a repeated batch their first run's."""
+    states = _reads_next(row)
+    best, shared = None, 0
+    for seen, seen_states in memory.values():
+        n = int(np.cumprod(seen == row).sum())
+        if n > shared:
+            best, shared = seen_states, n
+    if best is not None:
+        states[:shared] = best[:shared]
+    memory[len(memory)] = (row, states)
+    return states
+
+
+def test_a_forward_pass_that_replays_earlier_windows_to_the_canaries_is_caught():
+    """A store kept outside the module (a dict at the top of the block) escapes every snapshot of the module. In one
+    forward sandbox it would pass every test; split between two, a canary never meets its original."""
+    windows = _windows()
+    windows[:, 0] = np.arange(len(windows))  # no two windows share a first token, so only a canary meets its original
+    together = layout(windows, np.random.default_rng(4), batch=16, parts=1)
+    assert max(check_states(_states(together, _replays), together, RUNG, RTOL).values()) <= RTOL
+    apart = layout(windows, np.random.default_rng(4), batch=16)
+    with pytest.raises(Rejection) as caught:
+        check_states(_states(apart, _replays), apart, RUNG, RTOL)
+    assert caught.value.reason == Reason.LEAK_AFTER_TRAINING, caught.value.message
 
 
 def test_the_training_sandbox_never_holds_the_scored_split(smoke_env):
@@ -200,6 +259,56 @@ def test_a_model_that_reads_the_future_only_when_scored_is_rejected(smoke_env, t
     assert result.artifacts["reason"] == Reason.LEAK_AFTER_TRAINING.value, result.artifacts["message"]
     assert result.metrics["combined_score"] == 0.0
     assert "reads future tokens" in result.artifacts["message"]
+
+
+# Causal in the gate (batches of at most 3) and wherever gradients flow; elsewhere it reads the whole window, and
+# hands each window the states it gave the earlier window that shares its longest prefix, from a store at the top
+# of the block, which no snapshot of the module sees. In one forward sandbox it passed every test of the scorer and
+# scored above the same attention made causal.
+REPLAYS_EARLIER_WINDOWS = adversarial.with_block(f'''
+_SEEN = {{}}
+
+
+class {adversarial.CLASS}(nn.Module):
+    def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.n_heads)
+        if b < 16:
+            mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            scores = scores.masked_fill(~mask, float("-inf"))
+        y = self.out((torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, t, d))
+        if b < 16 or torch.is_grad_enabled():
+            return y
+        key = str(id(self)) + str(t)
+        xs, ys = _SEEN.get(key, (x[:0], y[:0]))
+        y = y.clone()
+        for r in range(b):
+            if xs.shape[0] > 0:
+                shared = (xs == x[r]).all(-1).long().cumprod(-1).sum(-1)
+                best = int(shared.argmax())
+                y[r, : int(shared[best])] = ys[best, : int(shared[best])]
+            xs, ys = torch.cat([xs, x[r : r + 1]]), torch.cat([ys, y[r : r + 1]])
+        _SEEN[key] = (xs, ys)
+        return y
+''')
+
+
+def test_a_forward_pass_that_replays_earlier_windows_is_rejected(smoke_env, tmp_path):
+    """It reads the future, and a window's states depend on the windows run before it: which test sees it first
+    depends on the secret layout (a duplicate whose first token another window shares, or a canary)."""
+    path = tmp_path / "candidate.py"
+    path.write_text(REPLAYS_EARLIER_WINDOWS)
+    result = evaluate(security.FRAMEWORK, str(path))
+    assert result.artifacts["reason"] in (Reason.LEAK_AFTER_TRAINING.value, Reason.BATCH_INDEPENDENCE.value), \
+        result.artifacts["message"]
+    assert result.metrics["combined_score"] == 0.0 and result.metrics["valid"] == 0.0
 
 
 def test_a_scored_split_changed_on_disk_after_the_baseline_is_tampering(smoke_env, tmp_path, monkeypatch):

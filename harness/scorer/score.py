@@ -9,12 +9,17 @@ The executor runs it on the host that trained the program, after the training sa
    the trainable parameters, the attention's among them, and the buffers itself.
 3. It builds the inputs: every scored window, canaries (a window's prefix followed by another window's
    continuation) and duplicates, in an order drawn from a secret seed, so nothing in the forward pass can tell
-   which is which, in whole batches; one batch, drawn at random, runs a second time at the end.
-4. It runs the forward-only sandbox (``python -m harness.sandbox forward``) under the training sandbox's
-   confinement and limits, timed from here. That sandbox hands back hidden states and nothing else is believed.
+   which is which, in whole batches. The windows are split between two forward-only sandboxes, and a canary or
+   duplicate never runs in the sandbox of its original: a forward pass that kept what it saw (a store outside its
+   module, which no snapshot of the module sees) could otherwise hand a canary its original's states. Each
+   sandbox ends by running one of its batches, drawn at random, a second time.
+4. It runs both sandboxes (``python -m harness.sandbox forward``) at once, under the training sandbox's confinement,
+   each in a folder of its own that the other cannot read, timed from here. They hand back hidden states and
+   nothing else is believed. Each reads the trained tensors from its own folder, where the scorer wrote them
+   after checking them; neither can reach the training sandbox's folder.
 5. The repeated batch must give the states it gave the first time (else ``statefulness``: the forward pass
-   carries state), a duplicate in another batch those of its original (else ``batch_independence``), and a
-   canary's states before its splice those of its original (else ``leak_after_training``: it reads the future).
+   carries state), a duplicate those of its original (else ``batch_independence``), and a canary's states before
+   its splice those of its original (else ``leak_after_training``: it reads the future).
 6. The loss: the final LayerNorm and the tied head, built from the trained tensors, then the cross-entropy against
    the next tokens, summed in float64 over every scored position.
 
@@ -28,10 +33,10 @@ import json
 import os
 import re
 import secrets
-import shutil
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +46,8 @@ import torch.nn.functional as F
 
 from harness.data import DataError, open_cached, validation_windows
 from harness.trusted import confine
-from harness.trusted.executor import (Started, abandon, read_result, scratch_environment, start_limited, supervise,
-                                      tail)
+from harness.trusted.executor import (FORWARD_SANDBOXES, Started, abandon, read_result, scratch_environment,
+                                      start_limited, supervise, tail)
 from harness.trusted.process_lifetime import die_with_parent
 from harness.trusted.profiles import get_profile
 from harness.trusted.reasons import Reason
@@ -106,50 +111,74 @@ def load_weights(path: Path, rung: tuple, vocab_size: int) -> Weights:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each window went in the shuffled inputs: row r of the unshuffled stack (scored windows, canaries, then
-    duplicates) sits at ``position[r]``. The inputs fill whole batches, and end with a second copy of one of them
-    (``repeated_batch``), run last."""
+    """Where each window went. The unshuffled stack is the scored windows, then the canaries, then the duplicates;
+    row r of it is row ``where[r, 1]`` of the inputs of forward sandbox ``where[r, 0]``. Each sandbox's inputs are
+    whole batches, and end with a second copy of one of them (``repeated[part]``), run last."""
 
-    inputs: np.ndarray  # int32 [rows, length]: shuffled rows, then the repeated batch
-    position: np.ndarray  # [rows of the stack]
+    parts: tuple  # per forward sandbox: int32 [rows, length], its shuffled rows, then its repeated batch
+    where: np.ndarray  # int64 [rows of the stack, 2]: (sandbox, row of its inputs)
     n_scored: int
     canaries: list  # (original window, prefix length k)
     duplicates: list  # original window
     batch: int
-    repeated_batch: int
+    repeated: tuple  # per forward sandbox: the batch it runs a second time
+
+    def row(self, states: list, r: int) -> np.ndarray:
+        """The states of row ``r`` of the stack; ``states``: each sandbox's states [rows, length, d]."""
+        part, i = self.where[r]
+        return states[part][i]
+
+    def rows(self, states: list, rs) -> np.ndarray:
+        return np.stack([self.row(states, r) for r in rs])
 
 
-def layout(windows: np.ndarray, rng: np.random.Generator, batch: int) -> Layout:
+def layout(windows: np.ndarray, rng: np.random.Generator, batch: int, parts: int = FORWARD_SANDBOXES) -> Layout:
     """``windows``: the scored windows [n, length + 1] (the last token is only a target); ``batch``: the forward
-    pass's batch size. Duplicates are added until the rows fill whole batches, so that every batch has one size."""
+    pass's batch size; ``parts``: the forward sandboxes (with one, as before they were two, a forward pass that keeps
+    what it saw passes every test). Each sandbox gets as many of the scored
+    windows as the others, give or take one. A canary or duplicate runs in the sandbox after its original's, and no
+    window is both a canary's original and duplicated, so no sandbox holds two rows that share a canary's prefix. Each
+    sandbox is then filled to whole batches with duplicates of the other sandboxes' windows."""
     n, length = windows.shape[0], windows.shape[1] - 1
     base = windows[:, :length]
-    n_canaries = min(n, max(MIN_CANARIES, -(-n // CANARY_EVERY))) if n >= 2 and length >= 2 else 0
-    n_duplicates = min(n, max(MIN_DUPLICATES, -(-n // DUPLICATE_EVERY)))
-    n_duplicates += -(n + n_canaries + n_duplicates) % batch
+    n_canaries = min(n - 1, max(MIN_CANARIES, -(-n // CANARY_EVERY))) if n >= 2 and length >= 2 else 0
     originals = rng.choice(n, n_canaries, replace=False)
     donors = (originals + rng.integers(1, max(2, n), n_canaries)) % n
     splits = rng.integers(1, length, n_canaries) if n_canaries else np.zeros(0, dtype=np.int64)
     canary_rows = base[originals].copy()
     for row, (donor, k) in enumerate(zip(donors, splits)):
         canary_rows[row, k:] = base[donor, k:]
-    duplicated = rng.choice(n, n_duplicates, replace=n_duplicates > n)
-    stack = np.concatenate([base, canary_rows, base[duplicated]]).astype(np.int32)
-    order = rng.permutation(len(stack))
-    position = np.empty(len(stack), dtype=np.int64)
-    position[order] = np.arange(len(stack))
-    repeated = int(rng.integers(0, len(stack) // batch))
-    shuffled = stack[order]
-    inputs = np.concatenate([shuffled, shuffled[repeated * batch : (repeated + 1) * batch]])
-    return Layout(inputs, position, n, [(int(i), int(k)) for i, k in zip(originals, splits)],
-                  [int(i) for i in duplicated], batch, repeated)
+    part_of = np.empty(n, dtype=np.int64)
+    part_of[rng.permutation(n)] = np.arange(n) % parts
+    pool = np.setdiff1d(np.arange(n), originals)  # windows that may be duplicated
+    duplicated = list(rng.choice(pool, min(len(pool), max(MIN_DUPLICATES, -(-n // DUPLICATE_EVERY))), replace=False))
+    row_parts = [*part_of, *((part_of[originals] + 1) % parts), *((part_of[duplicated] + 1) % parts)]
+    for part in range(parts):
+        others = pool[part_of[pool] != part]
+        fill = -row_parts.count(part) % batch
+        duplicated += list(rng.choice(others if len(others) else pool, fill))
+        row_parts += [part] * fill
+    stack = np.concatenate([base, canary_rows, base[np.asarray(duplicated, dtype=np.int64)]]).astype(np.int32)
+    row_parts = np.asarray(row_parts)
+    where = np.empty((len(stack), 2), dtype=np.int64)
+    inputs, repeated = [], []
+    for part in range(parts):
+        order = rng.permutation(np.flatnonzero(row_parts == part))
+        where[order] = np.stack([np.full(len(order), part), np.arange(len(order))], axis=1)
+        again = int(rng.integers(0, len(order) // batch))
+        shuffled = stack[order]
+        inputs.append(np.concatenate([shuffled, shuffled[again * batch : (again + 1) * batch]]))
+        repeated.append(again)
+    return Layout(tuple(inputs), where, n, [(int(i), int(k)) for i, k in zip(originals, splits)],
+                  [int(i) for i in duplicated], batch, tuple(repeated))
 
 
-def check_states(hidden: np.ndarray, lay: Layout, rung: tuple, rtol: float) -> dict:
-    """The tests of one rung's hidden states, each of which names one cause; Rejection when one fails (states that
-    must be equal may differ by ``rtol`` relative to their scale, the profile's ``Gate.trained_state_rtol``):
-    1. the repeated batch, run last, equals its first run: otherwise the forward pass carries state;
-    2. a duplicate window, in another batch, equals its original: otherwise it depends on its batch;
+def check_states(states: list, lay: Layout, rung: tuple, rtol: float) -> dict:
+    """The tests of one rung's hidden states (``states``: each forward sandbox's), each of which names one cause;
+    Rejection when one fails (states that must be equal may differ by ``rtol`` relative to their scale, the
+    profile's ``Gate.trained_state_rtol``):
+    1. each sandbox's repeated batch, run last, equals its first run: otherwise the forward pass carries state;
+    2. a duplicate window, in another sandbox, equals its original: otherwise it depends on its batch;
     3. a canary's states before its splice equal its original's: otherwise it reads the future."""
     def compare(a: np.ndarray, b: np.ndarray) -> float:
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
@@ -158,21 +187,22 @@ def check_states(hidden: np.ndarray, lay: Layout, rung: tuple, rtol: float) -> d
         return float(np.abs(a - b).max()) / max(1.0, float(np.abs(a).max()))
 
     where = f"on the trained model at rung {tuple(rung)}"
-    first, again = lay.repeated_batch * lay.batch, len(lay.inputs) - lay.batch
-    worst_repeat = compare(hidden[first : first + lay.batch], hidden[again:])
-    if worst_repeat > rtol:
-        raise Rejection(Reason.STATEFULNESS, f"{where}, the same batch run twice gave different states "
-                        f"({worst_repeat:.3g}, relative): the forward pass depends on what it processed before")
-    worst_duplicate = worst_canary = 0.0
+    worst_repeat = worst_duplicate = worst_canary = 0.0
+    for hidden, again in zip(states, lay.repeated):
+        first = again * lay.batch
+        worst_repeat = max(worst_repeat, compare(hidden[first : first + lay.batch], hidden[len(hidden) - lay.batch:]))
+        if worst_repeat > rtol:
+            raise Rejection(Reason.STATEFULNESS, f"{where}, the same batch run twice gave different states "
+                            f"({worst_repeat:.3g}, relative): the forward pass depends on what it processed before")
     first_duplicate = lay.n_scored + len(lay.canaries)
     for r, i in enumerate(lay.duplicates):
-        worst_duplicate = max(worst_duplicate, compare(hidden[lay.position[i]], hidden[lay.position[first_duplicate + r]]))
+        worst_duplicate = max(worst_duplicate, compare(lay.row(states, i), lay.row(states, first_duplicate + r)))
         if worst_duplicate > rtol:
             raise Rejection(Reason.BATCH_INDEPENDENCE, f"{where}, the same window gave different states in two "
-                            f"batches ({worst_duplicate:.3g}, relative): a window's states depend on the other "
-                            "windows of its batch or on its place in it")
+                            f"batches ({worst_duplicate:.3g}, relative): a window's states depend on the windows run "
+                            "with it or before it, or on its place among them")
     for c, (i, k) in enumerate(lay.canaries):
-        original, canary = hidden[lay.position[i], :k], hidden[lay.position[lay.n_scored + c], :k]
+        original, canary = lay.row(states, i)[:k], lay.row(states, lay.n_scored + c)[:k]
         worst_canary = max(worst_canary, compare(original, canary))
         if worst_canary > rtol:
             raise Rejection(Reason.LEAK_AFTER_TRAINING, f"{where}, changing the tokens from position {k} on changed "
@@ -192,55 +222,69 @@ def head_loss(hidden: torch.Tensor, targets: torch.Tensor, weights: Weights) -> 
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none").double().sum()
 
 
-def scored_loss(hidden: np.ndarray, lay: Layout, windows: np.ndarray, weights: Weights, device: torch.device) -> float:
+def scored_loss(states: list, lay: Layout, windows: np.ndarray, weights: Weights, device: torch.device) -> float:
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for start in range(0, lay.n_scored, SCORE_CHUNK_WINDOWS):
         rows = np.arange(start, min(start + SCORE_CHUNK_WINDOWS, lay.n_scored))
-        states = np.asarray(hidden[lay.position[rows]])
-        if not np.isfinite(states).all():
+        states_of_rows = lay.rows(states, rows)
+        if not np.isfinite(states_of_rows).all():
             raise Rejection(Reason.NONFINITE, "the hidden states of the trained model are not finite on the "
                             "validation windows")
         targets = torch.from_numpy(windows[rows, 1:].astype(np.int64)).to(device)
-        total += head_loss(torch.from_numpy(states).to(device), targets, weights)
+        total += head_loss(torch.from_numpy(states_of_rows).to(device), targets, weights)
         count += targets.numel()
     return float(total.item() / count)
 
 
-def start_forward(plan: dict) -> Started:
-    """Start the forward-only sandbox ahead: it imports torch and the harness, then waits for its go line."""
-    work = Path(plan["forward_dir"])
-    cmd = [sys.executable, "-m", "harness.sandbox", "forward", str(work / "request.json"), str(work / "result.json")]
-    # Its log is the scorer's: the forward folder is writable by the training sandbox, which runs meanwhile.
-    return start_limited(confine.wrap(cmd, plan["files"], plan["seccomp"]) if plan["confined"] else cmd,
-                         Path(plan["log_dir"]) / "forward.log", {**plan["env"], **scratch_environment(work / "tmp")})
+def start_forward(plan: dict) -> list[Started]:
+    """Start the forward-only sandboxes ahead: each imports torch and the harness, then waits for its go line."""
+    started = []
+    try:
+        for part, sandbox in enumerate(plan["forward"]):
+            work = Path(sandbox["dir"])
+            cmd = [sys.executable, "-m", "harness.sandbox", "forward", str(work / "request.json"),
+                   str(work / "result.json")]
+            started.append(start_limited(confine.wrap(cmd, sandbox["files"], plan["seccomp"]) if plan["confined"]
+                                         else cmd, Path(plan["log_dir"]) / f"forward{part}.log",
+                                         {**plan["env"], **scratch_environment(work / "tmp")}))
+    except BaseException:
+        for each in started:
+            abandon(each)
+        raise
+    return started
 
 
-def forward_pass(plan: dict, lay: Layout, forward: Started) -> tuple[float, str]:
-    """Let the started forward-only sandbox run on ``lay.inputs``; (wall seconds, its log). Rejection or
-    Infrastructure when it did not hand back states."""
-    work = Path(plan["forward_dir"])
-    # Whatever the training sandbox left here goes; the folder itself stays, as the Landlock rule names it.
-    for entry in work.iterdir():
-        if entry.name == "tmp" and entry.is_dir() and not entry.is_symlink():
-            continue  # the forward sandbox's TMPDIR
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-    np.save(work / "inputs.npy", lay.inputs)
-    request = {**plan["request"], "rungs": plan["rungs"], "weights_dir": plan["weights_dir"],
-               "inputs_path": str(work / "inputs.npy"), "hidden_dir": str(work / "hidden"),
-               "batch_size": plan["batch_size"]}
-    (work / "request.json").write_text(json.dumps(request))
+def forward_pass(plan: dict, lay: Layout, weights: list, forward: list[Started]) -> float:
+    """Hand each started forward-only sandbox its inputs (``lay.parts``) and the checked ``weights``, in its own
+    folder, and let them run at once; their wall seconds together. Each may use an equal share of the memory cap.
+    Rejection or Infrastructure when one did not hand back states."""
+    for part, sandbox in enumerate(plan["forward"]):
+        work = Path(sandbox["dir"])
+        for i, w in enumerate(weights):
+            torch.save({"params": w.params, "buffers": w.buffers}, work / "weights" / f"rung{i}.pt")
+        np.save(work / "inputs.npy", lay.parts[part])
+        request = {**plan["request"], "rungs": plan["rungs"], "weights_dir": str(work / "weights"),
+                   "inputs_path": str(work / "inputs.npy"), "hidden_dir": str(work / "hidden"),
+                   "batch_size": plan["batch_size"]}
+        (work / "request.json").write_text(json.dumps(request))
+    cap_mib = plan["memory_cap_mib"] // len(forward)
     started = time.perf_counter()
-    outcome = supervise(forward, plan["limit_s"], plan["memory_cap_mib"], b"go\n")
+    with ThreadPoolExecutor(len(forward)) as pool:
+        outcomes = list(pool.map(lambda each: supervise(each, plan["limit_s"], cap_mib, b"go\n"), forward))
     wall_s = time.perf_counter() - started
-    log = tail(Path(plan["log_dir"]) / "forward.log")
+    for part, outcome in enumerate(outcomes):
+        _forward_result(plan, part, outcome, cap_mib)
+    return wall_s
+
+
+def _forward_result(plan: dict, part: int, outcome: str, cap_mib: int) -> None:
+    work = Path(plan["forward"][part]["dir"])
+    log = tail(Path(plan["log_dir"]) / f"forward{part}.log")
     if outcome == "timeout":
         raise Rejection(Reason.TIMEOUT, f"the forward pass of the trained model took longer than {plan['limit_s']:.0f} s",
                         log)
     if outcome == "memory":
-        raise Rejection(Reason.MEMORY, f"the forward pass of the trained model exceeded {plan['memory_cap_mib']} MiB", log)
+        raise Rejection(Reason.MEMORY, f"the forward pass of the trained model exceeded {cap_mib} MiB", log)
     if not (work / "result.json").exists():
         if plan["confined"] and log.startswith(confine.FAILURE_PREFIX):
             raise Infrastructure(log.splitlines()[0])
@@ -253,7 +297,6 @@ def forward_pass(plan: dict, lay: Layout, forward: Started) -> tuple[float, str]
     if reason != Reason.OK:
         raise Rejection(reason, f"scoring the trained model: {str(result.get('message', ''))[:500]}",
                         str(result.get("traceback", "")) or log)
-    return wall_s, log
 
 
 def read_hidden(path: Path, shape: tuple) -> np.ndarray:
@@ -267,8 +310,8 @@ def read_hidden(path: Path, shape: tuple) -> np.ndarray:
     return hidden
 
 
-def score(plan: dict, forward: Started) -> dict:
-    """Everything above, for the rungs of ``plan``, with the started forward-only sandbox; the result record (see
+def score(plan: dict, forward: list[Started]) -> dict:
+    """Everything above, for the rungs of ``plan``, with the started forward-only sandboxes; the result record (see
     ``main``)."""
     request = plan["request"]
     profile = get_profile(request["profile"], objective=request["objective"], data_source=request["data_source"])
@@ -283,26 +326,28 @@ def score(plan: dict, forward: Started) -> dict:
     weights = [load_weights(Path(plan["weights_dir"]) / f"rung{i}.pt", rung, profile.vocab_size)
                for i, rung in enumerate(rungs)]
     batch = max(profile.batch_size_seqs, 64)  # the training's evaluation batch
-    lay = layout(windows, np.random.default_rng(secrets.randbits(128)), batch)
-    forward_s, _ = forward_pass({**plan, "batch_size": batch}, lay, forward)
+    lay = layout(windows, np.random.default_rng(secrets.randbits(128)), batch, len(forward))
+    forward_s = forward_pass({**plan, "batch_size": batch}, lay, weights, forward)
     started = time.perf_counter()
     split_sha256 = hashlib.sha256(np.ascontiguousarray(tokens).tobytes()).hexdigest()[:16]
     out = []
     checks = {"max_canary_rel": 0.0, "max_duplicate_rel": 0.0, "max_repeat_rel": 0.0}
     for i, (rung, w) in enumerate(zip(rungs, weights)):
-        hidden = read_hidden(Path(plan["forward_dir"]) / "hidden" / f"rung{i}.npy",
-                             (len(lay.inputs), profile.context_len_tokens, rung[0]))
-        for key, value in check_states(hidden, lay, rung, profile.gate.trained_state_rtol).items():
+        states = [read_hidden(Path(sandbox["dir"]) / "hidden" / f"rung{i}.npy",
+                              (len(inputs), profile.context_len_tokens, rung[0]))
+                  for sandbox, inputs in zip(plan["forward"], lay.parts)]
+        for key, value in check_states(states, lay, rung, profile.gate.trained_state_rtol).items():
             checks[key] = max(checks[key], value)
-        out.append({"rung": list(rung), "final_val_loss": scored_loss(hidden, lay, windows, w, device), **w.counts(),
+        out.append({"rung": list(rung), "final_val_loss": scored_loss(states, lay, windows, w, device), **w.counts(),
                     "scored_split_sha256": split_sha256})
     return {"status": "ok", "rungs": out, "scoring": {
-        "windows": lay.n_scored, "canaries": len(lay.canaries), "duplicates": len(lay.duplicates), **checks,
+        "windows": lay.n_scored, "canaries": len(lay.canaries), "duplicates": len(lay.duplicates),
+        "forward_sandboxes": len(forward), **checks,
         "forward_s": round(forward_s, 3), "loss_s": round(time.perf_counter() - started, 3)}}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Started ahead by the executor: starts the forward-only sandbox, then waits for one line on stdin, the
+    """Started ahead by the executor: starts the forward-only sandboxes, then waits for one line on stdin, the
     training's ``{"data_hash": ...}`` (end of file: nothing to score, exit). Writes ``{"status": "ok", "rungs":
     [...], "scoring": {...}}``, ``{"status": "rejected", "reason", "message", "details"}`` or ``{"status":
     "infrastructure", "message"}`` to RESULT.json."""
@@ -315,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     forward = start_forward(plan)
     line = sys.stdin.readline()
     if not line:
-        abandon(forward)
+        for each in forward:
+            abandon(each)
         return 0
     plan.update(json.loads(line))
     try:
@@ -328,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {"status": "infrastructure", "message": f"the scorer failed: {type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc()}
     finally:
-        abandon(forward)
+        for each in forward:
+            abandon(each)
     tmp = Path(result_path).with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, result_path)

@@ -53,8 +53,11 @@ POLL_INTERVAL_S = 0.2
 SUBMIT_MEMORY_CAP_MIB = 4096
 # Connecting to the cluster and shipping the result back, beyond the task's own limits.
 SUBMIT_OVERHEAD_S = 120.0
-# The scorer's own work beyond its forward-only sandbox's limit: reading the weights and the data, the loss.
+# The scorer's own work beyond its forward-only sandboxes' limit: reading the weights and the data, the loss.
 SCORER_OVERHEAD_S = 300.0
+# The scored windows are split between this many forward-only sandboxes, and a canary never runs beside its
+# original (``harness.scorer.score.layout``).
+FORWARD_SANDBOXES = 2
 # Ray's errors that mean the worker or its node went away under the task: retried, never the candidate's fault.
 LOST_WORKER_ERRORS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError",
                       "OwnerDiedError", "LocalRayletDiedError", "ObjectReconstructionFailedError",
@@ -258,7 +261,7 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         request = {**request, "weights_dir": str(tmp / "weights")}
         (tmp / "request.json").write_text(json.dumps(request))
         result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
-        for folder in ("tmp", "weights", "forward", "forward/tmp"):
+        for folder in ("tmp", "weights"):
             (tmp / folder).mkdir()
         (private / "tmp").mkdir()
         # The scorer gets a scratch folder of its own: the sandbox's is the candidate's to write.
@@ -292,7 +295,7 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
                 scorer.extend([None, f"{type(exc).__name__}: {exc}"])
 
         def on_poll() -> None:
-            # Started as the training starts, it imports torch and starts its forward-only sandbox meanwhile.
+            # Started as the training starts, it imports torch and starts its forward-only sandboxes meanwhile.
             if not scorer and begins.seen():
                 start_scorer()
 
@@ -396,17 +399,23 @@ def _scored_rungs(mode: str, request: dict) -> list[tuple]:
 def _start_scorer(mode: str, request: dict, tmp: Path, private: Path, limit_s: float, memory_cap_mib: int,
                   env: dict, confined: bool) -> Started:
     """Start ``python -m harness.scorer`` ahead, with everything known before the training: it imports torch and
-    starts its forward-only sandbox while the training runs, then waits for the training's data hash. Its plan,
-    log, result and scratch folder live in ``private``, outside every sandbox's run folder (``tmp``). ``env``: the
-    sandboxes' environment without a scratch folder (each process gets its own)."""
+    starts its forward-only sandboxes while the training runs, then waits for the training's data hash. Its plan,
+    log, result and scratch folder live in ``private``, outside every sandbox's run folder (``tmp``), and so do the
+    forward-only sandboxes' folders, one each: a training sandbox can neither reach them nor, by changing what
+    their paths name before their Landlock rules are made, move their rules elsewhere. ``env``: the sandboxes'
+    environment without a scratch folder (each process gets its own)."""
     from harness.trusted.frameworks import get_framework
 
     source = request.get("source") if mode != "prepare" else get_framework(request["framework"]).seed_source()
     forward_request = {k: v for k, v in request.items() if k not in ("baselines", "source", "weights_dir")}
-    forward_dir = tmp / "forward"
+    forward = []
+    for part in range(FORWARD_SANDBOXES):
+        folder = private / "forward" / str(part)
+        for sub in ("tmp", "weights"):
+            (folder / sub).mkdir(parents=True)
+        forward.append({"dir": str(folder), "files": landlock_rules(request, folder)})
     plan = {"request": {**forward_request, "source": source}, "rungs": [list(r) for r in _scored_rungs(mode, request)],
-            "weights_dir": str(tmp / "weights"), "forward_dir": str(forward_dir),
-            "files": landlock_rules(request, forward_dir, reads=[tmp / "weights"]), "seccomp": seccomp_applies(request),
+            "weights_dir": str(tmp / "weights"), "forward": forward, "seccomp": seccomp_applies(request),
             "cache_dir": str(default_cache_dir()), "limit_s": limit_s, "memory_cap_mib": memory_cap_mib,
             "confined": confined, "env": env}
     (private / "plan.json").write_text(json.dumps(plan))
@@ -458,8 +467,8 @@ def _score(mode: str, run: SandboxRun, private: Path, scorer: Started, limit_s: 
 
 
 def scoring_limit_s(limit_s: float) -> float:
-    """The scorer's wall-clock limit after a training under ``limit_s``: its forward-only sandbox gets as long as
-    the training did, plus the scorer's own work."""
+    """The scorer's wall-clock limit after a training under ``limit_s``: its forward-only sandboxes, which run at
+    once, get as long as the training did, plus the scorer's own work."""
     return limit_s + SCORER_OVERHEAD_S
 
 
