@@ -15,7 +15,7 @@ from harness.scaffold import build_model
 from harness.scorer.score import Rejection, check_states, head_loss, layout, load_weights
 from harness.sandbox.loader import load_attention
 from harness.sandbox.train import save_weights
-from harness.trusted import executor
+from harness.trusted import confine, executor
 from harness.trusted.evaluate import evaluate, prepare, sandbox_request
 from harness.trusted.frameworks import get_framework
 from harness.trusted.profiles import get_profile
@@ -160,8 +160,8 @@ def _replays(row, _b, _batch, memory):
 
 
 def test_a_forward_pass_that_replays_earlier_windows_to_the_canaries_is_caught():
-    """A store kept outside the module (a dict at the top of the block) escapes every snapshot of the module. In one
-    forward sandbox it would pass every test; split between two, a canary never meets its original."""
+    """A store kept outside the module (a dict at the top of the block) escapes every snapshot of the module. With
+    every window in one process it passes every test; split between two, a canary never meets its original."""
     windows = _windows()
     windows[:, 0] = np.arange(len(windows))  # no two windows share a first token, so only a canary meets its original
     together = layout(windows, np.random.default_rng(4), batch=16, parts=1)
@@ -263,8 +263,8 @@ def test_a_model_that_reads_the_future_only_when_scored_is_rejected(smoke_env, t
 
 # Causal in the gate (batches of at most 3) and wherever gradients flow; elsewhere it reads the whole window, and
 # hands each window the states it gave the earlier window that shares its longest prefix, from a store at the top
-# of the block, which no snapshot of the module sees. In one forward sandbox it passed every test of the scorer and
-# scored above the same attention made causal.
+# of the block, which no snapshot of the module sees. With every window in one process it passed every test of the
+# scorer and scored above the same attention made causal (1.13 against 1.09 at smoke).
 REPLAYS_EARLIER_WINDOWS = adversarial.with_block(f'''
 _SEEN = {{}}
 
@@ -309,6 +309,48 @@ def test_a_forward_pass_that_replays_earlier_windows_is_rejected(smoke_env, tmp_
     assert result.artifacts["reason"] in (Reason.LEAK_AFTER_TRAINING.value, Reason.BATCH_INDEPENDENCE.value), \
         result.artifacts["message"]
     assert result.metrics["combined_score"] == 0.0 and result.metrics["valid"] == 0.0
+
+
+# Past every static check (appended to the program, so it runs wherever the program loads): in a child of the
+# forward pass, it tries to read the other part's windows and to write into its folder, and reads its own.
+CROSSES_TO_THE_OTHER_PART = """
+import os as _os
+_tmp = _os.environ.get("TMPDIR", "")
+if "/forward/" in _tmp:
+    _mine = _os.path.dirname(_tmp)
+    _other = _os.path.join(_os.path.dirname(_mine), "1" if _os.path.basename(_mine) == "0" else "0")
+    _seen = []
+    for _what, _do in (("read", lambda: open(_os.path.join(_other, "inputs.npy"), "rb").read(1)),
+                       ("write", lambda: open(_os.path.join(_other, "marker"), "w").write("x")),
+                       ("own", lambda: open(_os.path.join(_mine, "inputs.npy"), "rb").read(1))):
+        try:
+            _do()
+            _seen.append(_what + " succeeded")
+        except OSError as _e:
+            _seen.append(_what + " " + _os.strerror(_e.errno))
+    raise RuntimeError("outcomes: " + ", ".join(_seen))
+"""
+
+
+@pytest.mark.skipif(confine.unavailable_reason(security.DEVICE) is not None
+                    or not confine.device_layers(security.DEVICE).files,
+                    reason=f"a sandbox on {security.DEVICE} gets no Landlock here")
+def test_a_part_of_the_forward_pass_can_neither_read_nor_write_the_other_parts_folder(smoke_env, monkeypatch):
+    left = []
+    score = executor._score
+
+    def score_and_look(mode, run, private, *args):
+        score(mode, run, private, *args)
+        left.extend(private.glob("forward/*/marker"))
+
+    monkeypatch.setattr(executor, "_score", score_and_look)
+    prepared = prepare(security.FRAMEWORK)
+    request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"],
+                              source=security.SEED + CROSSES_TO_THE_OTHER_PART)
+    run = executor.run_sandbox_here("evaluate", request, 180.0, 8192)
+    assert run.result["reason"] == "crash", run.result
+    assert "outcomes: read Permission denied, write Permission denied, own succeeded" in run.result["message"]
+    assert left == [], "a part wrote into the other's folder"
 
 
 def test_a_scored_split_changed_on_disk_after_the_baseline_is_tampering(smoke_env, tmp_path, monkeypatch):

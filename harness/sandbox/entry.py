@@ -10,8 +10,8 @@ RESULT.json and nothing else: what a candidate prints to stdout is never read. T
 each rung's trained tensors in ``request["weights_dir"]``, and never see the scored split: their curves use the
 monitoring split, and the final loss is measured afterwards by the trusted scorer (``harness.scorer``).
 
-``forward`` is the scorer's forward-only pass: it loads the trained tensors into the program's model and writes the
-hidden states of the windows the scorer chose. It never sees a target.
+``forward`` is the scorer's forward-only pass: in one child process per part of the windows the scorer chose, it
+loads the trained tensors into the program's model and writes their hidden states. It never sees a target.
 
 The request is plain JSON and self-contained: the candidate's source as text, the profile by name, and the
 known baselines keyed by fingerprint id. The sandbox reads no file of the caller's, so it runs the same on
@@ -281,11 +281,64 @@ def _mixing(model, profile, data, rung, seed: int) -> dict:
 
 
 def forward(request: dict) -> dict:
-    """The forward-only pass of the trusted scoring: for each rung in ``request["rungs"]``, the program's model with
-    the trained tensors of ``weights_dir``, in eval mode and float32 without autocast, run on the token windows of
-    ``inputs_path`` (an int32 array [windows, length]) in their order, ``batch_size`` at a time. It writes the hidden
-    states (float32 [windows, length, d_model]) to ``hidden_dir/rung<i>.npy``. The scorer checks them and computes
-    the loss; nothing this process says about them is believed."""
+    """The forward-only pass of the trusted scoring. ``request["parts"]`` are folders, one per part of the scorer's
+    windows, each holding ``inputs.npy`` and the trained tensors in ``weights/``. This process never loads the
+    program: it forks one child per part, at once, and waits for them. Each child starts from this process's state,
+    before any program ran, so nothing one of them keeps reaches another; each confines itself further to its own
+    folder (``_confine_to``), then runs ``forward_part`` and writes its record to ``result.json`` there. The scorer
+    reads those records; this process's own says only whether it could fork."""
+    from harness.trusted.reasons import Reason
+
+    parent, children = os.getpid(), []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for folder in request["parts"]:
+        pid = os.fork()
+        if pid == 0:  # the child never returns into main: its record is in its folder
+            code = 1
+            try:
+                die_with_parent(parent)
+                _confine_to(Path(folder), request)
+                _write_result(Path(folder) / "result.json", forward_part(request, Path(folder)))
+                code = 0
+            except BaseException:  # noqa: BLE001 - the scorer finds no record: the forward pass died
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    return {"reason": Reason.OK.value, "message": f"{len(children)} parts run"}
+
+
+def _confine_to(folder: Path, request: dict) -> None:
+    """Before the program loads in a forward child: no stdin, temporary files and compile caches in ``folder``,
+    and, where the launcher applied Landlock, a ruleset of its own that reads and writes ``folder`` and not the
+    other parts' folders (Landlock rulesets stack: the child keeps the launcher's rules too)."""
+    from harness.trusted import confine
+    from harness.trusted.executor import scratch_environment
+
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+    scratch = scratch_environment(folder / "tmp")
+    (folder / "tmp").mkdir(exist_ok=True)
+    os.environ.update(scratch)
+    import tempfile
+
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    if request.get("landlock"):
+        confine.apply_landlock(*confine.file_rules(folder, device=_profile(request).device))
+
+
+def forward_part(request: dict, folder: Path) -> dict:
+    """For each rung in ``request["rungs"]``, the program's model with the trained tensors of ``folder/weights``, in
+    eval mode and float32 without autocast, run on the token windows of ``folder/inputs.npy`` (an int32 array
+    [windows, length]) in their order, ``batch_size`` at a time. It writes the hidden states (float32 [windows,
+    length, d_model]) to ``folder/hidden/rung<i>.npy``. The scorer checks them and computes the loss; nothing this
+    process says about them is believed."""
     import numpy as np
     import torch
 
@@ -309,13 +362,13 @@ def forward(request: dict) -> dict:
     tampered = _tampered("loading the program")
     if tampered:
         return tampered
-    inputs = np.load(request["inputs_path"], allow_pickle=False)
+    inputs = np.load(folder / "inputs.npy", allow_pickle=False)
     batch, (n, length) = int(request["batch_size"]), inputs.shape
-    out_dir = Path(request["hidden_dir"])
+    out_dir = folder / "hidden"
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         for i, rung in enumerate(request["rungs"]):
-            pack = torch.load(weights_file(request["weights_dir"], i), weights_only=True, map_location="cpu")
+            pack = torch.load(weights_file(folder / "weights", i), weights_only=True, map_location="cpu")
             model = build_model(cls, tuple(rung), profile.vocab_size, profile.context_len_tokens, 0.0,
                                 profile.train_seed)
             model.load_state_dict({**pack["params"], **pack["buffers"], "lm_head.weight": pack["params"]["tok_emb.weight"]})
@@ -386,8 +439,12 @@ def main(argv: list[str] | None = None) -> int:
         result = {"prepare": prepare, "evaluate": evaluate, "objective": objective, "forward": forward}[mode](request)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as data
         result = {"reason": "crash", "message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    tmp = Path(result_path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, default=float))
-    os.replace(tmp, result_path)
+    _write_result(Path(result_path), result)
     return 0
+
+
+def _write_result(path: Path, result: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, default=float))
+    os.replace(tmp, path)
 

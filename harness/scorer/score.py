@@ -9,14 +9,15 @@ The executor runs it on the host that trained the program, after the training sa
    the trainable parameters, the attention's among them, and the buffers itself.
 3. It builds the inputs: every scored window, canaries (a window's prefix followed by another window's
    continuation) and duplicates, in an order drawn from a secret seed, so nothing in the forward pass can tell
-   which is which, in whole batches. The windows are split between two forward-only sandboxes, and a canary or
-   duplicate never runs in the sandbox of its original: a forward pass that kept what it saw (a store outside its
-   module, which no snapshot of the module sees) could otherwise hand a canary its original's states. Each
-   sandbox ends by running one of its batches, drawn at random, a second time.
-4. It runs both sandboxes (``python -m harness.sandbox forward``) at once, under the training sandbox's confinement,
-   each in a folder of its own that the other cannot read, timed from here. They hand back hidden states and
-   nothing else is believed. Each reads the trained tensors from its own folder, where the scorer wrote them
-   after checking them; neither can reach the training sandbox's folder.
+   which is which, in whole batches. The windows are split into two parts, and a canary or duplicate never runs
+   in the part of its original: a forward pass that kept what it saw (in a store outside its module, which no
+   snapshot of the module sees) could otherwise hand a canary its original's states. Each part ends by running
+   one of its batches, drawn at random, a second time.
+4. It runs the forward-only sandbox (``python -m harness.sandbox forward``) under the training sandbox's
+   confinement and limits, timed from here. It never loads the program itself: it forks one child per part,
+   from its state before any program ran, and each child confines itself to a folder of its own that the other
+   cannot read. They hand back hidden states and nothing else is believed. Each reads the trained tensors from
+   its own folder, where the scorer wrote them after checking them; none can reach the training sandbox's folder.
 5. The repeated batch must give the states it gave the first time (else ``statefulness``: the forward pass
    carries state), a duplicate those of its original (else ``batch_independence``), and a canary's states before
    its splice those of its original (else ``leak_after_training``: it reads the future).
@@ -36,7 +37,6 @@ import secrets
 import sys
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from harness.data import DataError, open_cached, validation_windows
 from harness.trusted import confine
-from harness.trusted.executor import (FORWARD_SANDBOXES, Started, abandon, read_result, scratch_environment,
+from harness.trusted.executor import (FORWARD_PARTS, Started, abandon, read_result, scratch_environment,
                                       start_limited, supervise, tail)
 from harness.trusted.process_lifetime import die_with_parent
 from harness.trusted.profiles import get_profile
@@ -112,19 +112,19 @@ def load_weights(path: Path, rung: tuple, vocab_size: int) -> Weights:
 @dataclass(frozen=True)
 class Layout:
     """Where each window went. The unshuffled stack is the scored windows, then the canaries, then the duplicates;
-    row r of it is row ``where[r, 1]`` of the inputs of forward sandbox ``where[r, 0]``. Each sandbox's inputs are
-    whole batches, and end with a second copy of one of them (``repeated[part]``), run last."""
+    row r of it is row ``where[r, 1]`` of part ``where[r, 0]``'s inputs. A part is what one child process of the
+    forward pass runs: whole batches, ending with a second copy of one of them (``repeated[part]``), run last."""
 
-    parts: tuple  # per forward sandbox: int32 [rows, length], its shuffled rows, then its repeated batch
-    where: np.ndarray  # int64 [rows of the stack, 2]: (sandbox, row of its inputs)
+    parts: tuple  # per part: int32 [rows, length], its shuffled rows, then its repeated batch
+    where: np.ndarray  # int64 [rows of the stack, 2]: (part, row of its inputs)
     n_scored: int
     canaries: list  # (original window, prefix length k)
     duplicates: list  # original window
     batch: int
-    repeated: tuple  # per forward sandbox: the batch it runs a second time
+    repeated: tuple  # per part: the batch it runs a second time
 
     def row(self, states: list, r: int) -> np.ndarray:
-        """The states of row ``r`` of the stack; ``states``: each sandbox's states [rows, length, d]."""
+        """The states of row ``r`` of the stack; ``states``: each part's states [rows, length, d]."""
         part, i = self.where[r]
         return states[part][i]
 
@@ -132,13 +132,13 @@ class Layout:
         return np.stack([self.row(states, r) for r in rs])
 
 
-def layout(windows: np.ndarray, rng: np.random.Generator, batch: int, parts: int = FORWARD_SANDBOXES) -> Layout:
+def layout(windows: np.ndarray, rng: np.random.Generator, batch: int, parts: int = FORWARD_PARTS) -> Layout:
     """``windows``: the scored windows [n, length + 1] (the last token is only a target); ``batch``: the forward
-    pass's batch size; ``parts``: the forward sandboxes (with one, as before they were two, a forward pass that keeps
-    what it saw passes every test). Each sandbox gets as many of the scored
-    windows as the others, give or take one. A canary or duplicate runs in the sandbox after its original's, and no
-    window is both a canary's original and duplicated, so no sandbox holds two rows that share a canary's prefix. Each
-    sandbox is then filled to whole batches with duplicates of the other sandboxes' windows."""
+    pass's batch size; ``parts``: the forward pass's child processes (with one, a forward pass that keeps what it saw
+    passes every test). Each part gets as many of the scored windows as the others, give or take one. A canary or
+    duplicate runs in the part after its original's, and no window is both a canary's original and duplicated, so
+    no part holds two rows that share a canary's prefix. Each part is then filled to whole batches with duplicates
+    of the other parts' windows."""
     n, length = windows.shape[0], windows.shape[1] - 1
     base = windows[:, :length]
     n_canaries = min(n - 1, max(MIN_CANARIES, -(-n // CANARY_EVERY))) if n >= 2 and length >= 2 else 0
@@ -174,11 +174,11 @@ def layout(windows: np.ndarray, rng: np.random.Generator, batch: int, parts: int
 
 
 def check_states(states: list, lay: Layout, rung: tuple, rtol: float) -> dict:
-    """The tests of one rung's hidden states (``states``: each forward sandbox's), each of which names one cause;
+    """The tests of one rung's hidden states (``states``: each part's), each of which names one cause;
     Rejection when one fails (states that must be equal may differ by ``rtol`` relative to their scale, the
     profile's ``Gate.trained_state_rtol``):
-    1. each sandbox's repeated batch, run last, equals its first run: otherwise the forward pass carries state;
-    2. a duplicate window, in another sandbox, equals its original: otherwise it depends on its batch;
+    1. each part's repeated batch, run last, equals its first run: otherwise the forward pass carries state;
+    2. a duplicate window, in another part, equals its original: otherwise it depends on its batch;
     3. a canary's states before its splice equal its original's: otherwise it reads the future."""
     def compare(a: np.ndarray, b: np.ndarray) -> float:
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
@@ -236,67 +236,50 @@ def scored_loss(states: list, lay: Layout, windows: np.ndarray, weights: Weights
     return float(total.item() / count)
 
 
-def start_forward(plan: dict) -> list[Started]:
-    """Start the forward-only sandboxes ahead: each imports torch and the harness, then waits for its go line."""
-    started = []
-    try:
-        for part, sandbox in enumerate(plan["forward"]):
-            work = Path(sandbox["dir"])
-            cmd = [sys.executable, "-m", "harness.sandbox", "forward", str(work / "request.json"),
-                   str(work / "result.json")]
-            started.append(start_limited(confine.wrap(cmd, sandbox["files"], plan["seccomp"]) if plan["confined"]
-                                         else cmd, Path(plan["log_dir"]) / f"forward{part}.log",
-                                         {**plan["env"], **scratch_environment(work / "tmp")}))
-    except BaseException:
-        for each in started:
-            abandon(each)
-        raise
-    return started
+def start_forward(plan: dict) -> Started:
+    """Start the forward-only sandbox ahead: it imports torch and the harness, then waits for its go line."""
+    work = Path(plan["forward"]["dir"])
+    cmd = [sys.executable, "-m", "harness.sandbox", "forward", str(work / "request.json"), str(work / "result.json")]
+    return start_limited(confine.wrap(cmd, plan["forward"]["files"], plan["seccomp"]) if plan["confined"] else cmd,
+                         Path(plan["log_dir"]) / "forward.log", {**plan["env"], **scratch_environment(work / "tmp")})
 
 
-def forward_pass(plan: dict, lay: Layout, weights: list, forward: list[Started]) -> float:
-    """Hand each started forward-only sandbox its inputs (``lay.parts``) and the checked ``weights``, in its own
-    folder, and let them run at once; their wall seconds together. Each may use an equal share of the memory cap.
-    Rejection or Infrastructure when one did not hand back states."""
-    for part, sandbox in enumerate(plan["forward"]):
-        work = Path(sandbox["dir"])
+def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> float:
+    """Hand the started forward-only sandbox the parts' inputs (``lay.parts``) and the checked ``weights``, one
+    folder per part, and let it run them, one child process each, at once; its wall seconds. Rejection or
+    Infrastructure when a part did not hand back states."""
+    work = Path(plan["forward"]["dir"])
+    for folder, inputs in zip(plan["forward"]["parts"], lay.parts):
         for i, w in enumerate(weights):
-            torch.save({"params": w.params, "buffers": w.buffers}, work / "weights" / f"rung{i}.pt")
-        np.save(work / "inputs.npy", lay.parts[part])
-        request = {**plan["request"], "rungs": plan["rungs"], "weights_dir": str(work / "weights"),
-                   "inputs_path": str(work / "inputs.npy"), "hidden_dir": str(work / "hidden"),
-                   "batch_size": plan["batch_size"]}
-        (work / "request.json").write_text(json.dumps(request))
-    cap_mib = plan["memory_cap_mib"] // len(forward)
+            torch.save({"params": w.params, "buffers": w.buffers}, Path(folder) / "weights" / f"rung{i}.pt")
+        np.save(Path(folder) / "inputs.npy", inputs)
+    request = {**plan["request"], "rungs": plan["rungs"], "parts": plan["forward"]["parts"],
+               "landlock": bool(plan["confined"] and plan["forward"]["files"]), "batch_size": plan["batch_size"]}
+    (work / "request.json").write_text(json.dumps(request))
     started = time.perf_counter()
-    with ThreadPoolExecutor(len(forward)) as pool:
-        outcomes = list(pool.map(lambda each: supervise(each, plan["limit_s"], cap_mib, b"go\n"), forward))
+    outcome = supervise(forward, plan["limit_s"], plan["memory_cap_mib"], b"go\n")
     wall_s = time.perf_counter() - started
-    for part, outcome in enumerate(outcomes):
-        _forward_result(plan, part, outcome, cap_mib)
-    return wall_s
-
-
-def _forward_result(plan: dict, part: int, outcome: str, cap_mib: int) -> None:
-    work = Path(plan["forward"][part]["dir"])
-    log = tail(Path(plan["log_dir"]) / f"forward{part}.log")
+    log = tail(Path(plan["log_dir"]) / "forward.log")
     if outcome == "timeout":
         raise Rejection(Reason.TIMEOUT, f"the forward pass of the trained model took longer than {plan['limit_s']:.0f} s",
                         log)
     if outcome == "memory":
-        raise Rejection(Reason.MEMORY, f"the forward pass of the trained model exceeded {cap_mib} MiB", log)
-    if not (work / "result.json").exists():
-        if plan["confined"] and log.startswith(confine.FAILURE_PREFIX):
-            raise Infrastructure(log.splitlines()[0])
-        raise Rejection(Reason.CRASH, "the forward pass of the trained model died without a result", log)
-    result = read_result(work / "result.json")
-    try:
-        reason = Reason(result.get("reason"))
-    except ValueError:
-        raise Rejection(Reason.TAMPERING, "the forward pass reported an unknown reason", log) from None
-    if reason != Reason.OK:
-        raise Rejection(reason, f"scoring the trained model: {str(result.get('message', ''))[:500]}",
-                        str(result.get("traceback", "")) or log)
+        raise Rejection(Reason.MEMORY, f"the forward pass of the trained model exceeded {plan['memory_cap_mib']} MiB", log)
+    if plan["confined"] and not (work / "result.json").exists() and log.startswith(confine.FAILURE_PREFIX):
+        raise Infrastructure(log.splitlines()[0])
+    for folder in plan["forward"]["parts"]:
+        path = Path(folder) / "result.json"
+        if not path.exists():
+            raise Rejection(Reason.CRASH, "the forward pass of the trained model died without a result", log)
+        result = read_result(path)
+        try:
+            reason = Reason(result.get("reason"))
+        except ValueError:
+            raise Rejection(Reason.TAMPERING, "the forward pass reported an unknown reason", log) from None
+        if reason != Reason.OK:
+            raise Rejection(reason, f"scoring the trained model: {str(result.get('message', ''))[:500]}",
+                            str(result.get("traceback", "")) or log)
+    return wall_s
 
 
 def read_hidden(path: Path, shape: tuple) -> np.ndarray:
@@ -310,8 +293,8 @@ def read_hidden(path: Path, shape: tuple) -> np.ndarray:
     return hidden
 
 
-def score(plan: dict, forward: list[Started]) -> dict:
-    """Everything above, for the rungs of ``plan``, with the started forward-only sandboxes; the result record (see
+def score(plan: dict, forward: Started) -> dict:
+    """Everything above, for the rungs of ``plan``, with the started forward-only sandbox; the result record (see
     ``main``)."""
     request = plan["request"]
     profile = get_profile(request["profile"], objective=request["objective"], data_source=request["data_source"])
@@ -326,28 +309,27 @@ def score(plan: dict, forward: list[Started]) -> dict:
     weights = [load_weights(Path(plan["weights_dir"]) / f"rung{i}.pt", rung, profile.vocab_size)
                for i, rung in enumerate(rungs)]
     batch = max(profile.batch_size_seqs, 64)  # the training's evaluation batch
-    lay = layout(windows, np.random.default_rng(secrets.randbits(128)), batch, len(forward))
+    lay = layout(windows, np.random.default_rng(secrets.randbits(128)), batch, len(plan["forward"]["parts"]))
     forward_s = forward_pass({**plan, "batch_size": batch}, lay, weights, forward)
     started = time.perf_counter()
     split_sha256 = hashlib.sha256(np.ascontiguousarray(tokens).tobytes()).hexdigest()[:16]
     out = []
     checks = {"max_canary_rel": 0.0, "max_duplicate_rel": 0.0, "max_repeat_rel": 0.0}
     for i, (rung, w) in enumerate(zip(rungs, weights)):
-        states = [read_hidden(Path(sandbox["dir"]) / "hidden" / f"rung{i}.npy",
-                              (len(inputs), profile.context_len_tokens, rung[0]))
-                  for sandbox, inputs in zip(plan["forward"], lay.parts)]
+        states = [read_hidden(Path(folder) / "hidden" / f"rung{i}.npy", (len(inputs), profile.context_len_tokens, rung[0]))
+                  for folder, inputs in zip(plan["forward"]["parts"], lay.parts)]
         for key, value in check_states(states, lay, rung, profile.gate.trained_state_rtol).items():
             checks[key] = max(checks[key], value)
         out.append({"rung": list(rung), "final_val_loss": scored_loss(states, lay, windows, w, device), **w.counts(),
                     "scored_split_sha256": split_sha256})
     return {"status": "ok", "rungs": out, "scoring": {
         "windows": lay.n_scored, "canaries": len(lay.canaries), "duplicates": len(lay.duplicates),
-        "forward_sandboxes": len(forward), **checks,
+        "forward_parts": len(lay.parts), **checks,
         "forward_s": round(forward_s, 3), "loss_s": round(time.perf_counter() - started, 3)}}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Started ahead by the executor: starts the forward-only sandboxes, then waits for one line on stdin, the
+    """Started ahead by the executor: starts the forward-only sandbox, then waits for one line on stdin, the
     training's ``{"data_hash": ...}`` (end of file: nothing to score, exit). Writes ``{"status": "ok", "rungs":
     [...], "scoring": {...}}``, ``{"status": "rejected", "reason", "message", "details"}`` or ``{"status":
     "infrastructure", "message"}`` to RESULT.json."""
@@ -360,8 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     forward = start_forward(plan)
     line = sys.stdin.readline()
     if not line:
-        for each in forward:
-            abandon(each)
+        abandon(forward)
         return 0
     plan.update(json.loads(line))
     try:
@@ -374,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"status": "infrastructure", "message": f"the scorer failed: {type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc()}
     finally:
-        for each in forward:
-            abandon(each)
+        abandon(forward)
     tmp = Path(result_path).with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, result_path)

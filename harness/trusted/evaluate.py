@@ -4,9 +4,10 @@ Runs in OpenEvolve's processes, so it never imports torch's CUDA, never raises, 
 1. static, here: frozen region, splice, policy;
 2. the sandbox subprocess (own process group, hard wall-clock limit, resident-memory cap): dynamic
    gate, training at the profile's budget, post-training leak test; it hands back the trained tensors. Then the
-   trusted scorer (``harness.scorer``, no candidate code in its process) runs two forward-only sandboxes on the
-   scored split, checks canary and duplicate windows, and measures the losses and counts the parameters itself. Both run
-   on this host or on a Ray worker (harness.trusted.executor, ``HARNESS_EXECUTOR``); nothing else depends on where;
+   trusted scorer (``harness.scorer``, no candidate code in its process) runs a forward-only sandbox on the scored
+   split, in two parts that never meet, checks canary and duplicate windows, and measures the losses and counts
+   the parameters itself. Both run on this host or on a Ray worker (harness.trusted.executor,
+   ``HARNESS_EXECUTOR``); nothing else depends on where;
 3. here again: the objective recomputed from the scorer's losses and counts (plain numbers, checked field by
    field), the parameter budget re-checked on those counts, and the score against the baseline
    (``harness.trusted.scoring``); no loss, score, fit or flag computed in a sandbox is read. Score and artifacts back to OpenEvolve, one row to the ledger, accepted or rejected.

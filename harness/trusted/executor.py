@@ -53,11 +53,11 @@ POLL_INTERVAL_S = 0.2
 SUBMIT_MEMORY_CAP_MIB = 4096
 # Connecting to the cluster and shipping the result back, beyond the task's own limits.
 SUBMIT_OVERHEAD_S = 120.0
-# The scorer's own work beyond its forward-only sandboxes' limit: reading the weights and the data, the loss.
+# The scorer's own work beyond its forward-only sandbox's limit: reading the weights and the data, the loss.
 SCORER_OVERHEAD_S = 300.0
-# The scored windows are split between this many forward-only sandboxes, and a canary never runs beside its
-# original (``harness.scorer.score.layout``).
-FORWARD_SANDBOXES = 2
+# The scored windows are split into this many parts, each run by a child process of the forward-only sandbox, and a
+# canary never runs beside its original (``harness.scorer.score.layout``).
+FORWARD_PARTS = 2
 # Ray's errors that mean the worker or its node went away under the task: retried, never the candidate's fault.
 LOST_WORKER_ERRORS = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError",
                       "OwnerDiedError", "LocalRayletDiedError", "ObjectReconstructionFailedError",
@@ -193,7 +193,10 @@ def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: by
                 break
             if on_poll is not None:
                 on_poll()
-            time.sleep(POLL_INTERVAL_S)
+            try:
+                proc.wait(timeout=POLL_INTERVAL_S)  # returns as soon as it exits: no wall time lost to polling
+            except subprocess.TimeoutExpired:
+                pass
     finally:
         abandon(started)
     return outcome
@@ -295,7 +298,7 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
                 scorer.extend([None, f"{type(exc).__name__}: {exc}"])
 
         def on_poll() -> None:
-            # Started as the training starts, it imports torch and starts its forward-only sandboxes meanwhile.
+            # Started as the training starts, it imports torch and starts its forward-only sandbox meanwhile.
             if not scorer and begins.seen():
                 start_scorer()
 
@@ -399,21 +402,21 @@ def _scored_rungs(mode: str, request: dict) -> list[tuple]:
 def _start_scorer(mode: str, request: dict, tmp: Path, private: Path, limit_s: float, memory_cap_mib: int,
                   env: dict, confined: bool) -> Started:
     """Start ``python -m harness.scorer`` ahead, with everything known before the training: it imports torch and
-    starts its forward-only sandboxes while the training runs, then waits for the training's data hash. Its plan,
-    log, result and scratch folder live in ``private``, outside every sandbox's run folder (``tmp``), and so do the
-    forward-only sandboxes' folders, one each: a training sandbox can neither reach them nor, by changing what
-    their paths name before their Landlock rules are made, move their rules elsewhere. ``env``: the sandboxes'
+    starts its forward-only sandbox while the training runs, then waits for the training's data hash. Its plan,
+    log, result and scratch folder live in ``private``, outside every sandbox's run folder (``tmp``), and so does
+    the forward-only sandbox's folder, with one folder per part: a training sandbox can neither reach them nor, by
+    changing what their paths name before the Landlock rules are made, move those rules elsewhere. ``env``: the sandboxes'
     environment without a scratch folder (each process gets its own)."""
     from harness.trusted.frameworks import get_framework
 
     source = request.get("source") if mode != "prepare" else get_framework(request["framework"]).seed_source()
     forward_request = {k: v for k, v in request.items() if k not in ("baselines", "source", "weights_dir")}
-    forward = []
-    for part in range(FORWARD_SANDBOXES):
-        folder = private / "forward" / str(part)
-        for sub in ("tmp", "weights"):
-            (folder / sub).mkdir(parents=True)
-        forward.append({"dir": str(folder), "files": landlock_rules(request, folder)})
+    forward_dir = private / "forward"
+    parts = [forward_dir / str(part) for part in range(FORWARD_PARTS)]
+    for folder in (forward_dir / "tmp", *(p / sub for p in parts for sub in ("tmp", "weights"))):
+        folder.mkdir(parents=True)
+    forward = {"dir": str(forward_dir), "files": landlock_rules(request, forward_dir),
+               "parts": [str(p) for p in parts]}
     plan = {"request": {**forward_request, "source": source}, "rungs": [list(r) for r in _scored_rungs(mode, request)],
             "weights_dir": str(tmp / "weights"), "forward": forward, "seccomp": seccomp_applies(request),
             "cache_dir": str(default_cache_dir()), "limit_s": limit_s, "memory_cap_mib": memory_cap_mib,
@@ -467,8 +470,8 @@ def _score(mode: str, run: SandboxRun, private: Path, scorer: Started, limit_s: 
 
 
 def scoring_limit_s(limit_s: float) -> float:
-    """The scorer's wall-clock limit after a training under ``limit_s``: its forward-only sandboxes, which run at
-    once, get as long as the training did, plus the scorer's own work."""
+    """The scorer's wall-clock limit after a training under ``limit_s``: its forward-only sandbox gets as long as
+    the training did, plus the scorer's own work."""
     return limit_s + SCORER_OVERHEAD_S
 
 
