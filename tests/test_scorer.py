@@ -54,6 +54,8 @@ def test_weights_that_are_not_plain_tensors_are_tampering(tmp_path):
     cases = {"missing": None, "not_a_dict": [1, 2], "an_object": {"params": {"x": torch.nn.Linear(2, 2)}, "buffers": {}},
              "no_head": {"params": {k: v for k, v in pack["params"].items() if k != "tok_emb.weight"}, "buffers": {}},
              "wrong_shape": {"params": {**pack["params"], "ln_final.weight": torch.ones(7)}, "buffers": {}}}
+    (tmp_path / "a_link.pt").symlink_to(tmp_path / "good.pt")  # good tensors, read through a link the sandbox made
+    cases["a_link"] = None
     for name, content in cases.items():
         if content is not None:
             torch.save(content, tmp_path / f"{name}.pt")
@@ -73,7 +75,8 @@ def test_the_layout_mixes_canaries_and_duplicates_among_the_scored_windows():
     rows = len(lay.where)
     assert lay.n_scored == 40 and len(lay.canaries) >= 4 and len(lay.duplicates) >= 2
     assert len(lay.parts) == 2 and all(len(inputs) % 16 == 0 for inputs in lay.parts)
-    assert sorted(map(tuple, lay.where)) == [(p, i) for p, inputs in enumerate(lay.parts) for i in range(len(inputs) - 16)]
+    every_row = [(p, i) for p, inputs in enumerate(lay.parts) for i in range(len(inputs) - 16)]
+    assert sorted(map(tuple, lay.where)) == every_row
     assert all(np.array_equal(lay.row(lay.parts, i), base[i]) for i in range(40))
     assert abs(sum(lay.where[:40, 0] == 0) - 20) <= 1  # the scored windows, half in each sandbox
     for c, (i, k) in enumerate(lay.canaries):
@@ -110,7 +113,8 @@ def _states(lay, fn, batch=16) -> list:
     out = []
     for inputs in lay.parts:
         memory = {}
-        rows = [fn(row, b // batch, inputs[b - b % batch : b - b % batch + batch], memory) for b, row in enumerate(inputs)]
+        rows = [fn(row, b // batch, inputs[b - b % batch : b - b % batch + batch], memory)
+                for b, row in enumerate(inputs)]
         out.append(np.stack(rows).astype(np.float32))
     return out
 

@@ -87,6 +87,9 @@ def load_weights(path: Path, rung: tuple, vocab_size: int) -> Weights:
     """The tensors the training sandbox left for ``rung``; Rejection(tampering) when they are not what
     ``harness.sandbox.train.save_weights`` writes."""
     d_model = rung[0]
+    if path.is_symlink():  # a link the sandbox made would have this process read a file of its choosing
+        raise Rejection(Reason.TAMPERING, f"the trained weights of rung {tuple(rung)} are a link, not the file the "
+                        "training writes")
     try:
         pack = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - a missing or hostile file is the program's doing
@@ -283,6 +286,8 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
 
 
 def read_hidden(path: Path, shape: tuple) -> np.ndarray:
+    if path.is_symlink():
+        raise Rejection(Reason.TAMPERING, "the forward pass left a link, not its hidden states")
     try:
         hidden = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -316,7 +321,8 @@ def score(plan: dict, forward: Started) -> dict:
     out = []
     checks = {"max_canary_rel": 0.0, "max_duplicate_rel": 0.0, "max_repeat_rel": 0.0}
     for i, (rung, w) in enumerate(zip(rungs, weights)):
-        states = [read_hidden(Path(folder) / "hidden" / f"rung{i}.npy", (len(inputs), profile.context_len_tokens, rung[0]))
+        states = [read_hidden(Path(folder) / "hidden" / f"rung{i}.npy",
+                              (len(inputs), profile.context_len_tokens, rung[0]))
                   for folder, inputs in zip(plan["forward"]["parts"], lay.parts)]
         for key, value in check_states(states, lay, rung, profile.gate.trained_state_rtol).items():
             checks[key] = max(checks[key], value)

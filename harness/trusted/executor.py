@@ -405,8 +405,8 @@ def _start_scorer(mode: str, request: dict, tmp: Path, private: Path, limit_s: f
     starts its forward-only sandbox while the training runs, then waits for the training's data hash. Its plan,
     log, result and scratch folder live in ``private``, outside every sandbox's run folder (``tmp``), and so does
     the forward-only sandbox's folder, with one folder per part: a training sandbox can neither reach them nor, by
-    changing what their paths name before the Landlock rules are made, move those rules elsewhere. ``env``: the sandboxes'
-    environment without a scratch folder (each process gets its own)."""
+    changing what their paths name before the Landlock rules are made, move those rules elsewhere. ``env``: the
+    sandboxes' environment without a scratch folder (each process gets its own)."""
     from harness.trusted.frameworks import get_framework
 
     source = request.get("source") if mode != "prepare" else get_framework(request["framework"]).seed_source()
