@@ -28,10 +28,11 @@ The stages, in the order they run:
    and whether each side effect happened is checked from outside). The GPU machine has no network, so the data are the package's synthetic stories
    written as a local text folder (``HARNESS_DATA``); the profile is otherwise ``pilot``.
 5. ``security``: the security corpus and the confinement tests (``tests/test_security.py``,
-   ``tests/test_confinement.py``) through the evaluator under ``smoke-cuda``, the sandbox on the GPU: every attack
-   rejected with its side effect looked for from outside, and the OS layers tried past the static policy. A sandbox
-   on CUDA gets the layers the GPU driver works under (``confine.device_layers``); a layer it does not get skips its
-   tests with the reason, and the record says what applied.
+   ``tests/test_confinement.py``, and the test that the forward pass's parts never meet) through the evaluator
+   under ``smoke-cuda``, the sandbox on the GPU: every attack rejected with its side effect looked for from
+   outside, and the OS layers tried past the static policy. A sandbox on CUDA gets the layers the GPU driver works
+   under (``confine.device_layers``); a layer it does not get skips its tests with the reason, and the record says
+   what applied.
 6. ``bench``: ``harness bench`` at the full profile, ``bench_steps`` steps per rung: ms/step, tokens/s and
    utilisation of the engine at every rung; the eager fp32 reference, and the speed-up, at the reference rung
    (the eager loop is 4x slower: timing it at every rung would cost the lease a minute). ``--compile-modes``
@@ -476,7 +477,9 @@ def stage_evaluation(plan: Plan, work: Path) -> dict:
 # Stage 5: the security corpus and the confinement tests on the device
 
 
-SECURITY_TESTS = ("tests/test_confinement.py", "tests/test_security.py")  # the OS layers on the device first
+# The OS layers on the device first; last, the forward pass's children, each confined to its own folder on the device.
+SECURITY_TESTS = ("tests/test_confinement.py", "tests/test_security.py",
+                  "tests/test_scorer.py::test_a_part_of_the_forward_pass_can_neither_read_nor_write_the_other_parts_folder")
 PYTEST_MARGIN_S = 20.0  # left of the stage's limit to read and record the outcomes
 
 
