@@ -3,6 +3,7 @@ sandbox hands back, with canary and duplicate windows that catch a forward pass 
 state; nothing the training sandbox says about its losses or its size is believed."""
 
 import math
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 import adversarial
 import security
 from harness.scaffold import build_model
-from harness.scorer.score import Rejection, check_states, head_loss, layout, load_weights
+from harness.scorer.score import Rejection, Weights, check_states, head_loss, layout, load_weights
 from harness.sandbox.loader import load_attention
 from harness.sandbox.train import save_weights
 from harness.trusted import confine, executor
@@ -23,7 +24,6 @@ from harness.trusted.reasons import Reason
 from harness.trusted.scoring import TRAINING_BEGINS, objective_from_untrusted
 
 RUNG, VOCAB, CONTEXT = (32, 2, 2), 512, 16
-RTOL = get_profile("smoke").gate.trained_state_rtol
 
 
 def _seed_model():
@@ -119,33 +119,62 @@ def _states(lay, fn, batch=16) -> list:
     return out
 
 
-def _causal(row, *_):  # a running mean of token ids: each position sees only its past
-    return (np.cumsum(row) / np.arange(1, len(row) + 1))[:, None] * np.ones((1, 4))
+D_TEST = 4
+# The scorer's head for the synthetic states below. A LayerNorm ignores a state's scale and its mean, so these states
+# and their perturbations change direction.
+HEAD = Weights({"tok_emb.weight": torch.randn(VOCAB, D_TEST, generator=torch.Generator().manual_seed(0)) * 3,
+                "ln_final.weight": torch.ones(D_TEST), "ln_final.bias": torch.zeros(D_TEST)}, {})
+ATOL = get_profile("smoke").gate.trained_logprob_atol
+PERTURB = np.array([1.0, -1.0, 0.0, 0.0])
+
+
+def _causal(row, *_):  # features of a running mean of token ids: each position sees only its past
+    m = np.cumsum(row) / np.arange(1, len(row) + 1) / 64
+    return np.stack([np.sin(m), np.cos(m), np.sin(2 * m), np.cos(3 * m)], axis=1)
 
 
 def _reads_next(row, *_):
-    return _causal(row) + np.append(row[1:], 0)[:, None] * 1e-3  # sees t + 1
+    return _causal(row) + np.append(row[1:], 0)[:, None] * 1e-3 * PERTURB  # sees t + 1
+
+
+def _check(states, lay):
+    return check_states(states, lay, RUNG, HEAD, ATOL, torch.device("cpu"))
 
 
 def test_each_way_a_forward_pass_can_cheat_is_caught_and_named():
     lay = layout(_windows(), np.random.default_rng(3), batch=16)
     cheats = {
         "leak_after_training": _reads_next,
-        "statefulness": lambda row, b, *_: _causal(row) + b,  # drifts with the batches seen before
-        "batch_independence": lambda row, b, batch, _: _causal(row) + batch.mean(),  # mixes its batch
+        "statefulness": lambda row, b, *_: _causal(row) + b * 0.1 * PERTURB,  # drifts with the batches seen before
+        "batch_independence": lambda row, b, batch, _: _causal(row) + batch.mean() * 1e-3 * PERTURB,  # mixes its batch
     }
-    checks = check_states(_states(lay, _causal), lay, RUNG, RTOL)
-    assert max(checks.values()) <= RTOL
+    checks = _check(_states(lay, _causal), lay)
+    assert max(checks.values()) <= ATOL
     for reason, fn in cheats.items():
         with pytest.raises(Rejection) as caught:
-            check_states(_states(lay, fn), lay, RUNG, RTOL)
+            _check(_states(lay, fn), lay)
         assert caught.value.reason == Reason(reason), (reason, caught.value.message)
     broken = _states(lay, _causal)
     part, i = lay.where[lay.canaries[0][0]]
     broken[part][i, 0, 0] = np.nan
     with pytest.raises(Rejection) as caught:
-        check_states(broken, lay, RUNG, RTOL)
+        _check(broken, lay)
     assert caught.value.reason == Reason.NONFINITE
+
+
+def test_one_huge_value_in_the_states_hides_no_leak():
+    """A huge constant added to every channel at position 0, which the LayerNorm removes: compared relative to their
+    largest value, the states of any leak differed by 1e-6 at most."""
+    lay = layout(_windows(), np.random.default_rng(5), batch=16)
+
+    def huge(row, *_):
+        states = _reads_next(row)
+        states[0] += 1e6
+        return states
+
+    with pytest.raises(Rejection) as caught:
+        _check(_states(lay, huge), lay)
+    assert caught.value.reason == Reason.LEAK_AFTER_TRAINING
 
 
 def _replays(row, _b, _batch, memory):
@@ -169,10 +198,10 @@ def test_a_forward_pass_that_replays_earlier_windows_to_the_canaries_is_caught()
     windows = _windows()
     windows[:, 0] = np.arange(len(windows))  # no two windows share a first token, so only a canary meets its original
     together = layout(windows, np.random.default_rng(4), batch=16, parts=1)
-    assert max(check_states(_states(together, _replays), together, RUNG, RTOL).values()) <= RTOL
+    assert max(_check(_states(together, _replays), together).values()) <= ATOL
     apart = layout(windows, np.random.default_rng(4), batch=16)
     with pytest.raises(Rejection) as caught:
-        check_states(_states(apart, _replays), apart, RUNG, RTOL)
+        _check(_states(apart, _replays), apart)
     assert caught.value.reason == Reason.LEAK_AFTER_TRAINING, caught.value.message
 
 
@@ -315,8 +344,42 @@ def test_a_forward_pass_that_replays_earlier_windows_is_rejected(smoke_env, tmp_
     assert result.metrics["combined_score"] == 0.0 and result.metrics["valid"] == 0.0
 
 
+# Reads the whole window in training and when scored (batches of 16 and more), causal in the gate; when scored, it
+# also writes one huge value into its output at position 0. Hidden states compared relative to their largest value
+# then differed by 1e-6 at most, canaries included, and it scored as valid.
+HIDES_ITS_LEAK_UNDER_ONE_HUGE_VALUE = adversarial.with_block(f'''
+class {adversarial.CLASS}(nn.Module):
+    def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.n_heads)
+        if b < 16:
+            mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            scores = scores.masked_fill(~mask, float("-inf"))
+        y = self.out((torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, t, d))
+        if b >= 16 and not torch.is_grad_enabled():
+            y = y + torch.nn.functional.one_hot(torch.zeros((), dtype=torch.long), t)[:, None] * 1e6
+        return y
+''')
+
+
+def test_a_leak_hidden_under_one_huge_value_is_rejected(smoke_env, tmp_path):
+    path = tmp_path / "candidate.py"
+    path.write_text(HIDES_ITS_LEAK_UNDER_ONE_HUGE_VALUE)
+    result = evaluate(security.FRAMEWORK, str(path))
+    assert result.artifacts["reason"] == Reason.LEAK_AFTER_TRAINING.value, result.artifacts["message"]
+    assert result.metrics["combined_score"] == 0.0 and "nats: the model reads future tokens" in result.artifacts["message"]
+
+
 # Past every static check (appended to the program, so it runs wherever the program loads): in a child of the
-# forward pass, it tries to read the other part's windows and to write into its folder, and reads its own.
+# forward pass, it tries to read the other part's windows, to write into its folder and into POSIX shared memory
+# (which the other could read), and reads its own windows.
 CROSSES_TO_THE_OTHER_PART = """
 import os as _os
 _tmp = _os.environ.get("TMPDIR", "")
@@ -326,6 +389,7 @@ if "/forward/" in _tmp:
     _seen = []
     for _what, _do in (("read", lambda: open(_os.path.join(_other, "inputs.npy"), "rb").read(1)),
                        ("write", lambda: open(_os.path.join(_other, "marker"), "w").write("x")),
+                       ("shm", lambda: open("{shm}", "w").write("x")),
                        ("own", lambda: open(_os.path.join(_mine, "inputs.npy"), "rb").read(1))):
         try:
             _do()
@@ -349,12 +413,20 @@ def test_a_part_of_the_forward_pass_can_neither_read_nor_write_the_other_parts_f
 
     monkeypatch.setattr(executor, "_score", score_and_look)
     prepared = prepare(security.FRAMEWORK)
+    shm = Path("/dev/shm") / f"harness-test-{uuid.uuid4().hex}"
     request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"],
-                              source=security.SEED + CROSSES_TO_THE_OTHER_PART)
-    run = executor.run_sandbox_here("evaluate", request, 180.0, 8192)
-    assert run.result["reason"] == "crash", run.result
-    assert "outcomes: read Permission denied, write Permission denied, own succeeded" in run.result["message"]
-    assert left == [], "a part wrote into the other's folder"
+                              source=security.SEED + CROSSES_TO_THE_OTHER_PART.replace("{shm}", str(shm)))
+    try:
+        run = executor.run_sandbox_here("evaluate", request, 180.0, 8192)
+        assert run.result["reason"] == "crash", run.result
+        # On CUDA the children may write shared memory: the driver's check ran with it (confine.device_layers).
+        shm_outcome = "shm succeeded" if security.DEVICE == "cuda" else "shm Permission denied"
+        assert (f"outcomes: read Permission denied, write Permission denied, {shm_outcome}, own succeeded"
+                in run.result["message"]), run.result["message"]
+        assert left == [], "a part wrote into the other's folder"
+        assert shm.exists() == (security.DEVICE == "cuda")
+    finally:
+        shm.unlink(missing_ok=True)
 
 
 def test_a_scored_split_changed_on_disk_after_the_baseline_is_tampering(smoke_env, tmp_path, monkeypatch):

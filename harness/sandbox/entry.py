@@ -314,23 +314,31 @@ def forward(request: dict) -> dict:
 
 
 def _confine_to(folder: Path, request: dict) -> None:
-    """Before the program loads in a forward child: no stdin, temporary files and compile caches in ``folder``,
-    and, where the launcher applied Landlock, a ruleset of its own that reads and writes ``folder`` and not the
-    other parts' folders (Landlock rulesets stack: the child keeps the launcher's rules too)."""
+    """Before the program loads in a forward child: no stdin; its output to ``folder/forward.log``, not to the
+    log the other child writes; temporary files and compile caches in ``folder``; and, where the launcher applied
+    Landlock, a ruleset of its own (Landlock rulesets stack: it keeps the launcher's too). That ruleset reads what
+    any sandbox reads and ``folder``, and writes only ``folder``, the null device and, on CUDA, the GPU's device files
+    and POSIX shared memory (which the driver's check in ``confine.device_layers`` ran with)."""
     from harness.trusted import confine
     from harness.trusted.executor import scratch_environment
 
     fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(fd, 0)
     os.close(fd)
-    scratch = scratch_environment(folder / "tmp")
+    fd = os.open(folder / "forward.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
     (folder / "tmp").mkdir(exist_ok=True)
-    os.environ.update(scratch)
+    os.environ.update(scratch_environment(folder / "tmp"))
     import tempfile
 
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
     if request.get("landlock"):
-        confine.apply_landlock(*confine.file_rules(folder, device=_profile(request).device))
+        device = _profile(request).device
+        reads, _ = confine.file_rules(folder, device=device)
+        gpu = [*confine.gpu_device_files(), "/dev/shm"] if device == "cuda" else []
+        confine.apply_landlock(reads, [str(folder), "/dev/null", *gpu])
 
 
 def forward_part(request: dict, folder: Path) -> dict:

@@ -18,9 +18,10 @@ The executor runs it on the host that trained the program, after the training sa
    from its state before any program ran, and each child confines itself to a folder of its own that the other
    cannot read. They hand back hidden states and nothing else is believed. Each reads the trained tensors from
    its own folder, where the scorer wrote them after checking them; none can reach the training sandbox's folder.
-5. The repeated batch must give the states it gave the first time (else ``statefulness``: the forward pass
-   carries state), a duplicate those of its original (else ``batch_independence``), and a canary's states before
-   its splice those of its original (else ``leak_after_training``: it reads the future).
+5. Through the scorer's own head, the repeated batch must give the predictions it gave the first time (else
+   ``statefulness``: the forward pass carries state), a duplicate those of its original (else
+   ``batch_independence``), and a canary, before its splice, those of its original (else ``leak_after_training``:
+   it reads the future).
 6. The loss: the final LayerNorm and the tied head, built from the trained tensors, then the cross-entropy against
    the next tokens, summed in float64 over every scored position.
 
@@ -59,6 +60,8 @@ LAYER_NORM_EPS = 1e-5
 CANARY_EVERY, MIN_CANARIES = 16, 4
 DUPLICATE_EVERY, MIN_DUPLICATES = 32, 2
 SCORE_CHUNK_WINDOWS = 64  # windows whose loss is computed at a time
+# What a part of the forward pass reports (``harness.sandbox.entry.forward_part``); ``tampering`` when anything else.
+FORWARD_REASONS = (Reason.OK.value, Reason.POLICY.value, Reason.CRASH.value)
 ATTENTION_PARAM = re.compile(r"blocks\.\d+\.attn\.")
 
 
@@ -176,53 +179,64 @@ def layout(windows: np.ndarray, rng: np.random.Generator, batch: int, parts: int
                   [int(i) for i in duplicated], batch, tuple(repeated))
 
 
-def check_states(states: list, lay: Layout, rung: tuple, rtol: float) -> dict:
-    """The tests of one rung's hidden states (``states``: each part's), each of which names one cause;
-    Rejection when one fails (states that must be equal may differ by ``rtol`` relative to their scale, the
-    profile's ``Gate.trained_state_rtol``):
+def check_states(states: list, lay: Layout, rung: tuple, weights: Weights, atol_nats: float,
+                 device: torch.device) -> dict:
+    """The tests of one rung's hidden states (``states``: each part's), each of which names one cause. What is
+    compared is what the loss is computed from: the log-probabilities of every token at every position, through the
+    scorer's own head (``logits``). Two that must be equal may differ by ``atol_nats`` (the profile's
+    ``Gate.trained_logprob_atol``), float rounding and nothing else; Rejection when one test fails:
     1. each part's repeated batch, run last, equals its first run: otherwise the forward pass carries state;
     2. a duplicate window, in another part, equals its original: otherwise it depends on its batch;
-    3. a canary's states before its splice equal its original's: otherwise it reads the future."""
+    3. a canary's predictions before its splice equal its original's: otherwise it reads the future.
+    Hidden states compared relative to their own scale would not do: a model that writes one huge value into them
+    (which the final LayerNorm of its position mostly absorbs) would make any difference elsewhere look small."""
     def compare(a: np.ndarray, b: np.ndarray) -> float:
-        if not (np.isfinite(a).all() and np.isfinite(b).all()):
-            raise Rejection(Reason.NONFINITE, f"the hidden states of the trained model at rung {tuple(rung)} are not "
+        pa, pb = (torch.log_softmax(logits(torch.from_numpy(np.array(x)).to(device), weights).float(), dim=-1)
+                  for x in (a, b))
+        if not (bool(torch.isfinite(pa).all()) and bool(torch.isfinite(pb).all())):
+            raise Rejection(Reason.NONFINITE, f"the predictions of the trained model at rung {tuple(rung)} are not "
                             "finite on the validation windows")
-        return float(np.abs(a - b).max()) / max(1.0, float(np.abs(a).max()))
+        return float((pa - pb).abs().max())
 
     where = f"on the trained model at rung {tuple(rung)}"
     worst_repeat = worst_duplicate = worst_canary = 0.0
     for hidden, again in zip(states, lay.repeated):
-        first = again * lay.batch
-        worst_repeat = max(worst_repeat, compare(hidden[first : first + lay.batch], hidden[len(hidden) - lay.batch:]))
-        if worst_repeat > rtol:
-            raise Rejection(Reason.STATEFULNESS, f"{where}, the same batch run twice gave different states "
-                            f"({worst_repeat:.3g}, relative): the forward pass depends on what it processed before")
+        first, last = again * lay.batch, len(hidden) - lay.batch
+        for j in range(lay.batch):
+            worst_repeat = max(worst_repeat, compare(hidden[first + j], hidden[last + j]))
+            if worst_repeat > atol_nats:
+                raise Rejection(Reason.STATEFULNESS, f"{where}, the same batch run twice gave different predictions "
+                                f"({worst_repeat:.3g} nats): the forward pass depends on what it processed before")
     first_duplicate = lay.n_scored + len(lay.canaries)
     for r, i in enumerate(lay.duplicates):
         worst_duplicate = max(worst_duplicate, compare(lay.row(states, i), lay.row(states, first_duplicate + r)))
-        if worst_duplicate > rtol:
-            raise Rejection(Reason.BATCH_INDEPENDENCE, f"{where}, the same window gave different states in two "
-                            f"batches ({worst_duplicate:.3g}, relative): a window's states depend on the windows run "
+        if worst_duplicate > atol_nats:
+            raise Rejection(Reason.BATCH_INDEPENDENCE, f"{where}, the same window gave different predictions in two "
+                            f"batches ({worst_duplicate:.3g} nats): a window's states depend on the windows run "
                             "with it or before it, or on its place among them")
     for c, (i, k) in enumerate(lay.canaries):
         original, canary = lay.row(states, i)[:k], lay.row(states, lay.n_scored + c)[:k]
         worst_canary = max(worst_canary, compare(original, canary))
-        if worst_canary > rtol:
+        if worst_canary > atol_nats:
             raise Rejection(Reason.LEAK_AFTER_TRAINING, f"{where}, changing the tokens from position {k} on changed "
-                            f"the states at positions < {k} by {worst_canary:.3g} (relative): the model reads future "
+                            f"the predictions at positions < {k} by {worst_canary:.3g} nats: the model reads future "
                             "tokens")
-    return {"max_canary_rel": worst_canary, "max_duplicate_rel": worst_duplicate, "max_repeat_rel": worst_repeat}
+    return {"max_canary_nats": worst_canary, "max_duplicate_nats": worst_duplicate, "max_repeat_nats": worst_repeat}
 
 
-def head_loss(hidden: torch.Tensor, targets: torch.Tensor, weights: Weights) -> torch.Tensor:
-    """Summed next-token cross-entropy (float64) of hidden states [b, length, d] against targets [b, length]:
-    the scaffold's final LayerNorm and tied head, rebuilt from the trained tensors."""
+def logits(hidden: torch.Tensor, weights: Weights) -> torch.Tensor:
+    """The scaffold's final LayerNorm and tied head, rebuilt from the trained tensors, on hidden states [..., d]."""
     p = weights.params
     device = hidden.device
     h = F.layer_norm(hidden, (hidden.shape[-1],), p["ln_final.weight"].to(device), p["ln_final.bias"].to(device),
                      LAYER_NORM_EPS)
-    logits = h @ p["tok_emb.weight"].to(device).T
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none").double().sum()
+    return h @ p["tok_emb.weight"].to(device).T
+
+
+def head_loss(hidden: torch.Tensor, targets: torch.Tensor, weights: Weights) -> torch.Tensor:
+    """Summed next-token cross-entropy (float64) of hidden states [b, length, d] against targets [b, length]."""
+    out = logits(hidden, weights)
+    return F.cross_entropy(out.float().reshape(-1, out.shape[-1]), targets.reshape(-1), reduction="none").double().sum()
 
 
 def scored_loss(states: list, lay: Layout, windows: np.ndarray, weights: Weights, device: torch.device) -> float:
@@ -257,7 +271,7 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
             torch.save({"params": w.params, "buffers": w.buffers}, Path(folder) / "weights" / f"rung{i}.pt")
         np.save(Path(folder) / "inputs.npy", inputs)
     request = {**plan["request"], "rungs": plan["rungs"], "parts": plan["forward"]["parts"],
-               "landlock": bool(plan["confined"] and plan["forward"]["files"]), "batch_size": plan["batch_size"]}
+               "landlock": _parts_apart(plan), "batch_size": plan["batch_size"]}
     (work / "request.json").write_text(json.dumps(request))
     started = time.perf_counter()
     outcome = supervise(forward, plan["limit_s"], plan["memory_cap_mib"], b"go\n")
@@ -271,18 +285,23 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
     if plan["confined"] and not (work / "result.json").exists() and log.startswith(confine.FAILURE_PREFIX):
         raise Infrastructure(log.splitlines()[0])
     for folder in plan["forward"]["parts"]:
-        path = Path(folder) / "result.json"
+        path, part_log = Path(folder) / "result.json", tail(Path(folder) / "forward.log") or log
         if not path.exists():
-            raise Rejection(Reason.CRASH, "the forward pass of the trained model died without a result", log)
+            raise Rejection(Reason.CRASH, "the forward pass of the trained model died without a result", part_log)
         result = read_result(path)
-        try:
-            reason = Reason(result.get("reason"))
-        except ValueError:
-            raise Rejection(Reason.TAMPERING, "the forward pass reported an unknown reason", log) from None
-        if reason != Reason.OK:
-            raise Rejection(reason, f"scoring the trained model: {str(result.get('message', ''))[:500]}",
-                            str(result.get("traceback", "")) or log)
+        reason = result.get("reason")
+        if reason not in FORWARD_REASONS:  # the part writes its record itself: no other reason is its to give
+            raise Rejection(Reason.TAMPERING, "the forward pass reported a reason it never gives", part_log)
+        if reason != Reason.OK.value:
+            raise Rejection(Reason(reason), f"scoring the trained model: {str(result.get('message', ''))[:500]}",
+                            str(result.get("traceback", "")) or part_log)
     return wall_s
+
+
+def _parts_apart(plan: dict) -> bool:
+    """Whether each part of the forward pass keeps to its own folder (a Landlock ruleset of its own); without
+    Landlock, the parts are apart only in memory."""
+    return bool(plan["confined"] and plan["forward"]["files"])
 
 
 def read_hidden(path: Path, shape: tuple) -> np.ndarray:
@@ -319,18 +338,18 @@ def score(plan: dict, forward: Started) -> dict:
     started = time.perf_counter()
     split_sha256 = hashlib.sha256(np.ascontiguousarray(tokens).tobytes()).hexdigest()[:16]
     out = []
-    checks = {"max_canary_rel": 0.0, "max_duplicate_rel": 0.0, "max_repeat_rel": 0.0}
+    checks = {"max_canary_nats": 0.0, "max_duplicate_nats": 0.0, "max_repeat_nats": 0.0}
     for i, (rung, w) in enumerate(zip(rungs, weights)):
         states = [read_hidden(Path(folder) / "hidden" / f"rung{i}.npy",
                               (len(inputs), profile.context_len_tokens, rung[0]))
                   for folder, inputs in zip(plan["forward"]["parts"], lay.parts)]
-        for key, value in check_states(states, lay, rung, profile.gate.trained_state_rtol).items():
+        for key, value in check_states(states, lay, rung, w, profile.gate.trained_logprob_atol, device).items():
             checks[key] = max(checks[key], value)
         out.append({"rung": list(rung), "final_val_loss": scored_loss(states, lay, windows, w, device), **w.counts(),
                     "scored_split_sha256": split_sha256})
     return {"status": "ok", "rungs": out, "scoring": {
         "windows": lay.n_scored, "canaries": len(lay.canaries), "duplicates": len(lay.duplicates),
-        "forward_parts": len(lay.parts), **checks,
+        "forward_parts": len(lay.parts), "forward_parts_apart": _parts_apart(plan), **checks,
         "forward_s": round(forward_s, 3), "loss_s": round(time.perf_counter() - started, 3)}}
 
 

@@ -48,10 +48,13 @@ class Gate:
     runtime_bound_ratio: float = 3.0  # train-step wall time, candidate / baseline
     memory_bound_ratio: float = 3.0  # peak memory of a train step, candidate / baseline
     causality_atol: float = 1e-5  # perturbation test tolerance, float32, relative to the output scale
-    # After training: what must be equal (a window's states or predictions before a changed future, in another batch,
-    # run twice) may differ by this much relative to its scale (at least 1): float rounding and nothing else. The
-    # sandbox's test of the trained model and the trusted scorer both use it.
+    # After training, in the sandbox's own test of the trained model: predictions before a changed future may differ
+    # by this much relative to their scale (at least 1): float rounding and nothing else.
     trained_state_rtol: float = 1e-4
+    # The trusted scorer's tests of the trained model compare predictions instead: the log-probability of every token
+    # at every position, through its own head, may differ by this many nats. A leak below it gains less than this
+    # per token.
+    trained_logprob_atol: float = 1e-3
     implausible_loss_frac: float = 0.25  # a loss this fraction below the baseline is flagged for validation
 
 
