@@ -144,7 +144,7 @@ def layout(windows: np.ndarray, rng: np.random.Generator, batch: int, parts: int
     passes every test). Each part gets as many of the scored windows as the others, give or take one. A canary or
     duplicate runs in the part after its original's, and no window is both a canary's original and duplicated, so
     no part holds two rows that share a canary's prefix. Each part is then filled to whole batches with duplicates
-    of the other parts' windows."""
+    of the other parts' windows (of its own, with so few windows that the others have none to spare)."""
     n, length = windows.shape[0], windows.shape[1] - 1
     base = windows[:, :length]
     n_canaries = min(n - 1, max(MIN_CANARIES, -(-n // CANARY_EVERY))) if n >= 2 and length >= 2 else 0
