@@ -294,60 +294,12 @@ def test_a_model_that_reads_the_future_only_when_scored_is_rejected(smoke_env, t
     assert "reads future tokens" in result.artifacts["message"]
 
 
-# Causal in the gate (batches of at most 3) and wherever gradients flow; elsewhere it reads the whole window, and
-# hands each window the states it gave the earlier window that shares its longest prefix, from a store at the top
-# of the block, which no snapshot of the module sees. With every window in one process it passed every test of the
-# scorer and scored above the same attention made causal (1.13 against 1.09 at smoke).
-REPLAYS_EARLIER_WINDOWS = adversarial.with_block(f'''
-_SEEN = {{}}
-
-
-class {adversarial.CLASS}(nn.Module):
-    def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.n_heads)
-        if b < 16:
-            mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-            scores = scores.masked_fill(~mask, float("-inf"))
-        y = self.out((torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, t, d))
-        if b < 16 or torch.is_grad_enabled():
-            return y
-        key = str(id(self)) + str(t)
-        xs, ys = _SEEN.get(key, (x[:0], y[:0]))
-        y = y.clone()
-        for r in range(b):
-            if xs.shape[0] > 0:
-                shared = (xs == x[r]).all(-1).long().cumprod(-1).sum(-1)
-                best = int(shared.argmax())
-                y[r, : int(shared[best])] = ys[best, : int(shared[best])]
-            xs, ys = torch.cat([xs, x[r : r + 1]]), torch.cat([ys, y[r : r + 1]])
-        _SEEN[key] = (xs, ys)
-        return y
-''')
-
-
-def test_a_forward_pass_that_replays_earlier_windows_is_rejected(smoke_env, tmp_path):
-    """It reads the future, and a window's states depend on the windows run before it: which test sees it first
-    depends on the secret layout (a duplicate whose first token another window shares, or a canary)."""
-    path = tmp_path / "candidate.py"
-    path.write_text(REPLAYS_EARLIER_WINDOWS)
-    result = evaluate(security.FRAMEWORK, str(path))
-    assert result.artifacts["reason"] in (Reason.LEAK_AFTER_TRAINING.value, Reason.BATCH_INDEPENDENCE.value), \
-        result.artifacts["message"]
-    assert result.metrics["combined_score"] == 0.0 and result.metrics["valid"] == 0.0
-
-
-# Reads the whole window in training and when scored (batches of 16 and more), causal in the gate; when scored, it
-# also writes one huge value into its output at position 0. Hidden states compared relative to their largest value
-# then differed by 1e-6 at most, canaries included, and it scored as valid.
-HIDES_ITS_LEAK_UNDER_ONE_HUGE_VALUE = adversarial.with_block(f'''
+def _leaks_in_large_batches(when_scored: str, top: str = "") -> str:
+    """A program whose attention reads the whole window in batches of 16 and more (the training's and the scored
+    pass's) and is causal in the gate's smaller ones; ``when_scored`` (statements on its output ``y``, unindented)
+    runs only in the scored pass, without gradients; ``top`` goes before the class."""
+    body = "\n".join("            " + line for line in when_scored.strip("\n").splitlines())
+    return adversarial.with_block(f'''{top}
 class {adversarial.CLASS}(nn.Module):
     def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
         super().__init__()
@@ -364,9 +316,43 @@ class {adversarial.CLASS}(nn.Module):
             scores = scores.masked_fill(~mask, float("-inf"))
         y = self.out((torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, t, d))
         if b >= 16 and not torch.is_grad_enabled():
-            y = y + torch.nn.functional.one_hot(torch.zeros((), dtype=torch.long), t)[:, None] * 1e6
+{body}
         return y
 ''')
+
+
+# When scored, it hands each window the states it gave the earlier window that shares its longest prefix, from a
+# store at the top of the block, which no snapshot of the module sees. With every window in one process it passed
+# every test of the scorer and scored above the same attention made causal (1.13 against 1.09 at smoke).
+REPLAYS_EARLIER_WINDOWS = _leaks_in_large_batches("""
+key = str(id(self)) + str(t)
+xs, ys = _SEEN.get(key, (x[:0], y[:0]))
+y = y.clone()
+for r in range(b):
+    if xs.shape[0] > 0:
+        shared = (xs == x[r]).all(-1).long().cumprod(-1).sum(-1)
+        best = int(shared.argmax())
+        y[r, : int(shared[best])] = ys[best, : int(shared[best])]
+    xs, ys = torch.cat([xs, x[r : r + 1]]), torch.cat([ys, y[r : r + 1]])
+_SEEN[key] = (xs, ys)
+""", top="\n_SEEN = {}\n\n")
+
+
+def test_a_forward_pass_that_replays_earlier_windows_is_rejected(smoke_env, tmp_path):
+    """It reads the future, and a window's states depend on the windows run before it: which test sees it first
+    depends on the secret layout (a duplicate whose first token another window shares, or a canary)."""
+    path = tmp_path / "candidate.py"
+    path.write_text(REPLAYS_EARLIER_WINDOWS)
+    result = evaluate(security.FRAMEWORK, str(path))
+    assert result.artifacts["reason"] in (Reason.LEAK_AFTER_TRAINING.value, Reason.BATCH_INDEPENDENCE.value), \
+        result.artifacts["message"]
+    assert result.metrics["combined_score"] == 0.0 and result.metrics["valid"] == 0.0
+
+
+# When scored, it also writes one huge value into every channel of its output at position 0. Hidden states compared
+# relative to their largest value then differed by 1e-6 at most, canaries included, and it scored as valid.
+HIDES_ITS_LEAK_UNDER_ONE_HUGE_VALUE = _leaks_in_large_batches(
+    "y = y + torch.nn.functional.one_hot(torch.zeros((), dtype=torch.long), t)[:, None] * 1e6")
 
 
 def test_a_leak_hidden_under_one_huge_value_is_rejected(smoke_env, tmp_path):
