@@ -180,6 +180,55 @@ def test_the_launcher_runs_its_command_as_process_1_with_no_network():
     assert out.stdout.strip() == f"1 ['lo'] {errno.ENETUNREACH}"
 
 
+# A child, with or without the Landlock ruleset, signals its parent (signal 0: the permission check alone) and
+# connects to the parent's abstract Unix socket; the parent then counts the connections that reached it.
+SCOPES_PROBE = """
+import os, socket, sys
+from harness.trusted import confine
+name = b"\\0harness-scopes-" + str(os.getpid()).encode()
+server = socket.socket(socket.AF_UNIX)
+server.bind(name)
+server.listen()
+r, w = os.pipe()
+if os.fork() == 0:
+    if sys.argv[1] == "ruleset":
+        confine.apply_landlock(["/"], ["/dev/null"])
+    seen = []
+    for what, do in (("signal", lambda: os.kill(os.getppid(), 0)),
+                     ("socket", lambda: socket.socket(socket.AF_UNIX).connect(name))):
+        try:
+            do()
+            seen.append(what + " succeeded")
+        except OSError as e:
+            seen.append(what + " " + os.strerror(e.errno))
+    os.write(w, ", ".join(seen).encode())
+    os._exit(0)
+os.close(w)
+os.wait()
+server.setblocking(False)
+reached = 0
+while True:
+    try:
+        server.accept()
+        reached += 1
+    except BlockingIOError:
+        break
+print(os.read(r, 200).decode() + f"; reached {reached}")
+"""
+
+
+@pytest.mark.skipif(confine.landlock_abi() < confine.SCOPES_ABI,
+                    reason=f"Landlock ABI {confine.landlock_abi()} here: the scopes need ABI {confine.SCOPES_ABI}")
+def test_a_landlocked_process_can_neither_signal_nor_connect_outside_its_ruleset():
+    def probe(mode):
+        out = subprocess.run([sys.executable, "-c", SCOPES_PROBE, mode], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert probe("none") == "signal succeeded, socket succeeded; reached 1"
+    assert probe("ruleset") == "signal Operation not permitted, socket Operation not permitted; reached 0"
+
+
 @needs_confinement
 def test_a_sandbox_whose_launcher_dies_while_it_starts_still_dies():
     """A death signal asked for before exec does not survive exec in a user namespace, and process 1 of a PID
@@ -350,8 +399,9 @@ def test_the_layers_command_says_what_a_sandbox_gets_here():
     if UNAVAILABLE:
         assert out.stdout.startswith("none: ")
     else:
-        files = f"; {confine.FILES_LAYER} (ABI {confine.landlock_abi()})" if confine.landlock_abi() else \
-            " (files: the static policy only; no Landlock)"
+        abi = confine.landlock_abi()
+        scopes = f"; {confine.SCOPES_LAYER}" if abi >= 6 else f" (no {confine.SCOPES_LAYER}: they need ABI 6)"
+        files = f"; {confine.FILES_LAYER} (ABI {abi}){scopes}" if abi else " (files: the static policy only; no Landlock)"
         seccomp = f"; {confine.SECCOMP_LAYER}" if confine.seccomp_supported() else "; no seccomp filter for this machine"
         assert out.stdout.strip() == confine.LAYERS + files + seccomp
 

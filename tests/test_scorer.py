@@ -365,7 +365,8 @@ def test_a_leak_hidden_under_one_huge_value_is_rejected(smoke_env, tmp_path):
 
 # Past every static check (appended to the program, so it runs wherever the program loads): in a child of the
 # forward pass, it tries to read the other part's windows, to write into its folder and into POSIX shared memory
-# (which the other could read), and reads its own windows.
+# (which the other could read), to signal the process that started it (signal 0: the permission check alone), and
+# reads its own windows.
 CROSSES_TO_THE_OTHER_PART = """
 import os as _os
 _tmp = _os.environ.get("TMPDIR", "")
@@ -376,6 +377,7 @@ if "/forward/" in _tmp:
     for _what, _do in (("read", lambda: open(_os.path.join(_other, "inputs.npy"), "rb").read(1)),
                        ("write", lambda: open(_os.path.join(_other, "marker"), "w").write("x")),
                        ("shm", lambda: open("{shm}", "w").write("x")),
+                       ("signal", lambda: _os.kill(_os.getppid(), 0)),
                        ("own", lambda: open(_os.path.join(_mine, "inputs.npy"), "rb").read(1))):
         try:
             _do()
@@ -407,12 +409,36 @@ def test_a_part_of_the_forward_pass_can_neither_read_nor_write_the_other_parts_f
         assert run.result["reason"] == "crash", run.result
         # On CUDA the children may write shared memory: the driver's check ran with it (confine.device_layers).
         shm_outcome = "shm succeeded" if security.DEVICE == "cuda" else "shm Permission denied"
-        assert (f"outcomes: read Permission denied, write Permission denied, {shm_outcome}, own succeeded"
-                in run.result["message"]), run.result["message"]
+        # The scopes (Landlock ABI 6) keep a part from signalling outside its own ruleset.
+        signal = "Operation not permitted" if confine.landlock_abi() >= confine.SCOPES_ABI else "succeeded"
+        assert (f"outcomes: read Permission denied, write Permission denied, {shm_outcome}, signal {signal}, "
+                "own succeeded" in run.result["message"]), run.result["message"]
         assert left == [], "a part wrote into the other's folder"
         assert shm.exists() == (security.DEVICE == "cuda")
     finally:
         shm.unlink(missing_ok=True)
+
+
+def test_a_part_that_fails_before_its_program_loads_is_the_harness_not_the_candidate(tmp_path, monkeypatch):
+    """The forward sandbox's record says which parts were set up before the program loaded: a part whose own set-up
+    failed (its folder is gone, so it cannot open its log) is ``infrastructure``; a part set up whose program then
+    died without a record is the candidate's ``crash``."""
+    import os
+
+    from harness.sandbox import entry
+    from harness.scorer import score
+
+    monkeypatch.setattr(entry, "forward_part", lambda request, folder: os._exit(3))  # the program dies
+    parts = [tmp_path / "gone", tmp_path / "kept"]
+    parts[1].mkdir()
+    record = entry.forward({"parts": [str(p) for p in parts], "landlock": False})
+    assert record["confined"] == [False, True]
+    assert not (parts[1] / "result.json").exists()
+    with pytest.raises(score.Infrastructure, match="failed in its set-up, before the program loaded"):
+        score.check_part(parts[0], record["confined"][0], "")
+    with pytest.raises(score.Rejection) as crashed:
+        score.check_part(parts[1], record["confined"][1], "")
+    assert crashed.value.reason == Reason.CRASH
 
 
 def test_a_scored_split_changed_on_disk_after_the_baseline_is_tampering(smoke_env, tmp_path, monkeypatch):

@@ -286,19 +286,26 @@ def forward(request: dict) -> dict:
     program: it forks one child per part, at once, and waits for them. Each child starts from this process's state,
     before any program ran, so nothing one of them keeps reaches another; each confines itself further to its own
     folder (``_confine_to``), then runs ``forward_part`` and writes its record to ``result.json`` there. The scorer
-    reads those records; this process's own says only whether it could fork."""
+    reads those records. This process's own says which children were confined before the program loaded
+    (``confined``): each tells it through a pipe of its own, which it closes before the program loads. So a child
+    that left no record failed in the harness's own set-up (``confined`` false) or in the program's hands."""
     from harness.trusted.reasons import Reason
 
-    parent, children = os.getpid(), []
+    parent, children, told = os.getpid(), [], []
     sys.stdout.flush()
     sys.stderr.flush()
     for folder in request["parts"]:
+        tell_r, tell_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child never returns into main: its record is in its folder
             code = 1
             try:
+                for fd in (tell_r, *told):  # no child may read what another told
+                    os.close(fd)
                 die_with_parent(parent)
                 _confine_to(Path(folder), request)
+                os.write(tell_w, b"1")
+                os.close(tell_w)
                 _write_result(Path(folder) / "result.json", forward_part(request, Path(folder)))
                 code = 0
             except BaseException:  # noqa: BLE001 - the scorer finds no record: the forward pass died
@@ -307,10 +314,13 @@ def forward(request: dict) -> dict:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        os.close(tell_w)
         children.append(pid)
+        told.append(tell_r)
     for pid in children:
         os.waitpid(pid, 0)
-    return {"reason": Reason.OK.value, "message": f"{len(children)} parts run"}
+    confined = [os.read(fd, 1) == b"1" for fd in told]
+    return {"reason": Reason.OK.value, "message": f"{len(children)} parts run", "confined": confined}
 
 
 def _confine_to(folder: Path, request: dict) -> None:

@@ -284,18 +284,32 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
         raise Rejection(Reason.MEMORY, f"the forward pass of the trained model exceeded {plan['memory_cap_mib']} MiB", log)
     if plan["confined"] and not (work / "result.json").exists() and log.startswith(confine.FAILURE_PREFIX):
         raise Infrastructure(log.splitlines()[0])
-    for folder in plan["forward"]["parts"]:
-        path, part_log = Path(folder) / "result.json", tail(Path(folder) / "forward.log") or log
-        if not path.exists():
-            raise Rejection(Reason.CRASH, "the forward pass of the trained model died without a result", part_log)
-        result = read_result(path)
-        reason = result.get("reason")
-        if reason not in FORWARD_REASONS:  # the part writes its record itself: no other reason is its to give
-            raise Rejection(Reason.TAMPERING, "the forward pass reported a reason it never gives", part_log)
-        if reason != Reason.OK.value:
-            raise Rejection(Reason(reason), f"scoring the trained model: {str(result.get('message', ''))[:500]}",
-                            str(result.get("traceback", "")) or part_log)
+    confined = read_result(work / "result.json").get("confined") if (work / "result.json").is_file() else None
+    for part, folder in enumerate(plan["forward"]["parts"]):
+        told = confined[part] if isinstance(confined, list) and len(confined) == len(plan["forward"]["parts"]) \
+            else True
+        check_part(Path(folder), told is not False, log)
     return wall_s
+
+
+def check_part(folder: Path, confined: bool, log: str) -> None:
+    """Raise unless the part of the forward pass in ``folder`` wrote hidden states. ``confined``: whether its process
+    told the forward sandbox that it was set up (``entry.forward``); a part that was not and left no record failed
+    before the program loaded, in the harness's hands (``Infrastructure``), never the candidate's. Where nothing
+    was told (no record of the forward sandbox's own), the part is taken as confined."""
+    path, part_log = folder / "result.json", tail(folder / "forward.log") or log
+    if not path.exists():
+        if not confined:
+            raise Infrastructure("a part of the forward pass failed in its set-up, before the program loaded: "
+                                 + (part_log.strip().splitlines() or ["no log"])[-1][:300])
+        raise Rejection(Reason.CRASH, "the forward pass of the trained model died without a result", part_log)
+    result = read_result(path)
+    reason = result.get("reason")
+    if reason not in FORWARD_REASONS:  # the part writes its record itself: no other reason is its to give
+        raise Rejection(Reason.TAMPERING, "the forward pass reported a reason it never gives", part_log)
+    if reason != Reason.OK.value:
+        raise Rejection(Reason(reason), f"scoring the trained model: {str(result.get('message', ''))[:500]}",
+                        str(result.get("traceback", "")) or part_log)
 
 
 def _parts_apart(plan: dict) -> bool:

@@ -49,6 +49,7 @@ from harness.trusted.profiles import ALLOW_UNCONFINED_ENV
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 LAYERS = "user, network and PID namespaces"
 FILES_LAYER = "Landlock files"  # recorded after LAYERS when the file rules applied
+SCOPES_LAYER = "Landlock scopes"  # recorded after FILES_LAYER when the kernel applied the scopes with the file rules
 SECCOMP_LAYER = "seccomp"  # recorded last when the seccomp filter applied
 
 # x86-64 and arm64 share the generic syscall numbers of Landlock.
@@ -62,6 +63,12 @@ FS_ALL_V1 = (1 << 13) - 1
 # where the kernel knows it; unhandled, the right is not restricted at all: under ABI 1's rights alone a sandbox
 # could truncate any file of the user's, the ledger included.
 FS_REFER, FS_TRUNCATE, FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+# Scopes (ABI 6): no signal to, and no connection to an abstract Unix socket of, a process outside the ruleset's
+# domain. The launcher's PID and network namespaces already keep a sandbox from the host's processes; the scopes
+# also keep the forward pass's parts, each in a domain of its own within one namespace, from each other and from
+# the process that started them.
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
+SCOPES_ABI = 6
 FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
 FS_FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV  # the rights a file can have
 PR_SET_NO_NEW_PRIVS = 38
@@ -138,7 +145,9 @@ def _check_inside(cuda: bool) -> int:
 
 def recorded(files: bool, seccomp: bool) -> str:
     """The confinement a ledger row records for a confined sandbox: the namespaces, then the layers that applied."""
-    return LAYERS + (f"; {FILES_LAYER}" if files else "") + (f"; {SECCOMP_LAYER}" if seccomp else "")
+    scopes = files and landlock_abi() >= SCOPES_ABI
+    return LAYERS + (f"; {FILES_LAYER}" if files else "") + (f"; {SCOPES_LAYER}" if scopes else "") \
+        + (f"; {SECCOMP_LAYER}" if seccomp else "")
 
 
 def seccomp_supported() -> bool:
@@ -244,7 +253,9 @@ def layers_here(device: str = "cpu") -> str:
         layers = device_layers(device)
     except LayersUnknown as exc:
         return f"{LAYERS} (Landlock and seccomp: not known: {exc})"
-    text = f"{LAYERS}; {FILES_LAYER} (ABI {landlock_abi()})" if layers.files else \
+    scopes = f"; {SCOPES_LAYER}" if landlock_abi() >= SCOPES_ABI else \
+        f" (no {SCOPES_LAYER}: they need ABI {SCOPES_ABI})"
+    text = f"{LAYERS}; {FILES_LAYER} (ABI {landlock_abi()}){scopes}" if layers.files else \
         f"{LAYERS} (files: the static policy only; {layers.files_absent})"
     return text + (f"; {SECCOMP_LAYER}" if layers.seccomp else f"; {layers.seccomp_absent}")
 
@@ -270,11 +281,13 @@ def landlock_abi() -> int:
 
 def apply_landlock(read_roots, write_roots) -> None:
     """Restrict this process and its future children to reading beneath ``read_roots`` and writing beneath
-    ``write_roots`` (a path that does not exist here is skipped). Raises OSError naming the failing step."""
+    ``write_roots`` (a path that does not exist here is skipped), and, where the kernel has them, to the scopes
+    (``SCOPE_*``). Raises OSError naming the failing step."""
     import ctypes
 
     class RulesetAttr(ctypes.Structure):
-        _fields_ = [("handled_access_fs", ctypes.c_uint64)]
+        _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                    ("scoped", ctypes.c_uint64)]
 
     class PathBeneath(ctypes.Structure):
         _pack_ = 1
@@ -288,9 +301,11 @@ def apply_landlock(read_roots, write_roots) -> None:
     abi = landlock_abi()
     handled = FS_ALL_V1 | (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0) \
         | (FS_IOCTL_DEV if abi >= 5 else 0)
-    attr = RulesetAttr(handled)
-    fd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
-                      ctypes.c_uint32(0))
+    scoped = abi >= SCOPES_ABI
+    attr = RulesetAttr(handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if scoped else 0)
+    # A kernel before the scopes knows only the first field: it is handed just that.
+    size = ctypes.sizeof(attr) if scoped else ctypes.sizeof(ctypes.c_uint64)
+    fd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
     if fd < 0:
         raise fail("create_ruleset")
     try:
