@@ -16,7 +16,7 @@ from harness.trusted.frameworks import FRAMEWORKS
 from harness.trusted.profiles import ConfigError, get_profile
 
 # The timeout case runs under a short hard limit so that CI does not wait out the smoke profile's.
-TIMEOUT_CASE_LIMIT_S = 20.0
+TIMEOUT_CASE_LIMIT_S = 10.0
 
 
 def check_result_types(result):

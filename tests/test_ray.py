@@ -45,7 +45,7 @@ def ray_cluster(smoke_env, tmp_path_factory):
     workers share the smoke data cache), and stopped with everything it started."""
     port = _free_port()
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": f"127.0.0.1:{port}",
-           # Four tasks at once on two cores: enough to show three seeds training concurrently.
+           # Four tasks at once on two cores: the tests that send several at once never wait for a CPU.
            "HARNESS_RAY_CPUS": "0.5", "HARNESS_EXECUTOR": "local"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -284,13 +284,13 @@ def test_a_new_kind_of_worker_trains_its_own_baseline(ray_cluster, tmp_path):
         ledger.put_baseline(fp, "ttr", profile.objective, stored)  # no-op when the retrained one is there
 
 
-def test_validate_trains_three_seeds_concurrently_on_the_cluster(ray_cluster, tmp_path):
+def test_validate_trains_its_seeds_concurrently_on_the_cluster(ray_cluster, tmp_path):
     from harness.cli import main
 
     out = tmp_path / "validation"
     cand = _write(tmp_path, "ttr_decayed", adversarial.BY_NAME["decayed_linear_attention"].source)
-    rc = main(["validate", "--program", str(cand), "--framework", "ttr", "--executor", "ray", "--seeds", "3",
-               "--trials", "0", "--no-ladder", "--jobs", "3", "--hard-limit-s", "300", "--out", str(out)])
+    rc = main(["validate", "--program", str(cand), "--framework", "ttr", "--executor", "ray", "--seeds", "2",
+               "--trials", "0", "--no-ladder", "--jobs", "2", "--hard-limit-s", "300", "--out", str(out)])
     assert rc == 0
     result = json.loads((out / "validation.json").read_text())
     assert result["executor"] == "ray"
@@ -299,9 +299,9 @@ def test_validate_trains_three_seeds_concurrently_on_the_cluster(ray_cluster, tm
     assert c["evaluation"]["reason"] == "ok"
     for side in ("baseline", "candidate"):
         runs = c["runs"][side]
-        assert [r["seed"] for r in runs] == [42, 43, 44] and all(r["ok"] for r in runs)
+        assert [r["seed"] for r in runs] == [42, 43] and all(r["ok"] for r in runs)
         assert all(r["execution"]["executor"] == "ray" and r["execution"]["node_ip"] for r in runs)
-        # Three seeds at once: every run started before any of them ended.
+        # The seeds at once: every run started before any of them ended.
         assert max(r["execution"]["started_at"] for r in runs) < min(r["execution"]["ended_at"] for r in runs), side
     assert all(r["baseline_fp"] == r["candidate_fp"] == c["fingerprint_id"] for r in c["stats"]["seeds"])
     assert "executor: ray" in (out / "report.md").read_text()

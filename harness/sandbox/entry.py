@@ -319,7 +319,10 @@ def forward(request: dict) -> dict:
         told.append(tell_r)
     for pid in children:
         os.waitpid(pid, 0)
-    confined = [os.read(fd, 1) == b"1" for fd in told]
+    confined = []
+    for fd in told:
+        confined.append(os.read(fd, 1) == b"1")
+        os.close(fd)
     return {"reason": Reason.OK.value, "message": f"{len(children)} parts run", "confined": confined}
 
 
