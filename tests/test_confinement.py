@@ -80,6 +80,10 @@ def test_the_seed_is_evaluated_confined_and_the_ledger_says_so(smoke_env, tmp_pa
     layers = confine.recorded(LAYERS.files, LAYERS.seccomp)
     assert row["execution"]["confinement"] == layers
     assert layers in result.artifacts["execution"]
+    # The parts of the forward pass are apart only where neither files nor IPC objects can pass between them: on
+    # CUDA both may write POSIX shared memory.
+    apart = LAYERS.files and LAYERS.seccomp and security.DEVICE == "cpu"
+    assert row["execution"]["scoring"]["forward_parts_apart"] is apart
 
 
 @needs_confinement
@@ -178,6 +182,37 @@ def test_the_launcher_runs_its_command_as_process_1_with_no_network():
     out = subprocess.run(confine.wrap([sys.executable, "-c", code]), capture_output=True, text=True, timeout=60)
     assert out.stdout.split(maxsplit=1)[0] == "1", out.stderr
     assert out.stdout.strip() == f"1 ['lo'] {errno.ENETUNREACH}"
+
+
+# Looks up a System V shared-memory segment by its key: "found", or the error.
+IPC_PROBE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+print("found" if libc.shmget(int(sys.argv[1]), 0, 0) >= 0 else os.strerror(ctypes.get_errno()))
+"""
+
+
+@needs_confinement
+def test_the_sandbox_sees_none_of_the_hosts_ipc_objects():
+    """A segment of the user's (an X server's shared memory, a database's) is found by key from outside; from a
+    sandbox, in an IPC namespace of its own, it does not exist."""
+    import ctypes
+    import secrets as random_source
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = random_source.randbelow(2**30) + 1
+    segment = libc.shmget(key, 4096, 0o1600)  # IPC_CREAT | 0600
+    assert segment >= 0, os.strerror(ctypes.get_errno())
+    try:
+        def look(cmd):
+            out = subprocess.run([*cmd, sys.executable, "-c", IPC_PROBE, str(key)], capture_output=True, text=True,
+                                 timeout=60)
+            return out.stdout.strip() or out.stderr[-500:]
+
+        assert look([]) == "found"
+        assert look(confine.wrap([])) == "No such file or directory"
+    finally:
+        libc.shmctl(segment, 0, None)  # IPC_RMID
 
 
 # A child, with or without the Landlock ruleset, signals its parent (signal 0: the permission check alone) and
@@ -438,6 +473,8 @@ out["ptrace"] = call("ptrace", 16, 999999, 0, 0)  # PTRACE_ATTACH to no process:
 out["unshare_user"] = call("unshare", 0x10000000)
 out["io_uring_setup"] = call("io_uring_setup", 1, 0)
 out["clone3"] = call("clone3", 0, 0)
+out["shmget"] = call("shmget", 0, 4096, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600: gone with the sandbox's namespace
+out["mq_open"] = call("mq_open", 0, 0, 0, 0)  # no name: EFAULT unless refused first
 for family in ("AF_INET", "AF_INET6", "AF_UNIX"):
     try:
         socket.socket(getattr(socket, family)).close()
@@ -464,9 +501,11 @@ def test_seccomp_refuses_what_a_training_never_needs_and_nothing_it_does():
 
     filtered, plain = probe(True), probe(False)
     assert filtered == {"keyctl": "EPERM", "ptrace": "EPERM", "unshare_user": "EPERM", "io_uring_setup": "EPERM",
-                        "clone3": "ENOSYS", "AF_INET": "EAFNOSUPPORT", "AF_INET6": "EAFNOSUPPORT", "AF_UNIX": "ok",
-                        "subprocess": "42", "thread": "thread", "status": "2"}, filtered
+                        "clone3": "ENOSYS", "shmget": "EPERM", "mq_open": "EPERM", "AF_INET": "EAFNOSUPPORT",
+                        "AF_INET6": "EAFNOSUPPORT", "AF_UNIX": "ok", "subprocess": "42", "thread": "thread",
+                        "status": "2"}, filtered
     # Without the filter the same calls reach the kernel: the refusals above are the filter's.
     assert plain["status"] == "0" and plain["AF_INET"] == "ok" and plain["unshare_user"] == "ok", plain
     assert plain["ptrace"] == "ESRCH" and plain["clone3"] != "ENOSYS"
+    assert plain["shmget"] == "ok" and plain["mq_open"] == "EFAULT"
     assert plain["subprocess"] == "42"

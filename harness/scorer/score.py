@@ -271,7 +271,7 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
             torch.save({"params": w.params, "buffers": w.buffers}, Path(folder) / "weights" / f"rung{i}.pt")
         np.save(Path(folder) / "inputs.npy", inputs)
     request = {**plan["request"], "rungs": plan["rungs"], "parts": plan["forward"]["parts"],
-               "landlock": _parts_apart(plan), "batch_size": plan["batch_size"]}
+               "landlock": bool(plan["confined"] and plan["forward"]["files"]), "batch_size": plan["batch_size"]}
     (work / "request.json").write_text(json.dumps(request))
     started = time.perf_counter()
     outcome = supervise(forward, plan["limit_s"], plan["memory_cap_mib"], b"go\n")
@@ -312,10 +312,12 @@ def check_part(folder: Path, confined: bool, log: str) -> None:
                         str(result.get("traceback", "")) or part_log)
 
 
-def _parts_apart(plan: dict) -> bool:
-    """Whether each part of the forward pass keeps to its own folder (a Landlock ruleset of its own); without
-    Landlock, the parts are apart only in memory."""
-    return bool(plan["confined"] and plan["forward"]["files"])
+def _parts_apart(plan: dict, device: str) -> bool:
+    """Whether nothing one part of the forward pass writes can reach the other: each keeps to its own folder (a
+    Landlock ruleset of its own), and System V IPC and message queues, which the two share, are refused (the
+    seccomp filter). On CUDA both may write POSIX shared memory, which the driver's check ran with. Otherwise the
+    parts are apart in memory only."""
+    return bool(plan["confined"] and plan["forward"]["files"] and plan["seccomp"] and device == "cpu")
 
 
 def read_hidden(path: Path, shape: tuple) -> np.ndarray:
@@ -363,7 +365,7 @@ def score(plan: dict, forward: Started) -> dict:
                     "scored_split_sha256": split_sha256})
     return {"status": "ok", "rungs": out, "scoring": {
         "windows": lay.n_scored, "canaries": len(lay.canaries), "duplicates": len(lay.duplicates),
-        "forward_parts": len(lay.parts), "forward_parts_apart": _parts_apart(plan), **checks,
+        "forward_parts": len(lay.parts), "forward_parts_apart": _parts_apart(plan, profile.device), **checks,
         "forward_s": round(forward_s, 3), "loss_s": round(time.perf_counter() - started, 3)}}
 
 

@@ -1,4 +1,4 @@
-"""Start the sandbox in new user, network and PID namespaces, and confine its files with Landlock.
+"""Start the sandbox in new user, network, PID and IPC namespaces, and confine its files with Landlock.
 
     python -m harness.trusted.confine [--read P ...] [--write P ...] [--seccomp] -- CMD [ARG ...]   # the sandbox
     python -m harness.trusted.confine --check [cuda]    # exit 0 when this machine allows it (and CUDA works in it)
@@ -7,8 +7,10 @@
 In a new network namespace the sandbox has no network interface at all, not even loopback: no connection leaves
 it. In a new PID namespace it is process 1 and sees no process outside: it cannot signal the evaluator, the
 OpenEvolve worker or anything else of the user's, and when it exits the kernel kills every process left in the
-namespace. The user namespace is what lets an unprivileged user create the other two; the caller's uid and gid
-are mapped to themselves, so files keep their owners.
+namespace. In a new IPC namespace it sees none of the host's System V shared memory, semaphores and message
+queues, nor its POSIX message queues: those of the user's other programs are out of its reach. The user namespace
+is what lets an unprivileged user create the others; the caller's uid and gid are mapped to themselves, so files
+keep their owners.
 
 With ``--read``/``--write``, the command also runs under a Landlock ruleset (Linux 5.13+, no root needed): it
 may read only beneath the ``--read`` paths and write only beneath the ``--write`` paths, whatever it calls, C++
@@ -46,8 +48,8 @@ import tempfile
 from harness.trusted.process_lifetime import PARENT_ALIVE_FD_ENV, PARENT_PID_ENV, die_with_parent
 from harness.trusted.profiles import ALLOW_UNCONFINED_ENV
 
-CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-LAYERS = "user, network and PID namespaces"
+CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x08000000, 0x10000000, 0x20000000, 0x40000000
+LAYERS = "user, network, PID and IPC namespaces"
 FILES_LAYER = "Landlock files"  # recorded after LAYERS when the file rules applied
 SCOPES_LAYER = "Landlock scopes"  # recorded after FILES_LAYER when the kernel applied the scopes with the file rules
 SECCOMP_LAYER = "seccomp"  # recorded last when the seccomp filter applied
@@ -89,13 +91,13 @@ FAILURE_PREFIX = "confine: "  # the first line the launcher writes when it could
 
 
 def enter() -> None:
-    """Move this process into new user and network namespaces; its next child starts a new PID namespace.
+    """Move this process into new user, network and IPC namespaces; its next child starts a new PID namespace.
     Raises OSError when the kernel refuses."""
     import ctypes
 
     uid, gid = os.getuid(), os.getgid()
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(ctypes.c_int(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID)) != 0:
+    if libc.unshare(ctypes.c_int(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC)) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"unshare refused: {os.strerror(errno)}")
     with open("/proc/self/setgroups", "w") as f:
