@@ -80,9 +80,10 @@ def test_the_seed_is_evaluated_confined_and_the_ledger_says_so(smoke_env, tmp_pa
     layers = confine.recorded(LAYERS.files, LAYERS.seccomp)
     assert row["execution"]["confinement"] == layers
     assert layers in result.artifacts["execution"]
-    # The parts of the forward pass are apart only where neither files nor IPC objects can pass between them: on
-    # CUDA both may write POSIX shared memory.
-    apart = LAYERS.files and LAYERS.seccomp and security.DEVICE == "cpu"
+    # The parts of the forward pass are apart only where neither files, IPC objects, sockets nor signals can pass
+    # between them: on CUDA both may write POSIX shared memory, and the scopes need Landlock ABI 6.
+    apart = (LAYERS.files and LAYERS.seccomp and confine.landlock_abi() >= confine.SCOPES_ABI
+             and security.DEVICE == "cpu")
     assert row["execution"]["scoring"]["forward_parts_apart"] is apart
 
 

@@ -2,6 +2,7 @@
 sandbox hands back, with canary and duplicate windows that catch a forward pass that reads the future or carries
 state; nothing the training sandbox says about its losses or its size is believed."""
 
+import json
 import math
 import uuid
 from pathlib import Path
@@ -366,10 +367,12 @@ def test_a_leak_hidden_under_one_huge_value_is_rejected(smoke_env, tmp_path):
 # Past every static check (appended to the program, so it runs wherever the program loads): in a child of the
 # forward pass, it tries to read the other part's windows, to write into its folder and into POSIX shared memory
 # (which the other could read), to signal the process that started it (signal 0: the permission check alone), to
-# make a System V shared-memory segment (which the other could attach to), and reads its own windows.
+# make a System V shared-memory segment (which the other could attach to), to open a Unix socket (which it could
+# bind in its folder, where the other could connect by its path), and reads its own windows.
 CROSSES_TO_THE_OTHER_PART = """
 import ctypes as _ct
 import os as _os
+import socket as _socket
 def _sysv():
     if _ct.CDLL(None, use_errno=True).shmget(0x5eed, 4096, 0o1600) < 0:
         raise OSError(_ct.get_errno(), "shmget")
@@ -383,6 +386,7 @@ if "/forward/" in _tmp:
                        ("shm", lambda: open("{shm}", "w").write("x")),
                        ("signal", lambda: _os.kill(_os.getppid(), 0)),
                        ("sysv", _sysv),
+                       ("socket", lambda: _socket.socket(_socket.AF_UNIX).close()),
                        ("own", lambda: open(_os.path.join(_mine, "inputs.npy"), "rb").read(1))):
         try:
             _do()
@@ -417,9 +421,13 @@ def test_a_part_of_the_forward_pass_can_neither_read_nor_write_the_other_parts_f
         # The scopes (Landlock ABI 6) keep a part from signalling outside its own ruleset.
         signal = "Operation not permitted" if confine.landlock_abi() >= confine.SCOPES_ABI else "succeeded"
         # System V IPC: refused by the seccomp filter, where the sandbox has it.
-        sysv = "Operation not permitted" if confine.device_layers(security.DEVICE).seccomp else "succeeded"
+        layers = confine.device_layers(security.DEVICE)
+        sysv = "Operation not permitted" if layers.seccomp else "succeeded"
+        # No socket at all where the parts are kept apart (the scoring record's forward_parts_apart).
+        apart = layers.seccomp and signal != "succeeded" and security.DEVICE == "cpu"
+        sockets = "Operation not permitted" if apart else "succeeded"
         assert (f"outcomes: read Permission denied, write Permission denied, {shm_outcome}, signal {signal}, "
-                f"sysv {sysv}, own succeeded" in run.result["message"]), run.result["message"]
+                f"sysv {sysv}, socket {sockets}, own succeeded" in run.result["message"]), run.result["message"]
         assert left == [], "a part wrote into the other's folder"
         assert shm.exists() == (security.DEVICE == "cuda")
     finally:
@@ -446,6 +454,17 @@ def test_a_part_that_fails_before_its_program_loads_is_the_harness_not_the_candi
     with pytest.raises(score.Rejection) as crashed:
         score.check_part(parts[1], record["confined"][1], "")
     assert crashed.value.reason == Reason.CRASH
+
+    # The scorer believes the record only where the parts are apart: elsewhere a part could rewrite it, or take
+    # the other's byte, to turn its own crash into the harness's failure.
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(record))
+    assert score.parts_set_up(path, 2, apart=True) == [False, True]
+    assert score.parts_set_up(path, 2, apart=False) == [True, True]
+    for forged in ({"confined": [False]}, {"confined": [0, 1]}, {"confined": "no"}, {}):
+        path.write_text(json.dumps(forged))
+        assert score.parts_set_up(path, 2, apart=True) == [True, True]
+    assert score.parts_set_up(tmp_path / "missing.json", 2, apart=True) == [True, True]
 
 
 def test_a_scored_split_changed_on_disk_after_the_baseline_is_tampering(smoke_env, tmp_path, monkeypatch):

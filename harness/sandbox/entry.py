@@ -331,7 +331,8 @@ def _confine_to(folder: Path, request: dict) -> None:
     log the other child writes; temporary files and compile caches in ``folder``; and, where the launcher applied
     Landlock, a ruleset of its own (Landlock rulesets stack: it keeps the launcher's too). That ruleset reads what
     any sandbox reads and ``folder``, and writes only ``folder``, the null device and, on CUDA, the GPU's device files
-    and POSIX shared memory (which the driver's check in ``confine.device_layers`` ran with)."""
+    and POSIX shared memory (which the driver's check in ``confine.device_layers`` ran with). Where the scorer keeps
+    the parts apart (``request["apart"]``), also no socket (``seccomp.no_sockets_program``)."""
     from harness.trusted import confine
     from harness.trusted.executor import scratch_environment
 
@@ -352,6 +353,10 @@ def _confine_to(folder: Path, request: dict) -> None:
         reads, _ = confine.file_rules(folder, device=device)
         gpu = [*confine.gpu_device_files(), "/dev/shm"] if device == "cuda" else []
         confine.apply_landlock(reads, [str(folder), "/dev/null", *gpu])
+    if request.get("apart"):
+        from harness.trusted import seccomp
+
+        seccomp.apply(seccomp.no_sockets_program())
 
 
 def forward_part(request: dict, folder: Path) -> dict:

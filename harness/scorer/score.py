@@ -271,7 +271,8 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
             torch.save({"params": w.params, "buffers": w.buffers}, Path(folder) / "weights" / f"rung{i}.pt")
         np.save(Path(folder) / "inputs.npy", inputs)
     request = {**plan["request"], "rungs": plan["rungs"], "parts": plan["forward"]["parts"],
-               "landlock": bool(plan["confined"] and plan["forward"]["files"]), "batch_size": plan["batch_size"]}
+               "landlock": bool(plan["confined"] and plan["forward"]["files"]), "apart": _parts_apart(plan),
+               "batch_size": plan["batch_size"]}
     (work / "request.json").write_text(json.dumps(request))
     started = time.perf_counter()
     outcome = supervise(forward, plan["limit_s"], plan["memory_cap_mib"], b"go\n")
@@ -284,19 +285,26 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
         raise Rejection(Reason.MEMORY, f"the forward pass of the trained model exceeded {plan['memory_cap_mib']} MiB", log)
     if plan["confined"] and not (work / "result.json").exists() and log.startswith(confine.FAILURE_PREFIX):
         raise Infrastructure(log.splitlines()[0])
-    confined = read_result(work / "result.json").get("confined") if (work / "result.json").is_file() else None
-    for part, folder in enumerate(plan["forward"]["parts"]):
-        told = confined[part] if isinstance(confined, list) and len(confined) == len(plan["forward"]["parts"]) \
-            else True
-        check_part(Path(folder), told is not False, log)
+    set_up = parts_set_up(work / "result.json", len(plan["forward"]["parts"]), _parts_apart(plan))
+    for folder, confined in zip(plan["forward"]["parts"], set_up):
+        check_part(Path(folder), confined, log)
     return wall_s
 
 
+def parts_set_up(record: Path, parts: int, apart: bool) -> list[bool]:
+    """Per part, whether its process told the forward sandbox that it was set up before the program loaded
+    (``entry.forward``'s record). Believed only where the parts are apart: elsewhere a part could reach the other's
+    pipe or the record, so every part counts as set up, and a missing result is the candidate's."""
+    told = read_result(record).get("confined") if apart and record.is_file() and not record.is_symlink() else None
+    if not (isinstance(told, list) and len(told) == parts and all(isinstance(t, bool) for t in told)):
+        return [True] * parts
+    return told
+
+
 def check_part(folder: Path, confined: bool, log: str) -> None:
-    """Raise unless the part of the forward pass in ``folder`` wrote hidden states. ``confined``: whether its process
-    told the forward sandbox that it was set up (``entry.forward``); a part that was not and left no record failed
-    before the program loaded, in the harness's hands (``Infrastructure``), never the candidate's. Where nothing
-    was told (no record of the forward sandbox's own), the part is taken as confined."""
+    """Raise unless the part of the forward pass in ``folder`` wrote hidden states. ``confined``: whether it was set
+    up before the program loaded (``parts_set_up``); a part that was not and left no record failed in the harness's
+    own set-up (``Infrastructure``); one that was is the candidate's ``crash``."""
     path, part_log = folder / "result.json", tail(folder / "forward.log") or log
     if not path.exists():
         if not confined:
@@ -312,12 +320,20 @@ def check_part(folder: Path, confined: bool, log: str) -> None:
                         str(result.get("traceback", "")) or part_log)
 
 
-def _parts_apart(plan: dict, device: str) -> bool:
-    """Whether nothing one part of the forward pass writes can reach the other: each keeps to its own folder (a
-    Landlock ruleset of its own), and System V IPC and message queues, which the two share, are refused (the
-    seccomp filter). On CUDA both may write POSIX shared memory, which the driver's check ran with. Otherwise the
-    parts are apart in memory only."""
-    return bool(plan["confined"] and plan["forward"]["files"] and plan["seccomp"] and device == "cpu")
+def _parts_apart(plan: dict) -> bool:
+    """Whether the two parts of the forward pass have no channel to each other that the harness knows of: each keeps
+    to its own folder (a Landlock ruleset of its own), with the scopes (ABI 6: no signal and no abstract socket
+    outside it); System V IPC and message queues, which the two share, are refused (the seccomp filter); and each
+    opens no socket (``seccomp.no_sockets_program``), so neither reaches a socket the other binds in its folder.
+    Only on the CPU: on CUDA both may write POSIX shared memory, which the driver's check ran with. Elsewhere the
+    parts are apart in memory only. Timing and other covert channels are not closed."""
+    return bool(plan["confined"] and plan["forward"]["files"] and plan["seccomp"]
+                and confine.landlock_abi() >= confine.SCOPES_ABI and _profile(plan).device == "cpu")
+
+
+def _profile(plan: dict):
+    request = plan["request"]
+    return get_profile(request["profile"], objective=request["objective"], data_source=request["data_source"])
 
 
 def read_hidden(path: Path, shape: tuple) -> np.ndarray:
@@ -337,7 +353,7 @@ def score(plan: dict, forward: Started) -> dict:
     """Everything above, for the rungs of ``plan``, with the started forward-only sandbox; the result record (see
     ``main``)."""
     request = plan["request"]
-    profile = get_profile(request["profile"], objective=request["objective"], data_source=request["data_source"])
+    profile = _profile(plan)
     device = torch.device(profile.device)
     rungs = [tuple(r) for r in plan["rungs"]]
     try:
@@ -365,7 +381,7 @@ def score(plan: dict, forward: Started) -> dict:
                     "scored_split_sha256": split_sha256})
     return {"status": "ok", "rungs": out, "scoring": {
         "windows": lay.n_scored, "canaries": len(lay.canaries), "duplicates": len(lay.duplicates),
-        "forward_parts": len(lay.parts), "forward_parts_apart": _parts_apart(plan, profile.device), **checks,
+        "forward_parts": len(lay.parts), "forward_parts_apart": _parts_apart(plan), **checks,
         "forward_s": round(forward_s, 3), "loss_s": round(time.perf_counter() - started, 3)}}
 
 

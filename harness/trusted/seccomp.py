@@ -132,9 +132,26 @@ def program(machine: str | None = None) -> list[tuple]:
     return prog
 
 
-def apply() -> None:
-    """Install the filter on this thread (and what it starts). Raises OSError when the kernel refuses."""
-    prog = program()
+def no_sockets_program(machine: str | None = None) -> list[tuple]:
+    """A filter that each part of the forward pass on the CPU stacks on the sandbox's: no socket at all. A Unix
+    socket one part binds in its own folder could otherwise be reached by the other through its path (Landlock
+    checks no ``connect`` before its RESOLVE_UNIX right), and a forward pass on the CPU needs none."""
+    machine = machine or platform.machine()
+    if machine not in _NUMBERS:
+        raise OSError(errno.ENOSYS, f"no seccomp filter for the {machine} architecture")
+    return [_stmt(_LD_W_ABS, _OFFSET_ARCH),
+            _jump(_JEQ_K, _AUDIT_ARCH[machine], 1, 0),
+            _stmt(_RET_K, _RET_KILL_PROCESS),
+            _stmt(_LD_W_ABS, _OFFSET_NR),
+            _jump(_JEQ_K, _NUMBERS[machine]["socket"], 0, 1),
+            _stmt(_RET_K, _RET_ERRNO | errno.EPERM),
+            _stmt(_RET_K, _RET_ALLOW)]
+
+
+def apply(prog: list[tuple] | None = None) -> None:
+    """Install the filter (``program()`` unless another is given) on this thread and what it starts; filters
+    stack, the strictest answer wins. Raises OSError when the kernel refuses."""
+    prog = prog or program()
     raw = b"".join(struct.pack("=HBBI", *instruction) for instruction in prog)
     buffer = ctypes.create_string_buffer(raw, len(raw))
 
