@@ -367,15 +367,22 @@ def test_a_leak_hidden_under_one_huge_value_is_rejected(smoke_env, tmp_path):
 # Past every static check (appended to the program, so it runs wherever the program loads): in a child of the
 # forward pass, it tries to read the other part's windows, to write into its folder and into POSIX shared memory
 # (which the other could read), to signal the process that started it (signal 0: the permission check alone), to
-# make a System V shared-memory segment (which the other could attach to), to open a Unix socket (which it could
-# bind in its folder, where the other could connect by its path), and reads its own windows.
+# make a System V shared-memory segment (which the other could attach to), to open a Unix socket or a socket
+# pair (either could be bound in its folder, where the other could reach it by its path), to lock and to watch a
+# file both may read (the other could test the lock or see the access), and reads its own windows.
 CROSSES_TO_THE_OTHER_PART = """
 import ctypes as _ct
+import fcntl as _fcntl
 import os as _os
 import socket as _socket
-def _sysv():
-    if _ct.CDLL(None, use_errno=True).shmget(0x5eed, 4096, 0o1600) < 0:
-        raise OSError(_ct.get_errno(), "shmget")
+import sys as _sys
+_libc = _ct.CDLL(None, use_errno=True)
+def _checked(result):
+    if result < 0:
+        raise OSError(_ct.get_errno(), "refused")
+def _lock(how):
+    with open(_sys.executable, "rb") as _f:
+        how(_f)
 _tmp = _os.environ.get("TMPDIR", "")
 if "/forward/" in _tmp:
     _mine = _os.path.dirname(_tmp)
@@ -385,8 +392,12 @@ if "/forward/" in _tmp:
                        ("write", lambda: open(_os.path.join(_other, "marker"), "w").write("x")),
                        ("shm", lambda: open("{shm}", "w").write("x")),
                        ("signal", lambda: _os.kill(_os.getppid(), 0)),
-                       ("sysv", _sysv),
+                       ("sysv", lambda: _checked(_libc.shmget(0x5eed, 4096, 0o1600))),
                        ("socket", lambda: _socket.socket(_socket.AF_UNIX).close()),
+                       ("socketpair", lambda: [_s.close() for _s in _socket.socketpair()]),
+                       ("flock", lambda: _lock(lambda _f: _fcntl.flock(_f, _fcntl.LOCK_SH | _fcntl.LOCK_NB))),
+                       ("lockf", lambda: _lock(lambda _f: _fcntl.fcntl(_f, _fcntl.F_GETLK, bytes(32)))),
+                       ("watch", lambda: _checked(_libc.inotify_init1(0))),
                        ("own", lambda: open(_os.path.join(_mine, "inputs.npy"), "rb").read(1))):
         try:
             _do()
@@ -423,11 +434,12 @@ def test_a_part_of_the_forward_pass_can_neither_read_nor_write_the_other_parts_f
         # System V IPC: refused by the seccomp filter, where the sandbox has it.
         layers = confine.device_layers(security.DEVICE)
         sysv = "Operation not permitted" if layers.seccomp else "succeeded"
-        # No socket at all where the parts are kept apart (the scoring record's forward_parts_apart).
+        # No socket, lock or watch where the parts are kept apart (the scoring record's forward_parts_apart).
         apart = layers.seccomp and signal != "succeeded" and security.DEVICE == "cpu"
-        sockets = "Operation not permitted" if apart else "succeeded"
+        refused = "Operation not permitted" if apart else "succeeded"
         assert (f"outcomes: read Permission denied, write Permission denied, {shm_outcome}, signal {signal}, "
-                f"sysv {sysv}, socket {sockets}, own succeeded" in run.result["message"]), run.result["message"]
+                f"sysv {sysv}, socket {refused}, socketpair {refused}, flock {refused}, lockf {refused}, "
+                f"watch {refused}, own succeeded" in run.result["message"]), run.result["message"]
         assert left == [], "a part wrote into the other's folder"
         assert shm.exists() == (security.DEVICE == "cuda")
     finally:

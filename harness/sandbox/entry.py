@@ -300,8 +300,10 @@ def forward(request: dict) -> dict:
         if pid == 0:  # the child never returns into main: its record is in its folder
             code = 1
             try:
-                for fd in (tell_r, *told):  # no child may read what another told
-                    os.close(fd)
+                # No descriptor of the launcher's reaches the program, none that the other part could share too
+                # (an offset or a status flag carries bits), and no child may read what another told.
+                os.closerange(3, tell_w)
+                os.closerange(tell_w + 1, os.sysconf("SC_OPEN_MAX"))
                 die_with_parent(parent)
                 _confine_to(Path(folder), request)
                 os.write(tell_w, b"1")
@@ -332,7 +334,7 @@ def _confine_to(folder: Path, request: dict) -> None:
     Landlock, a ruleset of its own (Landlock rulesets stack: it keeps the launcher's too). That ruleset reads what
     any sandbox reads and ``folder``, and writes only ``folder``, the null device and, on CUDA, the GPU's device files
     and POSIX shared memory (which the driver's check in ``confine.device_layers`` ran with). Where the scorer keeps
-    the parts apart (``request["apart"]``), also no socket (``seccomp.no_sockets_program``)."""
+    the parts apart (``request["apart"]``), also no socket, file lock or file watch (``seccomp.apart_program``)."""
     from harness.trusted import confine
     from harness.trusted.executor import scratch_environment
 
@@ -356,7 +358,7 @@ def _confine_to(folder: Path, request: dict) -> None:
     if request.get("apart"):
         from harness.trusted import seccomp
 
-        seccomp.apply(seccomp.no_sockets_program())
+        seccomp.apply(seccomp.apart_program())
 
 
 def forward_part(request: dict, folder: Path) -> dict:

@@ -321,12 +321,13 @@ def check_part(folder: Path, confined: bool, log: str) -> None:
 
 
 def _parts_apart(plan: dict) -> bool:
-    """Whether the two parts of the forward pass have no channel to each other that the harness knows of: each keeps
-    to its own folder (a Landlock ruleset of its own), with the scopes (ABI 6: no signal and no abstract socket
-    outside it); System V IPC and message queues, which the two share, are refused (the seccomp filter); and each
-    opens no socket (``seccomp.no_sockets_program``), so neither reaches a socket the other binds in its folder.
-    Only on the CPU: on CUDA both may write POSIX shared memory, which the driver's check ran with. Elsewhere the
-    parts are apart in memory only. Timing and other covert channels are not closed."""
+    """Whether the two parts of the forward pass are apart in files, IPC objects, sockets, signals, file locks and
+    file watches: each keeps to its own folder (a Landlock ruleset of its own), with the scopes (ABI 6: no signal
+    and no abstract socket outside it); System V IPC and message queues, which the two share, are refused (the
+    seccomp filter); and each opens no socket and takes no lock or watch (``seccomp.apart_program``). Only on the
+    CPU: on CUDA both may write POSIX shared memory, which the driver's check ran with. Elsewhere the parts are
+    apart in memory only. Still open, even here: what one part can read of the other as a process in the same PID
+    namespace (its scheduling attributes, such as its CPU affinity), and timing."""
     return bool(plan["confined"] and plan["forward"]["files"] and plan["seccomp"]
                 and confine.landlock_abi() >= confine.SCOPES_ABI and _profile(plan).device == "cpu")
 

@@ -42,6 +42,7 @@ _NUMBERS = {
         "shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65, "semctl": 66,
         "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_open": 240, "mq_unlink": 241,
         "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245,
+        "socketpair": 53, "flock": 73, "fcntl": 72, "inotify_init": 253, "inotify_init1": 294, "fanotify_init": 300,
     },
     "aarch64": {
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272, "keyctl": 219,
@@ -55,6 +56,7 @@ _NUMBERS = {
         "shmget": 194, "shmat": 196, "shmctl": 195, "shmdt": 197, "semget": 190, "semop": 193, "semctl": 191,
         "semtimedop": 192, "msgget": 186, "msgsnd": 189, "msgrcv": 188, "msgctl": 187, "mq_open": 180,
         "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183, "mq_notify": 184, "mq_getsetattr": 185,
+        "socketpair": 199, "flock": 32, "fcntl": 25, "inotify_init1": 26, "fanotify_init": 262,  # no inotify_init
     },
 }
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
@@ -132,20 +134,35 @@ def program(machine: str | None = None) -> list[tuple]:
     return prog
 
 
-def no_sockets_program(machine: str | None = None) -> list[tuple]:
-    """A filter that each part of the forward pass on the CPU stacks on the sandbox's: no socket at all. A Unix
-    socket one part binds in its own folder could otherwise be reached by the other through its path (Landlock
-    checks no ``connect`` before its RESOLVE_UNIX right), and a forward pass on the CPU needs none."""
+# What each part of the forward pass on the CPU refuses besides (``apart_program``): every call that would let it
+# meet the other part on an object both can reach without writing it. A Unix socket bound in its own folder can be
+# reached through its path (Landlock checks neither ``connect`` nor ``sendto`` before its RESOLVE_UNIX right), and a
+# socketpair's datagram socket can be re-bound there; a lock on, or a watch of, a file both may read carries bits.
+APART_DENIED = ("socket", "socketpair", "flock", "inotify_init", "inotify_init1", "fanotify_init")
+# fcntl commands refused there: record locks (F_GETLK, F_SETLK, F_SETLKW and their open-file forms), leases and
+# directory notification.
+FCNTL_DENIED = (5, 6, 7, 36, 37, 38, 1024, 1026)
+_OFFSET_ARG1 = 24  # struct seccomp_data: args[1]'s low word
+
+
+def apart_program(machine: str | None = None) -> list[tuple]:
+    """A filter that each part of the forward pass on the CPU stacks on the sandbox's: ``APART_DENIED`` and the
+    ``FCNTL_DENIED`` commands answer EPERM. A forward pass on the CPU needs none of them."""
     machine = machine or platform.machine()
     if machine not in _NUMBERS:
         raise OSError(errno.ENOSYS, f"no seccomp filter for the {machine} architecture")
-    return [_stmt(_LD_W_ABS, _OFFSET_ARCH),
+    nr, eperm = _NUMBERS[machine], _RET_ERRNO | errno.EPERM
+    prog = [_stmt(_LD_W_ABS, _OFFSET_ARCH),
             _jump(_JEQ_K, _AUDIT_ARCH[machine], 1, 0),
             _stmt(_RET_K, _RET_KILL_PROCESS),
-            _stmt(_LD_W_ABS, _OFFSET_NR),
-            _jump(_JEQ_K, _NUMBERS[machine]["socket"], 0, 1),
-            _stmt(_RET_K, _RET_ERRNO | errno.EPERM),
-            _stmt(_RET_K, _RET_ALLOW)]
+            _stmt(_LD_W_ABS, _OFFSET_NR)]
+    for name in APART_DENIED:
+        if name in nr:  # arm64 has no inotify_init
+            prog += [_jump(_JEQ_K, nr[name], 0, 1), _stmt(_RET_K, eperm)]
+    prog += [_jump(_JEQ_K, nr["fcntl"], 0, 1 + 2 * len(FCNTL_DENIED)), _stmt(_LD_W_ABS, _OFFSET_ARG1)]
+    for command in FCNTL_DENIED:
+        prog += [_jump(_JEQ_K, command, 0, 1), _stmt(_RET_K, eperm)]
+    return prog + [_stmt(_RET_K, _RET_ALLOW)]
 
 
 def apply(prog: list[tuple] | None = None) -> None:
