@@ -326,8 +326,8 @@ def _parts_apart(plan: dict) -> bool:
     and no abstract socket outside it); System V IPC and message queues, which the two share, are refused (the
     seccomp filter); and each opens no socket and takes no lock or watch (``seccomp.apart_program``). Only on the
     CPU: on CUDA both may write POSIX shared memory, which the driver's check ran with. Elsewhere the parts are
-    apart in memory only. Still open, even here: what one part can read of the other as a process in the same PID
-    namespace (its scheduling attributes, such as its CPU affinity), and timing."""
+    apart in memory only. Still open, even here: what one part can learn of the other as a process in the same PID
+    namespace (which process ids exist, its scheduling attributes such as its CPU affinity), and timing."""
     return bool(plan["confined"] and plan["forward"]["files"] and plan["seccomp"]
                 and confine.landlock_abi() >= confine.SCOPES_ABI and _profile(plan).device == "cpu")
 
