@@ -168,7 +168,7 @@ def test_a_loaded_program_can_be_traced_by_torch_compile(framework):
 
 def test_the_confinement_probe_reports_what_each_layer_stopped(tmp_path):
     report = confinement_probe.probe(tmp_path)
-    assert set(report["namespaces"]) == {"user", "network", "mount", "pid"} and report["level"]
+    assert set(report["namespaces"]) == {"user", "network", "mount", "pid", "ipc"} and report["level"]
     assert "error" not in report["confined_child"], report["confined_child"]
     for key, child in report.items():
         if not key.startswith(("only_", "confined_child")):

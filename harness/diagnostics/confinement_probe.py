@@ -8,7 +8,7 @@ or a root process use differs between machines, containers and micro-VMs, and GP
 needs (``/dev/nvidia*`` are opened read-write and driven by ioctls). This probe asks, each in a throwaway child
 process so that nothing it changes outlives it:
 
-* ``namespaces``: whether ``unshare`` of a user, network, mount and PID namespace succeeds;
+* ``namespaces``: whether ``unshare`` of a user, network, mount, PID and IPC namespace succeeds;
 * ``landlock_abi``: the Landlock ABI version (0 when absent or disabled);
 * ``seccomp``: whether the sandbox's seccomp filter (``harness.trusted.seccomp``) can be installed;
 * ``confined_child``: a child that applies every layer available (a new network namespace, a Landlock ruleset
@@ -40,7 +40,7 @@ import tempfile
 from pathlib import Path
 
 from harness.trusted import confine, seccomp
-from harness.trusted.confine import CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWUSER
+from harness.trusted.confine import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWUSER
 
 CLONE_NEWNS = 0x00020000  # the sandbox's launcher does not use a mount namespace; the probe reports it
 
@@ -198,7 +198,7 @@ def probe(work_dir: Path | None = None) -> dict:
     report["namespaces"] = {name: _child(
         f"import json; from harness.diagnostics.confinement_probe import unshare; print(json.dumps(unshare({flag})))")
         for name, flag in (("user", CLONE_NEWUSER), ("network", CLONE_NEWNET), ("mount", CLONE_NEWNS),
-                           ("pid", CLONE_NEWPID))}
+                           ("pid", CLONE_NEWPID), ("ipc", CLONE_NEWIPC))}
     report["seccomp"] = _child("import json; from harness.diagnostics.confinement_probe import apply_seccomp as f; "
                                "print(json.dumps(f()))")
     with tempfile.TemporaryDirectory(prefix="harness-probe-", dir=work_dir) as tmp:
