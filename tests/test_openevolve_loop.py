@@ -126,19 +126,24 @@ def _check_adversarial(proposals: list[dict], rows: list[dict]) -> list[str]:
     return checked
 
 
+def _fresh_run(loop_env, framework: str, iterations: int) -> tuple[DemoRun, float, float]:
+    """A fresh run of ``iterations`` with an adversarial proposal every ``ADVERSARIAL_EVERY``th request, checked
+    to have ended by itself with exit code 0: (the run, its start time, its wall seconds)."""
+    root, env = loop_env
+    t0 = time.time()
+    run = run_demo(framework, iterations, root / f"demo-{framework}", adversarial_every=ADVERSARIAL_EVERY, seed=0,
+                   extra_env=env, timeout_s=RUN_TIMEOUT_S)
+    assert not run.timed_out and run.returncode == 0, _tail(run)
+    return run, t0, time.time() - t0
+
+
 @pytest.mark.parametrize("framework", ["cd", "mm"])
 def test_stock_openevolve_run_evaluates_each_framework(loop_env, framework):
     """The users' command for this framework, ``openevolve-run initial_programs/<fw>.py evaluators/<fw>_eval.py
     --config openevolve_configs/<fw>.yaml``: the seed, a child that trains and is valid, an adversarial child
     rejected with its reason; all in the ledger, nothing written elsewhere."""
-    root, env = loop_env
-    output = root / f"demo-{framework}"
     artifacts_before = (REPO_ROOT / "artifacts").exists()
-    t0 = time.time()
-    run = run_demo(framework, OTHER_ITERATIONS, output, adversarial_every=ADVERSARIAL_EVERY, seed=0, extra_env=env,
-                   timeout_s=RUN_TIMEOUT_S)
-    fresh_s = time.time() - t0
-    assert not run.timed_out and run.returncode == 0, _tail(run)
+    run, t0, fresh_s = _fresh_run(loop_env, framework, OTHER_ITERATIONS)
     assert run.best_program.exists()
     rows = _rows(run, framework, t0)
     _check_rows(rows, run)
@@ -161,11 +166,7 @@ def test_stock_openevolve_run_end_to_end(loop_env):
     artifacts_before = (REPO_ROOT / "artifacts").exists()
 
     # ---- a fresh run --------------------------------------------------------------------------------------------
-    t0 = time.time()
-    run = run_demo(framework, ITERATIONS, output, adversarial_every=ADVERSARIAL_EVERY, seed=0, extra_env=env,
-                   timeout_s=RUN_TIMEOUT_S)
-    fresh_s = time.time() - t0
-    assert not run.timed_out and run.returncode == 0, _tail(run)
+    run, t0, fresh_s = _fresh_run(loop_env, framework, ITERATIONS)
     assert run.ledger_path == Path(env["HARNESS_LEDGER"])
     ckpt = _checkpoint(run, ITERATIONS)
     assert json.loads((ckpt / "metadata.json").read_text())["last_iteration"] == ITERATIONS

@@ -32,9 +32,9 @@ from harness.trusted.process_lifetime import die_with_parent
 
 
 def _profile(request: dict):
-    from harness.trusted.profiles import get_profile
+    from harness.trusted.profiles import request_profile
 
-    return get_profile(request["profile"], objective=request["objective"], data_source=request["data_source"])
+    return request_profile(request)
 
 
 def _data(profile):

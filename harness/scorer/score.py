@@ -50,7 +50,7 @@ from harness.trusted import confine
 from harness.trusted.executor import (FORWARD_PARTS, Started, abandon, read_result, scratch_environment,
                                       start_limited, supervise, tail)
 from harness.trusted.process_lifetime import die_with_parent
-from harness.trusted.profiles import get_profile
+from harness.trusted.profiles import request_profile
 from harness.trusted.reasons import Reason
 
 # The scaffold's final norm is nn.LayerNorm(d_model) with torch's default epsilon. tests/test_scorer.py checks that
@@ -270,8 +270,9 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
         for i, w in enumerate(weights):
             torch.save({"params": w.params, "buffers": w.buffers}, Path(folder) / "weights" / f"rung{i}.pt")
         np.save(Path(folder) / "inputs.npy", inputs)
+    apart = _parts_apart(plan)
     request = {**plan["request"], "rungs": plan["rungs"], "parts": plan["forward"]["parts"],
-               "landlock": bool(plan["confined"] and plan["forward"]["files"]), "apart": _parts_apart(plan),
+               "landlock": bool(plan["confined"] and plan["forward"]["files"]), "apart": apart,
                "batch_size": plan["batch_size"]}
     (work / "request.json").write_text(json.dumps(request))
     started = time.perf_counter()
@@ -285,7 +286,7 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
         raise Rejection(Reason.MEMORY, f"the forward pass of the trained model exceeded {plan['memory_cap_mib']} MiB", log)
     if plan["confined"] and not (work / "result.json").exists() and log.startswith(confine.FAILURE_PREFIX):
         raise Infrastructure(log.splitlines()[0])
-    set_up = parts_set_up(work / "result.json", len(plan["forward"]["parts"]), _parts_apart(plan))
+    set_up = parts_set_up(work / "result.json", len(plan["forward"]["parts"]), apart)
     for folder, confined in zip(plan["forward"]["parts"], set_up):
         check_part(Path(folder), confined, log)
     return wall_s
@@ -329,12 +330,7 @@ def _parts_apart(plan: dict) -> bool:
     apart in memory only. Still open, even here: what one part can learn of the other as a process in the same PID
     namespace (which process ids exist, its scheduling attributes such as its CPU affinity), and timing."""
     return bool(plan["confined"] and plan["forward"]["files"] and plan["seccomp"]
-                and confine.landlock_abi() >= confine.SCOPES_ABI and _profile(plan).device == "cpu")
-
-
-def _profile(plan: dict):
-    request = plan["request"]
-    return get_profile(request["profile"], objective=request["objective"], data_source=request["data_source"])
+                and confine.landlock_abi() >= confine.SCOPES_ABI and request_profile(plan["request"]).device == "cpu")
 
 
 def read_hidden(path: Path, shape: tuple) -> np.ndarray:
@@ -354,7 +350,7 @@ def score(plan: dict, forward: Started) -> dict:
     """Everything above, for the rungs of ``plan``, with the started forward-only sandbox; the result record (see
     ``main``)."""
     request = plan["request"]
-    profile = _profile(plan)
+    profile = request_profile(request)
     device = torch.device(profile.device)
     rungs = [tuple(r) for r in plan["rungs"]]
     try:

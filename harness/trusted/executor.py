@@ -392,11 +392,10 @@ def _trained(mode: str, result: dict) -> bool:
 
 
 def _scored_rungs(mode: str, request: dict) -> list[tuple]:
-    from harness.trusted.profiles import get_profile
+    from harness.trusted.profiles import request_profile
     from harness.trusted.scoring import rungs_for
 
-    profile = get_profile(request["profile"], objective=request["objective"], data_source=request["data_source"])
-    return rungs_for(profile, request.get("rungs") if mode == "objective" else None)
+    return rungs_for(request_profile(request), request.get("rungs") if mode == "objective" else None)
 
 
 def _start_scorer(mode: str, request: dict, tmp: Path, private: Path, limit_s: float, memory_cap_mib: int,

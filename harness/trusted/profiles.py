@@ -217,6 +217,12 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
     return profile
 
 
+def request_profile(request: dict) -> Profile:
+    """The profile a sandbox request names: its name, objective and data source (the request carries them, so that
+    every process of one evaluation reads the same profile whatever its environment says)."""
+    return get_profile(request["profile"], objective=request["objective"], data_source=request["data_source"])
+
+
 def cuda_visible() -> bool:
     """Whether CUDA works here, asked in a throwaway process so that this process never initialises
     CUDA (OpenEvolve forks its workers after evaluating the seed in the main process)."""
