@@ -29,7 +29,7 @@ def _apply_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return _linear(x, layer.weight, layer.bias)
 
 
-def _apply_layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+def apply_layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     return _layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
@@ -78,9 +78,9 @@ class Block(nn.Module):
         self.ffn = FeedForward(d_model, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mixed = plain_tensor(self.attn(_apply_layer_norm(self.ln_attn, x)), "the attention's forward")
+        mixed = plain_tensor(self.attn(apply_layer_norm(self.ln_attn, x)), "the attention's forward")
         x = _add(x, _apply_dropout(self.drop, mixed))
-        return _add(x, FeedForward.forward(self.ffn, _apply_layer_norm(self.ln_ffn, x)))
+        return _add(x, FeedForward.forward(self.ffn, apply_layer_norm(self.ln_ffn, x)))
 
 
 class LanguageModel(nn.Module):
@@ -145,7 +145,7 @@ class LanguageModel(nn.Module):
         return x
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
-        logits = _linear(_apply_layer_norm(self.ln_final, self.hidden(idx)), self.lm_head.weight)
+        logits = _linear(apply_layer_norm(self.ln_final, self.hidden(idx)), self.lm_head.weight)
         if targets is None:
             return logits, None
         loss = _cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)

@@ -2,9 +2,10 @@
 
 Each case is a complete EVOLVE block for one framework (its class name and constructor keywords kept),
 written from the paper, sized to the smoke gate's parameter budget, and paired with an analytic estimate
-of the FLOP ratio ``check_flops`` measures: forward + backward of the attention module alone, batch 1,
-length T = the context, at the gate's geometry (the largest rung's d_model and n_heads), candidate over
-the framework's pristine seed. The estimate counts what ``harness.sandbox.flops`` charges: 2 FLOPs per
+of the FLOP ratio ``check_flops`` measures: forward + backward of the attention module alone, length T = the
+context, at the gate's geometry (the largest rung's d_model and n_heads), candidate over the framework's pristine
+seed. The estimates are for one sequence; the gate counts the training batch, where work done once per batch (a
+kernel's FFT, a weight's normalisation) is shared, which moves no case by more than 1%. The estimate counts what ``harness.sandbox.flops`` charges: 2 FLOPs per
 multiply-add for matmuls and convolutions; one per output element for elementwise ops; one per input
 element for sums, scans and reductions (softmax 5, norms 8); 5 n log2 n per FFT; n per right-hand-side
 element for a triangular solve. Backward formulas are torch's (``derivatives.yaml``): a gradient that
@@ -959,7 +960,7 @@ def _attention_sink(d, h, t):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Convolutions: gated short causal convolution, Hyena
+# Convolutions: gated short causal convolution, Hyena, an explicit long kernel
 # --------------------------------------------------------------------------------------------------------
 
 SHORT_CONV = '''
@@ -1055,6 +1056,49 @@ def _hyena(d, h, t, order=2, short=3):
             # backward doubling (d (t - 1)), D skip (4 + 1), the gate (3), z reused
             + order * (4 * d * c + 4 * d * (t + 1) + d * (t - 1) + 9 * t * d)
             + 180 * t)  # the filter FFN on t lags: Linear(3, 4), sine, Linear(4, 2h), decay window
+
+
+LONG_CONV = '''
+class MatrixMixerAttention(nn.Module):
+    """A long convolution with an explicit kernel (Fu, Epstein, Nguyen, Thomas, Zhang, Dao, Rudra & Re 2023,
+    "Simple hardware-efficient long convolutions for sequence modeling"): each head learns its kernel
+    k(0..max_seq_len-1) directly, initialised small (randn x 0.02), and the channels of a head share it;
+        y_t = sum_{l<=t} k(l) u_{t-l},   out = (y o sigmoid(x W_g)) W_o,
+    computed with rfft/irfft zero-padded to 2T, so that nothing wraps around. A Toeplitz mixer whose taps
+    before an early position are tiny next to the whole kernel: the FFT's round-off is relative to the latter.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.1, max_seq_len: int = 128):
+        super().__init__()
+        assert d_model % n_heads == 0
+        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        self.in_proj = nn.Linear(d_model, 2 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.kernel = nn.Parameter(torch.randn(n_heads, max_seq_len) * 0.02)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        u, gate = self.in_proj(x).chunk(2, dim=-1)
+        u = u.transpose(1, 2).reshape(B, self.n_heads, self.d_head, T)
+        n = 2 * T
+        kf = torch.fft.rfft(self.kernel[:, :T], n=n)[None, :, None, :]
+        y = torch.fft.irfft(torch.fft.rfft(u, n=n) * kf, n=n)[..., :T]
+        y = y.reshape(B, D, T).transpose(1, 2)
+        return self.out_proj(self.drop(y * torch.sigmoid(gate)))
+'''
+
+
+def _long_conv(d, h, t):
+    c = fft(2 * t)
+    return (lin(t, d, 2 * d) + lin(t, d, d)  # in projection to (u, gate), out projection
+            # rfft of u and irfft of the product (d channels), rfft of the h kernels: each forward and backward
+            + (4 * d + 2 * h) * c
+            # the complex product (1 + 2 muls and the kernel gradient's sum over channels), irfft's backward
+            # doubling (d (t - 1))
+            + 4 * d * (t + 1) + d * (t - 1)
+            # sigmoid (2) and the gate product (3); the product is strided, so out_proj adds its bias separately (1)
+            + 6 * t * d)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1283,6 +1327,8 @@ CASES: list[Case] = [
          _short_conv),
     Case("hyena", "long convolution (FFT)", "Poli, Massaroli, Nguyen, Fu, Dao, Baccus, Bengio, Ermon & Re 2023", "mm",
          HYENA, _hyena),
+    Case("long_conv_explicit_kernel", "long convolution, explicit kernel (FFT)", "Fu, Epstein, Nguyen, Thomas, Zhang, "
+         "Dao, Rudra & Re 2023", "mm", LONG_CONV, _long_conv),
     Case("hgrn_scan", "gated linear RNN (parallel scan)", "Qin, Yang & Zhong 2023", "cd", HGRN, _hgrn),
     Case("rope_sdpa", "rotary positions, fused kernel", "Su, Lu, Pan, Murtadha, Wen & Liu 2021", "cd", ROPE_SDPA,
          _rope_sdpa),

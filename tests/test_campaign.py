@@ -30,8 +30,9 @@ def _harness(*args, **kwargs) -> subprocess.CompletedProcess:
 # Bad input: a clear message and a non-zero exit, never a traceback
 
 
-@pytest.fixture()
-def programs(tmp_path):
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("programs")
     ttr = FRAMEWORKS["ttr"].seed_source()
     no_markers = tmp_path / "no_markers.py"
     no_markers.write_text(ttr.replace("# EVOLVE-BLOCK-START\n", "").replace("# EVOLVE-BLOCK-END\n", ""))
@@ -66,14 +67,52 @@ CASES = [
 ]
 
 
+# Every case's command line, run by ``harness.cli.main`` in one interpreter (one import of torch, not sixteen), each
+# in a folder of its own; what an uncaught exception would print reaches its stderr as in a process of its own.
+_BATCH = """
+import contextlib, io, json, os, sys, traceback
+from harness.cli import main
+out = []
+for folder, argv in json.load(sys.stdin):
+    os.chdir(folder)
+    err, stdout = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(stdout):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    out.append({"code": code, "stderr": err.getvalue(), "stdout": stdout.getvalue()})
+json.dump(out, sys.__stdout__)
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(programs, smoke_env, tmp_path_factory):
+    folders = [tmp_path_factory.mktemp("case") for _ in CASES]
+    batch = [[str(folder), [a.format(**programs) for a in args]] for folder, (_, args, _) in zip(folders, CASES)]
+    result = subprocess.run([sys.executable, "-c", _BATCH], input=json.dumps(batch), capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "OPENAI_API_KEY": "test"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {name: (reply, folder) for (name, _, _), reply, folder in zip(CASES, json.loads(result.stdout), folders)}
+
+
 @pytest.mark.parametrize("name,args,message", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_gets_a_clear_message_and_a_nonzero_exit(name, args, message, programs, smoke_env, tmp_path):
-    env = {**os.environ, "OPENAI_API_KEY": "test"}
-    result = _harness(*[a.format(**programs) for a in args], env=env, cwd=tmp_path)
-    assert result.returncode == 2, (result.returncode, result.stdout[-500:], result.stderr[-2000:])
-    assert re.search(message, result.stderr), result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    assert not (tmp_path / "results").exists()  # nothing was started
+def test_bad_input_gets_a_clear_message_and_a_nonzero_exit(name, args, message, bad_input_results):
+    result, folder = bad_input_results[name]
+    assert result["code"] == 2, (result["code"], result["stdout"][-500:], result["stderr"][-2000:])
+    assert re.search(message, result["stderr"]), result["stderr"][-2000:]
+    assert "Traceback" not in result["stderr"] and "Traceback" not in result["stdout"]
+    assert not (folder / "results").exists()  # nothing was started
+
+
+def test_a_bad_input_exits_with_its_message_from_the_command_line(programs, smoke_env, tmp_path):
+    """One case through the real entry point, as a process of its own."""
+    result = _harness("train", str(programs["broken"]), cwd=tmp_path)
+    assert result.returncode == 2 and re.search(r"syntax error at line \d+", result.stderr), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
 
 
 def test_endpoint_check_and_framework_list():

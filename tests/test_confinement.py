@@ -105,12 +105,57 @@ def test_the_sandbox_has_no_network(smoke_env, tmp_path, monkeypatch):
     path = _candidate(tmp_path, "getattr(torch, 'sys').modules['socket'].create_connection(('127.0.0.1', "
                                 f"{server.getsockname()[1]}), timeout=5)")
     result = evaluate(security.FRAMEWORK, path)
-    # The seccomp filter refuses the internet socket itself; without it, the empty network namespace has no route.
-    expected = "Address family not supported by protocol" if LAYERS.seccomp else "Network is unreachable"
+    # The seccomp filter refuses the internet socket itself (on the CPU every socket); without it, the empty network
+    # namespace has no route.
+    expected = "Network is unreachable"
+    if LAYERS.seccomp:
+        expected = "Operation not permitted" if security.DEVICE == "cpu" else "Address family not supported by protocol"
     assert _outcome(result) == expected
     server.settimeout(1.0)  # a connection made during the evaluation would be waiting in the backlog
     assert _accept(server) is None, "a connection reached this host"
     server.close()
+
+
+@sandbox_seccomp
+@pytest.mark.skipif(security.DEVICE == "cuda", reason="on CUDA a sandbox may open Unix sockets, which a GPU driver may "
+                    "need (README, 'Not promised yet')")
+def test_the_sandbox_reaches_no_unix_socket_of_the_host(smoke_env, tmp_path, monkeypatch):
+    """Landlock does not check a connection to a socket's path: without the CPU's socket refusal, a sandbox reached a
+    service of the host listening on a path (a container engine's, a session bus), through a socket or through a
+    datagram socket pair pointed at it."""
+    _past_the_static_policy(monkeypatch)
+    path = str(tmp_path / "host.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen()
+    sock = "getattr(torch, 'sys').modules['socket']"
+    attempts = {"socket": f"{sock}.socket({sock}.AF_UNIX).connect({path!r})",
+                "socket_pair": f"{sock}.socketpair({sock}.AF_UNIX, {sock}.SOCK_DGRAM)[0].connect({path!r})"}
+    for name, attempt in attempts.items():
+        assert _outcome(evaluate(security.FRAMEWORK, _candidate(tmp_path, attempt))) == "Operation not permitted", name
+    server.settimeout(1.0)
+    assert _accept(server) is None, "a connection reached this host"
+    server.close()
+
+
+def test_the_sandbox_reads_neither_the_hosts_secrets_in_etc_nor_raw_disks_nor_a_login_token(tmp_path, monkeypatch):
+    """Files that a sandbox of a user who is root could otherwise read whatever their mode: the rules name /etc
+    entry by entry without the secrets, and on the CPU only the devices Python and torch open."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "token").write_text("hf_secret")
+    read, write = confine.file_rules(tmp_path / "run", device="cpu")
+
+    def covered(path: str, roots) -> bool:
+        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+    for secret in ("/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh/ssh_host_ed25519_key", "/dev/sda",
+                   "/dev/nvme0n1", "/dev/mem", str(tmp_path / "hf" / "token")):
+        assert not covered(secret, read) and not covered(secret, write), secret
+    for needed in ("/etc/passwd", "/dev/urandom", "/dev/null", str(tmp_path / "hf" / "datasets" / "x.arrow"),
+                   str(tmp_path / "hf" / "hub" / "x")):
+        assert covered(needed, read) or not os.path.exists(os.path.dirname(needed)), needed
+    assert covered(str(tmp_path / "hf" / "datasets" / "x.lock"), write)
 
 
 @sandbox_files
@@ -135,7 +180,11 @@ def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(sm
         "read_the_scored_split": f"os_.read(os_.open({str(scored)!r}, os_.O_RDONLY), 100)",
         "truncate_a_file_of_the_user": f"os_.truncate({str(secret)!r}, 0)",
         "read_the_ledger": f"os_.read(os_.open({os.environ['HARNESS_LEDGER']!r}, os_.O_RDONLY), 100)",
+        "read_a_login_token": f"os_.read(os_.open({str(tmp_path / 'hf' / 'token')!r}, os_.O_RDONLY), 100)",
     }
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "token").write_text(secret_value)
     for name, attempt in attempts.items():
         result = evaluate(security.FRAMEWORK, _candidate(tmp_path, attempt))
         assert _outcome(result) == "Permission denied", name

@@ -119,3 +119,26 @@ def test_the_log_watch_finds_its_marker_across_reads_and_reads_a_flood_a_slice_a
     watch = _LogWatch(flood, "training begins")
     sightings = [watch.seen() for _ in range(6)]
     assert sightings == [False] * 5 + [True] and watch.offset <= 6000
+
+
+def test_files_a_sandbox_could_replace_are_read_without_blocking_or_following(tmp_path):
+    """A sandbox that replaces its log or its result file with a named pipe, a link or a huge file neither hangs
+    the evaluator (an open of a pipe with no writer blocks) nor makes it read what it chose."""
+    pipe = tmp_path / "sandbox.log"
+    os.mkfifo(pipe)
+    secret = tmp_path / "secret.txt"
+    secret.write_text('{"reason": "ok", "combined_score": 9.0}')
+    link = tmp_path / "result.json"
+    link.symlink_to(secret)
+    started = time.monotonic()
+    assert executor.read_untrusted(pipe, 100) is None and executor.tail(pipe) == ""
+    assert not executor._LogWatch(pipe, "marker").seen()
+    assert executor.read_result(pipe)["reason"] == "tampering"
+    assert executor.read_result(link)["reason"] == "tampering"
+    assert time.monotonic() - started < 5
+    big = tmp_path / "big.json"
+    big.write_text('{"message": "' + "Z" * (executor.RESULT_MAX_BYTES + 10) + '"}')
+    assert executor.read_result(big)["reason"] == "tampering"
+    log = tmp_path / "plain.log"
+    log.write_text("x" * 10_000 + "the end")
+    assert executor.tail(log, 7) == "the end" and executor.read_untrusted(log, 3, offset=10_000) == b"the"

@@ -16,7 +16,8 @@ PROFILE = get_profile("smoke", objective="scaling_slope")
 def _run(rung, loss, params, attention=10_000, buffers=0):
     return {"rung": list(rung), "status": "ok", "final_val_loss": loss, "non_embedding_params": params,
             "attention_params": attention, "buffer_elements": buffers, "scored_split_sha256": "0123456789abcdef",
-            "val_curve": [[100, loss + 1.0], [300, loss + 0.1]], "ms_per_step": 12.5, "train_curve": [[50, 5.0]]}
+            "val_curve": [[100, loss + 1.0], [300, loss + 0.1]], "ms_per_step": 12.5, "train_curve": [[50, 5.0]],
+            "steps_done": PROFILE.steps, "tokens_seen": PROFILE.steps * PROFILE.batch_size_seqs * PROFILE.context_len_tokens}
 
 
 RECORD = {"runs": [_run(PROFILE.ladder[0], 3.3, 25_000), _run(PROFILE.ladder[1], 2.8, 56_000)],
@@ -50,6 +51,11 @@ def test_the_objective_is_recomputed_and_the_reported_fitness_ignored():
     lambda r: r["runs"][1].update(scored_split_sha256="../../etc"),
     lambda r: r["runs"][1].update(rung=[48, 2, 3]),
     lambda r: r["runs"][1].pop("ms_per_step"),
+    # more training than the budget (a program that reached the loop's settings): steps, tokens or the curve
+    lambda r: r["runs"][1].update(steps_done=r["runs"][1]["steps_done"] + 100),
+    lambda r: r["runs"][0].update(tokens_seen=2 * r["runs"][0]["tokens_seen"]),
+    lambda r: r["runs"][1].update(val_curve=[[100, 3.0], [900, 2.0]]),
+    lambda r: r["runs"][1].pop("steps_done"),
     lambda r: r.update(runs="all good"),
 ])
 def test_a_malformed_record_is_refused(corrupt):
@@ -77,8 +83,8 @@ def test_the_parameter_budget_is_rechecked_on_the_trusted_counts():
     over["runs"][1]["non_embedding_params"] += 501
     assert "at most 5% of its 10000 attention parameters" in parity_violation(
         objective_from_untrusted(over, PROFILE), base, PROFILE)
-    ctx, (d, layers, _) = PROFILE.context_len_tokens, PROFILE.ladder[0]
-    allowance = layers * (2 * ctx * d + ctx ** 2)  # a causal mask and RoPE tables per layer fit
+    ctx, (d, layers, heads) = PROFILE.context_len_tokens, PROFILE.ladder[0]
+    allowance = layers * (2 * ctx * d + (1 + heads) * ctx ** 2)  # RoPE tables and a causal mask per head fit
     state = copy.deepcopy(RECORD)
     state["runs"][0]["buffer_elements"] = allowance
     assert parity_violation(objective_from_untrusted(state, PROFILE), base, PROFILE) is None

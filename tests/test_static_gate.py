@@ -102,7 +102,23 @@ def test_policy_rejects_module_level_escapes(snippet, fragment):
     "body, fragment",
     [
         ("return x.__class__.__bases__[0]", "dunder attribute '__class__'"),
-        ("return getattr(x, '__class__')", "getattr is allowed only"),
+        ("return getattr(x, '__class__')", "dunder attribute '__class__'"),
+        # a constant name in getattr/hasattr is checked as the attribute it names
+        ("return getattr(x, 'grad_fn')", "attribute 'grad_fn'"),
+        ("return getattr(torch, 'load')", "attribute 'load'"),
+        ("return x if hasattr(torch, 'os') else x", "torch.os is a module"),
+        ("return getattr(self.proj, '_parameters')", "private attribute '_parameters'"),
+        # getattr, hasattr and type as values would take every later lookup past the checks
+        ("g = getattr\n        return g(x, 'sum')()", "getattr may only be called directly"),
+        ("return functools.reduce(getattr, ['sum'], x)()", "getattr may only be called directly"),
+        ("t = type\n        return x", "type may only be called directly"),
+        # the autograd graph reaches the frozen model's parameters
+        ("n = x.grad_fn.next_functions\n        return x", "attribute 'grad_fn'"),
+        # helpers that evaluate strings as code
+        ("typing.get_type_hints(self.forward)\n        return x", "typing.get_type_hints is not allowed"),
+        ("functools.singledispatch(print)\n        return x", "functools.singledispatch is not allowed"),
+        ("x.register_post_accumulate_grad_hook(print)\n        return x", "attribute 'register_post_accumulate_grad_hook'"),
+        ("torch.default_generator.manual_seed(0)\n        return x", "attribute 'default_generator'"),
         ("return getattr(x, name)", "getattr is allowed only"),
         ("F.softmax = lambda a, dim: a\n        return x", "monkeypatching"),
         ("global COUNT\n        return x", "'global'"),
@@ -113,9 +129,40 @@ def test_policy_rejects_module_level_escapes(snippet, fragment):
     ],
 )
 def test_policy_rejects_escapes_inside_forward(body, fragment):
-    block = GOOD.replace("return self.proj(x)", body)
+    block = "import functools\nimport typing\n" + GOOD.replace("return self.proj(x)", body)
     report = policy(block)
     assert any(fragment in v for v in report.violations), report.violations
+
+
+def test_a_string_annotation_that_is_code_is_refused():
+    block = GOOD.replace("    def forward(self, x):", "    def forward(self, x: \"(print(1), int)[1]\"):")
+    assert any("string annotation may only name a type" in v for v in policy(block).violations)
+    typing_import = "from typing import get_type_hints\n" + GOOD
+    assert any("typing.get_type_hints is not allowed" in v for v in policy(typing_import).violations)
+
+
+@pytest.mark.parametrize(
+    "head, body",
+    [
+        ("", "return self.proj(x) if hasattr(F, 'scaled_dot_product_attention') else x"),
+        ("", "return getattr(self, 'proj')(x)"),
+        ("from typing import Optional\n", "y: Optional[torch.Tensor] = self.proj(x)\n        return y"),
+        ("", "gen = torch.Generator().manual_seed(0)\n        return self.proj(x) + 0 * torch.randn(1, generator=gen)"),
+        ("", "input = self.proj(x)\n        time = input.shape[1]\n        return input[:, :time]"),
+        ("", "assert x.dim() == 3, f'{type(self).__name__} wants (B, T, D)'\n        return self.proj(x)"),
+        ("NEG = float('-inf')\nLOG_BASE = math.log(10000.0)\nDTYPE = torch.float32\n", "return self.proj(x.to(DTYPE))"),
+        ("", "self.apply(lambda m: None)\n        return self.proj(x)"),
+    ],
+)
+def test_policy_accepts_common_idioms(head, body):
+    block = head + GOOD.replace("return self.proj(x)", body)
+    report = policy(block)
+    assert report.ok, report.violations
+
+
+def test_a_string_annotation_naming_a_type_is_accepted():
+    block = GOOD.replace("    def forward(self, x):", f"    def forward(self, x: \"torch.Tensor\") -> \"{CLASS}\":")
+    assert policy(block).ok, policy(block).violations
 
 
 def test_policy_requires_the_class_and_its_keywords():

@@ -80,7 +80,9 @@ class FakeRunner:
                          "val_curve": curve if i == ref else [[100, loss + 1.0], [steps, loss]],
                          "train_curve": [[10, 6.0], [100, loss + 0.2], [steps, loss + 0.1]],
                          "grad_norm_mean": 1.0, "grad_norm_var": 0.1, "loss_roughness": 0.05, "ms_per_step": 20.0,
-                         "wall_s": 6.0, "peak_memory_mib": 300.0})
+                         "wall_s": 6.0, "peak_memory_mib": 300.0, "steps_done": steps,
+                         "tokens_seen": steps * job.hparams.get("batch_size_seqs", job.profile.batch_size_seqs)
+                         * job.profile.context_len_tokens})
         if job.rungs == "reference" or (job.rungs == "objective" and job.profile.objective == "final_loss"):
             runs = [runs[ref]]
         return {"ok": True, "reason": "ok", "message": "ok", "seed": job.seed, "hparams": job.hparams,

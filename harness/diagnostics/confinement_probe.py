@@ -46,7 +46,7 @@ CLONE_NEWNS = 0x00020000  # the sandbox's launcher does not use a mount namespac
 
 # What the confined child may read: what a sandbox may (harness.trusted.confine), plus the Python installation and
 # the package's folder (set at run time). A secret planted outside them must stay unreadable.
-SYSTEM_READ_ROOTS = confine.SYSTEM_READ_ROOTS + confine.PROC_READ
+SYSTEM_READ_ROOTS = confine.SYSTEM_READ_ROOTS + ("/etc", "/dev") + confine.PROC_READ  # as wide as a CUDA sandbox reads
 # Folders where system libraries create sockets, locks and shared memory, and the kernel's own files (the CUDA
 # driver may write any of them). Tried by the probe only: a sandbox never writes them.
 SYSTEM_SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev", "/dev/shm", "/run", "/proc", "/sys")

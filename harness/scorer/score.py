@@ -35,6 +35,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import sys
 import time
 import traceback
@@ -86,13 +87,20 @@ class Weights:
                 "buffer_elements": sum(v.numel() for v in self.buffers.values())}
 
 
+def _regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def load_weights(path: Path, rung: tuple, vocab_size: int) -> Weights:
     """The tensors the training sandbox left for ``rung``; Rejection(tampering) when they are not what
     ``harness.sandbox.train.save_weights`` writes."""
     d_model = rung[0]
-    if path.is_symlink():  # a link the sandbox made would have this process read a file of its choosing
-        raise Rejection(Reason.TAMPERING, f"the trained weights of rung {tuple(rung)} are a link, not the file the "
-                        "training writes")
+    if path.exists() and not _regular_file(path):  # a link would have this process read a file of the sandbox's
+        raise Rejection(Reason.TAMPERING, f"the trained weights of rung {tuple(rung)} are not a regular file (a "
+                        "link, a pipe), not the file the training writes")  # choosing; a pipe would hang it
     try:
         pack = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - a missing or hostile file is the program's doing
@@ -257,7 +265,8 @@ def start_forward(plan: dict) -> Started:
     """Start the forward-only sandbox ahead: it imports torch and the harness, then waits for its go line."""
     work = Path(plan["forward"]["dir"])
     cmd = [sys.executable, "-m", "harness.sandbox", "forward", str(work / "request.json"), str(work / "result.json")]
-    return start_limited(confine.wrap(cmd, plan["forward"]["files"], plan["seccomp"]) if plan["confined"] else cmd,
+    return start_limited(confine.wrap(cmd, plan["forward"]["files"], plan["seccomp"],
+                                      request_profile(plan["request"]).device) if plan["confined"] else cmd,
                          Path(plan["log_dir"]) / "forward.log", {**plan["env"], **scratch_environment(work / "tmp")})
 
 
@@ -334,8 +343,8 @@ def _parts_apart(plan: dict) -> bool:
 
 
 def read_hidden(path: Path, shape: tuple) -> np.ndarray:
-    if path.is_symlink():
-        raise Rejection(Reason.TAMPERING, "the forward pass left a link, not its hidden states")
+    if path.exists() and not _regular_file(path):
+        raise Rejection(Reason.TAMPERING, "the forward pass left a link or a pipe, not its hidden states")
     try:
         hidden = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:

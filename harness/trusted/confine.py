@@ -1,6 +1,6 @@
 """Start the sandbox in new user, network, PID and IPC namespaces, and confine its files with Landlock.
 
-    python -m harness.trusted.confine [--read P ...] [--write P ...] [--seccomp] -- CMD [ARG ...]   # the sandbox
+    python -m harness.trusted.confine [--read P ...] [--write P ...] [--seccomp [--no-sockets]] -- CMD [ARG ...]
     python -m harness.trusted.confine --check [cuda]    # exit 0 when this machine allows it (and CUDA works in it)
     python -m harness.trusted.confine --layers [cuda]   # what a sandbox gets here, as the ledger records it
 
@@ -19,8 +19,9 @@ environments of the user's other processes stay out of reach. The executor asks 
 Landlock (``file_rules``).
 
 With ``--seccomp``, the command also runs under the seccomp filter of ``harness.trusted.seccomp``: system calls a
-training never needs fail, and only Unix-domain sockets can be opened. The executor asks for it where the kernel
-offers seccomp filters and the filter exists for the machine.
+training never needs fail, and only Unix-domain sockets can be opened; with ``--no-sockets`` (every sandbox on the
+CPU) no socket at all. The executor asks for it where the kernel offers seccomp filters and the filter exists for
+the machine.
 
 On CUDA, the driver must work under both layers too, and what it needs differs between drivers (on one GPU machine
 measured, it failed under a Landlock ruleset and under a filter that refused every socket: ``results/bench/NOTES.md``).
@@ -75,8 +76,22 @@ FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
 FS_FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV  # the rights a file can have
 PR_SET_NO_NEW_PRIVS = 38
 # What any sandbox may read besides Python, the package and its own folders: the system's files.
-SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/etc", "/sys", "/dev",
-                     "/run/nvidia-persistenced")
+SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/sys", "/run/nvidia-persistenced")
+# /etc is read entry by entry, without these: a sandbox of a user who is root (as in many containers) would read
+# the password hashes, private keys and credentials of the host.
+ETC_SECRETS = frozenset({
+    "shadow", "shadow-", "gshadow", "gshadow-", "sudoers", "sudoers.d", "ssh", "ssl", "pki", "security",
+    "credstore", "credstore.encrypted", "docker", "containerd", "kubernetes", "rancher", "cni", "wireguard",
+    "ipsec.secrets", "ipsec.d", "ppp", "NetworkManager", "openvpn", "krb5.keytab", "libvirt", "letsencrypt",
+    "netrc", "pam.d", "opasswd", ".pwd.lock",
+})
+# /dev on the CPU: the devices Python and torch open. Not the whole folder: the raw disks are readable by their
+# owner, root, so a sandbox of a user who is root would read every file of the host through them. On CUDA the
+# driver's needs are not known beforehand, so /dev stays readable there (``confine.device_layers`` checks it).
+CPU_DEVICE_READS = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/shm")
+# In the Hugging Face home folder: the login tokens. Everything else is the datasets cache.
+HF_SECRETS = frozenset({"token", "stored_tokens"})
+HF_CACHE_FOLDERS = ("datasets", "hub", "modules")
 # Under /proc: the process's own entries (resolved when the rules are made), and system-wide files that libraries
 # read. Never another process's entries: /proc/<pid>/environ holds that process's secrets.
 PROC_READ = ("/proc/self", "/proc/thread-self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys",
@@ -346,16 +361,40 @@ def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu") -> tuple[li
 
     package = Path(__file__).resolve().parents[1]
     seeds = {str(fw.seed_path.resolve().parent) for fw in FRAMEWORKS.values()}
-    hf_home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
-    hf = {str(hf_home)} | {os.environ[v] for v in ("HF_DATASETS_CACHE", "HF_HUB_CACHE") if os.environ.get(v)}
+    hf = _hf_cache_entries()
     python = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent),
               *site.getsitepackages(), site.getusersitepackages()}
-    read = sorted(set(SYSTEM_READ_ROOTS) | set(PROC_READ) | python | {str(package)} | seeds | hf
-                  | {str(default_cache_dir() / "tokens"), str(run_dir)} | {str(r) for r in reads})
+    devices = {"/dev"} if device == "cuda" else set(CPU_DEVICE_READS)
+    read = sorted(set(SYSTEM_READ_ROOTS) | _entries("/etc", ETC_SECRETS) | devices | set(PROC_READ) | python
+                  | {str(package)} | seeds | hf | {str(default_cache_dir() / "tokens"), str(run_dir)}
+                  | {str(r) for r in reads})
     # The datasets library writes lock files beside its cache even when it only reads.
     gpu = set(gpu_device_files()) if device == "cuda" else set()
     write = sorted(set(SYSTEM_WRITE_ROOTS) | gpu | hf | {str(run_dir)} | {str(w) for w in writes})
     return read, write
+
+
+def _entries(folder: str, without: frozenset[str]) -> set[str]:
+    """The entries of ``folder`` but those named in ``without``: a Landlock rule on a folder covers all beneath it."""
+    try:
+        return {os.path.join(folder, name) for name in os.listdir(folder) if name not in without}
+    except OSError:
+        return set()
+
+
+def _hf_cache_entries() -> set[str]:
+    """What a sandbox may read and write of the Hugging Face home folder: its caches (made here if absent, since a
+    rule needs an existing path), not its login tokens (``HF_SECRETS``)."""
+    from pathlib import Path
+
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
+    for name in HF_CACHE_FOLDERS:
+        try:
+            (home / name).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
+    return _entries(str(home), HF_SECRETS) | {os.environ[v] for v in ("HF_DATASETS_CACHE", "HF_HUB_CACHE")
+                                               if os.environ.get(v)}
 
 
 def gpu_device_files() -> list[str]:
@@ -378,10 +417,12 @@ def unconfined_message(profile_name: str, reason: str) -> str:
             f"{ALLOW_UNCONFINED_ENV}=1 to run without it (every ledger row records it)")
 
 
-def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None, seccomp: bool = False) -> list[str]:
+def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None, seccomp: bool = False,
+         device: str = "cuda") -> list[str]:
     """The launcher's command line in front of ``cmd``; ``files``: (read roots, write roots) for Landlock;
-    ``seccomp``: under the seccomp filter too."""
-    options = []
+    ``seccomp``: under the seccomp filter too, which on the CPU (``device``) also refuses every socket
+    (``seccomp.no_sockets_program``)."""
+    options = ["--no-sockets"] if seccomp and device == "cpu" else []
     for path in (files or ([], []))[0]:
         options += ["--read", path]
     for path in (files or ([], []))[1]:
@@ -391,16 +432,17 @@ def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None, secco
     return [sys.executable, "-m", "harness.trusted.confine", *options, "--", *cmd]
 
 
-def _parse(argv: list[str]) -> tuple[list[str], list[str], bool, list[str]]:
-    """(read roots, write roots, seccomp, command) of the launcher's arguments."""
-    read, write, seccomp = [], [], False
-    while argv and argv[0] in ("--read", "--write", "--seccomp"):
-        if argv[0] == "--seccomp":
-            seccomp, argv = True, argv[1:]
+def _parse(argv: list[str]) -> tuple[list[str], list[str], bool, bool, list[str]]:
+    """(read roots, write roots, seccomp, sockets, command) of the launcher's arguments."""
+    read, write, seccomp, sockets = [], [], False, True
+    while argv and argv[0] in ("--read", "--write", "--seccomp", "--no-sockets"):
+        if argv[0] in ("--seccomp", "--no-sockets"):
+            seccomp, sockets = seccomp or argv[0] == "--seccomp", sockets and argv[0] != "--no-sockets"
+            argv = argv[1:]
             continue
         (read if argv[0] == "--read" else write).append(argv[1])
         argv = argv[2:]
-    return read, write, seccomp, argv[1:] if argv[:1] == ["--"] else argv
+    return read, write, seccomp, sockets, argv[1:] if argv[:1] == ["--"] else argv
 
 
 def main(argv: list[str]) -> int:
@@ -418,7 +460,7 @@ def main(argv: list[str]) -> int:
         print(layers_here(*(argv[1:2] or ["cpu"])))
         return 0
     die_with_parent()
-    read, write, seccomp, argv = _parse(argv)
+    read, write, seccomp, sockets, argv = _parse(argv)
     try:
         enter()
     except OSError as exc:
@@ -441,6 +483,8 @@ def main(argv: list[str]) -> int:
                     from harness.trusted import seccomp as filters
 
                     filters.apply()
+                    if not sockets:
+                        filters.apply(filters.no_sockets_program())
             except OSError as exc:
                 print(f"{FAILURE_PREFIX}{exc}", file=sys.stderr, flush=True)
                 os._exit(EXIT_UNAVAILABLE)

@@ -32,6 +32,7 @@ from harness.trusted.reasons import HINTS, Reason
 from harness.trusted.scoring import MalformedRecord, objective_from_untrusted, objective_metrics, parity_violation, score
 
 STDERR_TAIL_CHARS = executor.STDERR_TAIL_CHARS
+MESSAGE_MAX_CHARS = 2000  # of a rejection's message, in the ledger and in the LLM's next prompt
 
 _PREPARED: dict[tuple, dict] = {}
 
@@ -117,6 +118,15 @@ def _store_code(text: str, ledger_path: Path) -> tuple[str, str]:
     return digest, str(path)
 
 
+def _bounded(message: str) -> str:
+    """A message as the ledger and the LLM's next prompt get it: a candidate can raise an exception whose text is
+    gigabytes long."""
+    if len(message) <= MESSAGE_MAX_CHARS:
+        return message
+    cut = len(message) - MESSAGE_MAX_CHARS
+    return message[:MESSAGE_MAX_CHARS // 2] + f" [... {cut} characters cut ...] " + message[-MESSAGE_MAX_CHARS // 2:]
+
+
 def _result(framework: str, reason: Reason, message: str, *, score: float = 0.0, metrics: dict | None = None,
             details: str = "", flags: list[str] | None = None, prepared: dict | None = None, code: str = "",
             timings: dict | None = None, started: float = 0.0, fingerprint: dict | None = None,
@@ -125,6 +135,7 @@ def _result(framework: str, reason: Reason, message: str, *, score: float = 0.0,
 
     ``fingerprint``: the one the sandbox reported (that of the host it ran on); the prepared one otherwise."""
     valid = reason == Reason.OK
+    message = _bounded(str(message))
     score = float(score) if valid and math.isfinite(score) and score > 0 else 0.0
     metrics = _float_metrics(metrics or {})
     metrics.update({"combined_score": score, "valid": 1.0 if valid else 0.0, "eval_wall_s": time.time() - started})

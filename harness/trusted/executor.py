@@ -31,6 +31,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ from harness.trusted.scoring import SCORED_FIELDS, TRAINING_BEGINS
 
 EXECUTORS = ("local", "ray")
 STDERR_TAIL_CHARS = 4000
+RESULT_MAX_BYTES = 32 << 20  # a result file holds the curves of four rungs of 100k steps: well under a MiB
 LOG_WATCH_BYTES = 1 << 20  # of a sandbox's log read per poll while watching for the training's start
 POLL_INTERVAL_S = 0.2
 # The submit process holds a Ray driver (~300 MiB) and nothing of the candidate: its cap only guards leaks.
@@ -223,11 +225,36 @@ def run_limited(cmd: list[str], limit_s: float, memory_cap_mib: int, log_path: P
     return supervise(start_limited(cmd, log_path, env), limit_s, memory_cap_mib)
 
 
-def tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
+def read_untrusted(path: Path, limit: int, *, offset: int = 0, last: bool = False) -> bytes | None:
+    """At most ``limit`` bytes of a file that a sandbox could have written, from ``offset`` or, with ``last``, its
+    last ones; None when it is not a regular file. Opened without following a link and without blocking: a
+    sandbox that replaced its log with a named pipe would otherwise hang this process past every limit."""
     try:
-        return path.read_text(errors="replace")[-chars:]
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return ""
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        os.lseek(fd, max(0, info.st_size - limit) if last else offset, os.SEEK_SET)
+        chunks, left = [], limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
+    data = read_untrusted(path, 4 * chars, last=True)
+    return data.decode(errors="replace")[-chars:] if data else ""
 
 
 # The environment a sandbox sees is built from this allow-list: what Python, torch, CUDA and the data cache need.
@@ -284,7 +311,7 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
             confinement, launched = f"none: {unavailable}", cmd
         else:
             confinement = confine.recorded(bool(files), seccomp)
-            launched = confine.wrap(cmd, files, seccomp)
+            launched = confine.wrap(cmd, files, seccomp, request.get("device", "cpu"))
         scorer: list = []  # [Started] once started, [None, error] if it could not start
         begins = _LogWatch(log_path, TRAINING_BEGINS)
 
@@ -334,11 +361,8 @@ class _LogWatch:
 
     def seen(self) -> bool:
         if not self.found:
-            try:
-                with open(self.path, "rb") as f:
-                    f.seek(self.offset)
-                    new = f.read(LOG_WATCH_BYTES)
-            except OSError:
+            new = read_untrusted(self.path, LOG_WATCH_BYTES, offset=self.offset)
+            if new is None:
                 return False
             self.offset += len(new)
             window = self.carry + new
@@ -375,7 +399,10 @@ def scratch_environment(folder: Path) -> dict[str, str]:
             "TRITON_HOME": str(folder), "TRITON_CACHE_DIR": str(folder / "triton"),
             "TRITON_OVERRIDE_DIR": str(folder / "triton-override"), "TRITON_DUMP_DIR": str(folder / "triton-dump"),
             "TORCH_EXTENSIONS_DIR": str(folder / "torch-extensions"), "CUDA_CACHE_PATH": str(folder / "nv"),
-            "PYTORCH_KERNEL_CACHE_PATH": str(folder / "torch-kernels")}
+            "PYTORCH_KERNEL_CACHE_PATH": str(folder / "torch-kernels"),
+            # Where the Hugging Face libraries look for a login token: a path that does not exist. The real one is
+            # out of a sandbox's reach (``confine.HF_SECRETS``), and a token file it may not read would be an error.
+            "HF_TOKEN_PATH": str(folder / "no-hf-token"), "HF_STORED_TOKENS_PATH": str(folder / "no-hf-tokens")}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -477,12 +504,14 @@ def scoring_limit_s(limit_s: float) -> float:
 def read_result(path: Path) -> dict:
     """The sandbox's result file. The sandbox itself always writes one JSON object; anything else was written by
     the code it ran."""
+    data = read_untrusted(path, RESULT_MAX_BYTES + 1)
     try:
-        result = json.loads(path.read_text())
+        result = json.loads(data) if data is not None and len(data) <= RESULT_MAX_BYTES else None
     except (ValueError, UnicodeDecodeError):
         result = None
     if not isinstance(result, dict):
-        return {"reason": "tampering", "message": "the sandbox's result file is not the JSON object the sandbox writes"}
+        return {"reason": "tampering", "message": "the sandbox's result file is not the JSON object the sandbox "
+                "writes (a regular file of at most 32 MiB)"}
     return result
 
 

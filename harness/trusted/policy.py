@@ -59,7 +59,7 @@ FORBIDDEN_ATTRIBUTES = frozenset({
     "load", "save", "hub", "manual_seed", "seed", "set_rng_state", "get_rng_state", "random",
     "backends", "set_default_dtype", "set_default_device", "set_grad_enabled", "set_num_threads",
     "use_deterministic_algorithms", "cpp_extension", "library", "ops", "classes", "jit", "compile",
-    "from_file", "fx", "multiprocessing", "distributed", "profiler", "overrides",
+    "from_file", "fx", "multiprocessing", "distributed", "profiler", "overrides", "default_generator",
     # hooks that reach the frozen model or the training loop
     "register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
     "register_backward_hook", "register_module_forward_hook", "register_module_forward_pre_hook",
@@ -70,9 +70,52 @@ FORBIDDEN_ATTRIBUTES = frozenset({
     # frames and code objects
     "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "gi_frame", "gi_code", "cr_frame", "cr_code",
     "ag_frame", "tb_frame", "tb_next", "co_code",
+    # the autograd graph: from the attention's input it reaches every parameter of the frozen model
+    "grad_fn", "next_functions",
 })
 
+# Forbidden attributes that are harmless on an object the block made itself and named: a torch.Generator of its
+# own may be seeded (``gen = torch.Generator(); gen.manual_seed(0)``), never torch's global one.
+LOCAL_ATTRIBUTES = frozenset({"manual_seed"})
+
+FORBIDDEN_ATTRIBUTE_ADVICE = {
+    "apply": ": custom autograd Functions cannot be called; write forward with differentiable torch ops "
+             "(self.apply(fn) on the block's own modules is fine)",
+    "manual_seed": ": seed a generator of your own (gen = torch.Generator(); gen.manual_seed(0)) and pass "
+                   "generator=gen",
+}
+
+# Builtins that turn a string into an attribute lookup or a class. They may only be called, never bound to a name,
+# passed or stored: ``g = getattr`` would take every later ``g(obj, "__globals__")`` past the checks below.
+CALL_ONLY_BUILTINS = frozenset({"getattr", "hasattr", "type"})
+
+# What a block may take from the standard library's helper modules: their type names and plain helpers. The rest
+# reaches the interpreter: ``typing.get_type_hints`` and ``functools.singledispatch`` evaluate string annotations
+# as code.
+ALLOWED_MODULE_MEMBERS = {
+    "typing": frozenset({
+        "Any", "Callable", "ClassVar", "Dict", "Final", "FrozenSet", "Iterable", "Iterator", "List", "Literal",
+        "Mapping", "Optional", "Sequence", "Set", "Tuple", "Type", "Union", "cast", "TYPE_CHECKING",
+    }),
+    "functools": frozenset({"partial", "reduce", "lru_cache", "cache", "wraps", "cached_property"}),
+}
+
 ALLOWED_DUNDERS = frozenset({"__init__"})  # super().__init__()
+ALLOWED_DUNDER_READS = ALLOWED_DUNDERS | {"__name__"}  # type(self).__name__ in an error message
+
+# Names in FORBIDDEN_NAMES that are harmless as a block's own variable (``input``, ``time``): a block cannot import
+# those modules, and the builtin ``input`` reads only the sandbox's empty stdin. The others stay forbidden even
+# when bound, since a block could bind one in a function and reach the builtin in another.
+SHADOWABLE_NAMES = frozenset({
+    "input", "os", "sys", "subprocess", "socket", "shutil", "pathlib", "importlib", "builtins", "ctypes", "pickle",
+    "marshal", "inspect", "gc", "threading", "multiprocessing", "signal", "time", "random", "io", "tempfile",
+    "urllib", "http", "requests",
+})
+
+# Module-level constants may be computed from literals with these (NEG = float("-inf"), LOG_BASE = math.log(1e4)).
+CONSTANT_CALLS = frozenset({"float", "int", "bool", "str", "tuple", "frozenset", "min", "max", "abs", "round"})
+TORCH_CONSTANTS = frozenset({"inf", "nan", "pi", "e", "float32", "float16", "bfloat16", "float64", "int64", "int32",
+                             "int16", "int8", "uint8", "bool", "long", "float", "half", "double", "complex64"})
 ALLOWED_BASES = ("torch.nn.", "torch.autograd.Function")
 
 
@@ -129,12 +172,20 @@ def module_chains(tree: ast.AST, aliases: dict[str, str]):
 
 
 def _is_constant_expression(node: ast.AST) -> bool:
+    """Literals, names, ``math.*`` and a few ``torch`` constants, combined by operators and by the calls of
+    ``CONSTANT_CALLS`` and ``math``'s functions: nothing that runs code of an object the block made."""
     allowed = (ast.Constant, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.UnaryOp, ast.BinOp, ast.Name,
-               ast.Load, ast.operator, ast.unaryop, ast.Attribute)
+               ast.Load, ast.operator, ast.unaryop, ast.Attribute, ast.Call, ast.keyword)
     for sub in ast.walk(node):
         if not isinstance(sub, allowed):
             return False
-        if isinstance(sub, ast.Attribute) and not (isinstance(sub.value, ast.Name) and sub.value.id == "math"):
+        if isinstance(sub, ast.Attribute) and not (
+                isinstance(sub.value, ast.Name) and (sub.value.id == "math"
+                                                     or (sub.value.id == "torch" and sub.attr in TORCH_CONSTANTS))):
+            return False
+        if isinstance(sub, ast.Call) and not (
+                (isinstance(sub.func, ast.Name) and sub.func.id in CONSTANT_CALLS)
+                or (isinstance(sub.func, ast.Attribute) and _dotted(sub.func) == f"math.{sub.func.attr}")):
             return False
     return True
 
@@ -160,6 +211,7 @@ class _Checker(ast.NodeVisitor):
         self.offset = line_offset
         self.parents: dict[int, ast.AST] = {}
         self.block_classes: set[str] = set()
+        self.bound: set[str] = set()  # every name the block assigns or takes as an argument
 
     def flag(self, node: ast.AST, message: str) -> None:
         self.report.add(node, message, self.offset)
@@ -168,6 +220,10 @@ class _Checker(ast.NodeVisitor):
         for parent in ast.walk(tree):
             for child in ast.iter_child_nodes(parent):
                 self.parents[id(child)] = parent
+            if isinstance(parent, ast.Name) and isinstance(parent.ctx, ast.Store):
+                self.bound.add(parent.id)
+            elif isinstance(parent, ast.arg):
+                self.bound.add(parent.arg)
         self.visit(tree)
         self._check_module_chains(tree)
 
@@ -196,13 +252,20 @@ class _Checker(ast.NodeVisitor):
                 self.flag(node, f"importing {alias.name!r} is not allowed")
             elif full not in ALLOWED_MODULES and alias.name in KNOWN_MODULE_ATTRIBUTES:
                 self.flag(node, f"{full!r} is a module a block may not use")
+            elif module in ALLOWED_MODULE_MEMBERS and alias.name not in ALLOWED_MODULE_MEMBERS[module]:
+                self.flag(node, _member_message(module, alias.name))
 
     # names ----------------------------------------------------------------------------------------------------
     def visit_Name(self, node: ast.Name) -> None:
-        if node.id in FORBIDDEN_NAMES or _is_dunder(node.id):
+        parent = self.parents.get(id(node))
+        if node.id in SHADOWABLE_NAMES and node.id in self.bound:
+            pass
+        elif node.id in FORBIDDEN_NAMES or _is_dunder(node.id):
             self.flag(node, f"use of {node.id!r} is not allowed")
+        elif node.id in CALL_ONLY_BUILTINS and not (isinstance(parent, ast.Call) and parent.func is node):
+            self.flag(node, f"{node.id} may only be called directly, as {node.id}(...): do not bind it to a name, "
+                      "pass it or store it")
         elif node.id in self.modules:
-            parent = self.parents.get(id(node))
             if isinstance(node.ctx, ast.Load) and not (isinstance(parent, ast.Attribute) and parent.value is node):
                 self.flag(node, f"the module {node.id!r} may only be used as {node.id}.name: do not bind it to a "
                           "name, pass it, return it or store it")
@@ -211,10 +274,15 @@ class _Checker(ast.NodeVisitor):
     def visit_Attribute(self, node: ast.Attribute) -> None:
         attr, on_self = node.attr, isinstance(node.value, ast.Name) and node.value.id == "self"
         if _is_dunder(attr):
-            if attr not in ALLOWED_DUNDERS:
+            if attr not in ALLOWED_DUNDER_READS or (attr != "__init__" and not isinstance(node.ctx, ast.Load)):
                 self.flag(node, f"dunder attribute {attr!r} is not allowed")
-        elif attr in FORBIDDEN_ATTRIBUTES:
-            self.flag(node, f"attribute {attr!r} is not allowed")
+        elif attr in LOCAL_ATTRIBUTES and not self._rooted_at_a_module(node):
+            pass
+        elif attr == "apply" and on_self:
+            pass  # nn.Module.apply visits the block's own submodules only
+        elif attr in FORBIDDEN_ATTRIBUTES or ("hook" in attr.lower() and not attr.startswith("_")
+                                               and not (on_self and not attr.startswith("register"))):
+            self.flag(node, f"attribute {attr!r} is not allowed" + FORBIDDEN_ATTRIBUTE_ADVICE.get(attr, ""))
         elif attr in FORBIDDEN_NAMES and not on_self:
             self.flag(node, f"attribute {attr!r} is not allowed: it reaches the interpreter or the host")
         elif attr.startswith("_") and not on_self:
@@ -223,9 +291,23 @@ class _Checker(ast.NodeVisitor):
             self.flag(node, f"assigning to the attribute {attr!r} of anything but self (monkeypatching) is not allowed")
         self.generic_visit(node)
 
+    def _rooted_at_a_module(self, node: ast.Attribute) -> bool:
+        """Whether ``node``'s object may be one that a module holds (``torch.manual_seed``): true unless it is the
+        result of a call (``torch.Generator()``) or a name the block bound."""
+        base, called = node.value, False
+        while isinstance(base, (ast.Attribute, ast.Call, ast.Subscript)):
+            called = called or isinstance(base, ast.Call)
+            base = base.func if isinstance(base, ast.Call) else base.value
+        if not isinstance(base, ast.Name):
+            return True
+        return not called and (base.id in self.modules or base.id not in self.bound)
+
     def _check_module_chains(self, tree: ast.Module) -> None:
         for node, chain in module_chains(tree, self.aliases):
             path = chain[0]
+            if path in ALLOWED_MODULE_MEMBERS and chain[1] not in ALLOWED_MODULE_MEMBERS[path]:
+                self.flag(node, _member_message(path, chain[1]))
+                continue
             for attr in chain[1:]:
                 if f"{path}.{attr}" in ALLOWED_MODULES:
                     path = f"{path}.{attr}"
@@ -262,8 +344,25 @@ class _Checker(ast.NodeVisitor):
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         if _is_dunder(node.name) and node.name not in ALLOWED_DUNDERS:
-            self.flag(node, f"defining {node.name} is not allowed: only __init__ and forward")
+            self.flag(node, f"defining {node.name} is not allowed: of the special methods, only __init__")
+        args = node.args
+        for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
+            if arg is not None:
+                self._check_annotation(arg.annotation)
+        self._check_annotation(node.returns)
         self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self._check_annotation(node.annotation)
+        self.generic_visit(node)
+
+    def _check_annotation(self, annotation: ast.AST | None) -> None:
+        # A string annotation is code that typing's helpers evaluate with the interpreter's builtins: only a type's
+        # name ("TestTimeRegressionAttention", "Optional[torch.Tensor]") may be written as a string.
+        for node in ast.walk(annotation) if annotation is not None else ():
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and not _is_type_expression(node.value):
+                self.flag(annotation, "a string annotation may only name a type (\"Optional[torch.Tensor]\"): "
+                          "write the type itself or leave it out")
 
     def visit_Global(self, node: ast.Global) -> None:
         self.flag(node, "'global' is not allowed")
@@ -276,6 +375,43 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Await(self, node: ast.Await) -> None:
         self.flag(node, "async code is not allowed")
+
+
+def _is_type_expression(text: str) -> bool:
+    """Names, dotted names, subscripts, tuples and ``|`` of them, and None: what a type annotation spells."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return False
+    allowed = (ast.Expression, ast.Name, ast.Attribute, ast.Subscript, ast.Tuple, ast.List, ast.Load, ast.BinOp,
+               ast.BitOr)
+    return all(isinstance(n, allowed) or (isinstance(n, ast.Constant) and n.value is None) for n in ast.walk(tree)) \
+        and not any(isinstance(n, ast.Name) and (_is_dunder(n.id) or n.id in FORBIDDEN_NAMES) or
+                    isinstance(n, ast.Attribute) and n.attr.startswith("_") for n in ast.walk(tree))
+
+
+def _member_message(module: str, name: str) -> str:
+    return (f"{module}.{name} is not allowed: from {module} a block may use only "
+            f"{', '.join(sorted(ALLOWED_MODULE_MEMBERS[module]))}")
+
+
+class _LookupsAsAttributes(ast.NodeTransformer):
+    """``getattr(obj, "name"[, default])`` and ``hasattr(obj, "name")`` with a constant name become ``obj.name`` (and
+    the default beside it), so that every rule for attributes applies to them as well: ``getattr(x, "grad_fn")``
+    is ``x.grad_fn``. Only the checked tree is rewritten, never the program."""
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        if not (isinstance(node.func, ast.Name) and node.func.id in {"getattr", "hasattr"} and not node.keywords
+                and len(node.args) in (2, 3) and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str) and node.args[1].value.isidentifier()):
+            return node
+        if node.func.id == "hasattr" and len(node.args) != 2:
+            return node
+        lookup = ast.copy_location(ast.Attribute(value=node.args[0], attr=node.args[1].value, ctx=ast.Load()), node)
+        if len(node.args) == 2:
+            return lookup
+        return ast.copy_location(ast.Tuple(elts=[lookup, node.args[2]], ctx=ast.Load()), node)
 
 
 def _top_level_bindings(tree: ast.Module) -> list[tuple[ast.AST, str]]:
@@ -310,8 +446,10 @@ def check_block(
             continue
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and (stmt.value is None or _is_constant_expression(stmt.value)):
             continue
-        report.add(stmt, f"module-level {type(stmt).__name__} statement is not allowed: only imports, "
-                   "classes, functions and constants may appear at the top of the block", line_offset)
+        report.add(stmt, f"module-level {type(stmt).__name__} statement is not allowed: the top of the block may "
+                   "hold only imports, classes, functions and constants computed from literals (NEG = "
+                   "float('-inf'), math.log(1e4), torch.float32); compute anything else inside the class",
+                   line_offset)
     for stmt, name in _top_level_bindings(tree):
         if name in head_aliases:
             report.add(stmt, f"{name!r} is bound by the frozen code above the block: use another name", line_offset)
@@ -320,7 +458,7 @@ def check_block(
         if name in head_aliases and head_aliases[name] != path:
             report.add(None, f"the import that binds {name!r} rebinds a name of the frozen code: use another name",
                        line_offset)
-    _Checker(report, {**head_aliases, **block_imports}, line_offset).run(tree)
+    _Checker(report, {**head_aliases, **block_imports}, line_offset).run(_LookupsAsAttributes().visit(tree))
     _check_class(tree, class_name, required_kwargs, report, line_offset)
     return report
 
@@ -348,4 +486,6 @@ def _check_class(tree: ast.Module, class_name: str, required: tuple[str, ...], r
             continue
         if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and _is_constant_expression(stmt.value or ast.Constant(None)):
             continue
-        report.add(stmt, f"class-level {type(stmt).__name__} statement is not allowed in {class_name}", offset)
+        report.add(stmt, f"class-level {type(stmt).__name__} statement is not allowed in {class_name}: a class "
+                   "body may hold only methods and constants computed from literals; set anything else in "
+                   "__init__", offset)

@@ -36,10 +36,13 @@ class Gate:
     param_tolerance_frac: float = 0.05  # attention trainable params may exceed the baseline by this fraction
     # Non-parameter tensor state allowed beyond the baseline's, in 32-bit words (a float32 element is one, a bool
     # 1/32): this × context_len × d_model (RoPE tables and the like), plus the next × context_len² (a causal mask
-    # or a position-by-position bias, as nanoGPT-style code registers them). A context × context × d_model
-    # table of fixed random features does not fit.
+    # or a position-by-position bias, as nanoGPT-style code registers them), plus the next × n_heads ×
+    # context_len² (a float mask in each head's module, as in Karpathy's per-head Head, or a precomputed
+    # (heads, context, context) ALiBi bias). A context × context × d_model table of fixed random features does not
+    # fit: it is 19 times the allowance at the full profile's largest rung, 11 times at smoke's.
     extra_state_words_per_ctx_dmodel: float = 2.0
     extra_state_words_per_ctx_squared: float = 1.0
+    extra_state_words_per_head_ctx_squared: float = 1.0
     flop_bound_ratio: float = 1.10  # forward+backward FLOPs per token, candidate / baseline
     # FLOPs must stay within flop_bound_ratio also at this multiple of the context, extrapolated along each
     # program's growth in length between context/2 and context

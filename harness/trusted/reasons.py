@@ -53,8 +53,8 @@ HINTS: dict[Reason, str] = {
     "than the baseline, created in __init__, and no large non-parameter tensors.",
     Reason.UNACCOUNTED_OP: "Use standard torch tensor operations whose cost can be counted; the listed ops "
     "are not allowed.",
-    Reason.FLOP_PARITY: "Forward+backward FLOPs per token must stay within 1.10x the baseline; elementwise, "
-    "reduction, FFT and linear-algebra work counts too.",
+    Reason.FLOP_PARITY: "Forward+backward FLOPs per token must stay within 1.10x the baseline, with the same work "
+    "in training and evaluation; elementwise, reduction, FFT and linear-algebra work counts too.",
     Reason.COMPLEXITY: "Cost grows too fast with sequence length: extrapolated to 4x the context, it would exceed "
     "the FLOP bound against the baseline.",
     Reason.RUNTIME: "A training step is too slow compared with the baseline; avoid Python loops over time "

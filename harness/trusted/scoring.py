@@ -52,11 +52,13 @@ SCORED_FIELDS = ("final_val_loss", "non_embedding_params", "attention_params", "
                  "scored_split_sha256")
 
 
-def checked_runs(runs, expected_rungs: list[tuple]) -> list[dict]:
+def checked_runs(runs, expected_rungs: list[tuple], profile=None) -> list[dict]:
     """The runs of a training, kept only if they are plain numbers for exactly the expected rungs, in order, every
     one finished. The fields the scoring and the metrics read are checked and replaced by their checked copies; the
     others (training curves, timings) pass through for reports and are never scored. ``SCORED_FIELDS`` are
-    the trusted scorer's: the executor writes them over the training sandbox's runs."""
+    the trusted scorer's: the executor writes them over the training sandbox's runs. With ``profile``, every run
+    must have trained exactly its budget: its steps, and the tokens they hold (a program that reached the training
+    loop could train longer than the baseline did)."""
     if not isinstance(runs, list) or len(runs) != len(expected_rungs):
         raise MalformedRecord(f"expected {len(expected_rungs)} runs, got "
                               f"{len(runs) if isinstance(runs, list) else type(runs).__name__}")
@@ -79,6 +81,14 @@ def checked_runs(runs, expected_rungs: list[tuple]) -> list[dict]:
         if not isinstance(split, str) or len(split) != 16 or any(c not in "0123456789abcdef" for c in split):
             raise MalformedRecord(f"rung {tuple(rung)} does not name the scored split it was measured on")
         checked["scored_split_sha256"] = split
+        if profile is not None:
+            steps = _number(run.get("steps_done"), f"rung {tuple(rung)}'s steps", True)
+            tokens = _number(run.get("tokens_seen"), f"rung {tuple(rung)}'s tokens", True)
+            budget = profile.steps * profile.batch_size_seqs * profile.context_len_tokens
+            if steps != profile.steps or tokens != budget or checked["val_curve"][-1][0] > profile.steps:
+                raise MalformedRecord(f"rung {tuple(rung)} trained {steps} steps on {tokens} tokens, not the budget's "
+                                      f"{profile.steps} steps on {budget}")
+            checked.update({"steps_done": steps, "tokens_seen": tokens})
         if checked["non_embedding_params"] <= 0 or checked["attention_params"] < 0 or checked["buffer_elements"] < 0:
             raise MalformedRecord(f"rung {tuple(rung)}'s parameter counts are inconsistent")
         out.append({**run, **checked})
@@ -101,7 +111,7 @@ def objective_from_untrusted(record, profile, rungs: list[tuple] | None = None) 
     if not isinstance(record, dict):
         raise MalformedRecord(f"the record is {type(record).__name__}, not a dict")
     expected = [tuple(r) for r in rungs] if rungs is not None else rungs_for(profile)
-    return objective_record(checked_runs(record.get("runs"), expected), profile)
+    return objective_record(checked_runs(record.get("runs"), expected, profile), profile)
 
 
 def objective_record(runs: list[dict], profile) -> dict:
@@ -131,14 +141,16 @@ def parity_violation(candidate: dict, baseline: dict, profile) -> str | None:
     from above). None when within; else the message."""
     gate = profile.gate
     for cand, base in zip(candidate["runs"], baseline["runs"]):
-        d, layers, _ = cand["rung"]
+        d, layers, heads = cand["rung"]
         limit = base["non_embedding_params"] + gate.param_tolerance_frac * base["attention_params"]
         if cand["non_embedding_params"] > limit:
             return (f"the trained model at rung {tuple(cand['rung'])} holds {cand['non_embedding_params']} non-embedding "
                     f"parameters; the baseline holds {base['non_embedding_params']}, and at most "
                     f"{gate.param_tolerance_frac:.0%} of its {base['attention_params']} attention parameters may be added")
         ctx = profile.context_len_tokens
-        allowance = layers * (gate.extra_state_words_per_ctx_dmodel * ctx * d + gate.extra_state_words_per_ctx_squared * ctx ** 2)
+        allowance = layers * (gate.extra_state_words_per_ctx_dmodel * ctx * d
+                              + (gate.extra_state_words_per_ctx_squared
+                                 + gate.extra_state_words_per_head_ctx_squared * heads) * ctx ** 2)
         if cand["buffer_elements"] > base["buffer_elements"] + allowance:
             return (f"the trained model at rung {tuple(cand['rung'])} holds {cand['buffer_elements']} buffer elements; "
                     f"at most {base['buffer_elements'] + allowance:.0f} are allowed")

@@ -148,6 +148,24 @@ _OFFSET_ARG1 = 24  # struct seccomp_data: args[1]'s low word
 def apart_program(machine: str | None = None) -> list[tuple]:
     """A filter that each part of the forward pass on the CPU stacks on the sandbox's: ``APART_DENIED`` and the
     ``FCNTL_DENIED`` commands answer EPERM. A forward pass on the CPU needs none of them."""
+    return _refusing(APART_DENIED, FCNTL_DENIED, machine)
+
+
+# What every sandbox on the CPU refuses besides (``no_sockets_program``): any socket. The sandbox's own filter allows
+# Unix-domain sockets, which a GPU driver may need; but Landlock does not check ``connect`` to a socket's path (before
+# its RESOLVE_UNIX right), so through one a sandbox could reach any service of the host that listens on a path (a
+# container engine's, a session bus, another sandbox's). A datagram socket pair can be pointed at such a path too.
+# Training on the CPU needs none.
+SOCKETS_DENIED = ("socket", "socketpair")
+
+
+def no_sockets_program(machine: str | None = None) -> list[tuple]:
+    """A filter stacked on the sandbox's on the CPU: ``SOCKETS_DENIED`` answer EPERM."""
+    return _refusing(SOCKETS_DENIED, (), machine)
+
+
+def _refusing(calls: tuple[str, ...], fcntl_commands: tuple[int, ...], machine: str | None) -> list[tuple]:
+    """A filter under which ``calls`` and the ``fcntl`` commands ``fcntl_commands`` answer EPERM; all else passes."""
     machine = machine or platform.machine()
     if machine not in _NUMBERS:
         raise OSError(errno.ENOSYS, f"no seccomp filter for the {machine} architecture")
@@ -156,12 +174,13 @@ def apart_program(machine: str | None = None) -> list[tuple]:
             _jump(_JEQ_K, _AUDIT_ARCH[machine], 1, 0),
             _stmt(_RET_K, _RET_KILL_PROCESS),
             _stmt(_LD_W_ABS, _OFFSET_NR)]
-    for name in APART_DENIED:
+    for name in calls:
         if name in nr:  # arm64 has no inotify_init
             prog += [_jump(_JEQ_K, nr[name], 0, 1), _stmt(_RET_K, eperm)]
-    prog += [_jump(_JEQ_K, nr["fcntl"], 0, 1 + 2 * len(FCNTL_DENIED)), _stmt(_LD_W_ABS, _OFFSET_ARG1)]
-    for command in FCNTL_DENIED:
-        prog += [_jump(_JEQ_K, command, 0, 1), _stmt(_RET_K, eperm)]
+    if fcntl_commands:
+        prog += [_jump(_JEQ_K, nr["fcntl"], 0, 1 + 2 * len(fcntl_commands)), _stmt(_LD_W_ABS, _OFFSET_ARG1)]
+        for command in fcntl_commands:
+            prog += [_jump(_JEQ_K, command, 0, 1), _stmt(_RET_K, eperm)]
     return prog + [_stmt(_RET_K, _RET_ALLOW)]
 
 

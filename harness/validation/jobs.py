@@ -12,6 +12,7 @@ trials fan out over the cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -54,6 +55,13 @@ def job_rungs(job: TrainJob) -> list[tuple]:
     return rungs_for(job.profile, job.rungs)
 
 
+def _trained_profile(job: TrainJob) -> Profile:
+    """The profile the job's training must have followed: its hyperparameters over the profile's, so that its
+    runs are checked against the steps and batch it was given."""
+    budget = {k: int(job.hparams[k]) for k in ("steps", "batch_size_seqs") if k in job.hparams}
+    return dataclasses.replace(job.profile, **budget)
+
+
 def run_training_job(job: TrainJob) -> dict:
     """Run ONE training job in a sandbox, on the job's executor, and return its outcome:
     ``{"ok", "reason", "message", "record", "fingerprint_id", "seed", "hparams", "wall_s", "execution"}``;
@@ -91,7 +99,7 @@ def run_training_job(job: TrainJob) -> dict:
                 "log_tail": (result.get("traceback") or log)[-1500:]}
     # The value is recomputed here from the runs' numbers; the sandbox's own fitness and values are not read.
     try:
-        record = objective_from_untrusted(result.get("record"), job.profile, job_rungs(job))
+        record = objective_from_untrusted(result.get("record"), _trained_profile(job), job_rungs(job))
     except MalformedRecord as exc:
         return {**out, "reason": "tampering", "message": f"the sandbox handed back a malformed training record: {exc}",
                 "log_tail": log[-1500:]}
