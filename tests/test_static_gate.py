@@ -119,6 +119,7 @@ def test_policy_rejects_module_level_escapes(snippet, fragment):
         ("functools.singledispatch(print)\n        return x", "functools.singledispatch is not allowed"),
         ("x.register_post_accumulate_grad_hook(print)\n        return x", "attribute 'register_post_accumulate_grad_hook'"),
         ("torch.default_generator.manual_seed(0)\n        return x", "attribute 'default_generator'"),
+        ("with torch.cuda.amp.autocast(enabled=False):\n            return x", "use torch.autocast"),
         ("return getattr(x, name)", "getattr is allowed only"),
         ("F.softmax = lambda a, dim: a\n        return x", "monkeypatching"),
         ("global COUNT\n        return x", "'global'"),
@@ -158,6 +159,14 @@ def test_policy_accepts_common_idioms(head, body):
     block = head + GOOD.replace("return self.proj(x)", body)
     report = policy(block)
     assert report.ok, report.violations
+
+
+def test_a_variable_may_be_named_like_a_module_only_where_no_import_binds_that_name():
+    block = GOOD.replace("return self.proj(x)", "time = x.shape[1]\n        return self.proj(x)[:, :time]")
+    assert policy(block).ok, policy(block).violations
+    head = {**module_aliases(program.split(SEED).head), "time": "time"}  # a frozen region that imported time
+    report = check_block(block, CLASS, ATTENTION_KWARGS, head)
+    assert any("use of 'time' is not allowed" in v for v in report.violations), report.violations
 
 
 def test_a_string_annotation_naming_a_type_is_accepted():

@@ -85,6 +85,14 @@ FORBIDDEN_ATTRIBUTE_ADVICE = {
                    "generator=gen",
 }
 
+# What to write instead of a module a block may not use, where there is an allowed way.
+MODULE_ADVICE = {
+    "cuda": ": for mixed precision use torch.autocast(...), for the device x.device",
+    "amp": ": use torch.autocast(...)",
+    "func": ": use torch.vmap",
+    "utils": ": checkpointing recomputes the forward, which the FLOP budget counts; torch.nn.utils is allowed",
+}
+
 # Builtins that turn a string into an attribute lookup or a class. They may only be called, never bound to a name,
 # passed or stored: ``g = getattr`` would take every later ``g(obj, "__globals__")`` past the checks below.
 CALL_ONLY_BUILTINS = frozenset({"getattr", "hasattr", "type"})
@@ -258,7 +266,7 @@ class _Checker(ast.NodeVisitor):
     # names ----------------------------------------------------------------------------------------------------
     def visit_Name(self, node: ast.Name) -> None:
         parent = self.parents.get(id(node))
-        if node.id in SHADOWABLE_NAMES and node.id in self.bound:
+        if node.id in SHADOWABLE_NAMES and node.id in self.bound and node.id not in self.aliases:
             pass
         elif node.id in FORBIDDEN_NAMES or _is_dunder(node.id):
             self.flag(node, f"use of {node.id!r} is not allowed")
@@ -313,7 +321,7 @@ class _Checker(ast.NodeVisitor):
                     path = f"{path}.{attr}"
                     continue
                 if attr in KNOWN_MODULE_ATTRIBUTES and attr not in FORBIDDEN_ATTRIBUTES:
-                    self.flag(node, f"{path}.{attr} is a module a block may not use")
+                    self.flag(node, f"{path}.{attr} is a module a block may not use" + MODULE_ADVICE.get(attr, ""))
                 break
 
     # calls, classes, functions --------------------------------------------------------------------------------
