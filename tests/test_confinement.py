@@ -543,17 +543,19 @@ print(json.dumps(out))
 @needs_confinement
 @pytest.mark.skipif(not confine.seccomp_supported(), reason="no seccomp filter for this machine")
 def test_seccomp_refuses_what_a_training_never_needs_and_nothing_it_does():
-    def probe(seccomp: bool) -> dict:
-        out = subprocess.run(confine.wrap([sys.executable, "-c", SYSCALL_PROBE], seccomp=seccomp),
+    def probe(seccomp: bool, device: str = "cpu") -> dict:
+        out = subprocess.run(confine.wrap([sys.executable, "-c", SYSCALL_PROBE], seccomp=seccomp, device=device),
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout)
 
-    filtered, plain = probe(True), probe(False)
+    filtered, plain = probe(True, "cuda"), probe(False)
     assert filtered == {"keyctl": "EPERM", "ptrace": "EPERM", "unshare_user": "EPERM", "io_uring_setup": "EPERM",
                         "clone3": "ENOSYS", "shmget": "EPERM", "mq_open": "EPERM", "AF_INET": "EAFNOSUPPORT",
                         "AF_INET6": "EAFNOSUPPORT", "AF_UNIX": "ok", "subprocess": "42", "thread": "thread",
                         "status": "2"}, filtered
+    # On the CPU no socket at all; everything else as on CUDA.
+    assert probe(True, "cpu") == {**filtered, "AF_INET": "EPERM", "AF_INET6": "EPERM", "AF_UNIX": "EPERM"}
     # Without the filter the same calls reach the kernel: the refusals above are the filter's.
     assert plain["status"] == "0" and plain["AF_INET"] == "ok" and plain["unshare_user"] == "ok", plain
     assert plain["ptrace"] == "ESRCH" and plain["clone3"] != "ENOSYS"

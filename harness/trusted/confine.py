@@ -236,7 +236,7 @@ def _check_under(check: str, layers: tuple, device: str) -> str:
     with tempfile.TemporaryDirectory(prefix="harness-confine-check-") as run_dir:
         rules = file_rules(run_dir, device=device) if layers[0] else None
         try:
-            out = subprocess.run(wrap([sys.executable, "-c", check], rules, layers[1]), capture_output=True,
+            out = subprocess.run(wrap([sys.executable, "-c", check], rules, layers[1], device), capture_output=True,
                                  text=True, timeout=CHECK_TIMEOUT_S, env={**os.environ, "TMPDIR": run_dir})
         except subprocess.TimeoutExpired:
             return f"the check did not finish in {CHECK_TIMEOUT_S:.0f} s"
@@ -418,7 +418,7 @@ def unconfined_message(profile_name: str, reason: str) -> str:
 
 
 def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None, seccomp: bool = False,
-         device: str = "cuda") -> list[str]:
+         device: str = "cpu") -> list[str]:
     """The launcher's command line in front of ``cmd``; ``files``: (read roots, write roots) for Landlock;
     ``seccomp``: under the seccomp filter too, which on the CPU (``device``) also refuses every socket
     (``seccomp.no_sockets_program``)."""
