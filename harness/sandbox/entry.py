@@ -332,7 +332,9 @@ def _confine_to(folder: Path, request: dict) -> None:
     """Before the program loads in a forward child: no stdin; its output to ``folder/forward.log``, not to the
     log the other child writes; temporary files and compile caches in ``folder``; and, where the launcher applied
     Landlock, a ruleset of its own (Landlock rulesets stack: it keeps the launcher's too). That ruleset reads what
-    any sandbox reads and ``folder`` (on the CPU not POSIX shared memory), and writes only ``folder``, the null device
+    the scorer let the forward-only sandbox read (``request["part_reads"]``: made outside, since inside /etc cannot
+    be listed to name its entries), without the folder of both parts, and ``folder`` (on the CPU not POSIX shared
+    memory), and writes only ``folder``, the null device
     and, on CUDA, the GPU's device files and POSIX shared memory (which the driver's check in
     ``confine.device_layers`` ran with). Where the scorer keeps
     the parts apart (``request["apart"]``), also no socket, file lock or file watch (``seccomp.apart_program``)."""
@@ -353,7 +355,7 @@ def _confine_to(folder: Path, request: dict) -> None:
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
     if request.get("landlock"):
         device = _profile(request).device
-        reads, _ = confine.file_rules(folder, device=device)
+        reads = [*request["part_reads"], str(folder)]
         gpu = [*confine.gpu_device_files(), "/dev/shm"] if device == "cuda" else []
         if device != "cuda":  # what the training left in shared memory would reach the program beside its weights
             reads = [r for r in reads if r != "/dev/shm"]

@@ -282,6 +282,9 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
     apart = _parts_apart(plan)
     request = {**plan["request"], "rungs": plan["rungs"], "parts": plan["forward"]["parts"],
                "landlock": bool(plan["confined"] and plan["forward"]["files"]), "apart": apart,
+               # What each part may read, made here: inside the sandbox /etc cannot be listed to name its entries.
+               # Not the forward folder, which holds both parts: each child adds its own.
+               "part_reads": [r for r in (plan["forward"]["files"] or [[]])[0] if r != str(work)],
                "batch_size": plan["batch_size"]}
     (work / "request.json").write_text(json.dumps(request))
     started = time.perf_counter()
