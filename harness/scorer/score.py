@@ -308,7 +308,7 @@ def parts_set_up(record: Path, parts: int, apart: bool) -> list[bool]:
     """Per part, whether its process told the forward sandbox that it was set up before the program loaded
     (``entry.forward``'s record). Believed only where the parts are apart: elsewhere a part could reach the other's
     pipe or the record, so every part counts as set up, and a missing result is the candidate's."""
-    told = read_result(record).get("confined") if apart and record.is_file() and not record.is_symlink() else None
+    told = read_result(record).get("confined") if apart else None  # a link, pipe or missing file: no record
     if not (isinstance(told, list) and len(told) == parts and all(isinstance(t, bool) for t in told)):
         return [True] * parts
     return told
