@@ -180,6 +180,73 @@ def _linear_attention_prefix_sum(d, h, t):
             + 21 * t * d + h * t)
 
 
+LINEAR_ATTENTION_CUSTOM_GRADIENT = '''
+class CausalDotProduct(torch.autograd.Function):
+    """phi(q_t)^T S_t with S_t = sum_{i<=t} phi(k_i) v_i^T, and the gradient of the paper's section 3.3.1 (its
+    eq. 13-15) written by hand: dq_t = S_t g_t, dk_t = R_t v_t, dv_t = R_t^T k_t with R_t = sum_{j>=t} q_j g_j^T,
+    a cumulative sum taken backwards in time, in place of autograd's way back through the outer products."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        S = torch.cumsum(k.unsqueeze(-1) * v.unsqueeze(-2), dim=1)  # (B, T, H, E, E)
+        ctx.save_for_backward(q, k, v, S)
+        return (q.unsqueeze(-2) @ S).squeeze(-2)
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, S = ctx.saved_tensors
+        dq = (S @ g.unsqueeze(-1)).squeeze(-1)
+        R = torch.cumsum((q.unsqueeze(-1) * g.unsqueeze(-2)).flip(1), dim=1).flip(1)  # sum over j >= t
+        dk = (R @ v.unsqueeze(-1)).squeeze(-1)
+        dv = (R.transpose(-2, -1) @ k.unsqueeze(-1)).squeeze(-1)
+        return dq, dk, dv
+
+
+class TestTimeRegressionAttention(nn.Module):
+    """Causal linear attention (Katharopoulos, Vyas, Pappas & Fleuret 2020, "Transformers are RNNs") with the
+    paper's own gradient of the causal numerator (section 3.3.1), as a custom autograd Function.
+
+    With the feature map phi(x) = elu(x) + 1,
+        y_t = phi(q_t)^T S_t / phi(q_t)^T z_t,   S_t = sum_{i<=t} phi(k_i) v_i^T,   z_t = sum_{i<=t} phi(k_i).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.1, max_seq_len: int = 128, *,
+                 eps: float = 1e-6):
+        super().__init__()
+        assert d_model % n_heads == 0
+        self.n_heads, self.d_head, self.eps = n_heads, d_model // n_heads, eps
+        self.w_q = nn.Linear(d_model, d_model)
+        self.w_k = nn.Linear(d_model, d_model)
+        self.w_v = nn.Linear(d_model, d_model)
+        self.w_o = nn.Linear(d_model, d_model)
+        for lin in (self.w_q, self.w_k, self.w_v, self.w_o):
+            nn.init.normal_(lin.weight, 0.0, 0.02)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        H, E = self.n_heads, self.d_head
+        q = F.elu(self.w_q(x).view(B, T, H, E)) + 1.0
+        k = F.elu(self.w_k(x).view(B, T, H, E)) + 1.0
+        v = self.w_v(x).view(B, T, H, E)
+        num = CausalDotProduct.apply(q, k, v)
+        den = (q * torch.cumsum(k, dim=1)).sum(dim=-1, keepdim=True) + self.eps
+        return self.w_o((num / den).reshape(B, T, D))
+'''
+
+
+def _linear_attention_custom_gradient(d, h, t):
+    e = d // h
+    return (4 * lin(t, d, d) + 2 * t * d  # q, k, v, o; x feeds three projections
+            # on the t h e^2 = t d e state elements: forward, the outer products k v^T (1), their cumsum (1) and
+            # q^T S_t (2); backward, dq = S g (2), R: outer products q g^T and their cumsum (2, the flips are free),
+            # dk = R v and dv = R^T k (4)
+            + 12 * t * d * e
+            # as the prefix-sum case: elu + 1 on q, k (3 each), cumsum of k (2), q . z (3 + a sum), division (7),
+            # q and k reused (2)
+            + 21 * t * d + h * t)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Retention (RetNet, Sun et al. 2023)
 # --------------------------------------------------------------------------------------------------------
@@ -1300,6 +1367,9 @@ CASES: list[Case] = [
          LINEAR_ATTENTION, _linear_attention),
     Case("linear_attention_prefix_sum", "linear attention", "Katharopoulos, Vyas, Pappas & Fleuret 2020", "ttr",
          LINEAR_ATTENTION_PREFIX_SUM, _linear_attention_prefix_sum),
+    Case("linear_attention_custom_gradient", "linear attention, hand-written backward (autograd Function)",
+         "Katharopoulos, Vyas, Pappas & Fleuret 2020", "ttr", LINEAR_ATTENTION_CUSTOM_GRADIENT,
+         _linear_attention_custom_gradient),
     Case("retnet_retention", "retention (decayed linear attention)", "Sun, Dong, Huang, Ma, Xia, Xue, Wang & Wei 2023",
          "cd", RETNET, _retnet),
     Case("gated_linear_attention", "gated linear attention", "Yang, Wang, Shen, Panda & Kim 2024", "ttr", GLA, _gla),

@@ -1,6 +1,7 @@
-"""The FLOP audit and the step-time probe see the attention as training and scoring run it: an input that is the
-output of the block's LayerNorm (not a leaf, with a grad_fn) at the training batch, and, for the FLOPs, also the
-forward in eval mode under ``torch.no_grad()``. Work done only in one of those regimes is counted."""
+"""The gate sees the attention as training and scoring run it: an input that is the output of the block's LayerNorm
+(not a leaf, with a grad_fn) at the training batch, and also the forward in eval mode under ``torch.no_grad()``.
+Work done only in one of those regimes is counted; a leak of the future or across the batch only in one of them is
+found."""
 
 import dataclasses
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.sandbox.checks import GateFailure, Geometry, check_flops, check_runtime_memory
+from harness.sandbox.checks import (GateFailure, Geometry, check_batch_independence, check_causality,
+                                    check_flops, check_runtime_memory)
 from harness.sandbox.flops import attention_flops
 from harness.trusted.profiles import get_profile
 from harness.trusted.reasons import Reason
@@ -151,3 +153,37 @@ def test_torchs_fused_multi_head_attention_kernel_is_counted_as_the_attention_it
     metrics = check_flops(TorchMultiheadAttention, MultiHead, G, GATE)
     assert metrics["eval_to_training_forward_flop_ratio"] == pytest.approx(1.0, abs=0.02)
     assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+
+class FutureWhenNotALeaf(MultiHead):
+    """Reads the next position only when the input is not a leaf: only inside the model in training."""
+
+    def forward(self, x):
+        y = self.attend(x)
+        if not x.is_leaf:
+            y = y + torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)
+        return y
+
+
+class BatchMeanWhenTraining(MultiHead):
+    """Mixes the batch only with grad enabled and a non-leaf input: only inside the model in training."""
+
+    def forward(self, x):
+        y = self.attend(x)
+        if torch.is_grad_enabled() and x.requires_grad and not x.is_leaf:
+            y = y + x.mean(dim=0, keepdim=True)
+        return y
+
+
+def test_a_leak_of_the_future_only_inside_the_model_in_training_is_found():
+    check_causality(MultiHead, G, atol=1e-5)
+    with pytest.raises(GateFailure) as failure:
+        check_causality(FutureWhenNotALeaf, G, atol=1e-5)
+    assert failure.value.reason == Reason.CAUSALITY and "train mode" in str(failure.value)
+
+
+def test_a_batch_mixed_only_inside_the_model_in_training_is_found():
+    check_batch_independence(MultiHead, G, atol=1e-5)
+    with pytest.raises(GateFailure) as failure:
+        check_batch_independence(BatchMeanWhenTraining, G, atol=1e-5)
+    assert failure.value.reason == Reason.BATCH_INDEPENDENCE and "train mode" in str(failure.value)

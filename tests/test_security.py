@@ -76,6 +76,27 @@ def test_a_module_the_static_check_does_not_know_is_refused_before_the_program_r
     assert "torch.nn.utils.rnn is a module a block may not use" in result.artifacts["message"]
 
 
+def test_a_module_or_a_class_is_used_as_such_and_never_held():
+    """Past the static check, the sandbox resolves what each chain and imported name is: a module or a class (torch's
+    own, which the static check cannot tell from a function) held in a variable or on self is refused; used as a
+    class (called, tested, named in an annotation, its methods called) it is fine."""
+    from harness.sandbox.loader import PolicyViolation, check_module_attributes
+
+    def source(payload: str, preamble: str = "") -> str:
+        return security.Attack("probe", "none", payload, preamble=preamble).source("unused", SECRET_ENV)
+
+    check_module_attributes(source("assert isinstance(x, (torch.Tensor, nn.Parameter)) and type(x) is torch.Tensor\n"
+                                   "y: torch.Tensor = torch.Tensor.softmax(x, -1)", preamble="from torch import Tensor\n"))
+    for payload, preamble, fragment in [
+        ("self.t = torch.Tensor", "", "torch.Tensor is a class"),
+        ("held = Tensor", "from torch import Tensor\n", "torch.Tensor is a class"),
+        ("layer = functools.partial(nn.LayerNorm, 4)", "import functools\n", "torch.nn.LayerNorm is a class"),
+        ("m = torch.nn.functional", "", "the module torch.nn.functional may only be used as"),
+    ]:
+        with pytest.raises(PolicyViolation, match=fragment):
+            check_module_attributes(source(payload, preamble))
+
+
 def test_a_tensor_subclass_returned_past_the_static_check_is_refused(smoke_env, tmp_path):
     source = security.BY_NAME["return_a_parameter"].source("unused", SECRET_ENV)
     assert _static_report(source).ok

@@ -208,9 +208,44 @@ def test_syntax_error_surfaces_as_syntax_error():
          "of anything but self"),
         (GOOD.replace("return self.proj(x)", "torch.cuda.synchronize()\n        return self.proj(x)"),
          "torch.cuda is a module a block may not use"),
+        (GOOD.replace("return self.proj(x)", "self = F\n        self.softmax = None\n        return x"),
+         "'self' may only be the first parameter of a method"),
+        (GOOD.replace("return self.proj(x)", "poke = lambda self: None\n        return x"),
+         "'self' may only be the first parameter of a method"),
+        ("class Helper(nn.Module):\n    @staticmethod\n    def poke(self):\n        self.softmax = None\n\n\n" + GOOD,
+         "'self' may only be the first parameter of a method"),
+        ("class Helper(nn.Module):\n    def poke(self):\n        self.softmax = None\n\n\n"
+         + GOOD.replace("return self.proj(x)", "Helper.poke(torch.Tensor)\n        return x"),
+         "Helper.poke may only be called with self"),
+        ("class Helper(nn.Module):\n    def poke(self):\n        self.softmax = None\n\n\n"
+         + GOOD.replace("return self.proj(x)", "self.h = Helper\n        return x"),
+         "the class Helper may only be instantiated"),
+        (GOOD.replace("return self.proj(x)", "type(self).forward(torch.Tensor, x)\n        return x"),
+         "type(x) may only be compared"),
+        (GOOD.replace("return self.proj(x)", "return super(type(self), torch.Tensor).forward(x)"),
+         "super may only be called as super() or super(Class, self)"),
+        (GOOD.replace("return self.proj(x)", "f = torch.nn.functional\n        return f.relu(x)"),
+         "the module torch.nn.functional may only be used as torch.nn.functional.name"),
+        ("class Fn(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, a):\n        return a\n\n\n"
+         + GOOD.replace("return self.proj(x)", "return Fn.forward(torch.Tensor, x)"),
+         "the autograd Function Fn may only be used as Fn.apply(...)"),
+        ("class Fn(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, a):\n        ctx = F\n"
+         "        ctx.softmax = None\n        return a\n\n\n" + GOOD, "of anything but self"),
+        ("class Fn(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, a):\n        return a\n\n\n"
+         + GOOD.replace("return self.proj(x)", "ctx = F\n        ctx.softmax = None\n        return x"),
+         "of anything but self"),
+        ("class Helper(nn.Module):\n    pass\n\n\n"
+         + GOOD.replace("return self.proj(x)", "Helper.train(torch.Tensor)\n        return x"),
+         "Helper.train may only be called with self"),
+        ("sm = staticmethod\n\n\nclass Helper(nn.Module):\n    @sm\n    def poke(self):\n        self.softmax = None\n\n\n"
+         + GOOD, "'self' may only be the first parameter of a method"),
     ],
     ids=["dunder_method", "rebinds_a_frozen_name", "import_rebinds_a_frozen_name", "tensor_base", "parameter_base",
-         "metaclass", "private_on_a_submodule", "assignment_on_a_local", "module_outside_the_table"],
+         "metaclass", "private_on_a_submodule", "assignment_on_a_local", "module_outside_the_table",
+         "self_rebound", "self_in_a_lambda", "self_in_a_staticmethod", "method_called_on_a_torch_class",
+         "class_stored", "method_through_type", "super_with_another_object", "module_chain_bound",
+         "function_method_called_directly", "function_context_rebound", "context_outside_a_function",
+         "staticmethod_under_another_name", "inherited_method_called_on_a_torch_class"],
 )
 def test_the_allow_list_refuses(block, fragment):
     report = policy(block)
@@ -226,3 +261,52 @@ def test_the_allow_list_admits_what_attention_code_uses():
                  "return self.proj(x)", "self._cache = None\n        return self.act(torch.fft.irfft(torch.fft.rfft("
                  "self.proj(x), dim=1), n=x.shape[1], dim=1))"))
     assert policy(block).ok, policy(block).violations
+
+
+CUSTOM_FUNCTION = """
+class Scale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, factor: float):
+        ctx.factor = factor
+        ctx.save_for_backward(a)
+        return a * factor
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        return g * ctx.factor, None
+
+
+scale = Scale.apply
+
+
+class Base(nn.Module):
+    SCALE = 0.5
+
+    def __init__(self, d_model):
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+    @property
+    def width(self) -> int:
+        return self.proj.in_features
+
+    @torch.no_grad()
+    def norm(self) -> torch.Tensor:
+        return self.proj.weight.norm()
+
+"""
+
+
+def test_a_custom_autograd_function_and_base_class_calls_are_accepted():
+    block = CUSTOM_FUNCTION + GOOD.replace(f"class {CLASS}(nn.Module):", f"class {CLASS}(Base):").replace(
+        "super().__init__()\n        self.proj = nn.Linear(d_model, d_model)", "Base.__init__(self, d_model)").replace(
+        "return self.proj(x)",
+        "assert type(x) is torch.Tensor and isinstance(x, (type(x), Base)), type(self).__name__\n"
+        "        helper: Base = self\n"
+        "        return Scale.apply(Base.forward(self, x), 2.0) + scale(super(Base, self).forward(x), Base.SCALE)")
+    report = policy(block)
+    assert report.ok, report.violations

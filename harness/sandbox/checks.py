@@ -171,9 +171,10 @@ def check_causality(attention_cls: type, g: Geometry, atol: float) -> dict:
 
 
 def _input_gradient(module: nn.Module, x: torch.Tensor, upto: int, seed: int, where: str) -> torch.Tensor | None:
-    """The gradient, with respect to the input, of the outputs at positions < ``upto`` weighted at random."""
-    x = x.clone().requires_grad_(True)
-    y = _call(module, x, "causality")
+    """The gradient, with respect to the residual stream ``x`` under the input (``as_trained``: the LayerNorm keeps
+    positions apart), of the outputs at positions < ``upto`` weighted at random."""
+    inputs, x = as_trained(x)
+    y = _call(module, inputs, "causality")
     weights = torch.randn(y[:, :upto].shape, generator=torch.Generator().manual_seed(seed))
     (y[:, :upto] * weights).sum().backward()
     if x.grad is not None and not bool(torch.isfinite(x.grad).all()):
@@ -210,9 +211,12 @@ def _perturbation_probe(module: nn.Module, x: torch.Tensor, t: int, atol: float,
     future = x.clone()
     future[:, t + 1 :] = torch.randn(future[:, t + 1 :].shape, generator=torch.Generator().manual_seed(99 + t)) * 3.0
 
-    def outputs():
-        with torch.set_grad_enabled(not no_grad):
-            return _call(module, x, "causality").detach(), _call(module, future, "causality").detach()
+    def outputs():  # with grad as in training (``as_trained``), without as in the scoring's forward
+        if no_grad:
+            with torch.no_grad():
+                return _call(module, x, "causality"), _call(module, future, "causality")
+        return (_call(module, as_trained(x)[0], "causality").detach(),
+                _call(module, as_trained(future)[0], "causality").detach())
 
     a, b = outputs()
     scale = max(1.0, a[:, : t + 1].abs().max().item())
@@ -244,7 +248,10 @@ def check_batch_independence(attention_cls: type, g: Geometry, atol: float) -> d
         other = x.clone()
         other[1] = torch.randn(g.context_len, g.d_model, generator=torch.Generator().manual_seed(6)) * 3.0
 
-        def outputs():
+        def outputs():  # train mode as in training (``as_trained``), eval mode as in the scoring's forward
+            if mode == "train":
+                return (_call(module, as_trained(x)[0], "batch independence").detach(),
+                        _call(module, as_trained(other)[0], "batch independence").detach())
             with torch.no_grad():
                 return _call(module, x, "batch independence"), _call(module, other, "batch independence")
 
@@ -416,12 +423,20 @@ def check_params(attention_cls: type, baseline_cls: type, g: Geometry, profile, 
 
 def model_input(batch: int, length: int, d_model: int, generator: torch.Generator,
                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """An input as the model hands it to the attention in training: the block's LayerNorm (with a weight and a bias
-    that train) of a residual stream that requires grad, so not a leaf, with the LayerNorm's grad_fn and statistics.
-    A candidate that did four times the work only when ``x.grad_fn`` was set passed the FLOP audit and the step-time
-    probe at 1x on a leaf input and trained at 4x. Returns the input and the residual stream."""
-    residual = torch.randn(batch, length, d_model, generator=generator).to(device).requires_grad_(True)
-    return apply_layer_norm(nn.LayerNorm(d_model).to(device), residual), residual
+    """An input as the model hands it to the attention in training (``as_trained``) of a random residual stream.
+    Returns the input and the residual stream."""
+    return as_trained(torch.randn(batch, length, d_model, generator=generator).to(device))
+
+
+def as_trained(residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention's input as the model hands it over in training: the block's LayerNorm (with a weight and a
+    bias that train) of ``residual`` as a stream that requires grad, so not a leaf, with the LayerNorm's grad_fn and
+    statistics. A candidate that did four times the work only when ``x.grad_fn`` was set passed the FLOP audit and
+    the step-time probe at 1x on a leaf input and trained at 4x; one that read the future only when its input was
+    not a leaf passed the causality probes. The LayerNorm works position by position and sequence by sequence, so
+    what the causality and batch probes compare stays apart. Returns the input and the (leaf) residual stream."""
+    residual = residual.detach().clone().requires_grad_(True)
+    return apply_layer_norm(nn.LayerNorm(residual.shape[-1]).to(residual.device), residual), residual
 
 
 def _combine(report, other, sign: int = 1):

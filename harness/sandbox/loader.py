@@ -13,7 +13,7 @@ import sys
 import types
 
 from harness.trusted import program
-from harness.trusted.policy import ALLOWED_MODULES, module_aliases, module_chains
+from harness.trusted.policy import ALLOWED_MODULES, class_use, module_aliases, module_chains, parent_map
 
 _LOADED_PROGRAMS = itertools.count()
 
@@ -23,30 +23,55 @@ class PolicyViolation(Exception):
 
 
 def check_module_attributes(source: str) -> None:
-    """Resolve each attribute chain of the block that starts at a module against the installed modules, before
-    the program runs, and refuse any that reaches a module outside ``ALLOWED_MODULES``: the static policy knows
-    the common ones by name, this knows them all, for whatever torch is installed. Sources without markers are
-    not candidate programs and are not checked."""
+    """Resolve each attribute chain of the block that starts at a module, and each name it imports, against the
+    installed modules, before the program runs. Refuse any that reaches a module outside ``ALLOWED_MODULES``: the
+    static policy knows the common ones by name, this knows them all, for whatever torch is installed. Refuse a
+    module, or a class, used as a value (bound, passed, stored): ``self.t = torch.Tensor`` then ``self.t.softmax =
+    f`` would patch torch's own class. Sources without markers are not candidate programs and are not checked."""
     try:
         parts = program.split(source)
     except program.FrozenRegionError:
         return
     block = ast.parse(parts.block)
+    parents = parent_map(block)
     aliases = {**module_aliases(parts.head), **module_aliases(block)}
-    for _node, chain in module_chains(block, aliases):
+    uses = list(module_chains(block, aliases))
+    uses += [(node, aliases[node.id].rsplit(".", 1)) for node in ast.walk(block)
+             if isinstance(node, ast.Name) and node.id in aliases and isinstance(node.ctx, ast.Load)]
+    for node, chain in uses:
+        obj, path = _resolve(chain)
+        if isinstance(obj, type) and not class_use(parents, node):
+            raise PolicyViolation(f"{'.'.join(chain)} is a class: it may only be instantiated, tested (isinstance), "
+                                  "derived from or named in an annotation, not bound to a name, passed or stored")
+        if isinstance(obj, types.ModuleType) and path == ".".join(chain) and isinstance(node, ast.Attribute):
+            raise PolicyViolation(f"the module {path} may only be used as {path}.name: do not bind it to a name, "
+                                  "pass it, return it or store it")
+
+
+def _resolve(chain: list[str]):
+    """The object that ``chain`` (an allowed module's full name, then attributes) names, and the longest module
+    path on the way. Raises PolicyViolation at a module outside ``ALLOWED_MODULES``; (None, "") when the first
+    module is not an allowed one (the static policy refuses its import) or is not installed (the program then fails
+    when it imports it), None for the object when an attribute is missing."""
+    if chain[0] not in ALLOWED_MODULES:
+        return None, ""
+    try:
+        obj = importlib.import_module(chain[0])
+    except ImportError:
+        return None, ""
+    path, in_modules = chain[0], True
+    for attr in chain[1:]:
         try:
-            obj = importlib.import_module(chain[0])
-        except ImportError:
-            continue  # an allowed module that is not installed: the program fails when it imports it
-        path = chain[0]
-        for attr in chain[1:]:
-            obj = getattr(obj, attr, None)
-            if not isinstance(obj, types.ModuleType):
-                break
+            obj = getattr(obj, attr)
+        except Exception:  # noqa: BLE001 - a missing attribute fails when the program runs
+            return None, path
+        in_modules = in_modules and isinstance(obj, types.ModuleType)
+        if in_modules:
             path = f"{path}.{attr}"
             if path not in ALLOWED_MODULES:
                 raise PolicyViolation(f"{path} is a module a block may not use; the modules it may use are "
                                       f"{sorted(ALLOWED_MODULES)}")
+    return obj, path
 
 
 def load_attention(source: str, filename: str):

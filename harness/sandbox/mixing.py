@@ -4,7 +4,8 @@ For each attention module, on one validation sequence, the Jacobian of the modul
 own input (the LayerNorm'd residual stream it receives in the block), with absolute values summed over both
 channel axes: ``M[t][i] = sum_{c, c'} |d y_{t,c} / d x_{i,c'}|``. Each row is then normalised to sum 1, so that
 the patterns of different layers and programs are comparable. It is measured, not assumed: a mechanism that
-reads the future shows up above the diagonal.
+reads the future shows up above the diagonal. For a custom autograd Function it is the Jacobian that the
+Function's backward declares; the gate's perturbation probes, not this, judge what its forward reads.
 
 This module runs in the sandbox, next to candidate code. It imports nothing from the trusted side (the model is
 duck-typed: ``model.blocks[i].attn``) and nothing from validation, analysis, proposer or diagnostics.

@@ -8,10 +8,14 @@ It is an allow-list where the language allows one:
   any other module (``torch.os``, ``typing.sys``, ``torch.serialization``) is refused;
 - a module is used only as the root of an attribute (``F.softmax(...)``): never bound to a name, passed, returned
   or stored, so no alias escapes the checks below;
-- attributes are assigned only on ``self``, and underscore attributes are read only on ``self``;
+- attributes are assigned only on ``self`` (and on ``ctx`` in a custom autograd Function), and underscore
+  attributes are read only on ``self``. ``self`` names only the instance: it is bound only as the first parameter
+  of a method, and a method of the block is called through its class only with ``self`` (``Base.forward(self,
+  x)``), so no method runs with a torch class as its ``self``;
 - classes derive only from ``torch.nn`` classes, ``torch.autograd.Function`` or classes of the block, and define
   no dunder method but ``__init__``;
 - no name the frozen region binds is rebound at the block's top level (the frozen code shares its globals);
+- a custom autograd Function of the block is used only through ``.apply``;
 - deny-lists for what an allowed object still reaches: builtins that reach the interpreter, numpy interop and
   tensor subclassing, frames, hooks, random state and global torch settings.
 
@@ -79,8 +83,8 @@ FORBIDDEN_ATTRIBUTES = frozenset({
 LOCAL_ATTRIBUTES = frozenset({"manual_seed"})
 
 FORBIDDEN_ATTRIBUTE_ADVICE = {
-    "apply": ": custom autograd Functions cannot be called; write forward with differentiable torch ops "
-             "(self.apply(fn) on the block's own modules is fine)",
+    "apply": ": only a custom autograd Function of the block (MyFunction.apply(x)) and the block's own modules "
+             "(self.apply(fn)) may be applied",
     "manual_seed": ": seed a generator of your own (gen = torch.Generator(); gen.manual_seed(0)) and pass "
                    "generator=gen",
 }
@@ -125,6 +129,13 @@ CONSTANT_CALLS = frozenset({"float", "int", "bool", "str", "tuple", "frozenset",
 TORCH_CONSTANTS = frozenset({"inf", "nan", "pi", "e", "float32", "float16", "bfloat16", "float64", "int64", "int32",
                              "int16", "int8", "uint8", "bool", "long", "float", "half", "double", "complex64"})
 ALLOWED_BASES = ("torch.nn.", "torch.autograd.Function")
+# The staticmethods of a custom autograd Function whose first parameter is the context autograd hands it.
+FUNCTION_CONTEXT_METHODS = frozenset({"forward", "setup_context", "backward", "jvp", "vmap"})
+# Decorators under which a method's first parameter is still the instance (``@torch.no_grad()`` as well as
+# ``@torch.no_grad``), and a property's own ``@name.setter``. Any other one could bind ``self`` to an argument:
+# ``sm = staticmethod`` then ``@sm def poke(self)`` and ``self.poke(torch.Tensor)``.
+INSTANCE_DECORATORS = frozenset({"property", "functools.cached_property", "torch.no_grad", "torch.enable_grad",
+                                 "torch.inference_mode", "torch.autocast"})
 
 
 @dataclass
@@ -217,23 +228,86 @@ class _Checker(ast.NodeVisitor):
         self.aliases = aliases
         self.modules = set(_allowed_modules(aliases))
         self.offset = line_offset
-        self.parents: dict[int, ast.AST] = {}
         self.block_classes: set[str] = set()
         self.bound: set[str] = set()  # every name the block assigns or takes as an argument
+        self.function_classes: set[str] = set()  # the block's custom autograd Functions
+        self.class_constants: set[str] = set()  # the names the block classes' bodies assign (constants)
+        self.instance_params: set[int] = set()  # ids of the ``self`` parameters of methods
+        self.context_params: set[int] = set()  # ids of the ``ctx`` parameters of autograd Functions' staticmethods
 
     def flag(self, node: ast.AST, message: str) -> None:
         self.report.add(node, message, self.offset)
 
     def run(self, tree: ast.Module) -> None:
+        self.parents = parent_map(tree)
         for parent in ast.walk(tree):
-            for child in ast.iter_child_nodes(parent):
-                self.parents[id(child)] = parent
             if isinstance(parent, ast.Name) and isinstance(parent.ctx, ast.Store):
                 self.bound.add(parent.id)
             elif isinstance(parent, ast.arg):
                 self.bound.add(parent.arg)
+        self._find_classes(tree)
         self.visit(tree)
         self._check_module_chains(tree)
+
+    def _find_classes(self, tree: ast.Module) -> None:
+        """The block's autograd Functions, its classes' methods, and the parameters that name the instance
+        (``self``) or an autograd context (``ctx``) where Python binds them."""
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            if any(self._full(b) == ALLOWED_BASES[1] or _dotted(b) in self.function_classes for b in node.bases):
+                self.function_classes.add(node.name)
+            for method in node.body:
+                if isinstance(method, (ast.Assign, ast.AnnAssign)):
+                    targets = method.targets if isinstance(method, ast.Assign) else [method.target]
+                    self.class_constants |= {t.id for t in targets if isinstance(t, ast.Name)}
+                if not isinstance(method, ast.FunctionDef):
+                    continue
+                positional = method.args.posonlyargs + method.args.args
+                decorators = {_dotted(d.func if isinstance(d, ast.Call) else d) for d in method.decorator_list}
+                if not positional:
+                    continue
+                properties = {m.name for m in node.body if isinstance(m, ast.FunctionDef)}
+                if all(self._full_name(d) in INSTANCE_DECORATORS or (d or "").partition(".")[0] in properties
+                       and (d or "").partition(".")[2] in ("setter", "deleter") for d in decorators):
+                    self.instance_params.add(id(positional[0]))
+                elif (decorators == {"staticmethod"} and node.name in self.function_classes
+                      and method.name in FUNCTION_CONTEXT_METHODS):
+                    self.context_params.add(id(positional[0]))
+
+    def _full_name(self, dotted: str | None) -> str | None:
+        root, _, rest = (dotted or "").partition(".")
+        return f"{self.aliases[root]}.{rest}".rstrip(".") if root in self.aliases else dotted
+
+    def _full(self, node: ast.AST) -> str | None:
+        """The dotted name of ``node`` with its import alias resolved (``nn.Module`` -> ``torch.nn.Module``)."""
+        return self._full_name(_dotted(node))
+
+    def visit_arg(self, node: ast.arg) -> None:
+        if node.arg == "self" and id(node) not in self.instance_params:
+            self.flag(node, "the name 'self' may only be the first parameter of a method (decorated, if at all, "
+                      "with property or torch.no_grad()): use another name")
+        self.generic_visit(node)
+
+    def _own_object(self, node: ast.Attribute) -> bool:
+        """Whether ``node`` is an attribute of ``self``, or of the context parameter of the autograd Function
+        method it is in (where that method never rebinds ``ctx``)."""
+        root = node
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        if not isinstance(root, ast.Name):
+            return False
+        if root.id == "self":
+            return True
+        scope = self.parents.get(id(node))
+        while scope is not None and not isinstance(scope, (ast.FunctionDef, ast.Lambda)):
+            scope = self.parents.get(id(scope))
+        if not isinstance(scope, ast.FunctionDef):
+            return False
+        positional = scope.args.posonlyargs + scope.args.args
+        return bool(positional) and id(positional[0]) in self.context_params and positional[0].arg == root.id \
+            and not any(isinstance(n, ast.Name) and n.id == root.id and not isinstance(n.ctx, ast.Load)
+                        for n in ast.walk(scope))
 
     # imports -----------------------------------------------------------------------------------------------
     def visit_Import(self, node: ast.Import) -> None:
@@ -277,7 +351,27 @@ class _Checker(ast.NodeVisitor):
             if isinstance(node.ctx, ast.Load) and not (isinstance(parent, ast.Attribute) and parent.value is node):
                 self.flag(node, f"the module {node.id!r} may only be used as {node.id}.name: do not bind it to a "
                           "name, pass it, return it or store it")
+        elif node.id == "self" and not isinstance(node.ctx, ast.Load):
+            self.flag(node, "the name 'self' may only be the first parameter of a method: use another name")
+        elif node.id in self.function_classes and not (
+                isinstance(parent, ast.Attribute) and parent.value is node and parent.attr == "apply"
+                or isinstance(parent, ast.ClassDef)):
+            self.flag(node, f"the autograd Function {node.id} may only be used as {node.id}.apply(...)")
+        elif node.id in self.block_classes and isinstance(node.ctx, ast.Load) and not class_use(self.parents, node):
+            self.flag(node, f"the class {node.id} may only be instantiated, tested (isinstance), derived from or "
+                      "named in an annotation: do not bind it to a name, pass it or store it")
+        elif node.id in self.block_classes and node.id not in self.function_classes \
+                and isinstance(parent, ast.Attribute) and parent.attr not in self.class_constants \
+                and not self._called_with_self(parent):
+            # Its own methods and those it inherits (nn.Module.train sets self.training) would run on any object.
+            self.flag(node, f"{node.id}.{parent.attr} may only be called with self as its first argument "
+                      f"({node.id}.{parent.attr}(self, ...)); call methods on an instance")
         self.generic_visit(node)
+
+    def _called_with_self(self, node: ast.AST) -> bool:
+        call = self.parents.get(id(node))
+        return isinstance(call, ast.Call) and call.func is node and bool(call.args) \
+            and isinstance(call.args[0], ast.Name) and call.args[0].id == "self"
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         attr, on_self = node.attr, isinstance(node.value, ast.Name) and node.value.id == "self"
@@ -286,8 +380,9 @@ class _Checker(ast.NodeVisitor):
                 self.flag(node, f"dunder attribute {attr!r} is not allowed")
         elif attr in LOCAL_ATTRIBUTES and not self._rooted_at_a_module(node):
             pass
-        elif attr == "apply" and on_self:
-            pass  # nn.Module.apply visits the block's own submodules only
+        elif attr == "apply" and (on_self or isinstance(node.value, ast.Name)
+                                  and node.value.id in self.function_classes):
+            pass  # nn.Module.apply visits the block's own submodules only; Function.apply runs the block's own code
         elif attr in FORBIDDEN_ATTRIBUTES or ("hook" in attr.lower() and not attr.startswith("_")
                                                and not (on_self and not attr.startswith("register"))):
             self.flag(node, f"attribute {attr!r} is not allowed" + FORBIDDEN_ATTRIBUTE_ADVICE.get(attr, ""))
@@ -295,7 +390,7 @@ class _Checker(ast.NodeVisitor):
             self.flag(node, f"attribute {attr!r} is not allowed: it reaches the interpreter or the host")
         elif attr.startswith("_") and not on_self:
             self.flag(node, f"private attribute {attr!r} is allowed only on self")
-        if isinstance(node.ctx, (ast.Store, ast.Del)) and (_dotted(node) or "").split(".")[0] != "self":
+        if isinstance(node.ctx, (ast.Store, ast.Del)) and not self._own_object(node):
             self.flag(node, f"assigning to the attribute {attr!r} of anything but self (monkeypatching) is not allowed")
         self.generic_visit(node)
 
@@ -323,6 +418,9 @@ class _Checker(ast.NodeVisitor):
                 if attr in KNOWN_MODULE_ATTRIBUTES and attr not in FORBIDDEN_ATTRIBUTES:
                     self.flag(node, f"{path}.{attr} is a module a block may not use" + MODULE_ADVICE.get(attr, ""))
                 break
+            else:
+                self.flag(node, f"the module {_dotted(node)} may only be used as {_dotted(node)}.name: do not bind "
+                          "it to a name, pass it, return it or store it")
 
     # calls, classes, functions --------------------------------------------------------------------------------
     def visit_Call(self, node: ast.Call) -> None:
@@ -331,8 +429,17 @@ class _Checker(ast.NodeVisitor):
             key = node.args[1] if len(node.args) > 1 else None
             if not (isinstance(key, ast.Constant) and isinstance(key.value, str) and not key.value.startswith("_")):
                 self.flag(node, f"{name} is allowed only with a constant, non-underscore attribute name")
+        parent = self.parents.get(id(node))
         if name == "type" and len(node.args) > 1:
             self.flag(node, "creating classes with type(...) is not allowed")
+        elif name == "type" and not (isinstance(parent, ast.Compare) or isinstance(parent, ast.Attribute)
+                                     and parent.attr == "__name__" or is_class_test_argument(self.parents, node)):
+            # A class in hand calls its methods with any object as self: type(self).forward(torch.Tensor, x)
+            self.flag(node, "type(x) may only be compared (type(x) is T), tested (isinstance(y, type(x))) or named "
+                      "(type(x).__name__)")
+        if name == "super" and node.args and not (len(node.args) == 2 and isinstance(node.args[1], ast.Name)
+                                                  and node.args[1].id == "self"):
+            self.flag(node, "super may only be called as super() or super(Class, self)")
         self.generic_visit(node)
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
@@ -383,6 +490,48 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Await(self, node: ast.Await) -> None:
         self.flag(node, "async code is not allowed")
+
+
+def parent_map(tree: ast.AST) -> dict[int, ast.AST]:
+    """Each node's parent, by the child's id."""
+    return {id(child): parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+
+
+def is_class_test_argument(parents: dict[int, ast.AST], node: ast.AST) -> bool:
+    """Whether ``node`` is the class argument of ``isinstance``/``issubclass`` (alone or in a tuple), or the class of
+    ``super(Class, self)``."""
+    call = parents.get(id(node))
+    if isinstance(call, ast.Tuple):
+        call = parents.get(id(call))
+    return isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and node is not call.func and (
+        call.func.id in {"isinstance", "issubclass"} and node is not call.args[0]
+        or call.func.id == "super" and node is call.args[0])
+
+
+def class_use(parents: dict[int, ast.AST], node: ast.AST) -> bool:
+    """Whether the class that ``node`` names is used as a class and nothing else: called, an attribute read
+    (``Base.forward(self, x)``, ``Base.SCALE``: the method rules apply), a base, the class argument of
+    ``isinstance``/``issubclass``/``super``, compared or in an annotation. Bound, passed or stored, a class in hand
+    could call its methods with any object as ``self``, or be patched through an attribute of ``self``."""
+    parent = parents.get(id(node))
+    if isinstance(parent, ast.Call) and parent.func is node or isinstance(parent, ast.Attribute) \
+            or isinstance(parent, (ast.ClassDef, ast.Compare)) or is_class_test_argument(parents, node):
+        return True
+    child = node
+    while parent is not None and not isinstance(parent, (ast.stmt, ast.Lambda)):
+        if isinstance(parent, ast.arg) and parent.annotation is child:
+            return True
+        child, parent = parent, parents.get(id(parent))
+    return isinstance(parent, ast.AnnAssign) and parent.annotation is child \
+        or isinstance(parent, ast.FunctionDef) and parent.returns is child
+
+
+def _is_function_apply(value: ast.AST, tree: ast.Module) -> bool:
+    """``MyFunction.apply`` of an autograd Function class defined at the block's top level: a module-level alias
+    (``chunk_scan = ChunkScan.apply``) is the usual way to call one."""
+    functions = {s.name for s in tree.body if isinstance(s, ast.ClassDef)}
+    return isinstance(value, ast.Attribute) and value.attr == "apply" and isinstance(value.value, ast.Name) \
+        and value.value.id in functions
 
 
 def _is_type_expression(text: str) -> bool:
@@ -450,7 +599,8 @@ def check_block(
             continue
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
             continue
-        if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets) and _is_constant_expression(stmt.value):
+        if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets) and (
+                _is_constant_expression(stmt.value) or _is_function_apply(stmt.value, tree)):
             continue
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and (stmt.value is None or _is_constant_expression(stmt.value)):
             continue
