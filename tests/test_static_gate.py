@@ -294,6 +294,10 @@ class Base(nn.Module):
     def width(self) -> int:
         return self.proj.in_features
 
+    @width.setter
+    def width(self, value: int) -> None:
+        self.requested_width = value
+
     @torch.no_grad()
     def norm(self) -> torch.Tensor:
         return self.proj.weight.norm()

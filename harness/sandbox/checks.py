@@ -211,12 +211,8 @@ def _perturbation_probe(module: nn.Module, x: torch.Tensor, t: int, atol: float,
     future = x.clone()
     future[:, t + 1 :] = torch.randn(future[:, t + 1 :].shape, generator=torch.Generator().manual_seed(99 + t)) * 3.0
 
-    def outputs():  # with grad as in training (``as_trained``), without as in the scoring's forward
-        if no_grad:
-            with torch.no_grad():
-                return _call(module, x, "causality"), _call(module, future, "causality")
-        return (_call(module, as_trained(x)[0], "causality").detach(),
-                _call(module, as_trained(future)[0], "causality").detach())
+    def outputs():
+        return _calls_as_run(module, (x, future), "causality", in_training=not no_grad)
 
     a, b = outputs()
     scale = max(1.0, a[:, : t + 1].abs().max().item())
@@ -225,6 +221,15 @@ def _perturbation_probe(module: nn.Module, x: torch.Tensor, t: int, atol: float,
         _state_is_the_cause(module, outputs, f"causality check, {where}")
         raise GateFailure(Reason.CAUSALITY, f"changing inputs after position {t} changed outputs at positions "
                           f"<= {t} by {diff:.3g} ({where})")
+
+
+def _calls_as_run(module: nn.Module, inputs, what: str, in_training: bool) -> tuple[torch.Tensor, ...]:
+    """``module``'s output for each of ``inputs`` as the model runs it: with grad on the input as training hands it
+    (``as_trained``), or under ``torch.no_grad()`` on the plain tensor, as the scoring's forward."""
+    if in_training:
+        return tuple(_call(module, as_trained(x)[0], what).detach() for x in inputs)
+    with torch.no_grad():
+        return tuple(_call(module, x, what) for x in inputs)
 
 
 def _state_is_the_cause(module: nn.Module, calls, where: str) -> None:
@@ -248,12 +253,8 @@ def check_batch_independence(attention_cls: type, g: Geometry, atol: float) -> d
         other = x.clone()
         other[1] = torch.randn(g.context_len, g.d_model, generator=torch.Generator().manual_seed(6)) * 3.0
 
-        def outputs():  # train mode as in training (``as_trained``), eval mode as in the scoring's forward
-            if mode == "train":
-                return (_call(module, as_trained(x)[0], "batch independence").detach(),
-                        _call(module, as_trained(other)[0], "batch independence").detach())
-            with torch.no_grad():
-                return _call(module, x, "batch independence"), _call(module, other, "batch independence")
+        def outputs():
+            return _calls_as_run(module, (x, other), "batch independence", in_training=mode == "train")
 
         a, b = outputs()
         for i in (0, 2):

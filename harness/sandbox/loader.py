@@ -13,7 +13,8 @@ import sys
 import types
 
 from harness.trusted import program
-from harness.trusted.policy import ALLOWED_MODULES, class_use, module_aliases, module_chains, parent_map
+from harness.trusted.policy import (ALLOWED_MODULES, class_use, module_aliases, module_chains, module_value_message,
+                                    parent_map)
 
 _LOADED_PROGRAMS = itertools.count()
 
@@ -44,8 +45,7 @@ def check_module_attributes(source: str) -> None:
             raise PolicyViolation(f"{'.'.join(chain)} is a class: it may only be instantiated, tested (isinstance), "
                                   "derived from or named in an annotation, not bound to a name, passed or stored")
         if isinstance(obj, types.ModuleType) and path == ".".join(chain) and isinstance(node, ast.Attribute):
-            raise PolicyViolation(f"the module {path} may only be used as {path}.name: do not bind it to a name, "
-                                  "pass it, return it or store it")
+            raise PolicyViolation(module_value_message(path))
 
 
 def _resolve(chain: list[str]):

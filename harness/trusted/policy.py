@@ -129,6 +129,8 @@ CONSTANT_CALLS = frozenset({"float", "int", "bool", "str", "tuple", "frozenset",
 TORCH_CONSTANTS = frozenset({"inf", "nan", "pi", "e", "float32", "float16", "bfloat16", "float64", "int64", "int32",
                              "int16", "int8", "uint8", "bool", "long", "float", "half", "double", "complex64"})
 ALLOWED_BASES = ("torch.nn.", "torch.autograd.Function")
+SELF_MESSAGE = ("the name 'self' may only be the first parameter of a method (decorated, if at all, with property "
+                "or torch.no_grad()): use another name")
 # The staticmethods of a custom autograd Function whose first parameter is the context autograd hands it.
 FUNCTION_CONTEXT_METHODS = frozenset({"forward", "setup_context", "backward", "jvp", "vmap"})
 # Decorators under which a method's first parameter is still the instance (``@torch.no_grad()`` as well as
@@ -255,8 +257,10 @@ class _Checker(ast.NodeVisitor):
         for node in ast.walk(tree):
             if not isinstance(node, ast.ClassDef):
                 continue
-            if any(self._full(b) == ALLOWED_BASES[1] or _dotted(b) in self.function_classes for b in node.bases):
+            if any(self._full_name(_dotted(b)) == ALLOWED_BASES[1] or _dotted(b) in self.function_classes
+                   for b in node.bases):
                 self.function_classes.add(node.name)
+            method_names = {m.name for m in node.body if isinstance(m, ast.FunctionDef)}
             for method in node.body:
                 if isinstance(method, (ast.Assign, ast.AnnAssign)):
                     targets = method.targets if isinstance(method, ast.Assign) else [method.target]
@@ -267,8 +271,7 @@ class _Checker(ast.NodeVisitor):
                 decorators = {_dotted(d.func if isinstance(d, ast.Call) else d) for d in method.decorator_list}
                 if not positional:
                     continue
-                properties = {m.name for m in node.body if isinstance(m, ast.FunctionDef)}
-                if all(self._full_name(d) in INSTANCE_DECORATORS or (d or "").partition(".")[0] in properties
+                if all(self._full_name(d) in INSTANCE_DECORATORS or (d or "").partition(".")[0] in method_names
                        and (d or "").partition(".")[2] in ("setter", "deleter") for d in decorators):
                     self.instance_params.add(id(positional[0]))
                 elif (decorators == {"staticmethod"} and node.name in self.function_classes
@@ -276,17 +279,13 @@ class _Checker(ast.NodeVisitor):
                     self.context_params.add(id(positional[0]))
 
     def _full_name(self, dotted: str | None) -> str | None:
+        """``dotted`` with its import alias resolved (``nn.Module`` -> ``torch.nn.Module``)."""
         root, _, rest = (dotted or "").partition(".")
         return f"{self.aliases[root]}.{rest}".rstrip(".") if root in self.aliases else dotted
 
-    def _full(self, node: ast.AST) -> str | None:
-        """The dotted name of ``node`` with its import alias resolved (``nn.Module`` -> ``torch.nn.Module``)."""
-        return self._full_name(_dotted(node))
-
     def visit_arg(self, node: ast.arg) -> None:
         if node.arg == "self" and id(node) not in self.instance_params:
-            self.flag(node, "the name 'self' may only be the first parameter of a method (decorated, if at all, "
-                      "with property or torch.no_grad()): use another name")
+            self.flag(node, SELF_MESSAGE)
         self.generic_visit(node)
 
     def _own_object(self, node: ast.Attribute) -> bool:
@@ -349,10 +348,9 @@ class _Checker(ast.NodeVisitor):
                       "pass it or store it")
         elif node.id in self.modules:
             if isinstance(node.ctx, ast.Load) and not (isinstance(parent, ast.Attribute) and parent.value is node):
-                self.flag(node, f"the module {node.id!r} may only be used as {node.id}.name: do not bind it to a "
-                          "name, pass it, return it or store it")
+                self.flag(node, module_value_message(node.id))
         elif node.id == "self" and not isinstance(node.ctx, ast.Load):
-            self.flag(node, "the name 'self' may only be the first parameter of a method: use another name")
+            self.flag(node, SELF_MESSAGE)
         elif node.id in self.function_classes and not (
                 isinstance(parent, ast.Attribute) and parent.value is node and parent.attr == "apply"
                 or isinstance(parent, ast.ClassDef)):
@@ -419,8 +417,7 @@ class _Checker(ast.NodeVisitor):
                     self.flag(node, f"{path}.{attr} is a module a block may not use" + MODULE_ADVICE.get(attr, ""))
                 break
             else:
-                self.flag(node, f"the module {_dotted(node)} may only be used as {_dotted(node)}.name: do not bind "
-                          "it to a name, pass it, return it or store it")
+                self.flag(node, module_value_message(_dotted(node)))
 
     # calls, classes, functions --------------------------------------------------------------------------------
     def visit_Call(self, node: ast.Call) -> None:
@@ -445,8 +442,7 @@ class _Checker(ast.NodeVisitor):
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         for base in node.bases:
             dotted = _dotted(base)
-            root, _, rest = (dotted or "").partition(".")
-            full = f"{self.aliases[root]}.{rest}".rstrip(".") if root in self.aliases else dotted
+            full = self._full_name(dotted)
             tensor_class = (full or "").endswith(("Parameter", "Buffer"))  # tensors: see as_subclass
             if tensor_class or not (dotted in self.block_classes or (full or "").startswith(ALLOWED_BASES[0])
                                     or full == ALLOWED_BASES[1]):
@@ -490,6 +486,10 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Await(self, node: ast.Await) -> None:
         self.flag(node, "async code is not allowed")
+
+
+def module_value_message(name: str) -> str:
+    return f"the module {name} may only be used as {name}.name: do not bind it to a name, pass it, return it or store it"
 
 
 def parent_map(tree: ast.AST) -> dict[int, ast.AST]:
