@@ -1,5 +1,5 @@
-"""Shared fixtures. Every test runs offline, on CPU, under the smoke profile, with its own cache and ledger (``harness
-gpu-check`` runs some of them under smoke-cuda: ``security.PROFILE``)."""
+"""Shared fixtures. Every test runs offline, on CPU, under the smoke-short profile, with its own cache and ledger
+(``harness gpu-check`` runs some of them under smoke-cuda: ``security.PROFILE``)."""
 
 import os
 import sys
@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def smoke_env(tmp_path_factory):
-    """Environment for anything that spawns the sandbox: the smoke profile (``security.PROFILE``), a session-wide
+    """Environment for anything that spawns the sandbox: the smoke-short profile (``security.PROFILE``), a session-wide
     data cache (the synthetic corpus is tokenised once), and a fresh ledger. Restores the environment afterwards."""
     from security import PROFILE
 

@@ -13,9 +13,10 @@ from adversarial import CLASS, FRAMEWORK, SEED  # noqa: F401 - the same seed as 
 from harness.trusted import program
 from harness.trusted.profiles import get_profile
 
-# The profile the tests' evaluations run under (``conftest.smoke_env``): smoke, on the CPU; ``harness gpu-check`` runs
-# the security corpus and the confinement tests again under smoke-cuda, so that they hold on a GPU machine too.
-PROFILE = os.environ.get("HARNESS_TEST_PROFILE", "smoke")
+# The profile the tests' evaluations run under (``conftest.smoke_env``): smoke-short, on the CPU (smoke for a third of
+# its steps: the suite checks every path of the evaluator, not how far a model learns); ``harness gpu-check`` runs the
+# security corpus and the confinement tests again under smoke-cuda, so that they hold on a GPU machine too.
+PROFILE = os.environ.get("HARNESS_TEST_PROFILE", "smoke-short")
 DEVICE = get_profile(PROFILE).device
 
 BLOCK = '''

@@ -17,6 +17,7 @@ from harness.campaign.commands import check_endpoint, parse_frameworks
 from harness.trusted import ledger as ledger_mod
 from harness.trusted.frameworks import FRAMEWORKS
 from harness.trusted.profiles import ConfigError, get_profile
+from security import PROFILE
 
 HARNESS = [sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main())"]
 
@@ -154,7 +155,7 @@ def test_preregistration_holds_the_plan_and_refuses_another(tmp_path):
 
 
 def _campaign_command(out: Path) -> list[str]:
-    return HARNESS + ["campaign", "--frameworks", "ttr", "--profile", "smoke", "--iterations", "1", "--seeds", "2",
+    return HARNESS + ["campaign", "--frameworks", "ttr", "--profile", PROFILE, "--iterations", "1", "--seeds", "2",
                       "--trials", "0", "--jobs", "2", "--progress-every", "2", "--out", str(out)]
 
 

@@ -55,7 +55,7 @@ def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, ca
 
     # The security stage ran its test through the evaluator (the dry-run picks one) and recorded the layers.
     security = stages["security"]
-    assert security["profile"] == "smoke" and security["failed"] == 0
+    assert security["profile"] == "smoke-short" and security["failed"] == 0
     assert [t["name"] for t in security["tests"]] == ["test_the_sandbox_has_no_network"]
     assert security["confinement"] == confine.layers_here("cpu")
 

@@ -1,10 +1,10 @@
 """The stock loop end to end: the real ``openevolve-run`` CLI in a subprocess, the built-in proposer on
-localhost, the real evaluator, the smoke profile. For ttr: 5 iterations (the configs' checkpoint_interval, so
+localhost, the real evaluator, the smoke-short profile. For ttr: 5 iterations (the configs' checkpoint_interval, so
 checkpoint_5 is the final state) with an adversarial proposal every 2nd request, then a resumed run of 5 more
 from checkpoint_5 in which every request is adversarial (the three kinds in turn). For cd and mm, the users'
 command with their own evaluator and config: 2 iterations, one child that trains and one adversarial. The
 checkpoints, the resume and the analysis are the loop's and the same code for every framework, so ttr's runs
-prove them once. Rejections cost seconds, trainings cost ~12 s each, and the whole must fit in 10 minutes.
+prove them once. Rejections cost seconds, evaluations that train ~10 s each, and the whole must fit in 10 minutes.
 
 What it proves: checkpoints and ledger rows are written; a child program (not the seed) is valid with a
 positive score; each adversarial proposal that reached the evaluator was rejected with its expected
@@ -31,6 +31,7 @@ from harness.trusted import program
 from harness.trusted.frameworks import FRAMEWORKS, REPO_ROOT
 from harness.trusted.profiles import get_profile
 from harness.proposer.demo import DemoRun, run_demo
+from security import PROFILE
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ def loop_env():
     during these long runs). Kept when HARNESS_KEEP_TMP is set."""
     root = Path(tempfile.mkdtemp(prefix="harness-openevolve-loop-"))
     env = {
-        "HARNESS_PROFILE": "smoke",
+        "HARNESS_PROFILE": PROFILE,
         "HARNESS_CACHE": str(root / "cache"),
         "HARNESS_LEDGER": str(root / "ledger" / "ledger.sqlite"),
         "HF_DATASETS_OFFLINE": "1",
@@ -103,7 +104,7 @@ def _check_rows(rows: list[dict], run: DemoRun) -> None:
     """The hard limit held: the sandbox is killed at hard_limit_s, and the row's wall time adds only
     the static checks and the kill (KILL_SLACK_S). On an idle machine every smoke evaluation takes
     well under a minute; a ``timeout`` row only appears when the machine is heavily oversubscribed."""
-    hard_limit = get_profile("smoke").hard_limit_s
+    hard_limit = get_profile(PROFILE).hard_limit_s
     assert rows, f"no ledger rows; log tail:\n{_tail(run)}"
     for r in rows:
         assert r["wall_s"] < hard_limit + KILL_SLACK_S, (r["reason"], r["wall_s"])

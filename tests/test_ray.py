@@ -1,4 +1,4 @@
-"""The ``ray`` executor on a real local Ray cluster (head on loopback, 2 CPUs, smoke profile): the same verdicts
+"""The ``ray`` executor on a real local Ray cluster (head on loopback, 2 CPUs, smoke-short profile): the same verdicts
 and scores as ``local``, a worker killed mid-evaluation retried and recorded once, per-hardware baselines, and
 ``harness validate`` training seeds concurrently on the cluster."""
 

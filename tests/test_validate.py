@@ -1,5 +1,5 @@
 """``harness validate``: the protocol with a fake training runner (fast, known answers), and end to end on
-CPU under the smoke profile through the real evaluator and sandbox."""
+CPU under the smoke-short profile (the end-to-end run) through the real evaluator and sandbox."""
 
 import json
 import math
@@ -325,7 +325,7 @@ def test_candidates_from_a_run_refuse_mixed_fingerprints(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# End to end: the real evaluator, the real sandbox, real training (smoke profile, CPU)
+# End to end: the real evaluator, the real sandbox, real training (smoke-short profile, CPU)
 
 
 def test_validate_end_to_end_smoke(smoke_env, tmp_path, monkeypatch):

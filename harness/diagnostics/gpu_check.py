@@ -112,8 +112,8 @@ CUDA_PLAN = Plan(
 )
 DRY_RUN_PLAN = Plan(
     name="dry-run", device="cpu", bench_profile="smoke", bench_steps=12, concurrent_steps=30,
-    eval_profile="smoke", eval_train_stories=0, eval_val_stories=0,
-    trace_wait_steps=3, trace_active_steps=4, security_profile="smoke", security_select="has_no_network",
+    eval_profile="smoke-short", eval_train_stories=0, eval_val_stories=0,
+    trace_wait_steps=3, trace_active_steps=4, security_profile="smoke-short", security_select="has_no_network",
     budget_s=600.0,
     # Generous: on a loaded 2-core CI machine the security stage's one test (a baseline trained, then the evaluation)
     # took over the 40 s that a 60 s limit left it, and the environment stage 33 s.

@@ -569,9 +569,13 @@ def check_flops(attention_cls: type, baseline_cls: type, g: Geometry, gate) -> d
 
 
 def _step_cost(module: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[float, int]:
-    """One training step of the module alone on ``x`` (a ``model_input``): wall seconds, and bytes saved for
-    backward (activation memory)."""
+    """One training step of the module alone on ``x`` (a ``model_input``): seconds, and bytes saved for backward
+    (activation memory). On the CPU the seconds are the process's CPU time: the step runs on one thread
+    (``_gate_threads``), and wall time would add whatever time other processes held the core, which lengthens a long
+    step more than a short one (a legitimate prefix-sum attention measured 4.4x the baseline's step under a loaded
+    test suite, 2.7x alone). On CUDA, wall time between synchronisations."""
     saved, seen = [0], set()
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
 
     def pack(t):
         key = (t.data_ptr(), t.numel(), t.dtype)
@@ -582,13 +586,13 @@ def _step_cost(module: nn.Module, x: torch.Tensor, device: torch.device) -> tupl
 
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = module(x)
     y.float().square().mean().backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start, saved[0]
+    return clock() - start, saved[0]
 
 
 def check_runtime_memory(attention_cls: type, baseline_cls: type, g: Geometry, gate, device: str, repeats: int = 5) -> dict:
