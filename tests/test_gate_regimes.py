@@ -4,12 +4,13 @@ Work done only in one of those regimes is counted; a leak of the future or acros
 found."""
 
 import dataclasses
+import time
 
 import pytest
 import torch
 import torch.nn as nn
 
-from harness.sandbox.checks import (GateFailure, Geometry, check_batch_independence, check_causality,
+from harness.sandbox.checks import (GateFailure, Geometry, _gate_threads, check_batch_independence, check_causality,
                                     check_flops, check_runtime_memory)
 from harness.sandbox.flops import attention_flops
 from harness.trusted.profiles import get_profile
@@ -113,6 +114,24 @@ def test_the_step_time_probe_trains_on_a_layer_norms_output_at_the_training_batc
     unbounded = dataclasses.replace(GATE, runtime_bound_ratio=float("inf"), memory_bound_ratio=float("inf"))
     check_runtime_memory(RecordsItsInput, MultiHead, G, unbounded, "cpu", repeats=2)
     assert RecordsItsInput.seen and set(RecordsItsInput.seen) == {(G.batch_size, False, True, True, True)}
+
+
+class WaitsOffTheCore(MultiHead):
+    """The seed's work, then 50 ms in which the process does not run: what another process holding the core does to
+    a step, at its most."""
+
+    def forward(self, x):
+        time.sleep(0.05)
+        return self.attend(x)
+
+
+def test_on_the_cpu_time_off_the_core_does_not_count_as_the_steps_time():
+    # As run_gate runs it: one intra-op thread, so that the step's CPU time is the whole of its work. Wall time would
+    # make each step at least 50 ms, against the baseline's 1-2 ms (and fail the bound many times over).
+    unbounded = dataclasses.replace(GATE, runtime_bound_ratio=float("inf"))
+    with _gate_threads():
+        metrics = check_runtime_memory(WaitsOffTheCore, MultiHead, G, unbounded, "cpu", repeats=3)
+    assert metrics["attention_step_ms"] < 25.0, metrics
 
 
 def test_the_flop_audit_sees_both_regimes():
