@@ -47,7 +47,9 @@ def test_seed_scores_parity_against_its_cached_baseline(smoke_env, framework, tm
     # Same seed, same data, same CPU: the candidate run reproduces the cached baseline.
     assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
     assert result.metrics["final_loss"] == pytest.approx(prepared["baseline"]["final_loss"], abs=1e-3)
-    assert result.metrics["final_loss"] < 0.75 * math.log(get_profile().vocab_size)
+    # It learned: a nat or more below a uniform guess (ln V = 6.24). The seeds end at 4.68 nats at smoke-short and
+    # 2.77 at smoke; 0.75 ln V (4.679) was a bound for smoke that smoke-short met by 0.002 nats.
+    assert result.metrics["final_loss"] < math.log(get_profile().vocab_size) - 1.0
     print(f"{framework}: prepare {prepare_s:.1f}s, prepare+evaluate {total_s:.1f}s, "
           f"evaluate {result.metrics['eval_wall_s']:.1f}s")
     assert result.metrics["eval_wall_s"] < 60.0

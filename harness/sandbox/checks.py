@@ -10,9 +10,11 @@ import contextlib
 import copy
 import dataclasses
 import ctypes
+import functools
 import math
 import statistics
 import time
+import types
 from dataclasses import dataclass
 
 import torch
@@ -268,6 +270,7 @@ def check_batch_independence(attention_cls: type, g: Geometry, atol: float) -> d
 
 def _snapshot(module: nn.Module) -> dict:
     state = {}
+    tree = {id(sub) for sub in module.modules()}  # each one's own state is kept under its own name
     for name, sub in module.named_modules():
         for key, value in vars(sub).items():
             if key in ("_modules", "_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
@@ -281,33 +284,88 @@ def _snapshot(module: nn.Module) -> dict:
                 # that changed.
                 kind = "parameter" if key == "_parameters" else "buffer"
                 for member, tensor in value.items():
-                    state[f"{kind} {name + '.' if name else ''}{member}"] = _copy_value(tensor)
+                    state[f"{kind} {name + '.' if name else ''}{member}"] = _kept(tensor, tree, set())
                 continue
-            state[f"{name}.{key}"] = _copy_value(value)
+            state[f"{name}.{key}"] = _kept(value, tree, set())
     return state
 
 
-def _copy_value(value):
+class _Held:
+    """An attribute's object kept by identity (a strong reference, so that no new object can take its address),
+    with what it holds that a call could change. Two snapshots of it are the same when they hold the same object
+    and the same contents."""
+
+    __slots__ = ("obj", "contents")
+
+    def __init__(self, obj, contents=None):
+        self.obj, self.contents = obj, contents
+
+
+_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size, range,
+              type(Ellipsis), type)
+
+
+def _kept(value, tree: set[int], seen: set[int]):
+    """What the snapshot keeps of one attribute: tensors by value, containers item by item, immutable values as
+    they are, and every other object by identity plus what it holds (``_Held``): a module of the block's own tree by
+    identity alone (its state is kept under its own name), any other module, a plain object or a torch.Generator by
+    their state, a function by its closure and defaults, a partial or bound method by what it binds. Kept by
+    value, a deep copy of an object that compares by identity differed from every other copy of it, and refused
+    legitimate attributes as state: a partial, a bound method, a tuple of the block's own submodules."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
+    if isinstance(value, _IMMUTABLE):
+        return value
+    if id(value) in seen:  # a cycle: the object is already being kept further up
+        return _Held(value)
+    seen = seen | {id(value)}
     if isinstance(value, dict):
-        return {k: _copy_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_copy_value(v) for v in value)
+        return {k: _kept(v, tree, seen) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return _Held(type(value), [_kept(v, tree, seen) for v in value])
+    if isinstance(value, nn.Module):
+        return _Held(value, None if id(value) in tree else _kept(dict(vars(value)), tree, seen))
+    if isinstance(value, torch.Generator):
+        return _Held(value, value.get_state())
+    if isinstance(value, functools.partial):
+        return _Held(value, _kept((value.func, value.args, value.keywords), tree, seen))
+    if isinstance(value, types.MethodType):
+        return _Held(value.__func__, _kept(value.__self__, tree, seen))
+    if isinstance(value, types.FunctionType):
+        cells = tuple(c.cell_contents for c in value.__closure__ or () if _filled(c))
+        return _Held(value, _kept((cells, value.__defaults__, value.__kwdefaults__), tree, seen))
+    if isinstance(value, (types.BuiltinMethodType, types.ModuleType)):
+        owner = getattr(value, "__self__", None)
+        bound = owner is not None and not isinstance(owner, types.ModuleType)
+        return _Held(value, _kept(owner, tree, seen) if bound else None)
+    if hasattr(value, "__dict__"):
+        return _Held(type(value), _kept(dict(vars(value)), tree, seen))
+    if type(value).__eq__ is object.__eq__:
+        return _Held(value)
     try:
         return copy.deepcopy(value)
-    except Exception:  # noqa: BLE001 - an uncopyable attribute is compared by identity
-        return value
+    except Exception:  # noqa: BLE001 - an uncopyable object is compared by identity
+        return _Held(value)
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # a cell not bound yet
+        return False
+    return True
 
 
 def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
                 and a.dtype == b.dtype and bool(torch.equal(a, b) or (a.isnan() & b.isnan()).all()))
+    if isinstance(a, _Held) or isinstance(b, _Held):
+        return isinstance(a, _Held) and isinstance(b, _Held) and a.obj is b.obj and _same(a.contents, b.contents)
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     try:
         return bool(a == b)
     except Exception:  # noqa: BLE001
