@@ -112,6 +112,7 @@ ATTACKS = [
     Attack("import_the_scorer", "patching", "harness.trusted.scoring.score = lambda *a, **k: 9.0",
            preamble="import harness.trusted.scoring\n"),
     Attack("setattr_on_a_module", "patching", 'setattr(F, "cross_entropy", None)'),
+    Attack("change_a_process_wide_setting", "patching", 'torch.set_float32_matmul_precision("medium")'),
     # tensor subclasses
     Attack("return_a_tensor_subclass", "subclass", "return x.as_subclass(Sneaky)",
            preamble="class Sneaky(torch.Tensor):\n    pass\n\n"),

@@ -154,6 +154,9 @@ PATCHES = {
                        "    _F.gelu = lambda t, approximate='none': t\n    return _forward(self, x)\n\n\n"
                        "ATTENTION.forward = _patched\n",
                        "torch.nn.functional.gelu", "during the gate"),
+    # A process-wide setting outlives the program's code: it would change how the frozen model trains and is scored.
+    "a_setting_at_load": ("import torch as _torch\n_torch.set_float32_matmul_precision('medium')\n",
+                          "torch.get_float32_matmul_precision()", "loading the program"),
 }
 
 

@@ -153,6 +153,7 @@ def test_a_string_annotation_that_is_code_is_refused():
         ("", "assert x.dim() == 3, f'{type(self).__name__} wants (B, T, D)'\n        return self.proj(x)"),
         ("NEG = float('-inf')\nLOG_BASE = math.log(10000.0)\nDTYPE = torch.float32\n", "return self.proj(x.to(DTYPE))"),
         ("", "self.apply(lambda m: None)\n        return self.proj(x)"),
+        ("", "gen = torch.Generator()\n        gen.set_state(gen.get_state())\n        return self.proj(x)"),
     ],
 )
 def test_policy_accepts_common_idioms(head, body):
@@ -239,13 +240,19 @@ def test_syntax_error_surfaces_as_syntax_error():
          "Helper.train may only be called with self"),
         ("sm = staticmethod\n\n\nclass Helper(nn.Module):\n    @sm\n    def poke(self):\n        self.softmax = None\n\n\n"
          + GOOD, "'self' may only be the first parameter of a method"),
+        (GOOD.replace("return self.proj(x)", "torch.set_float32_matmul_precision('medium')\n        return self.proj(x)"),
+         "it changes a process-wide torch setting"),
+        (GOOD.replace("return self.proj(x)", "torch.autograd.set_detect_anomaly(True)\n        return self.proj(x)"),
+         "it changes a process-wide torch setting"),
+        ("from torch import set_flush_denormal\n" + GOOD, "it changes a process-wide torch setting"),
     ],
     ids=["dunder_method", "rebinds_a_frozen_name", "import_rebinds_a_frozen_name", "tensor_base", "parameter_base",
          "metaclass", "private_on_a_submodule", "assignment_on_a_local", "module_outside_the_table",
          "self_rebound", "self_in_a_lambda", "self_in_a_staticmethod", "method_called_on_a_torch_class",
          "class_stored", "method_through_type", "super_with_another_object", "module_chain_bound",
          "function_method_called_directly", "function_context_rebound", "context_outside_a_function",
-         "staticmethod_under_another_name", "inherited_method_called_on_a_torch_class"],
+         "staticmethod_under_another_name", "inherited_method_called_on_a_torch_class", "process_wide_setting",
+         "process_wide_setting_of_a_submodule", "process_wide_setting_imported"],
 )
 def test_the_allow_list_refuses(block, fragment):
     report = policy(block)

@@ -15,7 +15,9 @@ added to a class also counts: a new ``forward`` or ``__torch_function__`` on a f
 computes. New names in a module namespace do not count: torch adds attributes to itself as it imports
 submodules lazily. Torch itself replaces a few callables at run time, and those are left out (``TORCH_REPLACES``):
 importing dynamo wraps ``torch.manual_seed``, the first ``torch.compile`` patches ``Module.__init__``, and the
-first optimizer of a class wraps its ``step``; so the optimizers are not watched. The
+first optimizer of a class wraps its ``step``; so the optimizers are not watched. Process-wide
+settings (matmul precision, default dtype, grad, anomaly, determinism and autocast modes) are kept by value and
+compared the same way. The
 sandbox checks after loading the program, after the gate, after training and after the forward pass, and refuses
 a change as ``policy``, naming it. A patch undone before the next check is not seen here; the static policy is
 what refuses those.
@@ -83,19 +85,40 @@ def _watched() -> tuple[dict[str, object], set[str]]:
     return objects, class_attributes
 
 
+def _settings() -> dict[str, object]:
+    """Process-wide torch settings a program could change, which would change how the frozen model trains or is
+    scored after the program's own code has returned (matmul precision, default dtype, grad and autocast modes),
+    by the getter that reads each. Settings the sandbox itself sets after this snapshot (TF32 in the forward pass,
+    the number of threads) are not among them; the static policy refuses every ``set_*`` and ``use_*`` function."""
+    return {
+        "torch.get_float32_matmul_precision()": torch.get_float32_matmul_precision(),
+        "torch.get_default_dtype()": torch.get_default_dtype(),
+        "torch.get_default_device()": torch.get_default_device(),
+        "torch.is_grad_enabled()": torch.is_grad_enabled(),
+        "torch.is_inference_mode_enabled()": torch.is_inference_mode_enabled(),
+        "torch.is_anomaly_enabled()": torch.is_anomaly_enabled(),
+        "torch.are_deterministic_algorithms_enabled()": torch.are_deterministic_algorithms_enabled(),
+        "torch.get_deterministic_debug_mode()": torch.get_deterministic_debug_mode(),
+        **{f"torch.is_autocast_enabled({device!r})": torch.is_autocast_enabled(device) for device in ("cpu", "cuda")},
+    }
+
+
 def take() -> dict[str, object]:
-    """The watched callables, once the harness modules a sandbox runs are imported."""
+    """The watched callables and settings, once the harness modules a sandbox runs are imported."""
     import importlib
 
     for name in HARNESS_MODULES:
         importlib.import_module(name)
-    return _watched()[0]
+    return {**_watched()[0], **_settings()}
 
 
 def changed(before: dict[str, object]) -> list[str]:
-    """The watched names whose object is no longer the one ``before`` holds, or that appeared on a class."""
+    """The watched names whose object is no longer the one ``before`` holds, or that appeared on a class, and the
+    settings whose value is no longer the one ``before`` holds."""
     now, class_attributes = _watched()
-    out = [name for name, value in before.items() if now.get(name) is not value]
+    settings = _settings()
+    out = [name for name, value in before.items() if name not in settings and now.get(name) is not value]
+    out += [name for name, value in settings.items() if name in before and before[name] != value]
     out += [name for name in class_attributes if name in now and name not in before]
     return sorted(set(out))
 

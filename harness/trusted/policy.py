@@ -78,6 +78,13 @@ FORBIDDEN_ATTRIBUTES = frozenset({
     "grad_fn", "next_functions",
 })
 
+# A module's functions that change a process-wide setting (torch.set_float32_matmul_precision, torch.use_deterministic_
+# algorithms, torch.autograd.set_detect_anomaly): the setting would outlive the program's own code and change how the
+# frozen model trains and is scored. An object the block made itself may have them (gen.set_state(...)).
+SETTING_PREFIXES = ("set_", "use_")
+SETTING_MESSAGE = (": it changes a process-wide torch setting; scope a mode to your own code with a context manager "
+                   "(with torch.autocast(...), with torch.no_grad())")
+
 # Forbidden attributes that are harmless on an object the block made itself and named: a torch.Generator of its
 # own may be seeded (``gen = torch.Generator(); gen.manual_seed(0)``), never torch's global one.
 LOCAL_ATTRIBUTES = frozenset({"manual_seed"})
@@ -331,6 +338,8 @@ class _Checker(ast.NodeVisitor):
                 self.flag(node, "star imports are not allowed")
             elif alias.name.startswith("_") or alias.name in FORBIDDEN_ATTRIBUTES or alias.name in FORBIDDEN_NAMES:
                 self.flag(node, f"importing {alias.name!r} is not allowed")
+            elif alias.name.startswith(SETTING_PREFIXES):
+                self.flag(node, f"importing {alias.name!r} is not allowed" + SETTING_MESSAGE)
             elif full not in ALLOWED_MODULES and alias.name in KNOWN_MODULE_ATTRIBUTES:
                 self.flag(node, f"{full!r} is a module a block may not use")
             elif module in ALLOWED_MODULE_MEMBERS and alias.name not in ALLOWED_MODULE_MEMBERS[module]:
@@ -384,6 +393,8 @@ class _Checker(ast.NodeVisitor):
         elif attr in FORBIDDEN_ATTRIBUTES or ("hook" in attr.lower() and not attr.startswith("_")
                                                and not (on_self and not attr.startswith("register"))):
             self.flag(node, f"attribute {attr!r} is not allowed" + FORBIDDEN_ATTRIBUTE_ADVICE.get(attr, ""))
+        elif attr.startswith(SETTING_PREFIXES) and not on_self and self._rooted_at_a_module(node):
+            self.flag(node, f"attribute {attr!r} is not allowed" + SETTING_MESSAGE)
         elif attr in FORBIDDEN_NAMES and not on_self:
             self.flag(node, f"attribute {attr!r} is not allowed: it reaches the interpreter or the host")
         elif attr.startswith("_") and not on_self:
