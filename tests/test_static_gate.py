@@ -154,11 +154,33 @@ def test_a_string_annotation_that_is_code_is_refused():
         ("NEG = float('-inf')\nLOG_BASE = math.log(10000.0)\nDTYPE = torch.float32\n", "return self.proj(x.to(DTYPE))"),
         ("", "self.apply(lambda m: None)\n        return self.proj(x)"),
         ("", "gen = torch.Generator()\n        gen.set_state(gen.get_state())\n        return self.proj(x)"),
+        ("", "self.proj.apply(lambda m: None)\n        return self.proj(x)"),  # a submodule's own apply
+        ("", "gen = torch.Generator()\n        gen.manual_seed(self.seed)\n        return self.proj(x)"),  # self.seed
     ],
 )
 def test_policy_accepts_common_idioms(head, body):
     block = head + GOOD.replace("return self.proj(x)", body)
     report = policy(block)
+    assert report.ok, report.violations
+
+
+# Idioms a sweep of LLM-style attention code found refused, each with a reason that did not hold.
+IDIOMS = {
+    "staticmethod_called_through_its_class": GOOD.replace("    def forward(self, x):", (
+        "    @staticmethod\n    def halve(t):\n        return t / 2\n\n    def forward(self, x):")).replace(
+        "return self.proj(x)", f"return {CLASS}.halve(self.proj(x))"),
+    "classmethod_reading_constants_and_staticmethods": GOOD.replace("    def forward(self, x):", (
+        "    EPS = 1e-6\n\n    @staticmethod\n    def halve(t):\n        return t / 2\n\n"
+        "    @classmethod\n    def mask(cls, n: int):\n        return cls.halve(torch.ones(n, n) + cls.EPS).tril()\n\n"
+        "    def forward(self, x):")).replace("return self.proj(x)", "return self.proj(x) + 0 * self.mask(x.shape[1]).sum()"),
+    "literal_options_with_hyphens": "from typing import Literal\n" + GOOD.replace(
+        "max_seq_len=128)", "max_seq_len=128, *, norm: Literal['layer-norm', 'rms-norm'] = 'layer-norm')"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IDIOMS))
+def test_idioms_once_refused_are_accepted(name):
+    report = policy(IDIOMS[name])
     assert report.ok, report.violations
 
 
@@ -245,6 +267,23 @@ def test_syntax_error_surfaces_as_syntax_error():
         (GOOD.replace("return self.proj(x)", "torch.autograd.set_detect_anomaly(True)\n        return self.proj(x)"),
          "it changes a process-wide torch setting"),
         ("from torch import set_flush_denormal\n" + GOOD, "it changes a process-wide torch setting"),
+        (GOOD.replace("    def forward(self, x):", "    def poke(self):\n        self.softmax = None\n\n"
+                      "    @classmethod\n    def sneak(cls):\n        cls.poke(torch.Tensor)\n\n    def forward(self, x):"),
+         "in the classmethod sneak, cls may only be instantiated"),
+        ("class Helper(nn.Module):\n    @staticmethod\n    def poke(a):\n        return a\n\n\n"
+         "class Helper(nn.Module):\n    def poke(self):\n        self.softmax = None\n\n\n"
+         + GOOD.replace("return self.proj(x)", "Helper.poke(torch.Tensor)\n        return x"),
+         "Helper.poke may only be called with self"),
+        ("from typing import Optional as Literal\n" + GOOD.replace("max_seq_len=128)", "max_seq_len=128, *, "
+                                                                   "n: Literal['__import__(\"os\")'] = None)"),
+         "a string annotation may only name a type"),
+        (GOOD.replace("return self.proj(x)", "self.compile()\n        return self.proj(x)"), "attribute 'compile'"),
+        ("from functools import cached_property\n" + GOOD, "functools.cached_property is not allowed"),
+        (GOOD.replace("return self.proj(x)", "setattr(self, 'a', 1)\n        return self.proj(x)"),
+         "for a computed name use self.add_module"),
+        (GOOD.replace("return self.proj(x)", "n = self.__class__.__name__\n        return self.proj(x)"),
+         "type(self).__name__ names the class"),
+        ("from torch.nn.parameter import Parameter\n" + GOOD, "; use nn.Parameter"),
     ],
     ids=["dunder_method", "rebinds_a_frozen_name", "import_rebinds_a_frozen_name", "tensor_base", "parameter_base",
          "metaclass", "private_on_a_submodule", "assignment_on_a_local", "module_outside_the_table",
@@ -252,7 +291,9 @@ def test_syntax_error_surfaces_as_syntax_error():
          "class_stored", "method_through_type", "super_with_another_object", "module_chain_bound",
          "function_method_called_directly", "function_context_rebound", "context_outside_a_function",
          "staticmethod_under_another_name", "inherited_method_called_on_a_torch_class", "process_wide_setting",
-         "process_wide_setting_of_a_submodule", "process_wide_setting_imported"],
+         "process_wide_setting_of_a_submodule", "process_wide_setting_imported", "classmethod_calls_with_a_torch_class",
+         "static_in_one_definition_only", "literal_that_is_another_name", "compile_on_self", "cached_property",
+         "setattr_advice", "class_dunder_advice", "parameter_module_advice"],
 )
 def test_the_allow_list_refuses(block, fragment):
     report = policy(block)
@@ -321,3 +362,16 @@ def test_a_custom_autograd_function_and_base_class_calls_are_accepted():
         "        return Scale.apply(Base.forward(self, x), 2.0) + scale(super(Base, self).forward(x), Base.SCALE)")
     report = policy(block)
     assert report.ok, report.violations
+
+
+def test_the_forbidden_attributes_that_nn_classes_define_stay_forbidden_on_self():
+    """``self.seed = seed`` names the block's own value; ``self.compile()`` is nn.Module's method."""
+    import torch
+
+    from harness.trusted.policy import FORBIDDEN_ATTRIBUTES, MODULE_METHODS
+
+    defined = set()
+    for value in vars(torch.nn).values():
+        if isinstance(value, type) and issubclass(value, torch.nn.Module):
+            defined |= set(dir(value))
+    assert FORBIDDEN_ATTRIBUTES & defined <= MODULE_METHODS

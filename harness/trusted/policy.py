@@ -85,6 +85,13 @@ SETTING_PREFIXES = ("set_", "use_")
 SETTING_MESSAGE = (": it changes a process-wide torch setting; scope a mode to your own code with a context manager "
                    "(with torch.autocast(...), with torch.no_grad())")
 
+# Forbidden attributes that torch.nn's classes define: on self as well they are nn.Module's own (self.compile()). The
+# others name, on self, only what the block stored there (self.seed = seed).
+MODULE_METHODS = frozenset({
+    "apply", "compile", "register_backward_hook", "register_forward_hook", "register_forward_pre_hook",
+    "register_full_backward_hook", "register_load_state_dict_post_hook", "register_state_dict_pre_hook",
+})
+
 # Forbidden attributes that are harmless on an object the block made itself and named: a torch.Generator of its
 # own may be seeded (``gen = torch.Generator(); gen.manual_seed(0)``), never torch's global one.
 LOCAL_ATTRIBUTES = frozenset({"manual_seed"})
@@ -94,6 +101,14 @@ FORBIDDEN_ATTRIBUTE_ADVICE = {
              "(self.apply(fn)) may be applied",
     "manual_seed": ": seed a generator of your own (gen = torch.Generator(); gen.manual_seed(0)) and pass "
                    "generator=gen",
+}
+
+# What to write instead, where a refused name, dunder or import has an allowed equivalent.
+NAME_ADVICE = {
+    "setattr": ": assign self.name = value, or for a computed name use self.add_module, self.register_buffer or "
+               "self.register_parameter",
+    "__class__": ": type(self).__name__ names the class",
+    "torch.nn.parameter": ": use nn.Parameter",
 }
 
 # What to write instead of a module a block may not use, where there is an allowed way.
@@ -116,7 +131,7 @@ ALLOWED_MODULE_MEMBERS = {
         "Any", "Callable", "ClassVar", "Dict", "Final", "FrozenSet", "Iterable", "Iterator", "List", "Literal",
         "Mapping", "Optional", "Sequence", "Set", "Tuple", "Type", "Union", "cast", "TYPE_CHECKING",
     }),
-    "functools": frozenset({"partial", "reduce", "lru_cache", "cache", "wraps", "cached_property"}),
+    "functools": frozenset({"partial", "reduce", "lru_cache", "cache", "wraps"}),
 }
 
 ALLOWED_DUNDERS = frozenset({"__init__"})  # super().__init__()
@@ -143,7 +158,7 @@ FUNCTION_CONTEXT_METHODS = frozenset({"forward", "setup_context", "backward", "j
 # Decorators under which a method's first parameter is still the instance (``@torch.no_grad()`` as well as
 # ``@torch.no_grad``), and a property's own ``@name.setter``. Any other one could bind ``self`` to an argument:
 # ``sm = staticmethod`` then ``@sm def poke(self)`` and ``self.poke(torch.Tensor)``.
-INSTANCE_DECORATORS = frozenset({"property", "functools.cached_property", "torch.no_grad", "torch.enable_grad",
+INSTANCE_DECORATORS = frozenset({"property", "torch.no_grad", "torch.enable_grad",
                                  "torch.inference_mode", "torch.autocast"})
 
 
@@ -226,6 +241,13 @@ def _dotted(node: ast.AST) -> str | None:
     return ".".join([node.id] + parts[::-1]) if isinstance(node, ast.Name) else None
 
 
+def _attribute_of_self(node: ast.AST) -> bool:
+    """``self`` or a chain of plain attributes from it (``self.w_o``): the block's own objects."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return isinstance(node, ast.Name) and node.id == "self"
+
+
 def _is_dunder(name: str) -> bool:
     return name.startswith("__") and name.endswith("__")
 
@@ -241,6 +263,7 @@ class _Checker(ast.NodeVisitor):
         self.bound: set[str] = set()  # every name the block assigns or takes as an argument
         self.function_classes: set[str] = set()  # the block's custom autograd Functions
         self.class_constants: set[str] = set()  # the names the block classes' bodies assign (constants)
+        self.static_methods: dict[str, set[str]] = {}  # per block class, the methods every definition makes static
         self.instance_params: set[int] = set()  # ids of the ``self`` parameters of methods
         self.context_params: set[int] = set()  # ids of the ``ctx`` parameters of autograd Functions' staticmethods
 
@@ -268,6 +291,11 @@ class _Checker(ast.NodeVisitor):
                    for b in node.bases):
                 self.function_classes.add(node.name)
             method_names = {m.name for m in node.body if isinstance(m, ast.FunctionDef)}
+            static = {m.name for m in node.body if isinstance(m, ast.FunctionDef)
+                      and [_dotted(d) for d in m.decorator_list] == ["staticmethod"]}
+            # A class defined twice is either definition at run time: a method is static only if it is in both.
+            known = self.static_methods.get(node.name)
+            self.static_methods[node.name] = static if known is None else known & static
             for method in node.body:
                 if isinstance(method, (ast.Assign, ast.AnnAssign)):
                     targets = method.targets if isinstance(method, ast.Assign) else [method.target]
@@ -330,8 +358,9 @@ class _Checker(ast.NodeVisitor):
             self.flag(node, f"import from {module or '.'!r} is not allowed (allowed: {sorted(ALLOWED_IMPORT_ROOTS)})")
             return
         if module not in ALLOWED_MODULES:
+            advice = NAME_ADVICE.get(module, "").replace(": ", "; ", 1)
             self.flag(node, f"import from {module!r} is not allowed: the modules a block may use are "
-                      f"{sorted(ALLOWED_MODULES)}")
+                      f"{sorted(ALLOWED_MODULES)}{advice}")
         for alias in node.names:
             full = f"{module}.{alias.name}"
             if alias.name == "*":
@@ -351,7 +380,7 @@ class _Checker(ast.NodeVisitor):
         if node.id in SHADOWABLE_NAMES and node.id in self.bound and node.id not in self.aliases:
             pass
         elif node.id in FORBIDDEN_NAMES or _is_dunder(node.id):
-            self.flag(node, f"use of {node.id!r} is not allowed")
+            self.flag(node, f"use of {node.id!r} is not allowed" + NAME_ADVICE.get(node.id, ""))
         elif node.id in CALL_ONLY_BUILTINS and not (isinstance(parent, ast.Call) and parent.func is node):
             self.flag(node, f"{node.id} may only be called directly, as {node.id}(...): do not bind it to a name, "
                       "pass it or store it")
@@ -369,7 +398,7 @@ class _Checker(ast.NodeVisitor):
                       "named in an annotation: do not bind it to a name, pass it or store it")
         elif node.id in self.block_classes and node.id not in self.function_classes \
                 and isinstance(parent, ast.Attribute) and parent.attr not in self.class_constants \
-                and not self._called_with_self(parent):
+                and parent.attr not in self.static_methods.get(node.id, ()) and not self._called_with_self(parent):
             # Its own methods and those it inherits (nn.Module.train sets self.training) would run on any object.
             self.flag(node, f"{node.id}.{parent.attr} may only be called with self as its first argument "
                       f"({node.id}.{parent.attr}(self, ...)); call methods on an instance")
@@ -384,14 +413,14 @@ class _Checker(ast.NodeVisitor):
         attr, on_self = node.attr, isinstance(node.value, ast.Name) and node.value.id == "self"
         if _is_dunder(attr):
             if attr not in ALLOWED_DUNDER_READS or (attr != "__init__" and not isinstance(node.ctx, ast.Load)):
-                self.flag(node, f"dunder attribute {attr!r} is not allowed")
+                self.flag(node, f"dunder attribute {attr!r} is not allowed" + NAME_ADVICE.get(attr, ""))
         elif attr in LOCAL_ATTRIBUTES and not self._rooted_at_a_module(node):
             pass
-        elif attr == "apply" and (on_self or isinstance(node.value, ast.Name)
+        elif attr == "apply" and (_attribute_of_self(node.value) or isinstance(node.value, ast.Name)
                                   and node.value.id in self.function_classes):
-            pass  # nn.Module.apply visits the block's own submodules only; Function.apply runs the block's own code
-        elif attr in FORBIDDEN_ATTRIBUTES or ("hook" in attr.lower() and not attr.startswith("_")
-                                               and not (on_self and not attr.startswith("register"))):
+            pass  # nn.Module.apply visits the block's own (sub)modules only; Function.apply runs the block's own code
+        elif (attr in FORBIDDEN_ATTRIBUTES and (not on_self or attr in MODULE_METHODS)
+              or "hook" in attr.lower() and not attr.startswith("_") and not (on_self and not attr.startswith("register"))):
             self.flag(node, f"attribute {attr!r} is not allowed" + FORBIDDEN_ATTRIBUTE_ADVICE.get(attr, ""))
         elif attr.startswith(SETTING_PREFIXES) and not on_self and self._rooted_at_a_module(node):
             self.flag(node, f"attribute {attr!r} is not allowed" + SETTING_MESSAGE)
@@ -467,12 +496,33 @@ class _Checker(ast.NodeVisitor):
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         if _is_dunder(node.name) and node.name not in ALLOWED_DUNDERS:
             self.flag(node, f"defining {node.name} is not allowed: of the special methods, only __init__")
+        if any(_dotted(d.func if isinstance(d, ast.Call) else d) == "classmethod" for d in node.decorator_list):
+            self._check_classmethod(node)
         args = node.args
         for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
             if arg is not None:
                 self._check_annotation(arg.annotation)
         self._check_annotation(node.returns)
         self.generic_visit(node)
+
+    def _check_classmethod(self, node: ast.FunctionDef) -> None:
+        """A classmethod's ``cls`` is the class in hand: ``cls.method(torch.Tensor)`` would run a method with a torch
+        class as its self. It may only be instantiated or read for the class's constants and staticmethods."""
+        owner = self.parents.get(id(node))
+        positional = node.args.posonlyargs + node.args.args
+        if not positional or not isinstance(owner, ast.ClassDef):
+            return
+        name, readable = positional[0].arg, self.class_constants | self.static_methods.get(owner.name, set())
+        for use in ast.walk(node):
+            if not (isinstance(use, ast.Name) and use.id == name):
+                continue
+            parent = self.parents.get(id(use))
+            if isinstance(use.ctx, ast.Load) and (isinstance(parent, ast.Call) and parent.func is use
+                                                  or isinstance(parent, ast.Attribute) and parent.attr in readable
+                                                  and isinstance(parent.ctx, ast.Load)):
+                continue
+            self.flag(use, f"in the classmethod {node.name}, {name} may only be instantiated ({name}(...)) or "
+                      f"read for the class's constants and staticmethods")
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
         self._check_annotation(node.annotation)
@@ -481,10 +531,20 @@ class _Checker(ast.NodeVisitor):
     def _check_annotation(self, annotation: ast.AST | None) -> None:
         # A string annotation is code that typing's helpers evaluate with the interpreter's builtins: only a type's
         # name ("TestTimeRegressionAttention", "Optional[torch.Tensor]") may be written as a string.
-        for node in ast.walk(annotation) if annotation is not None else ():
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and not _is_type_expression(node.value):
+        if annotation is None:
+            return
+        values = {id(v) for node in ast.walk(annotation) for v in self._literal_values(node)}
+        for node in ast.walk(annotation):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in values \
+                    and not _is_type_expression(node.value):
                 self.flag(annotation, "a string annotation may only name a type (\"Optional[torch.Tensor]\"): "
                           "write the type itself or leave it out")
+
+    def _literal_values(self, node: ast.AST) -> list[ast.AST]:
+        """The values of ``typing.Literal[...]`` (strings there are values, never evaluated as code)."""
+        if not (isinstance(node, ast.Subscript) and self._full_name(_dotted(node.value)) == "typing.Literal"):
+            return []
+        return list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
 
     def visit_Global(self, node: ast.Global) -> None:
         self.flag(node, "'global' is not allowed")
