@@ -104,6 +104,9 @@ ATTACKS = [
     Attack("patch_a_torch_class_through_a_method_called_on_it", "patching", "Poker.poke(torch.Tensor)",
            preamble="class Poker(nn.Module):\n    def poke(self):\n        self.softmax = None\n\n\n"),
     Attack("patch_a_torch_class_stored_on_self", "patching", "self.t = torch.Tensor\nself.t.softmax = None"),
+    Attack("patch_a_torch_class_through_a_method_named_like_a_constant", "patching", "Poker.poke(torch.Tensor)",
+           preamble="class Holder(nn.Module):\n    poke = 1\n\n\nclass Poker(nn.Module):\n    def poke(self):\n"
+                    "        self.softmax = None\n\n\n"),
     Attack("patch_a_torch_class_through_a_classmethod", "patching", "Poker().sneak()",
            preamble="class Poker(nn.Module):\n    def poke(self):\n        self.softmax = None\n\n"
                     "    @classmethod\n    def sneak(cls):\n        cls.poke(torch.Tensor)\n\n\n"),

@@ -274,6 +274,15 @@ def test_syntax_error_surfaces_as_syntax_error():
          "class Helper(nn.Module):\n    def poke(self):\n        self.softmax = None\n\n\n"
          + GOOD.replace("return self.proj(x)", "Helper.poke(torch.Tensor)\n        return x"),
          "Helper.poke may only be called with self"),
+        ("class A(nn.Module):\n    poke = 1\n\n\nclass Helper(nn.Module):\n    def poke(self):\n        self.softmax = None\n\n\n"
+         + GOOD.replace("return self.proj(x)", "Helper.poke(torch.Tensor)\n        return x"),
+         "Helper.poke may only be called with self"),
+        ("class Helper(nn.Module):\n    poke = 1\n\n    def poke(self):\n        self.softmax = None\n\n\n"
+         + GOOD.replace("return self.proj(x)", "Helper.poke(torch.Tensor)\n        return x"),
+         "Helper.poke may only be called with self"),
+        ("class Helper(nn.Module):\n    @staticmethod\n    def poke(a):\n        return a\n\n    def poke(self):\n"
+         "        self.softmax = None\n\n\n" + GOOD.replace("return self.proj(x)", "Helper.poke(torch.Tensor)\n        return x"),
+         "Helper.poke may only be called with self"),
         ("from typing import Optional as Literal\n" + GOOD.replace("max_seq_len=128)", "max_seq_len=128, *, "
                                                                    "n: Literal['__import__(\"os\")'] = None)"),
          "a string annotation may only name a type"),
@@ -292,7 +301,7 @@ def test_syntax_error_surfaces_as_syntax_error():
          "function_method_called_directly", "function_context_rebound", "context_outside_a_function",
          "staticmethod_under_another_name", "inherited_method_called_on_a_torch_class", "process_wide_setting",
          "process_wide_setting_of_a_submodule", "process_wide_setting_imported", "classmethod_calls_with_a_torch_class",
-         "static_in_one_definition_only", "literal_that_is_another_name", "compile_on_self", "cached_property",
+         "static_in_one_definition_only", "constant_of_another_class", "constant_then_method", "static_then_method", "literal_that_is_another_name", "compile_on_self", "cached_property",
          "setattr_advice", "class_dunder_advice", "parameter_module_advice"],
 )
 def test_the_allow_list_refuses(block, fragment):

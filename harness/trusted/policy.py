@@ -262,8 +262,10 @@ class _Checker(ast.NodeVisitor):
         self.block_classes: set[str] = set()
         self.bound: set[str] = set()  # every name the block assigns or takes as an argument
         self.function_classes: set[str] = set()  # the block's custom autograd Functions
-        self.class_constants: set[str] = set()  # the names the block classes' bodies assign (constants)
-        self.static_methods: dict[str, set[str]] = {}  # per block class, the methods every definition makes static
+        # Per block class, what may be read through the class itself: the names its body assigns and defines no
+        # method under (constants), and its staticmethods; a class defined twice keeps what both definitions agree on.
+        self.class_constants: dict[str, set[str]] = {}
+        self.static_methods: dict[str, set[str]] = {}
         self.instance_params: set[int] = set()  # ids of the ``self`` parameters of methods
         self.context_params: set[int] = set()  # ids of the ``ctx`` parameters of autograd Functions' staticmethods
 
@@ -290,16 +292,14 @@ class _Checker(ast.NodeVisitor):
             if any(self._full_name(_dotted(b)) == ALLOWED_BASES[1] or _dotted(b) in self.function_classes
                    for b in node.bases):
                 self.function_classes.add(node.name)
-            method_names = {m.name for m in node.body if isinstance(m, ast.FunctionDef)}
-            static = {m.name for m in node.body if isinstance(m, ast.FunctionDef)
-                      and [_dotted(d) for d in m.decorator_list] == ["staticmethod"]}
-            # A class defined twice is either definition at run time: a method is static only if it is in both.
-            known = self.static_methods.get(node.name)
-            self.static_methods[node.name] = static if known is None else known & static
+            defs = [m for m in node.body if isinstance(m, ast.FunctionDef)]
+            method_names = {m.name for m in defs}
+            static = method_names - {m.name for m in defs if [_dotted(d) for d in m.decorator_list] != ["staticmethod"]}
+            assigned = {t.id for m in node.body if isinstance(m, (ast.Assign, ast.AnnAssign))
+                        for t in (m.targets if isinstance(m, ast.Assign) else [m.target]) if isinstance(t, ast.Name)}
+            for table, names in ((self.static_methods, static), (self.class_constants, assigned - method_names)):
+                table[node.name] = names if node.name not in table else table[node.name] & names
             for method in node.body:
-                if isinstance(method, (ast.Assign, ast.AnnAssign)):
-                    targets = method.targets if isinstance(method, ast.Assign) else [method.target]
-                    self.class_constants |= {t.id for t in targets if isinstance(t, ast.Name)}
                 if not isinstance(method, ast.FunctionDef):
                     continue
                 positional = method.args.posonlyargs + method.args.args
@@ -397,12 +397,16 @@ class _Checker(ast.NodeVisitor):
             self.flag(node, f"the class {node.id} may only be instantiated, tested (isinstance), derived from or "
                       "named in an annotation: do not bind it to a name, pass it or store it")
         elif node.id in self.block_classes and node.id not in self.function_classes \
-                and isinstance(parent, ast.Attribute) and parent.attr not in self.class_constants \
-                and parent.attr not in self.static_methods.get(node.id, ()) and not self._called_with_self(parent):
+                and isinstance(parent, ast.Attribute) and parent.attr not in self._readable_through(node.id) \
+                and not self._called_with_self(parent):
             # Its own methods and those it inherits (nn.Module.train sets self.training) would run on any object.
             self.flag(node, f"{node.id}.{parent.attr} may only be called with self as its first argument "
                       f"({node.id}.{parent.attr}(self, ...)); call methods on an instance")
         self.generic_visit(node)
+
+    def _readable_through(self, cls: str) -> set[str]:
+        """What the block may read through the class ``cls`` itself: its constants and staticmethods."""
+        return self.class_constants.get(cls, set()) | self.static_methods.get(cls, set())
 
     def _called_with_self(self, node: ast.AST) -> bool:
         call = self.parents.get(id(node))
@@ -512,7 +516,7 @@ class _Checker(ast.NodeVisitor):
         positional = node.args.posonlyargs + node.args.args
         if not positional or not isinstance(owner, ast.ClassDef):
             return
-        name, readable = positional[0].arg, self.class_constants | self.static_methods.get(owner.name, set())
+        name, readable = positional[0].arg, self._readable_through(owner.name)
         for use in ast.walk(node):
             if not (isinstance(use, ast.Name) and use.id == name):
                 continue
