@@ -384,3 +384,30 @@ def test_the_forbidden_attributes_that_nn_classes_define_stay_forbidden_on_self(
         if isinstance(value, type) and issubclass(value, torch.nn.Module):
             defined |= set(dir(value))
     assert FORBIDDEN_ATTRIBUTES & defined <= MODULE_METHODS
+
+
+def _idiom_candidates():
+    import importlib.util
+
+    from harness.trusted.frameworks import REPO_ROOT
+
+    path = REPO_ROOT / "results" / "false_rejections" / "idioms" / "candidates.py"
+    spec = importlib.util.spec_from_file_location("idiom_candidates", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.CANDIDATES
+
+
+def test_every_idiom_of_the_sweep_meant_to_pass_passes_the_static_policy():
+    """``results/false_rejections/idioms``: ordinary idioms of attention code; the gate's share of the sweep
+    (``run.py``, about a minute) is in its recorded results, the policy's is checked here on every run."""
+    from harness.trusted.evaluate import static_gate
+
+    refused = {}
+    for c in _idiom_candidates():
+        seed = FRAMEWORKS[c.framework].seed_source()
+        parts = program.split(seed)
+        verdict = static_gate(c.framework, program.splice(seed, parts.head + c.block + parts.tail))
+        if verdict is not None and c.deliberate is None:
+            refused[c.name] = verdict[1]
+    assert not refused, refused
