@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.campaign import plan
@@ -148,6 +149,61 @@ def test_preregistration_holds_the_plan_and_refuses_another(tmp_path):
     plan.check_same_plan(loaded, settings, tmp_path)  # the same plan resumes
     with pytest.raises(ConfigError, match="iterations: registered 2, asked 5"):
         plan.check_same_plan(loaded, _settings(iterations=5), tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The final report: a departure from the design takes every verdict away; what the design allows does not
+
+
+def _report_inputs(iterations_done=35, rule_fired=False, code_hashes=("abc",)):
+    """A campaign that followed the design (full, 35 iterations, seeds 42..51, 100 trials), with cd's validation
+    meeting every strong criterion, and ttr without a candidate."""
+    from harness.validation import stats
+
+    base = np.array([3.0 + x for x in (0.010, -0.004, 0.006, -0.008, 0.002, 0.0, -0.006, 0.004, -0.002, 0.008)])
+    cand = base - 0.1 + np.array([0.003, -0.002, 0.001, 0, 0.002, -0.001, 0.0, 0.001, -0.003, 0.002])
+    primary = stats.paired(cand, base)
+    v = stats.verdict(primary=primary, p_holm=primary.p, n_wins=stats.wins(cand, base),
+                      slope={"p_holm": 0.001, "diff": -0.02}, flop_ratio=1.04, interpretation="decay forgets",
+                      deviations=[])
+    assert v.level == "strong"
+    validation = {"candidates": [{"label": "cd-x", "framework": "cd", "evaluation": {"combined_score": 1.1},
+                                  "stats": {"primary": primary.to_dict(), "p_holm": primary.p, "verdict": v.to_dict()}}],
+                  "frameworks": None}
+    prereg = {"settings": {"frameworks": ["cd", "ttr"], "profile": "full", "iterations": 35,
+                           "seeds": list(range(42, 52)), "tuning": "optuna", "trials": 100},
+              "protocol_deviations": [], "code_hash": "abc"}
+    rules = [{"rule": "no_improvement", "fired_at": iterations_done}] if rule_fired else []
+    state = {"phases": {"evolve": {"cd": {"iterations": iterations_done, "done": True},
+                                   "ttr": {"iterations": 35, "done": True}},
+                        "select": {"candidates": {"cd": {}}, "runs": {"cd": {"stopping_rules": rules}}}},
+             "starts": [{"code_hash": h} for h in code_hashes]}
+    return prereg, state, validation
+
+
+def _render(**kwargs) -> str:
+    from harness.campaign.report import render_report
+
+    prereg, state, validation = _report_inputs(**kwargs)
+    return render_report(prereg, state, validation, [], "abc", Path("."))
+
+
+def test_the_report_keeps_a_verdict_where_only_the_design_s_own_rules_acted():
+    md = _render(iterations_done=20, rule_fired=True)
+    assert "followed its pre-registered plan" in md and "Exploratory" not in md
+    assert "cd: evolution stopped after 20 of 35 iterations by the design's stopping rule" in md
+    assert "ttr: no valid program other than the seed" in md
+    assert "| **strong** |" in md and "- **cd**: STRONG:" in md
+
+
+@pytest.mark.parametrize("case,departure", [
+    (dict(iterations_done=20), "cd: evolution stopped after 20 of 35 iterations, and the design's stopping rule"),
+    (dict(code_hashes=("abc", "def")), "the harness code changed during the campaign"),
+])
+def test_a_departure_from_the_design_takes_every_verdict_away(case, departure):
+    md = _render(**case)
+    assert "**Exploratory: the campaign departs from the design or from its plan**" in md and departure in md
+    assert "| **exploratory** |" in md and "strong" not in md.lower().replace("stopping", "")
 
 
 # ----------------------------------------------------------------------------------------------------------

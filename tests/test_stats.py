@@ -170,6 +170,10 @@ def _verdict(primary=None, p_holm=0.002, wins=9, slope=SLOPE_OK, flops=1.02, int
 def test_verdict_levels_follow_the_design():
     assert _verdict().level == "strong"
     assert _verdict(interpretation=None).level == "minimum, strong pending interpretation"
+    v = _verdict(flops=None)  # the interpretation is in; what is pending is the evaluator's FLOP ratio
+    assert v.level == "minimum, strong pending" and "FLOP ratio" in v.text and "interpretation" not in v.text
+    v = _verdict(flops=None, interpretation=None)
+    assert v.level == "minimum, strong pending" and "FLOP ratio" in v.text and "interpretation" in v.text
     v = _verdict(primary=_primary(d=-0.4))
     assert v.level == "minimum" and "|paired d| > 0.5" in v.text
     assert _verdict(flops=1.2).level == "minimum"
@@ -200,6 +204,19 @@ def test_not_significant_difference_says_so():
     v = _verdict(primary=prim, p_holm=stats.holm([prim.p, 0.001])[0], wins=stats.wins(cand, base))
     assert v.level == "not significant" and v.text.startswith("Not significant")
     assert not v.criteria[0]["passed"]
+
+
+def test_differences_equal_but_for_rounding_are_untestable_like_equal_ones():
+    base = [3.7215400323407826, 3.2287622212704528, 3.9452706955539223, 3.901427457611484, 3.0305899830335536]
+    cand = [b + 0.1 for b in base]  # every difference is 0.1 up to one unit of rounding
+    assert np.std(np.subtract(cand, base), ddof=1) > 0
+    exact = stats.paired([3.25] * 5, [3.0] * 5)
+    rounded = stats.paired(cand, base)
+    assert math.isnan(exact.p) and math.isnan(rounded.p)
+    assert rounded.diff == pytest.approx(0.1) and math.isinf(rounded.d)
+    assert _verdict(primary=rounded, p_holm=math.nan).level == "untestable"
+    real = stats.paired([b + 0.1 + 1e-6 * i for i, b in enumerate(base)], base)  # a spread of 1e-6 is data
+    assert real.p < 1e-10
 
 
 def test_degenerate_samples():

@@ -68,8 +68,8 @@ class FakeRunner:
             if limit is not None and v > limit and not self.ignore_pruning:
                 return {"ok": False, "reason": "pruned", "message": "pruned", "seed": job.seed, "hparams": job.hparams,
                         "fingerprint_id": "fp-fake", "wall_s": 0.0, "pruned_curve": curve[:1]}
-        # each size below the reference is worse by a per-seed step; 'good' also scales better
-        step_up = (0.55 if "good" in name else 0.5) + 0.3 * self.NOISE[(job.seed + 3) % 10]
+        # each size below the reference is worse by a per-seed step; 'good' also scales better, by a per-seed margin
+        step_up = (0.55 + 0.5 * noise if "good" in name else 0.5) + 0.3 * self.NOISE[(job.seed + 3) % 10]
         ref = job.profile.reference_rung
         runs = []
         for i, rung in enumerate(job.profile.ladder):
@@ -264,6 +264,67 @@ def test_frameworks_are_compared_when_several_are_validated(tmp_path, fake_evalu
     assert len(fw["pairs"]) == 1 and fw["pairs"][0]["p_holm"] == pytest.approx(fw["pairs"][0]["p"])
     report = (tmp_path / "val" / "report.md").read_text()
     assert "## Across frameworks (H2)" in report and (tmp_path / "val" / "frameworks.png").exists()
+
+
+def test_frameworks_under_different_fingerprints_are_not_compared(tmp_path, fake_evaluator, monkeypatch):
+    """Each framework's comparison holds under its own fingerprint (say, on a cluster, two kinds of GPU); ranking
+    the frameworks would compare hardware as much as mechanisms."""
+    fp = {"ttr": "fp-a100", "mm": "fp-h200"}
+
+    def evaluate(fw, path, profile=None, ledger_path=None, executor_name=None):
+        return SimpleNamespace(metrics={"combined_score": 1.0, "valid": 1.0, "flop_ratio": 1.0},
+                               artifacts={"reason": "ok", "message": "valid", "fingerprint_id": fp[fw]})
+
+    class Runner(FakeRunner):
+        def __call__(self, job):
+            return {**super().__call__(job), "fingerprint_id": fp[job.framework]}
+
+    monkeypatch.setattr(pipeline.evaluate_mod, "prepare", lambda fw, *a, **k: {"fingerprint": {"id": fp[fw]}})
+    monkeypatch.setattr(pipeline.evaluate_mod, "evaluate", evaluate)
+    cands = candidates(tmp_path, "good") + candidates(tmp_path, "same", framework="mm")
+    result = pipeline.validate(cands, get_profile("smoke"), tmp_path / "val", trials=0, seeds=[42, 43, 44, 45],
+                               runner=Runner(), log=lambda m: None, ladder=False)
+    assert all(c.get("stats") for c in result["candidates"])  # each framework against its own baseline
+    fw = result["frameworks"]
+    assert "different fingerprints" in fw["not_comparable"] and "anova" not in fw
+    assert fw["fingerprints"] == {"mm": "fp-h200", "ttr": "fp-a100"}
+    report = (tmp_path / "val" / "report.md").read_text()
+    assert "No comparison: the frameworks' best candidates were validated under different fingerprints" in report
+    assert "ANOVA" not in report and not (tmp_path / "val" / "frameworks.png").exists()
+
+
+def test_a_side_whose_tuning_finished_no_trial_makes_its_comparison_exploratory(tmp_path, fake_evaluator,
+                                                                                full_profile):
+    """Tuned against untuned is not the design's comparison, whatever the numbers say."""
+
+    class Runner(FakeRunner):
+        def __call__(self, job):
+            if job.rungs == "reference" and "baseline" in job.program_path.stem:
+                return {"ok": False, "reason": "crash", "message": "crash", "seed": job.seed, "hparams": job.hparams,
+                        "fingerprint_id": "fp-fake", "wall_s": 0.0}
+            return super().__call__(job)
+
+    result = pipeline.validate(candidates(tmp_path, "good"), full_profile, tmp_path / "val", trials=3,
+                               seeds=list(range(42, 52)), runner=Runner(), log=lambda m: None)
+    good = result["candidates"][0]
+    assert good["hyperparameters"]["baseline"]["best_value"] is None  # the profile's defaults
+    assert good["deviations"] == ["the baseline: none of its 3 tuning trial(s) finished, so it trained with the "
+                                  "profile's defaults"]
+    v = good["stats"]["verdict"]
+    assert v["level"] == "exploratory" and "none of its 3 tuning trial(s) finished" in v["text"]
+    report = (tmp_path / "val" / "report.md").read_text()
+    assert "`ttr-good`: the baseline: none of its 3 tuning trial(s) finished" in report
+    assert "The run follows the users' design" not in report and "MINIMUM" not in report
+
+
+def test_the_design_on_synthetic_text_is_a_deviation(monkeypatch):
+    from harness.validation import protocol
+
+    monkeypatch.setenv("HARNESS_DATA", "synthetic")
+    assert protocol.deviations(get_profile("full"), list(protocol.SEEDS), "optuna", 100, True) == [
+        "synthetic text instead of TinyStories (`roneneldan/TinyStories`)"]
+    local_copy = get_profile("full", data_source="/data/tinystories")  # the hub's data, read from a local copy
+    assert protocol.deviations(local_copy, list(protocol.SEEDS), "optuna", 100, True) == []
 
 
 class ConcurrentRunner(FakeRunner):

@@ -11,25 +11,40 @@ from harness.validation.report import number
 from harness.validation.stats import format_p
 
 
-def deviations(prereg: dict, state: dict, validation: dict | None, code_hash_now: str) -> list[str]:
-    """What happened that the plan did not say: the design's deviations the plan already named, and the
-    campaign's own (fewer iterations, a framework without a candidate, code changed between starts)."""
+def departures(prereg: dict, state: dict, code_hash_now: str) -> list[str]:
+    """How the campaign departs from the design or from its plan: the design's deviations the plan already named,
+    an evolution that ended early although none of the design's stopping rules fired, and code changed between
+    starts. Any departure makes every verdict exploratory."""
     s = prereg["settings"]
     out = list(prereg.get("protocol_deviations") or [])
     evolve = state["phases"].get("evolve", {})
     for fw in s["frameworks"]:
         done = (evolve.get(fw) or {}).get("iterations")
-        if done is not None and done < s["iterations"]:
-            out.append(f"{fw}: evolution stopped after {done} of {s['iterations']} iterations (OpenEvolve's early "
-                       "stopping)")
-    select = state["phases"].get("select", {})
-    for fw in s["frameworks"]:
-        if fw not in (select.get("candidates") or {}):
-            out.append(f"{fw}: no valid program other than the seed, so nothing to validate")
+        if done is not None and done < s["iterations"] and not _stopped_by_the_design(state, fw):
+            out.append(f"{fw}: evolution stopped after {done} of {s['iterations']} iterations, and the design's "
+                       "stopping rule (no improvement in 10 iterations) had not fired")
     hashes = {start["code_hash"] for start in state.get("starts", [])} | {code_hash_now}
     if hashes != {prereg["code_hash"]}:
         out.append(f"the harness code changed during the campaign (registered `{prereg['code_hash']}`, seen "
                    f"{sorted(hashes)}): results from before and after are not comparable")
+    return out
+
+
+def outcomes(prereg: dict, state: dict, validation: dict | None) -> list[str]:
+    """What the design allows to happen and the report must say: an evolution its stopping rule ended, a framework
+    without a candidate, a candidate the validation refused."""
+    s = prereg["settings"]
+    out = []
+    evolve = state["phases"].get("evolve", {})
+    for fw in s["frameworks"]:
+        done = (evolve.get(fw) or {}).get("iterations")
+        if done is not None and done < s["iterations"] and _stopped_by_the_design(state, fw):
+            out.append(f"{fw}: evolution stopped after {done} of {s['iterations']} iterations by the design's "
+                       "stopping rule (no improvement in 10 iterations; OpenEvolve's early stopping)")
+    select = state["phases"].get("select", {})
+    for fw in s["frameworks"]:
+        if fw not in (select.get("candidates") or {}):
+            out.append(f"{fw}: no valid program other than the seed, so nothing to validate")
     if validation:
         for c in validation["candidates"]:
             if c.get("refused"):
@@ -37,10 +52,17 @@ def deviations(prereg: dict, state: dict, validation: dict | None, code_hash_now
     return out
 
 
+def _stopped_by_the_design(state: dict, fw: str) -> bool:
+    """The analysis saw the design's rule (a), which is OpenEvolve's early stopping as the configs set it, fire."""
+    rules = ((state["phases"].get("select", {}).get("runs") or {}).get(fw) or {}).get("stopping_rules") or []
+    return any(r["rule"] == "no_improvement" and r.get("fired_at") is not None for r in rules)
+
+
 def render_report(prereg: dict, state: dict, validation: dict | None, ledger_rows: list[dict], code_hash_now: str,
                   out_dir: Path) -> str:
     s = prereg["settings"]
-    dev = deviations(prereg, state, validation, code_hash_now)
+    dev = departures(prereg, state, code_hash_now)
+    happened = outcomes(prereg, state, validation)
     md = ["# Campaign report\n",
           f"`{prereg.get('command', 'harness campaign')}`, pre-registered {prereg.get('created', '')}: "
           f"[the plan]({PREREGISTRATION_MD}). Frameworks {', '.join(s['frameworks'])}; profile `{s['profile']}`; "
@@ -53,6 +75,10 @@ def render_report(prereg: dict, state: dict, validation: dict | None, ledger_row
         md.append("")
     else:
         md.append("The campaign followed its pre-registered plan, which is the users' design.\n")
+    if happened:
+        md.append("What happened within the design:\n")
+        md += [f"- {x}" for x in happened]
+        md.append("")
     md += ["## Verdict per framework\n", "| framework | evolution | best candidate | evaluator score | final loss: "
            "baseline → candidate | paired p (Holm) | paired d | verdict |", "|---|---|---|---|---|---|---|---|"]
     runs = state["phases"].get("select", {}).get("runs", {})
@@ -69,16 +95,22 @@ def render_report(prereg: dict, state: dict, validation: dict | None, ledger_row
             st, p = c["stats"], c["stats"]["primary"]
             md.append(f"| {fw} | {evo} | `{c['label']}` | {number((c.get('evaluation') or {}).get('combined_score'))} | "
                       f"{number(p['mean_b'])} → {number(p['mean_a'])} | {format_p(p['p'])} ({format_p(st['p_holm'])}) | "
-                      f"{number(p['d'], 2)} | **{st['verdict']['level']}** |")
+                      f"{number(p['d'], 2)} | **{'exploratory' if dev else st['verdict']['level']}** |")
     md.append("")
     for fw in s["frameworks"]:
         c = by_fw.get(fw)
         if c and c.get("stats"):
-            md.append(f"- **{fw}**: {c['stats']['verdict']['text']}")
+            text = c["stats"]["verdict"]["text"]
+            if dev and c["stats"]["verdict"]["level"] != "exploratory":
+                text = ("Exploratory: the campaign departs from the design (above). The validation's numbers "
+                        "describe this run only; no claim is drawn from them.")
+            md.append(f"- **{fw}**: {text}")
     md.append("")
     fwc = (validation or {}).get("frameworks")
     md.append("## Across frameworks (H2)\n")
-    if fwc:
+    if fwc and fwc.get("not_comparable"):
+        md.append(f"No comparison: {fwc['not_comparable']} (see the validation report).\n")
+    elif fwc:
         md += ["| framework | candidate | mean final loss ± sd | improvement on its seed |", "|---|---|---|---|"]
         for name, label in fwc["candidates"].items():
             g = fwc["groups"][name]
@@ -87,6 +119,8 @@ def render_report(prereg: dict, state: dict, validation: dict | None, ledger_row
         a, k = fwc["anova"], fwc["kruskal"]
         md += ["", f"One-way ANOVA p = {format_p(a['p'])}; Kruskal-Wallis p = {format_p(k['p'])}; pairs (Holm): "
                + ", ".join(f"{x['a']}−{x['b']} p = {format_p(x['p_holm'])}" for x in fwc["pairs"]) + ".", ""]
+        if dev:
+            md += ["Exploratory (the departures above): these tests describe this run only.", ""]
     else:
         md.append("Fewer than two frameworks were validated: no comparison.\n")
     md += ["## Evolution\n", "| framework | evaluations | valid | best combined_score | stopping rules that fired |",

@@ -28,7 +28,7 @@ import yaml
 from harness.analysis.runs import display_path
 from harness.campaign import plan as plan_mod
 from harness.campaign.progress import Progress, evolution_status, validation_status
-from harness.campaign.report import render_report
+from harness.campaign.report import departures, render_report
 from harness.trusted import ledger as ledger_mod
 from harness.trusted import slots
 from harness.trusted.fingerprint import harness_code_hash
@@ -262,7 +262,8 @@ class Campaign:
             validate(candidates, self.profile, out, tuning=self.settings.tuning, trials=self.settings.trials,
                      seeds=list(self.settings.seeds), threads=self.threads, jobs=self.jobs,
                      ledger_path=self.ledger_path, log=self.log, name="validation", command=self.command,
-                     notes=self.state["phases"]["select"].get("notes", []))
+                     notes=self.state["phases"]["select"].get("notes", []),
+                     departures=departures(prereg, self.state, harness_code_hash()))
         finally:
             progress.stop()
         self._mark("validate")

@@ -100,7 +100,8 @@ def compare(base_runs: list[dict], cand_runs: list[dict], reference: tuple) -> d
 
 def decide(comparisons: list[dict], deviations: list[str], external: dict | None = None) -> dict:
     """Holm-adjust the family's primary p-values, and separately its slope-test p-values, and attach each
-    verdict (in place). ``external``: {"primary": [...], "slope": [...]} raw p-values of earlier reports that
+    verdict (in place): exploratory where the run (``deviations``) or the comparison (its ``deviations``)
+    departs from the design. ``external``: {"primary": [...], "slope": [...]} raw p-values of earlier reports that
     join the families. Returns the family sizes."""
     external = external or {}
     tested = [c for c in comparisons if c.get("stats")]
@@ -121,7 +122,7 @@ def decide(comparisons: list[dict], deviations: list[str], external: dict | None
         slope = s["scaling"]["slope_test"] if s["scaling"] else None
         v = stats.verdict(primary=stats.Paired(**s["primary"]), p_holm=s["p_holm"], n_wins=s["wins"], slope=slope,
                           flop_ratio=(c.get("evaluation") or {}).get("flop_ratio"),
-                          interpretation=c.get("interpretation"), deviations=deviations)
+                          interpretation=c.get("interpretation"), deviations=deviations + c.get("deviations", []))
         failed = s["failed_candidate_seeds"] or s["failed_baseline_seeds"]
         if failed and v.level != "exploratory":
             who = (f"the candidate failed to train on seeds {s['failed_candidate_seeds']}" if s["failed_candidate_seeds"]
@@ -134,7 +135,8 @@ def decide(comparisons: list[dict], deviations: list[str], external: dict | None
 
 def across_frameworks(comparisons: list[dict]) -> dict | None:
     """H2: when candidates of two frameworks or more were validated, compare the best of each (lowest mean
-    final loss at the reference size): ANOVA, Kruskal-Wallis and Holm-adjusted pairs on the per-seed losses."""
+    final loss at the reference size): ANOVA, Kruskal-Wallis and Holm-adjusted pairs on the per-seed losses.
+    Only under one fingerprint: otherwise the record says why there is no comparison (``not_comparable``)."""
     best: dict[str, dict] = {}
     for c in comparisons:
         if not c.get("stats"):
@@ -144,6 +146,11 @@ def across_frameworks(comparisons: list[dict]) -> dict | None:
             best[c["framework"]] = c
     if len(best) < 2:
         return None
+    fingerprints = {fw: c.get("fingerprint_id") for fw, c in sorted(best.items())}
+    if len(set(fingerprints.values())) > 1:
+        return {"candidates": {fw: c["label"] for fw, c in sorted(best.items())}, "fingerprints": fingerprints,
+                "not_comparable": "the frameworks' best candidates were validated under different fingerprints "
+                                  "(hardware, software, data or harness code), so their losses are not compared"}
     groups = {fw: [r["candidate"] for r in c["stats"]["seeds"] if r["candidate"] is not None]
               for fw, c in sorted(best.items())}
     out = stats.across_groups(groups)

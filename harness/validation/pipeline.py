@@ -65,10 +65,12 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
              job_limit_s: float | None = None, runner=run_training_job, log: Callable[[str], None] = print,
              family_with: list[Path] | None = None, name: str | None = None, command: str = "harness validate",
              notes: list[str] | None = None, executor: str | None = None,
-             interpretations: dict[str, str] | None = None) -> dict:
+             interpretations: dict[str, str] | None = None, departures: list[str] | None = None) -> dict:
     """Run the protocol for every candidate; write ``report.md``, ``validation.json`` and PNGs to ``out_dir``.
     ``executor``: where the evaluator and every training job run (local or ray; default ``$HARNESS_EXECUTOR``).
-    ``interpretations``: {candidate label: the researcher's interpretation of its mechanism}."""
+    ``interpretations``: {candidate label: the researcher's interpretation of its mechanism}.
+    ``departures``: how the run this validation belongs to (a campaign) departs from the design; they join the
+    validation's own deviations."""
     if tuning not in protocol.TUNING_MODES:
         raise ConfigError(f"unknown tuning {tuning!r}: {' or '.join(protocol.TUNING_MODES)}")
     seeds = list(protocol.SEEDS if seeds is None else seeds)
@@ -92,6 +94,7 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
     n_rungs = len(profile.ladder) if ladder else len(rungs_for(profile))
     limit = job_limit_s or profile.hard_limit_s * max(1, n_rungs)
     deviations = protocol.deviations(profile, seeds, tuning, trials, ladder)
+    deviations += [d for d in departures or [] if d not in deviations]
     external = _external(family_with or [])
 
     def job(fw, path, fp, seed, hp, which, label):
@@ -200,6 +203,8 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
             "baseline": {**base["tuning"], "n_trials": len(base["tuning"].get("trials", []))},
             "candidate": {**ctune, "n_trials": len(ctune.get("trials", []))},
         }
+        entry["deviations"] = [text for text in (_untuned("the baseline", base["tuning"]),
+                                                 _untuned("the candidate", ctune)) if text]
         entry["stats"] = compare(base["runs"], cand_runs, tuple(profile.reference))
         if tuning == "shared" and trials > 0:
             # The design asks option B to report both results: the candidate with the baseline's settings (the
@@ -241,6 +246,16 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
     return result
 
 
+def _untuned(side: str, tuning: dict) -> str | None:
+    """The departure of a side whose tuning ran but finished no trial: it trained with the profile's defaults,
+    against a side that may be tuned."""
+    trials = tuning.get("trials") or []
+    if trials and not any(t["state"] == "complete" for t in trials):
+        return (f"{side}: none of its {len(trials)} tuning trial(s) finished, so it trained with the profile's "
+                "defaults")
+    return None
+
+
 def write_outputs(result: dict, out_dir: Path) -> None:
     """validation.json, the plots and report.md, all from the result alone (so that they can be redrawn)."""
     out_dir = Path(out_dir)
@@ -248,7 +263,7 @@ def write_outputs(result: dict, out_dir: Path) -> None:
         if entry.get("stats"):
             _store_mixing(entry, out_dir)
             plot_comparison(entry, result, out_dir)
-    if result.get("frameworks"):
+    if result.get("frameworks") and not result["frameworks"].get("not_comparable"):
         plot_frameworks(result, out_dir / "frameworks.png")
     (out_dir / "validation.json").write_text(json.dumps(result, indent=1, default=_json_default))
     (out_dir / "report.md").write_text(render_report(result))

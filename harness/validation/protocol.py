@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.trusted.profiles import Profile, get_profile
+from harness.trusted.profiles import PROFILES, Profile, get_profile
 
 DESIGN_PROFILE = "full"
 SEEDS = tuple(range(42, 52))
@@ -80,6 +80,8 @@ def deviations(profile: Profile, seeds: list[int], tuning: str, trials: int, lad
     elif (profile.steps, tuple(profile.ladder), profile.reference_rung) != (full.steps, tuple(full.ladder),
                                                                           full.reference_rung):
         out.append("the `full` profile overridden (steps, ladder or reference rung)")
+    if profile.name == DESIGN_PROFILE and profile.data_source == "synthetic":
+        out.append(f"synthetic text instead of TinyStories (`{PROFILES[DESIGN_PROFILE].data_source}`)")
     if tuple(seeds) != SEEDS:
         out.append(f"seeds {_seed_text(seeds)} instead of {SEEDS[0]}..{SEEDS[-1]}")
     if tuning not in TUNING_MODES:

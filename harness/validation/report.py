@@ -44,12 +44,12 @@ def number(x, digits=4) -> str:
 
 def render_report(result: dict) -> str:
     d, l, h = result["reference_rung"]
-    dev = result["deviations"]
+    dev = all_deviations(result)
     md = [f"# Validation: {result['name']}\n",
           f"Generated {result['created']} by `{result['command']}`.\n"]
     if dev:
         md.append("> **Exploratory: protocol not followed.** This run departs from the design in "
-                  f"{len(dev)} way(s), so no verdict is drawn:\n>")
+                  f"{len(dev)} way(s), and no comparison a departure touches gets a verdict:\n>")
         md += [f"> - {x}" for x in dev]
         md.append("")
     else:
@@ -92,8 +92,19 @@ def render_report(result: dict) -> str:
     return "\n".join(md)
 
 
+def all_deviations(result: dict) -> list[str]:
+    """The run's departures from the design, then each comparison's own (named by its candidate)."""
+    return list(result["deviations"]) + [f"`{c['label']}`: {x}" for c in result["candidates"]
+                                         for x in c.get("deviations", [])]
+
+
 def _frameworks_section(result: dict) -> list[str]:
     fw = result["frameworks"]
+    if fw.get("not_comparable"):
+        return ["## Across frameworks (H2)\n", f"No comparison: {fw['not_comparable']}.\n",
+                "| framework | candidate | fingerprint |", "|---|---|---|",
+                *[f"| {name} | `{label}` | `{fw['fingerprints'][name]}` |" for name, label in fw["candidates"].items()],
+                ""]
     md = ["## Across frameworks (H2)\n",
           "The best validated candidate of each framework (lowest mean final loss), compared on the per-seed final "
           "losses at the reference size.\n",
@@ -109,7 +120,7 @@ def _frameworks_section(result: dict) -> list[str]:
     for pr in fw["pairs"]:
         md.append(f"| {pr['a']} − {pr['b']} | {number(pr['diff'])} [{number(pr['ci_low'])}, {number(pr['ci_high'])}] | "
                   f"{number(pr['t'], 3)} ({number(pr['df'], 1)}) | {format_p(pr['p'])} | {format_p(pr['p_holm'])} |")
-    if result["deviations"]:
+    if all_deviations(result):
         md.append("\nExploratory (see the deviations above): these tests describe this run only.")
     md.append("\n![frameworks](frameworks.png)\n")
     return md

@@ -20,6 +20,10 @@ from scipy import stats as sps
 from harness.validation import protocol
 
 
+# Paired differences whose sd is within this many units of rounding of the values compared are all equal.
+ROUNDING_ULPS = 16
+
+
 def _arr(x) -> np.ndarray:
     a = np.asarray(list(x), dtype=np.float64)
     if a.ndim != 1:
@@ -107,7 +111,9 @@ def paired(a, b, confidence: float = 0.95) -> Paired:
     """Paired t-test of a - b on matched seeds, ``scipy.stats.ttest_rel``, two-sided, with the paired d and the CI.
 
     t = mean(d) / (sd(d) / sqrt(n)) with n - 1 df; the CI is mean(d) +- t_{(1+confidence)/2, n-1} sd(d)/sqrt(n).
-    Degenerate samples (n < 2, or every difference equal) give NaN t and p, read as "cannot be tested"."""
+    Degenerate samples (n < 2, or every difference equal) give NaN t and p, read as "cannot be tested". Differences
+    equal up to the rounding of the subtraction count as equal: otherwise one unit in the last place would decide
+    between "cannot be tested" and a t of 10^15."""
     a, b = _arr(a), _arr(b)
     if len(a) != len(b):
         raise ValueError("a paired test needs one candidate and one baseline value per seed")
@@ -122,7 +128,7 @@ def paired(a, b, confidence: float = 0.95) -> Paired:
                       confidence)
     sdd = float(diffs.std(ddof=1))
     se = sdd / math.sqrt(n)
-    if sdd == 0.0:
+    if sdd <= ROUNDING_ULPS * np.finfo(float).eps * float(max(np.abs(a).max(), np.abs(b).max())):
         d = 0.0 if md == 0.0 else math.copysign(math.inf, md)
         return Paired(n, ma, mb, sd(a), sd(b), md, 0.0, 0.0, nan, n - 1, nan, md, md, d, interpret_d(d), confidence)
     res = sps.ttest_rel(a, b)
@@ -325,8 +331,8 @@ class Verdict:
         return asdict(self)
 
 
-LEVELS = ("strong", "minimum", "minimum, strong pending interpretation", "below the minimum", "not significant",
-          "worse", "untestable", "failed", "exploratory")
+LEVELS = ("strong", "minimum", "minimum, strong pending interpretation", "minimum, strong pending",
+          "below the minimum", "not significant", "worse", "untestable", "failed", "exploratory")
 
 
 def criterion(name: str, value, passed: bool | None, tier: str, note: str = "") -> dict:
@@ -390,8 +396,12 @@ def verdict(*, primary: Paired, p_holm: float, n_wins: int, slope: dict | None, 
     if all(c["passed"] for c in strong):
         return Verdict("strong", f"STRONG: {evidence}, |d| = {abs(primary.d):.2f}, FLOP ratio {flop_ratio:.3f}, "
                        "interpreted by the researcher.", crit)
+    pending = [c for c in strong if c["passed"] is None]
     if all(c["passed"] is not False for c in strong):
-        return Verdict("minimum, strong pending interpretation", f"{head}. Strong once the researcher records an "
-                       "interpretation of the mechanism (`harness validate --interpret`).", crit)
+        if pending == [crit[-1]]:
+            return Verdict("minimum, strong pending interpretation", f"{head}. Strong once the researcher records an "
+                           "interpretation of the mechanism (`harness validate --interpret`).", crit)
+        return Verdict("minimum, strong pending", f"{head}. Strong only once these are known: "
+                       + "; ".join(f"{c['name']} ({c['note']})" for c in pending) + ".", crit)
     missing = "; ".join(c["name"] for c in strong if c["passed"] is False)
     return Verdict("minimum", f"{head}. Not strong: {missing}.", crit)
