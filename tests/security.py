@@ -70,6 +70,15 @@ ATTACKS = [
                     "    return a\n\n"),
     Attack("getattr_bound_to_a_name", "commands",
            'g = getattr\ng(g(g(F.softmax, "__glo" + "bals__")["torch"], "o" + "s"), "system")("touch {marker}")'),
+    Attack("code_of_a_torch_function_replaced_through_wraps", "commands",
+           'functools.wraps(probe, assigned=("__code__",), updated=())(torch.is_tensor)\ntorch.is_tensor(x)',
+           preamble="import functools\n\n\ndef probe(a):\n    return os.system(\"touch {marker}\")\n\n\n"
+                    "def unused(os):\n    return os\n\n\n"),
+    Attack("globals_read_through_a_match_pattern", "commands",
+           'match torch.is_tensor:\n    case object(__globals__=g):\n        g["os"].system("touch {marker}")'),
+    Attack("globals_read_through_a_format_field", "secrets",
+           'n = "{{0.__globals__[os].environ[{secret_env}]}}".format(torch.is_tensor)\n'
+           'torch.tensor(list(n.encode()), dtype=torch.uint8)'),
     # files: Python-level and C-level writes, reads
     Attack("open_builtin", "files", 'open("{marker}", "w").write("x")'),
     Attack("numpy_tofile", "files", 'x.detach().numpy().tofile("{marker}")'),
@@ -128,6 +137,11 @@ ATTACKS = [
     Attack("return_a_parameter", "subclass", "return nn.Parameter(x)"),
     # frame walking
     Attack("getframe_through_an_alias", "frames", "s = typing.sys\nframe = s._getframe(1)",
+           preamble="import typing\n"),
+    Attack("frames_walked_through_match_patterns", "frames",
+           'match typing.cast:\n    case object(__globals__=g):\n        pass\n'
+           'match g["sys"]:\n    case object(_getframe=getframe):\n        pass\n'
+           'match getframe(1):\n    case object(f_back=back, f_locals=names):\n        pass',
            preamble="import typing\n"),
     Attack("frame_through_a_traceback", "frames",
            "try:\n    raise ValueError()\nexcept ValueError as e:\n    frame = e.__traceback__.tb_frame.f_back"),

@@ -184,6 +184,26 @@ def test_idioms_once_refused_are_accepted(name):
     assert report.ok, report.violations
 
 
+@pytest.mark.parametrize("body", [
+    "n = '{} heads of {:d}, {name!r:>8}'.format(2, 3, name='x')",
+    "n = '{0}/{1}'.format(*x.shape[:2])",
+    "match x.dim():\n            case 3:\n                pass\n            case _:\n                pass",
+    "match self.proj:\n            case nn.Linear(in_features=d):\n                pass\n            case _:\n"
+    "                pass",
+    "time = x.shape[1]\n        x = x[:, :time]",
+], ids=["format_with_plain_fields", "format_positional", "match_on_a_value", "match_a_class_pattern",
+        "a_local_named_like_a_module"])
+def test_formatting_matching_and_shadowing_stay_allowed(body):
+    block = GOOD.replace("return self.proj(x)", body + "\n        return self.proj(x)")
+    assert policy(block).ok, policy(block).violations
+
+
+def test_functools_wraps_decorates_a_function_of_the_block():
+    block = ("import functools\n\n\ndef base(a):\n    return a\n\n\n@functools.wraps(base)\ndef wrapped(a):\n"
+             "    return base(a) * 2\n\n\n" + GOOD)
+    assert policy(block).ok, policy(block).violations
+
+
 def test_a_variable_may_be_named_like_a_module_only_where_no_import_binds_that_name():
     block = GOOD.replace("return self.proj(x)", "time = x.shape[1]\n        return self.proj(x)[:, :time]")
     assert policy(block).ok, policy(block).violations
@@ -293,6 +313,31 @@ def test_syntax_error_surfaces_as_syntax_error():
         (GOOD.replace("return self.proj(x)", "n = self.__class__.__name__\n        return self.proj(x)"),
          "type(self).__name__ names the class"),
         ("from torch.nn.parameter import Parameter\n" + GOOD, "; use nn.Parameter"),
+        ("import functools\n\n\ndef probe(a):\n    return a\n\n\n"
+         + GOOD.replace("return self.proj(x)", "functools.wraps(probe, assigned=('__code__',), updated=())"
+                        "(torch.is_tensor)\n        return self.proj(x)"),
+         "functools.wraps takes only the function it wraps"),
+        ("import functools\n\n\ndef probe(a):\n    return a\n\n\n"
+         + GOOD.replace("return self.proj(x)", "w = functools.partial(functools.wraps, probe, ('__code__',), ())"
+                        "\n        return self.proj(x)"),
+         "functools.wraps may only decorate a function of the block"),
+        ("import functools\n\n\ndef probe(a):\n    return a\n\n\n"
+         + GOOD.replace("return self.proj(x)", "functools.wraps(probe)(torch.is_tensor)\n        return self.proj(x)"),
+         "functools.wraps may only decorate a function of the block"),
+        (GOOD.replace("return self.proj(x)", "match torch.is_tensor:\n            case object(__globals__=g):\n"
+                      "                pass\n        return self.proj(x)"), "dunder attribute '__globals__'"),
+        (GOOD.replace("return self.proj(x)", "match x:\n            case object(grad_fn=g):\n"
+                      "                pass\n        return self.proj(x)"), "attribute 'grad_fn' is not allowed"),
+        (GOOD.replace("return self.proj(x)", "match x:\n            case torch.Tensor(f_back=b, _base=p):\n"
+                      "                pass\n        return self.proj(x)"), "private attribute '_base'"),
+        (GOOD.replace("return self.proj(x)", "s = '{0.__globals__[os].environ}'.format(torch.is_tensor)\n"
+                      "        return self.proj(x)"), ".format may only be called on a string literal"),
+        (GOOD.replace("return self.proj(x)", "s = '{a:{a.__class__}}'.format_map({'a': 1})\n"
+                      "        return self.proj(x)"), ".format_map may only be called on a string literal"),
+        (GOOD.replace("return self.proj(x)", "t = '{0.' + '__globals__}'\n        s = t.format(torch.is_tensor)\n"
+                      "        return self.proj(x)"), ".format may only be called on a string literal"),
+        ("def probe(a):\n    return os.environ\n\n\ndef other(os):\n    return os\n\n\n" + GOOD,
+         "use of 'os' is not allowed"),
     ],
     ids=["dunder_method", "rebinds_a_frozen_name", "import_rebinds_a_frozen_name", "tensor_base", "parameter_base",
          "metaclass", "private_on_a_submodule", "assignment_on_a_local", "module_outside_the_table",
@@ -302,7 +347,10 @@ def test_syntax_error_surfaces_as_syntax_error():
          "staticmethod_under_another_name", "inherited_method_called_on_a_torch_class", "process_wide_setting",
          "process_wide_setting_of_a_submodule", "process_wide_setting_imported", "classmethod_calls_with_a_torch_class",
          "static_in_one_definition_only", "constant_of_another_class", "constant_then_method", "static_then_method", "literal_that_is_another_name", "compile_on_self", "cached_property",
-         "setattr_advice", "class_dunder_advice", "parameter_module_advice"],
+         "setattr_advice", "class_dunder_advice", "parameter_module_advice", "wraps_with_assigned",
+         "wraps_passed_as_a_value", "wraps_applied_to_a_torch_function", "match_reads_a_dunder",
+         "match_reads_a_forbidden_attribute", "match_reads_a_private_attribute", "format_reads_attributes",
+         "format_map_in_a_nested_spec", "format_on_a_built_string", "shadowed_name_bound_in_another_function"],
 )
 def test_the_allow_list_refuses(block, fragment):
     report = policy(block)

@@ -26,6 +26,7 @@ modules before the program runs (``harness.sandbox.loader``), and the OS confine
 from __future__ import annotations
 
 import ast
+import string
 from dataclasses import dataclass, field
 
 ALLOWED_IMPORT_ROOTS = frozenset({"torch", "math", "typing", "functools", "einops"})
@@ -118,6 +119,9 @@ MODULE_ADVICE = {
     "func": ": use torch.vmap",
     "utils": ": checkpointing recomputes the forward, which the FLOP budget counts; torch.nn.utils is allowed",
 }
+
+# str methods whose format fields read attributes and items of their arguments.
+STRING_FORMATS = frozenset({"format", "format_map"})
 
 # Builtins that turn a string into an attribute lookup or a class. They may only be called, never bound to a name,
 # passed or stored: ``g = getattr`` would take every later ``g(obj, "__globals__")`` past the checks below.
@@ -273,6 +277,7 @@ class _Checker(ast.NodeVisitor):
         self.report.add(node, message, self.offset)
 
     def run(self, tree: ast.Module) -> None:
+        self.tree, self.scope_names = tree, {}
         self.parents = parent_map(tree)
         for parent in ast.walk(tree):
             if isinstance(parent, ast.Name) and isinstance(parent.ctx, ast.Store):
@@ -282,6 +287,17 @@ class _Checker(ast.NodeVisitor):
         self._find_classes(tree)
         self.visit(tree)
         self._check_module_chains(tree)
+        self._check_wraps(tree)
+
+    def _check_wraps(self, tree: ast.Module) -> None:
+        """functools.wraps copies attributes onto what it decorates: only a function the block defines."""
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Name, ast.Attribute)) and self._full_name(_dotted(node)) == "functools.wraps":
+                call = self.parents.get(id(node))
+                owner = self.parents.get(id(call))
+                if not (isinstance(call, ast.Call) and call.func is node and isinstance(owner, ast.FunctionDef)
+                        and call in owner.decorator_list):
+                    self.flag(node, "functools.wraps may only decorate a function of the block: @functools.wraps(fn)")
 
     def _find_classes(self, tree: ast.Module) -> None:
         """The block's autograd Functions, its classes' methods, and the parameters that name the instance
@@ -377,7 +393,7 @@ class _Checker(ast.NodeVisitor):
     # names ----------------------------------------------------------------------------------------------------
     def visit_Name(self, node: ast.Name) -> None:
         parent = self.parents.get(id(node))
-        if node.id in SHADOWABLE_NAMES and node.id in self.bound and node.id not in self.aliases:
+        if node.id in SHADOWABLE_NAMES and node.id not in self.aliases and node.id in self._bound_in_scope(node):
             pass
         elif node.id in FORBIDDEN_NAMES or _is_dunder(node.id):
             self.flag(node, f"use of {node.id!r} is not allowed" + NAME_ADVICE.get(node.id, ""))
@@ -403,6 +419,36 @@ class _Checker(ast.NodeVisitor):
             self.flag(node, f"{node.id}.{parent.attr} may only be called with self as its first argument "
                       f"({node.id}.{parent.attr}(self, ...)); call methods on an instance")
         self.generic_visit(node)
+
+    def _bound_in_scope(self, node: ast.AST) -> set[str]:
+        """The names the scope of ``node`` binds itself (its function's parameters and assignments, or the block's
+        top level), not those of a nested function or class: a name bound in one function and read free in another
+        is the global, and in a function run with torch's globals ``os`` would be torch's ``os``."""
+        scope = self.parents.get(id(node))
+        while scope is not None and not isinstance(scope, (ast.FunctionDef, ast.Lambda)):
+            scope = self.parents.get(id(scope))
+        key = id(scope)
+        if key not in self.scope_names:
+            names, todo = set(), list(ast.iter_child_nodes(scope if scope is not None else self.tree))
+            while todo:
+                sub = todo.pop()
+                if isinstance(sub, ast.Name) and not isinstance(sub.ctx, ast.Load):
+                    names.add(sub.id)
+                elif isinstance(sub, ast.arg) and scope is not None and self._parameter_of(sub, scope):
+                    names.add(sub.arg)
+                if isinstance(sub, (ast.FunctionDef, ast.Lambda, ast.ClassDef)) and sub is not scope:
+                    if isinstance(sub, (ast.FunctionDef, ast.ClassDef)):
+                        names.add(sub.name)
+                    todo += sub.decorator_list if isinstance(sub, (ast.FunctionDef, ast.ClassDef)) else []
+                    continue
+                todo += ast.iter_child_nodes(sub)
+            self.scope_names[key] = names
+        return self.scope_names[key]
+
+    @staticmethod
+    def _parameter_of(arg: ast.arg, scope: ast.AST) -> bool:
+        a = scope.args
+        return any(arg is p for p in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg))
 
     def _readable_through(self, cls: str) -> set[str]:
         """What the block may read through the class ``cls`` itself: its constants and staticmethods."""
@@ -463,9 +509,30 @@ class _Checker(ast.NodeVisitor):
             else:
                 self.flag(node, module_value_message(_dotted(node)))
 
+    def visit_MatchClass(self, node: ast.MatchClass) -> None:
+        """``case C(attr=v)`` reads the subject's attribute ``attr``: the rules for attributes apply to it, as to an
+        attribute of an object that may be a module's (``case object(__globals__=g)`` is ``subject.__globals__``)."""
+        for attr in node.kwd_attrs:
+            read = ast.copy_location(ast.Attribute(value=ast.Name(id="match_subject", ctx=ast.Load()), attr=attr,
+                                                   ctx=ast.Load()), node)
+            self.parents[id(read)] = node
+            self.visit_Attribute(read)
+        self.generic_visit(node)
+
     # calls, classes, functions --------------------------------------------------------------------------------
     def visit_Call(self, node: ast.Call) -> None:
         name = node.func.id if isinstance(node.func, ast.Name) else None
+        if self._full_name(_dotted(node.func)) == "functools.wraps" and (len(node.args) != 1 or node.keywords):
+            # assigned=/updated= name the attributes it copies: wraps(f, assigned=("__code__",))(torch.is_tensor)
+            # would give a torch function the block's code.
+            self.flag(node, "functools.wraps takes only the function it wraps, as a decorator: @functools.wraps(fn)")
+        if isinstance(node.func, ast.Attribute) and node.func.attr in STRING_FORMATS \
+                and not _attribute_of_self(node.func.value):
+            fields = _format_fields(node.func.value)
+            if fields is None or any(not _plain_field(f) for f in fields):
+                # A field reads attributes and items of the arguments: "{0.__globals__[os]}".format(f)
+                self.flag(node, f".{node.func.attr} may only be called on a string literal whose fields are plain "
+                          "({}, {0}, {name}, with any format spec): use an f-string")
         if name in {"getattr", "hasattr"}:
             key = node.args[1] if len(node.args) > 1 else None
             if not (isinstance(key, ast.Constant) and isinstance(key.value, str) and not key.value.startswith("_")):
@@ -561,6 +628,27 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Await(self, node: ast.Await) -> None:
         self.flag(node, "async code is not allowed")
+
+
+def _format_fields(node: ast.AST) -> list[str] | None:
+    """The field names of a string literal used as a format string, nested ones included; None for anything else."""
+    if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+        return None
+    fields, todo = [], [node.value]
+    try:
+        while todo:
+            for _, field_name, spec, _ in string.Formatter().parse(todo.pop()):
+                if field_name is not None:
+                    fields.append(field_name)
+                if spec:
+                    todo.append(spec)
+    except ValueError:
+        return None
+    return fields
+
+
+def _plain_field(name: str) -> bool:
+    return name == "" or name.isdigit() or name.isidentifier()
 
 
 def module_value_message(name: str) -> str:
