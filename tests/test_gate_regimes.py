@@ -206,3 +206,88 @@ def test_a_batch_mixed_only_inside_the_model_in_training_is_found():
     with pytest.raises(GateFailure) as failure:
         check_batch_independence(BatchMeanWhenTraining, G, atol=1e-5)
     assert failure.value.reason == Reason.BATCH_INDEPENDENCE and "train mode" in str(failure.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Every condition a program could tell apart: its constructor's arguments, its width, the batch of each regime
+
+
+class ThreeRoundsWhen(MultiHead):
+    """The same attention applied three times (tied weights) under a condition of the real runs; once otherwise."""
+
+    def __init__(self, d_model, n_heads, dropout=0.0, max_seq_len=32):
+        super().__init__(d_model, n_heads, dropout, max_seq_len)
+        self.rounds = 3 if self.real(d_model, dropout) else 1
+
+    def real(self, d_model, dropout):
+        return False
+
+    def forward(self, x):
+        h = x
+        for _ in range(self.rounds):
+            h = x + self.attend(h)
+        return h - x
+
+
+class MoreWorkWithDropout(ThreeRoundsWhen):
+    def real(self, d_model, dropout):
+        return dropout > 0.0  # the training builds it with the profile's dropout
+
+
+class MoreWorkAtASmallerWidth(ThreeRoundsWhen):
+    def real(self, d_model, dropout):
+        return d_model < 48  # smoke's smaller rung; the gate used to build the largest only
+
+
+class MoreWorkInTheScoringBatch(MultiHead):
+    def forward(self, x):
+        y = self.attend(x)
+        if not torch.is_grad_enabled() and x.shape[0] >= 64:  # the scoring batch
+            y = self.attend(y) + y
+        return y
+
+
+class KeepsStateAtTheTrainingBatch(MultiHead):
+    def __init__(self, d_model, n_heads, dropout=0.0, max_seq_len=32):
+        super().__init__(d_model, n_heads, dropout, max_seq_len)
+        self.register_buffer("steps", torch.zeros(()))
+
+    def forward(self, x):
+        if self.training and torch.is_grad_enabled() and x.shape[0] == 16:  # smoke's training batch
+            with torch.no_grad():
+                self.steps.add_(1.0)
+        return self.attend(x)
+
+
+def _gate_of(cls, check: str) -> GateFailure:
+    from harness.sandbox.checks import at_every_width
+
+    profile = get_profile("smoke")
+    assert profile.dropout > 0 and profile.batch_size_seqs == 16 and profile.eval_batch_seqs == 64
+    assert [(g.d_model, g.n_heads) for g in Geometry.every(profile)] == [(48, 2), (32, 2)]
+    run = {"flops": lambda w: check_flops(cls, MultiHead, w, profile.gate),
+           "runtime": lambda w: check_runtime_memory(cls, MultiHead, w, profile.gate, "cpu")}[check]
+    with _gate_threads(), pytest.raises(GateFailure) as info:
+        at_every_width(run, Geometry.every(profile))
+    return info.value
+
+
+def test_work_done_only_with_the_training_s_dropout_is_counted():
+    failure = _gate_of(MoreWorkWithDropout, "flops")
+    assert failure.reason == Reason.FLOP_PARITY and "smaller rung" not in failure.message, failure.message
+
+
+def test_work_done_only_at_a_smaller_rung_s_width_is_counted():
+    failure = _gate_of(MoreWorkAtASmallerWidth, "flops")
+    assert failure.reason == Reason.FLOP_PARITY, failure.message
+    assert "at d_model 32 with 2 heads, the attention of a smaller rung" in failure.message
+
+
+def test_work_done_only_in_the_scoring_batch_is_counted():
+    failure = _gate_of(MoreWorkInTheScoringBatch, "flops")
+    assert failure.reason == Reason.FLOP_PARITY and "eval mode under torch.no_grad()" in failure.message
+
+
+def test_state_kept_only_at_the_training_batch_is_found():
+    failure = _gate_of(KeepsStateAtTheTrainingBatch, "runtime")
+    assert failure.reason == Reason.STATEFULNESS and "buffer 'steps'" in failure.message, failure.message

@@ -191,10 +191,17 @@ def test_idioms_once_refused_are_accepted(name):
     "match self.proj:\n            case nn.Linear(in_features=d):\n                pass\n            case _:\n"
     "                pass",
     "time = x.shape[1]\n        x = x[:, :time]",
+    "seen = []\n        seen.append(x)\n        table = {'a': 1}",
 ], ids=["format_with_plain_fields", "format_positional", "match_on_a_value", "match_a_class_pattern",
-        "a_local_named_like_a_module"])
+        "a_local_named_like_a_module", "lists_and_dicts_inside_a_call"])
 def test_formatting_matching_and_shadowing_stay_allowed(body):
     block = GOOD.replace("return self.proj(x)", body + "\n        return self.proj(x)")
+    assert policy(block).ok, policy(block).violations
+
+
+def test_constants_of_tuples_and_frozensets_stay_allowed():
+    block = ("SIZES = (1, 2, 4)\nNAMES = frozenset(('elu', 'relu'))\nALSO = frozenset({'a', 'b'})\n"
+             "PAIRS = tuple([(1, 2), (3, 4)])\n\n\n" + GOOD)
     assert policy(block).ok, policy(block).violations
 
 
@@ -338,6 +345,13 @@ def test_syntax_error_surfaces_as_syntax_error():
                       "        return self.proj(x)"), ".format may only be called on a string literal"),
         ("def probe(a):\n    return os.environ\n\n\ndef other(os):\n    return os\n\n\n" + GOOD,
          "use of 'os' is not allowed"),
+        ("SEEN = []\n\n\n" + GOOD, "at the top of the block, a list, set or dict there is state"),
+        ("SEEN = {'calls': 0}\n\n\n" + GOOD, "at the top of the block, a list, set or dict there is state"),
+        ("SEEN = tuple([list()])\n\n\n" + GOOD, "at the top of the block, a list, set or dict there is state"),
+        (GOOD.replace("    def forward(self, x):", "    SEEN = set()\n\n    def forward(self, x):"),
+         "a list, set or dict there is state"),
+        ("def remember(x, seen=[]):\n    seen.append(x)\n    return x\n\n\n" + GOOD,
+         "a default argument of remember"),
     ],
     ids=["dunder_method", "rebinds_a_frozen_name", "import_rebinds_a_frozen_name", "tensor_base", "parameter_base",
          "metaclass", "private_on_a_submodule", "assignment_on_a_local", "module_outside_the_table",
@@ -350,7 +364,8 @@ def test_syntax_error_surfaces_as_syntax_error():
          "setattr_advice", "class_dunder_advice", "parameter_module_advice", "wraps_with_assigned",
          "wraps_passed_as_a_value", "wraps_applied_to_a_torch_function", "match_reads_a_dunder",
          "match_reads_a_forbidden_attribute", "match_reads_a_private_attribute", "format_reads_attributes",
-         "format_map_in_a_nested_spec", "format_on_a_built_string", "shadowed_name_bound_in_another_function"],
+         "format_map_in_a_nested_spec", "format_on_a_built_string", "shadowed_name_bound_in_another_function",
+         "module_level_list", "module_level_dict", "list_inside_a_tuple", "class_level_set", "mutable_default"],
 )
 def test_the_allow_list_refuses(block, fragment):
     report = policy(block)

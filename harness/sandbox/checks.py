@@ -42,16 +42,33 @@ class GateFailure(Exception):
 
 @dataclass(frozen=True)
 class Geometry:
+    """What the attention is built with and called on: the constructor's arguments, as the training and the scoring
+    pass them, and the batches (``batch_size`` for a training step, ``eval_batch_size`` for an evaluation pass). A
+    check run with anything else could be told apart from the real thing by the program."""
+
     d_model: int
     n_heads: int
     context_len: int
     batch_size: int
     dropout: float
+    eval_batch_size: int = 0  # 0: batch_size
 
     @classmethod
     def of(cls, profile) -> "Geometry":
-        d_model, _, n_heads = max(profile.ladder, key=lambda r: (r[0], r[1]))
-        return cls(d_model, n_heads, profile.context_len_tokens, profile.batch_size_seqs, profile.dropout)
+        """The largest rung's."""
+        return cls.every(profile)[0]
+
+    @classmethod
+    def every(cls, profile) -> list["Geometry"]:
+        """One per attention width (d_model, n_heads) of the ladder, the largest first: the training builds the
+        attention at each of them."""
+        widths = sorted({(r[0], r[2]) for r in profile.ladder}, key=lambda w: (-w[0], -w[1]))
+        return [cls(d, h, profile.context_len_tokens, profile.batch_size_seqs, profile.dropout,
+                    profile.eval_batch_seqs) for d, h in widths]
+
+    @property
+    def scoring_batch(self) -> int:
+        return self.eval_batch_size or self.batch_size
 
 
 def construct(attention_cls: type, g: Geometry, seed: int = 0, dropout: float | None = None) -> nn.Module:
@@ -512,17 +529,17 @@ def _combine(report, other, sign: int = 1):
 
 
 def _audit(cls: type, g: Geometry, length: int, regime: str):
-    """FLOPs of the attention at batch ``g.batch_size`` and this length, in one of the two regimes in which the
-    model runs it: a training step (train mode, forward and backward of a ``model_input``, the LayerNorm's own
-    backward taken out), or the scoring's forward (eval mode under ``torch.no_grad()`` on a plain tensor).
-    Returns the report and its forward's total."""
+    """FLOPs of the attention at this length, in one of the two regimes in which the model runs it: a training step
+    (train mode, forward and backward of a ``model_input`` of the training batch, the LayerNorm's own backward taken
+    out), or the scoring's forward (eval mode under ``torch.no_grad()`` on a plain tensor of the scoring batch), built
+    as the training builds it. Returns the report and its forward's total."""
     from harness.sandbox.flops import audit_flops
 
     train = regime == "train"
     with torch.random.fork_rng(devices=[]):
-        module = construct(cls, g, dropout=0.0).float().train(train)
+        module = construct(cls, g).float().train(train)
     generator = torch.Generator().manual_seed(0)
-    shape = (g.batch_size, length, g.d_model)
+    shape = (g.batch_size if train else g.scoring_batch, length, g.d_model)
     if train:
         x, residual = model_input(*shape, generator)
     else:
@@ -584,8 +601,8 @@ def check_flops(attention_cls: type, baseline_cls: type, g: Geometry, gate) -> d
     base_eval, _ = audit(baseline_cls, T, "eval")
     ratio = cand[T].total / base[T].total
     eval_ratio = cand_eval.total / base_eval.total
-    eval_over_training = cand_eval.total / max(1, cand_forward)
     tokens = g.batch_size * T
+    eval_over_training = (cand_eval.total / (g.scoring_batch * T)) / max(1e-30, cand_forward / tokens)
     metrics = {
         "flops_per_token": cand[T].total / tokens,
         "baseline_flops_per_token": base[T].total / tokens,
@@ -663,6 +680,9 @@ def check_runtime_memory(attention_cls: type, baseline_cls: type, g: Geometry, g
 
     times = {"base": [], "cand": []}
     memory = {}
+    # Training steps at the training's batch: state a forward kept there only (the statefulness check calls it with
+    # a batch of 2) would be uncounted weights, trained by hand.
+    state_before = _snapshot(modules["cand"])
     try:
         for name, module in modules.items():  # warm-up and memory
             x = inputs()
@@ -684,6 +704,10 @@ def check_runtime_memory(attention_cls: type, baseline_cls: type, g: Geometry, g
         raise GateFailure(Reason.POLICY, str(exc)) from exc
     except Exception as exc:
         raise GateFailure(Reason.CRASH, f"a training step failed: {type(exc).__name__}: {exc}") from exc
+    changed = _changed(state_before, _snapshot(modules["cand"]))
+    if changed is not None:
+        raise GateFailure(Reason.STATEFULNESS, f"forward changed the module's state: {changed} differs after "
+                          f"training steps at batch {g.batch_size}")
     time_ratio = statistics.median(times["cand"]) / statistics.median(times["base"])
     memory_ratio = memory["cand"] / max(1, memory["base"])
     metrics = {"step_time_ratio": time_ratio, "memory_ratio": memory_ratio,
@@ -698,9 +722,34 @@ def check_runtime_memory(attention_cls: type, baseline_cls: type, g: Geometry, g
     return metrics
 
 
+# Ratios of the budget checks: the gate reports, for each, the highest found at any attention width.
+WIDTH_RATIOS = ("flop_ratio", "eval_flop_ratio", "eval_to_training_forward_flop_ratio", "flop_ratio_at_horizon",
+                "step_time_ratio", "memory_ratio")
+
+
+def at_every_width(check, widths: list[Geometry]) -> dict:
+    """``check(g)`` at each attention width the training builds, the largest first: a program could tell the widths
+    apart (``d_model`` is its constructor's argument) and spend more at one the gate never built. The metrics are the
+    largest width's, each of ``WIDTH_RATIOS`` the highest at any width; a failure at another width names it."""
+    metrics = {}
+    for i, g in enumerate(widths):
+        try:
+            found = check(g)
+        except GateFailure as exc:
+            if not i:
+                raise
+            raise GateFailure(exc.reason, f"{exc.message} (at d_model {g.d_model} with {g.n_heads} heads, the "
+                              "attention of a smaller rung)", exc.details) from exc
+        metrics = metrics or dict(found)
+        for key in WIDTH_RATIOS:
+            if key in found:
+                metrics[key] = max(metrics[key], found[key])
+    return metrics
+
+
 def run_gate(attention_cls: type, baseline_cls: type, profile, device: str, log=None) -> tuple[dict, dict]:
     """All dynamic checks in order; returns (metrics, seconds per check). Raises GateFailure on the first failure."""
-    g, gate = Geometry.of(profile), profile.gate
+    g, gate, widths = Geometry.of(profile), profile.gate, Geometry.every(profile)
     steps = [
         ("shape", lambda: check_shape(attention_cls, g)),
         # Before the probes that compare two calls: a module that updates its state at every call (power iteration)
@@ -709,8 +758,9 @@ def run_gate(attention_cls: type, baseline_cls: type, profile, device: str, log=
         ("causality", lambda: check_causality(attention_cls, g, gate.causality_atol)),
         ("batch_independence", lambda: check_batch_independence(attention_cls, g, gate.causality_atol)),
         ("param_parity", lambda: check_params(attention_cls, baseline_cls, g, profile, gate.param_tolerance_frac)),
-        ("flop_parity", lambda: check_flops(attention_cls, baseline_cls, g, gate)),
-        ("runtime_memory", lambda: check_runtime_memory(attention_cls, baseline_cls, g, gate, device)),
+        ("flop_parity", lambda: at_every_width(lambda w: check_flops(attention_cls, baseline_cls, w, gate), widths)),
+        ("runtime_memory", lambda: at_every_width(
+            lambda w: check_runtime_memory(attention_cls, baseline_cls, w, gate, device), widths)),
     ]
     metrics, timings = {}, {}
     steady_allocator()

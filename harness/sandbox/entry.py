@@ -367,11 +367,16 @@ def _confine_to(folder: Path, request: dict) -> None:
 
 
 def forward_part(request: dict, folder: Path) -> dict:
-    """For each rung in ``request["rungs"]``, the program's model with the trained tensors of ``folder/weights``, in
-    eval mode and float32 without autocast, run on the token windows of ``folder/inputs.npy`` (an int32 array
-    [windows, length]) in their order, ``batch_size`` at a time. It writes the hidden states (float32 [windows,
-    length, d_model]) to ``folder/hidden/rung<i>.npy``. The scorer checks them and computes the loss; nothing this
-    process says about them is believed."""
+    """For each rung in ``request["rungs"]``, the program's model, built as the training built it, with the trained
+    parameters of ``folder/weights``, in eval mode and float32 without autocast, run on the token windows of
+    ``folder/inputs.npy`` (an int32 array [windows, length]) in their order, ``batch_size`` at a time. It writes the
+    hidden states (float32 [windows, length, d_model]) to ``folder/hidden/rung<i>.npy``. The scorer checks them and
+    computes the loss; nothing this process says about them is believed.
+
+    The buffers and frozen parameters are those construction makes, never the trained ones: what a forward pass
+    wrote into them during training (a hand-made update at every step, trained weights the parameter count never
+    saw) does not reach the score. They go to ``folder/constructed/rung<i>.pt``, for the scorer to compare with the
+    trained ones and name the change."""
     import numpy as np
     import torch
 
@@ -397,14 +402,19 @@ def forward_part(request: dict, folder: Path) -> dict:
         return tampered
     inputs = np.load(folder / "inputs.npy", allow_pickle=False)
     batch, (n, length) = int(request["batch_size"]), inputs.shape
-    out_dir = folder / "hidden"
+    out_dir, constructed_dir = folder / "hidden", folder / "constructed"
     out_dir.mkdir(parents=True, exist_ok=True)
+    constructed_dir.mkdir(parents=True, exist_ok=True)
     try:
         for i, rung in enumerate(request["rungs"]):
             pack = torch.load(weights_file(folder / "weights", i), weights_only=True, map_location="cpu")
-            model = build_model(cls, tuple(rung), profile.vocab_size, profile.context_len_tokens, 0.0,
+            model = build_model(cls, tuple(rung), profile.vocab_size, profile.context_len_tokens, profile.dropout,
                                 profile.train_seed)
-            model.load_state_dict({**pack["params"], **pack["buffers"], "lm_head.weight": pack["params"]["tok_emb.weight"]})
+            state = model.state_dict()
+            constructed = {k: state[k].detach().cpu().clone().contiguous() for k in pack["buffers"] if k in state}
+            torch.save(constructed, constructed_dir / f"rung{i}.pt")
+            model.load_state_dict({**pack["params"], **pack["buffers"], **constructed,
+                                   "lm_head.weight": pack["params"]["tok_emb.weight"]})
             model.to(device).eval()
             hidden = np.lib.format.open_memmap(out_dir / f"rung{i}.npy", mode="w+", dtype=np.float32,
                                                shape=(n, length, rung[0]))

@@ -257,7 +257,7 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
     optimizer = make_optimizer(model, profile, dev)
     sampler = BatchSampler(data.train, profile.context_len_tokens, profile.batch_size_seqs, seed, dev)
     val_windows = validation_windows(data.monitor, profile.context_len_tokens, dev)
-    eval_batch = max(profile.batch_size_seqs, 64)
+    eval_batch = profile.eval_batch_seqs
 
     compile_mode = getattr(profile, "compile_mode", None) if profile.compile else None
     step_fn, compiled, compile_error = model, False, None

@@ -345,6 +345,31 @@ def _parts_apart(plan: dict) -> bool:
                 and confine.landlock_abi() >= confine.SCOPES_ABI and request_profile(plan["request"]).device == "cpu")
 
 
+def check_constructed(path: Path, rung: tuple, weights: Weights) -> None:
+    """The buffers and frozen parameters a part of the forward pass built (``entry.forward_part``) must be the trained
+    ones: training changes neither, and a forward pass that wrote into them did what the gate's statefulness check
+    refuses. The part scored with what it built, so a change never reached the score; this names it."""
+    if not _regular_file(path):
+        raise Rejection(Reason.TAMPERING, "the forward pass left no record of the buffers it built")
+    try:
+        built = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - a hostile file is the program's doing
+        raise Rejection(Reason.TAMPERING, f"the forward pass left an unreadable record of its buffers "
+                        f"({type(exc).__name__})") from None
+    if not (isinstance(built, dict) and set(built) == set(weights.buffers)
+            and all(type(v) is torch.Tensor for v in built.values())):
+        raise Rejection(Reason.TAMPERING, "the forward pass built other buffers than the training saved")
+    for name, trained in weights.buffers.items():
+        fresh = built[name]
+        same = fresh.shape == trained.shape and fresh.dtype == trained.dtype and (
+            torch.equal(fresh, trained) or fresh.is_floating_point()
+            and torch.allclose(fresh, trained, rtol=0.0, atol=0.0, equal_nan=True))
+        if not same:
+            raise Rejection(Reason.STATEFULNESS, f"training changed {name!r} of rung {tuple(rung)}, a buffer or "
+                            "frozen parameter: forward wrote into it (the model was scored with the value its "
+                            "construction gives). Keep state out of forward; a value to learn is an nn.Parameter")
+
+
 def read_hidden(path: Path, shape: tuple) -> np.ndarray:
     if path.exists() and not _regular_file(path):
         raise Rejection(Reason.TAMPERING, "the forward pass left a link or a pipe, not its hidden states")
@@ -373,7 +398,7 @@ def score(plan: dict, forward: Started) -> dict:
     windows = validation_windows(tokens, profile.context_len_tokens)
     weights = [load_weights(Path(plan["weights_dir"]) / f"rung{i}.pt", rung, profile.vocab_size)
                for i, rung in enumerate(rungs)]
-    batch = max(profile.batch_size_seqs, 64)  # the training's evaluation batch
+    batch = profile.eval_batch_seqs
     lay = layout(windows, np.random.default_rng(secrets.randbits(128)), batch, len(plan["forward"]["parts"]))
     forward_s = forward_pass({**plan, "batch_size": batch}, lay, weights, forward)
     started = time.perf_counter()
@@ -384,6 +409,8 @@ def score(plan: dict, forward: Started) -> dict:
         states = [read_hidden(Path(folder) / "hidden" / f"rung{i}.npy",
                               (len(inputs), profile.context_len_tokens, rung[0]))
                   for folder, inputs in zip(plan["forward"]["parts"], lay.parts)]
+        for folder in plan["forward"]["parts"]:
+            check_constructed(Path(folder) / "constructed" / f"rung{i}.pt", rung, w)
         for key, value in check_states(states, lay, rung, w, profile.gate.trained_logprob_atol, device).items():
             checks[key] = max(checks[key], value)
         out.append({"rung": list(rung), "final_val_loss": scored_loss(states, lay, windows, w, device), **w.counts(),

@@ -218,6 +218,26 @@ def module_chains(tree: ast.AST, aliases: dict[str, str]):
             yield node, [modules[base.id]] + attrs[::-1]
 
 
+MUTABLE_DISPLAYS = (ast.List, ast.Set, ast.Dict, ast.ListComp, ast.SetComp, ast.DictComp)
+SHARED_STATE_MESSAGE = ("a list, set or dict there is state that every call shares (a forward could keep what it saw "
+                        "in it): use a tuple, or frozenset((...))")
+
+
+def _shared_mutable(node: ast.AST) -> bool:
+    """Whether ``node`` builds a list, set or dict that outlives a call, other than as the argument that ``tuple`` or
+    ``frozenset`` copies at once."""
+    parents = parent_map(node)
+    for sub in ast.walk(node):
+        if isinstance(sub, MUTABLE_DISPLAYS):
+            call = parents.get(id(sub))
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                    and call.func.id in ("tuple", "frozenset") and sub in call.args):
+                return True
+        elif isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id in ("list", "dict", "set"):
+            return True
+    return False
+
+
 def _is_constant_expression(node: ast.AST) -> bool:
     """Literals, names, ``math.*`` and a few ``torch`` constants, combined by operators and by the calls of
     ``CONSTANT_CALLS`` and ``math``'s functions: nothing that runs code of an object the block made."""
@@ -573,6 +593,10 @@ class _Checker(ast.NodeVisitor):
         for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
             if arg is not None:
                 self._check_annotation(arg.annotation)
+        for default in [*args.defaults, *args.kw_defaults]:
+            if default is not None and _shared_mutable(default):
+                self.flag(default, f"a default argument of {node.name}: " + SHARED_STATE_MESSAGE.replace(
+                    "use a tuple, or frozenset((...))", "default to None and build it in the call"))
         self._check_annotation(node.returns)
         self.generic_visit(node)
 
@@ -760,6 +784,9 @@ def check_block(
     for stmt in tree.body:
         if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.ClassDef, ast.FunctionDef)):
             continue
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None and _shared_mutable(stmt.value):
+            report.add(stmt, "at the top of the block, " + SHARED_STATE_MESSAGE, line_offset)
+            continue
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
             continue
         if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets) and (
@@ -802,6 +829,9 @@ def _check_class(tree: ast.Module, class_name: str, required: tuple[str, ...], r
             report.add(init, f"{class_name}.__init__ must accept the keywords {list(required)}; missing {absent}", offset)
     for stmt in cls.body:
         if isinstance(stmt, (ast.FunctionDef, ast.Pass)):
+            continue
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None and _shared_mutable(stmt.value):
+            report.add(stmt, f"in the body of {class_name}, " + SHARED_STATE_MESSAGE, offset)
             continue
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
             continue

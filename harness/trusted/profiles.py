@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+EVAL_BATCH_MIN_SEQS = 64  # evaluation passes batch at least this many sequences (no backward: memory allows it)
+
 # (d_model, n_layers, n_heads) of the users' size ladder.
 FULL_LADDER = ((96, 4, 4), (128, 4, 4), (128, 6, 4), (192, 6, 6))
 
@@ -100,6 +102,11 @@ class Profile:
     @property
     def reference(self) -> tuple:
         return self.ladder[self.reference_rung]
+
+    @property
+    def eval_batch_seqs(self) -> int:
+        """Sequences per batch of every evaluation pass: the training's monitoring and the trusted scoring."""
+        return max(self.batch_size_seqs, EVAL_BATCH_MIN_SEQS)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
