@@ -253,3 +253,33 @@ def test_reductions_charge_their_input(shape):
         assert audit_flops(lambda: reduce(x, -1)).by_op == {f"aten.{name}": numel}, name
     assert audit_flops(lambda: x.sum()).by_op == {"aten.sum": numel}
     assert audit_flops(lambda: torch.linalg.vector_norm(x, dim=-1)).by_op == {"aten.linalg_vector_norm": numel}
+
+
+def test_every_fused_sdpa_kernel_is_charged_what_it_hides_as_the_cpu_s_is():
+    """CUDA's flash, memory-efficient and cuDNN kernels order their arguments each their way: each is charged the
+    softmax, scale and mask the CPU kernel is charged, found by name in its schema (this machine need not run them)."""
+    from harness.sandbox.flops import _SDPA_FUSED, _AuditMode
+
+    q, k = torch.empty(2, 3, 10, 8), torch.empty(2, 3, 12, 8)
+    n = 2 * 3 * 10 * 12
+
+    def charged(op, **given):
+        names = [a.name for a in op._schema.arguments]
+        args = [given.get(name) for name in names[: max(names.index(x) for x in given) + 1]]
+        audit = _AuditMode()
+        audit._sdpa_extras(op, args, {})
+        return audit.totals["reduction"], audit.totals["elementwise"]
+
+    aten = torch.ops.aten
+    cases = {name: getattr(aten, name).default for name in (
+        "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_flash_attention_backward",
+        "_scaled_dot_product_efficient_attention_backward", "_scaled_dot_product_cudnn_attention_backward")}
+    assert {op.overloadpacket for op in cases.values()} == set(_SDPA_FUSED)
+    for name, op in cases.items():
+        assert charged(op, query=q, key=k, is_causal=True) == (5 * n, 2 * n), name
+        assert charged(op, query=q, key=k, is_causal=False) == (5 * n, n), name
+    mask = torch.empty(10, 12)
+    assert charged(cases["_scaled_dot_product_efficient_attention"], query=q, key=k, attn_bias=mask) == (5 * n, 2 * n)
+    assert charged(cases["_scaled_dot_product_flash_attention_for_cpu"], query=q, key=k, attn_mask=mask) == (5 * n, 2 * n)

@@ -291,3 +291,28 @@ def test_work_done_only_in_the_scoring_batch_is_counted():
 def test_state_kept_only_at_the_training_batch_is_found():
     failure = _gate_of(KeepsStateAtTheTrainingBatch, "runtime")
     assert failure.reason == Reason.STATEFULNESS and "buffer 'steps'" in failure.message, failure.message
+
+
+class MoreWorkOnCuda(MultiHead):
+    def forward(self, x):
+        y = self.attend(x)
+        return self.attend(y) + y if x.is_cuda else y
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the gate's FLOP audit on the training device "
+                    "under its bf16 autocast")
+def test_the_flop_audit_on_cuda_counts_the_seeds_as_on_the_cpu_and_sees_work_done_only_there():
+    from harness.sandbox.loader import load_attention
+    from harness.trusted.frameworks import FRAMEWORKS
+
+    profile = get_profile("smoke")
+    g = Geometry.of(profile)
+    for fw in FRAMEWORKS.values():
+        cls = load_attention(fw.seed_source(), str(fw.seed_path))
+        cpu = check_flops(cls, cls, g, profile.gate)
+        cuda = check_flops(cls, cls, g, profile.gate, "cuda", bf16=True)
+        assert cuda["flops_per_token"] == pytest.approx(cpu["flops_per_token"], rel=0.02), fw.name
+    with pytest.raises(GateFailure) as info:
+        check_flops(MoreWorkOnCuda, MultiHead, g, profile.gate, "cuda", bf16=True)
+    assert info.value.reason == Reason.FLOP_PARITY

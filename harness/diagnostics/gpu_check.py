@@ -14,8 +14,8 @@ The stages, in the order they run:
 
 1. ``environment``: versions, the GPU, the two ceilings measured here (device-to-device copy bandwidth, bf16
    matrix-product rate), and the confinement this machine allows (:mod:`harness.diagnostics.confinement_probe`).
-2. ``cuda_tests``: the CUDA tests (``pytest -m cuda tests/test_train.py``): the engine's fast path against the
-   eager fp32 loop, same loss within noise.
+2. ``cuda_tests``: the CUDA tests (``pytest -m cuda tests/test_train.py tests/test_gate_regimes.py``): the engine's
+   fast path against the eager fp32 loop, same loss within noise; the gate's FLOP audit on the GPU under autocast.
 3. ``concurrent``: every rung of the ladder trained at once for ``concurrent_steps`` steps (10k), each rung in its
    own process, as an evaluation trains them; measured wall, and the full horizon extrapolated from it.
    It runs before the per-rung bench on purpose: its four compilations run in parallel, and leave the compile
@@ -260,7 +260,7 @@ def run_pytest(args: list[str], junit: Path, env: dict | None = None, timeout_s:
 
 
 def stage_cuda_tests(plan: Plan, work: Path) -> dict:
-    return run_pytest(["tests/test_train.py", "-m", "cuda"], work / "cuda-tests.xml")
+    return run_pytest(["tests/test_train.py", "tests/test_gate_regimes.py", "-m", "cuda"], work / "cuda-tests.xml")
 
 
 # ----------------------------------------------------------------------------------------------------------------

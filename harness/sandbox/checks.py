@@ -528,27 +528,30 @@ def _combine(report, other, sign: int = 1):
     return type(report)(**combined)
 
 
-def _audit(cls: type, g: Geometry, length: int, regime: str):
+def _audit(cls: type, g: Geometry, length: int, regime: str, device: str = "cpu", bf16: bool = False):
     """FLOPs of the attention at this length, in one of the two regimes in which the model runs it: a training step
     (train mode, forward and backward of a ``model_input`` of the training batch, the LayerNorm's own backward taken
     out), or the scoring's forward (eval mode under ``torch.no_grad()`` on a plain tensor of the scoring batch), built
-    as the training builds it. Returns the report and its forward's total."""
+    as the training builds it, on the device they run on: a program can read ``x.is_cuda``. ``bf16``: the training
+    step under the training's bf16 autocast (the scoring runs in float32). Returns the report and its forward's
+    total."""
     from harness.sandbox.flops import audit_flops
+    from harness.sandbox.train import autocast
 
-    train = regime == "train"
+    train, dev = regime == "train", torch.device(device)
     with torch.random.fork_rng(devices=[]):
-        module = construct(cls, g).float().train(train)
+        module = construct(cls, g).float().to(dev).train(train)
     generator = torch.Generator().manual_seed(0)
     shape = (g.batch_size if train else g.scoring_batch, length, g.d_model)
     if train:
-        x, residual = model_input(*shape, generator)
+        x, residual = model_input(*shape, generator, dev)
     else:
-        x, residual = torch.randn(shape, generator=generator), None
-    upstream = torch.randn(shape, generator=generator)
+        x, residual = torch.randn(shape, generator=generator).to(dev), None
+    upstream = torch.randn(shape, generator=generator).to(dev)
     outputs = []
 
     def forward() -> None:
-        with torch.set_grad_enabled(train):
+        with torch.set_grad_enabled(train), autocast(dev, train and bf16):
             out = module(x)
         if not isinstance(out, torch.Tensor) or out.shape != upstream.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -560,9 +563,9 @@ def _audit(cls: type, g: Geometry, length: int, regime: str):
         report = audit_flops(forward)
         forward_total = report.total
         if train:
-            report = _combine(report, audit_flops(lambda: outputs[0].backward(upstream)))
+            report = _combine(report, audit_flops(lambda: outputs[0].backward(upstream.to(outputs[0].dtype))))
     if residual is not None and residual.grad is not None:  # the backward went on into the LayerNorm
-        norm, _ = model_input(*shape, torch.Generator().manual_seed(0))
+        norm, _ = model_input(*shape, torch.Generator().manual_seed(0), dev)
         report = _combine(report, audit_flops(lambda: norm.backward(upstream)), sign=-1)
     return report, forward_total
 
@@ -580,12 +583,14 @@ def _mha_fast_path(enabled: bool):
         torch.backends.mha.set_fastpath_enabled(before)
 
 
-def check_flops(attention_cls: type, baseline_cls: type, g: Geometry, gate) -> dict:
+def check_flops(attention_cls: type, baseline_cls: type, g: Geometry, gate, device: str = "cpu",
+                bf16: bool = False) -> dict:
+    """The FLOP budget (see ``_audit`` for ``device`` and ``bf16``)."""
     from harness.sandbox.flops import unaccounted_message
 
     def audit(cls, length, regime="train"):
         try:
-            return _audit(cls, g, length, regime)
+            return _audit(cls, g, length, regime, device, bf16)
         except Exception as exc:
             raise GateFailure(Reason.CRASH, f"forward/backward failed while counting FLOPs: {type(exc).__name__}: {exc}") from exc
 
@@ -643,7 +648,7 @@ def check_flops(attention_cls: type, baseline_cls: type, g: Geometry, gate) -> d
     return metrics
 
 
-def _step_cost(module: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[float, int]:
+def _step_cost(module: nn.Module, x: torch.Tensor, device: torch.device, bf16: bool = False) -> tuple[float, int]:
     """One training step of the module alone on ``x`` (a ``model_input``): seconds, and bytes saved for backward
     (activation memory). On the CPU the seconds are the process's CPU time: the step runs on one thread
     (``_gate_threads``), and wall time would add whatever time other processes held the core, which lengthens a long
@@ -662,7 +667,9 @@ def _step_cost(module: nn.Module, x: torch.Tensor, device: torch.device) -> tupl
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = clock()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    from harness.sandbox.train import autocast
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(device, bf16):
         y = module(x)
     y.float().square().mean().backward()
     if device.type == "cuda":
@@ -670,7 +677,11 @@ def _step_cost(module: nn.Module, x: torch.Tensor, device: torch.device) -> tupl
     return clock() - start, saved[0]
 
 
-def check_runtime_memory(attention_cls: type, baseline_cls: type, g: Geometry, gate, device: str, repeats: int = 5) -> dict:
+def check_runtime_memory(attention_cls: type, baseline_cls: type, g: Geometry, gate, device: str, repeats: int = 5,
+                         bf16: bool = False) -> dict:
+    """Training steps of each attention alone at the training batch, on ``device``, under the training's bf16
+    autocast where ``bf16`` (CUDA only): seconds and activation memory against the baseline's; and the candidate's
+    state must not change."""
     dev = torch.device(device)
     modules = {"base": construct(baseline_cls, g).to(dev).train(), "cand": construct(attention_cls, g).to(dev).train()}
     generator = torch.Generator().manual_seed(0)
@@ -690,12 +701,12 @@ def check_runtime_memory(attention_cls: type, baseline_cls: type, g: Geometry, g
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 before = torch.cuda.memory_allocated()
-            _, saved = _step_cost(module, x, dev)
+            _, saved = _step_cost(module, x, dev, bf16)
             peak = torch.cuda.max_memory_allocated() - before if dev.type == "cuda" else saved
             memory[name] = max(saved, peak)
         for _ in range(repeats):  # interleaved, so that load on the machine hits both alike
             for name, module in modules.items():
-                times[name].append(_step_cost(module, inputs(), dev)[0])
+                times[name].append(_step_cost(module, inputs(), dev, bf16)[0])
                 module.zero_grad(set_to_none=True)
     except torch.OutOfMemoryError as exc:
         raise GateFailure(Reason.MEMORY, f"out of memory in a training step at batch {g.batch_size}, length "
@@ -750,6 +761,7 @@ def at_every_width(check, widths: list[Geometry]) -> dict:
 def run_gate(attention_cls: type, baseline_cls: type, profile, device: str, log=None) -> tuple[dict, dict]:
     """All dynamic checks in order; returns (metrics, seconds per check). Raises GateFailure on the first failure."""
     g, gate, widths = Geometry.of(profile), profile.gate, Geometry.every(profile)
+    bf16 = bool(profile.bf16_autocast)  # the training's autocast, which applies on CUDA only
     steps = [
         ("shape", lambda: check_shape(attention_cls, g)),
         # Before the probes that compare two calls: a module that updates its state at every call (power iteration)
@@ -758,9 +770,10 @@ def run_gate(attention_cls: type, baseline_cls: type, profile, device: str, log=
         ("causality", lambda: check_causality(attention_cls, g, gate.causality_atol)),
         ("batch_independence", lambda: check_batch_independence(attention_cls, g, gate.causality_atol)),
         ("param_parity", lambda: check_params(attention_cls, baseline_cls, g, profile, gate.param_tolerance_frac)),
-        ("flop_parity", lambda: at_every_width(lambda w: check_flops(attention_cls, baseline_cls, w, gate), widths)),
+        ("flop_parity", lambda: at_every_width(
+            lambda w: check_flops(attention_cls, baseline_cls, w, gate, device, bf16), widths)),
         ("runtime_memory", lambda: at_every_width(
-            lambda w: check_runtime_memory(attention_cls, baseline_cls, w, gate, device), widths)),
+            lambda w: check_runtime_memory(attention_cls, baseline_cls, w, gate, device, bf16=bf16), widths)),
     ]
     metrics, timings = {}, {}
     steady_allocator()

@@ -234,8 +234,15 @@ def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
     return flops
 
 
-_SDPA_CPU = frozenset(
-    {aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention_for_cpu_backward}
+# The fused SDPA kernels of every device, forward and backward: the matmuls are costed (torch's registry, and
+# ``_EXTRA_MATMUL`` for the CPU's), and ``_AuditMode._sdpa_extras`` charges what they hide.
+_SDPA_FUSED = frozenset(
+    getattr(aten, name) for name in (
+        "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",
+        "_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_backward",
+        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward",
+        "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_cudnn_attention_backward",
+    ) if hasattr(aten, name)
 )
 
 _EXTRA_MATMUL: dict[Any, Callable[..., int]] = {
@@ -717,7 +724,7 @@ class _AuditMode(TorchDispatchMode):
         if cat is None:
             self.unknown[str(func)] += 1
         elif cat == "matmul":
-            if func.overloadpacket in _SDPA_CPU:
+            if func.overloadpacket in _SDPA_FUSED:
                 self._sdpa_extras(func, args, kwargs)
         elif cat != "free":
             name = _table_name(func.overloadpacket.__name__)
@@ -730,14 +737,21 @@ class _AuditMode(TorchDispatchMode):
 
 
     def _sdpa_extras(self, func, args, kwargs) -> None:
-        """The fused CPU SDPA kernel hides the softmax, the scale and the mask that an
-        explicit implementation pays as ``_softmax`` (5·n), ``div`` and ``masked_fill`` (n each),
-        in the forward and again in the backward. Charge them, so SDPA is not cheaper."""
-        backward = func.overloadpacket is aten._scaled_dot_product_flash_attention_for_cpu_backward
-        q, k = (args[1], args[2]) if backward else (args[0], args[1])
-        causal_pos = 7 if backward else 4
-        is_causal = kwargs.get("is_causal", args[causal_pos] if len(args) > causal_pos else False)
-        masked = bool(is_causal) or kwargs.get("attn_mask") is not None
+        """A fused SDPA kernel (the CPU's, or CUDA's flash, memory-efficient or cuDNN one) hides the softmax,
+        the scale and the mask that an explicit implementation pays as ``_softmax`` (5·n), ``div`` and
+        ``masked_fill`` (n each), in the forward and again in the backward. Charge them, so SDPA is not
+        cheaper. The arguments are found by their names in the op's schema: each kernel orders them its way."""
+        names = [a.name for a in func._schema.arguments]
+
+        def argument(name, default=None):
+            if name in kwargs:
+                return kwargs[name]
+            i = names.index(name) if name in names else len(args)
+            return args[i] if i < len(args) else default
+
+        q, k = argument("query"), argument("key")
+        masked = bool(argument("is_causal", False)) or argument("attn_mask") is not None \
+            or argument("attn_bias") is not None
         n = _prod(q.shape[:-1]) * int(k.shape[-2])
         tag = "aten." + func.overloadpacket.__name__
         self.totals["reduction"] += 5 * n
