@@ -280,6 +280,9 @@ def test_every_fused_sdpa_kernel_is_charged_what_it_hides_as_the_cpu_s_is():
     for name, op in cases.items():
         assert charged(op, query=q, key=k, is_causal=True) == (5 * n, 2 * n), name
         assert charged(op, query=q, key=k, is_causal=False) == (5 * n, n), name
+    forward, backward = cases["_scaled_dot_product_efficient_attention"], cases["_scaled_dot_product_flash_attention_backward"]
+    assert charged(forward, query=q, key=k, dropout_p=0.1, is_causal=True) == (5 * n, 5 * n)  # + bernoulli, div, mul
+    assert charged(backward, query=q, key=k, dropout_p=0.1, is_causal=True) == (5 * n, 3 * n)  # + mul
     mask = torch.empty(10, 12)
     assert charged(cases["_scaled_dot_product_efficient_attention"], query=q, key=k, attn_bias=mask) == (5 * n, 2 * n)
     assert charged(cases["_scaled_dot_product_flash_attention_for_cpu"], query=q, key=k, attn_mask=mask) == (5 * n, 2 * n)

@@ -535,3 +535,37 @@ def test_a_scored_split_changed_on_disk_after_the_baseline_is_tampering(smoke_en
     assert result.artifacts["reason"] == "tampering", result.artifacts["message"]
     assert "scored split on disk is not the one the baseline was scored on" in result.artifacts["message"]
     assert result.metrics["combined_score"] == 0.0
+
+
+# Random features drawn at construction and kept as a persistent buffer: legitimate, and different for every seed.
+RANDOM_FEATURES = adversarial.with_block(f'''
+class {adversarial.CLASS}(nn.Module):
+    def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.register_buffer("mix", torch.randn(d_model, d_model) / math.sqrt(d_model))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.n_heads)
+        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        y = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+        return self.out(y.transpose(1, 2).reshape(b, t, d)) + x @ self.mix * 0.01
+''')
+
+
+def test_a_random_buffer_is_rebuilt_with_the_training_s_own_seed(smoke_env, tmp_path):
+    """A validation job trains with its seed (42, ...), not the profile's: the scored pass builds the model with
+    the same one, so the buffers it builds are the trained ones and nothing is taken for state."""
+    from harness.validation.jobs import TrainJob, run_training_job
+
+    path = tmp_path / "candidate.py"
+    path.write_text(RANDOM_FEATURES)
+    profile = get_profile(security.PROFILE)
+    fingerprint = prepare(security.FRAMEWORK)["fingerprint"]["id"]
+    result = run_training_job(TrainJob(security.FRAMEWORK, path, profile, 42, {}, "objective", fingerprint,
+                                       profile.hard_limit_s))
+    assert result["reason"] == "ok", result.get("message")

@@ -205,9 +205,11 @@ def test_constants_of_tuples_and_frozensets_stay_allowed():
     assert policy(block).ok, policy(block).violations
 
 
-def test_functools_wraps_decorates_a_function_of_the_block():
-    block = ("import functools\n\n\ndef base(a):\n    return a\n\n\n@functools.wraps(base)\ndef wrapped(a):\n"
-             "    return base(a) * 2\n\n\n" + GOOD)
+def test_a_closure_over_a_name_like_a_module_and_constant_defaults_stay_allowed():
+    block = GOOD.replace("return self.proj(x)", "time = x.shape[1]\n        step = lambda t: t + time\n"
+                         "        def pick(t):\n            return x[:, t] * time\n        return self.proj(x)")
+    block = block.replace("def forward(self, x):", "def forward(self, x, eps: float = 1e-6, act=F.gelu, "
+                          "dims=(1, 2), dtype=torch.float32, scale=math.sqrt(2.0), name=str(1)):")
     assert policy(block).ok, policy(block).violations
 
 
@@ -323,14 +325,31 @@ def test_syntax_error_surfaces_as_syntax_error():
         ("import functools\n\n\ndef probe(a):\n    return a\n\n\n"
          + GOOD.replace("return self.proj(x)", "functools.wraps(probe, assigned=('__code__',), updated=())"
                         "(torch.is_tensor)\n        return self.proj(x)"),
-         "functools.wraps takes only the function it wraps"),
-        ("import functools\n\n\ndef probe(a):\n    return a\n\n\n"
-         + GOOD.replace("return self.proj(x)", "w = functools.partial(functools.wraps, probe, ('__code__',), ())"
-                        "\n        return self.proj(x)"),
-         "functools.wraps may only decorate a function of the block"),
-        ("import functools\n\n\ndef probe(a):\n    return a\n\n\n"
-         + GOOD.replace("return self.proj(x)", "functools.wraps(probe)(torch.is_tensor)\n        return self.proj(x)"),
-         "functools.wraps may only decorate a function of the block"),
+         "functools.wraps is not allowed"),
+        ("from functools import wraps\nARGS = (1, ('__code__',))\n\n\n@wraps(*ARGS)\ndef probe(a):\n    return a"
+         "\n\n\n" + GOOD, "functools.wraps is not allowed"),
+        ("def f(x):\n    import torch as self\n    self.save(x, 'f.pt')\n    return x\n\n\n" + GOOD,
+         "'self' may only be the first parameter of a method"),
+        (GOOD.replace("return self.proj(x)", "match x:\n            case self:\n                pass\n"
+                      "        return x"), "'self' may only be the first parameter of a method"),
+        (GOOD.replace("return self.proj(x)", "try:\n            pass\n        except Exception as self:\n"
+                      "            pass\n        return x"), "'self' may only be the first parameter of a method"),
+        ("class Fn(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, a):\n"
+         "        import torch.nn.functional as ctx\n        ctx.softmax = None\n        return a\n\n\n" + GOOD,
+         "of anything but self"),
+        (GOOD.replace("return self.proj(x)", "g = '{0.__globals__}'.format\n        g(torch.is_tensor)\n"
+                      "        return self.proj(x)"), ".format may only be called, on a string literal"),
+        (GOOD.replace("return self.proj(x)", "self.fmt = '{0.__globals__}'\n        self.fmt.format(self.forward)\n"
+                      "        return self.proj(x)"), ".format may only be called, on a string literal"),
+        (GOOD.replace("return self.proj(x)", "n = [0 for os in ()]\n        os.getcwd()\n        return self.proj(x)"),
+         "use of 'os' is not allowed"),
+        ("def count(x, n=torch.zeros(1)):\n    n.add_(1)\n    return x\n\n\n" + GOOD,
+         "a default argument of count may only be a constant"),
+        ("def keep(x, store=nn.ModuleList()):\n    return x\n\n\n" + GOOD,
+         "a default argument of keep may only be a constant"),
+        ("class Base(nn.Module):\n    STORE = {}\n\n\n" + GOOD, "in the body of Base, a list, set or dict"),
+        ("class Base(nn.Module):\n    STORE = torch.zeros(1)\n\n\n" + GOOD,
+         "class-level Assign statement is not allowed in Base"),
         (GOOD.replace("return self.proj(x)", "match torch.is_tensor:\n            case object(__globals__=g):\n"
                       "                pass\n        return self.proj(x)"), "dunder attribute '__globals__'"),
         (GOOD.replace("return self.proj(x)", "match x:\n            case object(grad_fn=g):\n"
@@ -338,11 +357,11 @@ def test_syntax_error_surfaces_as_syntax_error():
         (GOOD.replace("return self.proj(x)", "match x:\n            case torch.Tensor(f_back=b, _base=p):\n"
                       "                pass\n        return self.proj(x)"), "private attribute '_base'"),
         (GOOD.replace("return self.proj(x)", "s = '{0.__globals__[os].environ}'.format(torch.is_tensor)\n"
-                      "        return self.proj(x)"), ".format may only be called on a string literal"),
+                      "        return self.proj(x)"), ".format may only be called, on a string literal"),
         (GOOD.replace("return self.proj(x)", "s = '{a:{a.__class__}}'.format_map({'a': 1})\n"
-                      "        return self.proj(x)"), ".format_map may only be called on a string literal"),
+                      "        return self.proj(x)"), ".format_map may only be called, on a string literal"),
         (GOOD.replace("return self.proj(x)", "t = '{0.' + '__globals__}'\n        s = t.format(torch.is_tensor)\n"
-                      "        return self.proj(x)"), ".format may only be called on a string literal"),
+                      "        return self.proj(x)"), ".format may only be called, on a string literal"),
         ("def probe(a):\n    return os.environ\n\n\ndef other(os):\n    return os\n\n\n" + GOOD,
          "use of 'os' is not allowed"),
         ("SEEN = []\n\n\n" + GOOD, "at the top of the block, a list, set or dict there is state"),
@@ -362,7 +381,10 @@ def test_syntax_error_surfaces_as_syntax_error():
          "process_wide_setting_of_a_submodule", "process_wide_setting_imported", "classmethod_calls_with_a_torch_class",
          "static_in_one_definition_only", "constant_of_another_class", "constant_then_method", "static_then_method", "literal_that_is_another_name", "compile_on_self", "cached_property",
          "setattr_advice", "class_dunder_advice", "parameter_module_advice", "wraps_with_assigned",
-         "wraps_passed_as_a_value", "wraps_applied_to_a_torch_function", "match_reads_a_dunder",
+         "wraps_with_starred_arguments", "torch_imported_as_self", "match_captures_self", "except_binds_self",
+         "torch_imported_as_ctx", "format_bound_to_a_name", "format_on_an_attribute_of_self",
+         "name_bound_only_in_a_comprehension", "tensor_default", "module_default", "dict_in_a_helper_class",
+         "tensor_in_a_helper_class", "match_reads_a_dunder",
          "match_reads_a_forbidden_attribute", "match_reads_a_private_attribute", "format_reads_attributes",
          "format_map_in_a_nested_spec", "format_on_a_built_string", "shadowed_name_bound_in_another_function",
          "module_level_list", "module_level_dict", "list_inside_a_tuple", "class_level_set", "mutable_default"],

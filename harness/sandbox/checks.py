@@ -1,7 +1,8 @@
 """Dynamic checks of an attention class, cheapest first. Each is a small function of the class (and the
 baseline's) that returns its measurements or raises ``GateFailure`` with one reason code.
 
-They run only inside the sandbox process, on the largest rung's width and head count.
+They run only inside the sandbox process: on the largest rung's width and head count, and the budget checks (FLOPs,
+step time, memory) at every attention width of the ladder (``at_every_width``).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from harness.sandbox.loader import PolicyViolation, load_attention
 from harness.trusted.process_lifetime import die_with_parent
+from harness.trusted.profiles import OVERRIDABLE, training_profile
 
 
 def _profile(request: dict):
@@ -197,7 +198,6 @@ def evaluate(request: dict) -> dict:
 
 # What ``objective`` may override, and the type of each: the hyperparameters ``harness validate`` tunes, and
 # the tuning horizon.
-OVERRIDABLE = {"lr": float, "warmup_steps": int, "weight_decay": float, "batch_size_seqs": int, "steps": int}
 
 
 def objective(request: dict) -> dict:
@@ -210,8 +210,6 @@ def objective(request: dict) -> dict:
     ``prune_above`` [[step, loss], ...]: a median pruner's thresholds (see ``train``); a pruned run comes
     back with reason "pruned" and its curve. ``mixing``: also measure the last trained model's token-mixing
     matrices on the first validation window (``harness.sandbox.mixing``), for the report's pattern plot."""
-    import dataclasses
-
     from harness.sandbox.objective import TrainingFailure, run_objective
     from harness.sandbox.snapshot import RuntimeTampering
     from harness.scaffold import TensorSubclassError
@@ -228,11 +226,10 @@ def objective(request: dict) -> dict:
     if request.get("fingerprint_id") and fp["id"] != request["fingerprint_id"]:
         return {"reason": Reason.INFRASTRUCTURE.value, "message": f"the environment's fingerprint is {fp['id']}, "
                 f"not the expected {request['fingerprint_id']}", "fingerprint": fp}
-    overrides = dict(request.get("hparams") or {})
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
+    unknown = sorted(set(request.get("hparams") or {}) - set(OVERRIDABLE))
     if unknown:
         return {"reason": Reason.INFRASTRUCTURE.value, "message": f"cannot override {unknown}", "fingerprint": fp}
-    tuned = dataclasses.replace(profile, **{k: OVERRIDABLE[k](v) for k, v in overrides.items()})
+    tuned = training_profile(request)
     seed = int(request.get("seed", profile.train_seed))
     result = {"fingerprint": fp, "seed": seed, "hparams": {k: getattr(tuned, k) for k in OVERRIDABLE}}
     source, cls, failure = _load_program(request)
@@ -385,7 +382,8 @@ def forward_part(request: dict, folder: Path) -> dict:
     from harness.scaffold import TensorSubclassError, build_model, plain_tensor
     from harness.trusted.reasons import Reason
 
-    profile = _profile(request)
+    profile = training_profile(request)
+    seed = int(request.get("seed", profile.train_seed))  # the training's: construction draws its random tensors
     device = torch.device(profile.device)
     if device.type == "cpu":
         torch.set_num_threads(CPU_TRAIN_THREADS)
@@ -409,7 +407,7 @@ def forward_part(request: dict, folder: Path) -> dict:
         for i, rung in enumerate(request["rungs"]):
             pack = torch.load(weights_file(folder / "weights", i), weights_only=True, map_location="cpu")
             model = build_model(cls, tuple(rung), profile.vocab_size, profile.context_len_tokens, profile.dropout,
-                                profile.train_seed)
+                                seed)
             state = model.state_dict()
             constructed = {k: state[k].detach().cpu().clone().contiguous() for k in pack["buffers"] if k in state}
             torch.save(constructed, constructed_dir / f"rung{i}.pt")

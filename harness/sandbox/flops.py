@@ -758,6 +758,12 @@ class _AuditMode(TorchDispatchMode):
         self.totals["elementwise"] += (2 if masked else 1) * n
         self.by_op[tag + "[softmax]"] += 5 * n
         self.by_op[tag + "[scale+mask]"] += (2 if masked else 1) * n
+        if float(argument("dropout_p", 0.0) or 0.0) > 0.0:
+            # CUDA's kernels drop out inside; on the CPU, SDPA with dropout runs its math path and pays dropout's
+            # bernoulli, div and mul (3·n) forward and its mul (n) backward.
+            drop = n if func.overloadpacket.__name__.endswith("_backward") else 3 * n
+            self.totals["elementwise"] += drop
+            self.by_op[tag + "[dropout]"] += drop
 
 
 def audit_flops(fn: Callable[[], Any]) -> FlopReport:

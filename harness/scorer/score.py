@@ -51,7 +51,7 @@ from harness.trusted import confine
 from harness.trusted.executor import (FORWARD_PARTS, Started, abandon, read_result, scratch_environment,
                                       start_limited, supervise, tail)
 from harness.trusted.process_lifetime import die_with_parent
-from harness.trusted.profiles import request_profile
+from harness.trusted.profiles import request_profile, training_profile
 from harness.trusted.reasons import Reason
 
 # The scaffold's final norm is nn.LayerNorm(d_model) with torch's default epsilon. tests/test_scorer.py checks that
@@ -398,7 +398,7 @@ def score(plan: dict, forward: Started) -> dict:
     windows = validation_windows(tokens, profile.context_len_tokens)
     weights = [load_weights(Path(plan["weights_dir"]) / f"rung{i}.pt", rung, profile.vocab_size)
                for i, rung in enumerate(rungs)]
-    batch = profile.eval_batch_seqs
+    batch = training_profile(request).eval_batch_seqs  # the training's own evaluation batch
     lay = layout(windows, np.random.default_rng(secrets.randbits(128)), batch, len(plan["forward"]["parts"]))
     forward_s = forward_pass({**plan, "batch_size": batch}, lay, weights, forward)
     started = time.perf_counter()

@@ -135,7 +135,8 @@ ALLOWED_MODULE_MEMBERS = {
         "Any", "Callable", "ClassVar", "Dict", "Final", "FrozenSet", "Iterable", "Iterator", "List", "Literal",
         "Mapping", "Optional", "Sequence", "Set", "Tuple", "Type", "Union", "cast", "TYPE_CHECKING",
     }),
-    "functools": frozenset({"partial", "reduce", "lru_cache", "cache", "wraps"}),
+    # Not ``wraps``: it copies attributes it is told to onto what it wraps (``__code__`` among them).
+    "functools": frozenset({"partial", "reduce", "lru_cache", "cache"}),
 }
 
 ALLOWED_DUNDERS = frozenset({"__init__"})  # super().__init__()
@@ -238,6 +239,17 @@ def _shared_mutable(node: ast.AST) -> bool:
     return False
 
 
+def _is_default_value(node: ast.AST) -> bool:
+    """What a default argument may be: literals, names and attributes (a dtype, a function), combined by operators,
+    and the calls of ``CONSTANT_CALLS`` and ``math``: nothing that makes an object a later call could change."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call) and not (
+                (isinstance(sub.func, ast.Name) and sub.func.id in CONSTANT_CALLS)
+                or (isinstance(sub.func, ast.Attribute) and _dotted(sub.func) == f"math.{sub.func.attr}")):
+            return False
+    return True
+
+
 def _is_constant_expression(node: ast.AST) -> bool:
     """Literals, names, ``math.*`` and a few ``torch`` constants, combined by operators and by the calls of
     ``CONSTANT_CALLS`` and ``math``'s functions: nothing that runs code of an object the block made."""
@@ -272,6 +284,27 @@ def _attribute_of_self(node: ast.AST) -> bool:
     return isinstance(node, ast.Name) and node.id == "self"
 
 
+SCOPES = (ast.FunctionDef, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def bindings(node: ast.AST) -> list[str]:
+    """The names ``node`` itself binds, in any of Python's ways: an assignment target, a parameter, an import, a
+    ``def`` or ``class``, an exception's ``as``, a ``match`` capture."""
+    if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+        return [node.id]
+    if isinstance(node, ast.arg):
+        return [node.arg]
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return [a.asname or a.name.split(".")[0] for a in node.names if a.name != "*"]
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)):
+        return [node.name] if node.name else []
+    if isinstance(node, ast.MatchMapping):
+        return [node.rest] if node.rest else []
+    return []
+
+
 def _is_dunder(name: str) -> bool:
     return name.startswith("__") and name.endswith("__")
 
@@ -299,25 +332,16 @@ class _Checker(ast.NodeVisitor):
     def run(self, tree: ast.Module) -> None:
         self.tree, self.scope_names = tree, {}
         self.parents = parent_map(tree)
-        for parent in ast.walk(tree):
-            if isinstance(parent, ast.Name) and isinstance(parent.ctx, ast.Store):
-                self.bound.add(parent.id)
-            elif isinstance(parent, ast.arg):
-                self.bound.add(parent.arg)
+        for node in ast.walk(tree):
+            names = bindings(node)
+            self.bound.update(names)
+            # A name, an argument or an import bound as ``ctx``/``cls`` is seen by the rules below; ``self`` bound by
+            # an import, a match capture or an ``except ... as`` would take the exemptions of the instance.
+            if "self" in names and not isinstance(node, (ast.Name, ast.arg)):
+                self.flag(node, SELF_MESSAGE)
         self._find_classes(tree)
         self.visit(tree)
         self._check_module_chains(tree)
-        self._check_wraps(tree)
-
-    def _check_wraps(self, tree: ast.Module) -> None:
-        """functools.wraps copies attributes onto what it decorates: only a function the block defines."""
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Name, ast.Attribute)) and self._full_name(_dotted(node)) == "functools.wraps":
-                call = self.parents.get(id(node))
-                owner = self.parents.get(id(call))
-                if not (isinstance(call, ast.Call) and call.func is node and isinstance(owner, ast.FunctionDef)
-                        and call in owner.decorator_list):
-                    self.flag(node, "functools.wraps may only decorate a function of the block: @functools.wraps(fn)")
 
     def _find_classes(self, tree: ast.Module) -> None:
         """The block's autograd Functions, its classes' methods, and the parameters that name the instance
@@ -376,8 +400,7 @@ class _Checker(ast.NodeVisitor):
             return False
         positional = scope.args.posonlyargs + scope.args.args
         return bool(positional) and id(positional[0]) in self.context_params and positional[0].arg == root.id \
-            and not any(isinstance(n, ast.Name) and n.id == root.id and not isinstance(n.ctx, ast.Load)
-                        for n in ast.walk(scope))
+            and not any(root.id in bindings(n) for n in ast.walk(scope) if n is not positional[0])
 
     # imports -----------------------------------------------------------------------------------------------
     def visit_Import(self, node: ast.Import) -> None:
@@ -441,34 +464,37 @@ class _Checker(ast.NodeVisitor):
         self.generic_visit(node)
 
     def _bound_in_scope(self, node: ast.AST) -> set[str]:
-        """The names the scope of ``node`` binds itself (its function's parameters and assignments, or the block's
-        top level), not those of a nested function or class: a name bound in one function and read free in another
-        is the global, and in a function run with torch's globals ``os`` would be torch's ``os``."""
-        scope = self.parents.get(id(node))
-        while scope is not None and not isinstance(scope, (ast.FunctionDef, ast.Lambda)):
+        """The names visible to ``node`` that the block binds itself: those of every function, lambda and
+        comprehension around it (its own locals and its closures), or, at the top of the block, the block's top-level
+        names. A name bound elsewhere and read here is a global, or a builtin."""
+        names, scope, inside = set(), self.parents.get(id(node)), False
+        while scope is not None:
+            if isinstance(scope, SCOPES):
+                names |= self._scope_names(scope)
+                inside = True
             scope = self.parents.get(id(scope))
+        return names if inside else self._scope_names(self.tree)
+
+    def _scope_names(self, scope: ast.AST) -> set[str]:
+        """The names ``scope`` (a function, lambda, comprehension or the block) binds itself: not those its nested
+        functions, comprehensions and classes bind, but the names of the functions and classes it defines."""
         key = id(scope)
         if key not in self.scope_names:
-            names, todo = set(), list(ast.iter_child_nodes(scope if scope is not None else self.tree))
+            names = set()
+            todo = list(scope.generators) if isinstance(scope, SCOPES[2:]) else [
+                *((scope.args,) if isinstance(scope, (ast.FunctionDef, ast.Lambda)) else ()),
+                *(scope.body if isinstance(scope.body, list) else [scope.body])]
             while todo:
                 sub = todo.pop()
-                if isinstance(sub, ast.Name) and not isinstance(sub.ctx, ast.Load):
-                    names.add(sub.id)
-                elif isinstance(sub, ast.arg) and scope is not None and self._parameter_of(sub, scope):
-                    names.add(sub.arg)
-                if isinstance(sub, (ast.FunctionDef, ast.Lambda, ast.ClassDef)) and sub is not scope:
-                    if isinstance(sub, (ast.FunctionDef, ast.ClassDef)):
-                        names.add(sub.name)
-                    todo += sub.decorator_list if isinstance(sub, (ast.FunctionDef, ast.ClassDef)) else []
+                if isinstance(sub, ast.comprehension):  # the targets only: the rest is the comprehension's scope
+                    todo.append(sub.target)
+                    continue
+                names.update(bindings(sub))
+                if isinstance(sub, (*SCOPES, ast.ClassDef)):
                     continue
                 todo += ast.iter_child_nodes(sub)
             self.scope_names[key] = names
         return self.scope_names[key]
-
-    @staticmethod
-    def _parameter_of(arg: ast.arg, scope: ast.AST) -> bool:
-        a = scope.args
-        return any(arg is p for p in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg))
 
     def _readable_through(self, cls: str) -> set[str]:
         """What the block may read through the class ``cls`` itself: its constants and staticmethods."""
@@ -481,6 +507,13 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         attr, on_self = node.attr, isinstance(node.value, ast.Name) and node.value.id == "self"
+        if attr in STRING_FORMATS:
+            call, fields = self.parents.get(id(node)), _format_fields(node.value)
+            if not (isinstance(call, ast.Call) and call.func is node and fields is not None
+                    and all(_plain_field(f) for f in fields)):
+                # A field reads attributes and items of the arguments: "{0.__globals__[os]}".format(f)
+                self.flag(node, f".{attr} may only be called, on a string literal whose fields are plain ({{}}, "
+                          "{0}, {name}, with any format spec): use an f-string")
         if _is_dunder(attr):
             if attr not in ALLOWED_DUNDER_READS or (attr != "__init__" and not isinstance(node.ctx, ast.Load)):
                 self.flag(node, f"dunder attribute {attr!r} is not allowed" + NAME_ADVICE.get(attr, ""))
@@ -542,17 +575,6 @@ class _Checker(ast.NodeVisitor):
     # calls, classes, functions --------------------------------------------------------------------------------
     def visit_Call(self, node: ast.Call) -> None:
         name = node.func.id if isinstance(node.func, ast.Name) else None
-        if self._full_name(_dotted(node.func)) == "functools.wraps" and (len(node.args) != 1 or node.keywords):
-            # assigned=/updated= name the attributes it copies: wraps(f, assigned=("__code__",))(torch.is_tensor)
-            # would give a torch function the block's code.
-            self.flag(node, "functools.wraps takes only the function it wraps, as a decorator: @functools.wraps(fn)")
-        if isinstance(node.func, ast.Attribute) and node.func.attr in STRING_FORMATS \
-                and not _attribute_of_self(node.func.value):
-            fields = _format_fields(node.func.value)
-            if fields is None or any(not _plain_field(f) for f in fields):
-                # A field reads attributes and items of the arguments: "{0.__globals__[os]}".format(f)
-                self.flag(node, f".{node.func.attr} may only be called on a string literal whose fields are plain "
-                          "({}, {0}, {name}, with any format spec): use an f-string")
         if name in {"getattr", "hasattr"}:
             key = node.args[1] if len(node.args) > 1 else None
             if not (isinstance(key, ast.Constant) and isinstance(key.value, str) and not key.value.startswith("_")):
@@ -594,9 +616,12 @@ class _Checker(ast.NodeVisitor):
             if arg is not None:
                 self._check_annotation(arg.annotation)
         for default in [*args.defaults, *args.kw_defaults]:
-            if default is not None and _shared_mutable(default):
-                self.flag(default, f"a default argument of {node.name}: " + SHARED_STATE_MESSAGE.replace(
-                    "use a tuple, or frozenset((...))", "default to None and build it in the call"))
+            if default is not None and (_shared_mutable(default) or not _is_default_value(default)):
+                # A default is made once and lives on the function, where no snapshot of the module looks: a list,
+                # a tensor or a module there is state every call shares.
+                self.flag(default, f"a default argument of {node.name} may only be a constant, a name or an "
+                          "attribute (None, 1e-6, (1, 2), torch.float32, F.gelu): default to None and build "
+                          "anything else in the call")
         self._check_annotation(node.returns)
         self.generic_visit(node)
 
@@ -808,6 +833,7 @@ def check_block(
                        line_offset)
     _Checker(report, {**head_aliases, **block_imports}, line_offset).run(_LookupsAsAttributes().visit(tree))
     _check_class(tree, class_name, required_kwargs, report, line_offset)
+    _check_class_bodies(tree, report, line_offset)
     return report
 
 
@@ -827,16 +853,23 @@ def _check_class(tree: ast.Module, class_name: str, required: tuple[str, ...], r
         absent = [k for k in required if k not in names]
         if absent and args.kwarg is None:
             report.add(init, f"{class_name}.__init__ must accept the keywords {list(required)}; missing {absent}", offset)
-    for stmt in cls.body:
-        if isinstance(stmt, (ast.FunctionDef, ast.Pass)):
-            continue
-        if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None and _shared_mutable(stmt.value):
-            report.add(stmt, f"in the body of {class_name}, " + SHARED_STATE_MESSAGE, offset)
-            continue
-        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
-            continue
-        if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and _is_constant_expression(stmt.value or ast.Constant(None)):
-            continue
-        report.add(stmt, f"class-level {type(stmt).__name__} statement is not allowed in {class_name}: a class "
-                   "body may hold only methods and constants computed from literals; set anything else in "
-                   "__init__", offset)
+
+
+def _check_class_bodies(tree: ast.Module, report: PolicyReport, offset: int) -> None:
+    """Every class of the block holds methods and constants only: what its body makes is shared by every instance,
+    through ``self`` as well (``self.STORE``), where no snapshot of an instance looks."""
+    for cls in (node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)):
+        for stmt in cls.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.Pass)):
+                continue
+            if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None \
+                    and _shared_mutable(stmt.value):
+                report.add(stmt, f"in the body of {cls.name}, " + SHARED_STATE_MESSAGE, offset)
+                continue
+            if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+                continue
+            if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and _is_constant_expression(stmt.value or ast.Constant(None)):
+                continue
+            report.add(stmt, f"class-level {type(stmt).__name__} statement is not allowed in {cls.name}: a class "
+                       "body may hold only methods and constants computed from literals; set anything else in "
+                       "__init__", offset)

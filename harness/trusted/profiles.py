@@ -238,6 +238,18 @@ def request_profile(request: dict) -> Profile:
     return get_profile(request["profile"], objective=request["objective"], data_source=request["data_source"])
 
 
+# The hyperparameters a validation's training job may set (``request["hparams"]``), with their types.
+OVERRIDABLE = {"lr": float, "warmup_steps": int, "weight_decay": float, "batch_size_seqs": int, "steps": int}
+
+
+def training_profile(request: dict) -> Profile:
+    """The profile a request's training runs under: ``request_profile`` with the request's hyperparameters, the ones
+    of ``OVERRIDABLE`` (the training refuses a request with others). Every process of one training job that builds
+    or batches the model reads it, so that the scored pass batches as the training's own evaluation did."""
+    hparams = {k: OVERRIDABLE[k](v) for k, v in (request.get("hparams") or {}).items() if k in OVERRIDABLE}
+    return dataclasses.replace(request_profile(request), **hparams)
+
+
 def cuda_visible() -> bool:
     """Whether CUDA works here, asked in a throwaway process so that this process never initialises
     CUDA (OpenEvolve forks its workers after evaluating the seed in the main process)."""
