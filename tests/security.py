@@ -85,6 +85,7 @@ ATTACKS = [
     Attack("numpy_dump", "files", 'x.detach().numpy().dump("{marker}")'),
     Attack("torch_package_exporter", "files", 'torch.package.PackageExporter("{marker}").close()'),
     Attack("torch_save", "files", 'torch.save(x, "{marker}")'),
+    Attack("torch_imported_as_self", "files", 'import torch as self\nself.save(x, "{marker}")'),
     Attack("module_imported_inside_a_function", "files",
            'def exporter():\n    import torch as t2\n    return t2\nexporter().package.PackageExporter("{marker}").close()'),
     Attack("read_a_host_file", "files", 'self.leak = torch.from_file("/etc/hostname", size=1)'),
