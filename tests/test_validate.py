@@ -440,3 +440,48 @@ def test_validate_end_to_end_smoke(smoke_env, tmp_path, monkeypatch):
     assert layer.shape[0] == layer.shape[1] and np.allclose(layer.sum(1), 1.0, atol=1e-3)
     assert np.all(np.triu(layer, 1) == 0)  # the trained linear-decay layer mixes only the past
     print(f"validate end to end: {elapsed:.0f} s; verdict {s['verdict']['level']}: {s['verdict']['text']}")
+
+
+def test_a_job_at_a_tuned_batch_goes_through_the_gate_at_that_batch(smoke_env, tmp_path):
+    """The evaluator's gate saw the profile's batch (16 under smoke); tuning tries half and twice that as well. A
+    program that triples its work only at twice the batch is refused there, and trains at the profile's own."""
+    import adversarial
+    import security
+    from harness.trusted.evaluate import prepare
+
+    profile = get_profile(security.PROFILE)
+    big = 2 * profile.batch_size_seqs
+    block = adversarial.with_block(f'''
+class {adversarial.CLASS}(nn.Module):
+    def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def attend(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.n_heads)
+        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        y = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+    def forward(self, x):
+        h = x
+        for _ in range(3 if x.shape[0] == {big} else 1):
+            h = x + self.attend(h)
+        return h - x
+''')
+    path = tmp_path / "candidate.py"
+    path.write_text(block)
+    fingerprint = prepare(adversarial.FRAMEWORK)["fingerprint"]["id"]
+
+    def job(batch):
+        return jobs.run_training_job(jobs.TrainJob(adversarial.FRAMEWORK, path, profile, 42,
+                                                   {"batch_size_seqs": batch}, "reference", fingerprint,
+                                                   profile.hard_limit_s))
+
+    refused = job(big)
+    assert refused["reason"] == "flop_parity" and refused["message"].startswith(f"at batch {big}: "), refused["message"]
+    assert job(profile.batch_size_seqs)["reason"] == "ok"

@@ -238,6 +238,12 @@ def objective(request: dict) -> dict:
     tampered = _tampered("loading the program")
     if tampered:
         return {**result, **tampered}
+    if (tuned.batch_size_seqs, tuned.eval_batch_seqs) != (profile.batch_size_seqs, profile.eval_batch_seqs):
+        # The evaluator's gate saw the profile's batches; a program could spend more at a batch that only a tuned
+        # job trains at. The gate again, at this job's batches (the seed's own job passes it).
+        failure = _gate_at(cls, tuned, request)
+        if failure:
+            return {**result, **failure}
     rungs = rungs_for(profile, request.get("rungs"))
     prune_above = {int(step): float(loss) for step, loss in request.get("prune_above") or []}
     start = time.perf_counter()
@@ -263,6 +269,21 @@ def objective(request: dict) -> dict:
     if tampered:
         return {**result, **tampered}
     return {**result, "reason": Reason.OK.value, "message": "ok", "record": record}
+
+
+def _gate_at(cls: type, profile, request: dict) -> dict | None:
+    """The dynamic gate under ``profile`` against the framework's seed; None when it passes, else the rejection."""
+    from harness.sandbox.checks import GateFailure, run_gate
+    from harness.trusted.frameworks import get_framework
+
+    framework = get_framework(request["framework"])
+    baseline_cls = load_attention(framework.seed_source(), str(framework.seed_path))
+    try:
+        run_gate(cls, baseline_cls, profile, profile.device, log=_log)
+    except GateFailure as exc:
+        return {"reason": exc.reason.value, "message": f"at batch {profile.batch_size_seqs}: {exc.message}",
+                "traceback": _cause(exc)}
+    return _tampered("during the gate")
 
 
 def _mixing(model, profile, data, rung, seed: int) -> dict:
