@@ -74,6 +74,11 @@ ATTACKS = [
            'functools.wraps(probe, assigned=("__code__",), updated=())(torch.is_tensor)\ntorch.is_tensor(x)',
            preamble="import functools\n\n\ndef probe(a):\n    return os.system(\"touch {marker}\")\n\n\n"
                     "def unused(os):\n    return os\n\n\n"),
+    Attack("builtins_through_a_module_a_call_returned", "commands",
+           'm = torch.get_device_module("cpu").torch.glob.re.enum.bltns\n'
+           'm.getattr(m, "__imp" + "ort__")("os").system("touch {marker}")'),
+    Attack("torch_class_patched_through_mro", "patching", 'self.T = torch.Tensor.mro()[0]\nself.T.softmax = None'),
+    Attack("state_stored_on_a_torch_function", "patching", 'self.sm = F.softmax\nself.sm.store = x.detach()'),
     Attack("globals_read_through_a_match_pattern", "commands",
            'match torch.is_tensor:\n    case object(__globals__=g):\n        g["os"].system("touch {marker}")'),
     Attack("globals_read_through_a_format_field", "secrets",

@@ -192,11 +192,23 @@ def test_idioms_once_refused_are_accepted(name):
     "                pass",
     "time = x.shape[1]\n        x = x[:, :time]",
     "seen = []\n        seen.append(x)\n        table = {'a': 1}",
+    "kind = x.device.type\n        y = x.cpu() if kind == 'cpu' else x\n        self.proj.weight.requires_grad_(True)",
+    "n = sum(1 for _ in self.modules())\n        w = nn.utils.parametrize.is_parametrized(self.proj)",
+    "if (n := x.shape[1]) > 0:\n            x = x * n",
 ], ids=["format_with_plain_fields", "format_positional", "match_on_a_value", "match_a_class_pattern",
-        "a_local_named_like_a_module", "lists_and_dicts_inside_a_call"])
+        "a_local_named_like_a_module", "lists_and_dicts_inside_a_call", "methods_named_like_modules",
+        "module_chains_from_an_import", "walrus_in_a_function"])
 def test_formatting_matching_and_shadowing_stay_allowed(body):
     block = GOOD.replace("return self.proj(x)", body + "\n        return self.proj(x)")
     assert policy(block).ok, policy(block).violations
+
+
+def test_attributes_of_the_block_s_own_submodules_may_be_set():
+    block = GOOD.replace("        self.proj = nn.Linear(d_model, d_model)\n",
+                         "        self.proj = nn.Linear(d_model, d_model)\n        self.proj.weight = nn.Parameter("
+                         "torch.zeros(d_model, d_model))\n        self.drop = nn.Dropout(0.1)\n        self.drop.p = 0.0\n"
+                         "        self.act = F.gelu\n")
+    assert "self.proj.weight = " in block and policy(block).ok, policy(block).violations
 
 
 def test_constants_of_tuples_and_frozensets_stay_allowed():
@@ -350,6 +362,21 @@ def test_syntax_error_surfaces_as_syntax_error():
         ("class Base(nn.Module):\n    STORE = {}\n\n\n" + GOOD, "in the body of Base, a list, set or dict"),
         ("class Base(nn.Module):\n    STORE = torch.zeros(1)\n\n\n" + GOOD,
          "class-level Assign statement is not allowed in Base"),
+        (GOOD.replace("return self.proj(x)", "m = torch.get_device_module('cpu')\n        return self.proj(x)"),
+         "attribute 'get_device_module' is not allowed"),
+        (GOOD.replace("return self.proj(x)", "self.m = x.new_zeros(1)\n        b = self.m.torch.glob\n"
+                      "        return self.proj(x)"), "attribute 'torch' is not allowed here: it names a module"),
+        (GOOD.replace("return self.proj(x)", "t = torch.Tensor.mro()[0]\n        return self.proj(x)"),
+         "attribute 'mro' is not allowed"),
+        (GOOD.replace("return self.proj(x)", "f = x.new_zeros(1).getattr\n        return self.proj(x)"),
+         "attribute 'getattr' is not allowed"),
+        (GOOD.replace("return self.proj(x)", "self.sm = F.softmax\n        self.sm.store = 1\n        return self.proj(x)"),
+         "assigning to the attribute 'store' of anything but self"),
+        ("def counter(tick=(i for i in range(9))):\n    return next(tick)\n\n\n" + GOOD,
+         "a default argument of counter may only be a constant"),
+        ("def h(a=(F := 1)):\n    return a\n\n\n" + GOOD, "a default argument of h may only be a constant"),
+        ("import functools\n\n\n@functools.lru_cache(maxsize=(F := 1))\ndef h(a):\n    return a\n\n\n" + GOOD,
+         "an assignment expression (:=) is allowed only inside"),
         (GOOD.replace("return self.proj(x)", "match torch.is_tensor:\n            case object(__globals__=g):\n"
                       "                pass\n        return self.proj(x)"), "dunder attribute '__globals__'"),
         (GOOD.replace("return self.proj(x)", "match x:\n            case object(grad_fn=g):\n"
@@ -384,7 +411,10 @@ def test_syntax_error_surfaces_as_syntax_error():
          "wraps_with_starred_arguments", "torch_imported_as_self", "match_captures_self", "except_binds_self",
          "torch_imported_as_ctx", "format_bound_to_a_name", "format_on_an_attribute_of_self",
          "name_bound_only_in_a_comprehension", "tensor_default", "module_default", "dict_in_a_helper_class",
-         "tensor_in_a_helper_class", "match_reads_a_dunder",
+         "tensor_in_a_helper_class", "device_module_by_call", "module_name_read_through_self",
+         "class_by_mro", "builtin_getattr_as_an_attribute", "attribute_set_on_a_stored_torch_function",
+         "generator_default", "walrus_default_rebinds_a_frozen_name", "walrus_in_a_decorator",
+         "match_reads_a_dunder",
          "match_reads_a_forbidden_attribute", "match_reads_a_private_attribute", "format_reads_attributes",
          "format_map_in_a_nested_spec", "format_on_a_built_string", "shadowed_name_bound_in_another_function",
          "module_level_list", "module_level_dict", "list_inside_a_tuple", "class_level_set", "mutable_default"],

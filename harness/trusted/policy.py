@@ -77,6 +77,8 @@ FORBIDDEN_ATTRIBUTES = frozenset({
     "ag_frame", "tb_frame", "tb_next", "co_code",
     # the autograd graph: from the attention's input it reaches every parameter of the frozen model
     "grad_fn", "next_functions",
+    # calls that hand back a class or a module as a value, out of reach of the checks of module chains
+    "mro", "get_device_module", "type_before_parametrizations",
 })
 
 # A module's functions that change a process-wide setting (torch.set_float32_matmul_precision, torch.use_deterministic_
@@ -119,6 +121,10 @@ MODULE_ADVICE = {
     "func": ": use torch.vmap",
     "utils": ": checkpointing recomputes the forward, which the FLOP budget counts; torch.nn.utils is allowed",
 }
+
+# Builtins that turn a string into an attribute lookup, refused as attributes too (``builtins.getattr``): the rule for
+# their constant names applies only to the bare names. ``type`` is also a tensor device's field (``x.device.type``).
+LOOKUP_BUILTINS = frozenset({"getattr", "hasattr"})
 
 # str methods whose format fields read attributes and items of their arguments.
 STRING_FORMATS = frozenset({"format", "format_map"})
@@ -243,6 +249,9 @@ def _is_default_value(node: ast.AST) -> bool:
     """What a default argument may be: literals, names and attributes (a dtype, a function), combined by operators,
     and the calls of ``CONSTANT_CALLS`` and ``math``: nothing that makes an object a later call could change."""
     for sub in ast.walk(node):
+        if isinstance(sub, (*MUTABLE_DISPLAYS, ast.GeneratorExp, ast.NamedExpr, ast.Lambda, ast.Yield,
+                            ast.YieldFrom, ast.Await)):
+            return False  # a generator is a counter every call advances
         if isinstance(sub, ast.Call) and not (
                 (isinstance(sub.func, ast.Name) and sub.func.id in CONSTANT_CALLS)
                 or (isinstance(sub.func, ast.Attribute) and _dotted(sub.func) == f"math.{sub.func.attr}")):
@@ -330,7 +339,7 @@ class _Checker(ast.NodeVisitor):
         self.report.add(node, message, self.offset)
 
     def run(self, tree: ast.Module) -> None:
-        self.tree, self.scope_names = tree, {}
+        self.tree, self.scope_names, self.submodules = tree, {}, None
         self.parents = parent_map(tree)
         for node in ast.walk(tree):
             names = bindings(node)
@@ -342,6 +351,28 @@ class _Checker(ast.NodeVisitor):
         self._find_classes(tree)
         self.visit(tree)
         self._check_module_chains(tree)
+
+    def _submodule_attributes(self) -> set[str]:
+        """The names ``X`` such that every assignment ``self.X = value`` in the block builds a module: a call of a
+        ``torch.nn`` class or of a class of the block (``self.proj = nn.Linear(...)``)."""
+        if self.submodules is None:
+            classes = {n.name for n in ast.walk(self.tree) if isinstance(n, ast.ClassDef)}
+            built, other = set(), set()
+            for node in ast.walk(self.tree):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+                    if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+                for target in targets:
+                    if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
+                            and target.value.id == "self"):
+                        continue
+                    value = getattr(node, "value", None)
+                    name = self._full_name(_dotted(value.func)) if isinstance(value, ast.Call) else None
+                    module = isinstance(node, (ast.Assign, ast.AnnAssign)) and name is not None and (
+                        name.startswith(ALLOWED_BASES[0]) and name.rpartition(".")[2][:1].isupper()
+                        or name in classes)
+                    (built if module else other).add(target.attr)
+            self.submodules = built - other
+        return self.submodules
 
     def _find_classes(self, tree: ast.Module) -> None:
         """The block's autograd Functions, its classes' methods, and the parameters that name the instance
@@ -384,15 +415,20 @@ class _Checker(ast.NodeVisitor):
         self.generic_visit(node)
 
     def _own_object(self, node: ast.Attribute) -> bool:
-        """Whether ``node`` is an attribute of ``self``, or of the context parameter of the autograd Function
-        method it is in (where that method never rebinds ``ctx``)."""
-        root = node
+        """Whether ``node`` is an attribute of ``self`` (``self.name``, or ``self.sub.name...`` where every value the
+        block gives ``self.sub`` is a module it builds), or of the context parameter of the autograd Function method
+        it is in (``ctx.name``, where that method never rebinds ``ctx``). ``self.act = F.softmax`` then
+        ``self.act.store = ...`` would write onto torch's own function."""
+        chain, root = [], node
         while isinstance(root, ast.Attribute):
+            chain.append(root.attr)
             root = root.value
         if not isinstance(root, ast.Name):
             return False
         if root.id == "self":
-            return True
+            return len(chain) == 1 or chain[-1] in self._submodule_attributes()
+        if len(chain) != 1:
+            return False
         scope = self.parents.get(id(node))
         while scope is not None and not isinstance(scope, (ast.FunctionDef, ast.Lambda)):
             scope = self.parents.get(id(scope))
@@ -527,13 +563,31 @@ class _Checker(ast.NodeVisitor):
             self.flag(node, f"attribute {attr!r} is not allowed" + FORBIDDEN_ATTRIBUTE_ADVICE.get(attr, ""))
         elif attr.startswith(SETTING_PREFIXES) and not on_self and self._rooted_at_a_module(node):
             self.flag(node, f"attribute {attr!r} is not allowed" + SETTING_MESSAGE)
-        elif attr in FORBIDDEN_NAMES and not on_self:
+        elif (attr in FORBIDDEN_NAMES or attr in LOOKUP_BUILTINS) and not on_self:
             self.flag(node, f"attribute {attr!r} is not allowed: it reaches the interpreter or the host")
+        elif attr in KNOWN_MODULE_ATTRIBUTES and not on_self and not self._module_chain(node) \
+                and not self._called(node):
+            # A module reached from an object that is not a module alias (what a call returned, an attribute of
+            # self): the checks of module chains never see it. A method of the same name (x.cuda()) is fine.
+            self.flag(node, f"attribute {attr!r} is not allowed here: it names a module, which a block may reach "
+                      "only as module.name from its imports")
         elif attr.startswith("_") and not on_self:
             self.flag(node, f"private attribute {attr!r} is allowed only on self")
         if isinstance(node.ctx, (ast.Store, ast.Del)) and not self._own_object(node):
             self.flag(node, f"assigning to the attribute {attr!r} of anything but self (monkeypatching) is not allowed")
         self.generic_visit(node)
+
+    def _module_chain(self, node: ast.Attribute) -> bool:
+        """Whether ``node`` is a plain chain of attributes from a module alias (``nn.utils.parametrize``): the checks
+        of module chains, and the sandbox's resolution of them against the installed modules, judge it."""
+        base = node.value
+        while isinstance(base, ast.Attribute):
+            base = base.value
+        return isinstance(base, ast.Name) and base.id in self.modules
+
+    def _called(self, node: ast.Attribute) -> bool:
+        call = self.parents.get(id(node))
+        return isinstance(call, ast.Call) and call.func is node
 
     def _rooted_at_a_module(self, node: ast.Attribute) -> bool:
         """Whether ``node``'s object may be one that a module holds (``torch.manual_seed``): true unless it is the
@@ -665,6 +719,15 @@ class _Checker(ast.NodeVisitor):
         if not (isinstance(node, ast.Subscript) and self._full_name(_dotted(node.value)) == "typing.Literal"):
             return []
         return list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        child, scope = node, self.parents.get(id(node))
+        while scope is not None and not (isinstance(scope, ast.FunctionDef) and child in scope.body
+                                         or isinstance(scope, ast.Lambda) and child is scope.body):
+            child, scope = scope, self.parents.get(id(scope))  # a default or a decorator runs outside its function
+        if scope is None:  # at the top of the block or in a class body it binds a global: ``@cache(maxsize=(F := 1))``
+            self.flag(node, "an assignment expression (:=) is allowed only inside a function")
+        self.generic_visit(node)
 
     def visit_Global(self, node: ast.Global) -> None:
         self.flag(node, "'global' is not allowed")
