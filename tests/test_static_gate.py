@@ -267,7 +267,7 @@ def test_syntax_error_surfaces_as_syntax_error():
         ("class Base(torch.Tensor):\n    pass\n" + GOOD, "may derive only from torch.nn classes"),
         ("class Base(nn.Parameter):\n    pass\n" + GOOD, "may derive only from torch.nn classes"),
         ("class Base(nn.Module, metaclass=type):\n    pass\n" + GOOD, "class keywords"),
-        (GOOD.replace("return self.proj(x)", "return self.proj._forward_hooks"), "private attribute '_forward_hooks'"),
+        (GOOD.replace("return self.proj(x)", "return self.proj._forward_hooks"), "attribute '_forward_hooks' is not allowed"),
         (GOOD.replace("return self.proj(x)", "lin = self.proj\n        lin.bias = None\n        return x"),
          "of anything but self"),
         (GOOD.replace("return self.proj(x)", "torch.cuda.synchronize()\n        return self.proj(x)"),
@@ -375,6 +375,21 @@ def test_syntax_error_surfaces_as_syntax_error():
         ("def counter(tick=(i for i in range(9))):\n    return next(tick)\n\n\n" + GOOD,
          "a default argument of counter may only be a constant"),
         ("def h(a=(F := 1)):\n    return a\n\n\n" + GOOD, "a default argument of h may only be a constant"),
+        (GOOD.replace("return self.proj(x)", "self._register_state_dict_hook(self.forward)\n        return self.proj(x)"),
+         "attribute '_register_state_dict_hook' is not allowed"),
+        (GOOD.replace("return self.proj(x)", "self._forward_hooks[0] = self.forward\n        return self.proj(x)"),
+         "attribute '_forward_hooks' is not allowed"),
+        (GOOD.replace("return self.proj(x)", "self._buffers['b'] = x\n        return self.proj(x)"),
+         "attribute '_buffers' is not allowed"),
+        (GOOD.replace("return self.proj(x)", "x.backward(torch.ones_like(x), retain_graph=True)\n        return self.proj(x)"),
+         "use torch.autograd.grad"),
+        (GOOD.replace("return self.proj(x)", "torch.autograd.backward(x, torch.ones_like(x))\n        return self.proj(x)"),
+         "attribute 'backward' is not allowed"),
+        (GOOD.replace("return self.proj(x)", "x.detach_()\n        return self.proj(x)"), "use x.detach()"),
+        ("import functools\n\n\n@functools.lru_cache(maxsize=None)\ndef store(k):\n    return k\n\n\n" + GOOD,
+         "functools.lru_cache is not allowed"),
+        (GOOD.replace("return self.proj(x)", "self.register_buffer('__bool__', x)\n        return self.proj(x)"),
+         "the string '__bool__' names a special attribute"),
         ("import functools\n\n\n@functools.lru_cache(maxsize=(F := 1))\ndef h(a):\n    return a\n\n\n" + GOOD,
          "an assignment expression (:=) is allowed only inside"),
         (GOOD.replace("return self.proj(x)", "match torch.is_tensor:\n            case object(__globals__=g):\n"
@@ -414,7 +429,8 @@ def test_syntax_error_surfaces_as_syntax_error():
          "tensor_in_a_helper_class", "device_module_by_call", "module_name_read_through_self",
          "class_by_mro", "builtin_getattr_as_an_attribute", "attribute_set_on_a_stored_torch_function",
          "generator_default", "walrus_default_rebinds_a_frozen_name", "walrus_in_a_decorator",
-         "match_reads_a_dunder",
+         "private_hook_registration", "private_hook_table", "private_registry", "backward_inside_forward",
+         "autograd_backward", "detach_in_place", "lru_cache", "dunder_as_a_string", "match_reads_a_dunder",
          "match_reads_a_forbidden_attribute", "match_reads_a_private_attribute", "format_reads_attributes",
          "format_map_in_a_nested_spec", "format_on_a_built_string", "shadowed_name_bound_in_another_function",
          "module_level_list", "module_level_dict", "list_inside_a_tuple", "class_level_set", "mutable_default"],
@@ -515,14 +531,59 @@ def _idiom_candidates():
 
 def test_every_idiom_of_the_sweep_meant_to_pass_passes_the_static_policy():
     """``results/false_rejections/idioms``: ordinary idioms of attention code; the gate's share of the sweep
-    (``run.py``, about a minute) is in its recorded results, the policy's is checked here on every run."""
+    (``run.py``, about a minute) is in its recorded results, the policy's and the loader's resolution against the
+    installed torch are checked here on every run."""
+    from harness.sandbox.loader import PolicyViolation, check_module_attributes
     from harness.trusted.evaluate import static_gate
 
     refused = {}
     for c in _idiom_candidates():
         seed = FRAMEWORKS[c.framework].seed_source()
         parts = program.split(seed)
-        verdict = static_gate(c.framework, program.splice(seed, parts.head + c.block + parts.tail))
+        spliced = program.splice(seed, parts.head + c.block + parts.tail)
+        verdict = static_gate(c.framework, spliced)
+        if verdict is None:
+            try:
+                check_module_attributes(spliced)
+            except PolicyViolation as exc:
+                verdict = ("policy", str(exc))
         if verdict is not None and c.deliberate is None:
             refused[c.name] = verdict[1]
     assert not refused, refused
+
+
+def test_the_private_attributes_of_nn_module_are_all_known():
+    """What the policy refuses on self, against the installed torch's nn.Module."""
+    import torch.nn as nn
+
+    from harness.trusted.policy import MODULE_INTERNALS
+
+    installed = {n for n in dir(nn.Module) if n.startswith("_") and not (n.startswith("__") and n.endswith("__"))}
+    installed |= {n for n in vars(nn.Linear(2, 2)) if n.startswith("_")}
+    assert installed <= MODULE_INTERNALS, sorted(installed - MODULE_INTERNALS)
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ("F.GRID_SAMPLE_INTERPOLATION_MODES['calls'] = 1", "is a dict of the module's own"),
+    ("n = len(torch.fft.common_args)", "is a dict of the module's own"),
+    ("nn.Module.train(F.softmax, False)", "may only be called with self as its first argument"),
+    ("t = nn.Module.train", "may only be called with self as its first argument"),
+])
+def test_what_only_the_installed_torch_tells_is_refused_before_the_program_runs(body, fragment):
+    """The loader resolves each chain from a module against the installed modules: a table of torch's own, and an
+    nn class's method called on something other than self, are known only there."""
+    from harness.sandbox.loader import PolicyViolation, check_module_attributes
+
+    source = program.split(SEED).head + GOOD.replace("return self.proj(x)", body + "\n        return self.proj(x)") \
+        + program.split(SEED).tail
+    with pytest.raises(PolicyViolation, match=fragment):
+        check_module_attributes(source)
+
+
+def test_nn_methods_called_with_self_and_module_functions_stay_allowed():
+    from harness.sandbox.loader import check_module_attributes
+
+    body = "nn.Module.train(self, True)\n        y = F.softmax(x, -1)\n        z = torch.fft.rfft(x, dim=1)"
+    source = program.split(SEED).head + GOOD.replace("return self.proj(x)", body + "\n        return self.proj(x)") \
+        + program.split(SEED).tail
+    check_module_attributes(source)

@@ -46,6 +46,37 @@ def check_module_attributes(source: str) -> None:
                                   "derived from or named in an annotation, not bound to a name, passed or stored")
         if isinstance(obj, types.ModuleType) and path == ".".join(chain) and isinstance(node, ast.Attribute):
             raise PolicyViolation(module_value_message(path))
+        if isinstance(obj, SHARED_CONTAINERS):
+            # torch's own tables (F.GRID_SAMPLE_INTERPOLATION_MODES): written, they are state every call shares
+            raise PolicyViolation(f"{'.'.join(chain)} is a {type(obj).__name__} of the module's own, which a block "
+                                  "may not use: write the values it needs")
+        if len(chain) > 2 and not isinstance(obj, type) and _instance_method_of_a_module_class(chain) \
+                and not _called_with_self(parents, node):
+            # nn.Module.train(F.softmax, False) set an attribute on torch's function
+            raise PolicyViolation(f"{'.'.join(chain)} may only be called with self as its first argument: call "
+                                  "methods on an instance")
+
+
+SHARED_CONTAINERS = (dict, list, set, bytearray)
+
+
+def _instance_method_of_a_module_class(chain: list[str]) -> bool:
+    """Whether ``chain`` names a method of a class of torch.nn modules that takes the instance first (such methods
+    set attributes on it); a staticmethod (``nn.Transformer.generate_square_subsequent_mask``) does not."""
+    import inspect
+
+    import torch.nn
+
+    owner, _ = _resolve(chain[:-1])
+    if not (isinstance(owner, type) and issubclass(owner, torch.nn.Module)):
+        return False
+    return not isinstance(inspect.getattr_static(owner, chain[-1], None), (staticmethod, classmethod))
+
+
+def _called_with_self(parents: dict, node: ast.AST) -> bool:
+    call = parents.get(id(node))
+    return isinstance(call, ast.Call) and call.func is node and bool(call.args) \
+        and isinstance(call.args[0], ast.Name) and call.args[0].id == "self"
 
 
 def _resolve(chain: list[str]):

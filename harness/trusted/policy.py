@@ -79,6 +79,9 @@ FORBIDDEN_ATTRIBUTES = frozenset({
     "grad_fn", "next_functions",
     # calls that hand back a class or a module as a value, out of reach of the checks of module chains
     "mro", "get_device_module", "type_before_parametrizations",
+    # the caller's graph: a backward from inside forward writes gradients into every frozen parameter before the
+    # attention, and detach_ cuts the frozen model's graph in place
+    "backward", "detach_",
 })
 
 # A module's functions that change a process-wide setting (torch.set_float32_matmul_precision, torch.use_deterministic_
@@ -99,11 +102,26 @@ MODULE_METHODS = frozenset({
 # own may be seeded (``gen = torch.Generator(); gen.manual_seed(0)``), never torch's global one.
 LOCAL_ATTRIBUTES = frozenset({"manual_seed"})
 
+# nn.Module's own private attributes and methods (torch 2.13; tests/test_static_gate.py checks the installed torch's
+# against this): on self they reach its hooks, its registries and its call path, which the public methods guard.
+MODULE_INTERNALS = frozenset({
+    "_apply", "_backward_hooks", "_backward_pre_hooks", "_buffers", "_call_impl", "_compiled_call_impl",
+    "_forward_hooks", "_forward_hooks_always_called", "_forward_hooks_with_kwargs", "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs", "_get_backward_hooks", "_get_backward_pre_hooks", "_get_name",
+    "_is_full_backward_hook", "_load_from_state_dict", "_load_state_dict_post_hooks", "_load_state_dict_pre_hooks",
+    "_maybe_warn_non_full_backward_hook", "_modules", "_named_members", "_non_persistent_buffers_set", "_parameters",
+    "_register_load_state_dict_pre_hook", "_register_state_dict_hook", "_replicate_for_data_parallel",
+    "_save_to_state_dict", "_slow_forward", "_state_dict_hooks", "_state_dict_pre_hooks", "_version",
+    "_wrapped_call_impl",
+})
+
 FORBIDDEN_ATTRIBUTE_ADVICE = {
     "apply": ": only a custom autograd Function of the block (MyFunction.apply(x)) and the block's own modules "
              "(self.apply(fn)) may be applied",
     "manual_seed": ": seed a generator of your own (gen = torch.Generator(); gen.manual_seed(0)) and pass "
                    "generator=gen",
+    "backward": ": the training loop runs the backward pass; for an inner objective use torch.autograd.grad",
+    "detach_": ": use x.detach(), which leaves the caller's tensor as it is",
 }
 
 # What to write instead, where a refused name, dunder or import has an allowed equivalent.
@@ -141,8 +159,10 @@ ALLOWED_MODULE_MEMBERS = {
         "Any", "Callable", "ClassVar", "Dict", "Final", "FrozenSet", "Iterable", "Iterator", "List", "Literal",
         "Mapping", "Optional", "Sequence", "Set", "Tuple", "Type", "Union", "cast", "TYPE_CHECKING",
     }),
-    # Not ``wraps``: it copies attributes it is told to onto what it wraps (``__code__`` among them).
-    "functools": frozenset({"partial", "reduce", "lru_cache", "cache"}),
+    # Not ``wraps``: it copies attributes it is told to onto what it wraps (``__code__`` among them). Not ``cache`` or
+    # ``lru_cache``: what a cached function returns outlives every call and instance (a dict there counted calls, and
+    # a program could change its work once the gate had run).
+    "functools": frozenset({"partial", "reduce"}),
 }
 
 ALLOWED_DUNDERS = frozenset({"__init__"})  # super().__init__()
@@ -558,8 +578,8 @@ class _Checker(ast.NodeVisitor):
         elif attr == "apply" and (_attribute_of_self(node.value) or isinstance(node.value, ast.Name)
                                   and node.value.id in self.function_classes):
             pass  # nn.Module.apply visits the block's own (sub)modules only; Function.apply runs the block's own code
-        elif (attr in FORBIDDEN_ATTRIBUTES and (not on_self or attr in MODULE_METHODS)
-              or "hook" in attr.lower() and not attr.startswith("_") and not (on_self and not attr.startswith("register"))):
+        elif (attr in FORBIDDEN_ATTRIBUTES and (not on_self or attr in MODULE_METHODS) or on_self and attr in MODULE_INTERNALS
+              or "hook" in attr.lower() and (not on_self or attr.startswith(("_", "register")))):
             self.flag(node, f"attribute {attr!r} is not allowed" + FORBIDDEN_ATTRIBUTE_ADVICE.get(attr, ""))
         elif attr.startswith(SETTING_PREFIXES) and not on_self and self._rooted_at_a_module(node):
             self.flag(node, f"attribute {attr!r} is not allowed" + SETTING_MESSAGE)
@@ -615,6 +635,12 @@ class _Checker(ast.NodeVisitor):
                 break
             else:
                 self.flag(node, module_value_message(_dotted(node)))
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        # A dunder's name as a string is an attribute by another way: register_parametrization(self, "__bool__", ...)
+        # put one on the class, get_submodule("__class__") reads one.
+        if isinstance(node.value, str) and _is_dunder(node.value) and node.value not in ALLOWED_DUNDER_READS:
+            self.flag(node, f"the string {node.value!r} names a special attribute, which a block may not reach")
 
     def visit_MatchClass(self, node: ast.MatchClass) -> None:
         """``case C(attr=v)`` reads the subject's attribute ``attr``: the rules for attributes apply to it, as to an

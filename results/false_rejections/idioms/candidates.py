@@ -789,6 +789,8 @@ DELIBERATE = {
     "t07_typing_cast": _TORCH_CLASS,
     "t07b_typing_cast_Tensor_name": _TORCH_CLASS,
     "t15_module_const_finfo": "module-level constants are computed from literals",
+    "t60_lru_cache_module_fn": "a cached function's results outlive every call: a store, or a call counter that "
+                               "changes the work once the gate has run; a mask is a buffer (t25)",
     "t61_lru_cache_method": _STATE,
     "t62_cached_property": _STATE,
     "t62c_cached_property_imported": _STATE,
