@@ -13,8 +13,8 @@ import sys
 import types
 
 from harness.trusted import program
-from harness.trusted.policy import (ALLOWED_MODULES, class_use, module_aliases, module_chains, module_value_message,
-                                    parent_map)
+from harness.trusted.policy import (ALLOWED_MODULES, called_with_self, class_use, module_aliases, module_chains,
+                                    module_value_message, parent_map)
 
 _LOADED_PROGRAMS = itertools.count()
 
@@ -51,7 +51,7 @@ def check_module_attributes(source: str) -> None:
             raise PolicyViolation(f"{'.'.join(chain)} is a {type(obj).__name__} of the module's own, which a block "
                                   "may not use: write the values it needs")
         if len(chain) > 2 and not isinstance(obj, type) and _instance_method_of_a_module_class(chain) \
-                and not _called_with_self(parents, node):
+                and not called_with_self(parents, node):
             # nn.Module.train(F.softmax, False) set an attribute on torch's function
             raise PolicyViolation(f"{'.'.join(chain)} may only be called with self as its first argument: call "
                                   "methods on an instance")
@@ -71,12 +71,6 @@ def _instance_method_of_a_module_class(chain: list[str]) -> bool:
     if not (isinstance(owner, type) and issubclass(owner, torch.nn.Module)):
         return False
     return not isinstance(inspect.getattr_static(owner, chain[-1], None), (staticmethod, classmethod))
-
-
-def _called_with_self(parents: dict, node: ast.AST) -> bool:
-    call = parents.get(id(node))
-    return isinstance(call, ast.Call) and call.func is node and bool(call.args) \
-        and isinstance(call.args[0], ast.Name) and call.args[0].id == "self"
 
 
 def _resolve(chain: list[str]):

@@ -265,6 +265,13 @@ def _shared_mutable(node: ast.AST) -> bool:
     return False
 
 
+def _constant_call(call: ast.Call) -> bool:
+    """A call of ``CONSTANT_CALLS`` or of ``math``'s functions: it makes a value, never an object a later call could
+    change."""
+    return (isinstance(call.func, ast.Name) and call.func.id in CONSTANT_CALLS) \
+        or (isinstance(call.func, ast.Attribute) and _dotted(call.func) == f"math.{call.func.attr}")
+
+
 def _is_default_value(node: ast.AST) -> bool:
     """What a default argument may be: literals, names and attributes (a dtype, a function), combined by operators,
     and the calls of ``CONSTANT_CALLS`` and ``math``: nothing that makes an object a later call could change."""
@@ -272,9 +279,7 @@ def _is_default_value(node: ast.AST) -> bool:
         if isinstance(sub, (*MUTABLE_DISPLAYS, ast.GeneratorExp, ast.NamedExpr, ast.Lambda, ast.Yield,
                             ast.YieldFrom, ast.Await)):
             return False  # a generator is a counter every call advances
-        if isinstance(sub, ast.Call) and not (
-                (isinstance(sub.func, ast.Name) and sub.func.id in CONSTANT_CALLS)
-                or (isinstance(sub.func, ast.Attribute) and _dotted(sub.func) == f"math.{sub.func.attr}")):
+        if isinstance(sub, ast.Call) and not _constant_call(sub):
             return False
     return True
 
@@ -291,9 +296,7 @@ def _is_constant_expression(node: ast.AST) -> bool:
                 isinstance(sub.value, ast.Name) and (sub.value.id == "math"
                                                      or (sub.value.id == "torch" and sub.attr in TORCH_CONSTANTS))):
             return False
-        if isinstance(sub, ast.Call) and not (
-                (isinstance(sub.func, ast.Name) and sub.func.id in CONSTANT_CALLS)
-                or (isinstance(sub.func, ast.Attribute) and _dotted(sub.func) == f"math.{sub.func.attr}")):
+        if isinstance(sub, ast.Call) and not _constant_call(sub):
             return False
     return True
 
@@ -513,7 +516,7 @@ class _Checker(ast.NodeVisitor):
                       "named in an annotation: do not bind it to a name, pass it or store it")
         elif node.id in self.block_classes and node.id not in self.function_classes \
                 and isinstance(parent, ast.Attribute) and parent.attr not in self._readable_through(node.id) \
-                and not self._called_with_self(parent):
+                and not called_with_self(self.parents, parent):
             # Its own methods and those it inherits (nn.Module.train sets self.training) would run on any object.
             self.flag(node, f"{node.id}.{parent.attr} may only be called with self as its first argument "
                       f"({node.id}.{parent.attr}(self, ...)); call methods on an instance")
@@ -555,11 +558,6 @@ class _Checker(ast.NodeVisitor):
     def _readable_through(self, cls: str) -> set[str]:
         """What the block may read through the class ``cls`` itself: its constants and staticmethods."""
         return self.class_constants.get(cls, set()) | self.static_methods.get(cls, set())
-
-    def _called_with_self(self, node: ast.AST) -> bool:
-        call = self.parents.get(id(node))
-        return isinstance(call, ast.Call) and call.func is node and bool(call.args) \
-            and isinstance(call.args[0], ast.Name) and call.args[0].id == "self"
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         attr, on_self = node.attr, isinstance(node.value, ast.Name) and node.value.id == "self"
@@ -791,6 +789,13 @@ def _plain_field(name: str) -> bool:
 
 def module_value_message(name: str) -> str:
     return f"the module {name} may only be used as {name}.name: do not bind it to a name, pass it, return it or store it"
+
+
+def called_with_self(parents: dict[int, ast.AST], node: ast.AST) -> bool:
+    """Whether ``node`` is called with ``self`` as its first argument (``Base.method(self, ...)``)."""
+    call = parents.get(id(node))
+    return isinstance(call, ast.Call) and call.func is node and bool(call.args) \
+        and isinstance(call.args[0], ast.Name) and call.args[0].id == "self"
 
 
 def parent_map(tree: ast.AST) -> dict[int, ast.AST]:
