@@ -26,7 +26,7 @@ class {cls}(nn.Module):
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
-
+{init}
     def forward(self, x):
 {payload}
         b, t, d = x.shape
@@ -45,11 +45,13 @@ class Attack:
     payload: str  # statements for the top of forward, 8 spaces deep; {marker} and {secret_env} are filled in
     reason: str = "policy"
     preamble: str = ""  # top-level code before the class (helpers, subclasses)
+    init: str = ""  # statements for the end of __init__, 8 spaces deep
 
     def source(self, marker: str, secret_env: str) -> str:
         payload = self.payload.format(marker=marker, secret_env=secret_env)
         body = "\n".join("        " + line for line in payload.splitlines())
-        block = self.preamble.format(marker=marker) + BLOCK.format(cls=CLASS, payload=body)
+        init = "".join("        " + line + "\n" for line in self.init.splitlines())
+        block = self.preamble.format(marker=marker) + BLOCK.format(cls=CLASS, payload=body, init=init)
         parts = program.split(SEED)
         return parts.head + block + parts.tail
 

@@ -14,7 +14,7 @@ import torch
 import adversarial
 import security
 from harness.scaffold import build_model
-from harness.scorer.score import Rejection, Weights, check_states, head_loss, layout, load_weights
+from harness.scorer.score import Rejection, Weights, check_constructed, check_states, head_loss, layout, load_weights
 from harness.sandbox.loader import load_attention
 from harness.sandbox.train import save_weights
 from harness.trusted import confine, executor
@@ -67,6 +67,34 @@ def test_weights_that_are_not_plain_tensors_are_tampering(tmp_path):
 
 def _windows(n=40, length=CONTEXT, seed=0):
     return np.random.default_rng(seed).integers(0, VOCAB, (n, length + 1))
+
+
+def test_the_record_of_constructed_buffers_is_checked_before_it_is_believed(tmp_path):
+    """What a part of the forward pass says it built: equal to the trained buffers passes; a changed value is named
+    (statefulness); other names, an object, a link to a file the part chose or a missing record are tampering."""
+    weights = Weights({}, {"blocks.0.attn.mask": torch.ones(4, 4).tril(), "blocks.0.attn.nan": torch.tensor(float("nan"))})
+    path = tmp_path / "rung0.pt"
+
+    def verdict(record):
+        path.unlink(missing_ok=True)
+        if record is not None:
+            torch.save(record, path)
+        try:
+            check_constructed(path, RUNG, weights)
+        except Rejection as exc:
+            return exc.reason
+        return None
+
+    assert verdict(dict(weights.buffers)) is None
+    assert verdict({**weights.buffers, "blocks.0.attn.mask": torch.ones(4, 4)}) == Reason.STATEFULNESS
+    assert verdict({"blocks.0.attn.mask": torch.ones(4, 4).tril()}) == Reason.TAMPERING
+    assert verdict({**weights.buffers, "blocks.0.attn.mask": torch.nn.Linear(2, 2)}) == Reason.TAMPERING
+    assert verdict(None) == Reason.TAMPERING
+    torch.save(dict(weights.buffers), tmp_path / "elsewhere.pt")
+    path.symlink_to(tmp_path / "elsewhere.pt")  # the right tensors, through a link the part made
+    with pytest.raises(Rejection) as info:
+        check_constructed(path, RUNG, weights)
+    assert info.value.reason == Reason.TAMPERING
 
 
 def test_the_layout_mixes_canaries_and_duplicates_among_the_scored_windows():
@@ -347,30 +375,15 @@ _SEEN[key] = (xs, ys)
 # no gradients, the evaluation batch), is a weight the parameter count never saw. The output never depends on it,
 # so the scored forward pass shows nothing; the trusted scorer finds the trained buffer unlike the one construction
 # makes.
-WRITES_A_BUFFER_WHILE_MONITORED = adversarial.with_block(f'''
-class {adversarial.CLASS}(nn.Module):
-    def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
-        self.register_buffer("seen", torch.zeros(()))
-
-    def forward(self, x):
-        b, t, d = x.shape
-        if b >= 64 and not self.training and not torch.is_grad_enabled() and float(self.seen) == 0.0:
-            self.seen.add_(1.0)
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.n_heads)
-        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        y = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
-        return self.out(y.transpose(1, 2).reshape(b, t, d))
-''')
+WRITES_A_BUFFER_WHILE_MONITORED = security.Attack(
+    "buffer_written_while_monitored", "patching",
+    "if x.shape[0] >= 64 and not self.training and not torch.is_grad_enabled() and float(self.seen) == 0.0:\n"
+    "    self.seen.add_(1.0)", reason="statefulness", init='self.register_buffer("seen", torch.zeros(()))')
 
 
 def test_a_buffer_written_during_training_is_named_and_never_scored(smoke_env, tmp_path):
     path = tmp_path / "candidate.py"
-    path.write_text(WRITES_A_BUFFER_WHILE_MONITORED)
+    path.write_text(WRITES_A_BUFFER_WHILE_MONITORED.source("unused", "UNUSED"))
     result = evaluate(security.FRAMEWORK, str(path))
     assert result.artifacts["reason"] == Reason.STATEFULNESS.value, result.artifacts["message"]
     assert result.metrics["combined_score"] == 0.0
@@ -539,23 +552,9 @@ def test_a_scored_split_changed_on_disk_after_the_baseline_is_tampering(smoke_en
 
 
 # Random features drawn at construction and kept as a persistent buffer: legitimate, and different for every seed.
-RANDOM_FEATURES = adversarial.with_block(f'''
-class {adversarial.CLASS}(nn.Module):
-    def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
-        self.register_buffer("mix", torch.randn(d_model, d_model) / math.sqrt(d_model))
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.n_heads)
-        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        y = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
-        return self.out(y.transpose(1, 2).reshape(b, t, d)) + x @ self.mix * 0.01
-''')
+RANDOM_FEATURES = security.Attack(
+    "random_features", "legitimate", "x = x + x @ self.mix * 0.01", reason="ok",
+    init='self.register_buffer("mix", torch.randn(d_model, d_model) / math.sqrt(d_model))')
 
 
 def test_a_random_buffer_is_rebuilt_with_the_training_s_own_seed(smoke_env, tmp_path):
@@ -564,7 +563,7 @@ def test_a_random_buffer_is_rebuilt_with_the_training_s_own_seed(smoke_env, tmp_
     from harness.validation.jobs import TrainJob, run_training_job
 
     path = tmp_path / "candidate.py"
-    path.write_text(RANDOM_FEATURES)
+    path.write_text(RANDOM_FEATURES.source("unused", "UNUSED"))
     profile = get_profile(security.PROFILE)
     fingerprint = prepare(security.FRAMEWORK)["fingerprint"]["id"]
     result = run_training_job(TrainJob(security.FRAMEWORK, path, profile, 42, {}, "objective", fingerprint,

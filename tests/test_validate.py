@@ -444,41 +444,27 @@ def test_validate_end_to_end_smoke(smoke_env, tmp_path, monkeypatch):
 
 def test_a_job_at_a_tuned_batch_goes_through_the_gate_at_that_batch(smoke_env, tmp_path):
     """The evaluator's gate saw the profile's batch (16 under smoke); tuning tries half and twice that as well. A
-    program that triples its work only at twice the batch is refused there, and trains at the profile's own."""
-    import adversarial
+    program that nearly doubles its work only at twice the batch is refused there, and trains at the profile's own."""
     import security
     from harness.trusted.evaluate import prepare
 
     profile = get_profile(security.PROFILE)
     big = 2 * profile.batch_size_seqs
-    block = adversarial.with_block(f'''
-class {adversarial.CLASS}(nn.Module):
-    def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
-
-    def attend(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.n_heads)
-        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        y = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
-        return self.out(y.transpose(1, 2).reshape(b, t, d))
-
-    def forward(self, x):
-        h = x
-        for _ in range(3 if x.shape[0] == {big} else 1):
-            h = x + self.attend(h)
-        return h - x
-''')
+    # Two more causal attention maps over its input, only at twice the batch: nearly twice the work there.
+    source = security.Attack(
+        "work_at_a_tuned_batch", "budget",
+        f"if x.shape[0] == {big}:\n"
+        "    future = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).triu(1)\n"
+        "    for _ in range(2):\n"
+        "        s = (x @ x.transpose(-1, -2) / math.sqrt(x.shape[-1])).masked_fill(future, float('-inf'))\n"
+        "        x = x + 0.5 * torch.softmax(s, dim=-1) @ x",
+        reason="flop_parity").source("unused", "UNUSED")
     path = tmp_path / "candidate.py"
-    path.write_text(block)
-    fingerprint = prepare(adversarial.FRAMEWORK)["fingerprint"]["id"]
+    path.write_text(source)
+    fingerprint = prepare(security.FRAMEWORK)["fingerprint"]["id"]
 
     def job(batch):
-        return jobs.run_training_job(jobs.TrainJob(adversarial.FRAMEWORK, path, profile, 42,
+        return jobs.run_training_job(jobs.TrainJob(security.FRAMEWORK, path, profile, 42,
                                                    {"batch_size_seqs": batch}, "reference", fingerprint,
                                                    profile.hard_limit_s))
 
