@@ -166,6 +166,24 @@ ATTACKS = [
     # disabling an in-process guard
     Attack("disable_grad_globally", "guards", "torch.set_grad_enabled(False)"),
     Attack("audit_hook", "guards", "typing.sys.addaudithook(lambda *a: None)", preamble="import typing\n"),
+    # A class in hand, through torch's lookups of an attribute by a name computed at run time: every exemption the
+    # policy makes for self then applies to any object (each passed the static policy before the API table's review).
+    Attack("class_through_a_property_getter", "commands",
+           'k = "_" * 2\np = Poker()\np.poke([[k + "class" + k]])\ncls = nn.LSTM.all_weights.fget(p)[0][0]\n'
+           'cls.poke(F.softmax, [[k + "globals" + k]])\ng = nn.LSTM.all_weights.fget(F.softmax)[0][0]\n'
+           'g[k + "builtins" + k][k + "import" + k]("os").system("touch {marker}")',
+           preamble="class Poker(nn.Module):\n    def poke(self, names):\n        self._all_weights = names\n\n\n"),
+    Attack("class_through_a_parameter_dict", "files",
+           'cls = Bag()["_" * 2 + "class" + "_" * 2]\ncls.write(cls.as_array(x.detach()), "{marker}")',
+           preamble="class Bag(nn.ParameterDict):\n    def as_array(self):\n        return self.numpy()\n\n"
+                    "    def write(self, path):\n        self.tofile(path)\n\n\n"),
+    Attack("class_through_rnn_weight_names", "files",
+           'cls = Cell("RNN_TANH", 1, 1).lookup("_" * 2 + "class" + "_" * 2)\n'
+           'cls.write(cls.as_array(x.detach()), "{marker}")',
+           preamble="class Cell(nn.RNNBase):\n    def lookup(self, name):\n        self._flat_weights_names = [name]\n"
+                    "        self._init_flat_weights()\n        return self._flat_weights[0]\n\n"
+                    "    def as_array(self):\n        return self.numpy()\n\n"
+                    "    def write(self, path):\n        self.tofile(path)\n\n\n"),
 ]
 
 BY_NAME = {attack.name: attack for attack in ATTACKS}

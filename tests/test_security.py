@@ -63,10 +63,15 @@ def test_attack_is_rejected_and_its_side_effect_never_happens(smoke_env, attack,
     assert after[-1]["reason"] == attack.reason
 
 
-def test_a_module_the_static_check_does_not_know_is_refused_before_the_program_runs(smoke_env, tmp_path):
-    """The static check knows the common modules by name; the sandbox resolves every module attribute against the
-    installed torch before the program runs, and refuses a module outside the allow-list."""
-    attack = security.Attack("unknown_module", "commands", 'torch.nn.utils.rnn.pad_sequence([x[0]])')
+def test_a_module_the_static_check_does_not_know_is_refused_before_the_program_runs(smoke_env, tmp_path, monkeypatch):
+    """The static check reads a table written from one torch; the sandbox resolves every module attribute against the
+    installed torch before the program runs, and refuses a module outside the allow-list. Here the table is one from
+    a torch where ``torch.nn.utils.rnn`` is a function."""
+    from harness.trusted import api_table, policy
+
+    monkeypatch.setitem(policy.MODULE_MEMBERS, "torch.nn.utils", policy.MODULE_MEMBERS["torch.nn.utils"] | {"rnn"})
+    monkeypatch.setitem(api_table.SUBMODULES, "torch.nn.utils", api_table.SUBMODULES["torch.nn.utils"] - {"rnn"})
+    attack = security.Attack("unknown_module", "commands", 'torch.nn.utils.rnn(x)')
     source = attack.source("unused", SECRET_ENV)
     assert _static_report(source).ok, "pick a module the static check does not know"
     path = tmp_path / "candidate.py"

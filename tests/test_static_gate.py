@@ -553,20 +553,21 @@ def test_every_idiom_of_the_sweep_meant_to_pass_passes_the_static_policy():
 
 
 def test_the_private_attributes_of_nn_module_are_all_known():
-    """What the policy refuses on self, against the installed torch's nn.Module as it is defined: in a process of its
-    own, since torch.compile marks the class at run time (``___needs_generation_tag_patch``)."""
+    """What the policy refuses on self (the table's ``TORCH_NN_PRIVATE``), against the installed torch's nn.Module as it
+    is defined: in a process of its own, since torch.compile marks the class at run time
+    (``___needs_generation_tag_patch``)."""
     import json
     import subprocess
     import sys
 
-    from harness.trusted.policy import MODULE_INTERNALS
+    from harness.trusted.api_table import TORCH_NN_PRIVATE
 
     listed = subprocess.run([sys.executable, "-c", "import json, torch.nn as nn; print(json.dumps(sorted("
                              "{n for n in dir(nn.Module) if n.startswith('_') and not n.endswith('__')} | "
                              "{n for n in vars(nn.Linear(2, 2)) if n.startswith('_')})))"],
                             capture_output=True, text=True, check=True, timeout=120)
     installed = set(json.loads(listed.stdout))
-    assert installed <= MODULE_INTERNALS, sorted(installed - MODULE_INTERNALS)
+    assert installed <= TORCH_NN_PRIVATE, sorted(installed - TORCH_NN_PRIVATE)
 
 
 @pytest.mark.parametrize("body,fragment", [
@@ -593,3 +594,42 @@ def test_nn_methods_called_with_self_and_module_functions_stay_allowed():
     source = program.split(SEED).head + GOOD.replace("return self.proj(x)", body + "\n        return self.proj(x)") \
         + program.split(SEED).tail
     check_module_attributes(source)
+
+
+@pytest.mark.parametrize("init,body,fragment", [
+    # torch's own lookups by name: through them a name computed at run time ("_" * 2 + "class" + "_" * 2) handed a
+    # block its class, and every exemption for self then applied to any object
+    ("", "w = nn.LSTM.all_weights.fget(self)", "attribute 'fget' is not allowed"),
+    ("self._all_weights = [['w']]", "", "attribute '_all_weights' is not allowed: it is torch.nn's own"),
+    ("self._flat_weights_names = ['w']", "", "attribute '_flat_weights_names' is not allowed: it is torch.nn's own"),
+    ("self.bag = nn.ParameterDict()", "", "torch.nn.ParameterDict is not in the table"),
+    ("k = '_' * 2\nself.register_buffer(k + 'del' + k, torch.zeros(1))", "", "the name given to register_buffer"),
+    ("", "nn.utils.parametrize.register_parametrization(self, '_' * 2 + 'bool', nn.Identity())",
+     "the name given to register_parametrization"),
+    ("", "nn.utils.parametrize.register_parametrization(self.proj, tensor_name=str(x), parametrization=nn.Identity())",
+     "the name given to register_parametrization"),
+    ("names = ('w', torch.zeros(1))\nself.register_buffer(*names)", "", "the name given to register_buffer"),
+    ("for name in ('mask', '_' + '_del__'):\n    self.register_buffer(name, None)", "",
+     "the name given to register_buffer"),
+    ("self.keep = self.register_buffer", "", "register_buffer may only be called directly"),
+    ("self.register_buffer('_all_weights', None)", "", "the name given to register_buffer"),
+])
+def test_no_name_computed_at_run_time_reaches_a_lookup_by_name(init, body, fragment):
+    block = GOOD.replace("        self.proj = nn.Linear(d_model, d_model)",
+                         "        self.proj = nn.Linear(d_model, d_model)\n"
+                         + "".join("        " + line + "\n" for line in init.splitlines())).replace(
+        "        return self.proj(x)", "".join("        " + line + "\n" for line in body.splitlines())
+        + "        return self.proj(x)")
+    report = policy(block)
+    assert any(fragment in v for v in report.violations), report.violations
+
+
+def test_names_written_out_may_be_registered_in_loops_and_f_strings():
+    block = GOOD.replace("        self.proj = nn.Linear(d_model, d_model)",
+                         "        self.proj = nn.Linear(d_model, d_model)\n"
+                         "        for name in ('w_q', 'w_k'):\n            self.add_module(name, nn.Linear(d_model, d_model))\n"
+                         "        for i in range(2):\n            self.register_buffer(f'mask_{i}', torch.ones(i + 1))\n"
+                         "        self.register_buffer('scale_' + str(d_model), torch.ones(1))\n"
+                         "        self.register_parameter(name='gain', param=nn.Parameter(torch.ones(1)))\n"
+                         "        nn.utils.parametrize.register_parametrization(self.proj, 'weight', nn.Identity())")
+    assert policy(block).ok, policy(block).violations

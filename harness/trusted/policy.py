@@ -8,6 +8,9 @@ It is an allow-list where the language allows one:
   any other module (``torch.os``, ``typing.sys``, ``torch.serialization``) is refused;
 - a module is used only as the root of an attribute (``F.softmax(...)``): never bound to a name, passed, returned
   or stored, so no alias escapes the checks below;
+- of each module, only the names of its row in ``MODULE_MEMBERS`` (torch's operators, factories, dtypes and
+  layers: the generated ``api_table``); on any other object, only the attributes of the table's ``ATTRIBUTES`` (what
+  tensors, nn modules, dtypes and Python's values have) and the names the block gives its own objects;
 - attributes are assigned only on ``self`` (and on ``ctx`` in a custom autograd Function), and underscore
   attributes are read only on ``self``. ``self`` names only the instance: it is bound only as the first parameter
   of a method, and a method of the block is called through its class only with ``self`` (``Base.forward(self,
@@ -26,8 +29,11 @@ modules before the program runs (``harness.sandbox.loader``), and the OS confine
 from __future__ import annotations
 
 import ast
+import difflib
 import string
 from dataclasses import dataclass, field
+
+from harness.trusted import api_table
 
 ALLOWED_IMPORT_ROOTS = frozenset({"torch", "math", "typing", "functools", "einops"})
 
@@ -82,6 +88,12 @@ FORBIDDEN_ATTRIBUTES = frozenset({
     # the caller's graph: a backward from inside forward writes gradients into every frozen parameter before the
     # attention, and detach_ cuts the frozen model's graph in place
     "backward", "detach_",
+    # shared memory outlives the process (share_memory_ backs a tensor with a file of /dev/shm), and a storage class
+    # in hand maps a file (x.storage_type().from_file(...))
+    "share_memory_", "share_memory", "storage_type",
+    # a property's functions: in hand, they run a torch class's getter on any object (nn.LSTM.all_weights.fget(obj)
+    # reads every attribute obj._all_weights names)
+    "fget", "fset", "fdel",
 })
 
 # A module's functions that change a process-wide setting (torch.set_float32_matmul_precision, torch.use_deterministic_
@@ -94,26 +106,13 @@ SETTING_MESSAGE = (": it changes a process-wide torch setting; scope a mode to y
 # Forbidden attributes that torch.nn's classes define: on self as well they are nn.Module's own (self.compile()). The
 # others name, on self, only what the block stored there (self.seed = seed).
 MODULE_METHODS = frozenset({
-    "apply", "compile", "register_backward_hook", "register_forward_hook", "register_forward_pre_hook",
+    "apply", "compile", "share_memory", "register_backward_hook", "register_forward_hook", "register_forward_pre_hook",
     "register_full_backward_hook", "register_load_state_dict_post_hook", "register_state_dict_pre_hook",
 })
 
 # Forbidden attributes that are harmless on an object the block made itself and named: a torch.Generator of its
 # own may be seeded (``gen = torch.Generator(); gen.manual_seed(0)``), never torch's global one.
 LOCAL_ATTRIBUTES = frozenset({"manual_seed"})
-
-# nn.Module's own private attributes and methods (torch 2.13; tests/test_static_gate.py checks the installed torch's
-# against this): on self they reach its hooks, its registries and its call path, which the public methods guard.
-MODULE_INTERNALS = frozenset({
-    "_apply", "_backward_hooks", "_backward_pre_hooks", "_buffers", "_call_impl", "_compiled_call_impl",
-    "_forward_hooks", "_forward_hooks_always_called", "_forward_hooks_with_kwargs", "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs", "_get_backward_hooks", "_get_backward_pre_hooks", "_get_name",
-    "_is_full_backward_hook", "_load_from_state_dict", "_load_state_dict_post_hooks", "_load_state_dict_pre_hooks",
-    "_maybe_warn_non_full_backward_hook", "_modules", "_named_members", "_non_persistent_buffers_set", "_parameters",
-    "_register_load_state_dict_pre_hook", "_register_state_dict_hook", "_replicate_for_data_parallel",
-    "_save_to_state_dict", "_slow_forward", "_state_dict_hooks", "_state_dict_pre_hooks", "_version",
-    "_wrapped_call_impl",
-})
 
 FORBIDDEN_ATTRIBUTE_ADVICE = {
     "apply": ": only a custom autograd Function of the block (MyFunction.apply(x)) and the block's own modules "
@@ -163,6 +162,28 @@ ALLOWED_MODULE_MEMBERS = {
     # ``lru_cache``: what a cached function returns outlives every call and instance (a dict there counted calls, and
     # a program could change its work once the gate had run).
     "functools": frozenset({"partial", "reduce"}),
+}
+
+# What a block may read through each module it may import: typing's and functools' by hand (above), torch's, math's
+# and einops' from the table that ``python -m harness.diagnostics.api_table`` writes from the installed packages.
+MODULE_MEMBERS = {**api_table.MEMBERS, **ALLOWED_MODULE_MEMBERS}
+TABLE_FILE = "harness/trusted/api_table.py"
+
+# Methods that name an attribute of the block's own module by a string (self.register_buffer("mask", ...)).
+NAMING_METHODS = frozenset({"register_buffer", "register_parameter", "add_module", "register_module"})
+
+# The torch.nn methods and helpers that look up or store an attribute of a module by a name given as a string, and
+# where that name is passed (position, keyword). Computed at run time, a name can be a special one ("_" * 2 + "del"
+# + "_" * 2): a parametrisation registered under it became a method of the class, which the interpreter called
+# when it collected the instance.
+NAME_ARGUMENTS = {
+    **{method: (0, "name") for method in NAMING_METHODS},
+    **{method: (0, "target") for method in ("get_submodule", "get_parameter", "get_buffer", "set_submodule")},
+    **{helper: (1, "tensor_name") for helper in ("register_parametrization", "remove_parametrizations",
+                                                  "is_parametrized")},
+    "transfer_parametrizations_and_params": (2, "tensor_name"),
+    **{helper: (1, "name") for helper in ("weight_norm", "spectral_norm", "orthogonal", "remove_weight_norm",
+                                          "remove_spectral_norm")},
 }
 
 ALLOWED_DUNDERS = frozenset({"__init__"})  # super().__init__()
@@ -371,6 +392,7 @@ class _Checker(ast.NodeVisitor):
             # an import, a match capture or an ``except ... as`` would take the exemptions of the instance.
             if "self" in names and not isinstance(node, (ast.Name, ast.arg)):
                 self.flag(node, SELF_MESSAGE)
+        self.own_attributes = own_attributes(tree)
         self._find_classes(tree)
         self.visit(tree)
         self._check_module_chains(tree)
@@ -489,12 +511,15 @@ class _Checker(ast.NodeVisitor):
                 self.flag(node, f"importing {alias.name!r} is not allowed" + SETTING_MESSAGE)
             elif full not in ALLOWED_MODULES and alias.name in KNOWN_MODULE_ATTRIBUTES:
                 self.flag(node, f"{full!r} is a module a block may not use")
-            elif module in ALLOWED_MODULE_MEMBERS and alias.name not in ALLOWED_MODULE_MEMBERS[module]:
+            elif full not in ALLOWED_MODULES and alias.name not in MODULE_MEMBERS.get(module, alias.name):
                 self.flag(node, _member_message(module, alias.name))
 
     # names ----------------------------------------------------------------------------------------------------
     def visit_Name(self, node: ast.Name) -> None:
         parent = self.parents.get(id(node))
+        if self._name_taker(node) is not None and not (isinstance(parent, ast.Call) and parent.func is node):
+            self.flag(node, f"{node.id} may only be called directly, as {node.id}(...): do not bind it to a name, "
+                      "pass it or store it")
         if node.id in SHADOWABLE_NAMES and node.id not in self.aliases and node.id in self._bound_in_scope(node):
             pass
         elif node.id in FORBIDDEN_NAMES or _is_dunder(node.id):
@@ -561,6 +586,9 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         attr, on_self = node.attr, isinstance(node.value, ast.Name) and node.value.id == "self"
+        if self._name_taker(node) is not None and not self._called(node):
+            self.flag(node, f"{attr} may only be called directly, as {attr}(...): do not bind it to a name, pass it "
+                      "or store it")
         if attr in STRING_FORMATS:
             call, fields = self.parents.get(id(node)), _format_fields(node.value)
             if not (isinstance(call, ast.Call) and call.func is node and fields is not None
@@ -576,9 +604,14 @@ class _Checker(ast.NodeVisitor):
         elif attr == "apply" and (_attribute_of_self(node.value) or isinstance(node.value, ast.Name)
                                   and node.value.id in self.function_classes):
             pass  # nn.Module.apply visits the block's own (sub)modules only; Function.apply runs the block's own code
-        elif (attr in FORBIDDEN_ATTRIBUTES and (not on_self or attr in MODULE_METHODS) or on_self and attr in MODULE_INTERNALS
+        elif (attr in FORBIDDEN_ATTRIBUTES and (not on_self or attr in MODULE_METHODS)
               or "hook" in attr.lower() and (not on_self or attr.startswith(("_", "register")))):
             self.flag(node, f"attribute {attr!r} is not allowed" + FORBIDDEN_ATTRIBUTE_ADVICE.get(attr, ""))
+        elif on_self and attr in api_table.TORCH_NN_PRIVATE:
+            # nn.Module's registries and call path, and what torch.nn's classes read by name (RNNBase.all_weights
+            # does getattr(self, name) for each name in self._all_weights)
+            self.flag(node, f"attribute {attr!r} is not allowed: it is torch.nn's own private state; name yours "
+                      "differently")
         elif attr.startswith(SETTING_PREFIXES) and not on_self and self._rooted_at_a_module(node):
             self.flag(node, f"attribute {attr!r} is not allowed" + SETTING_MESSAGE)
         elif (attr in FORBIDDEN_NAMES or attr in LOOKUP_BUILTINS) and not on_self:
@@ -591,6 +624,9 @@ class _Checker(ast.NodeVisitor):
                       "only as module.name from its imports")
         elif attr.startswith("_") and not on_self:
             self.flag(node, f"private attribute {attr!r} is allowed only on self")
+        elif not on_self and not self._module_chain(node) and not self._readable(attr) \
+                and not self._refused_root(node.value):
+            self.flag(node, _attribute_message(attr))
         if isinstance(node.ctx, (ast.Store, ast.Del)) and not self._own_object(node):
             self.flag(node, f"assigning to the attribute {attr!r} of anything but self (monkeypatching) is not allowed")
         self.generic_visit(node)
@@ -619,20 +655,47 @@ class _Checker(ast.NodeVisitor):
         return not called and (base.id in self.modules or base.id not in self.bound)
 
     def _check_module_chains(self, tree: ast.Module) -> None:
+        """A chain from a module alias: its modules must be allowed ones, the name it reads from the last of them must
+        be in the table of that module's members, and what it reads on that member must be in the table of
+        attributes (``torch.Tensor.softmax``)."""
         for node, chain in module_chains(tree, self.aliases):
             path = chain[0]
-            if path in ALLOWED_MODULE_MEMBERS and chain[1] not in ALLOWED_MODULE_MEMBERS[path]:
-                self.flag(node, _member_message(path, chain[1]))
-                continue
-            for attr in chain[1:]:
+            for i, attr in enumerate(chain[1:], start=1):
                 if f"{path}.{attr}" in ALLOWED_MODULES:
                     path = f"{path}.{attr}"
                     continue
-                if attr in KNOWN_MODULE_ATTRIBUTES and attr not in FORBIDDEN_ATTRIBUTES:
-                    self.flag(node, f"{path}.{attr} is a module a block may not use" + MODULE_ADVICE.get(attr, ""))
+                if (attr in KNOWN_MODULE_ATTRIBUTES or attr in api_table.SUBMODULES[path]) \
+                        and attr not in FORBIDDEN_ATTRIBUTES:
+                    self.flag(node, f"{path}.{attr} is a module a block may not use"
+                              + MODULE_ADVICE.get(attr, NAME_ADVICE.get(f"{path}.{attr}", "")))
+                elif _refused_by_name(attr):
+                    pass  # visit_Attribute names it
+                elif attr not in MODULE_MEMBERS[path]:
+                    self.flag(node, _member_message(path, attr))
+                else:
+                    for tail in chain[i + 1:]:
+                        if not _refused_by_name(tail) and not self._readable(tail):
+                            self.flag(node, _attribute_message(tail))
                 break
             else:
                 self.flag(node, module_value_message(_dotted(node)))
+
+    def _refused_root(self, node: ast.AST) -> bool:
+        """Whether ``node`` is a name already refused as such (``time``, or what a refused import binds): what is
+        read on it needs no message of its own."""
+        if not isinstance(node, ast.Name):
+            return False
+        if node.id in FORBIDDEN_NAMES:
+            return node.id not in self._bound_in_scope(node)
+        path = self.aliases.get(node.id)
+        if path is None or path in ALLOWED_MODULES:
+            return False
+        module, _, member = path.rpartition(".")
+        return module not in ALLOWED_MODULES or member not in MODULE_MEMBERS[module]
+
+    def _readable(self, attr: str) -> bool:
+        """Whether the table, or the block's own naming, lets ``attr`` be read on a value the block holds."""
+        return attr in api_table.ATTRIBUTES or attr in self.own_attributes
 
     def visit_Constant(self, node: ast.Constant) -> None:
         # A dunder's name as a string is an attribute by another way: register_parametrization(self, "__bool__", ...)
@@ -668,7 +731,41 @@ class _Checker(ast.NodeVisitor):
         if name == "super" and node.args and not (len(node.args) == 2 and isinstance(node.args[1], ast.Name)
                                                   and node.args[1].id == "self"):
             self.flag(node, "super may only be called as super() or super(Class, self)")
+        callee = self._name_taker(node.func)
+        if callee is not None:
+            position, keyword = NAME_ARGUMENTS[callee]
+            given = [k.value for k in node.keywords if k.arg == keyword] + node.args[position:position + 1]
+            if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords) \
+                    or not all(self._written_name(g) for g in given) \
+                    or any(isinstance(g, ast.Constant) and g.value in api_table.TORCH_NN_PRIVATE for g in given):
+                self.flag(node, f"the name given to {callee} must be written out: a string literal (not one of "
+                          "torch.nn's private names), or an f-string or a + of strings that starts with a letter "
+                          "(f\"mask_{i}\")")
         self.generic_visit(node)
+
+    def _written_name(self, node: ast.AST) -> bool:
+        """``_written_name``, or a variable that its function binds only to such names: ``for name in ("w_q",
+        "w_k"): self.add_module(name, ...)``."""
+        if not isinstance(node, ast.Name):
+            return _written_name(node)
+        scope = self.parents.get(id(node))
+        while scope is not None and not isinstance(scope, ast.FunctionDef):
+            scope = self.parents.get(id(scope))
+        binders = [n for n in ast.walk(scope or self.tree) if node.id in bindings(n)]
+        return bool(binders) and all(self._binds_written_names(b) for b in binders)
+
+    def _binds_written_names(self, target: ast.AST) -> bool:
+        parent = self.parents.get(id(target))
+        if isinstance(parent, (ast.For, ast.comprehension)) and parent.target is target:
+            return isinstance(parent.iter, (ast.Tuple, ast.List, ast.Set)) \
+                and all(_written_name(e) for e in parent.iter.elts)
+        return isinstance(parent, ast.Assign) and target in parent.targets and _written_name(parent.value)
+
+    def _name_taker(self, func: ast.AST) -> str | None:
+        """The name of ``NAME_ARGUMENTS`` that ``func`` (a call's function) names, if any."""
+        name = func.attr if isinstance(func, ast.Attribute) else \
+            self.aliases[func.id].rpartition(".")[2] if isinstance(func, ast.Name) and func.id in self.aliases else None
+        return name if name in NAME_ARGUMENTS else None
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         for base in node.bases:
@@ -783,6 +880,18 @@ def _format_fields(node: ast.AST) -> list[str] | None:
     return fields
 
 
+def _written_name(node: ast.AST) -> bool:
+    """Whether ``node`` is a name the block writes out: a string literal (``visit_Constant`` refuses a special one), or
+    an f-string or a sum of strings whose first part is a literal that starts with a letter (``f"mask_{i}"``,
+    ``"mask_" + str(i)``). Any other string could be computed to a special name."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    while isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        node = node.left
+    first = node.values[0] if isinstance(node, ast.JoinedStr) and node.values else node
+    return isinstance(first, ast.Constant) and isinstance(first.value, str) and first.value[:1].isalpha()
+
+
 def _plain_field(name: str) -> bool:
     return name == "" or name.isdigit() or name.isidentifier()
 
@@ -854,8 +963,47 @@ def _is_type_expression(text: str) -> bool:
 
 
 def _member_message(module: str, name: str) -> str:
-    return (f"{module}.{name} is not allowed: from {module} a block may use only "
-            f"{', '.join(sorted(ALLOWED_MODULE_MEMBERS[module]))}")
+    if module in ALLOWED_MODULE_MEMBERS:
+        return (f"{module}.{name} is not allowed: from {module} a block may use only "
+                f"{', '.join(sorted(ALLOWED_MODULE_MEMBERS[module]))}")
+    return (f"{module}.{name} is not in the table of what a block may use from {module} ({TABLE_FILE})"
+            + _close_matches(name, MODULE_MEMBERS[module], module + "."))
+
+
+def _attribute_message(attr: str) -> str:
+    return (f"attribute {attr!r} is neither in the table of what tensors, torch.nn modules and Python values have "
+            f"({TABLE_FILE}) nor set by the block on its own objects" + _close_matches(attr, api_table.ATTRIBUTES))
+
+
+def _close_matches(name: str, names: frozenset[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, sorted(names), n=3)
+    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+
+
+def _refused_by_name(attr: str) -> bool:
+    """Whether ``visit_Attribute`` refuses ``attr`` by its name wherever it is read, with a message of its own."""
+    return (attr.startswith("_") or attr in FORBIDDEN_ATTRIBUTES or attr in FORBIDDEN_NAMES
+            or attr in LOOKUP_BUILTINS or attr.startswith(SETTING_PREFIXES) or "hook" in attr.lower())
+
+
+def own_attributes(tree: ast.AST) -> set[str]:
+    """The attribute names the block gives its own objects: those it assigns (``self.scale = ...``, ``ctx.shape =
+    ...``), its classes' methods, constants and fields, and the names it registers (``self.register_buffer("mask",
+    ...)``). A block may read these on any object, as it may read the table's."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Load):
+            names.add(node.attr)
+        elif isinstance(node, ast.ClassDef):
+            for stmt in node.body:
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] \
+                    if isinstance(stmt, ast.AnnAssign) else []
+                names.update(name for target in targets for sub in ast.walk(target) for name in bindings(sub))
+                names.update(bindings(stmt) if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) else ())
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in NAMING_METHODS:
+            named = node.args[:1] + [k.value for k in node.keywords if k.arg == "name"]
+            names.update(n.value for n in named if isinstance(n, ast.Constant) and isinstance(n.value, str))
+    return names
 
 
 class _LookupsAsAttributes(ast.NodeTransformer):
