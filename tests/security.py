@@ -184,6 +184,28 @@ ATTACKS = [
                     "        self._init_flat_weights()\n        return self._flat_weights[0]\n\n"
                     "    def as_array(self):\n        return self.numpy()\n\n"
                     "    def write(self, path):\n        self.tofile(path)\n\n\n"),
+    # ... and through Python's own rules: a rebound builtin, a typing alias, autograd's first argument. A storage's
+    # type("os.system") imports and walks the dotted path, and the AttributeError it ends with holds the result.
+    Attack("builtin_rebound_as_a_decorator", "commands",
+           'try:\n    self.poker.mem(x.detach()).type("os.system")\nexcept AttributeError as e:\n'
+           '    e.obj("touch {marker}")',
+           preamble="property = staticmethod\n\n\nclass Poker(nn.Module):\n    @property\n    def mem(self):\n"
+                    "        return self.untyped_storage()\n\n\n",
+           init="self.poker = Poker()\nself.obj = None"),
+    Attack("class_through_a_typing_alias", "commands",
+           'try:\n    typing.Type.obj\nexcept AttributeError as e:\n    meta = e.obj\ncls = meta(self.poker)\n'
+           'try:\n    cls.mem(x.detach()).type("os.system")\nexcept AttributeError as e:\n'
+           '    e.obj("touch {marker}")',
+           preamble="import typing\n\n\nclass Poker(nn.Module):\n    def mem(self):\n"
+                    "        return self.untyped_storage()\n\n\n",
+           init="self.poker = Poker()\nself.obj = None"),
+    Attack("autograd_function_method_without_staticmethod", "commands", "x = Peek.apply(x)",
+           preamble="class Peek(torch.autograd.Function):\n    def forward(self, a):\n"
+                    "        cls = self._forward_cls\n        try:\n"
+                    "            cls.mem(a.detach()).type(\"os.system\")\n        except AttributeError as e:\n"
+                    "            cls.leaked(e)(\"touch {marker}\")\n        return a.clone()\n\n"
+                    "    def backward(self, g):\n        return g\n\n    def mem(self):\n"
+                    "        return self.untyped_storage()\n\n    def leaked(self):\n        return self.obj\n\n\n"),
 ]
 
 BY_NAME = {attack.name: attack for attack in ATTACKS}

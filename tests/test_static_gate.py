@@ -155,7 +155,7 @@ def test_a_string_annotation_that_is_code_is_refused():
         ("", "self.apply(lambda m: None)\n        return self.proj(x)"),
         ("", "gen = torch.Generator()\n        gen.set_state(gen.get_state())\n        return self.proj(x)"),
         ("", "self.proj.apply(lambda m: None)\n        return self.proj(x)"),  # a submodule's own apply
-        ("", "gen = torch.Generator()\n        gen.manual_seed(self.seed)\n        return self.proj(x)"),  # self.seed
+        ("", "self.seed = 0\n        gen = torch.Generator()\n        gen.manual_seed(self.seed)\n        return self.proj(x)"),  # self.seed
     ],
 )
 def test_policy_accepts_common_idioms(head, body):
@@ -632,4 +632,59 @@ def test_names_written_out_may_be_registered_in_loops_and_f_strings():
                          "        self.register_buffer('scale_' + str(d_model), torch.ones(1))\n"
                          "        self.register_parameter(name='gain', param=nn.Parameter(torch.ones(1)))\n"
                          "        nn.utils.parametrize.register_parametrization(self.proj, 'weight', nn.Identity())")
+    assert policy(block).ok, policy(block).violations
+
+
+def _block(preamble: str = "", init: str = "", body: str = "", methods: str = "") -> str:
+    return preamble + GOOD.replace(
+        "        self.proj = nn.Linear(d_model, d_model)",
+        "        self.proj = nn.Linear(d_model, d_model)\n" + "".join("        " + line + "\n" for line in init.splitlines())
+    ).replace("        return self.proj(x)",
+              "".join("        " + line + "\n" for line in body.splitlines()) + "        return self.proj(x)"
+              ).replace("    def forward(self, x):", methods + "    def forward(self, x):")
+
+
+@pytest.mark.parametrize("block,fragment", [
+    # each of these put an object other than the instance where the policy treats a name as self
+    (_block("property = staticmethod\n\n\n"), "'property' is a builtin, which the policy relies on"),
+    (_block(methods="    property = staticmethod\n\n"), "'property' is a builtin, which the policy relies on"),
+    (_block("tuple = list\nSTORE = tuple()\n\n\n"), "'tuple' is a builtin"),
+    (_block("def grab():\n    return Poker\n\n\nclass Poker(nn.Module):\n    pass\n\n\n"),
+     "the class Poker may only be instantiated"),
+    (_block("class mem:\n    setter = staticmethod\n\n\nclass Poker(nn.Module):\n    @mem.setter\n    def get(self):\n"
+            "        return self\n\n    def mem(self):\n        return 1\n\n\n"), "'mem' names a class of the block"),
+    (_block(methods="    @scale.setter\n    def width(self, v):\n        self.w = v\n\n    @property\n"
+                    "    def scale(self):\n        return 1\n\n"), "the name 'self' may only be the first parameter"),
+    (_block("class Peek(torch.autograd.Function):\n    def forward(ctx, a):\n        return a.clone()\n\n"
+            "    @staticmethod\n    def backward(ctx, g):\n        return g\n\n\n"),
+     "every method of the autograd Function Peek must be a @staticmethod"),
+    (_block("import typing\n\n\n", body="t = typing.Type.mro"), "typing.Type may only be used as it is"),
+    (_block("from typing import Iterable\n\n\n", body="Iterable.register(float)"),
+     "typing.Iterable may only be used as it is"),
+    (_block(body="try:\n    x.nothing_here\nexcept AttributeError as e:\n    o = e.obj"), "attribute 'obj' is not allowed"),
+    (_block(body="s = self.untyped_storage()"), "attribute 'untyped_storage' is not allowed"),
+    (_block(body="c = self._forward_cls"), "private attribute '_forward_cls' is allowed on self only where"),
+    (_block(body="p = 'torch.nn.functional.softmax.__globals__'"), "names a special attribute (__globals__)"),
+    (_block(init="k = 'cay' + 'ley'\nnn.utils.parametrizations.orthogonal(self.proj, 'weight', '_' + k)"),
+     "the name given to orthogonal"),
+    (_block(methods="    def steps(self):\n        with torch.no_grad():\n            yield 1\n\n"),
+     "generators (yield) are not allowed"),
+    (_block(methods="    def state_dict(self, *args, **kwargs):\n        return {}\n\n"),
+     "may not define 'state_dict': it is nn.Module's own"),
+    (_block(init="self.parameters = None"), "assigning 'parameters' is not allowed"),
+    (_block(init="self.variable = 1", body="v = x.grad.variable"), "attribute 'variable' is neither in the table"),
+])
+def test_nothing_but_the_instance_is_ever_self(block, fragment):
+    report = policy(block)
+    assert any(fragment in v for v in report.violations), report.violations
+
+
+def test_what_the_instance_rules_still_admit():
+    block = _block(
+        '"""A docstring may name __init__ and __globals__."""\n\n\n',
+        init="self.training = True\nself.seed = 3\nself._cache = None\n"
+             "nn.utils.parametrizations.orthogonal(self.proj, 'weight', orthogonal_map='cayley')",
+        body="g = torch.Generator()\ng.manual_seed(self.seed)\nself._cache = None if self._cache is None else x",
+        methods="    def extra_repr(self):\n        return 'seeded'\n\n    @property\n    def scale(self):\n"
+                "        return self.seed\n\n    @scale.setter\n    def scale(self, value):\n        self.seed = value\n\n")
     assert policy(block).ok, policy(block).violations

@@ -32,6 +32,7 @@ import math
 import sys
 import textwrap
 import types
+import typing
 from pathlib import Path
 
 import einops
@@ -198,6 +199,33 @@ def _private_names(members: dict[str, set[str]]) -> set[str]:
     return {name for name in names if name.startswith("_") and not (name.startswith("__") and name.endswith("__"))}
 
 
+def _python_and_torch_objects() -> list[object]:
+    """Objects that are handles on the interpreter or on torch's internals, whose attributes the table leaves out:
+    Python's functions, generators, frames, code, descriptors, classes and typing aliases, and torch's graph nodes
+    and storages. (What an exception has beyond the table is its message's parts, but for ``obj``, which the policy
+    refuses by name.)"""
+    node = (torch.ones(1, requires_grad=True) * 2).grad_fn
+    objects = [types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.WrapperDescriptorType,
+                types.MethodWrapperType, types.MethodDescriptorType, types.ClassMethodDescriptorType,
+                types.GetSetDescriptorType, types.MemberDescriptorType, types.CodeType, types.FrameType,
+                types.TracebackType, types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType,
+                types.ModuleType, types.CellType, types.MappingProxyType, types.SimpleNamespace, property,
+                staticmethod, classmethod, type, object, super, functools.partial, typing.Type, typing.List,
+                typing.Optional[int], typing.Callable[[int], int], typing.Union, node, node.next_functions[0][0],
+                torch.UntypedStorage, torch.TypedStorage, torch.autograd.graph.Node]
+    return objects
+
+
+def _unlisted(attributes: set[str]) -> set[str]:
+    """The public attributes of ``_python_and_torch_objects`` that the table does not list: a block that gives its
+    own objects one of these names may still not read it off anything but self (``e.obj`` is the object an
+    AttributeError failed on, whatever the block calls ``self.obj``)."""
+    names = set()
+    for obj in _python_and_torch_objects():
+        names |= {name for name in dir(obj) if not name.startswith("_")}
+    return names - attributes
+
+
 def _submodules() -> dict[str, set[str]]:
     """Per allowed module, its attributes that are modules a block may not use (``torch.distributions``)."""
     found = {}
@@ -231,7 +259,9 @@ def generate() -> dict:
                            and not isinstance(getattr(base, n), types.ModuleType)}
     attributes = {n for n in _value_attributes(members) if not refused_on_values(n)}
     return {"torch": torch.__version__.split("+")[0], "einops": einops.__version__, "members": members,
-            "attributes": attributes, "private": _private_names(members), "submodules": _submodules()}
+            "attributes": attributes, "private": _private_names(members), "submodules": _submodules(),
+            "unlisted": _unlisted(attributes),
+            "module_names": {n for n in dir(torch.nn.Module) if not n.startswith("_")}}
 
 
 def _names(names: set[str], indent: int) -> str:
@@ -264,6 +294,14 @@ ATTRIBUTES = {_names(table["attributes"], 4)}
 
 # The private names torch.nn's classes and helpers define or store on a module: refused on self as everywhere.
 TORCH_NN_PRIVATE = {_names(table["private"], 4)}
+
+# What Python's and torch's own objects have that the table leaves out: never readable off anything but self, even
+# where the block gives its own objects the name.
+UNLISTED = {_names(table["unlisted"], 4)}
+
+# nn.Module's public names: a block's class defines none but forward and extra_repr, and sets none on self but
+# training (the harness calls state_dict, train, parameters and the rest on the model).
+NN_MODULE_NAMES = {_names(table["module_names"], 4)}
 
 # Per module a block may import, its attributes that are modules it may not use.
 SUBMODULES = {{

@@ -345,6 +345,36 @@ TORCH_NN_PRIVATE = frozenset({
     "_weights_have_changed", "_wrapped_call_impl",
 })
 
+# What Python's and torch's own objects have that the table leaves out: never readable off anything but self, even
+# where the block gives its own objects the name.
+UNLISTED = frozenset({
+    "aclose", "ag_await", "ag_code", "ag_frame", "ag_running", "asend", "athrow", "byteswap", "cell_contents",
+    "co_argcount", "co_cellvars", "co_code", "co_consts", "co_exceptiontable", "co_filename", "co_firstlineno",
+    "co_flags", "co_freevars", "co_kwonlyargcount", "co_lines", "co_linetable", "co_lnotab", "co_name", "co_names",
+    "co_nlocals", "co_positions", "co_posonlyargcount", "co_qualname", "co_stacksize", "co_varnames", "complex_double",
+    "complex_float", "copy_with", "cr_await", "cr_code", "cr_frame", "cr_origin", "cr_running", "cr_suspended",
+    "data_ptr", "f_back", "f_builtins", "f_code", "f_globals", "f_lasti", "f_lineno", "f_locals", "f_trace",
+    "f_trace_lines", "f_trace_opcodes", "fdel", "fget", "filename", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
+    "float8_e5m2fnuz", "from_buffer", "from_file", "fset", "gi_code", "gi_frame", "gi_running", "gi_suspended",
+    "gi_yieldfrom", "hpu", "is_hpu", "mps", "mro", "next_functions", "pickle_storage_type", "register_hook",
+    "register_prehook", "resizable", "share_memory_", "tb_frame", "tb_lasti", "tb_lineno", "tb_next", "untyped",
+    "variable",
+})
+
+# nn.Module's public names: a block's class defines none but forward and extra_repr, and sets none on self but
+# training (the harness calls state_dict, train, parameters and the rest on the model).
+NN_MODULE_NAMES = frozenset({
+    "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "compile", "cpu",
+    "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward", "get_buffer", "get_extra_state",
+    "get_parameter", "get_submodule", "half", "ipu", "load_state_dict", "modules", "mtia", "named_buffers",
+    "named_children", "named_modules", "named_parameters", "parameters", "register_backward_hook", "register_buffer",
+    "register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
+    "register_full_backward_pre_hook", "register_load_state_dict_post_hook", "register_load_state_dict_pre_hook",
+    "register_module", "register_parameter", "register_state_dict_post_hook", "register_state_dict_pre_hook",
+    "requires_grad_", "set_extra_state", "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train",
+    "type", "xpu", "zero_grad",
+})
+
 # Per module a block may import, its attributes that are modules it may not use.
 SUBMODULES = {
     "einops": frozenset({

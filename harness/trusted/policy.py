@@ -16,7 +16,11 @@ It is an allow-list where the language allows one:
   of a method, and a method of the block is called through its class only with ``self`` (``Base.forward(self,
   x)``), so no method runs with a torch class as its ``self``;
 - classes derive only from ``torch.nn`` classes, ``torch.autograd.Function`` or classes of the block, and define
-  no dunder method but ``__init__``;
+  no dunder method but ``__init__``, and none of nn.Module's names but ``forward`` and ``extra_repr``; every method
+  of an autograd Function is a staticmethod; no builtin is rebound, and a class's name is bound only by its class
+  statement; no generator (``yield``);
+- no name computed at run time reaches torch's lookups by name (``register_buffer``, ``register_parametrization``,
+  ``get_submodule``...): the names given to them are written out;
 - no name the frozen region binds is rebound at the block's top level (the frozen code shares its globals);
 - a custom autograd Function of the block is used only through ``.apply``;
 - deny-lists for what an allowed object still reaches: builtins that reach the interpreter, numpy interop and
@@ -29,7 +33,9 @@ modules before the program runs (``harness.sandbox.loader``), and the OS confine
 from __future__ import annotations
 
 import ast
+import builtins
 import difflib
+import re
 import string
 from dataclasses import dataclass, field
 
@@ -94,6 +100,8 @@ FORBIDDEN_ATTRIBUTES = frozenset({
     # a property's functions: in hand, they run a torch class's getter on any object (nn.LSTM.all_weights.fget(obj)
     # reads every attribute obj._all_weights names)
     "fget", "fset", "fdel",
+    # the object an AttributeError failed on: any object at all (typing.Type.x fails on the builtin type)
+    "obj",
 })
 
 # A module's functions that change a process-wide setting (torch.set_float32_matmul_precision, torch.use_deterministic_
@@ -177,13 +185,15 @@ NAMING_METHODS = frozenset({"register_buffer", "register_parameter", "add_module
 # + "_" * 2): a parametrisation registered under it became a method of the class, which the interpreter called
 # when it collected the instance.
 NAME_ARGUMENTS = {
-    **{method: (0, "name") for method in NAMING_METHODS},
-    **{method: (0, "target") for method in ("get_submodule", "get_parameter", "get_buffer", "set_submodule")},
-    **{helper: (1, "tensor_name") for helper in ("register_parametrization", "remove_parametrizations",
-                                                  "is_parametrized")},
-    "transfer_parametrizations_and_params": (2, "tensor_name"),
-    **{helper: (1, "name") for helper in ("weight_norm", "spectral_norm", "orthogonal", "remove_weight_norm",
-                                          "remove_spectral_norm")},
+    **{method: ((0, "name"),) for method in NAMING_METHODS},
+    **{method: ((0, "target"),) for method in ("get_submodule", "get_parameter", "get_buffer", "set_submodule")},
+    **{helper: ((1, "tensor_name"),) for helper in ("register_parametrization", "remove_parametrizations",
+                                                     "is_parametrized")},
+    "transfer_parametrizations_and_params": ((2, "tensor_name"),),
+    **{helper: ((1, "name"),) for helper in ("weight_norm", "spectral_norm", "remove_weight_norm",
+                                             "remove_spectral_norm")},
+    # orthogonal_map is looked up on an enum by getattr
+    "orthogonal": ((1, "name"), (2, "orthogonal_map")),
 }
 
 ALLOWED_DUNDERS = frozenset({"__init__"})  # super().__init__()
@@ -197,6 +207,13 @@ SHADOWABLE_NAMES = frozenset({
     "marshal", "inspect", "gc", "threading", "multiprocessing", "signal", "time", "random", "io", "tempfile",
     "urllib", "http", "requests",
 })
+
+# Python's builtins: a block binds none of them but SHADOWABLE_NAMES, since the rules here rely on what they are
+# (``property = staticmethod`` made every ``@property`` a staticmethod, whose first parameter is any argument).
+BUILTIN_NAMES = frozenset(name for name in dir(builtins) if not name.startswith("__"))
+
+# nn.Module's names a block's class may define: the computation, and what its printed form adds.
+MODULE_OVERRIDES = frozenset({"forward", "extra_repr"})
 
 # Module-level constants may be computed from literals with these (NEG = float("-inf"), LOG_BASE = math.log(1e4)).
 CONSTANT_CALLS = frozenset({"float", "int", "bool", "str", "tuple", "frozenset", "min", "max", "abs", "round"})
@@ -385,6 +402,8 @@ class _Checker(ast.NodeVisitor):
     def run(self, tree: ast.Module) -> None:
         self.tree, self.scope_names, self.submodules = tree, {}, None
         self.parents = parent_map(tree)
+        # every class up front: a class named before its statement (def grab(): return Poker) is a class all the same
+        self.block_classes = {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
         for node in ast.walk(tree):
             names = bindings(node)
             self.bound.update(names)
@@ -392,7 +411,14 @@ class _Checker(ast.NodeVisitor):
             # an import, a match capture or an ``except ... as`` would take the exemptions of the instance.
             if "self" in names and not isinstance(node, (ast.Name, ast.arg)):
                 self.flag(node, SELF_MESSAGE)
+            for name in names:
+                if name in BUILTIN_NAMES and name not in SHADOWABLE_NAMES:
+                    # property = staticmethod made every @property a staticmethod, whose "self" is any argument
+                    self.flag(node, f"{name!r} is a builtin, which the policy relies on: use another name")
+                elif name in self.block_classes and not isinstance(node, ast.ClassDef):
+                    self.flag(node, f"{name!r} names a class of the block: use another name")
         self.own_attributes = own_attributes(tree)
+        self.self_attributes = own_attributes(tree, on_self_only=True)
         self._find_classes(tree)
         self.visit(tree)
         self._check_module_chains(tree)
@@ -422,12 +448,15 @@ class _Checker(ast.NodeVisitor):
     def _find_classes(self, tree: ast.Module) -> None:
         """The block's autograd Functions, its classes' methods, and the parameters that name the instance
         (``self``) or an autograd context (``ctx``) where Python binds them."""
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.ClassDef):
-                continue
-            if any(self._full_name(_dotted(b)) == ALLOWED_BASES[1] or _dotted(b) in self.function_classes
-                   for b in node.bases):
-                self.function_classes.add(node.name)
+        classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+        grew = True
+        while grew:  # a Function derived from one the block defines later is a Function all the same
+            before = len(self.function_classes)
+            self.function_classes |= {c.name for c in classes if any(
+                self._full_name(_dotted(b)) == ALLOWED_BASES[1] or _dotted(b) in self.function_classes
+                for b in c.bases)}
+            grew = len(self.function_classes) > before
+        for node in classes:
             defs = [m for m in node.body if isinstance(m, ast.FunctionDef)]
             method_names = {m.name for m in defs}
             static = method_names - {m.name for m in defs if [_dotted(d) for d in m.decorator_list] != ["staticmethod"]}
@@ -435,19 +464,44 @@ class _Checker(ast.NodeVisitor):
                         for t in (m.targets if isinstance(m, ast.Assign) else [m.target]) if isinstance(t, ast.Name)}
             for table, names in ((self.static_methods, static), (self.class_constants, assigned - method_names)):
                 table[node.name] = names if node.name not in table else table[node.name] & names
-            for method in node.body:
-                if not isinstance(method, ast.FunctionDef):
-                    continue
+            self._check_method_names(node, method_names | assigned)
+            for method in defs:
                 positional = method.args.posonlyargs + method.args.args
-                decorators = {_dotted(d.func if isinstance(d, ast.Call) else d) for d in method.decorator_list}
-                if not positional:
-                    continue
-                if all(self._full_name(d) in INSTANCE_DECORATORS or (d or "").partition(".")[0] in method_names
-                       and (d or "").partition(".")[2] in ("setter", "deleter") for d in decorators):
+                decorators = [_dotted(d.func if isinstance(d, ast.Call) else d) for d in method.decorator_list]
+                if node.name in self.function_classes:
+                    # autograd calls each of them with its graph node first: as "self", that node took the
+                    # exemptions of the instance (self.next_functions reached the frozen model's weights)
+                    if decorators != ["staticmethod"]:
+                        self.flag(method, f"every method of the autograd Function {node.name} must be a "
+                                  "@staticmethod (autograd passes the context first: name it ctx)")
+                    elif positional and method.name in FUNCTION_CONTEXT_METHODS:
+                        self.context_params.add(id(positional[0]))
+                elif positional and all(self._full_name(d) in INSTANCE_DECORATORS
+                                        or self._property_accessor(node, method, d) for d in decorators):
                     self.instance_params.add(id(positional[0]))
-                elif (decorators == {"staticmethod"} and node.name in self.function_classes
-                      and method.name in FUNCTION_CONTEXT_METHODS):
-                    self.context_params.add(id(positional[0]))
+
+    def _property_accessor(self, cls: ast.ClassDef, method: ast.FunctionDef, decorator: str | None) -> bool:
+        """Whether ``decorator`` is ``x.setter`` or ``x.deleter`` of a property ``x`` that ``cls`` defines before
+        ``method``, and binds in its body only by methods: otherwise ``x`` could be any object with a ``setter``
+        (a class ``x`` defined at the top whose ``setter`` is a staticmethod)."""
+        name, _, accessor = (decorator or "").partition(".")
+        if accessor not in ("setter", "deleter"):
+            return False
+        before = cls.body[:cls.body.index(method)]
+        binders = [stmt for stmt in cls.body if name in (b for sub in ast.walk(stmt) for b in bindings(sub))
+                   and not (isinstance(stmt, ast.FunctionDef) and stmt.name == name)]
+        first = next((stmt for stmt in before if isinstance(stmt, ast.FunctionDef) and stmt.name == name), None)
+        return not binders and first is not None and [_dotted(d) for d in first.decorator_list] == ["property"]
+
+    def _check_method_names(self, cls: ast.ClassDef, names: set[str]) -> None:
+        """A class of the block defines none of nn.Module's names but forward and extra_repr, and none of torch.nn's
+        private names: the harness calls state_dict, train, parameters and the rest on the model, and torch calls
+        its private methods, outside forward."""
+        if cls.name in self.function_classes:
+            return
+        for name in sorted(names & ((api_table.NN_MODULE_NAMES - MODULE_OVERRIDES) | api_table.TORCH_NN_PRIVATE)):
+            self.flag(cls, f"class {cls.name} may not define {name!r}: it is nn.Module's own, which runs outside "
+                      "forward; use another name")
 
     def _full_name(self, dotted: str | None) -> str | None:
         """``dotted`` with its import alias resolved (``nn.Module`` -> ``torch.nn.Module``)."""
@@ -586,6 +640,11 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         attr, on_self = node.attr, isinstance(node.value, ast.Name) and node.value.id == "self"
+        if isinstance(node.value, ast.Name) and self._helper_member(node.value.id):
+            self.flag(node, _helper_member_message(self.aliases[node.value.id]))
+        if not isinstance(node.ctx, ast.Load) and attr in api_table.NN_MODULE_NAMES - {"training"}:
+            self.flag(node, f"assigning {attr!r} is not allowed: it is nn.Module's own, which the harness calls "
+                      "outside forward; use another name")
         if self._name_taker(node) is not None and not self._called(node):
             self.flag(node, f"{attr} may only be called directly, as {attr}(...): do not bind it to a name, pass it "
                       "or store it")
@@ -604,14 +663,20 @@ class _Checker(ast.NodeVisitor):
         elif attr == "apply" and (_attribute_of_self(node.value) or isinstance(node.value, ast.Name)
                                   and node.value.id in self.function_classes):
             pass  # nn.Module.apply visits the block's own (sub)modules only; Function.apply runs the block's own code
-        elif (attr in FORBIDDEN_ATTRIBUTES and (not on_self or attr in MODULE_METHODS)
+        elif (attr in FORBIDDEN_ATTRIBUTES and (not on_self or attr in MODULE_METHODS
+                                                 or attr not in self.self_attributes)
               or "hook" in attr.lower() and (not on_self or attr.startswith(("_", "register")))):
+            # on self, only what the block itself put there (self.seed = seed): self.untyped_storage() is a tensor's
+            # wherever self is not the instance
             self.flag(node, f"attribute {attr!r} is not allowed" + FORBIDDEN_ATTRIBUTE_ADVICE.get(attr, ""))
         elif on_self and attr in api_table.TORCH_NN_PRIVATE:
             # nn.Module's registries and call path, and what torch.nn's classes read by name (RNNBase.all_weights
             # does getattr(self, name) for each name in self._all_weights)
             self.flag(node, f"attribute {attr!r} is not allowed: it is torch.nn's own private state; name yours "
                       "differently")
+        elif on_self and attr.startswith("_") and attr not in self.self_attributes:
+            self.flag(node, f"private attribute {attr!r} is allowed on self only where the block sets it itself "
+                      f"(self.{attr} = ...)")
         elif attr.startswith(SETTING_PREFIXES) and not on_self and self._rooted_at_a_module(node):
             self.flag(node, f"attribute {attr!r} is not allowed" + SETTING_MESSAGE)
         elif (attr in FORBIDDEN_NAMES or attr in LOOKUP_BUILTINS) and not on_self:
@@ -672,6 +737,8 @@ class _Checker(ast.NodeVisitor):
                     pass  # visit_Attribute names it
                 elif attr not in MODULE_MEMBERS[path]:
                     self.flag(node, _member_message(path, attr))
+                elif path in ALLOWED_MODULE_MEMBERS and chain[i + 1:]:
+                    self.flag(node, _helper_member_message(f"{path}.{attr}"))
                 else:
                     for tail in chain[i + 1:]:
                         if not _refused_by_name(tail) and not self._readable(tail):
@@ -679,6 +746,11 @@ class _Checker(ast.NodeVisitor):
                 break
             else:
                 self.flag(node, module_value_message(_dotted(node)))
+
+    def _helper_member(self, name: str) -> bool:
+        """Whether ``name`` is what an import binds to a member of typing or functools (``from typing import Type``)."""
+        module, _, member = self.aliases.get(name, "").rpartition(".")
+        return module in ALLOWED_MODULE_MEMBERS and member in ALLOWED_MODULE_MEMBERS[module]
 
     def _refused_root(self, node: ast.AST) -> bool:
         """Whether ``node`` is a name already refused as such (``time``, or what a refused import binds): what is
@@ -695,13 +767,17 @@ class _Checker(ast.NodeVisitor):
 
     def _readable(self, attr: str) -> bool:
         """Whether the table, or the block's own naming, lets ``attr`` be read on a value the block holds."""
-        return attr in api_table.ATTRIBUTES or attr in self.own_attributes
+        return attr in api_table.ATTRIBUTES or attr in self.own_attributes and attr not in api_table.UNLISTED
 
     def visit_Constant(self, node: ast.Constant) -> None:
-        # A dunder's name as a string is an attribute by another way: register_parametrization(self, "__bool__", ...)
-        # put one on the class, get_submodule("__class__") reads one.
-        if isinstance(node.value, str) and _is_dunder(node.value) and node.value not in ALLOWED_DUNDER_READS:
-            self.flag(node, f"the string {node.value!r} names a special attribute, which a block may not reach")
+        # A dunder's name in a string is an attribute by another way: register_parametrization(self, "__bool__", ...)
+        # put one on the class, get_submodule("__class__") reads one, and a storage's type("torch.nn.functional.
+        # softmax.__globals__") imports and walks a dotted path. A docstring may name them.
+        if isinstance(node.value, str) and not isinstance(self.parents.get(id(node)), ast.Expr):
+            special = sorted(set(re.findall(r"__\w+?__", node.value)) - ALLOWED_DUNDER_READS)
+            if special:
+                self.flag(node, f"the string {node.value[:60]!r} names a special attribute ({special[0]}), which a "
+                          "block may not reach")
 
     def visit_MatchClass(self, node: ast.MatchClass) -> None:
         """``case C(attr=v)`` reads the subject's attribute ``attr``: the rules for attributes apply to it, as to an
@@ -733,8 +809,8 @@ class _Checker(ast.NodeVisitor):
             self.flag(node, "super may only be called as super() or super(Class, self)")
         callee = self._name_taker(node.func)
         if callee is not None:
-            position, keyword = NAME_ARGUMENTS[callee]
-            given = [k.value for k in node.keywords if k.arg == keyword] + node.args[position:position + 1]
+            given = [value for position, keyword in NAME_ARGUMENTS[callee]
+                     for value in [k.value for k in node.keywords if k.arg == keyword] + node.args[position:position + 1]]
             if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords) \
                     or not all(self._written_name(g) for g in given) \
                     or any(isinstance(g, ast.Constant) and g.value in api_table.TORCH_NN_PRIVATE for g in given):
@@ -850,6 +926,14 @@ class _Checker(ast.NodeVisitor):
             self.flag(node, "an assignment expression (:=) is allowed only inside a function")
         self.generic_visit(node)
 
+    def visit_Yield(self, node: ast.Yield) -> None:
+        # a suspended generator keeps its with-blocks open after forward returns (torch.no_grad() turned gradients off
+        # for the frozen layers after the attention), and runs its finally-blocks when it is collected
+        self.flag(node, "generators (yield) are not allowed: return a list or a tuple")
+        self.generic_visit(node)
+
+    visit_YieldFrom = visit_Yield
+
     def visit_Global(self, node: ast.Global) -> None:
         self.flag(node, "'global' is not allowed")
 
@@ -885,7 +969,7 @@ def _written_name(node: ast.AST) -> bool:
     an f-string or a sum of strings whose first part is a literal that starts with a letter (``f"mask_{i}"``,
     ``"mask_" + str(i)``). Any other string could be computed to a special name."""
     if isinstance(node, ast.Constant):
-        return isinstance(node.value, str)
+        return node.value is None or isinstance(node.value, str)
     while isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         node = node.left
     first = node.values[0] if isinstance(node, ast.JoinedStr) and node.values else node
@@ -970,6 +1054,12 @@ def _member_message(module: str, name: str) -> str:
             + _close_matches(name, MODULE_MEMBERS[module], module + "."))
 
 
+def _helper_member_message(name: str) -> str:
+    # typing.Type.x reads x on the builtin type, and typing.Iterable.register(float) changed what every isinstance
+    # of the process answers
+    return f"{name} may only be used as it is ({name}[...] or {name}(...)): reading its attributes is not allowed"
+
+
 def _attribute_message(attr: str) -> str:
     return (f"attribute {attr!r} is neither in the table of what tensors, torch.nn modules and Python values have "
             f"({TABLE_FILE}) nor set by the block on its own objects" + _close_matches(attr, api_table.ATTRIBUTES))
@@ -986,14 +1076,16 @@ def _refused_by_name(attr: str) -> bool:
             or attr in LOOKUP_BUILTINS or attr.startswith(SETTING_PREFIXES) or "hook" in attr.lower())
 
 
-def own_attributes(tree: ast.AST) -> set[str]:
+def own_attributes(tree: ast.AST, on_self_only: bool = False) -> set[str]:
     """The attribute names the block gives its own objects: those it assigns (``self.scale = ...``, ``ctx.shape =
-    ...``), its classes' methods, constants and fields, and the names it registers (``self.register_buffer("mask",
-    ...)``). A block may read these on any object, as it may read the table's."""
+    ...``; with ``on_self_only``, only on ``self``), its classes' methods, constants and fields, and the names it
+    registers (``self.register_buffer("mask", ...)``). A block may read these on any object, as it may read the
+    table's."""
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Load):
-            names.add(node.attr)
+            if not on_self_only or isinstance(node.value, ast.Name) and node.value.id == "self":
+                names.add(node.attr)
         elif isinstance(node, ast.ClassDef):
             for stmt in node.body:
                 targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] \
