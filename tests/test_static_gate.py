@@ -553,21 +553,21 @@ def test_every_idiom_of_the_sweep_meant_to_pass_passes_the_static_policy():
 
 
 def test_the_private_attributes_of_nn_module_are_all_known():
-    """What the policy refuses on self (the table's ``TORCH_NN_PRIVATE``), against the installed torch's nn.Module as it
+    """What the policy refuses on self (the table's ``MODULE_PRIVATE``), against the installed torch's nn.Module as it
     is defined: in a process of its own, since torch.compile marks the class at run time
     (``___needs_generation_tag_patch``)."""
     import json
     import subprocess
     import sys
 
-    from harness.trusted.api_table import TORCH_NN_PRIVATE
+    from harness.trusted.api_table import MODULE_PRIVATE
 
     listed = subprocess.run([sys.executable, "-c", "import json, torch.nn as nn; print(json.dumps(sorted("
                              "{n for n in dir(nn.Module) if n.startswith('_') and not n.endswith('__')} | "
                              "{n for n in vars(nn.Linear(2, 2)) if n.startswith('_')})))"],
                             capture_output=True, text=True, check=True, timeout=120)
     installed = set(json.loads(listed.stdout))
-    assert installed <= TORCH_NN_PRIVATE, sorted(installed - TORCH_NN_PRIVATE)
+    assert installed <= MODULE_PRIVATE, sorted(installed - MODULE_PRIVATE)
 
 
 @pytest.mark.parametrize("body,fragment", [
@@ -600,8 +600,6 @@ def test_nn_methods_called_with_self_and_module_functions_stay_allowed():
     # torch's own lookups by name: through them a name computed at run time ("_" * 2 + "class" + "_" * 2) handed a
     # block its class, and every exemption for self then applied to any object
     ("", "w = nn.LSTM.all_weights.fget(self)", "attribute 'fget' is not allowed"),
-    ("self._all_weights = [['w']]", "", "attribute '_all_weights' is not allowed: it is torch.nn's own"),
-    ("self._flat_weights_names = ['w']", "", "attribute '_flat_weights_names' is not allowed: it is torch.nn's own"),
     ("self.bag = nn.ParameterDict()", "", "torch.nn.ParameterDict is not in the table"),
     ("k = '_' * 2\nself.register_buffer(k + 'del' + k, torch.zeros(1))", "", "the name given to register_buffer"),
     ("", "nn.utils.parametrize.register_parametrization(self, '_' * 2 + 'bool', nn.Identity())",
@@ -612,7 +610,7 @@ def test_nn_methods_called_with_self_and_module_functions_stay_allowed():
     ("for name in ('mask', '_' + '_del__'):\n    self.register_buffer(name, None)", "",
      "the name given to register_buffer"),
     ("self.keep = self.register_buffer", "", "register_buffer may only be called directly"),
-    ("self.register_buffer('_all_weights', None)", "", "the name given to register_buffer"),
+    ("self.register_buffer('_version', None)", "", "the name given to register_buffer"),
 ])
 def test_no_name_computed_at_run_time_reaches_a_lookup_by_name(init, body, fragment):
     block = GOOD.replace("        self.proj = nn.Linear(d_model, d_model)",
@@ -687,4 +685,24 @@ def test_what_the_instance_rules_still_admit():
         body="g = torch.Generator()\ng.manual_seed(self.seed)\nself._cache = None if self._cache is None else x",
         methods="    def extra_repr(self):\n        return 'seeded'\n\n    @property\n    def scale(self):\n"
                 "        return self.seed\n\n    @scale.setter\n    def scale(self, value):\n        self.seed = value\n\n")
+    assert policy(block).ok, policy(block).violations
+
+
+@pytest.mark.parametrize("block,fragment", [
+    (_block("class Cell(nn.LSTM):\n    def poke(self, names):\n        self._all_weights = names\n\n\n"),
+     "attribute '_all_weights' is not allowed: it is torch.nn's own"),
+    (_block("class Cell(nn.RNNBase):\n    pass\n\n\nclass Deeper(Cell):\n    def poke(self):\n"
+            "        self._flat_weights_names = ['w']\n\n\n"), "attribute '_flat_weights_names' is not allowed"),
+    (_block("class Cell(nn.MultiheadAttention):\n    def _reset_parameters(self):\n        pass\n\n\n"),
+     "may not define '_reset_parameters'"),
+    (_block(init="self._buffers = {}"), "attribute '_buffers' is not allowed: it is torch.nn's own"),
+])
+def test_torch_s_private_names_are_refused_on_the_instances_they_belong_to(block, fragment):
+    report = policy(block)
+    assert any(fragment in v for v in report.violations), report.violations
+
+
+def test_a_module_of_the_block_may_use_the_private_names_of_other_torch_classes():
+    block = _block(init="self._size = d_model\nself._u = None\nself._reset_parameters()",
+                   methods="    def _reset_parameters(self):\n        nn.init.zeros_(self.proj.bias)\n\n")
     assert policy(block).ok, policy(block).violations

@@ -185,18 +185,43 @@ NN_HELPERS = (torch.nn.utils.parametrize, torch.nn.utils.weight_norm, torch.nn.u
               torch.nn.utils.parametrizations)
 
 
-def _private_names(members: dict[str, set[str]]) -> set[str]:
-    """The private names that torch.nn's classes (and the helpers that store on modules) define or store: on a
-    block's ``self`` these are torch's own state (``self._all_weights`` is what RNNBase.all_weights reads by
-    ``getattr``), so the policy refuses them there as everywhere."""
-    names = set()
-    for cls in _module_classes(members):
-        for klass in cls.__mro__:
-            names |= set(vars(klass)) | _stored_attributes(klass)
+def _private(names: set[str]) -> set[str]:
+    return {name for name in names if name.startswith("_") and not (name.startswith("__") and name.endswith("__"))}
+
+
+def _module_private_names() -> set[str]:
+    """The private names of nn.Module itself (its registries, its call path, its state-dict machinery) and those the
+    helpers store on any module they are given (not on their own ``self``): on every block's ``self`` these are
+    torch's own."""
+    names = set(dir(torch.nn.Module)) | set(vars(torch.nn.Module())) | _stored_attributes(torch.nn.Module)
     for helper in NN_HELPERS:
         names |= {node.attr for node in ast.walk(ast.parse(inspect.getsource(helper)))
-                  if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)}
-    return {name for name in names if name.startswith("_") and not (name.startswith("__") and name.endswith("__"))}
+                  if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+                  and not (isinstance(node.value, ast.Name) and node.value.id == "self")}
+    return _private(names)
+
+
+def _class_private_names(members: dict[str, set[str]], module_private: set[str]) -> dict[str, set[str]]:
+    """Per class of the table (by its full name), the private names it and its torch bases below nn.Module define
+    or store: on the ``self`` of a block class derived from it, these are torch's (RNNBase.all_weights does
+    ``getattr(self, name)`` for each name in ``self._all_weights``). A block class that derives from nn.Module alone
+    may use them as its own (``self._reset_parameters()``)."""
+    found = {}
+    for cls in _module_classes(members):
+        names = set()
+        for klass in cls.__mro__:
+            if klass in (torch.nn.Module, object):
+                continue
+            names |= set(vars(klass)) | _stored_attributes(klass)
+        names = _private(names) - module_private
+        if names:
+            found[f"{cls.__module__ if cls.__module__.startswith('einops') else _public_path(cls)}.{cls.__name__}"] = names
+    return found
+
+
+def _public_path(cls: type) -> str:
+    """Where a block reads ``cls`` from: torch.nn for its layers, the parametrize module for ParametrizationList."""
+    return "torch.nn.utils.parametrize" if cls is torch.nn.utils.parametrize.ParametrizationList else "torch.nn"
 
 
 def _python_and_torch_objects() -> list[object]:
@@ -258,8 +283,10 @@ def generate() -> dict:
         members[module] = {n for n in names if not refused_through_modules(n)
                            and not isinstance(getattr(base, n), types.ModuleType)}
     attributes = {n for n in _value_attributes(members) if not refused_on_values(n)}
+    module_private = _module_private_names()
     return {"torch": torch.__version__.split("+")[0], "einops": einops.__version__, "members": members,
-            "attributes": attributes, "private": _private_names(members), "submodules": _submodules(),
+            "attributes": attributes, "private": module_private,
+            "class_private": _class_private_names(members, module_private), "submodules": _submodules(),
             "unlisted": _unlisted(attributes),
             "module_names": {n for n in dir(torch.nn.Module) if not n.startswith("_")}}
 
@@ -292,8 +319,13 @@ MEMBERS = {{
 # The attributes a block may read on the values it holds (beside the names it gives its own objects).
 ATTRIBUTES = {_names(table["attributes"], 4)}
 
-# The private names torch.nn's classes and helpers define or store on a module: refused on self as everywhere.
-TORCH_NN_PRIVATE = {_names(table["private"], 4)}
+# The private names of nn.Module and of the helpers that store on a module: refused on self as everywhere.
+MODULE_PRIVATE = {_names(table["private"], 4)}
+
+# Per torch.nn class, the private names it adds below nn.Module: refused on the self of a block class derived from it.
+CLASS_PRIVATE = {{
+{_rows(table["class_private"])}
+}}
 
 # What Python's and torch's own objects have that the table leaves out: never readable off anything but self, even
 # where the block gives its own objects the name.

@@ -317,33 +317,197 @@ ATTRIBUTES = frozenset({
     "zero_", "zero_grad", "zero_infinity", "zfill",
 })
 
-# The private names torch.nn's classes and helpers define or store on a module: refused on self as everywhere.
-TORCH_NN_PRIVATE = frozenset({
-    "_addmm_activation", "_all_weights", "_apply", "_apply_instance_norm", "_apply_recipe",
-    "_autocast_to_full_precision", "_autocast_to_reduced_precision", "_axes_lengths", "_backward_hooks",
-    "_backward_pre_hooks", "_base", "_buffers", "_call_impl", "_cdata", "_check_input_dim",
-    "_clear_non_serializable_cached_data", "_coalesced_", "_compiled_call_impl", "_conj", "_conj_physical",
-    "_conv_forward", "_create_parameters", "_create_rearrange_layers", "_dimI", "_dimV", "_dtensor__new__", "_ff_block",
-    "_fill_padding_idx_with_zero", "_fix_weakref", "_flat_weight_refs", "_flat_weights", "_flat_weights_names",
+# The private names of nn.Module and of the helpers that store on a module: refused on self as everywhere.
+MODULE_PRIVATE = frozenset({
+    "_apply", "_backward_hooks", "_backward_pre_hooks", "_buffers", "_call_impl", "_compiled_call_impl",
     "_forward_hooks", "_forward_hooks_always_called", "_forward_hooks_with_kwargs", "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs", "_get_abs_string_index", "_get_backward_hooks", "_get_backward_pre_hooks",
-    "_get_full_log_prob", "_get_in_channels", "_get_item_by_idx", "_get_name", "_get_no_batch_dim",
-    "_get_num_spatial_dims", "_grad", "_grad_fn", "_handle_no_batch_input", "_has_symbolic_sizes_strides", "_indices",
-    "_infer_parameters", "_init_flat_weights", "_initialize_hook", "_is_all_true", "_is_any_true",
-    "_is_full_backward_hook", "_is_param", "_is_view", "_is_zerotensor", "_lazy_clone", "_lazy_load_hook",
-    "_load_from_state_dict", "_load_hook", "_load_state_dict_post_hooks", "_load_state_dict_pre_hooks",
-    "_make_subclass", "_make_wrapper_subclass", "_maybe_warn_non_full_backward_hook", "_mha_block", "_modules",
-    "_multirecipe", "_named_members", "_neg_view", "_nested_tensor_size", "_nested_tensor_storage_offsets",
-    "_nested_tensor_strides", "_nnz", "_non_persistent_buffers_set", "_output_padding", "_parameters",
-    "_philox_normal_", "_philox_uniform_", "_post_accumulate_grad_hooks", "_python_dispatch", "_qkv_same_embed_dim",
-    "_reduce_ex_internal", "_register_load_state_dict_pre_hook", "_register_state_dict_hook",
-    "_replicate_for_data_parallel", "_require_tuple_int", "_reset_parameters", "_rev_view_func_unsafe",
-    "_reversed_padding_repeated_twice", "_sa_block", "_save_to_state_dict", "_size", "_slow_forward",
-    "_sparse_mask_projection", "_state_dict_hooks", "_state_dict_pre_hooks", "_to_dense", "_to_sparse",
-    "_to_sparse_bsc", "_to_sparse_bsr", "_to_sparse_csc", "_to_sparse_csr", "_typed_storage", "_u",
-    "_update_flat_weights", "_use_count", "_v", "_values", "_version", "_view_func", "_view_func_unsafe",
-    "_weights_have_changed", "_wrapped_call_impl",
+    "_forward_pre_hooks_with_kwargs", "_get_backward_hooks", "_get_backward_pre_hooks", "_get_name",
+    "_is_full_backward_hook", "_load_from_state_dict", "_load_state_dict_post_hooks", "_load_state_dict_pre_hooks",
+    "_maybe_warn_non_full_backward_hook", "_modules", "_named_members", "_non_persistent_buffers_set", "_parameters",
+    "_register_load_state_dict_pre_hook", "_register_state_dict_hook", "_replicate_for_data_parallel",
+    "_save_to_state_dict", "_slow_forward", "_state_dict_hooks", "_state_dict_pre_hooks", "_version",
+    "_wrapped_call_impl",
 })
+
+# Per torch.nn class, the private names it adds below nn.Module: refused on the self of a block class derived from it.
+CLASS_PRIVATE = {
+    "einops.layers.torch.EinMix": frozenset({
+        "_create_parameters", "_create_rearrange_layers",
+    }),
+    "einops.layers.torch.Rearrange": frozenset({
+        "_apply_recipe", "_axes_lengths", "_multirecipe",
+    }),
+    "einops.layers.torch.Reduce": frozenset({
+        "_apply_recipe", "_axes_lengths", "_multirecipe",
+    }),
+    "torch.nn.AdaptiveLogSoftmaxWithLoss": frozenset({
+        "_get_full_log_prob",
+    }),
+    "torch.nn.BatchNorm1d": frozenset({
+        "_check_input_dim",
+    }),
+    "torch.nn.BatchNorm2d": frozenset({
+        "_check_input_dim",
+    }),
+    "torch.nn.BatchNorm3d": frozenset({
+        "_check_input_dim",
+    }),
+    "torch.nn.Buffer": frozenset({
+        "_addmm_activation", "_autocast_to_full_precision", "_autocast_to_reduced_precision", "_base", "_cdata",
+        "_clear_non_serializable_cached_data", "_coalesced_", "_conj", "_conj_physical", "_dimI", "_dimV",
+        "_dtensor__new__", "_fix_weakref", "_grad", "_grad_fn", "_has_symbolic_sizes_strides", "_indices",
+        "_is_all_true", "_is_any_true", "_is_param", "_is_view", "_is_zerotensor", "_lazy_clone", "_make_subclass",
+        "_make_wrapper_subclass", "_neg_view", "_nested_tensor_size", "_nested_tensor_storage_offsets",
+        "_nested_tensor_strides", "_nnz", "_philox_normal_", "_philox_uniform_", "_post_accumulate_grad_hooks",
+        "_python_dispatch", "_reduce_ex_internal", "_rev_view_func_unsafe", "_sparse_mask_projection", "_to_dense",
+        "_to_sparse", "_to_sparse_bsc", "_to_sparse_bsr", "_to_sparse_csc", "_to_sparse_csr", "_typed_storage",
+        "_use_count", "_values", "_view_func", "_view_func_unsafe",
+    }),
+    "torch.nn.CircularPad1d": frozenset({
+        "_check_input_dim",
+    }),
+    "torch.nn.CircularPad2d": frozenset({
+        "_check_input_dim",
+    }),
+    "torch.nn.CircularPad3d": frozenset({
+        "_check_input_dim",
+    }),
+    "torch.nn.Conv1d": frozenset({
+        "_conv_forward", "_reversed_padding_repeated_twice",
+    }),
+    "torch.nn.Conv2d": frozenset({
+        "_conv_forward", "_reversed_padding_repeated_twice",
+    }),
+    "torch.nn.Conv3d": frozenset({
+        "_conv_forward", "_reversed_padding_repeated_twice",
+    }),
+    "torch.nn.ConvTranspose1d": frozenset({
+        "_conv_forward", "_output_padding", "_reversed_padding_repeated_twice",
+    }),
+    "torch.nn.ConvTranspose2d": frozenset({
+        "_conv_forward", "_output_padding", "_reversed_padding_repeated_twice",
+    }),
+    "torch.nn.ConvTranspose3d": frozenset({
+        "_conv_forward", "_output_padding", "_reversed_padding_repeated_twice",
+    }),
+    "torch.nn.Embedding": frozenset({
+        "_fill_padding_idx_with_zero",
+    }),
+    "torch.nn.EmbeddingBag": frozenset({
+        "_fill_padding_idx_with_zero",
+    }),
+    "torch.nn.GRU": frozenset({
+        "_all_weights", "_flat_weight_refs", "_flat_weights", "_flat_weights_names", "_init_flat_weights",
+        "_update_flat_weights", "_weights_have_changed",
+    }),
+    "torch.nn.InstanceNorm1d": frozenset({
+        "_apply_instance_norm", "_check_input_dim", "_get_no_batch_dim", "_handle_no_batch_input",
+    }),
+    "torch.nn.InstanceNorm2d": frozenset({
+        "_apply_instance_norm", "_check_input_dim", "_get_no_batch_dim", "_handle_no_batch_input",
+    }),
+    "torch.nn.InstanceNorm3d": frozenset({
+        "_apply_instance_norm", "_check_input_dim", "_get_no_batch_dim", "_handle_no_batch_input",
+    }),
+    "torch.nn.LSTM": frozenset({
+        "_all_weights", "_flat_weight_refs", "_flat_weights", "_flat_weights_names", "_init_flat_weights",
+        "_update_flat_weights", "_weights_have_changed",
+    }),
+    "torch.nn.LazyBatchNorm1d": frozenset({
+        "_check_input_dim", "_infer_parameters", "_initialize_hook", "_lazy_load_hook", "_load_hook",
+    }),
+    "torch.nn.LazyBatchNorm2d": frozenset({
+        "_check_input_dim", "_infer_parameters", "_initialize_hook", "_lazy_load_hook", "_load_hook",
+    }),
+    "torch.nn.LazyBatchNorm3d": frozenset({
+        "_check_input_dim", "_infer_parameters", "_initialize_hook", "_lazy_load_hook", "_load_hook",
+    }),
+    "torch.nn.LazyConv1d": frozenset({
+        "_conv_forward", "_get_in_channels", "_get_num_spatial_dims", "_infer_parameters", "_initialize_hook",
+        "_lazy_load_hook", "_load_hook", "_reversed_padding_repeated_twice",
+    }),
+    "torch.nn.LazyConv2d": frozenset({
+        "_conv_forward", "_get_in_channels", "_get_num_spatial_dims", "_infer_parameters", "_initialize_hook",
+        "_lazy_load_hook", "_load_hook", "_reversed_padding_repeated_twice",
+    }),
+    "torch.nn.LazyConv3d": frozenset({
+        "_conv_forward", "_get_in_channels", "_get_num_spatial_dims", "_infer_parameters", "_initialize_hook",
+        "_lazy_load_hook", "_load_hook", "_reversed_padding_repeated_twice",
+    }),
+    "torch.nn.LazyConvTranspose1d": frozenset({
+        "_conv_forward", "_get_in_channels", "_get_num_spatial_dims", "_infer_parameters", "_initialize_hook",
+        "_lazy_load_hook", "_load_hook", "_output_padding", "_reversed_padding_repeated_twice",
+    }),
+    "torch.nn.LazyConvTranspose2d": frozenset({
+        "_conv_forward", "_get_in_channels", "_get_num_spatial_dims", "_infer_parameters", "_initialize_hook",
+        "_lazy_load_hook", "_load_hook", "_output_padding", "_reversed_padding_repeated_twice",
+    }),
+    "torch.nn.LazyConvTranspose3d": frozenset({
+        "_conv_forward", "_get_in_channels", "_get_num_spatial_dims", "_infer_parameters", "_initialize_hook",
+        "_lazy_load_hook", "_load_hook", "_output_padding", "_reversed_padding_repeated_twice",
+    }),
+    "torch.nn.LazyInstanceNorm1d": frozenset({
+        "_apply_instance_norm", "_check_input_dim", "_get_no_batch_dim", "_handle_no_batch_input", "_infer_parameters",
+        "_initialize_hook", "_lazy_load_hook", "_load_hook",
+    }),
+    "torch.nn.LazyInstanceNorm2d": frozenset({
+        "_apply_instance_norm", "_check_input_dim", "_get_no_batch_dim", "_handle_no_batch_input", "_infer_parameters",
+        "_initialize_hook", "_lazy_load_hook", "_load_hook",
+    }),
+    "torch.nn.LazyInstanceNorm3d": frozenset({
+        "_apply_instance_norm", "_check_input_dim", "_get_no_batch_dim", "_handle_no_batch_input", "_infer_parameters",
+        "_initialize_hook", "_lazy_load_hook", "_load_hook",
+    }),
+    "torch.nn.LazyLinear": frozenset({
+        "_infer_parameters", "_initialize_hook", "_lazy_load_hook", "_load_hook",
+    }),
+    "torch.nn.ModuleList": frozenset({
+        "_get_abs_string_index",
+    }),
+    "torch.nn.MultiheadAttention": frozenset({
+        "_qkv_same_embed_dim", "_reset_parameters",
+    }),
+    "torch.nn.Parameter": frozenset({
+        "_addmm_activation", "_autocast_to_full_precision", "_autocast_to_reduced_precision", "_base", "_cdata",
+        "_clear_non_serializable_cached_data", "_coalesced_", "_conj", "_conj_physical", "_dimI", "_dimV",
+        "_dtensor__new__", "_fix_weakref", "_grad", "_grad_fn", "_has_symbolic_sizes_strides", "_indices",
+        "_is_all_true", "_is_any_true", "_is_param", "_is_view", "_is_zerotensor", "_lazy_clone", "_make_subclass",
+        "_make_wrapper_subclass", "_neg_view", "_nested_tensor_size", "_nested_tensor_storage_offsets",
+        "_nested_tensor_strides", "_nnz", "_philox_normal_", "_philox_uniform_", "_post_accumulate_grad_hooks",
+        "_python_dispatch", "_reduce_ex_internal", "_rev_view_func_unsafe", "_sparse_mask_projection", "_to_dense",
+        "_to_sparse", "_to_sparse_bsc", "_to_sparse_bsr", "_to_sparse_csc", "_to_sparse_csr", "_typed_storage",
+        "_use_count", "_values", "_view_func", "_view_func_unsafe",
+    }),
+    "torch.nn.ParameterList": frozenset({
+        "_get_abs_string_index", "_size",
+    }),
+    "torch.nn.RNN": frozenset({
+        "_all_weights", "_flat_weight_refs", "_flat_weights", "_flat_weights_names", "_init_flat_weights",
+        "_update_flat_weights", "_weights_have_changed",
+    }),
+    "torch.nn.RNNBase": frozenset({
+        "_all_weights", "_flat_weight_refs", "_flat_weights", "_flat_weights_names", "_init_flat_weights",
+        "_update_flat_weights", "_weights_have_changed",
+    }),
+    "torch.nn.Sequential": frozenset({
+        "_get_item_by_idx",
+    }),
+    "torch.nn.Transformer": frozenset({
+        "_reset_parameters",
+    }),
+    "torch.nn.TransformerDecoderLayer": frozenset({
+        "_ff_block", "_mha_block", "_sa_block",
+    }),
+    "torch.nn.TransformerEncoderLayer": frozenset({
+        "_ff_block", "_sa_block",
+    }),
+    "torch.nn.Unflatten": frozenset({
+        "_require_tuple_int",
+    }),
+    "torch.nn.utils.parametrize.ParametrizationList": frozenset({
+        "_get_abs_string_index",
+    }),
+}
 
 # What Python's and torch's own objects have that the table leaves out: never readable off anything but self, even
 # where the block gives its own objects the name.

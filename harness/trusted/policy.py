@@ -449,6 +449,9 @@ class _Checker(ast.NodeVisitor):
         """The block's autograd Functions, its classes' methods, and the parameters that name the instance
         (``self``) or an autograd context (``ctx``) where Python binds them."""
         classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+        self.classes_by_name = {}
+        for node in classes:
+            self.classes_by_name.setdefault(node.name, []).append(node)
         grew = True
         while grew:  # a Function derived from one the block defines later is a Function all the same
             before = len(self.function_classes)
@@ -480,6 +483,24 @@ class _Checker(ast.NodeVisitor):
                                         or self._property_accessor(node, method, d) for d in decorators):
                     self.instance_params.add(id(positional[0]))
 
+    def _class_private(self, cls: ast.ClassDef, seen: frozenset[str] = frozenset()) -> frozenset[str]:
+        """The private names that are torch's on the ``self`` of ``cls``: nn.Module's, and those of every torch
+        class it derives from, directly or through classes of the block."""
+        names = set(api_table.MODULE_PRIVATE)
+        for base in cls.bases:
+            full, dotted = self._full_name(_dotted(base)), _dotted(base)
+            names |= api_table.CLASS_PRIVATE.get(full or "", frozenset())
+            for other in self.classes_by_name.get(dotted or "", []) if dotted not in seen else []:
+                names |= self._class_private(other, seen | {dotted})
+        return frozenset(names)
+
+    def _torch_private(self, node: ast.AST) -> frozenset[str]:
+        """``_class_private`` of the class whose method ``node`` is in (nn.Module's alone outside any class)."""
+        scope = self.parents.get(id(node))
+        while scope is not None and not isinstance(scope, ast.ClassDef):
+            scope = self.parents.get(id(scope))
+        return self._class_private(scope) if scope is not None else api_table.MODULE_PRIVATE
+
     def _property_accessor(self, cls: ast.ClassDef, method: ast.FunctionDef, decorator: str | None) -> bool:
         """Whether ``decorator`` is ``x.setter`` or ``x.deleter`` of a property ``x`` that ``cls`` defines before
         ``method``, and binds in its body only by methods: otherwise ``x`` could be any object with a ``setter``
@@ -494,12 +515,12 @@ class _Checker(ast.NodeVisitor):
         return not binders and first is not None and [_dotted(d) for d in first.decorator_list] == ["property"]
 
     def _check_method_names(self, cls: ast.ClassDef, names: set[str]) -> None:
-        """A class of the block defines none of nn.Module's names but forward and extra_repr, and none of torch.nn's
-        private names: the harness calls state_dict, train, parameters and the rest on the model, and torch calls
-        its private methods, outside forward."""
+        """A class of the block defines none of nn.Module's names but forward and extra_repr, and none of the private
+        names of nn.Module or of the torch classes it derives from: the harness calls state_dict, train, parameters
+        and the rest on the model, and torch calls its private methods, outside forward."""
         if cls.name in self.function_classes:
             return
-        for name in sorted(names & ((api_table.NN_MODULE_NAMES - MODULE_OVERRIDES) | api_table.TORCH_NN_PRIVATE)):
+        for name in sorted(names & ((api_table.NN_MODULE_NAMES - MODULE_OVERRIDES) | self._class_private(cls))):
             self.flag(cls, f"class {cls.name} may not define {name!r}: it is nn.Module's own, which runs outside "
                       "forward; use another name")
 
@@ -669,7 +690,7 @@ class _Checker(ast.NodeVisitor):
             # on self, only what the block itself put there (self.seed = seed): self.untyped_storage() is a tensor's
             # wherever self is not the instance
             self.flag(node, f"attribute {attr!r} is not allowed" + FORBIDDEN_ATTRIBUTE_ADVICE.get(attr, ""))
-        elif on_self and attr in api_table.TORCH_NN_PRIVATE:
+        elif on_self and attr in self._torch_private(node):
             # nn.Module's registries and call path, and what torch.nn's classes read by name (RNNBase.all_weights
             # does getattr(self, name) for each name in self._all_weights)
             self.flag(node, f"attribute {attr!r} is not allowed: it is torch.nn's own private state; name yours "
@@ -813,7 +834,7 @@ class _Checker(ast.NodeVisitor):
                      for value in [k.value for k in node.keywords if k.arg == keyword] + node.args[position:position + 1]]
             if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords) \
                     or not all(self._written_name(g) for g in given) \
-                    or any(isinstance(g, ast.Constant) and g.value in api_table.TORCH_NN_PRIVATE for g in given):
+                    or any(isinstance(g, ast.Constant) and g.value in self._torch_private(node) for g in given):
                 self.flag(node, f"the name given to {callee} must be written out: a string literal (not one of "
                           "torch.nn's private names), or an f-string or a + of strings that starts with a letter "
                           "(f\"mask_{i}\")")
