@@ -206,6 +206,19 @@ ATTACKS = [
                     "            cls.leaked(e)(\"touch {marker}\")\n        return a.clone()\n\n"
                     "    def backward(self, g):\n        return g\n\n    def mem(self):\n"
                     "        return self.untyped_storage()\n\n    def leaked(self):\n        return self.obj\n\n\n"),
+    # ... and through what a decorator is handed or returns: the class itself, or a staticmethod named "self"
+    Attack("class_decorator_gets_the_class", "commands", "p = Poker()",
+           preamble="def grab(c):\n    try:\n        c.mem(torch.zeros(1)).type(\"os.system\")\n"
+                    "    except AttributeError as e:\n        c.leak(e)(\"touch {marker}\")\n    return c\n\n\n"
+                    "@grab\nclass Poker(nn.Module):\n    def mem(self):\n        return self.untyped_storage()\n\n"
+                    "    def leak(self):\n        return self.obj\n\n\n"),
+    Attack("decorator_called_with_staticmethod", "commands",
+           'try:\n    self.poker.mem(x.detach()).type("os.system")\nexcept AttributeError as e:\n'
+           '    self.poker.leak(e)("touch {marker}")',
+           preamble="class Poker(nn.Module):\n    @torch.no_grad(staticmethod)\n    def mem(self):\n"
+                    "        return self.untyped_storage()\n\n    @torch.no_grad(staticmethod)\n    def leak(self):\n"
+                    "        return self.obj\n\n\n",
+           init="self.poker = Poker()"),
 ]
 
 BY_NAME = {attack.name: attack for attack in ATTACKS}

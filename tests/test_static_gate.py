@@ -575,10 +575,11 @@ def test_the_private_attributes_of_nn_module_are_all_known():
     ("n = len(torch.fft.common_args)", "is a dict of the module's own"),
     ("nn.Module.train(F.softmax, False)", "may only be called with self as its first argument"),
     ("t = nn.Module.train", "may only be called with self as its first argument"),
+    ("from torch.nn import Module\n        Module.train(F.softmax, False)", "Module.train may only be called with self"),
 ])
 def test_what_only_the_installed_torch_tells_is_refused_before_the_program_runs(body, fragment):
-    """The loader resolves each chain from a module against the installed modules: a table of torch's own, and an
-    nn class's method called on something other than self, are known only there."""
+    """The loader resolves each chain from a module, and each name an import binds, against the installed modules: a
+    table of torch's own, and an nn class's method called on something other than self, are known only there."""
     from harness.sandbox.loader import PolicyViolation, check_module_attributes
 
     source = program.split(SEED).head + GOOD.replace("return self.proj(x)", body + "\n        return self.proj(x)") \
@@ -706,3 +707,58 @@ def test_a_module_of_the_block_may_use_the_private_names_of_other_torch_classes(
     block = _block(init="self._size = d_model\nself._u = None\nself._reset_parameters()",
                    methods="    def _reset_parameters(self):\n        nn.init.zeros_(self.proj.bias)\n\n")
     assert policy(block).ok, policy(block).violations
+
+
+@pytest.mark.parametrize("block,fragment", [
+    # a third review: more ways to bind another object where the policy sees self, or to reach a torch class
+    (_block("def grab(c):\n    return c\n\n\n@grab\nclass Poker(nn.Module):\n    pass\n\n\n"),
+     "class Poker: class decorators are not allowed"),
+    (_block(methods="    @torch.no_grad(staticmethod)\n    def mem(self):\n        return self\n\n"),
+     "the name 'self' may only be the first parameter"),
+    (_block("class Setter(nn.Module):\n    def poke(self, names):\n        self._all_weights = names\n\n\n"
+            "class Cell(nn.LSTM, Setter):\n    pass\n\n\n"), "attribute '_all_weights' is not allowed"),
+    (_block("class Setter(nn.Module):\n    def poke(self):\n        return 1\n\n\n",
+            body="Setter.poke(self)"), "Setter.poke(self, ...) may only be called in a class derived from Setter"),
+    (_block(methods="    @property\n    def mem(self):\n        return 1\n\n    @mem.setter\n    def grab(self, v):\n"
+                    "        self.v = v\n\n"), "the name 'self' may only be the first parameter"),
+    (_block("def swap(f):\n    return f\n\n\n",
+            methods="    @property\n    def mem(self):\n        return 1\n\n    @swap\n    def mem(a):\n        return a\n\n"
+                    "    @mem.setter\n    def mem(self, v):\n        self.v = v\n\n"),
+     "the name 'self' may only be the first parameter"),
+    (_block(body="torch = 1"), "'torch' names an import: use another name"),
+    (_block(methods="    def nn(self):\n        return 1\n\n"), "'nn' names an import: use another name"),
+    (_block(init="self.lazy = nn.LazyLinear(4)", body="self.lazy.weight.bias = 1"),
+     "assigning to the attribute 'bias' of anything but self"),
+    (_block(init="self.lazy = nn.LazyLinear(4)", body="c = self.lazy.cls_to_become"),
+     "attribute 'cls_to_become' is neither in the table"),
+    (_block(body="nn.RNNBase.all_weights.__init__(None)"), "__init__ may only be called as super().__init__"),
+    (_block(body="p = 'torch.nn.functional.softmax.__globals__'"), "names a special attribute (__globals__)"),
+])
+def test_a_third_review_s_ways_past_the_policy_are_refused(block, fragment):
+    report = policy(block)
+    assert any(fragment in v for v in report.violations), report.violations
+
+
+def test_what_the_third_review_s_rules_still_admit():
+    block = _block(
+        "class CausalConv(nn.Conv1d):\n    def forward(self, x):\n        return self._conv_forward(x, self.weight, "
+        "self.bias)\n\n\nclass Base(nn.Module):\n    def __init__(self, d):\n        super().__init__()\n"
+        "        self.d = d\n\n    def scale(self):\n        return 1.0\n\n\n",
+        init="self.conv = CausalConv(d_model, d_model, 3)",
+        body="self.proj.eval()\nself.proj.train()\nif x.dim() != 3:\n    raise ValueError('forward takes (batch, "
+             "length, width); see __call__')",
+        methods="    @torch.autocast('cpu', dtype=torch.bfloat16, enabled=False)\n    def mixed(self, x):\n"
+                "        return x\n\n    @torch.inference_mode(False)\n    def plain(self, x):\n        return x\n\n")
+    block = block.replace(f"class {CLASS}(nn.Module):", f"class {CLASS}(Base):").replace(
+        "super().__init__()\n        self.proj", "Base.__init__(self, d_model)\n        self.proj", 1)
+    assert policy(block).ok, policy(block).violations
+
+
+def test_an_annotation_may_only_name_a_type():
+    report = policy(_block("def grab(c):\n    return int\n\n\n", body="def probe(a: grab(nn.Linear)):\n    return a"))
+    assert any("an annotation may only name a type" in v for v in report.violations), report.violations
+    typed = _block(methods="    def shapes(self, x: torch.Tensor, n: Optional[int] = None, m: int | None = None,\n"
+                           "               k: 'torch.Tensor' = None, p: Literal['a', 'b'] = 'a') -> tuple[int, int]:\n"
+                           "        return (1, 2)\n\n")
+    typed = "from typing import Literal, Optional\n\n\n" + typed
+    assert policy(typed).ok, policy(typed).violations

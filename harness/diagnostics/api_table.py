@@ -261,6 +261,13 @@ def _submodules() -> dict[str, set[str]]:
     return found
 
 
+def _class_holders(members: dict[str, set[str]]) -> set[str]:
+    """Attributes that hold a class on the table's module classes (``nn.LazyLinear.cls_to_become`` is
+    ``nn.Linear``): read, they hand a block a torch class, whose methods run on any object."""
+    return {name for cls in _module_classes(members) for name in dir(cls)
+            if not name.startswith("_") and isinstance(inspect.getattr_static(cls, name, None), type)}
+
+
 def refused_on_values(name: str) -> bool:
     """Whether the policy refuses ``name`` on every object but the block's own (``self.seed``, ``gen.manual_seed``,
     ``self.proj.apply``). The rules that depend on where a name is read (a module's name, a process-wide setting)
@@ -282,7 +289,7 @@ def generate() -> dict:
         base = importlib.import_module(module)
         members[module] = {n for n in names if not refused_through_modules(n)
                            and not isinstance(getattr(base, n), types.ModuleType)}
-    attributes = {n for n in _value_attributes(members) if not refused_on_values(n)}
+    attributes = {n for n in _value_attributes(members) if not refused_on_values(n)} - _class_holders(members)
     module_private = _module_private_names()
     return {"torch": torch.__version__.split("+")[0], "einops": einops.__version__, "members": members,
             "attributes": attributes, "private": module_private,

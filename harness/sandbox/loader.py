@@ -6,6 +6,7 @@ that train a program in their own process (``harness train``, ``harness bench``,
 
 from __future__ import annotations
 
+import __future__
 import ast
 import importlib
 import itertools
@@ -55,6 +56,13 @@ def check_module_attributes(source: str) -> None:
             # nn.Module.train(F.softmax, False) set an attribute on torch's function
             raise PolicyViolation(f"{'.'.join(chain)} may only be called with self as its first argument: call "
                                   "methods on an instance")
+        method = parents.get(id(node))
+        if isinstance(node, ast.Name) and isinstance(method, ast.Attribute) and method.value is node \
+                and _instance_method_of_a_module_class(chain + [method.attr]) \
+                and not called_with_self(parents, method):
+            # the same through an imported class: from torch.nn import Module, then Module.train(F.softmax, False)
+            raise PolicyViolation(f"{node.id}.{method.attr} may only be called with self as its first argument: "
+                                  "call methods on an instance")
 
 
 SHARED_CONTAINERS = (dict, list, set, bytearray)
@@ -111,5 +119,7 @@ def load_attention(source: str, filename: str):
     module = types.ModuleType(name)
     module.__file__ = filename
     sys.modules[name] = module
-    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - this is the sandbox
+    # annotations are never evaluated, whatever the program's own future imports (one may hold any expression)
+    code = compile(source, filename, "exec", flags=__future__.annotations.compiler_flag, dont_inherit=True)
+    exec(code, module.__dict__)  # noqa: S102 - this is the sandbox
     return module.ATTENTION

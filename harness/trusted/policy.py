@@ -147,6 +147,9 @@ MODULE_ADVICE = {
     "utils": ": checkpointing recomputes the forward, which the FLOP budget counts; torch.nn.utils is allowed",
 }
 
+# nn.Module's methods named like a forbidden builtin: called on an object the block holds, they are the method.
+MODULE_METHODS_NAMED_LIKE_BUILTINS = frozenset({"eval"})
+
 # Builtins that turn a string into an attribute lookup, refused as attributes too (``builtins.getattr``): the rule for
 # their constant names applies only to the bare names. ``type`` is also a tensor device's field (``x.device.type``).
 LOOKUP_BUILTINS = frozenset({"getattr", "hasattr"})
@@ -400,7 +403,7 @@ class _Checker(ast.NodeVisitor):
         self.report.add(node, message, self.offset)
 
     def run(self, tree: ast.Module) -> None:
-        self.tree, self.scope_names, self.submodules = tree, {}, None
+        self.tree, self.scope_names, self.submodules, self.torch_private = tree, {}, None, None
         self.parents = parent_map(tree)
         # every class up front: a class named before its statement (def grab(): return Poker) is a class all the same
         self.block_classes = {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
@@ -417,6 +420,9 @@ class _Checker(ast.NodeVisitor):
                     self.flag(node, f"{name!r} is a builtin, which the policy relies on: use another name")
                 elif name in self.block_classes and not isinstance(node, ast.ClassDef):
                     self.flag(node, f"{name!r} names a class of the block: use another name")
+                elif name in self.aliases and not isinstance(node, (ast.Import, ast.ImportFrom)):
+                    # a local torch = Holder() made @torch.no_grad() whatever Holder's no_grad returned
+                    self.flag(node, f"{name!r} names an import: use another name")
         self.own_attributes = own_attributes(tree)
         self.self_attributes = own_attributes(tree, on_self_only=True)
         self._find_classes(tree)
@@ -479,8 +485,9 @@ class _Checker(ast.NodeVisitor):
                                   "@staticmethod (autograd passes the context first: name it ctx)")
                     elif positional and method.name in FUNCTION_CONTEXT_METHODS:
                         self.context_params.add(id(positional[0]))
-                elif positional and all(self._full_name(d) in INSTANCE_DECORATORS
-                                        or self._property_accessor(node, method, d) for d in decorators):
+                elif positional and all(self._full_name(d) in INSTANCE_DECORATORS and _plain_decorator(raw)
+                                        or self._property_accessor(node, method, d)
+                                        for d, raw in zip(decorators, method.decorator_list)):
                     self.instance_params.add(id(positional[0]))
 
     def _class_private(self, cls: ast.ClassDef, seen: frozenset[str] = frozenset()) -> frozenset[str]:
@@ -495,24 +502,30 @@ class _Checker(ast.NodeVisitor):
         return frozenset(names)
 
     def _torch_private(self, node: ast.AST) -> frozenset[str]:
-        """``_class_private`` of the class whose method ``node`` is in (nn.Module's alone outside any class)."""
-        scope = self.parents.get(id(node))
-        while scope is not None and not isinstance(scope, ast.ClassDef):
-            scope = self.parents.get(id(scope))
-        return self._class_private(scope) if scope is not None else api_table.MODULE_PRIVATE
+        """The private names that are torch's on any ``self`` of the block: ``_class_private`` of every class of the
+        block together, since a mixin's method runs on the instances of every class derived from it (``class
+        Cell(nn.LSTM, Setter)``, where Setter sets ``self._all_weights``)."""
+        if self.torch_private is None:
+            self.torch_private = frozenset().union(api_table.MODULE_PRIVATE, *(
+                self._class_private(c) for c in ast.walk(self.tree) if isinstance(c, ast.ClassDef)))
+        return self.torch_private
 
     def _property_accessor(self, cls: ast.ClassDef, method: ast.FunctionDef, decorator: str | None) -> bool:
         """Whether ``decorator`` is ``x.setter`` or ``x.deleter`` of a property ``x`` that ``cls`` defines before
         ``method``, and binds in its body only by methods: otherwise ``x`` could be any object with a ``setter``
         (a class ``x`` defined at the top whose ``setter`` is a staticmethod)."""
         name, _, accessor = (decorator or "").partition(".")
-        if accessor not in ("setter", "deleter"):
+        if accessor not in ("setter", "deleter") or method.name != name:
             return False
         before = cls.body[:cls.body.index(method)]
         binders = [stmt for stmt in cls.body if name in (b for sub in ast.walk(stmt) for b in bindings(sub))
                    and not (isinstance(stmt, ast.FunctionDef) and stmt.name == name)]
-        first = next((stmt for stmt in before if isinstance(stmt, ast.FunctionDef) and stmt.name == name), None)
-        return not binders and first is not None and [_dotted(d) for d in first.decorator_list] == ["property"]
+        defs = [stmt for stmt in before if isinstance(stmt, ast.FunctionDef) and stmt.name == name]
+        # every def of the name before this one: the property, then its accessors (@swap between them made the name
+        # an object whose setter returned a staticmethod)
+        return not binders and bool(defs) and [_dotted(d) for d in defs[0].decorator_list] == ["property"] and all(
+            [_dotted(d) for d in stmt.decorator_list] in ([f"{name}.setter"], [f"{name}.deleter"])
+            for stmt in defs[1:])
 
     def _check_method_names(self, cls: ast.ClassDef, names: set[str]) -> None:
         """A class of the block defines none of nn.Module's names but forward and extra_repr, and none of the private
@@ -546,7 +559,9 @@ class _Checker(ast.NodeVisitor):
         if not isinstance(root, ast.Name):
             return False
         if root.id == "self":
-            return len(chain) == 1 or chain[-1] in self._submodule_attributes()
+            # self.X, or self.sub.X for a module the block builds: deeper, self.lazy.cls_to_become.bias = property(f)
+            # put a property on nn.Linear, and every frozen Linear handed its weights to the block
+            return len(chain) == 1 or len(chain) == 2 and chain[-1] in self._submodule_attributes()
         if len(chain) != 1:
             return False
         scope = self.parents.get(id(node))
@@ -620,7 +635,28 @@ class _Checker(ast.NodeVisitor):
             # Its own methods and those it inherits (nn.Module.train sets self.training) would run on any object.
             self.flag(node, f"{node.id}.{parent.attr} may only be called with self as its first argument "
                       f"({node.id}.{parent.attr}(self, ...)); call methods on an instance")
+        elif node.id in self.block_classes and isinstance(parent, ast.Attribute) \
+                and called_with_self(self.parents, parent) and not self._derives_from(node, node.id):
+            # Setter.poke(self, ...) from an unrelated class ran a mixin's method on an instance it was not made for
+            self.flag(node, f"{node.id}.{parent.attr}(self, ...) may only be called in a class derived from "
+                      f"{node.id}")
         self.generic_visit(node)
+
+    def _derives_from(self, node: ast.AST, name: str) -> bool:
+        """Whether the class around ``node`` is ``name`` or derives from it through classes of the block."""
+        scope = self.parents.get(id(node))
+        while scope is not None and not isinstance(scope, ast.ClassDef):
+            scope = self.parents.get(id(scope))
+        todo, seen = [scope] if scope is not None else [], set()
+        while todo:
+            cls = todo.pop()
+            if cls.name == name:
+                return True
+            seen.add(cls.name)
+            for base in cls.bases:
+                dotted = _dotted(base)
+                todo += [c for c in self.classes_by_name.get(dotted or "", []) if c.name not in seen]
+        return False
 
     def _bound_in_scope(self, node: ast.AST) -> set[str]:
         """The names visible to ``node`` that the block binds itself: those of every function, lambda and
@@ -677,8 +713,11 @@ class _Checker(ast.NodeVisitor):
                 self.flag(node, f".{attr} may only be called, on a string literal whose fields are plain ({{}}, "
                           "{0}, {name}, with any format spec): use an f-string")
         if _is_dunder(attr):
-            if attr not in ALLOWED_DUNDER_READS or (attr != "__init__" and not isinstance(node.ctx, ast.Load)):
+            if attr not in ALLOWED_DUNDER_READS or not isinstance(node.ctx, ast.Load):
                 self.flag(node, f"dunder attribute {attr!r} is not allowed" + NAME_ADVICE.get(attr, ""))
+            elif attr == "__init__" and not (_is_super_call(node.value) or called_with_self(self.parents, node)):
+                # nn.RNNBase.all_weights.__init__(fake) re-initialised a torch property for the whole process
+                self.flag(node, "__init__ may only be called as super().__init__(...) or Base.__init__(self, ...)")
         elif attr in LOCAL_ATTRIBUTES and not self._rooted_at_a_module(node):
             pass
         elif attr == "apply" and (_attribute_of_self(node.value) or isinstance(node.value, ast.Name)
@@ -690,16 +729,20 @@ class _Checker(ast.NodeVisitor):
             # on self, only what the block itself put there (self.seed = seed): self.untyped_storage() is a tensor's
             # wherever self is not the instance
             self.flag(node, f"attribute {attr!r} is not allowed" + FORBIDDEN_ATTRIBUTE_ADVICE.get(attr, ""))
-        elif on_self and attr in self._torch_private(node):
+        elif on_self and attr in self._torch_private(node) and not (
+                attr not in api_table.MODULE_PRIVATE and isinstance(node.ctx, ast.Load) and self._called(node)):
             # nn.Module's registries and call path, and what torch.nn's classes read by name (RNNBase.all_weights
             # does getattr(self, name) for each name in self._all_weights)
             self.flag(node, f"attribute {attr!r} is not allowed: it is torch.nn's own private state; name yours "
                       "differently")
-        elif on_self and attr.startswith("_") and attr not in self.self_attributes:
+        elif on_self and attr.startswith("_") and attr not in self.self_attributes \
+                and attr not in self._torch_private(node):
             self.flag(node, f"private attribute {attr!r} is allowed on self only where the block sets it itself "
                       f"(self.{attr} = ...)")
         elif attr.startswith(SETTING_PREFIXES) and not on_self and self._rooted_at_a_module(node):
             self.flag(node, f"attribute {attr!r} is not allowed" + SETTING_MESSAGE)
+        elif attr in MODULE_METHODS_NAMED_LIKE_BUILTINS and self._called(node) and not self._rooted_at_a_module(node):
+            pass  # self.proj.eval(): nn.Module's method, not the builtin
         elif (attr in FORBIDDEN_NAMES or attr in LOOKUP_BUILTINS) and not on_self:
             self.flag(node, f"attribute {attr!r} is not allowed: it reaches the interpreter or the host")
         elif attr in KNOWN_MODULE_ATTRIBUTES and not on_self and not self._module_chain(node) \
@@ -795,7 +838,8 @@ class _Checker(ast.NodeVisitor):
         # put one on the class, get_submodule("__class__") reads one, and a storage's type("torch.nn.functional.
         # softmax.__globals__") imports and walks a dotted path. A docstring may name them.
         if isinstance(node.value, str) and not isinstance(self.parents.get(id(node)), ast.Expr):
-            special = sorted(set(re.findall(r"__\w+?__", node.value)) - ALLOWED_DUNDER_READS)
+            words = set(re.findall(r"(?:^|\.)(__\w+?__)(?=$|\.)", node.value))  # a whole word of a dotted path
+            special = sorted(words - ALLOWED_DUNDER_READS)
             if special:
                 self.flag(node, f"the string {node.value[:60]!r} names a special attribute ({special[0]}), which a "
                           "block may not reach")
@@ -875,6 +919,9 @@ class _Checker(ast.NodeVisitor):
                           "torch.autograd.Function or classes of the block")
         if node.keywords:
             self.flag(node, f"class {node.name}: class keywords (metaclass=...) are not allowed")
+        if node.decorator_list:
+            # a class decorator is handed the class itself, and could call its methods with any object as self
+            self.flag(node, f"class {node.name}: class decorators are not allowed")
         self.block_classes.add(node.name)
         self.generic_visit(node)
 
@@ -926,6 +973,11 @@ class _Checker(ast.NodeVisitor):
         if annotation is None:
             return
         values = {id(v) for node in ast.walk(annotation) for v in self._literal_values(node)}
+        # and written as code, only a type expression: the loader never evaluates annotations, and an annotation
+        # that calls (def f(a: grab(Poker))) would run the moment anything did
+        if not all(isinstance(n, TYPE_EXPRESSION_NODES) for n in ast.walk(annotation)):
+            self.flag(annotation, "an annotation may only name a type (torch.Tensor, Optional[int], tuple[int, int], "
+                      "int | None)")
         for node in ast.walk(annotation):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in values \
                     and not _is_type_expression(node.value):
@@ -983,6 +1035,22 @@ def _format_fields(node: ast.AST) -> list[str] | None:
     except ValueError:
         return None
     return fields
+
+
+def _is_super_call(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super"
+
+
+def _plain_decorator(node: ast.AST) -> bool:
+    """Whether a decorator is a name, or a call whose arguments are literals and torch's dtypes
+    (``torch.autocast("cuda", dtype=torch.bfloat16)``): ``torch.no_grad(staticmethod)`` returns
+    ``no_grad()(staticmethod)``, a staticmethod whose first parameter is any argument."""
+    if not isinstance(node, ast.Call):
+        return True
+    values = node.args + [k.value for k in node.keywords]
+    return all(isinstance(v, ast.Constant) or isinstance(v, ast.Attribute) and isinstance(v.value, ast.Name)
+               and v.value.id == "torch" and v.attr in TORCH_CONSTANTS for v in values) \
+        and all(k.arg is not None for k in node.keywords)
 
 
 def _written_name(node: ast.AST) -> bool:
@@ -1052,6 +1120,11 @@ def _is_function_apply(value: ast.AST, tree: ast.Module) -> bool:
     functions = {s.name for s in tree.body if isinstance(s, ast.ClassDef)}
     return isinstance(value, ast.Attribute) and value.attr == "apply" and isinstance(value.value, ast.Name) \
         and value.value.id in functions
+
+
+# What a type annotation is made of: names, dotted names, subscripts, tuples and lists of them, |, and literals.
+TYPE_EXPRESSION_NODES = (ast.Name, ast.Attribute, ast.Subscript, ast.Tuple, ast.List, ast.Load, ast.BinOp, ast.BitOr,
+                         ast.Constant, ast.UnaryOp, ast.USub)
 
 
 def _is_type_expression(text: str) -> bool:
