@@ -219,6 +219,20 @@ ATTACKS = [
                     "        return self.untyped_storage()\n\n    @torch.no_grad(staticmethod)\n    def leak(self):\n"
                     "        return self.obj\n\n\n",
            init="self.poker = Poker()"),
+    # ... and through what a class body or a decorator evaluates: a method's bare function, a wrapped classmethod
+    Attack("method_taken_bare_in_the_class_body", "commands",
+           'try:\n    Poker.grab(x.detach()).type("os.system")\nexcept AttributeError as e:\n'
+           '    Poker.peek(e)("touch {marker}")',
+           preamble="class Poker(nn.Module):\n    def mem(self):\n        return self.untyped_storage()\n\n"
+                    "    def leak(self):\n        return self.obj\n\n    grab = mem\n    peek = leak\n\n\n",
+           init="self.untyped_storage = None\nself.obj = None"),
+    Attack("classmethod_wrapped_in_a_partial", "commands", "self.helper.sneak(x.detach())",
+           preamble="import functools\n\n\nclass Helper(nn.Module):\n    def mem(self):\n"
+                    "        return self.untyped_storage()\n\n    def leak(self):\n        return self.obj\n\n"
+                    "    @functools.partial(classmethod)\n    def sneak(cls, t):\n        try:\n"
+                    "            cls.mem(t).type(\"os.system\")\n        except AttributeError as e:\n"
+                    "            cls.leak(e)(\"touch {marker}\")\n\n\n",
+           init="self.helper = Helper()"),
 ]
 
 BY_NAME = {attack.name: attack for attack in ATTACKS}

@@ -762,3 +762,36 @@ def test_an_annotation_may_only_name_a_type():
                            "        return (1, 2)\n\n")
     typed = "from typing import Literal, Optional\n\n\n" + typed
     assert policy(typed).ok, policy(typed).violations
+
+
+@pytest.mark.parametrize("block,fragment", [
+    # a fourth review: what a class body, a default or a decorator evaluates, and state kept on torch's functions
+    (_block("class Poker(nn.Module):\n    def mem(self):\n        return 1\n\n    grab = mem\n\n\n"),
+     "the body of Poker may not name a function or method of the block"),
+    (_block(methods="    def mem(self):\n        return 1\n\n    def probe(self, x, grab=mem):\n        return x\n\n"),
+     "a default argument of probe may not name a function of the block"),
+    (_block("import functools\n\n\n", methods="    @functools.partial(classmethod)\n    def sneak(cls, t):\n"
+                                              "        return t\n\n"), "a decorator may only be staticmethod"),
+    (_block("GRAB = staticmethod\n\n\n"), "module-level Assign statement is not allowed"),
+    (_block(body="torch.autograd.Function.save_for_backward(F.softmax, x)"),
+     "torch.autograd.Function may only be used as it is"),
+    (_block("class Stash(torch.autograd.Function):\n    @staticmethod\n    def forward(target, value):\n"
+            "        target.stash = value\n        return value.clone()\n\n    @staticmethod\n"
+            "    def setup_context(ctx, inputs, output):\n        pass\n\n\n"),
+     "assigning to the attribute 'stash' of anything but self"),
+    (_block("class Lazy(nn.LazyLinear):\n    def kind(self):\n        return self.cls_to_become\n\n\n"),
+     "attribute 'cls_to_become' is not allowed: it holds a torch class"),
+    (_block(body="g = nn.utils.parametrize.cached().func()\ng.send(None)"), "attribute 'send' is neither in the table"),
+])
+def test_a_fourth_review_s_ways_past_the_policy_are_refused(block, fragment):
+    report = policy(block)
+    assert any(fragment in v for v in report.violations), report.violations
+
+
+def test_an_exception_class_may_be_caught():
+    from harness.sandbox.loader import check_module_attributes
+
+    block = _block("import einops\n\n\n", body="try:\n    y = einops.rearrange(x, 'b t d -> b d t')\n"
+                                               "except (einops.EinopsError, ValueError):\n    y = x")
+    assert policy(block).ok, policy(block).violations
+    check_module_attributes(program.split(SEED).head + block + program.split(SEED).tail)

@@ -172,8 +172,9 @@ def _value_attributes(members: dict[str, set[str]]) -> set[str]:
     values += [cls for cls in _public(torch.return_types).values() if isinstance(cls, type)]
     for value in values:
         names |= set(dir(value))
-    # A generator's send/close/throw (its gi_ fields are its frame), and an exception's arguments.
-    names |= {"send", "close", "throw", "args"}
+    # An exception's arguments. (Not a generator's send or throw: a generator torch hands out, such as the function
+    # behind parametrize.cached(), would enter its with-block and never leave it.)
+    names |= {"args"}
     # register_parametrization stores these on the module it parametrises
     names |= {node.attr for node in ast.walk(ast.parse(inspect.getsource(torch.nn.utils.parametrize)))
               if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)}
@@ -295,7 +296,8 @@ def generate() -> dict:
             "attributes": attributes, "private": module_private,
             "class_private": _class_private_names(members, module_private), "submodules": _submodules(),
             "unlisted": _unlisted(attributes),
-            "module_names": {n for n in dir(torch.nn.Module) if not n.startswith("_")}}
+            "module_names": {n for n in dir(torch.nn.Module) if not n.startswith("_")},
+            "class_holders": _class_holders(members)}
 
 
 def _names(names: set[str], indent: int) -> str:
@@ -337,6 +339,9 @@ CLASS_PRIVATE = {{
 # What Python's and torch's own objects have that the table leaves out: never readable off anything but self, even
 # where the block gives its own objects the name.
 UNLISTED = {_names(table["unlisted"], 4)}
+
+# Attributes of the table's module classes that hold a class (nn.LazyLinear.cls_to_become): refused everywhere.
+CLASS_HOLDERS = {_names(table["class_holders"], 4)}
 
 # nn.Module's public names: a block's class defines none but forward and extra_repr, and sets none on self but
 # training (the harness calls state_dict, train, parameters and the rest on the model).

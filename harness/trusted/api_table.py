@@ -225,7 +225,7 @@ ATTRIBUTES = frozenset({
     "ceil_", "ceil_mode", "center", "cfloat", "chalf", "char", "check_forward_args", "check_hidden_size", "check_input",
     "children", "cholesky", "cholesky_inverse", "cholesky_solve", "chunk", "clamp", "clamp_", "clamp_max", "clamp_max_",
     "clamp_min", "clamp_min_", "clear", "clear_saved_tensors_on_access", "clip", "clip_", "clone", "clone_state",
-    "cloned_coefficient", "close", "coalesce", "col_indices", "conj", "conj_physical", "conj_physical_", "conjugate",
+    "cloned_coefficient", "coalesce", "col_indices", "conj", "conj_physical", "conj_physical_", "conjugate",
     "const_data_ptr", "contiguous", "copy", "copy_", "copysign", "copysign_", "corrcoef", "cos", "cos_", "cosh",
     "cosh_", "count", "count_include_pad", "count_nonzero", "cov", "cpu", "cross", "crow_indices", "cuda", "cummax",
     "cummin", "cumprod", "cumprod_", "cumsum", "cumsum_", "cutoffs", "d_model", "data", "decoder", "deg2rad",
@@ -295,7 +295,7 @@ ATTRIBUTES = frozenset({
     "roll", "rot90", "round", "round_", "row_indices", "rpartition", "rsplit", "rsqrt", "rsqrt_", "rstrip",
     "running_mean", "running_var", "save_for_backward", "save_for_forward", "saved_for_forward", "saved_tensors",
     "saved_variables", "scale_factor", "scale_grad_by_freq", "scatter", "scatter_", "scatter_add", "scatter_add_",
-    "scatter_reduce", "scatter_reduce_", "select", "select_scatter", "self_attn", "send", "set_extra_state",
+    "scatter_reduce", "scatter_reduce_", "select", "select_scatter", "self_attn", "set_extra_state",
     "set_materialize_grads", "set_offset", "set_state", "set_submodule", "setdefault", "setter", "setup_context", "sgn",
     "sgn_", "shape", "short", "shortlist_size", "sigmoid", "sigmoid_", "sign", "sign_", "signbit", "sin", "sin_",
     "sinc", "sinc_", "singular_values", "sinh", "sinh_", "size", "slice_inverse", "slice_scatter", "slogdet",
@@ -305,8 +305,8 @@ ATTRIBUTES = frozenset({
     "stft", "stop", "storage_offset", "stride", "strip", "sub", "sub_", "subtract", "subtract_", "sum", "sum_to_size",
     "svd", "swap", "swapaxes", "swapaxes_", "swapcase", "swapdims", "swapdims_", "symeig", "symmetric_difference",
     "symmetric_difference_update", "t", "t_", "tail", "take", "take_along_dim", "tan", "tan_", "tanh", "tanh_", "tau",
-    "tensor_split", "threshold", "throw", "tile", "tiny", "title", "to", "to_bytes", "to_complex", "to_dense",
-    "to_empty", "to_mkldnn", "to_padded_tensor", "to_real", "to_save", "to_sparse", "to_sparse_bsc", "to_sparse_bsr",
+    "tensor_split", "threshold", "tile", "tiny", "title", "to", "to_bytes", "to_complex", "to_dense", "to_empty",
+    "to_mkldnn", "to_padded_tensor", "to_real", "to_save", "to_sparse", "to_sparse_bsc", "to_sparse_bsr",
     "to_sparse_coo", "to_sparse_csc", "to_sparse_csr", "tolist", "topk", "trace", "track_running_stats", "train",
     "training", "translate", "transpose", "transpose_", "transposed", "triangular_solve", "tril", "tril_", "triu",
     "triu_", "true_divide", "true_divide_", "trunc", "trunc_", "type", "type_as", "unbind", "unflatten",
@@ -512,7 +512,7 @@ CLASS_PRIVATE = {
 # What Python's and torch's own objects have that the table leaves out: never readable off anything but self, even
 # where the block gives its own objects the name.
 UNLISTED = frozenset({
-    "aclose", "ag_await", "ag_code", "ag_frame", "ag_running", "asend", "athrow", "byteswap", "cell_contents",
+    "aclose", "ag_await", "ag_code", "ag_frame", "ag_running", "asend", "athrow", "byteswap", "cell_contents", "close",
     "co_argcount", "co_cellvars", "co_code", "co_consts", "co_exceptiontable", "co_filename", "co_firstlineno",
     "co_flags", "co_freevars", "co_kwonlyargcount", "co_lines", "co_linetable", "co_lnotab", "co_name", "co_names",
     "co_nlocals", "co_positions", "co_posonlyargcount", "co_qualname", "co_stacksize", "co_varnames", "complex_double",
@@ -521,8 +521,13 @@ UNLISTED = frozenset({
     "f_trace_lines", "f_trace_opcodes", "fdel", "fget", "filename", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
     "float8_e5m2fnuz", "from_buffer", "from_file", "fset", "gi_code", "gi_frame", "gi_running", "gi_suspended",
     "gi_yieldfrom", "hpu", "is_hpu", "mps", "mro", "next_functions", "pickle_storage_type", "register_hook",
-    "register_prehook", "resizable", "share_memory_", "tb_frame", "tb_lasti", "tb_lineno", "tb_next", "untyped",
-    "variable",
+    "register_prehook", "resizable", "send", "share_memory_", "tb_frame", "tb_lasti", "tb_lineno", "tb_next", "throw",
+    "untyped", "variable",
+})
+
+# Attributes of the table's module classes that hold a class (nn.LazyLinear.cls_to_become): refused everywhere.
+CLASS_HOLDERS = frozenset({
+    "cls_to_become",
 })
 
 # nn.Module's public names: a block's class defines none but forward and extra_repr, and sets none on self but

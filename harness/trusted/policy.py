@@ -215,6 +215,10 @@ SHADOWABLE_NAMES = frozenset({
 # (``property = staticmethod`` made every ``@property`` a staticmethod, whose first parameter is any argument).
 BUILTIN_NAMES = frozenset(name for name in dir(builtins) if not name.startswith("__"))
 
+# Classes a block only derives from: torch.autograd.Function's own methods (save_for_backward, mark_dirty) set
+# attributes on whatever they are given as the context (Function.save_for_backward(F.softmax, t)).
+BASE_ONLY = frozenset({"torch.autograd.Function"})
+
 # nn.Module's names a block's class may define: the computation, and what its printed form adds.
 MODULE_OVERRIDES = frozenset({"forward", "extra_repr"})
 
@@ -339,6 +343,8 @@ def _is_constant_expression(node: ast.AST) -> bool:
             return False
         if isinstance(sub, ast.Call) and not _constant_call(sub):
             return False
+        if isinstance(sub, ast.Name) and sub.id in BUILTIN_NAMES and sub.id not in CONSTANT_CALLS:
+            return False  # grab = staticmethod: a builtin kept as a constant is a decorator in waiting
     return True
 
 
@@ -407,6 +413,7 @@ class _Checker(ast.NodeVisitor):
         self.parents = parent_map(tree)
         # every class up front: a class named before its statement (def grab(): return Poker) is a class all the same
         self.block_classes = {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+        self.function_names = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
         for node in ast.walk(tree):
             names = bindings(node)
             self.bound.update(names)
@@ -483,7 +490,9 @@ class _Checker(ast.NodeVisitor):
                     if decorators != ["staticmethod"]:
                         self.flag(method, f"every method of the autograd Function {node.name} must be a "
                                   "@staticmethod (autograd passes the context first: name it ctx)")
-                    elif positional and method.name in FUNCTION_CONTEXT_METHODS:
+                    elif positional and method.name in FUNCTION_CONTEXT_METHODS and not (
+                            method.name == "forward" and "setup_context" in method_names):
+                        # with setup_context, forward's first parameter is an input like the others
                         self.context_params.add(id(positional[0]))
                 elif positional and all(self._full_name(d) in INSTANCE_DECORATORS and _plain_decorator(raw)
                                         or self._property_accessor(node, method, d)
@@ -699,6 +708,9 @@ class _Checker(ast.NodeVisitor):
         attr, on_self = node.attr, isinstance(node.value, ast.Name) and node.value.id == "self"
         if isinstance(node.value, ast.Name) and self._helper_member(node.value.id):
             self.flag(node, _helper_member_message(self.aliases[node.value.id]))
+        if attr in api_table.CLASS_HOLDERS:
+            # nn.LazyLinear.cls_to_become is nn.Linear: a torch class in hand runs its methods on any object
+            self.flag(node, f"attribute {attr!r} is not allowed: it holds a torch class")
         if not isinstance(node.ctx, ast.Load) and attr in api_table.NN_MODULE_NAMES - {"training"}:
             self.flag(node, f"assigning {attr!r} is not allowed: it is nn.Module's own, which the harness calls "
                       "outside forward; use another name")
@@ -801,7 +813,7 @@ class _Checker(ast.NodeVisitor):
                     pass  # visit_Attribute names it
                 elif attr not in MODULE_MEMBERS[path]:
                     self.flag(node, _member_message(path, attr))
-                elif path in ALLOWED_MODULE_MEMBERS and chain[i + 1:]:
+                elif (path in ALLOWED_MODULE_MEMBERS or f"{path}.{attr}" in BASE_ONLY) and chain[i + 1:]:
                     self.flag(node, _helper_member_message(f"{path}.{attr}"))
                 else:
                     for tail in chain[i + 1:]:
@@ -812,9 +824,11 @@ class _Checker(ast.NodeVisitor):
                 self.flag(node, module_value_message(_dotted(node)))
 
     def _helper_member(self, name: str) -> bool:
-        """Whether ``name`` is what an import binds to a member of typing or functools (``from typing import Type``)."""
-        module, _, member = self.aliases.get(name, "").rpartition(".")
-        return module in ALLOWED_MODULE_MEMBERS and member in ALLOWED_MODULE_MEMBERS[module]
+        """Whether ``name`` is what an import binds to a member of typing or functools (``from typing import Type``),
+        or to a class that is only derived from (``BASE_ONLY``)."""
+        path = self.aliases.get(name, "")
+        module, _, member = path.rpartition(".")
+        return module in ALLOWED_MODULE_MEMBERS and member in ALLOWED_MODULE_MEMBERS[module] or path in BASE_ONLY
 
     def _refused_root(self, node: ast.AST) -> bool:
         """Whether ``node`` is a name already refused as such (``time``, or what a refused import binds): what is
@@ -860,7 +874,8 @@ class _Checker(ast.NodeVisitor):
         if name in {"getattr", "hasattr"}:
             key = node.args[1] if len(node.args) > 1 else None
             if not (isinstance(key, ast.Constant) and isinstance(key.value, str) and not key.value.startswith("_")):
-                self.flag(node, f"{name} is allowed only with a constant, non-underscore attribute name")
+                self.flag(node, f"{name} is allowed only with a constant, non-underscore attribute name; for a "
+                          "submodule by a computed name use self.get_submodule(f\"layer_{i}\")")
         parent = self.parents.get(id(node))
         if name == "type" and len(node.args) > 1:
             self.flag(node, "creating classes with type(...) is not allowed")
@@ -922,12 +937,31 @@ class _Checker(ast.NodeVisitor):
         if node.decorator_list:
             # a class decorator is handed the class itself, and could call its methods with any object as self
             self.flag(node, f"class {node.name}: class decorators are not allowed")
+        for stmt in node.body:
+            value = stmt.value if isinstance(stmt, (ast.Assign, ast.AnnAssign)) else None
+            if value is not None and any(isinstance(n, ast.Name) and n.id in self.function_names
+                                         for n in ast.walk(value)):
+                # in the class body a method's name is the bare function (grab = mem): Poker.grab(x) ran it with a
+                # tensor as its self
+                self.flag(stmt, f"the body of {node.name} may not name a function or method of the block")
         self.block_classes.add(node.name)
         self.generic_visit(node)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
         if _is_dunder(node.name) and node.name not in ALLOWED_DUNDERS:
             self.flag(node, f"defining {node.name} is not allowed: of the special methods, only __init__")
+        for decorator in node.decorator_list:
+            if not self._allowed_decorator(decorator):
+                # what a decorator returns becomes the method: functools.partial(classmethod) handed cls the class,
+                # a reduce over staticmethod(mem) a staticmethod whose "self" was any argument
+                self.flag(decorator, "a decorator may only be staticmethod, classmethod, property, a property's "
+                          ".setter or .deleter, or a torch mode (torch.no_grad(), torch.autocast('cuda', "
+                          "dtype=torch.bfloat16)) with literal arguments")
+        for default in [*node.args.defaults, *node.args.kw_defaults]:
+            if default is not None and any(isinstance(n, ast.Name) and n.id in self.function_names
+                                           for n in ast.walk(default)):
+                # evaluated in the class body, a method's name is the bare function, callable with any first argument
+                self.flag(default, f"a default argument of {node.name} may not name a function of the block")
         if any(_dotted(d.func if isinstance(d, ast.Call) else d) == "classmethod" for d in node.decorator_list):
             self._check_classmethod(node)
         args = node.args
@@ -943,6 +977,15 @@ class _Checker(ast.NodeVisitor):
                           "anything else in the call")
         self._check_annotation(node.returns)
         self.generic_visit(node)
+
+    def _allowed_decorator(self, decorator: ast.AST) -> bool:
+        dotted = _dotted(decorator.func if isinstance(decorator, ast.Call) else decorator)
+        if isinstance(decorator, ast.Name):
+            return decorator.id in ("staticmethod", "classmethod", "property")
+        if self._full_name(dotted) in INSTANCE_DECORATORS:
+            return _plain_decorator(decorator)
+        return isinstance(decorator, ast.Attribute) and decorator.attr in ("setter", "deleter") \
+            and isinstance(decorator.value, ast.Name)
 
     def _check_classmethod(self, node: ast.FunctionDef) -> None:
         """A classmethod's ``cls`` is the class in hand: ``cls.method(torch.Tensor)`` would run a method with a torch
@@ -1105,6 +1148,9 @@ def class_use(parents: dict[int, ast.AST], node: ast.AST) -> bool:
     if isinstance(parent, ast.Call) and parent.func is node or isinstance(parent, ast.Attribute) \
             or isinstance(parent, (ast.ClassDef, ast.Compare)) or is_class_test_argument(parents, node):
         return True
+    handler = parents.get(id(parent)) if isinstance(parent, ast.Tuple) else parent
+    if isinstance(handler, ast.ExceptHandler) and (handler.type is node or handler.type is parent):
+        return True  # except einops.EinopsError:
     child = node
     while parent is not None and not isinstance(parent, (ast.stmt, ast.Lambda)):
         if isinstance(parent, ast.arg) and parent.annotation is child:
