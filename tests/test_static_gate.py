@@ -795,3 +795,30 @@ def test_an_exception_class_may_be_caught():
                                                "except (einops.EinopsError, ValueError):\n    y = x")
     assert policy(block).ok, policy(block).violations
     check_module_attributes(program.split(SEED).head + block + program.split(SEED).tail)
+
+
+@pytest.mark.parametrize("block,fragment", [
+    # a fifth review: stores that hid what they put on self, typing names held in variables, inherited setup_context
+    (_block("class Other(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+            "        self.act = nn.Identity()\n\n\n", body="(self.act,) = (F.softmax,)\nself.act.stash = x.detach()"),
+     "assigning to the attribute 'stash' of anything but self"),
+    (_block(init="self.act = nn.Identity()", body="for self.act in (F.softmax,):\n    self.act.stash = 1"),
+     "assigning to the attribute 'stash' of anything but self"),
+    (_block("from typing import Iterable\n\n\n", body="kinds = Iterable"), "typing.Iterable may only be used as it is"),
+    (_block("import typing\n\n\n", body="kinds = typing.Mapping"), "typing.Mapping may only be used as it is"),
+    (_block("class Base(torch.autograd.Function):\n    @staticmethod\n    def setup_context(ctx, inputs, output):\n"
+            "        pass\n\n\nclass Stash(Base):\n    @staticmethod\n    def forward(ctx, value):\n"
+            "        ctx.stash = value.detach()\n        return value.clone()\n\n\n"),
+     "assigning to the attribute 'stash' of anything but self"),
+])
+def test_a_fifth_review_s_ways_past_the_policy_are_refused(block, fragment):
+    report = policy(block)
+    assert any(fragment in v for v in report.violations), report.violations
+
+
+def test_typing_and_functools_names_used_as_they_are_stay_allowed():
+    block = _block("import functools\nfrom typing import Optional, Tuple\n\n\n",
+                   init="self.act = functools.partial(F.gelu, approximate='tanh')",
+                   methods="    def shape(self, x: Optional[torch.Tensor] = None) -> Tuple[int, int]:\n"
+                           "        n: Optional[int] = None\n        return (1, 2)\n\n")
+    assert policy(block).ok, policy(block).violations

@@ -437,24 +437,25 @@ class _Checker(ast.NodeVisitor):
         self._check_module_chains(tree)
 
     def _submodule_attributes(self) -> set[str]:
-        """The names ``X`` such that every assignment ``self.X = value`` in the block builds a module: a call of a
-        ``torch.nn`` class or of a class of the block (``self.proj = nn.Linear(...)``)."""
+        """The names ``X`` such that every store to ``self.X`` in the block is the sole, direct target of an assignment
+        that builds a module: a call of a ``torch.nn`` class or of a class of the block (``self.proj =
+        nn.Linear(...)``). Any other store (``(self.act,) = (F.softmax,)``, ``for self.act in ...``) could put anything
+        there."""
         if self.submodules is None:
             classes = {n.name for n in ast.walk(self.tree) if isinstance(n, ast.ClassDef)}
             built, other = set(), set()
-            for node in ast.walk(self.tree):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
-                    if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
-                for target in targets:
-                    if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
-                            and target.value.id == "self"):
-                        continue
-                    value = getattr(node, "value", None)
-                    name = self._full_name(_dotted(value.func)) if isinstance(value, ast.Call) else None
-                    module = isinstance(node, (ast.Assign, ast.AnnAssign)) and name is not None and (
-                        name.startswith(ALLOWED_BASES[0]) and name.rpartition(".")[2][:1].isupper()
-                        or name in classes)
-                    (built if module else other).add(target.attr)
+            for target in ast.walk(self.tree):
+                if not (isinstance(target, ast.Attribute) and not isinstance(target.ctx, ast.Load)
+                        and isinstance(target.value, ast.Name) and target.value.id == "self"):
+                    continue
+                node = self.parents.get(id(target))
+                sole = isinstance(node, ast.Assign) and node.targets == [target] \
+                    or isinstance(node, ast.AnnAssign) and node.target is target and node.value is not None
+                value = node.value if sole else None
+                name = self._full_name(_dotted(value.func)) if isinstance(value, ast.Call) else None
+                module = name is not None and (name.startswith(ALLOWED_BASES[0])
+                                               and name.rpartition(".")[2][:1].isupper() or name in classes)
+                (built if module else other).add(target.attr)
             self.submodules = built - other
         return self.submodules
 
@@ -473,6 +474,7 @@ class _Checker(ast.NodeVisitor):
                 for b in c.bases)}
             grew = len(self.function_classes) > before
         for node in classes:
+            direct = all(self._full_name(_dotted(b)) == ALLOWED_BASES[1] for b in node.bases)
             defs = [m for m in node.body if isinstance(m, ast.FunctionDef)]
             method_names = {m.name for m in defs}
             static = method_names - {m.name for m in defs if [_dotted(d) for d in m.decorator_list] != ["staticmethod"]}
@@ -491,8 +493,9 @@ class _Checker(ast.NodeVisitor):
                         self.flag(method, f"every method of the autograd Function {node.name} must be a "
                                   "@staticmethod (autograd passes the context first: name it ctx)")
                     elif positional and method.name in FUNCTION_CONTEXT_METHODS and not (
-                            method.name == "forward" and "setup_context" in method_names):
-                        # with setup_context, forward's first parameter is an input like the others
+                            method.name == "forward" and ("setup_context" in method_names or not direct)):
+                        # with setup_context, its own or inherited, forward's first parameter is an input like the
+                        # others (Stash.apply(F.softmax, x) stored on F.softmax)
                         self.context_params.add(id(positional[0]))
                 elif positional and all(self._full_name(d) in INSTANCE_DECORATORS and _plain_decorator(raw)
                                         or self._property_accessor(node, method, d)
@@ -616,6 +619,9 @@ class _Checker(ast.NodeVisitor):
     # names ----------------------------------------------------------------------------------------------------
     def visit_Name(self, node: ast.Name) -> None:
         parent = self.parents.get(id(node))
+        if isinstance(node.ctx, ast.Load) and self._helper_member(node.id) and not _used_as_it_is(self.parents, node):
+            # kinds = Iterable, then kinds.register(float), changed what every isinstance of the process answers
+            self.flag(node, _helper_member_message(self.aliases[node.id]))
         if self._name_taker(node) is not None and not (isinstance(parent, ast.Call) and parent.func is node):
             self.flag(node, f"{node.id} may only be called directly, as {node.id}(...): do not bind it to a name, "
                       "pass it or store it")
@@ -769,7 +775,9 @@ class _Checker(ast.NodeVisitor):
                 and not self._refused_root(node.value):
             self.flag(node, _attribute_message(attr))
         if isinstance(node.ctx, (ast.Store, ast.Del)) and not self._own_object(node):
-            self.flag(node, f"assigning to the attribute {attr!r} of anything but self (monkeypatching) is not allowed")
+            self.flag(node, f"assigning to the attribute {attr!r} of anything but self (monkeypatching) is not allowed; "
+                      "a submodule's attribute may be set where each of its assignments is one module built alone "
+                      "(self.q = nn.Linear(...))")
         self.generic_visit(node)
 
     def _module_chain(self, node: ast.Attribute) -> bool:
@@ -813,7 +821,8 @@ class _Checker(ast.NodeVisitor):
                     pass  # visit_Attribute names it
                 elif attr not in MODULE_MEMBERS[path]:
                     self.flag(node, _member_message(path, attr))
-                elif (path in ALLOWED_MODULE_MEMBERS or f"{path}.{attr}" in BASE_ONLY) and chain[i + 1:]:
+                elif (path in ALLOWED_MODULE_MEMBERS or f"{path}.{attr}" in BASE_ONLY) \
+                        and (chain[i + 1:] or not _used_as_it_is(self.parents, node)):
                     self.flag(node, _helper_member_message(f"{path}.{attr}"))
                 else:
                     for tail in chain[i + 1:]:
@@ -1160,6 +1169,15 @@ def class_use(parents: dict[int, ast.AST], node: ast.AST) -> bool:
         or isinstance(parent, ast.FunctionDef) and parent.returns is child
 
 
+def _used_as_it_is(parents: dict[int, ast.AST], node: ast.AST) -> bool:
+    """Whether a member of typing or functools (or a class only derived from) is called, subscripted, derived from,
+    caught, tested or named in an annotation, and not bound, passed or stored."""
+    parent = parents.get(id(node))
+    if isinstance(parent, ast.Subscript) and parent.value is node:
+        return True
+    return not isinstance(parent, ast.Attribute) and class_use(parents, node)
+
+
 def _is_function_apply(value: ast.AST, tree: ast.Module) -> bool:
     """``MyFunction.apply`` of an autograd Function class defined at the block's top level: a module-level alias
     (``chunk_scan = ChunkScan.apply``) is the usual way to call one."""
@@ -1197,7 +1215,8 @@ def _member_message(module: str, name: str) -> str:
 def _helper_member_message(name: str) -> str:
     # typing.Type.x reads x on the builtin type, and typing.Iterable.register(float) changed what every isinstance
     # of the process answers
-    return f"{name} may only be used as it is ({name}[...] or {name}(...)): reading its attributes is not allowed"
+    return (f"{name} may only be used as it is ({name}[...], {name}(...), or as a base or an annotation): not bound, "
+            "passed, stored or read for its attributes")
 
 
 def _attribute_message(attr: str) -> str:
