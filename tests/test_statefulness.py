@@ -162,9 +162,33 @@ class ChangesItsConfig(Causal):
         return self.attend(x)
 
 
+class CountsWithAnIterator(Causal):
+    """An iterator's position is state that compared by identity it hid (a reviewer's block: it could change its
+    work once the gate's calls were over)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = iter(range(1 << 60))
+
+    def forward(self, x):
+        next(self.calls)
+        return self.attend(x)
+
+
+class CountsWithAGenerator(Causal):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = (i for i in range(1 << 60))
+
+    def forward(self, x):
+        next(self.calls)
+        return self.attend(x)
+
+
 @pytest.mark.parametrize("cls, changed", [
     (AppendsThroughABoundMethod, "remember"), (CountsInAClosure, "count"), (DrawsFromItsGenerator, "noise"),
-    (WritesAModuleOutsideTheTree, "memory"), (ChangesItsConfig, "cfg"),
+    (WritesAModuleOutsideTheTree, "memory"), (ChangesItsConfig, "cfg"), (CountsWithAnIterator, "calls"),
+    (CountsWithAGenerator, "calls"),
 ], ids=lambda v: v.__name__ if isinstance(v, type) else v)
 def test_state_a_call_changes_is_refused_and_named(cls, changed):
     with pytest.raises(GateFailure) as info:

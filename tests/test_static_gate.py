@@ -822,3 +822,20 @@ def test_typing_and_functools_names_used_as_they_are_stay_allowed():
                    methods="    def shape(self, x: Optional[torch.Tensor] = None) -> Tuple[int, int]:\n"
                            "        n: Optional[int] = None\n        return (1, 2)\n\n")
     assert policy(block).ok, policy(block).violations
+
+
+@pytest.mark.parametrize("block,fragment", [
+    # a sixth review: a property beside a submodule, a subscripted typing alias, a Parameter's attributes
+    (_block(init="self.act = nn.Identity()", body="self.act.stash = x.detach()",
+            methods="    @property\n    def act(self):\n        return F.softmax\n\n"),
+     "assigning to the attribute 'stash' of anything but self"),
+    (_block("import typing\n\n\n", init="self.register = None", body="typing.Iterable[int].register(float)"),
+     "typing.Iterable may only be used as it is"),
+    (_block("from typing import Iterable\n\n\n", init="self.register = None", body="Iterable[int].register(float)"),
+     "typing.Iterable may only be used as it is"),
+    (_block(init="self.p = nn.Parameter(torch.zeros(1))", body="self.p.calls = 1"),
+     "assigning to the attribute 'calls' of anything but self"),
+])
+def test_a_sixth_review_s_ways_past_the_policy_are_refused(block, fragment):
+    report = policy(block)
+    assert any(fragment in v for v in report.violations), report.violations

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections.abc
 import functools
 import importlib
 import inspect
@@ -237,7 +238,8 @@ def _python_and_torch_objects() -> list[object]:
                 types.TracebackType, types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType,
                 types.ModuleType, types.CellType, types.MappingProxyType, types.SimpleNamespace, property,
                 staticmethod, classmethod, type, object, super, functools.partial, typing.Type, typing.List,
-                typing.Optional[int], typing.Callable[[int], int], typing.Union, node, node.next_functions[0][0],
+                typing.Optional[int], typing.Callable[[int], int], typing.Union, typing.Iterable[int],
+                collections.abc.Iterable, type(collections.abc.Iterable), node, node.next_functions[0][0],
                 torch.UntypedStorage, torch.TypedStorage, torch.autograd.graph.Node]
     return objects
 

@@ -7,6 +7,7 @@ step time, memory) at every attention width of the ladder (``at_every_width``).
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import copy
 import dataclasses
@@ -345,6 +346,13 @@ def _kept(value, tree: set[int], seen: set[int]):
         return _Held(value, None if id(value) in tree else _kept(dict(vars(value)), tree, seen))
     if isinstance(value, torch.Generator):
         return _Held(value, value.get_state())
+    if isinstance(value, collections.abc.Iterator):
+        # its position is state nothing else shows (self.calls = iter(range(n)), then next(self.calls) in forward):
+        # kept as pickling would keep it, and where it cannot be, as changed by every call
+        try:
+            return _Held(value, _kept(value.__reduce_ex__(4), tree, seen))
+        except Exception:  # noqa: BLE001 - a generator's position cannot be read
+            return _Held(value, object())
     if isinstance(value, functools.partial):
         return _Held(value, _kept((value.func, value.args, value.keywords), tree, seen))
     if isinstance(value, types.MethodType):

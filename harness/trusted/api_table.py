@@ -520,7 +520,7 @@ UNLISTED = frozenset({
     "data_ptr", "f_back", "f_builtins", "f_code", "f_globals", "f_lasti", "f_lineno", "f_locals", "f_trace",
     "f_trace_lines", "f_trace_opcodes", "fdel", "fget", "filename", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
     "float8_e5m2fnuz", "from_buffer", "from_file", "fset", "gi_code", "gi_frame", "gi_running", "gi_suspended",
-    "gi_yieldfrom", "hpu", "is_hpu", "mps", "mro", "next_functions", "pickle_storage_type", "register_hook",
+    "gi_yieldfrom", "hpu", "is_hpu", "mps", "mro", "next_functions", "pickle_storage_type", "register", "register_hook",
     "register_prehook", "resizable", "send", "share_memory_", "tb_frame", "tb_lasti", "tb_lineno", "tb_next", "throw",
     "untyped", "variable",
 })

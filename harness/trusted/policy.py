@@ -453,10 +453,15 @@ class _Checker(ast.NodeVisitor):
                     or isinstance(node, ast.AnnAssign) and node.target is target and node.value is not None
                 value = node.value if sole else None
                 name = self._full_name(_dotted(value.func)) if isinstance(value, ast.Call) else None
-                module = name is not None and (name.startswith(ALLOWED_BASES[0])
-                                               and name.rpartition(".")[2][:1].isupper() or name in classes)
+                module = name is not None and not name.endswith(("Parameter", "Buffer")) and (
+                    name.startswith(ALLOWED_BASES[0]) and name.rpartition(".")[2][:1].isupper() or name in classes)
                 (built if module else other).add(target.attr)
-            self.submodules = built - other
+            # a name a class body defines (a property act beside self.act = nn.Identity()) is what self.act reads:
+            # nn.Module keeps the module apart, and the property wins
+            defined = {name for cls in ast.walk(self.tree) if isinstance(cls, ast.ClassDef) for stmt in cls.body
+                       for name in bindings(stmt) + [n for t in getattr(stmt, "targets", [getattr(stmt, "target", None)])
+                                                     if t is not None for sub in ast.walk(t) for n in bindings(sub)]}
+            self.submodules = built - other - defined - api_table.NN_MODULE_NAMES
         return self.submodules
 
     def _find_classes(self, tree: ast.Module) -> None:
@@ -712,8 +717,12 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         attr, on_self = node.attr, isinstance(node.value, ast.Name) and node.value.id == "self"
-        if isinstance(node.value, ast.Name) and self._helper_member(node.value.id):
-            self.flag(node, _helper_member_message(self.aliases[node.value.id]))
+        helper = node.value.value if isinstance(node.value, ast.Subscript) else node.value
+        if isinstance(helper, ast.Name) and self._helper_member(helper.id):
+            # typing.Iterable[int].register(float) registers on collections.abc.Iterable
+            self.flag(node, _helper_member_message(self.aliases[helper.id]))
+        elif isinstance(node.value, ast.Subscript) and self._helper_chain(helper):
+            self.flag(node, _helper_member_message(_dotted(helper) or "a typing name"))
         if attr in api_table.CLASS_HOLDERS:
             # nn.LazyLinear.cls_to_become is nn.Linear: a torch class in hand runs its methods on any object
             self.flag(node, f"attribute {attr!r} is not allowed: it holds a torch class")
@@ -838,6 +847,12 @@ class _Checker(ast.NodeVisitor):
         path = self.aliases.get(name, "")
         module, _, member = path.rpartition(".")
         return module in ALLOWED_MODULE_MEMBERS and member in ALLOWED_MODULE_MEMBERS[module] or path in BASE_ONLY
+
+    def _helper_chain(self, node: ast.AST) -> bool:
+        """Whether ``node`` is a chain from a module alias to a member of typing or functools (``typing.Iterable``)."""
+        dotted = self._full_name(_dotted(node))
+        module, _, member = (dotted or "").rpartition(".")
+        return module in ALLOWED_MODULE_MEMBERS and member in ALLOWED_MODULE_MEMBERS[module] or dotted in BASE_ONLY
 
     def _refused_root(self, node: ast.AST) -> bool:
         """Whether ``node`` is a name already refused as such (``time``, or what a refused import binds): what is
