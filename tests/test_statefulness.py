@@ -163,8 +163,8 @@ class ChangesItsConfig(Causal):
 
 
 class CountsWithAnIterator(Causal):
-    """An iterator's position is state that compared by identity it hid (a reviewer's block: it could change its
-    work once the gate's calls were over)."""
+    """An iterator's position is state, which compared by identity it hid: a block could count its calls and change
+    its work once the gate's calls were over."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -669,7 +669,7 @@ def _block(preamble: str = "", init: str = "", body: str = "", methods: str = ""
     (_block(methods="    def steps(self):\n        with torch.no_grad():\n            yield 1\n\n"),
      "generators (yield) are not allowed"),
     (_block(methods="    def state_dict(self, *args, **kwargs):\n        return {}\n\n"),
-     "may not define 'state_dict': it is nn.Module's own"),
+     "may not define 'state_dict': it is torch.nn's own"),
     (_block(init="self.parameters = None"), "assigning 'parameters' is not allowed"),
     (_block(init="self.variable = 1", body="v = x.grad.variable"), "attribute 'variable' is neither in the table"),
 ])
@@ -839,3 +839,10 @@ def test_typing_and_functools_names_used_as_they_are_stay_allowed():
 def test_a_sixth_review_s_ways_past_the_policy_are_refused(block, fragment):
     report = policy(block)
     assert any(fragment in v for v in report.violations), report.violations
+
+
+def test_type_checking_stays_a_plain_flag():
+    block = "from typing import TYPE_CHECKING\n\n\n" + _block(body="if TYPE_CHECKING:\n    pass")
+    assert policy(block).ok, policy(block).violations
+    block = "import typing\n\n\n" + _block(body="if typing.TYPE_CHECKING:\n    pass")
+    assert policy(block).ok, policy(block).violations

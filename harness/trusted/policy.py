@@ -199,6 +199,9 @@ NAME_ARGUMENTS = {
     "orthogonal": ((1, "name"), (2, "orthogonal_map")),
 }
 
+# Members of typing that are plain values, read like any constant (if TYPE_CHECKING:).
+HELPER_VALUES = frozenset({"TYPE_CHECKING"})
+
 ALLOWED_DUNDERS = frozenset({"__init__"})  # super().__init__()
 ALLOWED_DUNDER_READS = ALLOWED_DUNDERS | {"__name__"}  # type(self).__name__ in an error message
 
@@ -551,8 +554,8 @@ class _Checker(ast.NodeVisitor):
         if cls.name in self.function_classes:
             return
         for name in sorted(names & ((api_table.NN_MODULE_NAMES - MODULE_OVERRIDES) | self._class_private(cls))):
-            self.flag(cls, f"class {cls.name} may not define {name!r}: it is nn.Module's own, which runs outside "
-                      "forward; use another name")
+            self.flag(cls, f"class {cls.name} may not define {name!r}: it is torch.nn's own, which torch and the "
+                      "harness call outside forward; use another name")
 
     def _full_name(self, dotted: str | None) -> str | None:
         """``dotted`` with its import alias resolved (``nn.Module`` -> ``torch.nn.Module``)."""
@@ -830,7 +833,7 @@ class _Checker(ast.NodeVisitor):
                     pass  # visit_Attribute names it
                 elif attr not in MODULE_MEMBERS[path]:
                     self.flag(node, _member_message(path, attr))
-                elif (path in ALLOWED_MODULE_MEMBERS or f"{path}.{attr}" in BASE_ONLY) \
+                elif (path in ALLOWED_MODULE_MEMBERS and attr not in HELPER_VALUES or f"{path}.{attr}" in BASE_ONLY) \
                         and (chain[i + 1:] or not _used_as_it_is(self.parents, node)):
                     self.flag(node, _helper_member_message(f"{path}.{attr}"))
                 else:
@@ -846,7 +849,8 @@ class _Checker(ast.NodeVisitor):
         or to a class that is only derived from (``BASE_ONLY``)."""
         path = self.aliases.get(name, "")
         module, _, member = path.rpartition(".")
-        return module in ALLOWED_MODULE_MEMBERS and member in ALLOWED_MODULE_MEMBERS[module] or path in BASE_ONLY
+        return module in ALLOWED_MODULE_MEMBERS and member in ALLOWED_MODULE_MEMBERS[module] - HELPER_VALUES \
+            or path in BASE_ONLY
 
     def _helper_chain(self, node: ast.AST) -> bool:
         """Whether ``node`` is a chain from a module alias to a member of typing or functools (``typing.Iterable``)."""
