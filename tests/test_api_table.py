@@ -13,7 +13,7 @@ import torch
 
 from harness.diagnostics import api_table as generator
 from harness.trusted import api_table, policy as policy_module
-from test_static_gate import GOOD, policy
+from test_static_gate import GOOD, assert_refused, good_with, policy
 
 INSTALLED = (torch.__version__.split("+")[0], einops.__version__)
 
@@ -45,10 +45,6 @@ def test_the_table_holds_nothing_the_deny_rules_refuse():
             assert not [n for n in names if isinstance(getattr(base, n), types.ModuleType)], module
 
 
-def forward_with(line: str, head: str = "") -> str:
-    return head + GOOD.replace("return self.proj(x)", line + "\n        return self.proj(x)")
-
-
 # Public names of the installed torch that no attention needs and that the deny-list alone did not refuse: the JIT's
 # compiler and its IR, interop threads, storages that map files, the dispatch machinery, process-wide queries.
 OUTSIDE_THE_TABLE = [
@@ -65,18 +61,17 @@ def test_a_public_torch_name_outside_the_table_is_refused(name):
     real = {"F": "torch.nn.functional", "nn": "torch.nn"}.get(module, module)
     import importlib
     assert hasattr(importlib.import_module(real), member), "the installed torch has it: the table is what keeps it out"
-    report = policy(forward_with(f"_ = {name}"))
+    report = policy(good_with(body=f"_ = {name}"))
     assert any(f"{real}.{member} is not in the table" in v and "api_table.py" in v for v in report.violations), \
         report.violations
 
 
 @pytest.mark.parametrize("block", [
     "from torch import fork\n\n" + GOOD,
-    forward_with("f = getattr(torch, 'fork')"),
+    good_with(body="f = getattr(torch, 'fork')"),
 ])
 def test_a_name_outside_the_table_is_refused_however_it_is_read(block):
-    report = policy(block)
-    assert any("torch.fork is not in the table" in v for v in report.violations), report.violations
+    assert_refused(block, "torch.fork is not in the table")
 
 
 @pytest.mark.parametrize("line,attribute", [
@@ -86,14 +81,13 @@ def test_a_name_outside_the_table_is_refused_however_it_is_read(block):
     ("_ = ValueError().with_traceback(None)", "with_traceback"),
 ])
 def test_an_attribute_outside_the_table_is_refused(line, attribute):
-    report = policy(forward_with(line))
-    assert any(f"attribute {attribute!r} is neither in the table" in v for v in report.violations), report.violations
+    assert_refused(good_with(body=line), f"attribute {attribute!r} is neither in the table")
 
 
 def test_the_message_names_the_closest_entries():
-    (message,) = policy(forward_with("y = torch.softmx(x, -1)")).violations
+    (message,) = policy(good_with(body="y = torch.softmx(x, -1)")).violations
     assert "did you mean torch.softmax" in message
-    (message,) = policy(forward_with("y = x.softmx(-1)")).violations
+    (message,) = policy(good_with(body="y = x.softmx(-1)")).violations
     assert "did you mean softmax" in message
 
 
@@ -128,4 +122,4 @@ def test_what_torch_values_have_is_readable():
     line = ("q = torch.linalg.eigh(x.transpose(-1, -2) @ x).eigenvalues.max(dim=-1).values + torch.finfo(x.dtype).eps"
             " + x.device.index.bit_length() if x.device.type == 'cuda' else x.new_zeros(x.shape).mT.sum() "
             "+ torch.float32.itemsize + torch.Tensor.softmax(x, -1).sum() + 'a,b'.split(',').count('a')")
-    assert policy(forward_with(line)).ok, policy(forward_with(line)).violations
+    assert policy(good_with(body=line)).ok, policy(good_with(body=line)).violations

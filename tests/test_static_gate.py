@@ -21,6 +21,11 @@ def policy(block: str):
     return check_block(block, CLASS, ATTENTION_KWARGS, module_aliases(parts.head))
 
 
+def assert_refused(block: str, fragment: str) -> None:
+    report = policy(block)
+    assert any(fragment in v for v in report.violations), report.violations
+
+
 GOOD = f"""
 class {CLASS}(nn.Module):
     def __init__(self, d_model, n_heads, dropout=0.1, max_seq_len=128):
@@ -30,6 +35,17 @@ class {CLASS}(nn.Module):
     def forward(self, x):
         return self.proj(x)
 """
+
+
+def good_with(preamble: str = "", init: str = "", body: str = "", methods: str = "") -> str:
+    """GOOD with lines added: ``preamble`` above it, ``init`` at the end of __init__, ``body`` at the top of forward,
+    ``methods`` (indented already) before forward."""
+    return preamble + GOOD.replace(
+        "        self.proj = nn.Linear(d_model, d_model)",
+        "        self.proj = nn.Linear(d_model, d_model)\n" + "".join("        " + line + "\n" for line in init.splitlines())
+    ).replace("        return self.proj(x)",
+              "".join("        " + line + "\n" for line in body.splitlines()) + "        return self.proj(x)"
+              ).replace("    def forward(self, x):", methods + "    def forward(self, x):")
 
 
 def test_every_seed_splits_into_one_block():
@@ -131,8 +147,7 @@ def test_policy_rejects_module_level_escapes(snippet, fragment):
 )
 def test_policy_rejects_escapes_inside_forward(body, fragment):
     block = "import functools\nimport typing\n" + GOOD.replace("return self.proj(x)", body)
-    report = policy(block)
-    assert any(fragment in v for v in report.violations), report.violations
+    assert_refused(block, fragment)
 
 
 def test_a_string_annotation_that_is_code_is_refused():
@@ -436,8 +451,7 @@ def test_syntax_error_surfaces_as_syntax_error():
          "module_level_list", "module_level_dict", "list_inside_a_tuple", "class_level_set", "mutable_default"],
 )
 def test_the_allow_list_refuses(block, fragment):
-    report = policy(block)
-    assert any(fragment in v for v in report.violations), report.violations
+    assert_refused(block, fragment)
 
 
 def test_the_allow_list_admits_what_attention_code_uses():
@@ -614,13 +628,7 @@ def test_nn_methods_called_with_self_and_module_functions_stay_allowed():
     ("self.register_buffer('_version', None)", "", "the name given to register_buffer"),
 ])
 def test_no_name_computed_at_run_time_reaches_a_lookup_by_name(init, body, fragment):
-    block = GOOD.replace("        self.proj = nn.Linear(d_model, d_model)",
-                         "        self.proj = nn.Linear(d_model, d_model)\n"
-                         + "".join("        " + line + "\n" for line in init.splitlines())).replace(
-        "        return self.proj(x)", "".join("        " + line + "\n" for line in body.splitlines())
-        + "        return self.proj(x)")
-    report = policy(block)
-    assert any(fragment in v for v in report.violations), report.violations
+    assert_refused(good_with(init=init, body=body), fragment)
 
 
 def test_names_written_out_may_be_registered_in_loops_and_f_strings():
@@ -634,52 +642,42 @@ def test_names_written_out_may_be_registered_in_loops_and_f_strings():
     assert policy(block).ok, policy(block).violations
 
 
-def _block(preamble: str = "", init: str = "", body: str = "", methods: str = "") -> str:
-    return preamble + GOOD.replace(
-        "        self.proj = nn.Linear(d_model, d_model)",
-        "        self.proj = nn.Linear(d_model, d_model)\n" + "".join("        " + line + "\n" for line in init.splitlines())
-    ).replace("        return self.proj(x)",
-              "".join("        " + line + "\n" for line in body.splitlines()) + "        return self.proj(x)"
-              ).replace("    def forward(self, x):", methods + "    def forward(self, x):")
-
-
 @pytest.mark.parametrize("block,fragment", [
     # each of these put an object other than the instance where the policy treats a name as self
-    (_block("property = staticmethod\n\n\n"), "'property' is a builtin, which the policy relies on"),
-    (_block(methods="    property = staticmethod\n\n"), "'property' is a builtin, which the policy relies on"),
-    (_block("tuple = list\nSTORE = tuple()\n\n\n"), "'tuple' is a builtin"),
-    (_block("def grab():\n    return Poker\n\n\nclass Poker(nn.Module):\n    pass\n\n\n"),
+    (good_with("property = staticmethod\n\n\n"), "'property' is a builtin, which the policy relies on"),
+    (good_with(methods="    property = staticmethod\n\n"), "'property' is a builtin, which the policy relies on"),
+    (good_with("tuple = list\nSTORE = tuple()\n\n\n"), "'tuple' is a builtin"),
+    (good_with("def grab():\n    return Poker\n\n\nclass Poker(nn.Module):\n    pass\n\n\n"),
      "the class Poker may only be instantiated"),
-    (_block("class mem:\n    setter = staticmethod\n\n\nclass Poker(nn.Module):\n    @mem.setter\n    def get(self):\n"
+    (good_with("class mem:\n    setter = staticmethod\n\n\nclass Poker(nn.Module):\n    @mem.setter\n    def get(self):\n"
             "        return self\n\n    def mem(self):\n        return 1\n\n\n"), "'mem' names a class of the block"),
-    (_block(methods="    @scale.setter\n    def width(self, v):\n        self.w = v\n\n    @property\n"
+    (good_with(methods="    @scale.setter\n    def width(self, v):\n        self.w = v\n\n    @property\n"
                     "    def scale(self):\n        return 1\n\n"), "the name 'self' may only be the first parameter"),
-    (_block("class Peek(torch.autograd.Function):\n    def forward(ctx, a):\n        return a.clone()\n\n"
+    (good_with("class Peek(torch.autograd.Function):\n    def forward(ctx, a):\n        return a.clone()\n\n"
             "    @staticmethod\n    def backward(ctx, g):\n        return g\n\n\n"),
      "every method of the autograd Function Peek must be a @staticmethod"),
-    (_block("import typing\n\n\n", body="t = typing.Type.mro"), "typing.Type may only be used as it is"),
-    (_block("from typing import Iterable\n\n\n", body="Iterable.register(float)"),
+    (good_with("import typing\n\n\n", body="t = typing.Type.mro"), "typing.Type may only be used as it is"),
+    (good_with("from typing import Iterable\n\n\n", body="Iterable.register(float)"),
      "typing.Iterable may only be used as it is"),
-    (_block(body="try:\n    x.nothing_here\nexcept AttributeError as e:\n    o = e.obj"), "attribute 'obj' is not allowed"),
-    (_block(body="s = self.untyped_storage()"), "attribute 'untyped_storage' is not allowed"),
-    (_block(body="c = self._forward_cls"), "private attribute '_forward_cls' is allowed on self only where"),
-    (_block(body="p = 'torch.nn.functional.softmax.__globals__'"), "names a special attribute (__globals__)"),
-    (_block(init="k = 'cay' + 'ley'\nnn.utils.parametrizations.orthogonal(self.proj, 'weight', '_' + k)"),
+    (good_with(body="try:\n    x.nothing_here\nexcept AttributeError as e:\n    o = e.obj"), "attribute 'obj' is not allowed"),
+    (good_with(body="s = self.untyped_storage()"), "attribute 'untyped_storage' is not allowed"),
+    (good_with(body="c = self._forward_cls"), "private attribute '_forward_cls' is allowed on self only where"),
+    (good_with(body="p = 'torch.nn.functional.softmax.__globals__'"), "names a special attribute (__globals__)"),
+    (good_with(init="k = 'cay' + 'ley'\nnn.utils.parametrizations.orthogonal(self.proj, 'weight', '_' + k)"),
      "the name given to orthogonal"),
-    (_block(methods="    def steps(self):\n        with torch.no_grad():\n            yield 1\n\n"),
+    (good_with(methods="    def steps(self):\n        with torch.no_grad():\n            yield 1\n\n"),
      "generators (yield) are not allowed"),
-    (_block(methods="    def state_dict(self, *args, **kwargs):\n        return {}\n\n"),
+    (good_with(methods="    def state_dict(self, *args, **kwargs):\n        return {}\n\n"),
      "may not define 'state_dict': it is torch.nn's own"),
-    (_block(init="self.parameters = None"), "assigning 'parameters' is not allowed"),
-    (_block(init="self.variable = 1", body="v = x.grad.variable"), "attribute 'variable' is neither in the table"),
+    (good_with(init="self.parameters = None"), "assigning 'parameters' is not allowed"),
+    (good_with(init="self.variable = 1", body="v = x.grad.variable"), "attribute 'variable' is neither in the table"),
 ])
 def test_nothing_but_the_instance_is_ever_self(block, fragment):
-    report = policy(block)
-    assert any(fragment in v for v in report.violations), report.violations
+    assert_refused(block, fragment)
 
 
 def test_what_the_instance_rules_still_admit():
-    block = _block(
+    block = good_with(
         '"""A docstring may name __init__ and __globals__."""\n\n\n',
         init="self.training = True\nself.seed = 3\nself._cache = None\n"
              "nn.utils.parametrizations.orthogonal(self.proj, 'weight', orthogonal_map='cayley')",
@@ -690,57 +688,55 @@ def test_what_the_instance_rules_still_admit():
 
 
 @pytest.mark.parametrize("block,fragment", [
-    (_block("class Cell(nn.LSTM):\n    def poke(self, names):\n        self._all_weights = names\n\n\n"),
+    (good_with("class Cell(nn.LSTM):\n    def poke(self, names):\n        self._all_weights = names\n\n\n"),
      "attribute '_all_weights' is not allowed: it is torch.nn's own"),
-    (_block("class Cell(nn.RNNBase):\n    pass\n\n\nclass Deeper(Cell):\n    def poke(self):\n"
+    (good_with("class Cell(nn.RNNBase):\n    pass\n\n\nclass Deeper(Cell):\n    def poke(self):\n"
             "        self._flat_weights_names = ['w']\n\n\n"), "attribute '_flat_weights_names' is not allowed"),
-    (_block("class Cell(nn.MultiheadAttention):\n    def _reset_parameters(self):\n        pass\n\n\n"),
+    (good_with("class Cell(nn.MultiheadAttention):\n    def _reset_parameters(self):\n        pass\n\n\n"),
      "may not define '_reset_parameters'"),
-    (_block(init="self._buffers = {}"), "attribute '_buffers' is not allowed: it is torch.nn's own"),
+    (good_with(init="self._buffers = {}"), "attribute '_buffers' is not allowed: it is torch.nn's own"),
 ])
 def test_torch_s_private_names_are_refused_on_the_instances_they_belong_to(block, fragment):
-    report = policy(block)
-    assert any(fragment in v for v in report.violations), report.violations
+    assert_refused(block, fragment)
 
 
 def test_a_module_of_the_block_may_use_the_private_names_of_other_torch_classes():
-    block = _block(init="self._size = d_model\nself._u = None\nself._reset_parameters()",
+    block = good_with(init="self._size = d_model\nself._u = None\nself._reset_parameters()",
                    methods="    def _reset_parameters(self):\n        nn.init.zeros_(self.proj.bias)\n\n")
     assert policy(block).ok, policy(block).violations
 
 
 @pytest.mark.parametrize("block,fragment", [
     # a third review: more ways to bind another object where the policy sees self, or to reach a torch class
-    (_block("def grab(c):\n    return c\n\n\n@grab\nclass Poker(nn.Module):\n    pass\n\n\n"),
+    (good_with("def grab(c):\n    return c\n\n\n@grab\nclass Poker(nn.Module):\n    pass\n\n\n"),
      "class Poker: class decorators are not allowed"),
-    (_block(methods="    @torch.no_grad(staticmethod)\n    def mem(self):\n        return self\n\n"),
+    (good_with(methods="    @torch.no_grad(staticmethod)\n    def mem(self):\n        return self\n\n"),
      "the name 'self' may only be the first parameter"),
-    (_block("class Setter(nn.Module):\n    def poke(self, names):\n        self._all_weights = names\n\n\n"
+    (good_with("class Setter(nn.Module):\n    def poke(self, names):\n        self._all_weights = names\n\n\n"
             "class Cell(nn.LSTM, Setter):\n    pass\n\n\n"), "attribute '_all_weights' is not allowed"),
-    (_block("class Setter(nn.Module):\n    def poke(self):\n        return 1\n\n\n",
+    (good_with("class Setter(nn.Module):\n    def poke(self):\n        return 1\n\n\n",
             body="Setter.poke(self)"), "Setter.poke(self, ...) may only be called in a class derived from Setter"),
-    (_block(methods="    @property\n    def mem(self):\n        return 1\n\n    @mem.setter\n    def grab(self, v):\n"
+    (good_with(methods="    @property\n    def mem(self):\n        return 1\n\n    @mem.setter\n    def grab(self, v):\n"
                     "        self.v = v\n\n"), "the name 'self' may only be the first parameter"),
-    (_block("def swap(f):\n    return f\n\n\n",
+    (good_with("def swap(f):\n    return f\n\n\n",
             methods="    @property\n    def mem(self):\n        return 1\n\n    @swap\n    def mem(a):\n        return a\n\n"
                     "    @mem.setter\n    def mem(self, v):\n        self.v = v\n\n"),
      "the name 'self' may only be the first parameter"),
-    (_block(body="torch = 1"), "'torch' names an import: use another name"),
-    (_block(methods="    def nn(self):\n        return 1\n\n"), "'nn' names an import: use another name"),
-    (_block(init="self.lazy = nn.LazyLinear(4)", body="self.lazy.weight.bias = 1"),
+    (good_with(body="torch = 1"), "'torch' names an import: use another name"),
+    (good_with(methods="    def nn(self):\n        return 1\n\n"), "'nn' names an import: use another name"),
+    (good_with(init="self.lazy = nn.LazyLinear(4)", body="self.lazy.weight.bias = 1"),
      "assigning to the attribute 'bias' of anything but self"),
-    (_block(init="self.lazy = nn.LazyLinear(4)", body="c = self.lazy.cls_to_become"),
+    (good_with(init="self.lazy = nn.LazyLinear(4)", body="c = self.lazy.cls_to_become"),
      "attribute 'cls_to_become' is neither in the table"),
-    (_block(body="nn.RNNBase.all_weights.__init__(None)"), "__init__ may only be called as super().__init__"),
-    (_block(body="p = 'torch.nn.functional.softmax.__globals__'"), "names a special attribute (__globals__)"),
+    (good_with(body="nn.RNNBase.all_weights.__init__(None)"), "__init__ may only be called as super().__init__"),
+    (good_with(body="p = 'torch.nn.functional.softmax.__globals__'"), "names a special attribute (__globals__)"),
 ])
 def test_a_third_review_s_ways_past_the_policy_are_refused(block, fragment):
-    report = policy(block)
-    assert any(fragment in v for v in report.violations), report.violations
+    assert_refused(block, fragment)
 
 
 def test_what_the_third_review_s_rules_still_admit():
-    block = _block(
+    block = good_with(
         "class CausalConv(nn.Conv1d):\n    def forward(self, x):\n        return self._conv_forward(x, self.weight, "
         "self.bias)\n\n\nclass Base(nn.Module):\n    def __init__(self, d):\n        super().__init__()\n"
         "        self.d = d\n\n    def scale(self):\n        return 1.0\n\n\n",
@@ -755,9 +751,9 @@ def test_what_the_third_review_s_rules_still_admit():
 
 
 def test_an_annotation_may_only_name_a_type():
-    report = policy(_block("def grab(c):\n    return int\n\n\n", body="def probe(a: grab(nn.Linear)):\n    return a"))
+    report = policy(good_with("def grab(c):\n    return int\n\n\n", body="def probe(a: grab(nn.Linear)):\n    return a"))
     assert any("an annotation may only name a type" in v for v in report.violations), report.violations
-    typed = _block(methods="    def shapes(self, x: torch.Tensor, n: Optional[int] = None, m: int | None = None,\n"
+    typed = good_with(methods="    def shapes(self, x: torch.Tensor, n: Optional[int] = None, m: int | None = None,\n"
                            "               k: 'torch.Tensor' = None, p: Literal['a', 'b'] = 'a') -> tuple[int, int]:\n"
                            "        return (1, 2)\n\n")
     typed = "from typing import Literal, Optional\n\n\n" + typed
@@ -766,32 +762,31 @@ def test_an_annotation_may_only_name_a_type():
 
 @pytest.mark.parametrize("block,fragment", [
     # a fourth review: what a class body, a default or a decorator evaluates, and state kept on torch's functions
-    (_block("class Poker(nn.Module):\n    def mem(self):\n        return 1\n\n    grab = mem\n\n\n"),
+    (good_with("class Poker(nn.Module):\n    def mem(self):\n        return 1\n\n    grab = mem\n\n\n"),
      "the body of Poker may not name a function or method of the block"),
-    (_block(methods="    def mem(self):\n        return 1\n\n    def probe(self, x, grab=mem):\n        return x\n\n"),
+    (good_with(methods="    def mem(self):\n        return 1\n\n    def probe(self, x, grab=mem):\n        return x\n\n"),
      "a default argument of probe may not name a function of the block"),
-    (_block("import functools\n\n\n", methods="    @functools.partial(classmethod)\n    def sneak(cls, t):\n"
+    (good_with("import functools\n\n\n", methods="    @functools.partial(classmethod)\n    def sneak(cls, t):\n"
                                               "        return t\n\n"), "a decorator may only be staticmethod"),
-    (_block("GRAB = staticmethod\n\n\n"), "module-level Assign statement is not allowed"),
-    (_block(body="torch.autograd.Function.save_for_backward(F.softmax, x)"),
+    (good_with("GRAB = staticmethod\n\n\n"), "module-level Assign statement is not allowed"),
+    (good_with(body="torch.autograd.Function.save_for_backward(F.softmax, x)"),
      "torch.autograd.Function may only be used as it is"),
-    (_block("class Stash(torch.autograd.Function):\n    @staticmethod\n    def forward(target, value):\n"
+    (good_with("class Stash(torch.autograd.Function):\n    @staticmethod\n    def forward(target, value):\n"
             "        target.stash = value\n        return value.clone()\n\n    @staticmethod\n"
             "    def setup_context(ctx, inputs, output):\n        pass\n\n\n"),
      "assigning to the attribute 'stash' of anything but self"),
-    (_block("class Lazy(nn.LazyLinear):\n    def kind(self):\n        return self.cls_to_become\n\n\n"),
+    (good_with("class Lazy(nn.LazyLinear):\n    def kind(self):\n        return self.cls_to_become\n\n\n"),
      "attribute 'cls_to_become' is not allowed: it holds a torch class"),
-    (_block(body="g = nn.utils.parametrize.cached().func()\ng.send(None)"), "attribute 'send' is neither in the table"),
+    (good_with(body="g = nn.utils.parametrize.cached().func()\ng.send(None)"), "attribute 'send' is neither in the table"),
 ])
 def test_a_fourth_review_s_ways_past_the_policy_are_refused(block, fragment):
-    report = policy(block)
-    assert any(fragment in v for v in report.violations), report.violations
+    assert_refused(block, fragment)
 
 
 def test_an_exception_class_may_be_caught():
     from harness.sandbox.loader import check_module_attributes
 
-    block = _block("import einops\n\n\n", body="try:\n    y = einops.rearrange(x, 'b t d -> b d t')\n"
+    block = good_with("import einops\n\n\n", body="try:\n    y = einops.rearrange(x, 'b t d -> b d t')\n"
                                                "except (einops.EinopsError, ValueError):\n    y = x")
     assert policy(block).ok, policy(block).violations
     check_module_attributes(program.split(SEED).head + block + program.split(SEED).tail)
@@ -799,25 +794,24 @@ def test_an_exception_class_may_be_caught():
 
 @pytest.mark.parametrize("block,fragment", [
     # a fifth review: stores that hid what they put on self, typing names held in variables, inherited setup_context
-    (_block("class Other(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+    (good_with("class Other(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
             "        self.act = nn.Identity()\n\n\n", body="(self.act,) = (F.softmax,)\nself.act.stash = x.detach()"),
      "assigning to the attribute 'stash' of anything but self"),
-    (_block(init="self.act = nn.Identity()", body="for self.act in (F.softmax,):\n    self.act.stash = 1"),
+    (good_with(init="self.act = nn.Identity()", body="for self.act in (F.softmax,):\n    self.act.stash = 1"),
      "assigning to the attribute 'stash' of anything but self"),
-    (_block("from typing import Iterable\n\n\n", body="kinds = Iterable"), "typing.Iterable may only be used as it is"),
-    (_block("import typing\n\n\n", body="kinds = typing.Mapping"), "typing.Mapping may only be used as it is"),
-    (_block("class Base(torch.autograd.Function):\n    @staticmethod\n    def setup_context(ctx, inputs, output):\n"
+    (good_with("from typing import Iterable\n\n\n", body="kinds = Iterable"), "typing.Iterable may only be used as it is"),
+    (good_with("import typing\n\n\n", body="kinds = typing.Mapping"), "typing.Mapping may only be used as it is"),
+    (good_with("class Base(torch.autograd.Function):\n    @staticmethod\n    def setup_context(ctx, inputs, output):\n"
             "        pass\n\n\nclass Stash(Base):\n    @staticmethod\n    def forward(ctx, value):\n"
             "        ctx.stash = value.detach()\n        return value.clone()\n\n\n"),
      "assigning to the attribute 'stash' of anything but self"),
 ])
 def test_a_fifth_review_s_ways_past_the_policy_are_refused(block, fragment):
-    report = policy(block)
-    assert any(fragment in v for v in report.violations), report.violations
+    assert_refused(block, fragment)
 
 
 def test_typing_and_functools_names_used_as_they_are_stay_allowed():
-    block = _block("import functools\nfrom typing import Optional, Tuple\n\n\n",
+    block = good_with("import functools\nfrom typing import Optional, Tuple\n\n\n",
                    init="self.act = functools.partial(F.gelu, approximate='tanh')",
                    methods="    def shape(self, x: Optional[torch.Tensor] = None) -> Tuple[int, int]:\n"
                            "        n: Optional[int] = None\n        return (1, 2)\n\n")
@@ -826,23 +820,22 @@ def test_typing_and_functools_names_used_as_they_are_stay_allowed():
 
 @pytest.mark.parametrize("block,fragment", [
     # a sixth review: a property beside a submodule, a subscripted typing alias, a Parameter's attributes
-    (_block(init="self.act = nn.Identity()", body="self.act.stash = x.detach()",
+    (good_with(init="self.act = nn.Identity()", body="self.act.stash = x.detach()",
             methods="    @property\n    def act(self):\n        return F.softmax\n\n"),
      "assigning to the attribute 'stash' of anything but self"),
-    (_block("import typing\n\n\n", init="self.register = None", body="typing.Iterable[int].register(float)"),
+    (good_with("import typing\n\n\n", init="self.register = None", body="typing.Iterable[int].register(float)"),
      "typing.Iterable may only be used as it is"),
-    (_block("from typing import Iterable\n\n\n", init="self.register = None", body="Iterable[int].register(float)"),
+    (good_with("from typing import Iterable\n\n\n", init="self.register = None", body="Iterable[int].register(float)"),
      "typing.Iterable may only be used as it is"),
-    (_block(init="self.p = nn.Parameter(torch.zeros(1))", body="self.p.calls = 1"),
+    (good_with(init="self.p = nn.Parameter(torch.zeros(1))", body="self.p.calls = 1"),
      "assigning to the attribute 'calls' of anything but self"),
 ])
 def test_a_sixth_review_s_ways_past_the_policy_are_refused(block, fragment):
-    report = policy(block)
-    assert any(fragment in v for v in report.violations), report.violations
+    assert_refused(block, fragment)
 
 
 def test_type_checking_stays_a_plain_flag():
-    block = "from typing import TYPE_CHECKING\n\n\n" + _block(body="if TYPE_CHECKING:\n    pass")
+    block = "from typing import TYPE_CHECKING\n\n\n" + good_with(body="if TYPE_CHECKING:\n    pass")
     assert policy(block).ok, policy(block).violations
-    block = "import typing\n\n\n" + _block(body="if typing.TYPE_CHECKING:\n    pass")
+    block = "import typing\n\n\n" + good_with(body="if typing.TYPE_CHECKING:\n    pass")
     assert policy(block).ok, policy(block).violations

@@ -177,9 +177,15 @@ def _value_attributes(members: dict[str, set[str]]) -> set[str]:
     # behind parametrize.cached(), would enter its with-block and never leave it.)
     names |= {"args"}
     # register_parametrization stores these on the module it parametrises
-    names |= {node.attr for node in ast.walk(ast.parse(inspect.getsource(torch.nn.utils.parametrize)))
-              if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)}
-    return names
+    return names | _helper_stores(torch.nn.utils.parametrize, on_others_only=False)
+
+
+def _helper_stores(helper: types.ModuleType, on_others_only: bool) -> set[str]:
+    """The attributes ``helper``'s source stores; with ``on_others_only``, those it stores on an object other than
+    its own ``self`` (what it puts on the module it is given)."""
+    return {node.attr for node in ast.walk(ast.parse(inspect.getsource(helper)))
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
+            and not (on_others_only and isinstance(node.value, ast.Name) and node.value.id == "self")}
 
 
 # What torch.nn stores on a module from outside its classes: the parametrisations and the weight normalisations.
@@ -197,9 +203,7 @@ def _module_private_names() -> set[str]:
     torch's own."""
     names = set(dir(torch.nn.Module)) | set(vars(torch.nn.Module())) | _stored_attributes(torch.nn.Module)
     for helper in NN_HELPERS:
-        names |= {node.attr for node in ast.walk(ast.parse(inspect.getsource(helper)))
-                  if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
-                  and not (isinstance(node.value, ast.Name) and node.value.id == "self")}
+        names |= _helper_stores(helper, on_others_only=True)
     return _private(names)
 
 

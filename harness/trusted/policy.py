@@ -461,9 +461,8 @@ class _Checker(ast.NodeVisitor):
                 (built if module else other).add(target.attr)
             # a name a class body defines (a property act beside self.act = nn.Identity()) is what self.act reads:
             # nn.Module keeps the module apart, and the property wins
-            defined = {name for cls in ast.walk(self.tree) if isinstance(cls, ast.ClassDef) for stmt in cls.body
-                       for name in bindings(stmt) + [n for t in getattr(stmt, "targets", [getattr(stmt, "target", None)])
-                                                     if t is not None for sub in ast.walk(t) for n in bindings(sub)]}
+            defined = {name for cls in ast.walk(self.tree) if isinstance(cls, ast.ClassDef)
+                       for name in class_body_names(cls)}
             self.submodules = built - other - defined - api_table.NN_MODULE_NAMES
         return self.submodules
 
@@ -833,8 +832,7 @@ class _Checker(ast.NodeVisitor):
                     pass  # visit_Attribute names it
                 elif attr not in MODULE_MEMBERS[path]:
                     self.flag(node, _member_message(path, attr))
-                elif (path in ALLOWED_MODULE_MEMBERS and attr not in HELPER_VALUES or f"{path}.{attr}" in BASE_ONLY) \
-                        and (chain[i + 1:] or not _used_as_it_is(self.parents, node)):
+                elif _only_as_it_is(f"{path}.{attr}") and (chain[i + 1:] or not _used_as_it_is(self.parents, node)):
                     self.flag(node, _helper_member_message(f"{path}.{attr}"))
                 else:
                     for tail in chain[i + 1:]:
@@ -845,18 +843,12 @@ class _Checker(ast.NodeVisitor):
                 self.flag(node, module_value_message(_dotted(node)))
 
     def _helper_member(self, name: str) -> bool:
-        """Whether ``name`` is what an import binds to a member of typing or functools (``from typing import Type``),
-        or to a class that is only derived from (``BASE_ONLY``)."""
-        path = self.aliases.get(name, "")
-        module, _, member = path.rpartition(".")
-        return module in ALLOWED_MODULE_MEMBERS and member in ALLOWED_MODULE_MEMBERS[module] - HELPER_VALUES \
-            or path in BASE_ONLY
+        """Whether ``name`` is what an import binds to a name used only as it is (``from typing import Type``)."""
+        return _only_as_it_is(self.aliases.get(name, ""))
 
     def _helper_chain(self, node: ast.AST) -> bool:
-        """Whether ``node`` is a chain from a module alias to a member of typing or functools (``typing.Iterable``)."""
-        dotted = self._full_name(_dotted(node))
-        module, _, member = (dotted or "").rpartition(".")
-        return module in ALLOWED_MODULE_MEMBERS and member in ALLOWED_MODULE_MEMBERS[module] or dotted in BASE_ONLY
+        """Whether ``node`` is a chain from a module alias to a name used only as it is (``typing.Iterable``)."""
+        return _only_as_it_is(self._full_name(_dotted(node)) or "")
 
     def _refused_root(self, node: ast.AST) -> bool:
         """Whether ``node`` is a name already refused as such (``time``, or what a refused import binds): what is
@@ -1188,6 +1180,14 @@ def class_use(parents: dict[int, ast.AST], node: ast.AST) -> bool:
         or isinstance(parent, ast.FunctionDef) and parent.returns is child
 
 
+def _only_as_it_is(path: str) -> bool:
+    """Whether ``path`` (a full dotted name) is a member of typing or functools, but a plain value like
+    ``TYPE_CHECKING``, or a class only derived from (``BASE_ONLY``): such a name is only used as it is."""
+    module, _, member = path.rpartition(".")
+    return module in ALLOWED_MODULE_MEMBERS and member in ALLOWED_MODULE_MEMBERS[module] - HELPER_VALUES \
+        or path in BASE_ONLY
+
+
 def _used_as_it_is(parents: dict[int, ast.AST], node: ast.AST) -> bool:
     """Whether a member of typing or functools (or a class only derived from) is called, subscripted, derived from,
     caught, tested or named in an annotation, and not bound, passed or stored."""
@@ -1254,6 +1254,19 @@ def _refused_by_name(attr: str) -> bool:
             or attr in LOOKUP_BUILTINS or attr.startswith(SETTING_PREFIXES) or "hook" in attr.lower())
 
 
+def class_body_names(cls: ast.ClassDef) -> set[str]:
+    """The names the statements of ``cls``'s body bind in it: its methods, nested classes, constants and fields."""
+    names = set()
+    for stmt in cls.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+            names.add(stmt.name)
+            continue
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] \
+            if isinstance(stmt, (ast.AnnAssign, ast.AugAssign)) else []
+        names.update(name for target in targets for sub in ast.walk(target) for name in bindings(sub))
+    return names
+
+
 def own_attributes(tree: ast.AST, on_self_only: bool = False) -> set[str]:
     """The attribute names the block gives its own objects: those it assigns (``self.scale = ...``, ``ctx.shape =
     ...``; with ``on_self_only``, only on ``self``), its classes' methods, constants and fields, and the names it
@@ -1265,11 +1278,7 @@ def own_attributes(tree: ast.AST, on_self_only: bool = False) -> set[str]:
             if not on_self_only or isinstance(node.value, ast.Name) and node.value.id == "self":
                 names.add(node.attr)
         elif isinstance(node, ast.ClassDef):
-            for stmt in node.body:
-                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] \
-                    if isinstance(stmt, ast.AnnAssign) else []
-                names.update(name for target in targets for sub in ast.walk(target) for name in bindings(sub))
-                names.update(bindings(stmt) if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) else ())
+            names |= class_body_names(node)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in NAMING_METHODS:
             named = node.args[:1] + [k.value for k in node.keywords if k.arg == "name"]
             names.update(n.value for n in named if isinstance(n, ast.Constant) and isinstance(n.value, str))
