@@ -159,6 +159,9 @@ PATCHES = {
                        "    _F.gelu = lambda t, approximate='none': t\n    return _forward(self, x)\n\n\n"
                        "ATTENTION.forward = _patched\n",
                        "torch.nn.functional.gelu", "during the gate"),
+    # The same function object with other code: what the frozen model captured at import would run it.
+    "a_function_s_code_at_load": ("import torch.nn.functional as _F\n_F.layer_norm.__code__ = (lambda *a, **k: a[0]).__code__\n",
+                                  "torch.nn.functional.layer_norm.__code__", "loading the program"),
     # A process-wide setting outlives the program's code: it would change how the frozen model trains and is scored.
     "a_setting_at_load": ("import torch as _torch\n_torch.set_float32_matmul_precision('medium')\n",
                           "torch.get_float32_matmul_precision()", "loading the program"),

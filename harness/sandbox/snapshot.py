@@ -10,6 +10,11 @@ watched callable by identity:
   (``CALL_MEMBERS``);
 - the functions and methods of the harness modules that run in the sandbox.
 
+A Python function can change while it stays the same object, so for each watched function (a static or class
+method's too) its parts are kept as well (``function_parts``): the code, the defaults, the keyword defaults, the
+attribute dictionary and the contents of its closure cells. ``F.layer_norm.__code__ = ...`` would otherwise change
+what the frozen model computes through the very object it captured at import.
+
 ``changed(before)`` names each one that is no longer the same object, or gone. A ``CALL_MEMBERS`` attribute
 added to a class also counts: a new ``forward`` or ``__torch_function__`` on a frozen class changes what it
 computes. New names in a module namespace do not count: torch adds attributes to itself as it imports
@@ -49,6 +54,39 @@ class RuntimeTampering(Exception):
     """The program changed torch or the harness while it ran."""
 
 
+class Parts(tuple):
+    """Values kept by identity, for what can change in place: a dictionary's items, a closure's cells. Equal to
+    another ``Parts`` when they hold the same objects in the same order (keys, which are strings, by value)."""
+
+    def same(self, other: object) -> bool:
+        return isinstance(other, Parts) and len(self) == len(other) and all(
+            a is b or (isinstance(a, str) and a == b) for a, b in zip(self, other))
+
+
+_EMPTY_CELL = object()
+
+
+def _cell(cell) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a cell not filled yet
+        return _EMPTY_CELL
+
+
+def _items(mapping: dict | None) -> Parts:
+    return Parts(() if mapping is None else (mapping, *(x for item in mapping.items() for x in item)))
+
+
+def function_parts(name: str, value: object) -> dict[str, object]:
+    """What can be changed in place on a Python function, under names that say which part."""
+    function = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+    if not isinstance(function, types.FunctionType):
+        return {}
+    return {f"{name}.__code__": function.__code__, f"{name}.__defaults__": function.__defaults__,
+            f"{name}.__kwdefaults__": _items(function.__kwdefaults__), f"{name}.__dict__": _items(vars(function)),
+            f"{name}.__closure__": Parts(_cell(c) for c in function.__closure__ or ())}
+
+
 def _module_classes() -> list[type]:
     found = [nn.Module] + [v for v in vars(nn).values() if isinstance(v, type) and issubclass(v, nn.Module)]
     return list(dict.fromkeys(found))
@@ -82,6 +120,8 @@ def _watched() -> tuple[dict[str, object], set[str]]:
                 objects[key] = vars(cls)[attr]
     for name in TORCH_REPLACES:
         objects.pop(name, None)
+    for name, value in list(objects.items()):
+        objects.update(function_parts(name, value))
     return objects, class_attributes
 
 
@@ -117,10 +157,17 @@ def changed(before: dict[str, object]) -> list[str]:
     settings whose value is no longer the one ``before`` holds."""
     now, class_attributes = _watched()
     settings = _settings()
-    out = [name for name, value in before.items() if name not in settings and now.get(name) is not value]
+    out = [name for name, value in before.items() if name not in settings and not _same(value, now.get(name, _GONE))]
     out += [name for name, value in settings.items() if name in before and before[name] != value]
     out += [name for name in class_attributes if name in now and name not in before]
     return sorted(set(out))
+
+
+_GONE = object()
+
+
+def _same(before: object, now: object) -> bool:
+    return before.same(now) if isinstance(before, Parts) else before is now
 
 
 def check(before: dict[str, object], stage: str) -> None:
