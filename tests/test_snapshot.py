@@ -56,6 +56,7 @@ CHANGES = {
     "an_attribute_set": (lambda: item_set(vars(F.dropout), "cache", [0]), "torch.nn.functional.dropout.__dict__"),
     "the_attributes_replaced": (lambda: patched(F.embedding, "__dict__", {}), "torch.nn.functional.embedding.__dict__"),
     "a_closure_cell": (lambda: patched(_closure_of_pair(), "cell_contents", 3), "torch.nn.functional._pair.__closure__"),
+    "a_harness_constant": (lambda: patched(train, "MIN_LR_FRACTION", 0.5), "harness.sandbox.train.MIN_LR_FRACTION"),
     "the_function": (lambda: patched(F, "cross_entropy", _identity), "torch.nn.functional.cross_entropy"),
 }
 

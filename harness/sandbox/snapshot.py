@@ -8,7 +8,7 @@ watched callable by identity:
 - every attribute of ``torch.Tensor`` and of its C base;
 - what decides a module's computation on ``torch.nn.Module`` and on each ``torch.nn`` module class
   (``CALL_MEMBERS``);
-- the functions and methods of the harness modules that run in the sandbox.
+- the functions, methods and constants of the harness modules that run in the sandbox.
 
 A Python function can change while it stays the same object, so for each watched function (a static or class
 method's too) its parts are kept as well (``function_parts``): the code, the defaults, the keyword defaults, the
@@ -103,7 +103,9 @@ def _watched() -> tuple[dict[str, object], set[str]]:
     objects, class_attributes = {}, set()
     for name, space in _namespaces():
         for attr, value in list(vars(space).items()):
-            if attr.startswith("__") or isinstance(value, types.ModuleType) or not callable(value):
+            # The harness's own constants (its thresholds, its training recipe's numbers) are watched too.
+            if attr.startswith("__") or isinstance(value, types.ModuleType) or not (
+                    callable(value) or name.startswith("harness.")):
                 continue
             objects[f"{name}.{attr}"] = value
             if isinstance(value, type) and value.__module__ == getattr(space, "__name__", None):
