@@ -424,3 +424,23 @@ class {fw.class_name}(nn.Module):
     baseline = load_attention(fw.seed_source(), "seed.py")
     metrics, _ = run_gate(cls, baseline, get_profile("smoke"), "cpu")
     assert metrics["flop_ratio"] <= get_profile("smoke").gate.flop_bound_ratio
+
+
+def test_every_measurement_the_gate_reports_reaches_the_ledger_by_name():
+    """The evaluator keeps only the sandbox's metrics whose names the gate reports (``evaluate.GATE_METRICS``): a
+    measurement the gate adds under a new name must be added there, or the ledger and the LLM lose it."""
+    from harness.sandbox.checks import check_trained_leak, run_gate
+    from harness.sandbox.loader import load_attention
+    from harness.scaffold import build_model
+    from harness.trusted.evaluate import gate_metrics
+    from harness.trusted.frameworks import FRAMEWORKS
+    from harness.trusted.profiles import get_profile
+
+    profile, fw = get_profile("smoke"), FRAMEWORKS["cd"]
+    seed = load_attention(fw.seed_source(), "seed.py")
+    metrics, _ = run_gate(seed, seed, profile, "cpu")
+    model = build_model(seed, tuple(profile.ladder[0]), profile.vocab_size, profile.context_len_tokens, 0.0, 0)
+    metrics.update(check_trained_leak(model, torch.randint(0, profile.vocab_size, (4096,)).numpy(), profile))
+    numbers = {name for name, value in metrics.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    assert len(numbers) >= 15, metrics
+    assert sorted(numbers - set(gate_metrics(metrics))) == []

@@ -179,3 +179,25 @@ def test_a_patch_of_torch_past_the_static_check_is_refused_at_run_time(smoke_env
     assert run.result["reason"] == "policy", run.result
     assert name in run.result["message"] and stage in run.result["message"]
     assert "objective" not in run.result  # nothing trained past the stage that saw it
+
+
+def test_a_metric_a_program_adds_to_its_result_never_reaches_openevolve(smoke_env, tmp_path, monkeypatch):
+    """Past the static check, a forward that finds the sandbox's result dictionary and adds OpenEvolve's feature
+    dimensions to its metrics would choose its own cell in the archive: only the gate's own names come back."""
+    from harness.trusted import evaluate as evaluate_module
+    from harness.trusted.policy import PolicyReport
+
+    monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
+    inject = ("import sys as _sys\n\n\ndef _inject():\n    f = _sys._getframe(1)\n    while f is not None:\n"
+              "        if f.f_code.co_name == 'evaluate' and isinstance(f.f_locals.get('result'), dict):\n"
+              "            f.f_locals['result']['metrics'].update(complexity=1e300, diversity=-1e300, flop_ratio=0.5,"
+              " score=9.0)\n"
+              "            return\n        f = f.f_back\n\n\n")
+    source = security.Attack("metrics", "none", "_inject()").source("unused", SECRET_ENV)
+    source = source.replace(f"class {security.CLASS}(nn.Module):", inject + f"class {security.CLASS}(nn.Module):", 1)
+    path = tmp_path / "candidate.py"
+    path.write_text(source)
+    result = evaluate(security.FRAMEWORK, str(path))
+    assert result.artifacts["reason"] == "ok", result.artifacts.get("message")
+    assert not {"complexity", "diversity", "score"} & set(result.metrics), result.metrics
+    assert result.metrics["flop_ratio"] == 0.5  # a gate name keeps what the sandbox said: reported, never scored

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 import traceback
 from dataclasses import dataclass
@@ -93,6 +94,22 @@ def prepare(framework: str, profile: Profile | None = None, ledger_path: Path | 
                 "ledger": ledger_path, "executor": config.name}
     _PREPARED[key] = prepared
     return prepared
+
+
+# The names of what the sandbox's gate measures (``harness.sandbox.checks``), which the ledger and the LLM's prompt
+# receive. Any other name a sandbox hands back is dropped: OpenEvolve reads some names itself (its feature
+# dimensions, ``complexity`` and ``diversity``, choose a program's cell in its archive), so a program that reached
+# its result would otherwise choose its own cell, and collapse everyone else's into one.
+GATE_METRICS = re.compile(
+    r"(baseline_)?(attention_params|flops_per_token|flop_growth_exponent|attention_step_ms)|param_ratio"
+    r"|attention_state_words|model_params_d\d+_l\d+|(eval_)?flop_ratio|eval_to_training_forward_flop_ratio"
+    r"|matmul_flop_share|flop_ratio_at_horizon|step_time_ratio|memory_ratio|trained_leak_max_rel|causality_probes")
+
+
+def gate_metrics(raw: object) -> dict[str, float]:
+    """The gate's measurements in what a sandbox handed back: known names, finite numbers."""
+    found = _float_metrics(raw) if isinstance(raw, dict) else {}
+    return {key: value for key, value in found.items() if GATE_METRICS.fullmatch(key)}
 
 
 def _float_metrics(raw: dict) -> dict[str, float]:
@@ -324,7 +341,7 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
         return _result(framework, Reason.TAMPERING, f"the sandbox reported an unknown reason {result.get('reason')!r}",
                        details=log, **common)
     # Whatever else the result holds came from the sandbox's process: kept only in the shapes the ledger stores.
-    metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+    metrics = gate_metrics(result.get("metrics"))
     timings = result.get("timings") if isinstance(result.get("timings"), dict) else {}
     message, traceback_text = str(result.get("message", "")), str(result.get("traceback", ""))
     details = "\n".join(filter(None, [traceback_text, log if reason not in (Reason.OK,) else ""]))
