@@ -723,6 +723,50 @@ def cache_key(data_hash: str, vocab_size: int, tokenizer_train_bytes: int) -> st
     return f"{data_hash}-v{vocab_size}-tb{tokenizer_train_bytes}-f{CACHE_FORMAT_VERSION}"
 
 
+def _prepared_pointer(cache_dir: Path, source: str, synthetic_stories_n: int, vocab_size: int,
+                      tokenizer_train_bytes: int) -> Path:
+    """``cache_dir/tokens/prepared/<digest>.json``: the entry a data source, as a profile names it, was last
+    prepared into on this host (:func:`load_token_data` writes it, :func:`open_prepared` reads it)."""
+    what = json.dumps([source, synthetic_stories_n, vocab_size, tokenizer_train_bytes, CACHE_FORMAT_VERSION])
+    return Path(cache_dir).expanduser() / "tokens" / "prepared" / f"{hashlib.sha256(what.encode()).hexdigest()[:32]}.json"
+
+
+def _point_to(pointer: Path, entry: Path) -> None:
+    try:
+        if pointer.is_file() and json.loads(pointer.read_text()).get("entry") == entry.name:
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pointer.with_name(f".tmp-{os.getpid()}-{pointer.name}")
+        tmp.write_text(json.dumps({"entry": entry.name}) + "\n")
+        os.replace(tmp, pointer)
+    except OSError as exc:  # a read-only cache: open_prepared then says the source was never prepared
+        log.warning("could not record which token cache entry %s is: %s", entry.name, exc)
+
+
+def open_prepared(source: str, vocab_size: int, val_tokens: int, cache_dir: Path, tokenizer_train_bytes: int,
+                  synthetic_stories_n: int = 3000) -> TokenData:
+    """The train and monitoring splits of a data source that :func:`load_token_data` prepared on this host, found
+    without reading its text, and never the scored split. This is how a process that runs a program gets its data:
+    it needs neither the raw text nor the datasets cache, from which the scored split could be rebuilt (its file is
+    out of reach, its text would not be). DataError when the source was never prepared here, or an entry is corrupt."""
+    _check_vocab_size(vocab_size)
+    pointer = _prepared_pointer(cache_dir, source, synthetic_stories_n, vocab_size, tokenizer_train_bytes)
+    try:
+        name = json.loads(pointer.read_text())["entry"]
+    except FileNotFoundError:
+        raise DataError(f"the data source {source!r} was never prepared on this host (no {pointer}): the evaluator "
+                        f"prepares it when it starts, and `harness data` does too") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"the token cache's record {pointer} is unreadable ({type(exc).__name__}); delete it and "
+                        "prepare the data again") from None
+    if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+        raise DataError(f"the token cache's record {pointer} names no entry; delete it and prepare the data again")
+    return _open_entry(pointer.parent.parent / name, vocab_size, val_tokens, with_score=False)
+
+
 def load_token_data(source: str, vocab_size: int, val_tokens: int, cache_dir: Path,
                     tokenizer_train_bytes: int, synthetic_stories_n: int = 3000, with_score: bool = True) -> TokenData:
     """Load the text (:func:`load_text_splits`), train or reuse the tokenizer, tokenise both splits and cache them.
@@ -754,7 +798,9 @@ def load_token_data(source: str, vocab_size: int, val_tokens: int, cache_dir: Pa
                  entry, source_identity, len(train), len(val))
         _build_entry(entry, train, val, source_identity, data_hash, vocab_size, val_tokens, tokenizer_train_bytes)
         STATS["builds"] += 1
-    return _open_entry(entry, vocab_size, val_tokens, with_score)
+    data = _open_entry(entry, vocab_size, val_tokens, with_score)
+    _point_to(_prepared_pointer(cache_dir, source, synthetic_stories_n, vocab_size, tokenizer_train_bytes), entry)
+    return data
 
 
 def open_cached(cache_dir: Path, data_hash: str, vocab_size: int, val_tokens: int,

@@ -144,7 +144,7 @@ def test_the_sandbox_reads_neither_the_hosts_secrets_in_etc_nor_raw_disks_nor_a_
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "token").write_text("hf_secret")
-    read, write = confine.file_rules(tmp_path / "run", device="cpu")
+    read, write = confine.file_rules(tmp_path / "run", device="cpu", data="sources")
 
     def covered(path: str, roots) -> bool:
         return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
@@ -156,6 +156,14 @@ def test_the_sandbox_reads_neither_the_hosts_secrets_in_etc_nor_raw_disks_nor_a_
                    str(tmp_path / "hf" / "hub" / "x")):
         assert covered(needed, read) or not os.path.exists(os.path.dirname(needed)), needed
     assert covered(str(tmp_path / "hf" / "datasets" / "x.lock"), write)
+    # Only the preparation reads the datasets cache; a process that runs a program reads the token cache alone, and
+    # the forward pass nothing of the data; none of them writes shared memory on the CPU.
+    tokens = str(Path(os.environ.get("HARNESS_CACHE", "/nonexistent")) / "tokens" / "x")
+    for data, readable in (("tokens", {tokens}), ("none", set())):
+        read, write = confine.file_rules(tmp_path / "run", device="cpu", data=data)
+        for path in (str(tmp_path / "hf" / "datasets" / "x.arrow"), str(tmp_path / "hf" / "hub" / "x"), tokens):
+            assert covered(path, read) == (path in readable) and not covered(path, write), (data, path)
+        assert not covered("/dev/shm/x", write) and not covered("/dev/shm/x", read)
 
 
 @sandbox_files
@@ -169,7 +177,7 @@ def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(sm
     monkeypatch.setenv("HARNESS_TEST_API_KEY", secret_value)
     secret = tmp_path / "secret.txt"
     secret.write_text(secret_value)
-    [entry] = (Path(os.environ["HARNESS_CACHE"]) / "tokens").iterdir()
+    [entry] = [p for p in (Path(os.environ["HARNESS_CACHE"]) / "tokens").iterdir() if p.name != "prepared"]
     scored = Path(os.environ["HARNESS_CACHE"]) / "scored" / entry.name / "score.npy"
     cache_before = (entry / "monitor.npy").read_bytes()
     attempts = {
@@ -181,9 +189,14 @@ def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(sm
         "truncate_a_file_of_the_user": f"os_.truncate({str(secret)!r}, 0)",
         "read_the_ledger": f"os_.read(os_.open({os.environ['HARNESS_LEDGER']!r}, os_.O_RDONLY), 100)",
         "read_a_login_token": f"os_.read(os_.open({str(tmp_path / 'hf' / 'token')!r}, os_.O_RDONLY), 100)",
+        # The text the scored split is made of: with it and the tokenizer, the split could be rebuilt.
+        "read_the_datasets_cache": f"os_.listdir({str(tmp_path / 'hf' / 'datasets')!r})",
+        # Shared by every process of the host and outliving the sandbox: a channel to the next program.
+        "write_shared_memory": f"os_.open('/dev/shm/harness-test-{os.urandom(6).hex()}', os_.O_WRONLY | os_.O_CREAT)",
     }
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "datasets").mkdir(parents=True)
+    (tmp_path / "hf" / "datasets" / "validation.arrow").write_text(secret_value)
     (tmp_path / "hf" / "token").write_text(secret_value)
     for name, attempt in attempts.items():
         result = evaluate(security.FRAMEWORK, _candidate(tmp_path, attempt))
@@ -191,6 +204,7 @@ def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(sm
         assert secret_value not in str(result.artifacts), name
     assert not (tmp_path / "written").exists() and secret.read_text() == secret_value
     assert (entry / "monitor.npy").read_bytes() == cache_before
+    assert not list(Path("/dev/shm").glob("harness-test-*"))
 
 
 def _accept(server):

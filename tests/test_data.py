@@ -56,8 +56,9 @@ def _load(source: str, cache: Path, vocab_size: int = VOCAB, val_tokens: int = V
 
 
 def _entries(cache: Path) -> list[str]:
+    """The token cache's entries (and left-over temporary folders), not the record of which entry each source is."""
     root = cache / "tokens"
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+    return sorted(p.name for p in root.iterdir() if p.name != "prepared") if root.exists() else []
 
 
 def _first_story(token_data: TokenData, ids: np.ndarray) -> str:
@@ -336,3 +337,25 @@ def test_vocab_size_bounds(tmp_path):
         _load("synthetic", tmp_path, vocab_size=65536)
     with pytest.raises(DataError, match="at least 257"):
         _load("synthetic", tmp_path, vocab_size=256)
+
+
+def test_a_prepared_source_is_opened_without_its_text_and_a_record_that_points_elsewhere_is_refused(tmp_path):
+    """What a process that runs a program gets (``open_prepared``): the preparation's train and monitoring splits,
+    found through the record the preparation wrote, with no text read and no scored split; a record that names a
+    path instead of an entry is refused, not followed."""
+    import json
+
+    from harness.data import open_prepared
+
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match="never prepared on this host"):
+        open_prepared("synthetic", VOCAB, VAL_TOKENS, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
+    full = _load("synthetic", cache)
+    opened = open_prepared("synthetic", VOCAB, VAL_TOKENS, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
+    assert opened.score is None and opened.data_hash == full.data_hash
+    assert np.array_equal(opened.monitor, full.monitor) and np.array_equal(opened.train, full.train)
+    [record] = (cache / "tokens" / "prepared").iterdir()
+    for name in ("../scored", "/etc", ".tmp-x", 7):
+        record.write_text(json.dumps({"entry": name}))
+        with pytest.raises(DataError, match="names no entry"):
+            open_prepared("synthetic", VOCAB, VAL_TOKENS, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)

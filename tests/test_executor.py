@@ -10,7 +10,7 @@ import time
 import pytest
 
 from processes import all_gone, running
-from harness.trusted import executor
+from harness.trusted import confine, executor
 from harness.trusted import process_lifetime
 from harness.trusted.evaluate import prepare
 from harness.trusted.profiles import ConfigError
@@ -142,3 +142,49 @@ def test_files_a_sandbox_could_replace_are_read_without_blocking_or_following(tm
     log = tmp_path / "plain.log"
     log.write_text("x" * 10_000 + "the end")
     assert executor.tail(log, 7) == "the end" and executor.read_untrusted(log, 3, offset=10_000) == b"the"
+
+
+HOLDS_MEMORY_OUTSIDE_ITS_GROUP = """
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    os.setsid()  # out of the sandbox's process group
+    held = bytearray(int(sys.argv[1]) * 2**20)
+    for i in range(0, len(held), 4096):
+        held[i] = 1
+    open(sys.argv[2], "w").write("held")
+    time.sleep(60)
+    os._exit(0)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(confine.unavailable_reason() is not None, reason="this machine cannot confine the sandbox")
+def test_memory_a_child_holds_outside_the_sandboxs_process_group_counts(tmp_path):
+    """A child that calls setsid() leaves the process group, not the sandbox's PID namespace: its memory counts
+    against the cap."""
+    marker = tmp_path / "held"
+    cmd = confine.wrap([sys.executable, "-c", HOLDS_MEMORY_OUTSIDE_ITS_GROUP, "300", str(marker)])
+    outcome = executor.supervise(executor.start_limited(cmd, tmp_path / "log"), 60.0, 200)
+    assert outcome == "memory", (tmp_path / "log").read_text()
+
+
+STARTS_A_SANDBOX = """
+import sys, time
+from harness.trusted import confine, executor
+inner = executor.start_limited(confine.wrap([sys.executable, "-c", "import sys, time; held = bytearray(300 * 2**20); "
+                                             "[held.__setitem__(i, 1) for i in range(0, len(held), 4096)]; "
+                                             "open(sys.argv[1], 'w').write('held'); time.sleep(60)", sys.argv[1]]),
+                               __import__("pathlib").Path(sys.argv[2]))
+print(executor.supervise(inner, 30.0, 1000), flush=True)
+"""
+
+
+@pytest.mark.skipif(confine.unavailable_reason() is not None, reason="this machine cannot confine the sandbox")
+def test_a_sandbox_that_a_supervised_process_starts_is_under_its_own_cap_not_its_parents(tmp_path):
+    """The trusted scorer starts the forward-only sandbox, under a cap of its own: what that sandbox holds must not
+    count against the scorer's cap, or a program's memory would end the scorer and read as the harness's fault."""
+    marker = tmp_path / "held"
+    cmd = [sys.executable, "-c", STARTS_A_SANDBOX, str(marker), str(tmp_path / "inner.log")]
+    outcome = executor.supervise(executor.start_limited(cmd, tmp_path / "log"), 20.0, 200)
+    assert marker.exists() and outcome == "timeout", (tmp_path / "log").read_text()

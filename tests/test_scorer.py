@@ -25,6 +25,7 @@ from harness.trusted.reasons import Reason
 from harness.trusted.scoring import TRAINING_BEGINS, objective_from_untrusted
 
 RUNG, VOCAB, CONTEXT = (32, 2, 2), 512, 16
+MAX_BYTES = 64 * 2**20  # what the scorer lets one rung's trained tensors take (of its memory cap)
 
 
 def _seed_model():
@@ -36,7 +37,7 @@ def _seed_model():
 def test_the_scorers_head_reproduces_the_frozen_models_own_loss(tmp_path):
     model = _seed_model()
     save_weights(model, tmp_path / "rung0.pt")
-    weights = load_weights(tmp_path / "rung0.pt", RUNG, VOCAB)
+    weights = load_weights(tmp_path / "rung0.pt", RUNG, VOCAB, MAX_BYTES)
     idx = torch.randint(0, VOCAB, (5, CONTEXT + 1), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         _, own = model(idx[:, :-1], idx[:, 1:], reduction="none")
@@ -61,8 +62,28 @@ def test_weights_that_are_not_plain_tensors_are_tampering(tmp_path):
         if content is not None:
             torch.save(content, tmp_path / f"{name}.pt")
         with pytest.raises(Rejection) as caught:
-            load_weights(tmp_path / f"{name}.pt", RUNG, VOCAB)
+            load_weights(tmp_path / f"{name}.pt", RUNG, VOCAB, MAX_BYTES)
         assert caught.value.reason == Reason.TAMPERING, name
+
+
+def test_weights_that_would_unpack_to_more_than_the_scorer_may_hold_are_tampering(tmp_path):
+    """A compressed archive (a few megabytes that unpack to gigabytes in the scorer's process) and one larger than
+    the scorer's share of its memory are refused before anything is unpacked; the archive torch writes passes."""
+    import zipfile
+
+    model = _seed_model()
+    save_weights(model, tmp_path / "good.pt")
+    assert load_weights(tmp_path / "good.pt", RUNG, VOCAB, MAX_BYTES).params
+    with zipfile.ZipFile(tmp_path / "good.pt") as source, \
+            zipfile.ZipFile(tmp_path / "deflated.pt", "w", compression=zipfile.ZIP_DEFLATED) as packed:
+        for entry in source.infolist():
+            packed.writestr(entry.filename, source.read(entry))
+    assert torch.load(tmp_path / "deflated.pt", weights_only=True)["params"]  # torch itself would unpack it
+    size = (tmp_path / "good.pt").stat().st_size
+    for name, max_bytes, fragment in (("deflated", MAX_BYTES, "compressed"), ("good", size // 2, "MiB allowed")):
+        with pytest.raises(Rejection) as caught:
+            load_weights(tmp_path / f"{name}.pt", RUNG, VOCAB, max_bytes)
+        assert caught.value.reason == Reason.TAMPERING and fragment in caught.value.message, name
 
 
 def _windows(n=40, length=CONTEXT, seed=0):
@@ -235,11 +256,21 @@ def test_a_forward_pass_that_replays_earlier_windows_to_the_canaries_is_caught()
 
 
 def test_the_training_sandbox_never_holds_the_scored_split(smoke_env):
+    """A process that runs a program opens what the preparation tokenised, without the scored split, and without
+    reading any text: a source never prepared on this host is refused, not read."""
+    import dataclasses
+
+    from harness.data import DataError
     from harness.sandbox.entry import _data
     from harness.trusted.profiles import get_profile
 
-    data = _data(get_profile("smoke"))
-    assert data.score is None and len(data.monitor) == get_profile("smoke").val_tokens
+    profile = get_profile("smoke")
+    with pytest.raises(DataError, match="never prepared on this host"):
+        _data(dataclasses.replace(profile, vocab_size=profile.vocab_size + 1))
+    prepared = _data(profile, prepare=True)
+    data = _data(profile)
+    assert data.score is None and len(data.monitor) == profile.val_tokens
+    assert data.data_hash == prepared.data_hash and np.array_equal(data.monitor, prepared.monitor)
 
 
 # A forger past every static check: the code runs at the program's load, in the sandbox process, and rewrites the
@@ -450,7 +481,9 @@ if "/forward/" in _tmp:
                        ("lockf", lambda: _lock(lambda _f: _fcntl.fcntl(_f, _fcntl.F_GETLK, bytes(32)))),
                        ("watch", lambda: _checked(_libc.inotify_init1(0))),
                        ("own", lambda: open(_os.path.join(_mine, "inputs.npy"), "rb").read(1)),
-                       ("system", lambda: open("/etc/passwd", "rb").read(1))):
+                       ("system", lambda: open("/etc/passwd", "rb").read(1)),
+                       # Nothing of the data: with the tokenizer and the text, a part could rebuild the scored split.
+                       ("data", lambda: _os.listdir(_os.path.join(_os.environ["HARNESS_CACHE"], "tokens")))):
         try:
             _do()
             _seen.append(_what + " succeeded")
@@ -491,7 +524,8 @@ def test_a_part_of_the_forward_pass_can_neither_read_nor_write_the_other_parts_f
         refused = "Operation not permitted" if apart else "succeeded"
         assert (f"outcomes: read Permission denied, write Permission denied, {shm_outcome}, signal {signal}, "
                 f"sysv {sysv}, socket {refused}, socketpair {refused}, flock {refused}, lockf {refused}, "
-                f"watch {refused}, own succeeded, system succeeded" in run.result["message"]), run.result["message"]
+                f"watch {refused}, own succeeded, system succeeded, data Permission denied"
+                in run.result["message"]), run.result["message"]
         assert left == [], "a part wrote into the other's folder"
         assert shm.exists() == (security.DEVICE == "cuda")
     finally:
@@ -569,3 +603,33 @@ def test_a_random_buffer_is_rebuilt_with_the_training_s_own_seed(smoke_env, tmp_
     result = run_training_job(TrainJob(security.FRAMEWORK, path, profile, 42, {}, "objective", fingerprint,
                                        profile.hard_limit_s))
     assert result["reason"] == "ok", result.get("message")
+
+
+# Past every static check: an attention with a buffer that, while the forward pass builds it, looks for the trained
+# tensors its part holds. A part built its buffers after loading them, so a constructor that copied them in made its
+# construction equal to the training's, and a trained tensor relabelled a buffer (which the parameter count never
+# saw) reached the score.
+PEEKS_AT_THE_TRAINED_BUFFERS = """
+import sys as _sys
+
+
+def _peek():
+    f = _sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == "forward_part":
+            held = [name for value in f.f_locals.values() if isinstance(value, dict)
+                    for name in (value.get("buffers") or {}) if isinstance(name, str)]
+            raise RuntimeError("trained buffers held: " + str(held))
+        f = f.f_back
+"""
+
+
+def test_the_forward_pass_never_holds_the_trained_buffers(smoke_env):
+    prepared = prepare(security.FRAMEWORK)
+    attack = security.Attack("peek", "none", "pass", init='self.register_buffer("scale", torch.ones(1))\n_peek()')
+    source = attack.source("unused", "unused").replace(f"class {security.CLASS}(nn.Module):",
+                                                       PEEKS_AT_THE_TRAINED_BUFFERS + f"\n\nclass {security.CLASS}(nn.Module):", 1)
+    request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"], source=source)
+    run = executor.run_sandbox_here("evaluate", request, 180.0, 8192)
+    assert run.result["reason"] == "crash", run.result
+    assert "trained buffers held: []" in run.result["message"], run.result["message"]

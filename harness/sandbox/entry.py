@@ -38,15 +38,17 @@ def _profile(request: dict):
     return request_profile(request)
 
 
-def _data(profile):
+def _data(profile, prepare: bool = False):
     """The token data without the scored split, whose file is never opened here: nothing that trains may see it (and
-    under Landlock it cannot: see ``confine.file_rules``)."""
-    from harness.data import load_token_data
+    under Landlock it cannot: see ``confine.file_rules``). ``prepare`` (the pristine seed only) reads the text and
+    builds the token cache; a process that runs a program opens what was prepared, and can read no text (nor the
+    datasets cache) from which the scored split could be rebuilt."""
+    from harness.data import load_token_data, open_prepared
 
-    return load_token_data(
-        profile.data_source, profile.vocab_size, profile.val_tokens, Path(request_cache_dir()),
-        profile.tokenizer_train_bytes, synthetic_stories_n=profile.synthetic_stories, with_score=False,
-    )
+    load = load_token_data if prepare else open_prepared
+    extra = {"with_score": False} if prepare else {}
+    return load(profile.data_source, profile.vocab_size, profile.val_tokens, Path(request_cache_dir()),
+                profile.tokenizer_train_bytes, synthetic_stories_n=profile.synthetic_stories, **extra)
 
 
 def _weights_dir(request: dict) -> Path:
@@ -84,7 +86,7 @@ def prepare(request: dict) -> dict:
 
             if not torch.cuda.is_available():
                 raise ConfigError(f"profile {profile.name!r} requires CUDA and none is visible here")
-        data = _data(profile)
+        data = _data(profile, prepare=True)
     except (ConfigError, DataError) as exc:
         return {"config_error": str(exc)}
     framework = get_framework(request["framework"])
@@ -374,9 +376,7 @@ def _confine_to(folder: Path, request: dict) -> None:
     if request.get("landlock"):
         device = _profile(request).device
         reads = [*request["part_reads"], str(folder)]
-        gpu = [*confine.gpu_device_files(), "/dev/shm"] if device == "cuda" else []
-        if device != "cuda":  # what the training left in shared memory would reach the program beside its weights
-            reads = [r for r in reads if r != "/dev/shm"]
+        gpu = [*confine.gpu_device_files(), confine.CUDA_SHARED_MEMORY] if device == "cuda" else []
         confine.apply_landlock(reads, [str(folder), "/dev/null", *gpu])
     if request.get("apart"):
         from harness.trusted import seccomp
@@ -391,9 +391,10 @@ def forward_part(request: dict, folder: Path) -> dict:
     hidden states (float32 [windows, length, d_model]) to ``folder/hidden/rung<i>.npy``. The scorer checks them and
     computes the loss; nothing this process says about them is believed.
 
-    The buffers and frozen parameters are those construction makes, never the trained ones: what a forward pass
-    wrote into them during training (a hand-made update at every step, trained weights the parameter count never
-    saw) does not reach the score. They go to ``folder/constructed/rung<i>.pt``, for the scorer to compare with the
+    The buffers and frozen parameters are those construction makes, never the trained ones, which the scorer does
+    not hand over: what a forward pass wrote into them during training (a hand-made update at every step, trained
+    weights the parameter count never saw) does not reach the score. They are every entry of the model's state
+    that is not a trained parameter, and go to ``folder/constructed/rung<i>.pt``, for the scorer to compare with the
     trained ones and name the change."""
     import numpy as np
     import torch
@@ -429,11 +430,10 @@ def forward_part(request: dict, folder: Path) -> dict:
             pack = torch.load(weights_file(folder / "weights", i), weights_only=True, map_location="cpu")
             model = build_model(cls, tuple(rung), profile.vocab_size, profile.context_len_tokens, profile.dropout,
                                 seed)
-            state = model.state_dict()
-            constructed = {k: state[k].detach().cpu().clone().contiguous() for k in pack["buffers"] if k in state}
+            constructed = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()
+                           if k not in pack["params"] and k != "lm_head.weight"}
             torch.save(constructed, constructed_dir / f"rung{i}.pt")
-            model.load_state_dict({**pack["params"], **pack["buffers"], **constructed,
-                                   "lm_head.weight": pack["params"]["tok_emb.weight"]})
+            model.load_state_dict({**pack["params"], **constructed, "lm_head.weight": pack["params"]["tok_emb.weight"]})
             model.to(device).eval()
             hidden = np.lib.format.open_memmap(out_dir / f"rung{i}.npy", mode="w+", dtype=np.float32,
                                                shape=(n, length, rung[0]))

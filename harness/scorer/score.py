@@ -39,6 +39,7 @@ import stat
 import sys
 import time
 import traceback
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,13 +95,31 @@ def _regular_file(path: Path) -> bool:
         return False
 
 
-def load_weights(path: Path, rung: tuple, vocab_size: int) -> Weights:
+def _stored_size(path: Path) -> int | None:
+    """The bytes the archive ``torch.save`` wrote unpacks to, or None when it is not such an archive: every entry
+    stored, none compressed (a few compressed megabytes could unpack to gigabytes in this process)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    if any(entry.compress_type != zipfile.ZIP_STORED or entry.file_size != entry.compress_size for entry in entries):
+        return None
+    return sum(entry.file_size for entry in entries)
+
+
+def load_weights(path: Path, rung: tuple, vocab_size: int, max_bytes: int) -> Weights:
     """The tensors the training sandbox left for ``rung``; Rejection(tampering) when they are not what
-    ``harness.sandbox.train.save_weights`` writes."""
+    ``harness.sandbox.train.save_weights`` writes, or hold more than ``max_bytes``."""
     d_model = rung[0]
     if path.exists() and not _regular_file(path):  # a link would have this process read a file of the sandbox's
         raise Rejection(Reason.TAMPERING, f"the trained weights of rung {tuple(rung)} are not a regular file (a "
                         "link, a pipe), not the file the training writes")  # choosing; a pipe would hang it
+    size = _stored_size(path) if path.exists() else 0
+    if size is None or size > max_bytes:
+        raise Rejection(Reason.TAMPERING, f"the trained weights of rung {tuple(rung)} are not the archive the training "
+                        f"writes: " + ("compressed or unreadable" if size is None else
+                                       f"{size / 2**20:.0f} MiB, more than the {max_bytes / 2**20:.0f} MiB allowed"))
     try:
         pack = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - a missing or hostile file is the program's doing
@@ -277,7 +296,9 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
     work = Path(plan["forward"]["dir"])
     for folder, inputs in zip(plan["forward"]["parts"], lay.parts):
         for i, w in enumerate(weights):
-            torch.save({"params": w.params, "buffers": w.buffers}, Path(folder) / "weights" / f"rung{i}.pt")
+            # The trained parameters only: the part builds the buffers and frozen parameters itself. A trained tensor
+            # the training labelled a buffer (the parameter count never saw it) so never reaches the scored model.
+            torch.save({"params": w.params, "buffers": {}}, Path(folder) / "weights" / f"rung{i}.pt")
         np.save(Path(folder) / "inputs.npy", inputs)
     apart = _parts_apart(plan)
     request = {**plan["request"], "rungs": plan["rungs"], "parts": plan["forward"]["parts"],
@@ -396,7 +417,9 @@ def score(plan: dict, forward: Started) -> dict:
     except DataError as exc:
         raise Infrastructure(f"the scored split cannot be read: {exc}") from None
     windows = validation_windows(tokens, profile.context_len_tokens)
-    weights = [load_weights(Path(plan["weights_dir"]) / f"rung{i}.pt", rung, profile.vocab_size)
+    # The scorer holds every rung's tensors at once, within its memory cap.
+    max_bytes = int(plan["memory_cap_mib"]) * 2**20 // (2 * max(1, len(rungs)))
+    weights = [load_weights(Path(plan["weights_dir"]) / f"rung{i}.pt", rung, profile.vocab_size, max_bytes)
                for i, rung in enumerate(rungs)]
     batch = training_profile(request).eval_batch_seqs  # the training's own evaluation batch
     lay = layout(windows, np.random.default_rng(secrets.randbits(128)), batch, len(plan["forward"]["parts"]))

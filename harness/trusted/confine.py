@@ -88,7 +88,7 @@ ETC_SECRETS = frozenset({
 # /dev on the CPU: the devices Python and torch open. Not the whole folder: the raw disks are readable by their
 # owner, root, so a sandbox of a user who is root would read every file of the host through them. On CUDA the
 # driver's needs are not known beforehand, so /dev stays readable there (``confine.device_layers`` checks it).
-CPU_DEVICE_READS = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/shm")
+CPU_DEVICE_READS = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 # In the Hugging Face home folder: the login tokens. Everything else is the datasets cache.
 HF_SECRETS = frozenset({"token", "stored_tokens"})
 HF_CACHE_FOLDERS = ("datasets", "hub", "modules")
@@ -96,8 +96,11 @@ HF_CACHE_FOLDERS = ("datasets", "hub", "modules")
 # read. Never another process's entries: /proc/<pid>/environ holds that process's secrets.
 PROC_READ = ("/proc/self", "/proc/thread-self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys",
              "/proc/filesystems", "/proc/mounts", "/proc/loadavg", "/proc/driver")
-# Written by any sandbox: the null device, and POSIX shared memory and semaphores.
-SYSTEM_WRITE_ROOTS = ("/dev/null", "/dev/shm")
+# Written by any sandbox: the null device. POSIX shared memory (/dev/shm) only on CUDA, where the driver uses it: it is
+# shared by every process of the host and outlives the sandbox, so on the CPU it would be a channel from one program
+# to the next and memory that no cap counts.
+SYSTEM_WRITE_ROOTS = ("/dev/null",)
+CUDA_SHARED_MEMORY = "/dev/shm"
 # Written by a sandbox on CUDA as well: the driver opens the GPU's device files read-write and drives them with ioctl.
 # Only character devices match (``gpu_device_files``), never a folder beneath which a rule would allow creating files.
 GPU_DEVICE_FILES = ("/dev/nvidia*", "/dev/nvidia-caps/*")
@@ -347,12 +350,19 @@ def apply_landlock(read_roots, write_roots) -> None:
         os.close(fd)
 
 
-def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu") -> tuple[list[str], list[str]]:
+# What of the data a sandbox may reach (``file_rules``): the data sources and the token cache (``prepare``, which
+# runs the pristine seed and builds the cache), the token cache alone (a process that trains a program: the text, and
+# the datasets cache that holds it, would let it rebuild the scored split), or nothing (the forward-only pass).
+DATA_ACCESS = ("sources", "tokens", "none")
+
+
+def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu", data: str = "tokens") -> tuple[list[str], list[str]]:
     """(read roots, write roots) of a sandbox that works in ``run_dir``: it reads the system, the Python
-    installation, the package and its seeds, the datasets cache, the token cache (``cache_dir/tokens``: not the
-    scored split, which lives in ``cache_dir/scored``) and ``reads``; it writes ``run_dir``, ``writes`` and, on CUDA,
-    the GPU's device files. Never the ledger, results/, the rest of the source tree or the home folders (beyond what
-    Python lives in)."""
+    installation, the package and its seeds, what ``data`` allows of the data (``DATA_ACCESS``: with "sources" the
+    datasets cache, read and written; with "sources" or "tokens" the token cache, ``cache_dir/tokens``, never the
+    scored split, which lives in ``cache_dir/scored``) and ``reads``; it writes ``run_dir``, ``writes`` and, on
+    CUDA, the GPU's device files. Never the ledger, results/, the rest of the source tree or the home folders (beyond
+    what Python lives in)."""
     import site
     from pathlib import Path
 
@@ -361,16 +371,20 @@ def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu") -> tuple[li
 
     package = Path(__file__).resolve().parents[1]
     seeds = {str(fw.seed_path.resolve().parent) for fw in FRAMEWORKS.values()}
-    hf = _hf_cache_entries()
+    if data not in DATA_ACCESS:
+        raise ValueError(f"data access {data!r} is not one of {DATA_ACCESS}")
+    hf = _hf_cache_entries() if data == "sources" else set()
+    tokens = {str(default_cache_dir() / "tokens")} if data != "none" else set()
     python = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent),
               *site.getsitepackages(), site.getusersitepackages()}
     devices = {"/dev"} if device == "cuda" else set(CPU_DEVICE_READS)
     read = sorted(set(SYSTEM_READ_ROOTS) | _entries("/etc", ETC_SECRETS) | devices | set(PROC_READ) | python
-                  | {str(package)} | seeds | hf | {str(default_cache_dir() / "tokens"), str(run_dir)}
+                  | {str(package)} | seeds | hf | tokens | {str(run_dir)}
                   | {str(r) for r in reads})
     # The datasets library writes lock files beside its cache even when it only reads.
     gpu = set(gpu_device_files()) if device == "cuda" else set()
-    write = sorted(set(SYSTEM_WRITE_ROOTS) | gpu | hf | {str(run_dir)} | {str(w) for w in writes})
+    shm = {CUDA_SHARED_MEMORY} if device == "cuda" else set()
+    write = sorted(set(SYSTEM_WRITE_ROOTS) | shm | gpu | hf | {str(run_dir)} | {str(w) for w in writes})
     return read, write
 
 

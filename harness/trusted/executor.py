@@ -132,17 +132,41 @@ class SandboxRun:
 # The sandbox subprocess, on whichever host runs it
 
 
-def _group_rss_mib(pgid: int) -> float:
-    total_pages = 0
+def _pid_namespace(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _sandbox_processes(root: int) -> list[int]:
+    """The processes of the sandbox started as ``root``: its process group and, where the sandbox has a PID namespace
+    of its own, every process in it. A child that left the group (``setsid``) is still in the namespace; a sandbox
+    the process started in turn (the scorer's forward pass) is in a namespace of its own, under its own cap."""
+    own = _pid_namespace("self")
+    group, spaces = [], {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:
-                continue
-            with open(f"/proc/{entry.name}/statm") as f:
+                pgid = int(f.read().rsplit(")", 1)[1].split()[2])
+        except (OSError, IndexError, ValueError):
+            continue
+        pid = int(entry.name)
+        space = _pid_namespace(pid)
+        spaces.setdefault(space, []).append(pid)
+        if pgid == root:
+            group.append(pid)
+    theirs = {_pid_namespace(pid) for pid in group} - {own, None}
+    return sorted(set(group).union(*(spaces[space] for space in theirs if space in spaces)))
+
+
+def _sandbox_rss_mib(root: int) -> float:
+    total_pages = 0
+    for pid in _sandbox_processes(root):
+        try:
+            with open(f"/proc/{pid}/statm") as f:
                 total_pages += int(f.read().split()[1])
         except (OSError, IndexError, ValueError):
             continue
@@ -189,7 +213,7 @@ def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: by
         while proc.poll() is None:
             if time.monotonic() > deadline:
                 outcome = "timeout"
-            elif _group_rss_mib(proc.pid) > memory_cap_mib:
+            elif _sandbox_rss_mib(proc.pid) > memory_cap_mib:
                 outcome = "memory"
             if outcome != "exited":
                 break
@@ -205,7 +229,8 @@ def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: by
 
 
 def abandon(started: Started) -> None:
-    """Kill the process's whole group and reap it: a candidate may leave children behind even when it exits."""
+    """Kill the process's whole group and reap it: a candidate may leave children behind even when it exits. (In
+    the sandbox's PID namespace, the kernel kills every process left once its first one dies.)"""
     try:
         os.killpg(started.proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -303,7 +328,8 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
             return SandboxRun("infrastructure", None, error=confine.unconfined_message(request.get("profile", "?"),
                                                                                         unavailable))
         try:
-            files = landlock_rules(request, tmp, writes=[default_cache_dir()] if mode == "prepare" else ())
+            files = (landlock_rules(request, tmp, writes=[default_cache_dir()], data="sources") if mode == "prepare"
+                     else landlock_rules(request, tmp))
             seccomp = seccomp_applies(request)
         except confine.LayersUnknown as exc:
             return SandboxRun("infrastructure", None, error=str(exc))
@@ -371,18 +397,21 @@ class _LogWatch:
         return self.found
 
 
-def landlock_rules(request: dict, run_dir: Path, *, reads=(), writes=()) -> tuple[list[str], list[str]] | None:
+def landlock_rules(request: dict, run_dir: Path, *, reads=(), writes=(), data: str = "tokens"
+                   ) -> tuple[list[str], list[str]] | None:
     """The Landlock rules of a confined sandbox (``confine.file_rules``), or None where they are not applied
-    (``confine.device_layers``: a kernel without Landlock, or a GPU driver that fails under it). A data source that is
-    a local folder or file is readable. Only ``prepare``, which runs the pristine seed, may write the token cache it
-    builds; the cache folder is created here, since a rule needs an existing path."""
+    (``confine.device_layers``: a kernel without Landlock, or a GPU driver that fails under it). With ``data``
+    "sources" (``prepare`` only, which runs the pristine seed and may write the token cache it builds), a data source
+    that is a local folder or file is readable too. The cache folder is created here, since a rule needs an existing
+    path."""
     device = request.get("device", "cpu")
     if not confine.device_layers(device).files:
         return None
     (default_cache_dir() / "tokens").mkdir(parents=True, exist_ok=True)
     source = Path(str(request.get("data_source", ""))).expanduser()
-    reads = [*reads, *([source.resolve()] if source.exists() else [])]
-    return confine.file_rules(run_dir, reads=reads, writes=writes, device=device)
+    if data == "sources" and source.exists():
+        reads = [*reads, source.resolve()]
+    return confine.file_rules(run_dir, reads=reads, writes=writes, device=device, data=data)
 
 
 def seccomp_applies(request: dict) -> bool:
@@ -441,7 +470,7 @@ def _start_scorer(mode: str, request: dict, tmp: Path, private: Path, limit_s: f
     parts = [forward_dir / str(part) for part in range(FORWARD_PARTS)]
     for folder in (forward_dir / "tmp", *(p / sub for p in parts for sub in ("tmp", "weights"))):
         folder.mkdir(parents=True)
-    forward = {"dir": str(forward_dir), "files": landlock_rules(request, forward_dir),
+    forward = {"dir": str(forward_dir), "files": landlock_rules(request, forward_dir, data="none"),
                "parts": [str(p) for p in parts]}
     plan = {"request": {**forward_request, "source": source}, "rungs": [list(r) for r in _scored_rungs(mode, request)],
             "weights_dir": str(tmp / "weights"), "forward": forward, "seccomp": seccomp_applies(request),
