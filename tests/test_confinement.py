@@ -539,6 +539,7 @@ out["io_uring_setup"] = call("io_uring_setup", 1, 0)
 out["clone3"] = call("clone3", 0, 0)
 out["shmget"] = call("shmget", 0, 4096, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600: gone with the sandbox's namespace
 out["mq_open"] = call("mq_open", 0, 0, 0, 0)  # no name: EFAULT unless refused first
+out["memfd_create"] = call("memfd_create", 0, 0)  # no name: EFAULT unless refused first
 for family in ("AF_INET", "AF_INET6", "AF_UNIX"):
     try:
         socket.socket(getattr(socket, family)).close()
@@ -565,13 +566,40 @@ def test_seccomp_refuses_what_a_training_never_needs_and_nothing_it_does():
 
     filtered, plain = probe(True, "cuda"), probe(False)
     assert filtered == {"keyctl": "EPERM", "ptrace": "EPERM", "unshare_user": "EPERM", "io_uring_setup": "EPERM",
-                        "clone3": "ENOSYS", "shmget": "EPERM", "mq_open": "EPERM", "AF_INET": "EAFNOSUPPORT",
-                        "AF_INET6": "EAFNOSUPPORT", "AF_UNIX": "ok", "subprocess": "42", "thread": "thread",
-                        "status": "2"}, filtered
-    # On the CPU no socket at all; everything else as on CUDA.
-    assert probe(True, "cpu") == {**filtered, "AF_INET": "EPERM", "AF_INET6": "EPERM", "AF_UNIX": "EPERM"}
+                        "clone3": "ENOSYS", "shmget": "EPERM", "mq_open": "EPERM", "memfd_create": "EFAULT",
+                        "AF_INET": "EAFNOSUPPORT", "AF_INET6": "EAFNOSUPPORT", "AF_UNIX": "ok", "subprocess": "42",
+                        "thread": "thread", "status": "2"}, filtered
+    # On the CPU no socket at all and no memory file (which the memory cap cannot see); the rest as on CUDA.
+    assert probe(True, "cpu") == {**filtered, "AF_INET": "EPERM", "AF_INET6": "EPERM", "AF_UNIX": "EPERM",
+                                  "memfd_create": "EPERM"}
     # Without the filter the same calls reach the kernel: the refusals above are the filter's.
     assert plain["status"] == "0" and plain["AF_INET"] == "ok" and plain["unshare_user"] == "ok", plain
     assert plain["ptrace"] == "ESRCH" and plain["clone3"] != "ENOSYS"
-    assert plain["shmget"] == "ok" and plain["mq_open"] == "EFAULT"
+    assert plain["shmget"] == "ok" and plain["mq_open"] == "EFAULT" and plain["memfd_create"] == "EFAULT"
     assert plain["subprocess"] == "42"
+
+
+@needs_confinement
+def test_a_program_that_prints_the_launchers_failure_is_still_the_program(smoke_env, tmp_path, monkeypatch):
+    """Past the static policy, a program whose log ends as the launcher's failure would (``confine: ...``) and that
+    leaves no result crashed: only the launcher's own word, on a pipe the sandbox never holds, says it failed."""
+    prepare(security.FRAMEWORK)
+    _past_the_static_policy(monkeypatch)
+    line = b"confine: unshare refused: Operation not permitted"
+    forged = line + b" " * (executor.STDERR_TAIL_CHARS - len(line))
+    result = evaluate(security.FRAMEWORK, _candidate(tmp_path, f"os_.write(2, {forged!r}); os_._exit(1)"))
+    assert result.artifacts["reason"] == "crash", result.artifacts["message"]
+
+
+@needs_confinement
+def test_a_launcher_that_cannot_start_the_sandbox_is_the_harness_not_the_program(smoke_env, monkeypatch):
+    """The launcher's real failure (here the command it confines cannot be run) is ``infrastructure``, with the
+    launcher's reason, said on its status pipe."""
+    prepared = prepare(security.FRAMEWORK)
+    wrap = confine.wrap
+    monkeypatch.setattr(confine, "wrap", lambda cmd, *args, **kwargs: wrap(["/nonexistent/harness-test"], *args, **kwargs))
+    request = evaluate_module.sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"],
+                                              source=security.SEED)
+    run = executor.run_sandbox_here("evaluate", request, 120.0, 8192)
+    assert run.outcome == "infrastructure", (run.outcome, run.error, run.log)
+    assert run.error.startswith(confine.FAILURE_PREFIX) and "/nonexistent/harness-test" in run.error, run.error

@@ -188,3 +188,13 @@ def test_a_sandbox_that_a_supervised_process_starts_is_under_its_own_cap_not_its
     cmd = [sys.executable, "-c", STARTS_A_SANDBOX, str(marker), str(tmp_path / "inner.log")]
     outcome = executor.supervise(executor.start_limited(cmd, tmp_path / "log"), 20.0, 200)
     assert marker.exists() and outcome == "timeout", (tmp_path / "log").read_text()
+
+
+def test_a_result_nested_past_the_parsers_depth_is_the_programs_tampering(tmp_path):
+    """JSON nested deeper than the interpreter's stack raises RecursionError, not ValueError: it was the evaluator's
+    own failure (``infrastructure``), not the program's."""
+    path = tmp_path / "result.json"
+    path.write_text("[" * 200_000)
+    assert executor.read_result(path)["reason"] == "tampering"
+    path.write_text('{"reason": "ok"}')
+    assert executor.read_result(path) == {"reason": "ok"}

@@ -111,6 +111,19 @@ def test_the_record_of_constructed_buffers_is_checked_before_it_is_believed(tmp_
     assert verdict({"blocks.0.attn.mask": torch.ones(4, 4).tril()}) == Reason.TAMPERING
     assert verdict({**weights.buffers, "blocks.0.attn.mask": torch.nn.Linear(2, 2)}) == Reason.TAMPERING
     assert verdict(None) == Reason.TAMPERING
+    # Before anything is unpacked: a record far larger than the buffers it names (without this check, a changed
+    # shape: statefulness), and the right record compressed (a few megabytes could unpack to gigabytes here).
+    assert verdict({**weights.buffers, "blocks.0.attn.mask": torch.zeros(2**20)}) == Reason.TAMPERING
+    import zipfile
+
+    torch.save(dict(weights.buffers), tmp_path / "stored.pt")
+    with zipfile.ZipFile(tmp_path / "stored.pt") as source, \
+            zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as packed:
+        for entry in source.infolist():
+            packed.writestr(entry.filename, source.read(entry))
+    with pytest.raises(Rejection, match="not the archive") as info:
+        check_constructed(path, RUNG, weights)
+    path.unlink()
     torch.save(dict(weights.buffers), tmp_path / "elsewhere.pt")
     path.symlink_to(tmp_path / "elsewhere.pt")  # the right tensors, through a link the part made
     with pytest.raises(Rejection) as info:
@@ -317,8 +330,8 @@ def test_a_forged_training_record_moves_no_loss_and_no_count(smoke_env, monkeypa
     prepared = prepare(security.FRAMEWORK)
     starts = _count_scorer_starts(monkeypatch)
     launched, start_limited = [], executor.start_limited
-    monkeypatch.setattr(executor, "start_limited", lambda cmd, log, env: launched.append((cmd, env))
-                        or start_limited(cmd, log, env))
+    monkeypatch.setattr(executor, "start_limited", lambda cmd, log, env, **kwargs: launched.append((cmd, env))
+                        or start_limited(cmd, log, env, **kwargs))
     request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"], source=security.SEED + FORGER)
     run = executor.run_sandbox_here("evaluate", request, 180.0, 8192)
     assert run.outcome == "exited" and run.result["reason"] == "ok", run.log

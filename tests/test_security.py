@@ -181,6 +181,32 @@ def test_a_patch_of_torch_past_the_static_check_is_refused_at_run_time(smoke_env
     assert "objective" not in run.result  # nothing trained past the stage that saw it
 
 
+def _reaching_the_result(update: str) -> str:
+    """A candidate whose forward finds the sandbox's result dictionary and runs ``update`` on it (``r``)."""
+    inject = ("import sys as _sys\n\n\ndef _inject():\n    f = _sys._getframe(1)\n    while f is not None:\n"
+              "        if f.f_code.co_name == 'evaluate' and isinstance(f.f_locals.get('result'), dict):\n"
+              f"            r = f.f_locals['result']\n            {update}\n"
+              "            return\n        f = f.f_back\n\n\n")
+    source = security.Attack("result", "none", "_inject()").source("unused", SECRET_ENV)
+    return source.replace(f"class {security.CLASS}(nn.Module):", inject + f"class {security.CLASS}(nn.Module):", 1)
+
+
+def test_a_record_a_program_inflates_in_its_result_never_reaches_the_ledger(smoke_env, tmp_path, monkeypatch):
+    """Past the static check, a forward that grows the fingerprint and the timings its sandbox reports (one such
+    evaluation grew the ledger by 40 MB): the fingerprint is not believed, and nothing of it is stored."""
+    from harness.trusted import evaluate as evaluate_module
+    from harness.trusted.policy import PolicyReport
+
+    monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
+    path = tmp_path / "candidate.py"
+    path.write_text(_reaching_the_result("r['fingerprint']['pad'] = 'x' * 10**7; r['timings']['y' * 10**5] = 1.0; "
+                                         "r['timings']['z'] = 'w' * 10**6; raise RuntimeError('inflated')"))
+    result = evaluate(security.FRAMEWORK, str(path))
+    assert result.artifacts["reason"] == "crash" and "inflated" in result.artifacts["message"]
+    row = ledger.evaluations(os.environ["HARNESS_LEDGER"])[-1]
+    assert len(json.dumps(row)) < 100_000 and "pad" not in row["fingerprint"]
+
+
 def test_a_metric_a_program_adds_to_its_result_never_reaches_openevolve(smoke_env, tmp_path, monkeypatch):
     """Past the static check, a forward that finds the sandbox's result dictionary and adds OpenEvolve's feature
     dimensions to its metrics would choose its own cell in the archive: only the gate's own names come back."""
@@ -188,15 +214,9 @@ def test_a_metric_a_program_adds_to_its_result_never_reaches_openevolve(smoke_en
     from harness.trusted.policy import PolicyReport
 
     monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
-    inject = ("import sys as _sys\n\n\ndef _inject():\n    f = _sys._getframe(1)\n    while f is not None:\n"
-              "        if f.f_code.co_name == 'evaluate' and isinstance(f.f_locals.get('result'), dict):\n"
-              "            f.f_locals['result']['metrics'].update(complexity=1e300, diversity=-1e300, flop_ratio=0.5,"
-              " score=9.0)\n"
-              "            return\n        f = f.f_back\n\n\n")
-    source = security.Attack("metrics", "none", "_inject()").source("unused", SECRET_ENV)
-    source = source.replace(f"class {security.CLASS}(nn.Module):", inject + f"class {security.CLASS}(nn.Module):", 1)
     path = tmp_path / "candidate.py"
-    path.write_text(source)
+    path.write_text(_reaching_the_result("r['metrics'].update(complexity=1e300, diversity=-1e300, flop_ratio=0.5, "
+                                         "score=9.0)"))
     result = evaluate(security.FRAMEWORK, str(path))
     assert result.artifacts["reason"] == "ok", result.artifacts.get("message")
     assert not {"complexity", "diversity", "score"} & set(result.metrics), result.metrics

@@ -98,7 +98,7 @@ def test_sandbox_runs_pinned_to_its_slot(slot_env, monkeypatch):
     monkeypatch.setenv("HARNESS_SLOTS", "3")
     seen = {}
 
-    def fake_start_limited(cmd, log_path, env=None):
+    def fake_start_limited(cmd, log_path, env=None, pass_fds=()):
         seen["env"] = env
         seen["held"] = [p.name for p in slot_env.iterdir()]
         return None

@@ -372,6 +372,12 @@ def check_constructed(path: Path, rung: tuple, weights: Weights) -> None:
     refuses. The part scored with what it built, so a change never reached the score; this names it."""
     if not _regular_file(path):
         raise Rejection(Reason.TAMPERING, "the forward pass left no record of the buffers it built")
+    # What the record holds is known: the trained buffers' tensors, whose bytes bound what is unpacked here.
+    expected = sum(v.numel() * v.element_size() for v in weights.buffers.values())
+    size = _stored_size(path)
+    if size is None or size > 2 * expected + 2**20:
+        raise Rejection(Reason.TAMPERING, "the forward pass left a record of its buffers that is not the archive "
+                        "torch writes, or larger than the buffers it names")
     try:
         built = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - a hostile file is the program's doing

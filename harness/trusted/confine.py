@@ -1,6 +1,6 @@
 """Start the sandbox in new user, network, PID and IPC namespaces, and confine its files with Landlock.
 
-    python -m harness.trusted.confine [--read P ...] [--write P ...] [--seccomp [--no-sockets]] -- CMD [ARG ...]
+    python -m harness.trusted.confine [--read P ...] [--write P ...] [--seccomp [--cpu-filter]] -- CMD [ARG ...]
     python -m harness.trusted.confine --check [cuda]    # exit 0 when this machine allows it (and CUDA works in it)
     python -m harness.trusted.confine --layers [cuda]   # what a sandbox gets here, as the ledger records it
 
@@ -19,8 +19,8 @@ environments of the user's other processes stay out of reach. The executor asks 
 Landlock (``file_rules``).
 
 With ``--seccomp``, the command also runs under the seccomp filter of ``harness.trusted.seccomp``: system calls a
-training never needs fail, and only Unix-domain sockets can be opened; with ``--no-sockets`` (every sandbox on the
-CPU) no socket at all. The executor asks for it where the kernel offers seccomp filters and the filter exists for
+training never needs fail, and only Unix-domain sockets can be opened; with ``--cpu-filter`` (every sandbox on the
+CPU) no socket at all, and no memory file (``seccomp.CPU_DENIED``). The executor asks for it where the kernel offers seccomp filters and the filter exists for
 the machine.
 
 On CUDA, the driver must work under both layers too, and what it needs differs between drivers (on one GPU machine
@@ -432,11 +432,15 @@ def unconfined_message(profile_name: str, reason: str) -> str:
 
 
 def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None, seccomp: bool = False,
-         device: str = "cpu") -> list[str]:
+         device: str = "cpu", status_fd: int | None = None) -> list[str]:
     """The launcher's command line in front of ``cmd``; ``files``: (read roots, write roots) for Landlock;
     ``seccomp``: under the seccomp filter too, which on the CPU (``device``) also refuses every socket
-    (``seccomp.no_sockets_program``)."""
-    options = ["--no-sockets"] if seccomp and device == "cpu" else []
+    (``seccomp.cpu_program``: no socket, no memory file); ``status_fd``: a descriptor the launcher inherits, on which it says whether
+    the command started (``STARTED``) or why it could not (``FAILED`` and the reason). The command never holds it,
+    so what it prints cannot pass for the launcher's failure."""
+    options = ["--cpu-filter"] if seccomp and device == "cpu" else []
+    if status_fd is not None:
+        options += ["--status-fd", str(status_fd)]
     for path in (files or ([], []))[0]:
         options += ["--read", path]
     for path in (files or ([], []))[1]:
@@ -446,17 +450,33 @@ def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None, secco
     return [sys.executable, "-m", "harness.trusted.confine", *options, "--", *cmd]
 
 
-def _parse(argv: list[str]) -> tuple[list[str], list[str], bool, bool, list[str]]:
-    """(read roots, write roots, seccomp, sockets, command) of the launcher's arguments."""
-    read, write, seccomp, sockets = [], [], False, True
-    while argv and argv[0] in ("--read", "--write", "--seccomp", "--no-sockets"):
-        if argv[0] in ("--seccomp", "--no-sockets"):
-            seccomp, sockets = seccomp or argv[0] == "--seccomp", sockets and argv[0] != "--no-sockets"
+def _parse(argv: list[str]) -> tuple[list[str], list[str], bool, bool, int | None, list[str]]:
+    """(read roots, write roots, seccomp, the CPU's filter, status descriptor, command) of the launcher's arguments."""
+    read, write, seccomp, cpu_filter, status_fd = [], [], False, False, None
+    while argv and argv[0] in ("--read", "--write", "--seccomp", "--cpu-filter", "--status-fd"):
+        if argv[0] in ("--seccomp", "--cpu-filter"):
+            seccomp, cpu_filter = seccomp or argv[0] == "--seccomp", cpu_filter or argv[0] == "--cpu-filter"
             argv = argv[1:]
             continue
-        (read if argv[0] == "--read" else write).append(argv[1])
+        if argv[0] == "--status-fd":
+            status_fd = int(argv[1])
+        else:
+            (read if argv[0] == "--read" else write).append(argv[1])
         argv = argv[2:]
-    return read, write, seccomp, sockets, argv[1:] if argv[:1] == ["--"] else argv
+    return read, write, seccomp, cpu_filter, status_fd, argv[1:] if argv[:1] == ["--"] else argv
+
+
+STARTED, FAILED = b"started", b"failed: "
+
+
+def _tell(status_fd: int | None, message: bytes) -> None:
+    if status_fd is None:
+        return
+    try:
+        os.write(status_fd, message)
+        os.close(status_fd)
+    except OSError:
+        pass
 
 
 def main(argv: list[str]) -> int:
@@ -474,18 +494,24 @@ def main(argv: list[str]) -> int:
         print(layers_here(*(argv[1:2] or ["cpu"])))
         return 0
     die_with_parent()
-    read, write, seccomp, sockets, argv = _parse(argv)
+    read, write, seccomp, cpu_filter, status_fd, argv = _parse(argv)
     try:
         enter()
     except OSError as exc:
         print(f"{FAILURE_PREFIX}{exc}", file=sys.stderr, flush=True)
+        _tell(status_fd, FAILED + str(exc).encode(errors="replace"))
         return EXIT_UNAVAILABLE
     alive_r, alive_w = os.pipe()  # the launcher holds the write end for as long as it lives
+    # Closed by the exec itself: end of file without a word means the command started.
+    exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         # Process 1 of the new namespace. Its parent is outside, where the namespace shows no pid: 0, so
         # die_with_parent reads the launcher's death from the pipe (see process_lifetime).
         try:
+            if status_fd is not None:
+                os.close(status_fd)
+            os.close(exec_r)
             os.close(alive_w)
             os.set_inheritable(alive_r, True)
             os.environ[PARENT_PID_ENV] = "0"
@@ -497,14 +523,24 @@ def main(argv: list[str]) -> int:
                     from harness.trusted import seccomp as filters
 
                     filters.apply()
-                    if not sockets:
-                        filters.apply(filters.no_sockets_program())
+                    if cpu_filter:
+                        filters.apply(filters.cpu_program())
             except OSError as exc:
                 print(f"{FAILURE_PREFIX}{exc}", file=sys.stderr, flush=True)
+                os.write(exec_w, str(exc).encode(errors="replace") or b"?")
                 os._exit(EXIT_UNAVAILABLE)
-            os.execvp(argv[0], argv)
+            try:
+                os.execvp(argv[0], argv)
+            except OSError as exc:
+                os.write(exec_w, f"cannot run {argv[0]}: {exc}".encode(errors="replace"))
         finally:
             os._exit(127)
+    os.close(exec_w)
+    failure = b""
+    while chunk := os.read(exec_r, 4096):
+        failure += chunk
+    os.close(exec_r)
+    _tell(status_fd, FAILED + failure if failure else STARTED)
     os.close(alive_r)
     status = os.waitpid(pid, 0)[1]
     os.close(alive_w)

@@ -15,6 +15,7 @@ Runs in OpenEvolve's processes, so it never imports torch's CUDA, never raises, 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -112,6 +113,21 @@ def gate_metrics(raw: object) -> dict[str, float]:
     return {key: value for key, value in found.items() if GATE_METRICS.fullmatch(key)}
 
 
+# The most a record a sandbox reports (its fingerprint, its timings) may hold in the ledger: one program's 10 MB
+# fingerprint grew the ledger by 40 MB, and reached the next prompt through the fingerprint's id.
+REPORTED_RECORD_MAX_BYTES = 16_384
+
+
+def _small(value: object) -> dict | None:
+    """``value`` if it is a dict of plain JSON within ``REPORTED_RECORD_MAX_BYTES``, else None."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return value if len(json.dumps(value)) <= REPORTED_RECORD_MAX_BYTES else None
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
 def _float_metrics(raw: dict) -> dict[str, float]:
     out = {}
     for key, value in raw.items():
@@ -167,7 +183,7 @@ def _result(framework: str, reason: Reason, message: str, *, score: float = 0.0,
         "reason": reason.value,
         "message": message,
         "hint": HINTS[reason],
-        "fingerprint_id": str(fp.get("id", "")),
+        "fingerprint_id": str(fp.get("id", ""))[:64],
     }
     if flags:
         artifacts["flags"] = "\n".join(flags)
@@ -321,7 +337,7 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
                            f"malformed training record: {exc}", details=log, code=spliced, **common)
         ledger.put_baseline(run.new_baseline["fingerprint"]["id"], fw.name, profile.objective, new, prepared["ledger"])
         baselines[run.new_baseline["fingerprint"]["id"]] = new
-    reported_fp = (result or {}).get("fingerprint")
+    reported_fp = _small((result or {}).get("fingerprint"))
     common.update(code=spliced, execution=run.execution,
                   fingerprint=reported_fp if isinstance(reported_fp, dict) else None)
     if run.outcome == "infrastructure":
@@ -342,15 +358,15 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
                        details=log, **common)
     # Whatever else the result holds came from the sandbox's process: kept only in the shapes the ledger stores.
     metrics = gate_metrics(result.get("metrics"))
-    timings = result.get("timings") if isinstance(result.get("timings"), dict) else {}
+    timings = {k: v for k, v in _float_metrics(_small(result.get("timings")) or {}).items() if len(k) <= 64}
     message, traceback_text = str(result.get("message", "")), str(result.get("traceback", ""))
     details = "\n".join(filter(None, [traceback_text, log if reason not in (Reason.OK,) else ""]))
     if reason != Reason.OK:
         return _result(framework, reason, message, metrics=metrics, details=details, timings=timings, **common)
-    if not isinstance(result.get("fingerprint"), dict) or "objective" not in result:
+    if reported_fp is None or "objective" not in result:
         return _result(framework, Reason.TAMPERING, "the sandbox's result claims success without the fingerprint "
                        "and the training record the sandbox always reports", details=log, **common)
-    fingerprint_id = result["fingerprint"].get("id")
+    fingerprint_id = reported_fp.get("id")
     if fingerprint_id not in baselines:
         return _result(framework, Reason.INFRASTRUCTURE, f"no baseline for the fingerprint {fingerprint_id!r} the "
                        "sandbox reported", details=log, **common)

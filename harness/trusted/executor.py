@@ -181,7 +181,7 @@ class Started:
     log: object  # the open log file
 
 
-def start_limited(cmd: list[str], log_path: Path, env: dict | None = None) -> Started:
+def start_limited(cmd: list[str], log_path: Path, env: dict | None = None, pass_fds: tuple = ()) -> Started:
     """Start cmd in its own process group, its output to ``log_path``. Every process started so is then either
     supervised or abandoned; until then it may only wait for its stdin: a process that its caller needs soon is
     started ahead, so that its interpreter start and imports overlap what comes before."""
@@ -189,7 +189,7 @@ def start_limited(cmd: list[str], log_path: Path, env: dict | None = None) -> St
     log = open(log_path, "wb")
     try:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
-                                start_new_session=True, env=env)
+                                start_new_session=True, env=env, pass_fds=pass_fds)
     except BaseException:
         log.close()
         raise
@@ -333,11 +333,12 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
             seccomp = seccomp_applies(request)
         except confine.LayersUnknown as exc:
             return SandboxRun("infrastructure", None, error=str(exc))
+        status_r, status_w = os.pipe()  # the launcher's word on whether the sandbox started (confine.wrap)
         if unavailable:
             confinement, launched = f"none: {unavailable}", cmd
         else:
             confinement = confine.recorded(bool(files), seccomp)
-            launched = confine.wrap(cmd, files, seccomp, request.get("device", "cpu"))
+            launched = confine.wrap(cmd, files, seccomp, request.get("device", "cpu"), status_fd=status_w)
         scorer: list = []  # [Started] once started, [None, error] if it could not start
         begins = _LogWatch(log_path, TRAINING_BEGINS)
 
@@ -356,13 +357,19 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
                 start_scorer()
 
         try:
-            outcome = supervise(start_limited(launched, log_path, env), limit_s, memory_cap_mib, on_poll=on_poll)
+            try:
+                started = start_limited(launched, log_path, env, pass_fds=() if unavailable else (status_w,))
+            finally:
+                os.close(status_w)
+            outcome = supervise(started, limit_s, memory_cap_mib, on_poll=on_poll)
             result = read_result(result_path) if outcome == "exited" and result_path.exists() else None
             log = tail(log_path)
-            if result is None and not unavailable and log.startswith(confine.FAILURE_PREFIX):
-                # The launcher could not create the namespaces, so the sandbox never started: not the candidate's.
-                return SandboxRun("infrastructure", None, log, error=log.splitlines()[0],
-                                  execution={"confinement": confinement})
+            status = _read_status(status_r)
+            if result is None and not unavailable and status.startswith(confine.FAILED):
+                # The launcher could not confine the sandbox, which never started: not the candidate's. Only the
+                # launcher holds the descriptor it says so on; the sandbox's own output could say anything.
+                error = confine.FAILURE_PREFIX + status[len(confine.FAILED):].decode(errors="replace")[:2000]
+                return SandboxRun("infrastructure", None, log, error=error, execution={"confinement": confinement})
             run = SandboxRun(outcome, result, log, execution={"confinement": confinement})
             if result is not None and _trained(mode, result):
                 start_scorer()  # a training too short to be seen starting, or a log line the program suppressed
@@ -374,6 +381,20 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         finally:
             if scorer and scorer[0] is not None and scorer[0].proc.poll() is None:
                 abandon(scorer[0])
+
+
+def _read_status(fd: int) -> bytes:
+    """What the launcher said on its status pipe (``confine.wrap``), once it is gone; closes ``fd``."""
+    chunks = []
+    try:
+        os.set_blocking(fd, False)
+        while len(chunks) < 16 and (chunk := os.read(fd, 4096)):
+            chunks.append(chunk)
+    except OSError:  # nothing written, and a writer still open
+        pass
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 class _LogWatch:
@@ -536,7 +557,7 @@ def read_result(path: Path) -> dict:
     data = read_untrusted(path, RESULT_MAX_BYTES + 1)
     try:
         result = json.loads(data) if data is not None and len(data) <= RESULT_MAX_BYTES else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: JSON nested past the stack's depth
         result = None
     if not isinstance(result, dict):
         return {"reason": "tampering", "message": "the sandbox's result file is not the JSON object the sandbox "

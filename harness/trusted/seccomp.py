@@ -43,6 +43,7 @@ _NUMBERS = {
         "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_open": 240, "mq_unlink": 241,
         "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245,
         "socketpair": 53, "flock": 73, "fcntl": 72, "inotify_init": 253, "inotify_init1": 294, "fanotify_init": 300,
+        "memfd_create": 319,
     },
     "aarch64": {
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272, "keyctl": 219,
@@ -57,6 +58,7 @@ _NUMBERS = {
         "semtimedop": 192, "msgget": 186, "msgsnd": 189, "msgrcv": 188, "msgctl": 187, "mq_open": 180,
         "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183, "mq_notify": 184, "mq_getsetattr": 185,
         "socketpair": 199, "flock": 32, "fcntl": 25, "inotify_init1": 26, "fanotify_init": 262,  # no inotify_init
+        "memfd_create": 279,
     },
 }
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
@@ -151,17 +153,19 @@ def apart_program(machine: str | None = None) -> list[tuple]:
     return _refusing(APART_DENIED, FCNTL_DENIED, machine)
 
 
-# What every sandbox on the CPU refuses besides (``no_sockets_program``): any socket. The sandbox's own filter allows
-# Unix-domain sockets, which a GPU driver may need; but Landlock does not check ``connect`` to a socket's path (before
-# its RESOLVE_UNIX right), so through one a sandbox could reach any service of the host that listens on a path (a
-# container engine's, a session bus, another sandbox's). A datagram socket pair can be pointed at such a path too.
-# Training on the CPU needs none.
-SOCKETS_DENIED = ("socket", "socketpair")
+# What every sandbox on the CPU refuses besides (``cpu_program``), none of which training on the CPU needs:
+# - any socket. The sandbox's own filter allows Unix-domain sockets, which a GPU driver may need; but Landlock does not
+#   check ``connect`` to a socket's path (before its RESOLVE_UNIX right), so through one a sandbox could reach any
+#   service of the host that listens on a path (a container engine's, a session bus, another sandbox's). A datagram
+#   socket pair can be pointed at such a path too.
+# - ``memfd_create``: a memory file written and never mapped holds the host's memory outside the sandbox's resident
+#   memory, which the cap counts (2.5 GiB past a 1.5 GiB cap, measured).
+CPU_DENIED = ("socket", "socketpair", "memfd_create")
 
 
-def no_sockets_program(machine: str | None = None) -> list[tuple]:
-    """A filter stacked on the sandbox's on the CPU: ``SOCKETS_DENIED`` answer EPERM."""
-    return _refusing(SOCKETS_DENIED, (), machine)
+def cpu_program(machine: str | None = None) -> list[tuple]:
+    """A filter stacked on the sandbox's on the CPU: ``CPU_DENIED`` answer EPERM."""
+    return _refusing(CPU_DENIED, (), machine)
 
 
 def _refusing(calls: tuple[str, ...], fcntl_commands: tuple[int, ...], machine: str | None) -> list[tuple]:
