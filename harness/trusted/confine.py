@@ -20,8 +20,8 @@ Landlock (``file_rules``).
 
 With ``--seccomp``, the command also runs under the seccomp filter of ``harness.trusted.seccomp``: system calls a
 training never needs fail, and only Unix-domain sockets can be opened; with ``--cpu-filter`` (every sandbox on the
-CPU) no socket at all, and no memory file (``seccomp.CPU_DENIED``). The executor asks for it where the kernel offers seccomp filters and the filter exists for
-the machine.
+CPU) no socket at all, and no memory file (``seccomp.CPU_DENIED``). The executor asks for it where the kernel offers
+seccomp filters and the filter exists for the machine.
 
 On CUDA, the driver must work under both layers too, and what it needs differs between drivers (on one GPU machine
 measured, it failed under a Landlock ruleset and under a filter that refused every socket: ``results/bench/NOTES.md``).
@@ -434,10 +434,10 @@ def unconfined_message(profile_name: str, reason: str) -> str:
 def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None, seccomp: bool = False,
          device: str = "cpu", status_fd: int | None = None) -> list[str]:
     """The launcher's command line in front of ``cmd``; ``files``: (read roots, write roots) for Landlock;
-    ``seccomp``: under the seccomp filter too, which on the CPU (``device``) also refuses every socket
-    (``seccomp.cpu_program``: no socket, no memory file); ``status_fd``: a descriptor the launcher inherits, on which it says whether
-    the command started (``STARTED``) or why it could not (``FAILED`` and the reason). The command never holds it,
-    so what it prints cannot pass for the launcher's failure."""
+    ``seccomp``: under the seccomp filter too, which on the CPU (``device``) also refuses every socket and memory
+    file (``seccomp.cpu_program``); ``status_fd``: a descriptor the launcher inherits, on which it says whether the
+    command started (``STARTED``) or why it could not (``FAILED`` and the reason). The command never holds it, so
+    what it prints cannot pass for the launcher's failure."""
     options = ["--cpu-filter"] if seccomp and device == "cpu" else []
     if status_fd is not None:
         options += ["--status-fd", str(status_fd)]
