@@ -38,6 +38,15 @@ class {cls}(nn.Module):
 '''
 
 
+def past_the_static_policy(monkeypatch) -> None:
+    """Switch the evaluator's static policy off, as if a candidate had found a hole in it, to show the layers
+    behind it."""
+    from harness.trusted import evaluate
+    from harness.trusted.policy import PolicyReport
+
+    monkeypatch.setattr(evaluate, "check_block", lambda *args, **kwargs: PolicyReport())
+
+
 @dataclass(frozen=True)
 class Attack:
     name: str

@@ -22,9 +22,7 @@ import pytest
 import security
 from processes import all_gone, children
 from harness.trusted import confine, executor, ledger, process_lifetime
-from harness.trusted import evaluate as evaluate_module
-from harness.trusted.evaluate import evaluate, prepare
-from harness.trusted.policy import PolicyReport
+from harness.trusted.evaluate import evaluate, prepare, sandbox_request
 from harness.trusted.profiles import ALLOW_UNCONFINED_ENV, ConfigError, get_profile
 
 # What a sandbox on the tests' device (``security.DEVICE``: the CPU, or the GPU under gpu-check) gets here.
@@ -40,10 +38,6 @@ sandbox_seccomp = pytest.mark.skipif(UNAVAILABLE is not None or not LAYERS.secco
 # The launcher's own tests, whatever the device.
 needs_landlock = pytest.mark.skipif(confine.unavailable_reason() is not None or confine.landlock_abi() == 0,
                                     reason="this machine cannot confine files with Landlock")
-
-
-def _past_the_static_policy(monkeypatch):
-    monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
 
 
 def _candidate(tmp_path, attempt: str) -> str:
@@ -89,7 +83,7 @@ def test_the_seed_is_evaluated_confined_and_the_ledger_says_so(smoke_env, tmp_pa
 
 @needs_confinement
 def test_the_sandbox_cannot_signal_the_evaluator(smoke_env, tmp_path, monkeypatch):
-    _past_the_static_policy(monkeypatch)
+    security.past_the_static_policy(monkeypatch)
     path = _candidate(tmp_path, f"os_.kill({os.getpid()}, 9)")
     result = evaluate(security.FRAMEWORK, path)
     # Still here: the signal never reached this process (the evaluator, the sandbox's parent's parent).
@@ -98,7 +92,7 @@ def test_the_sandbox_cannot_signal_the_evaluator(smoke_env, tmp_path, monkeypatc
 
 @needs_confinement
 def test_the_sandbox_has_no_network(smoke_env, tmp_path, monkeypatch):
-    _past_the_static_policy(monkeypatch)
+    security.past_the_static_policy(monkeypatch)
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
@@ -123,7 +117,7 @@ def test_the_sandbox_reaches_no_unix_socket_of_the_host(smoke_env, tmp_path, mon
     """Landlock does not check a connection to a socket's path: without the CPU's socket refusal, a sandbox reached a
     service of the host listening on a path (a container engine's, a session bus), through a socket or through a
     datagram socket pair pointed at it."""
-    _past_the_static_policy(monkeypatch)
+    security.past_the_static_policy(monkeypatch)
     path = str(tmp_path / "host.sock")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
@@ -172,7 +166,7 @@ def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(sm
     key), a file outside the run folder, the token cache (for writing) and the scored split (even for reading) are
     each out of reach, and nothing was written."""
     prepare(security.FRAMEWORK)  # the token cache exists
-    _past_the_static_policy(monkeypatch)
+    security.past_the_static_policy(monkeypatch)
     secret_value = "sk-" + os.urandom(8).hex()
     monkeypatch.setenv("HARNESS_TEST_API_KEY", secret_value)
     secret = tmp_path / "secret.txt"
@@ -513,7 +507,7 @@ def test_an_evaluated_program_cannot_reach_the_kernel_keyrings_or_make_a_namespa
     namespace are refused by the seccomp filter, in the sandbox the evaluator starts."""
     from harness.trusted import seccomp
 
-    _past_the_static_policy(monkeypatch)
+    security.past_the_static_policy(monkeypatch)
     numbers = seccomp.numbers()
     for name, args in (("keyctl", "0, -4, 0"), ("unshare", "0x10000000")):
         attempt = (f"ct = os_.sys.modules['ctypes']; lib = ct.CDLL(None, use_errno=True); "
@@ -586,7 +580,7 @@ def test_a_program_that_prints_the_launchers_failure_is_still_the_program(smoke_
     """Past the static policy, a program whose log ends as the launcher's failure would (``confine: ...``) and that
     leaves no result crashed: only the launcher's own word, on a pipe the sandbox never holds, says it failed."""
     prepare(security.FRAMEWORK)
-    _past_the_static_policy(monkeypatch)
+    security.past_the_static_policy(monkeypatch)
     line = b"confine: unshare refused: Operation not permitted"
     forged = line + b" " * (executor.STDERR_TAIL_CHARS - len(line))
     result = evaluate(security.FRAMEWORK, _candidate(tmp_path, f"os_.write(2, {forged!r}); os_._exit(1)"))
@@ -600,8 +594,7 @@ def test_a_launcher_that_cannot_start_the_sandbox_is_the_harness_not_the_program
     prepared = prepare(security.FRAMEWORK)
     wrap = confine.wrap
     monkeypatch.setattr(confine, "wrap", lambda cmd, *args, **kwargs: wrap(["/nonexistent/harness-test"], *args, **kwargs))
-    request = evaluate_module.sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"],
-                                              source=security.SEED)
+    request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"], source=security.SEED)
     run = executor.run_sandbox_here("evaluate", request, 120.0, 8192)
     assert run.outcome == "infrastructure", (run.outcome, run.error, run.log)
     assert run.error.startswith(confine.FAILURE_PREFIX) and "/nonexistent/harness-test" in run.error, run.error

@@ -10,6 +10,7 @@ import pytest
 from openevolve.evaluation_result import EvaluationResult
 
 import adversarial
+import security
 from harness.trusted import ledger
 from harness.trusted.evaluate import evaluate, prepare
 from harness.trusted.frameworks import FRAMEWORKS
@@ -162,10 +163,7 @@ def test_a_forged_result_file_is_never_scored(smoke_env, tmp_path, content, monk
     """The score is recomputed outside the sandbox from the runs' numbers: a result without them is tampering,
     whatever score it claims. The static policy refuses this forger; it is switched off here, as if the candidate
     had found a hole in it, to show the layer behind it."""
-    from harness.trusted import evaluate as evaluate_module
-    from harness.trusted.policy import PolicyReport
-
-    monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
+    security.past_the_static_policy(monkeypatch)
     path = tmp_path / "forger.py"
     path.write_text(_forger(content))
     result = evaluate("ttr", str(path))

@@ -144,10 +144,8 @@ def test_the_trust_boundary_holds_on_ray_workers(ray_cluster, tmp_path, monkeypa
     import security
     import test_scorer
     import test_security
-    from harness.trusted import evaluate as evaluate_module
     from harness.trusted.evaluate import sandbox_request
     from harness.trusted.executor import run_sandbox
-    from harness.trusted.policy import PolicyReport
 
     prepared = prepare("ttr", executor_name="ray")
     leak = evaluate("ttr", str(_write(tmp_path, "leak", test_scorer.LEAKS_WHEN_SCORED.source("unused", "UNUSED"))),
@@ -170,7 +168,7 @@ def test_the_trust_boundary_holds_on_ray_workers(ray_cluster, tmp_path, monkeypa
     if confine.unavailable_reason() is not None:
         return
     # Past the static policy: what the OS layers stop, on a worker as on this host (tests/test_confinement.py).
-    monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
+    security.past_the_static_policy(monkeypatch)
     secret = tmp_path / "secret.txt"
     secret.write_text("sk-" + secrets.token_hex(8))
     attempts = {"signal_the_driver": (f"getattr(torch, 'os').kill({os.getpid()}, 9)", "No such process")}

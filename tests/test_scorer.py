@@ -28,6 +28,15 @@ RUNG, VOCAB, CONTEXT = (32, 2, 2), 512, 16
 MAX_BYTES = 64 * 2**20  # what the scorer lets one rung's trained tensors take (of its memory cap)
 
 
+def _deflated_copy(source: Path, target: Path) -> None:
+    """The archive ``torch.save`` wrote, each entry compressed: torch itself unpacks it."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as stored, zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as packed:
+        for entry in stored.infolist():
+            packed.writestr(entry.filename, stored.read(entry))
+
+
 def _seed_model():
     fw = get_framework("ttr")
     model = build_model(load_attention(fw.seed_source(), str(fw.seed_path)), RUNG, VOCAB, CONTEXT, 0.0, 3)
@@ -69,15 +78,10 @@ def test_weights_that_are_not_plain_tensors_are_tampering(tmp_path):
 def test_weights_that_would_unpack_to_more_than_the_scorer_may_hold_are_tampering(tmp_path):
     """A compressed archive (a few megabytes that unpack to gigabytes in the scorer's process) and one larger than
     the scorer's share of its memory are refused before anything is unpacked; the archive torch writes passes."""
-    import zipfile
-
     model = _seed_model()
     save_weights(model, tmp_path / "good.pt")
     assert load_weights(tmp_path / "good.pt", RUNG, VOCAB, MAX_BYTES).params
-    with zipfile.ZipFile(tmp_path / "good.pt") as source, \
-            zipfile.ZipFile(tmp_path / "deflated.pt", "w", compression=zipfile.ZIP_DEFLATED) as packed:
-        for entry in source.infolist():
-            packed.writestr(entry.filename, source.read(entry))
+    _deflated_copy(tmp_path / "good.pt", tmp_path / "deflated.pt")
     assert torch.load(tmp_path / "deflated.pt", weights_only=True)["params"]  # torch itself would unpack it
     size = (tmp_path / "good.pt").stat().st_size
     for name, max_bytes, fragment in (("deflated", MAX_BYTES, "compressed"), ("good", size // 2, "MiB allowed")):
@@ -114,14 +118,9 @@ def test_the_record_of_constructed_buffers_is_checked_before_it_is_believed(tmp_
     # Before anything is unpacked: a record far larger than the buffers it names (without this check, a changed
     # shape: statefulness), and the right record compressed (a few megabytes could unpack to gigabytes here).
     assert verdict({**weights.buffers, "blocks.0.attn.mask": torch.zeros(2**20)}) == Reason.TAMPERING
-    import zipfile
-
     torch.save(dict(weights.buffers), tmp_path / "stored.pt")
-    with zipfile.ZipFile(tmp_path / "stored.pt") as source, \
-            zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as packed:
-        for entry in source.infolist():
-            packed.writestr(entry.filename, source.read(entry))
-    with pytest.raises(Rejection, match="not the archive") as info:
+    _deflated_copy(tmp_path / "stored.pt", path)
+    with pytest.raises(Rejection, match="not the archive"):
         check_constructed(path, RUNG, weights)
     path.unlink()
     torch.save(dict(weights.buffers), tmp_path / "elsewhere.pt")

@@ -194,10 +194,7 @@ def _reaching_the_result(update: str) -> str:
 def test_a_record_a_program_inflates_in_its_result_never_reaches_the_ledger(smoke_env, tmp_path, monkeypatch):
     """Past the static check, a forward that grows the fingerprint and the timings its sandbox reports (one such
     evaluation grew the ledger by 40 MB): the fingerprint is not believed, and nothing of it is stored."""
-    from harness.trusted import evaluate as evaluate_module
-    from harness.trusted.policy import PolicyReport
-
-    monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
+    security.past_the_static_policy(monkeypatch)
     path = tmp_path / "candidate.py"
     path.write_text(_reaching_the_result("r['fingerprint']['pad'] = 'x' * 10**7; r['timings']['y' * 10**5] = 1.0; "
                                          "r['timings']['z'] = 'w' * 10**6; raise RuntimeError('inflated')"))
@@ -210,10 +207,7 @@ def test_a_record_a_program_inflates_in_its_result_never_reaches_the_ledger(smok
 def test_a_metric_a_program_adds_to_its_result_never_reaches_openevolve(smoke_env, tmp_path, monkeypatch):
     """Past the static check, a forward that finds the sandbox's result dictionary and adds OpenEvolve's feature
     dimensions to its metrics would choose its own cell in the archive: only the gate's own names come back."""
-    from harness.trusted import evaluate as evaluate_module
-    from harness.trusted.policy import PolicyReport
-
-    monkeypatch.setattr(evaluate_module, "check_block", lambda *args, **kwargs: PolicyReport())
+    security.past_the_static_policy(monkeypatch)
     path = tmp_path / "candidate.py"
     path.write_text(_reaching_the_result("r['metrics'].update(complexity=1e300, diversity=-1e300, flop_ratio=0.5, "
                                          "score=9.0)"))
