@@ -71,6 +71,11 @@ class DataError(RuntimeError):
     what to do. A set-up problem, never a candidate's fault."""
 
 
+class NotPrepared(DataError):
+    """This host never prepared the data source (:func:`open_prepared`): a fresh cluster node, or a cleared cache.
+    Preparing it here (the evaluator's preparation, or ``harness baseline``) is the remedy."""
+
+
 @dataclass(frozen=True)
 class TokenData:
     train: np.ndarray  # uint16 ids of the whole train split, each story followed by eos_id (read-only memory map)
@@ -333,12 +338,13 @@ def _offline() -> bool:
     return bool(datasets.config.HF_HUB_OFFLINE)
 
 
-def _load_hub(name: str) -> tuple[list[str], list[str], str]:
+def _hub_dataset(name: str):
+    """``datasets.load_dataset(name)``: downloaded into the local Hugging Face cache, or served from it offline."""
     import datasets
 
     _honour_offline_env()
     try:
-        dataset_dict = datasets.load_dataset(name)
+        return datasets.load_dataset(name)
     except Exception as exc:
         if _offline():
             why = ("offline mode is on (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE) and the dataset is not in the local "
@@ -348,8 +354,33 @@ def _load_hub(name: str) -> tuple[list[str], list[str], str]:
                    "file or folder of that name)")
         raise DataError(f"cannot load the hub dataset {name!r}: {why} ({type(exc).__name__}: {exc}). "
                         f"{LOCAL_ALTERNATIVES}") from exc
-    train, val = _splits_of(dataset_dict, f"the hub dataset {name!r}")
+
+
+def _load_hub(name: str) -> tuple[list[str], list[str], str]:
+    train, val = _splits_of(_hub_dataset(name), f"the hub dataset {name!r}")
     return train, val, f"hub:{name}"
+
+
+def hub_name(source: str) -> str | None:
+    """The hub dataset a data source names, or None: 'synthetic', or a local file or folder."""
+    if source == "synthetic" or Path(source).expanduser().exists() or _looks_like_path(source):
+        return None
+    return source
+
+
+def fetch_hub_source(source: str) -> dict[str, int]:
+    """Download a hub source into this host's Hugging Face cache ({split: rows}; {} for any other source). The
+    preparation sandbox has no network: the host runs this first, in a process that runs no program, and the
+    sandbox then loads the dataset from the cache, offline. DataError when it cannot be had."""
+    name = hub_name(source)
+    if name is None:
+        return {}
+    dataset_dict = _hub_dataset(name)
+    try:
+        return {str(split): int(dataset_dict[split].num_rows) for split in dataset_dict}
+    except (AttributeError, TypeError):
+        raise DataError(f"the hub dataset {name!r} holds a single dataset without named splits; it needs a 'train' "
+                        f"and a 'validation' split") from None
 
 
 def _text_split_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -751,20 +782,24 @@ def open_prepared(source: str, vocab_size: int, val_tokens: int, cache_dir: Path
     """The train and monitoring splits of a data source that :func:`load_token_data` prepared on this host, found
     without reading its text, and never the scored split. This is how a process that runs a program gets its data:
     it needs neither the raw text nor the datasets cache, from which the scored split could be rebuilt (its file is
-    out of reach, its text would not be). DataError when the source was never prepared here, or an entry is corrupt."""
+    out of reach, its text would not be). NotPrepared when the source was never prepared here (or its entry was
+    removed), DataError when an entry is corrupt."""
     _check_vocab_size(vocab_size)
     pointer = _prepared_pointer(cache_dir, source, synthetic_stories_n, vocab_size, tokenizer_train_bytes)
     try:
         name = json.loads(pointer.read_text())["entry"]
     except FileNotFoundError:
-        raise DataError(f"the data source {source!r} was never prepared on this host (no {pointer}): the evaluator "
-                        f"prepares it when it starts, and `harness data` does too") from None
+        raise NotPrepared(f"the data source {source!r} was never prepared on this host (no {pointer}): the evaluator "
+                          f"prepares it when it starts, and `harness baseline` does too") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"the token cache's record {pointer} is unreadable ({type(exc).__name__}); delete it and "
                         "prepare the data again") from None
     if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
         raise DataError(f"the token cache's record {pointer} names no entry; delete it and prepare the data again")
-    return _open_entry(pointer.parent.parent / name, vocab_size, val_tokens, with_score=False)
+    entry = pointer.parent.parent / name
+    if not entry.is_dir():
+        raise NotPrepared(f"the token cache entry {entry} that {pointer} names is gone: prepare the data again")
+    return _open_entry(entry, vocab_size, val_tokens, with_score=False)
 
 
 def load_token_data(source: str, vocab_size: int, val_tokens: int, cache_dir: Path,
@@ -819,3 +854,15 @@ def validation_windows(tokens: np.ndarray, context_len: int) -> np.ndarray:
     n = (len(tokens) - 1) // context_len
     idx = np.arange(n)[:, None] * context_len + np.arange(context_len + 1)[None, :]
     return np.asarray(tokens).astype(np.int64)[idx]
+
+
+if __name__ == "__main__":  # python -m harness.data fetch SOURCE OUT.json: the host's download (fetch_hub_source)
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "fetch":
+        sys.exit("usage: python -m harness.data fetch SOURCE OUT.json")
+    try:
+        reply = {"splits": fetch_hub_source(sys.argv[2])}
+    except DataError as exc:
+        reply = {"error": str(exc)}
+    Path(sys.argv[3]).write_text(json.dumps(reply))

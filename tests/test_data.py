@@ -275,6 +275,26 @@ def test_hub_name_offline_fails_fast_with_alternatives(offline):
         assert part in message, part
 
 
+def test_a_hub_source_is_fetched_by_the_host_and_then_read_from_the_cache_offline(offline):
+    """What the host's download (``fetch_hub_source``, before a preparation) leaves behind is what a preparation
+    without network then reads: the hub dataset from the local cache. Other sources need no download."""
+    from hub_cache import cache_hub_dataset
+
+    from harness.data import fetch_hub_source, hub_name
+
+    assert hub_name("roneneldan/TinyStories") == "roneneldan/TinyStories"
+    for source in ("synthetic", str(offline), "./stories", "data/a/b", "stories.txt"):
+        assert hub_name(source) is None and fetch_hub_source(source) == {}
+    with pytest.raises(DataError, match="not in the local Hugging Face cache"):
+        fetch_hub_source("roneneldan/TinyStories")
+    train, val, _ = load_text_splits("synthetic", N_STORIES)
+    cache_hub_dataset(offline / "hf-datasets", "roneneldan/TinyStories", {"train": train, "validation": val},
+                      offline / "build")
+    assert fetch_hub_source("roneneldan/TinyStories") == {"train": len(train), "validation": len(val)}
+    hub_train, hub_val, identity = load_text_splits("roneneldan/TinyStories")
+    assert (hub_train, hub_val, identity) == (train, val, "hub:roneneldan/TinyStories")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Clear errors
 
@@ -345,10 +365,10 @@ def test_a_prepared_source_is_opened_without_its_text_and_a_record_that_points_e
     path instead of an entry is refused, not followed."""
     import json
 
-    from harness.data import open_prepared
+    from harness.data import NotPrepared, open_prepared
 
     cache = tmp_path / "cache"
-    with pytest.raises(DataError, match="never prepared on this host"):
+    with pytest.raises(NotPrepared, match="never prepared on this host"):
         open_prepared("synthetic", VOCAB, VAL_TOKENS, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
     full = _load("synthetic", cache)
     opened = open_prepared("synthetic", VOCAB, VAL_TOKENS, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
@@ -359,3 +379,7 @@ def test_a_prepared_source_is_opened_without_its_text_and_a_record_that_points_e
         record.write_text(json.dumps({"entry": name}))
         with pytest.raises(DataError, match="names no entry"):
             open_prepared("synthetic", VOCAB, VAL_TOKENS, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
+    # A record left behind by an entry since removed: the same as never prepared (a cluster prepares it again).
+    record.write_text(json.dumps({"entry": "0123-gone"}))
+    with pytest.raises(NotPrepared, match="is gone"):
+        open_prepared("synthetic", VOCAB, VAL_TOKENS, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)

@@ -101,6 +101,38 @@ def test_configuration_errors_stop_at_start(smoke_env, monkeypatch):
         prepare("ttr", get_profile())
 
 
+def test_a_hub_data_source_is_fetched_by_the_host_and_prepared_without_network(smoke_env, tmp_path, monkeypatch):
+    """The users' data source is a hub name, and no sandbox has a network. The host downloads the dataset into the
+    Hugging Face cache first, in a process that runs no program; the confined preparation then reads it from there,
+    offline, and a program trains on it. What the host cannot fetch stops the preparation with the download's reason,
+    before any sandbox starts."""
+    from hub_cache import cache_hub_dataset
+
+    from harness.data import load_text_splits
+    from harness.trusted import confine
+
+    for variable in ("HF_DATASETS_CACHE", "HF_HUB_CACHE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HARNESS_DATA", "roneneldan/TinyStories")
+    profile = get_profile()
+    with pytest.raises(ConfigError, match=r"cannot fetch the data source 'roneneldan/TinyStories' onto this host: "
+                                          r"cannot load the hub dataset .* not in the local Hugging Face cache"):
+        prepare("ttr", profile)
+    train, val, _ = load_text_splits("synthetic", profile.synthetic_stories)
+    cache_hub_dataset(tmp_path / "hf" / "datasets", "roneneldan/TinyStories", {"train": train, "validation": val},
+                      tmp_path / "build")
+    prepared = prepare("ttr", profile)
+    assert prepared["fingerprint"]["data_source"] == "roneneldan/TinyStories"
+    path = tmp_path / "seed.py"
+    path.write_text(FRAMEWORKS["ttr"].seed_source())
+    result = evaluate("ttr", str(path), profile=profile)
+    assert result.artifacts["reason"] == "ok", result.artifacts
+    assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
+    if confine.unavailable_reason("cpu") is None:
+        assert "network" in result.artifacts["execution"] and "Landlock files" in result.artifacts["execution"]
+
+
 def test_evaluator_module_is_what_openevolve_loads(smoke_env, tmp_path):
     """Load evaluators/ttr_eval.py the way OpenEvolve does and call its evaluate(path)."""
     path = FRAMEWORKS["ttr"].seed_path.parent.parent / "evaluators" / "ttr_eval.py"

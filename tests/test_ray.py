@@ -261,6 +261,7 @@ def test_a_new_kind_of_worker_trains_its_own_baseline(ray_cluster, tmp_path):
     """A worker whose fingerprint has no baseline yet trains one there before the candidate; on one host the
     same situation means the environment changed, which is reported, never scored."""
     profile = get_profile()
+    prepare("ttr", executor_name="local")  # this host's evaluator has prepared once, at its start
     fp = prepare("ttr", executor_name="ray")["fingerprint"]["id"]
     stored = ledger.baselines("ttr", profile.objective)[fp]
     conn = ledger.connect()
@@ -280,6 +281,34 @@ def test_a_new_kind_of_worker_trains_its_own_baseline(ray_cluster, tmp_path):
         assert retrained["final_loss"] == pytest.approx(stored["final_loss"], abs=1e-3)
     finally:
         ledger.put_baseline(fp, "ttr", profile.objective, stored)  # no-op when the retrained one is there
+
+
+def test_a_fresh_worker_prepares_the_data_before_it_evaluates(ray_cluster, tmp_path):
+    """A node that never prepared the data (its token cache has no record of the source) prepares it before the
+    candidate's sandbox runs, instead of failing every evaluation as infrastructure; on one host the same missing
+    record is reported, never scored."""
+    from harness.data import _prepared_pointer, default_cache_dir
+
+    profile = get_profile()
+    prepare("ttr", executor_name="local")  # this host's evaluator has prepared once, at its start
+    prepare("ttr", executor_name="ray")
+    pointer = _prepared_pointer(default_cache_dir(), profile.data_source, profile.synthetic_stories,
+                                profile.vocab_size, profile.tokenizer_train_bytes)
+    saved = pointer.read_bytes()
+    pointer.unlink()  # what a fresh node's cache looks like to a sandbox that runs a program
+    try:
+        source = FRAMEWORKS["ttr"].seed_source().replace(program.END, "# fresh worker\n" + program.END)
+        local = evaluate("ttr", str(_write(tmp_path, "local_fresh", source)), executor_name="local")
+        assert local.artifacts["reason"] == "infrastructure", local.artifacts
+        assert "never prepared on this host" in local.artifacts["message"]
+        assert local.metrics["combined_score"] == 0.0 and not pointer.exists()
+        result = evaluate("ttr", str(_write(tmp_path, "fresh", source)), executor_name="ray")
+        assert result.artifacts["reason"] == "ok", result.artifacts
+        assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
+        assert pointer.read_bytes() == saved  # the worker's preparation recorded the same cache entry
+    finally:
+        if not pointer.exists():
+            pointer.write_bytes(saved)
 
 
 def test_validate_trains_its_seeds_concurrently_on_the_cluster(ray_cluster, tmp_path):

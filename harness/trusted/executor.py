@@ -305,6 +305,31 @@ def sandbox_environment(source: dict | None = None, **extra: str) -> dict[str, s
     return {**kept, **extra}
 
 
+def fetch_data(request: dict, folder: Path, limit_s: float, memory_cap_mib: int) -> str | None:
+    """Download the request's hub data source into this host's Hugging Face cache before a preparation, whose sandbox
+    has no network (``harness.data.fetch_hub_source``), in a process that runs no program and so may reach the
+    network and see the user's environment. None when done or nothing needs fetching, else why not. (What needs
+    fetching is the data pipeline's to say, which the trusted side does not import.)"""
+    from harness.trusted.profiles import request_profile
+
+    try:
+        source = request_profile(request).data_source
+    except Exception:  # noqa: BLE001 - the preparation sandbox reports a request it cannot run
+        return None
+    reply_path, log_path = folder / "fetch.json", folder / "fetch.log"
+    outcome = run_limited([sys.executable, "-m", "harness.data", "fetch", source, str(reply_path)], limit_s,
+                          memory_cap_mib, log_path, {**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        reply = json.loads(reply_path.read_text()) if outcome == "exited" else {}
+    except (OSError, ValueError):
+        reply = {}
+    if isinstance(reply, dict) and "splits" in reply:
+        return None
+    why = reply.get("error") if isinstance(reply, dict) and reply.get("error") else \
+        f"the download process ended ({outcome}) without a reply: {tail(log_path)[-1500:]}"
+    return f"cannot fetch the data source {source!r} onto this host: {why}"
+
+
 def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: int,
                      env: dict | None = None) -> SandboxRun:
     """``python -m harness.sandbox MODE`` on this host, under the limits, in the allow-listed environment plus
@@ -319,8 +344,14 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         for folder in ("tmp", "weights"):
             (tmp / folder).mkdir()
         (private / "tmp").mkdir()
-        # The scorer gets a scratch folder of its own: the sandbox's is the candidate's to write.
-        base_env = sandbox_environment(PYTHONUNBUFFERED="1", **(env or {}))
+        if mode == "prepare":
+            problem = fetch_data(request, private, limit_s, memory_cap_mib)
+            if problem:
+                return SandboxRun("infrastructure", None, error=problem)
+        # The scorer gets a scratch folder of its own: the sandbox's is the candidate's to write. No sandbox has a
+        # network (confine); offline, the Hugging Face libraries fail at once or serve their cache (fetch_data).
+        base_env = sandbox_environment(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                                       **(env or {}))
         env = {**base_env, **scratch_environment(tmp / "tmp")}
         cmd = [sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"), str(result_path)]
         unavailable = confine.unavailable_reason(request.get("device", "cpu"))
@@ -616,7 +647,8 @@ def _run_ray(mode: str, request: dict, limit_s: float, memory_cap_mib: int, conf
 
 def _submit(spec: dict, config: ExecutorConfig) -> tuple[str, dict]:
     """One attempt, through ``python -m harness.trusted.executor submit``: ("done" | "lost" | "error", payload)."""
-    wait_s = config.ray_queue_wait_s + config.ray_connect_timeout_s + sum(
+    # A fresh worker may first fetch the data and prepare (each within the baseline's limit), then evaluate.
+    wait_s = config.ray_queue_wait_s + config.ray_connect_timeout_s + spec["baseline_limit_s"] + sum(
         limit + scoring_limit_s(limit) for limit in (spec["limit_s"], spec["baseline_limit_s"]))
     with tempfile.TemporaryDirectory(prefix="harness-submit-") as tmp:
         tmp = Path(tmp)
@@ -651,7 +683,8 @@ def run_sandbox(mode: str, request: dict, limit_s: float, memory_cap_mib: int, *
 
 
 def ray_task(spec: dict) -> dict:
-    """What runs on the Ray worker: the sandbox subprocess, plus the baseline when this worker kind has none."""
+    """What runs on the Ray worker: the sandbox subprocess, preceded by a preparation when this worker has never
+    prepared the data (a fresh node) or its kind of hardware has no baseline yet (trained there)."""
     import ray
 
     placement = {"host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
@@ -660,18 +693,24 @@ def ray_task(spec: dict) -> dict:
     mode, request = spec["mode"], spec["request"]
     run = run_sandbox_here(mode, request, spec["limit_s"], spec["memory_cap_mib"])
     new_baseline = None
-    missing = run.result or {}
-    if mode == "evaluate" and missing.get("baseline_missing"):
-        fp = missing["fingerprint"]
+    needs = run.result if isinstance(run.result, dict) else {}
+    if mode == "evaluate" and (needs.get("baseline_missing") or needs.get("data_unprepared")):
+        # Whatever asked for it (a forged flag too) gains nothing but a preparation of the pristine seed, once.
         prep = run_sandbox_here("prepare", request, spec["baseline_limit_s"], spec["memory_cap_mib"])
-        baseline = (prep.result or {}).get("baseline")
-        if baseline is None or (prep.result or {}).get("fingerprint", {}).get("id") != fp["id"]:
-            detail = (prep.result or {}).get("config_error") or f"sandbox {prep.outcome}"
+        prepared = prep.result if isinstance(prep.result, dict) else {}
+        fp, baseline = prepared.get("fingerprint"), prepared.get("baseline")
+        fp = fp if isinstance(fp, dict) else {}
+        wanted = needs.get("fingerprint") if isinstance(needs.get("fingerprint"), dict) else {}
+        if baseline is None or not fp.get("id") or (needs.get("baseline_missing") and fp["id"] != wanted.get("id")):
+            detail = prepared.get("config_error") or prep.error or f"sandbox {prep.outcome}"
+            what = "has no baseline" if needs.get("baseline_missing") else "never prepared the data"
             placement["ended_at"] = time.time()
             return {"outcome": "infrastructure", "result": None, "log": prep.log, "placement": placement,
-                    "error": f"this worker ({fp['hardware']}) has no baseline and training one failed: {detail}"}
-        new_baseline = {"fingerprint": fp, "record": baseline}
-        request = {**request, "baselines": {**request.get("baselines", {}), fp["id"]: baseline}}
+                    "error": f"this worker ({str((wanted or fp).get('hardware', '?'))[:200]}) {what}, and preparing it "
+                    f"failed: {detail}"}
+        if prepared.get("baseline_computed"):
+            new_baseline = {"fingerprint": fp, "record": baseline}
+            request = {**request, "baselines": {**request.get("baselines", {}), fp["id"]: baseline}}
         run = run_sandbox_here(mode, request, spec["limit_s"], spec["memory_cap_mib"])
     placement.update(run.execution, ended_at=time.time())
     return {"outcome": run.outcome, "result": run.result, "log": run.log, "placement": placement,
