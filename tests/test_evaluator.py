@@ -115,6 +115,9 @@ def test_a_hub_data_source_is_fetched_by_the_host_and_prepared_without_network(s
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HARNESS_DATA", "roneneldan/TinyStories")
+    # A cache and a ledger of its own: the session's hold one data source, which other files' tests rely on.
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HARNESS_LEDGER", str(tmp_path / "ledger.sqlite"))
     profile = get_profile()
     with pytest.raises(ConfigError, match=r"cannot fetch the data source 'roneneldan/TinyStories' onto this host: "
                                           r"cannot load the hub dataset .* not in the local Hugging Face cache"):

@@ -587,7 +587,7 @@ def test_a_scored_split_changed_on_disk_after_the_baseline_is_tampering(smoke_en
     for folder in ("tokens", "scored"):
         shutil.copytree(smoke_env / "cache" / folder, tmp_path / "cache" / folder)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    [entry] = (tmp_path / "cache" / "scored").iterdir()
+    [entry] = (tmp_path / "cache" / "scored").glob(f"{prepared['fingerprint']['data_hash']}-*")
     tokens = np.load(entry / "score.npy")
     tokens[: prepared["profile"].val_tokens] = tokens[0]  # one token repeated: trivially predictable
     np.save(entry / "score.npy", tokens)
