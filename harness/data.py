@@ -71,11 +71,6 @@ class DataError(RuntimeError):
     what to do. A set-up problem, never a candidate's fault."""
 
 
-class NotPrepared(DataError):
-    """This host never prepared the data source (:func:`open_prepared`): a fresh cluster node, or a cleared cache.
-    Preparing it here (the evaluator's preparation, or ``harness baseline``) is the remedy."""
-
-
 @dataclass(frozen=True)
 class TokenData:
     train: np.ndarray  # uint16 ids of the whole train split, each story followed by eos_id (read-only memory map)
@@ -332,6 +327,18 @@ def _honour_offline_env() -> None:
     huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
+def _offline_flags(flags: tuple[bool, bool, bool] | None = None) -> tuple[bool, bool, bool]:
+    """The offline switches datasets and huggingface_hub read at each call (set to ``flags`` if given)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    if flags is not None:
+        (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE,
+         huggingface_hub.constants.HF_HUB_OFFLINE) = flags
+    return (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE,
+            huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
 def _offline() -> bool:
     import datasets.config
 
@@ -369,13 +376,23 @@ def hub_name(source: str) -> str | None:
 
 
 def fetch_hub_source(source: str) -> dict[str, int]:
-    """Download a hub source into this host's Hugging Face cache ({split: rows}; {} for any other source). The
-    preparation sandbox has no network: the host runs this first, in a process that runs no program, and the
-    sandbox then loads the dataset from the cache, offline. DataError when it cannot be had."""
+    """Make a hub source loadable offline on this host ({split: rows}; {} for any other source). The preparation
+    sandbox has no network: the host runs this first, in a process that runs no program, and the sandbox then loads
+    the dataset from the local Hugging Face cache. A copy already cached is used as it is, without asking the hub for
+    a newer revision (which would change the data's hash, and so the fingerprint, on a node that joined later); only
+    a source not cached is downloaded. DataError when it cannot be had."""
     name = hub_name(source)
     if name is None:
         return {}
-    dataset_dict = _hub_dataset(name)
+    was_offline = _offline_flags()
+    _offline_flags((True, True, True))
+    try:
+        dataset_dict = _hub_dataset(name)
+    except DataError:  # not cached here: download it, unless the user turned the hub off
+        _offline_flags(was_offline)
+        dataset_dict = _hub_dataset(name)
+    finally:
+        _offline_flags(was_offline)
     try:
         return {str(split): int(dataset_dict[split].num_rows) for split in dataset_dict}
     except (AttributeError, TypeError):
@@ -782,14 +799,14 @@ def open_prepared(source: str, vocab_size: int, val_tokens: int, cache_dir: Path
     """The train and monitoring splits of a data source that :func:`load_token_data` prepared on this host, found
     without reading its text, and never the scored split. This is how a process that runs a program gets its data:
     it needs neither the raw text nor the datasets cache, from which the scored split could be rebuilt (its file is
-    out of reach, its text would not be). NotPrepared when the source was never prepared here (or its entry was
-    removed), DataError when an entry is corrupt."""
+    out of reach, its text would not be). DataError when the source was never prepared here (or its entry was
+    removed), or an entry is corrupt."""
     _check_vocab_size(vocab_size)
     pointer = _prepared_pointer(cache_dir, source, synthetic_stories_n, vocab_size, tokenizer_train_bytes)
     try:
         name = json.loads(pointer.read_text())["entry"]
     except FileNotFoundError:
-        raise NotPrepared(f"the data source {source!r} was never prepared on this host (no {pointer}): the evaluator "
+        raise DataError(f"the data source {source!r} was never prepared on this host (no {pointer}): the evaluator "
                           f"prepares it when it starts, and `harness baseline` does too") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"the token cache's record {pointer} is unreadable ({type(exc).__name__}); delete it and "
@@ -798,8 +815,20 @@ def open_prepared(source: str, vocab_size: int, val_tokens: int, cache_dir: Path
         raise DataError(f"the token cache's record {pointer} names no entry; delete it and prepare the data again")
     entry = pointer.parent.parent / name
     if not entry.is_dir():
-        raise NotPrepared(f"the token cache entry {entry} that {pointer} names is gone: prepare the data again")
+        raise DataError(f"the token cache entry {entry} that {pointer} names is gone: prepare the data again")
     return _open_entry(entry, vocab_size, val_tokens, with_score=False)
+
+
+def is_prepared(source: str, vocab_size: int, cache_dir: Path, tokenizer_train_bytes: int,
+                synthetic_stories_n: int = 3000) -> bool:
+    """Whether :func:`open_prepared` would find this source's entry on this host (read nothing but two names)."""
+    pointer = _prepared_pointer(cache_dir, source, synthetic_stories_n, vocab_size, tokenizer_train_bytes)
+    try:
+        name = json.loads(pointer.read_text())["entry"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(name, str) and Path(name).name == name and not name.startswith(".") \
+        and (pointer.parent.parent / name).is_dir()
 
 
 def load_token_data(source: str, vocab_size: int, val_tokens: int, cache_dir: Path,
@@ -856,13 +885,22 @@ def validation_windows(tokens: np.ndarray, context_len: int) -> np.ndarray:
     return np.asarray(tokens).astype(np.int64)[idx]
 
 
-if __name__ == "__main__":  # python -m harness.data fetch SOURCE OUT.json: the host's download (fetch_hub_source)
+def _main(argv: list[str]) -> dict:
+    """``fetch SOURCE`` (:func:`fetch_hub_source`) or ``prepared SOURCE VOCAB TRAIN_BYTES STORIES``
+    (:func:`is_prepared`, in the cache of this environment): what the host asks of its data before a sandbox runs."""
+    if argv[:1] == ["fetch"] and len(argv) == 2:
+        try:
+            return {"splits": fetch_hub_source(argv[1])}
+        except DataError as exc:
+            return {"error": str(exc)}
+    if argv[:1] == ["prepared"] and len(argv) == 5:
+        return {"prepared": is_prepared(argv[1], int(argv[2]), default_cache_dir(), int(argv[3]), int(argv[4]))}
+    raise SystemExit("usage: python -m harness.data fetch SOURCE OUT.json | prepared SOURCE VOCAB TRAIN_BYTES "
+                     "STORIES OUT.json")
+
+
+if __name__ == "__main__":  # the host's questions, each in a process of its own (harness.trusted.executor)
     import sys
 
-    if len(sys.argv) != 4 or sys.argv[1] != "fetch":
-        sys.exit("usage: python -m harness.data fetch SOURCE OUT.json")
-    try:
-        reply = {"splits": fetch_hub_source(sys.argv[2])}
-    except DataError as exc:
-        reply = {"error": str(exc)}
-    Path(sys.argv[3]).write_text(json.dumps(reply))
+    reply = _main(sys.argv[1:-1])
+    Path(sys.argv[-1]).write_text(json.dumps(reply))

@@ -158,6 +158,12 @@ def test_the_sandbox_reads_neither_the_hosts_secrets_in_etc_nor_raw_disks_nor_a_
         for path in (str(tmp_path / "hf" / "datasets" / "x.arrow"), str(tmp_path / "hf" / "hub" / "x"), tokens):
             assert covered(path, read) == (path in readable) and not covered(path, write), (data, path)
         assert not covered("/dev/shm/x", write) and not covered("/dev/shm/x", read)
+    # Without HF_HOME the Hugging Face libraries use $XDG_CACHE_HOME/huggingface: the preparation reads that one.
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    read, write = confine.file_rules(tmp_path / "run", device="cpu", data="sources")
+    assert covered(str(tmp_path / "xdg" / "huggingface" / "datasets" / "x.arrow"), read)
+    assert not covered(str(tmp_path / "hf" / "datasets" / "x.arrow"), read)
 
 
 @sandbox_files

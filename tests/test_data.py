@@ -275,7 +275,7 @@ def test_hub_name_offline_fails_fast_with_alternatives(offline):
         assert part in message, part
 
 
-def test_a_hub_source_is_fetched_by_the_host_and_then_read_from_the_cache_offline(offline):
+def test_a_hub_source_is_fetched_by_the_host_and_then_read_from_the_cache_offline(offline, monkeypatch):
     """What the host's download (``fetch_hub_source``, before a preparation) leaves behind is what a preparation
     without network then reads: the hub dataset from the local cache. Other sources need no download."""
     from hub_cache import cache_hub_dataset
@@ -291,6 +291,21 @@ def test_a_hub_source_is_fetched_by_the_host_and_then_read_from_the_cache_offlin
     cache_hub_dataset(offline / "hf-datasets", "roneneldan/TinyStories", {"train": train, "validation": val},
                       offline / "build")
     assert fetch_hub_source("roneneldan/TinyStories") == {"train": len(train), "validation": len(val)}
+    # With the hub on, a cached copy is still used as it is: a node that joined later never fetches a newer revision.
+    import datasets.config
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    asked = []
+    for variable in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(variable)
+    for module, flag in ((datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"),
+                         (huggingface_hub.constants, "HF_HUB_OFFLINE")):
+        monkeypatch.setattr(module, flag, False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "hf_hub_download",
+                        lambda *a, **k: asked.append(a) or (_ for _ in ()).throw(OSError("no hub here")))
+    assert fetch_hub_source("roneneldan/TinyStories") == {"train": len(train), "validation": len(val)}
+    assert asked == [] and datasets.config.HF_HUB_OFFLINE is False
     hub_train, hub_val, identity = load_text_splits("roneneldan/TinyStories")
     assert (hub_train, hub_val, identity) == (train, val, "hub:roneneldan/TinyStories")
 
@@ -365,12 +380,15 @@ def test_a_prepared_source_is_opened_without_its_text_and_a_record_that_points_e
     path instead of an entry is refused, not followed."""
     import json
 
-    from harness.data import NotPrepared, open_prepared
+    from harness.data import is_prepared, open_prepared
 
     cache = tmp_path / "cache"
-    with pytest.raises(NotPrepared, match="never prepared on this host"):
+    assert not is_prepared("synthetic", VOCAB, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
+    with pytest.raises(DataError, match="never prepared on this host"):
         open_prepared("synthetic", VOCAB, VAL_TOKENS, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
     full = _load("synthetic", cache)
+    assert is_prepared("synthetic", VOCAB, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
+    assert not is_prepared("synthetic", VOCAB + 1, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
     opened = open_prepared("synthetic", VOCAB, VAL_TOKENS, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
     assert opened.score is None and opened.data_hash == full.data_hash
     assert np.array_equal(opened.monitor, full.monitor) and np.array_equal(opened.train, full.train)
@@ -379,7 +397,9 @@ def test_a_prepared_source_is_opened_without_its_text_and_a_record_that_points_e
         record.write_text(json.dumps({"entry": name}))
         with pytest.raises(DataError, match="names no entry"):
             open_prepared("synthetic", VOCAB, VAL_TOKENS, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
+        assert not is_prepared("synthetic", VOCAB, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
     # A record left behind by an entry since removed: the same as never prepared (a cluster prepares it again).
     record.write_text(json.dumps({"entry": "0123-gone"}))
-    with pytest.raises(NotPrepared, match="is gone"):
+    assert not is_prepared("synthetic", VOCAB, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)
+    with pytest.raises(DataError, match="is gone"):
         open_prepared("synthetic", VOCAB, VAL_TOKENS, cache, TRAIN_BYTES, synthetic_stories_n=N_STORIES)

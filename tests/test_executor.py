@@ -198,3 +198,34 @@ def test_a_result_nested_past_the_parsers_depth_is_the_programs_tampering(tmp_pa
     assert executor.read_result(path)["reason"] == "tampering"
     path.write_text('{"reason": "ok"}')
     assert executor.read_result(path) == {"reason": "ok"}
+
+
+def test_the_host_asks_about_its_data_in_its_own_environment_and_every_sandbox_runs_offline(smoke_env, monkeypatch):
+    """The download before a preparation runs in a process of the host, with the user's environment (a login the hub
+    may need) and the hub as the user set it; the preparation's sandbox, which has no network, runs with the Hugging
+    Face libraries offline and without the login."""
+    from harness.trusted import ledger
+    from harness.trusted.evaluate import baseline_limit_s, sandbox_request
+    from harness.trusted.profiles import get_profile
+
+    started = []
+    start = executor.start_limited
+
+    def recording(cmd, log_path, env=None, pass_fds=()):
+        started.append((cmd, dict(env or {})))
+        return start(cmd, log_path, env, pass_fds)
+
+    monkeypatch.setattr(executor, "start_limited", recording)
+    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    profile = get_profile()
+    request = sandbox_request("ttr", profile, ledger.default_ledger_path())
+    run = executor.run_sandbox_here("prepare", request, baseline_limit_s(profile), profile.memory_cap_mib)
+    assert run.result and "fingerprint" in run.result, (run.outcome, run.error, run.log[-2000:])
+    kinds = ["fetch" if cmd[1:4] == ["-m", "harness.data", "fetch"] else "sandbox" if "harness.sandbox" in cmd
+             else "other" for cmd, _ in started]
+    assert kinds.count("fetch") == kinds.count("sandbox") == 1 and kinds.index("fetch") < kinds.index("sandbox")
+    fetch, sandbox = (started[kinds.index(kind)][1] for kind in ("fetch", "sandbox"))
+    assert fetch.get("HF_TOKEN") == "hf_not_a_real_token" and "HF_HUB_OFFLINE" not in fetch
+    assert "HF_TOKEN" not in sandbox and sandbox["HF_HUB_OFFLINE"] == sandbox["HF_DATASETS_OFFLINE"] == "1"

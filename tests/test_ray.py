@@ -283,15 +283,16 @@ def test_a_new_kind_of_worker_trains_its_own_baseline(ray_cluster, tmp_path):
         ledger.put_baseline(fp, "ttr", profile.objective, stored)  # no-op when the retrained one is there
 
 
-def test_a_fresh_worker_prepares_the_data_before_it_evaluates(ray_cluster, tmp_path):
+def test_a_fresh_worker_prepares_the_data_before_it_evaluates_or_trains(ray_cluster, tmp_path):
     """A node that never prepared the data (its token cache has no record of the source) prepares it before the
-    candidate's sandbox runs, instead of failing every evaluation as infrastructure; on one host the same missing
-    record is reported, never scored."""
+    candidate's sandbox runs, instead of failing every evaluation, and every training job of `harness validate`, as
+    infrastructure; on one host the same missing record is reported, never scored."""
     from harness.data import _prepared_pointer, default_cache_dir
+    from harness.validation.jobs import TrainJob, run_training_job
 
     profile = get_profile()
     prepare("ttr", executor_name="local")  # this host's evaluator has prepared once, at its start
-    prepare("ttr", executor_name="ray")
+    fingerprint = prepare("ttr", executor_name="ray")["fingerprint"]["id"]
     pointer = _prepared_pointer(default_cache_dir(), profile.data_source, profile.synthetic_stories,
                                 profile.vocab_size, profile.tokenizer_train_bytes)
     saved = pointer.read_bytes()
@@ -306,9 +307,34 @@ def test_a_fresh_worker_prepares_the_data_before_it_evaluates(ray_cluster, tmp_p
         assert result.artifacts["reason"] == "ok", result.artifacts
         assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
         assert pointer.read_bytes() == saved  # the worker's preparation recorded the same cache entry
+        pointer.unlink()
+        baselines = len(ledger.baselines("ttr", profile.objective))
+        job = run_training_job(TrainJob("ttr", _write(tmp_path, "job", source), profile, 42, {}, "objective",
+                                        fingerprint, profile.hard_limit_s, executor="ray"))
+        assert job["ok"] and job["fingerprint_id"] == fingerprint, (job.get("reason"), job.get("message"))
+        assert pointer.read_bytes() == saved
+        assert len(ledger.baselines("ttr", profile.objective)) == baselines  # the data only: no baseline trained
     finally:
         if not pointer.exists():
             pointer.write_bytes(saved)
+
+
+def test_a_result_that_claims_a_missing_baseline_earns_no_second_run(ray_cluster, tmp_path, monkeypatch):
+    """Past the static policy, a program that writes its sandbox's result saying the worker has no baseline (what
+    a sandbox says, before any program loads, on a new kind of worker) would have bought a run again, and so the
+    better of two draws. The worker's preparation shows the claim false: tampering, and no second run."""
+    import security
+    from test_evaluator import _forger
+
+    security.past_the_static_policy(monkeypatch)
+    profile = get_profile()
+    fp = prepare("ttr", executor_name="ray")["fingerprint"]
+    baselines = ledger.baselines("ttr", profile.objective)
+    claim = json.dumps({"reason": "infrastructure", "baseline_missing": True, "fingerprint": fp, "message": "none"})
+    result = evaluate("ttr", str(_write(tmp_path, "claims_no_baseline", _forger(claim))), executor_name="ray")
+    assert result.artifacts["reason"] == "tampering", result.artifacts
+    assert "had one" in result.artifacts["message"] and result.metrics["combined_score"] == 0.0
+    assert ledger.baselines("ttr", profile.objective) == baselines
 
 
 def test_validate_trains_its_seeds_concurrently_on_the_cluster(ray_cluster, tmp_path):

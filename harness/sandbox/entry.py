@@ -91,6 +91,8 @@ def prepare(request: dict) -> dict:
         return {"config_error": str(exc)}
     framework = get_framework(request["framework"])
     fp = environment_fingerprint(profile, data, hardware(profile.device))
+    if request.get("data_only"):  # a cluster's worker about to run a training job, which needs no baseline
+        return {"fingerprint": fp, "baseline_computed": False}
     baseline = (request.get("baselines") or {}).get(fp["id"])
     computed = False
     if baseline is None:
@@ -118,13 +120,8 @@ def _environment(request: dict):
         data = _data(profile)
         return profile, data, environment_fingerprint(profile, data, hardware(profile.device)), None
     except Exception as exc:  # noqa: BLE001
-        from harness.data import NotPrepared
-
-        # The executor decides: a cluster prepares a worker that never did; one host reports it.
-        unprepared = {"data_unprepared": True} if isinstance(exc, NotPrepared) else {}
         return None, None, None, {"reason": Reason.INFRASTRUCTURE.value, "message": f"this host cannot run the "
-                                  f"evaluation: {type(exc).__name__}: {exc}", **unprepared,
-                                  "traceback": traceback.format_exc(limit=-4)}
+                                  f"evaluation: {type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=-4)}
 
 
 def evaluate(request: dict) -> dict:

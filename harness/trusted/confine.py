@@ -401,7 +401,9 @@ def _hf_cache_entries() -> set[str]:
     rule needs an existing path), not its login tokens (``HF_SECRETS``)."""
     from pathlib import Path
 
-    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
+    # Where the Hugging Face libraries put it: $HF_HOME, else $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface.
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    home = Path(os.environ.get("HF_HOME") or Path(xdg).expanduser() / "huggingface").expanduser()
     for name in HF_CACHE_FOLDERS:
         try:
             (home / name).mkdir(parents=True, exist_ok=True)

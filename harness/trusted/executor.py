@@ -57,6 +57,8 @@ SUBMIT_MEMORY_CAP_MIB = 4096
 SUBMIT_OVERHEAD_S = 120.0
 # The scorer's own work beyond its forward-only sandbox's limit: reading the weights and the data, the loss.
 SCORER_OVERHEAD_S = 300.0
+# The longest the host waits for the data pipeline's answer to a question that reads two names (data_prepared), s.
+DATA_QUESTION_LIMIT_S = 60.0
 # The scored windows are split into this many parts, each run by a child process of the forward-only sandbox, and a
 # canary never runs beside its original (``harness.scorer.score.layout``).
 FORWARD_PARTS = 2
@@ -305,29 +307,50 @@ def sandbox_environment(source: dict | None = None, **extra: str) -> dict[str, s
     return {**kept, **extra}
 
 
+def _ask_data(question: list[str], folder: Path, limit_s: float, memory_cap_mib: int) -> tuple[dict, str]:
+    """``python -m harness.data QUESTION...``: the data pipeline's answer to the host (which the trusted side does
+    not import), from a process that runs no program, under the limits; ({}, why) when there is none."""
+    reply_path, log_path = folder / f"data-{question[0]}.json", folder / f"data-{question[0]}.log"
+    outcome = run_limited([sys.executable, "-m", "harness.data", *question, str(reply_path)], limit_s,
+                          memory_cap_mib, log_path, {**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        reply = json.loads(reply_path.read_text()) if outcome == "exited" else None
+    except (OSError, ValueError):
+        reply = None
+    if isinstance(reply, dict):
+        return reply, ""
+    return {}, f"the process ended ({outcome}) without a reply: {tail(log_path)[-1500:]}"
+
+
 def fetch_data(request: dict, folder: Path, limit_s: float, memory_cap_mib: int) -> str | None:
-    """Download the request's hub data source into this host's Hugging Face cache before a preparation, whose sandbox
-    has no network (``harness.data.fetch_hub_source``), in a process that runs no program and so may reach the
-    network and see the user's environment. None when done or nothing needs fetching, else why not. (What needs
-    fetching is the data pipeline's to say, which the trusted side does not import.)"""
+    """Make the request's hub data source loadable offline on this host before a preparation, whose sandbox has no
+    network (``harness.data.fetch_hub_source``): done by a process that runs no program and so may reach the network
+    and see the user's environment. None when done or nothing needs fetching, else why not."""
     from harness.trusted.profiles import request_profile
 
     try:
         source = request_profile(request).data_source
     except Exception:  # noqa: BLE001 - the preparation sandbox reports a request it cannot run
         return None
-    reply_path, log_path = folder / "fetch.json", folder / "fetch.log"
-    outcome = run_limited([sys.executable, "-m", "harness.data", "fetch", source, str(reply_path)], limit_s,
-                          memory_cap_mib, log_path, {**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        reply = json.loads(reply_path.read_text()) if outcome == "exited" else {}
-    except (OSError, ValueError):
-        reply = {}
-    if isinstance(reply, dict) and "splits" in reply:
+    reply, why = _ask_data(["fetch", source], folder, limit_s, memory_cap_mib)
+    if "splits" in reply:
         return None
-    why = reply.get("error") if isinstance(reply, dict) and reply.get("error") else \
-        f"the download process ended ({outcome}) without a reply: {tail(log_path)[-1500:]}"
-    return f"cannot fetch the data source {source!r} onto this host: {why}"
+    return f"cannot fetch the data source {source!r} onto this host: {reply.get('error') or why}"
+
+
+def data_prepared(request: dict, memory_cap_mib: int) -> bool:
+    """Whether this host has prepared the request's data (``harness.data.is_prepared``); False when unsure."""
+    from harness.trusted.profiles import request_profile
+
+    try:
+        profile = request_profile(request)
+    except Exception:  # noqa: BLE001 - the sandbox reports a request it cannot run
+        return True
+    with tempfile.TemporaryDirectory(prefix="harness-data-") as folder:
+        reply, _ = _ask_data(["prepared", profile.data_source, str(profile.vocab_size),
+                              str(profile.tokenizer_train_bytes), str(profile.synthetic_stories)], Path(folder),
+                             DATA_QUESTION_LIMIT_S, memory_cap_mib)
+    return reply.get("prepared") is True
 
 
 def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: int,
@@ -344,10 +367,6 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         for folder in ("tmp", "weights"):
             (tmp / folder).mkdir()
         (private / "tmp").mkdir()
-        if mode == "prepare":
-            problem = fetch_data(request, private, limit_s, memory_cap_mib)
-            if problem:
-                return SandboxRun("infrastructure", None, error=problem)
         # The scorer gets a scratch folder of its own: the sandbox's is the candidate's to write. No sandbox has a
         # network (confine); offline, the Hugging Face libraries fail at once or serve their cache (fetch_data).
         base_env = sandbox_environment(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
@@ -358,6 +377,12 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         if unavailable and request.get("confinement", "required") == "required":
             return SandboxRun("infrastructure", None, error=confine.unconfined_message(request.get("profile", "?"),
                                                                                         unavailable))
+        if mode == "prepare":  # the download and the preparation share the preparation's limit
+            fetch_start = time.monotonic()
+            problem = fetch_data(request, private, limit_s, memory_cap_mib)
+            if problem:
+                return SandboxRun("infrastructure", None, error=problem)
+            limit_s = max(limit_s - (time.monotonic() - fetch_start), 1.0)
         try:
             files = (landlock_rules(request, tmp, writes=[default_cache_dir()], data="sources") if mode == "prepare"
                      else landlock_rules(request, tmp))
@@ -647,8 +672,7 @@ def _run_ray(mode: str, request: dict, limit_s: float, memory_cap_mib: int, conf
 
 def _submit(spec: dict, config: ExecutorConfig) -> tuple[str, dict]:
     """One attempt, through ``python -m harness.trusted.executor submit``: ("done" | "lost" | "error", payload)."""
-    # A fresh worker may first fetch the data and prepare (each within the baseline's limit), then evaluate.
-    wait_s = config.ray_queue_wait_s + config.ray_connect_timeout_s + spec["baseline_limit_s"] + sum(
+    wait_s = config.ray_queue_wait_s + config.ray_connect_timeout_s + sum(
         limit + scoring_limit_s(limit) for limit in (spec["limit_s"], spec["baseline_limit_s"]))
     with tempfile.TemporaryDirectory(prefix="harness-submit-") as tmp:
         tmp = Path(tmp)
@@ -667,8 +691,9 @@ def _submit(spec: dict, config: ExecutorConfig) -> tuple[str, dict]:
 def run_sandbox(mode: str, request: dict, limit_s: float, memory_cap_mib: int, *, executor: str | None = None,
                 baseline_limit_s: float = 0.0) -> SandboxRun:
     """Run ``python -m harness.sandbox MODE`` for ``request`` on the chosen executor (default:
-    ``$HARNESS_EXECUTOR`` or local). ``baseline_limit_s``: under ``ray``, the time an ``evaluate`` may spend
-    first training the baseline of a worker kind that has none. Never raises."""
+    ``$HARNESS_EXECUTOR`` or local). ``baseline_limit_s``: under ``ray``, the time a worker may spend first
+    preparing what it lacks: the data, if it never prepared them, and for an ``evaluate`` the baseline of a worker
+    kind that has none (fetching a hub source gets as long again). Never raises."""
     try:
         config = ExecutorConfig.from_env(executor)
     except Exception as exc:  # noqa: BLE001 - a setting error is the operator's, reported as infrastructure
@@ -683,38 +708,60 @@ def run_sandbox(mode: str, request: dict, limit_s: float, memory_cap_mib: int, *
 
 
 def ray_task(spec: dict) -> dict:
-    """What runs on the Ray worker: the sandbox subprocess, preceded by a preparation when this worker has never
-    prepared the data (a fresh node) or its kind of hardware has no baseline yet (trained there)."""
+    """What runs on the Ray worker: the sandbox subprocess, after a preparation when this worker has never prepared
+    the data (a node that joined later, a cleared cache), or, for an evaluation, when its kind of hardware has no
+    baseline yet (trained there first). The sandbox runs once: nothing it reports earns it a second run."""
     import ray
 
     placement = {"host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
                  "node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid(),
                  "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "started_at": time.time()}
     mode, request = spec["mode"], spec["request"]
-    run = run_sandbox_here(mode, request, spec["limit_s"], spec["memory_cap_mib"])
     new_baseline = None
+    if mode in ("evaluate", "objective") and not data_prepared(request, spec["memory_cap_mib"]):
+        request, new_baseline, failed = _prepare_worker(mode, request, spec, placement)
+        if failed:
+            return failed
+    run = run_sandbox_here(mode, request, spec["limit_s"], spec["memory_cap_mib"])
     needs = run.result if isinstance(run.result, dict) else {}
-    if mode == "evaluate" and (needs.get("baseline_missing") or needs.get("data_unprepared")):
-        # Whatever asked for it (a forged flag too) gains nothing but a preparation of the pristine seed, once.
-        prep = run_sandbox_here("prepare", request, spec["baseline_limit_s"], spec["memory_cap_mib"])
-        prepared = prep.result if isinstance(prep.result, dict) else {}
-        fp, baseline = prepared.get("fingerprint"), prepared.get("baseline")
-        fp = fp if isinstance(fp, dict) else {}
+    if mode == "evaluate" and needs.get("baseline_missing") and new_baseline is None:
+        # Said before the program loads, so never by it, unless it forged its result; the preparation tells which.
         wanted = needs.get("fingerprint") if isinstance(needs.get("fingerprint"), dict) else {}
-        if baseline is None or not fp.get("id") or (needs.get("baseline_missing") and fp["id"] != wanted.get("id")):
-            detail = prepared.get("config_error") or prep.error or f"sandbox {prep.outcome}"
-            what = "has no baseline" if needs.get("baseline_missing") else "never prepared the data"
-            placement["ended_at"] = time.time()
-            return {"outcome": "infrastructure", "result": None, "log": prep.log, "placement": placement,
-                    "error": f"this worker ({str((wanted or fp).get('hardware', '?'))[:200]}) {what}, and preparing it "
-                    f"failed: {detail}"}
-        if prepared.get("baseline_computed"):
-            new_baseline = {"fingerprint": fp, "record": baseline}
-            request = {**request, "baselines": {**request.get("baselines", {}), fp["id"]: baseline}}
-        run = run_sandbox_here(mode, request, spec["limit_s"], spec["memory_cap_mib"])
+        request, new_baseline, failed = _prepare_worker(mode, request, spec, placement, wanted)
+        if failed:
+            return failed
+        if new_baseline is None:
+            run.result = {"reason": "tampering", "message": "the sandbox's result said this worker's environment had "
+                          "no baseline, and it had one: the result was not the sandbox's own"}
+        else:
+            run = run_sandbox_here(mode, request, spec["limit_s"], spec["memory_cap_mib"])
     placement.update(run.execution, ended_at=time.time())
     return {"outcome": run.outcome, "result": run.result, "log": run.log, "placement": placement,
             "error": run.error, "new_baseline": new_baseline}
+
+
+def _prepare_worker(mode: str, request: dict, spec: dict, placement: dict,
+                    wanted: dict | None = None) -> tuple[dict, dict | None, dict | None]:
+    """Prepare this worker for ``request``: the data, and for an evaluation the baseline of its fingerprint if the
+    ledger has none (a training job of ``harness validate`` needs the data only). ``wanted``: the fingerprint the
+    sandbox reported missing, which the preparation must find. (request with the new baseline, the new baseline
+    or None, None) or, when it failed, (request, None, the task's infrastructure reply)."""
+    prep = run_sandbox_here("prepare", {**request, "data_only": mode == "objective"}, spec["baseline_limit_s"],
+                            spec["memory_cap_mib"])
+    prepared = prep.result if isinstance(prep.result, dict) else {}
+    fp = prepared.get("fingerprint") if isinstance(prepared.get("fingerprint"), dict) else {}
+    baseline = prepared.get("baseline")
+    mismatch = wanted is not None and fp.get("id") != wanted.get("id")
+    if not fp.get("id") or (mode == "evaluate" and baseline is None) or mismatch:
+        detail = prepared.get("config_error") or prep.error or f"sandbox {prep.outcome}"
+        placement["ended_at"] = time.time()
+        what = "found no baseline for its fingerprint" if wanted is not None else "had never prepared the data"
+        return request, None, {"outcome": "infrastructure", "result": None, "log": prep.log, "placement": placement,
+                               "error": f"this worker ({placement['host']}) {what}, and preparing it failed: {detail}"}
+    if not prepared.get("baseline_computed"):
+        return request, None, None
+    request = {**request, "baselines": {**request.get("baselines", {}), fp["id"]: baseline}}
+    return request, {"fingerprint": fp, "record": baseline}, None
 
 
 def _task_options(spec: dict) -> dict:

@@ -75,7 +75,7 @@ def run_training_job(job: TrainJob) -> dict:
         prune_above=sorted((job.prune_above or {}).items()), mixing=job.mixing)
     started = time.time()
     run = executor_mod.run_sandbox("objective", request, job.limit_s, job.profile.memory_cap_mib,
-                                   executor=job.executor)
+                                   executor=job.executor, baseline_limit_s=evaluate_mod.baseline_limit_s(job.profile))
     result, log = run.result, run.log
     out = {"ok": False, "seed": job.seed, "hparams": dict(job.hparams), "wall_s": time.time() - started,
            "fingerprint_id": None, "record": None, "execution": run.execution}
