@@ -379,8 +379,8 @@ def fetch_hub_source(source: str) -> dict[str, int]:
     """Make a hub source loadable offline on this host ({split: rows}; {} for any other source). The preparation
     sandbox has no network: the host runs this first, in a process that runs no program, and the sandbox then loads
     the dataset from the local Hugging Face cache. A copy already cached is used as it is, without asking the hub for
-    a newer revision (which would change the data's hash, and so the fingerprint, on a node that joined later); only
-    a source not cached is downloaded. DataError when it cannot be had."""
+    a newer revision; only a source not cached is downloaded, as the hub holds it then. DataError when it cannot be
+    had."""
     name = hub_name(source)
     if name is None:
         return {}
@@ -902,5 +902,8 @@ def _main(argv: list[str]) -> dict:
 if __name__ == "__main__":  # the host's questions, each in a process of its own (harness.trusted.executor)
     import sys
 
+    from harness.trusted.process_lifetime import die_with_parent
+
+    die_with_parent()  # a download outliving a lost worker would go on, with the user's login, for nobody
     reply = _main(sys.argv[1:-1])
     Path(sys.argv[-1]).write_text(json.dumps(reply))

@@ -152,7 +152,8 @@ def test_the_sandbox_reads_neither_the_hosts_secrets_in_etc_nor_raw_disks_nor_a_
     assert covered(str(tmp_path / "hf" / "datasets" / "x.lock"), write)
     # Only the preparation reads the datasets cache; a process that runs a program reads the token cache alone, and
     # the forward pass nothing of the data; none of them writes shared memory on the CPU.
-    tokens = str(Path(os.environ.get("HARNESS_CACHE", "/nonexistent")) / "tokens" / "x")
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    tokens = str(tmp_path / "cache" / "tokens" / "x")
     for data, readable in (("tokens", {tokens}), ("none", set())):
         read, write = confine.file_rules(tmp_path / "run", device="cpu", data=data)
         for path in (str(tmp_path / "hf" / "datasets" / "x.arrow"), str(tmp_path / "hf" / "hub" / "x"), tokens):

@@ -229,3 +229,25 @@ def test_the_host_asks_about_its_data_in_its_own_environment_and_every_sandbox_r
     fetch, sandbox = (started[kinds.index(kind)][1] for kind in ("fetch", "sandbox"))
     assert fetch.get("HF_TOKEN") == "hf_not_a_real_token" and "HF_HUB_OFFLINE" not in fetch
     assert "HF_TOKEN" not in sandbox and sandbox["HF_HUB_OFFLINE"] == sandbox["HF_DATASETS_OFFLINE"] == "1"
+
+
+def test_the_host_knows_whether_it_prepared_the_data(smoke_env):
+    """What a Ray worker asks before it runs a program's sandbox (``executor.data_prepared``), answered from the data
+    pipeline's record: yes once the preparation ran, no when the record is gone."""
+    from harness.data import _prepared_pointer
+    from harness.trusted.evaluate import sandbox_request
+    from harness.trusted.profiles import default_cache_dir, get_profile
+
+    profile = get_profile()
+    prepare("ttr")
+    request = sandbox_request("ttr", profile)
+    pointer = _prepared_pointer(default_cache_dir(), profile.data_source, profile.synthetic_stories,
+                                profile.vocab_size, profile.tokenizer_train_bytes)
+    assert executor.data_prepared(request, profile.memory_cap_mib) is True
+    saved = pointer.read_bytes()
+    pointer.unlink()
+    try:
+        assert executor.data_prepared(request, profile.memory_cap_mib) is False
+    finally:
+        pointer.write_bytes(saved)
+    assert executor.data_prepared({**request, "data_source": "synthetic-but-other"}, profile.memory_cap_mib) is False

@@ -307,13 +307,21 @@ def test_a_fresh_worker_prepares_the_data_before_it_evaluates_or_trains(ray_clus
         assert result.artifacts["reason"] == "ok", result.artifacts
         assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
         assert pointer.read_bytes() == saved  # the worker's preparation recorded the same cache entry
+        [row] = [r for r in ledger.evaluations(framework="ttr") if r["id"] == int(result.artifacts["ledger_row"])]
+        assert row["execution"]["prepared"]["why"] == "no data", row["execution"]
+        assert row["execution"]["prepared"]["baseline_computed"] is False  # the ledger had the baseline
+        source = source.replace(program.END, "# again\n" + program.END)
+        again = evaluate("ttr", str(_write(tmp_path, "prepared_now", source)), executor_name="ray")
+        [row] = [r for r in ledger.evaluations(framework="ttr") if r["id"] == int(again.artifacts["ledger_row"])]
+        assert again.artifacts["reason"] == "ok" and "prepared" not in row["execution"]  # once per node, not per task
         pointer.unlink()
-        baselines = len(ledger.baselines("ttr", profile.objective))
         job = run_training_job(TrainJob("ttr", _write(tmp_path, "job", source), profile, 42, {}, "objective",
                                         fingerprint, profile.hard_limit_s, executor="ray"))
         assert job["ok"] and job["fingerprint_id"] == fingerprint, (job.get("reason"), job.get("message"))
         assert pointer.read_bytes() == saved
-        assert len(ledger.baselines("ttr", profile.objective)) == baselines  # the data only: no baseline trained
+        # A training job needs the data only: objective requests carry no baselines, and none was trained.
+        assert job["execution"]["prepared"] == {**job["execution"]["prepared"], "why": "no data",
+                                                "baseline_computed": False}
     finally:
         if not pointer.exists():
             pointer.write_bytes(saved)

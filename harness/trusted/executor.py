@@ -377,12 +377,13 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         if unavailable and request.get("confinement", "required") == "required":
             return SandboxRun("infrastructure", None, error=confine.unconfined_message(request.get("profile", "?"),
                                                                                         unavailable))
-        if mode == "prepare":  # the download and the preparation share the preparation's limit
+        sandbox_limit_s = limit_s
+        if mode == "prepare":  # the download and the preparation share the preparation's limit, not the scorer's
             fetch_start = time.monotonic()
             problem = fetch_data(request, private, limit_s, memory_cap_mib)
             if problem:
                 return SandboxRun("infrastructure", None, error=problem)
-            limit_s = max(limit_s - (time.monotonic() - fetch_start), 1.0)
+            sandbox_limit_s = max(limit_s - (time.monotonic() - fetch_start), 1.0)
         try:
             files = (landlock_rules(request, tmp, writes=[default_cache_dir()], data="sources") if mode == "prepare"
                      else landlock_rules(request, tmp))
@@ -417,7 +418,7 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
                 started = start_limited(launched, log_path, env, pass_fds=() if unavailable else (status_w,))
             finally:
                 os.close(status_w)
-            outcome = supervise(started, limit_s, memory_cap_mib, on_poll=on_poll)
+            outcome = supervise(started, sandbox_limit_s, memory_cap_mib, on_poll=on_poll)
             result = read_result(result_path) if outcome == "exited" and result_path.exists() else None
             log = tail(log_path)
             status = _read_status(status_r)
@@ -672,7 +673,8 @@ def _run_ray(mode: str, request: dict, limit_s: float, memory_cap_mib: int, conf
 
 def _submit(spec: dict, config: ExecutorConfig) -> tuple[str, dict]:
     """One attempt, through ``python -m harness.trusted.executor submit``: ("done" | "lost" | "error", payload)."""
-    wait_s = config.ray_queue_wait_s + config.ray_connect_timeout_s + sum(
+    # A worker may first ask about its data and prepare (within the baseline's limit), then run the sandbox.
+    wait_s = config.ray_queue_wait_s + config.ray_connect_timeout_s + DATA_QUESTION_LIMIT_S + sum(
         limit + scoring_limit_s(limit) for limit in (spec["limit_s"], spec["baseline_limit_s"]))
     with tempfile.TemporaryDirectory(prefix="harness-submit-") as tmp:
         tmp = Path(tmp)
@@ -693,7 +695,7 @@ def run_sandbox(mode: str, request: dict, limit_s: float, memory_cap_mib: int, *
     """Run ``python -m harness.sandbox MODE`` for ``request`` on the chosen executor (default:
     ``$HARNESS_EXECUTOR`` or local). ``baseline_limit_s``: under ``ray``, the time a worker may spend first
     preparing what it lacks: the data, if it never prepared them, and for an ``evaluate`` the baseline of a worker
-    kind that has none (fetching a hub source gets as long again). Never raises."""
+    kind that has none (a hub source's download included). Never raises."""
     try:
         config = ExecutorConfig.from_env(executor)
     except Exception as exc:  # noqa: BLE001 - a setting error is the operator's, reported as infrastructure
@@ -710,58 +712,66 @@ def run_sandbox(mode: str, request: dict, limit_s: float, memory_cap_mib: int, *
 def ray_task(spec: dict) -> dict:
     """What runs on the Ray worker: the sandbox subprocess, after a preparation when this worker has never prepared
     the data (a node that joined later, a cleared cache), or, for an evaluation, when its kind of hardware has no
-    baseline yet (trained there first). The sandbox runs once: nothing it reports earns it a second run."""
+    baseline yet (trained there first). The sandbox runs once: nothing it reports earns it a second run. A
+    preparation is recorded in the placement (``prepared``)."""
     import ray
 
     placement = {"host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
                  "node_id": ray.get_runtime_context().get_node_id(), "worker_pid": os.getpid(),
                  "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "started_at": time.time()}
     mode, request = spec["mode"], spec["request"]
-    new_baseline = None
+    new_baseline, prepared_fp = None, None
     if mode in ("evaluate", "objective") and not data_prepared(request, spec["memory_cap_mib"]):
-        request, new_baseline, failed = _prepare_worker(mode, request, spec, placement)
+        request, new_baseline, prepared_fp, failed = _prepare_worker(mode, request, spec, placement)
         if failed:
             return failed
     run = run_sandbox_here(mode, request, spec["limit_s"], spec["memory_cap_mib"])
     needs = run.result if isinstance(run.result, dict) else {}
     if mode == "evaluate" and needs.get("baseline_missing") and new_baseline is None:
-        # Said before the program loads, so never by it, unless it forged its result; the preparation tells which.
+        # Said before the program loads, so never by it, unless it forged its result; a preparation tells which.
         wanted = needs.get("fingerprint") if isinstance(needs.get("fingerprint"), dict) else {}
-        request, new_baseline, failed = _prepare_worker(mode, request, spec, placement, wanted)
-        if failed:
-            return failed
-        if new_baseline is None:
-            run.result = {"reason": "tampering", "message": "the sandbox's result said this worker's environment had "
+        if prepared_fp is None:
+            request, new_baseline, prepared_fp, failed = _prepare_worker(mode, request, spec, placement, wanted)
+            if failed:
+                return failed
+        known = prepared_fp.get("id") in request.get("baselines", {})
+        if new_baseline is None and known and wanted.get("id") == prepared_fp.get("id"):
+            run.result = {"reason": "tampering", "message": "the sandbox's result said this worker's fingerprint had "
                           "no baseline, and it had one: the result was not the sandbox's own"}
-        else:
+        elif new_baseline is not None:
             run = run_sandbox_here(mode, request, spec["limit_s"], spec["memory_cap_mib"])
     placement.update(run.execution, ended_at=time.time())
     return {"outcome": run.outcome, "result": run.result, "log": run.log, "placement": placement,
             "error": run.error, "new_baseline": new_baseline}
 
 
-def _prepare_worker(mode: str, request: dict, spec: dict, placement: dict,
-                    wanted: dict | None = None) -> tuple[dict, dict | None, dict | None]:
+def _prepare_worker(mode: str, request: dict, spec: dict, placement: dict, wanted: dict | None = None
+                    ) -> tuple[dict, dict | None, dict, dict | None]:
     """Prepare this worker for ``request``: the data, and for an evaluation the baseline of its fingerprint if the
     ledger has none (a training job of ``harness validate`` needs the data only). ``wanted``: the fingerprint the
-    sandbox reported missing, which the preparation must find. (request with the new baseline, the new baseline
-    or None, None) or, when it failed, (request, None, the task's infrastructure reply)."""
+    sandbox reported missing, which the preparation must find. Returns (the request with the new baseline, the new
+    baseline or None, the fingerprint prepared, None), or, when it failed, (..., the task's infrastructure reply)."""
+    started = time.monotonic()
     prep = run_sandbox_here("prepare", {**request, "data_only": mode == "objective"}, spec["baseline_limit_s"],
                             spec["memory_cap_mib"])
     prepared = prep.result if isinstance(prep.result, dict) else {}
     fp = prepared.get("fingerprint") if isinstance(prepared.get("fingerprint"), dict) else {}
-    baseline = prepared.get("baseline")
+    baseline, computed = prepared.get("baseline"), prepared.get("baseline_computed") is True
+    placement["prepared"] = {"why": "no baseline" if wanted is not None else "no data", "outcome": prep.outcome,
+                             "baseline_computed": computed, "wall_s": round(time.monotonic() - started, 3),
+                             "confinement": prep.execution.get("confinement")}
     mismatch = wanted is not None and fp.get("id") != wanted.get("id")
     if not fp.get("id") or (mode == "evaluate" and baseline is None) or mismatch:
         detail = prepared.get("config_error") or prep.error or f"sandbox {prep.outcome}"
         placement["ended_at"] = time.time()
         what = "found no baseline for its fingerprint" if wanted is not None else "had never prepared the data"
-        return request, None, {"outcome": "infrastructure", "result": None, "log": prep.log, "placement": placement,
-                               "error": f"this worker ({placement['host']}) {what}, and preparing it failed: {detail}"}
-    if not prepared.get("baseline_computed"):
-        return request, None, None
+        return request, None, fp, {"outcome": "infrastructure", "result": None, "log": prep.log,
+                                   "placement": placement, "error": f"this worker ({placement['host']}) {what}, "
+                                   f"and preparing it failed: {detail}"}
+    if not computed:
+        return request, None, fp, None
     request = {**request, "baselines": {**request.get("baselines", {}), fp["id"]: baseline}}
-    return request, {"fingerprint": fp, "record": baseline}, None
+    return request, {"fingerprint": fp, "record": baseline}, fp, None
 
 
 def _task_options(spec: dict) -> dict:
