@@ -807,7 +807,7 @@ def open_prepared(source: str, vocab_size: int, val_tokens: int, cache_dir: Path
         name = json.loads(pointer.read_text())["entry"]
     except FileNotFoundError:
         raise DataError(f"the data source {source!r} was never prepared on this host (no {pointer}): the evaluator "
-                          f"prepares it when it starts, and `harness baseline` does too") from None
+                        f"prepares it when it starts, and `harness baseline` does too") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"the token cache's record {pointer} is unreadable ({type(exc).__name__}); delete it and "
                         "prepare the data again") from None
