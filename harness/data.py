@@ -802,6 +802,23 @@ def open_prepared(source: str, vocab_size: int, val_tokens: int, cache_dir: Path
     out of reach, its text would not be). DataError when the source was never prepared here (or its entry was
     removed), or an entry is corrupt."""
     _check_vocab_size(vocab_size)
+    entry = _prepared_entry(source, vocab_size, cache_dir, tokenizer_train_bytes, synthetic_stories_n)
+    return _open_entry(entry, vocab_size, val_tokens, with_score=False)
+
+
+def is_prepared(source: str, vocab_size: int, cache_dir: Path, tokenizer_train_bytes: int,
+                synthetic_stories_n: int = 3000) -> bool:
+    """Whether :func:`open_prepared` would find this source's entry on this host (read nothing but two names)."""
+    try:
+        _prepared_entry(source, vocab_size, cache_dir, tokenizer_train_bytes, synthetic_stories_n)
+    except DataError:
+        return False
+    return True
+
+
+def _prepared_entry(source: str, vocab_size: int, cache_dir: Path, tokenizer_train_bytes: int,
+                    synthetic_stories_n: int) -> Path:
+    """The cache entry the record of this source's preparation names; DataError when there is none."""
     pointer = _prepared_pointer(cache_dir, source, synthetic_stories_n, vocab_size, tokenizer_train_bytes)
     try:
         name = json.loads(pointer.read_text())["entry"]
@@ -816,19 +833,7 @@ def open_prepared(source: str, vocab_size: int, val_tokens: int, cache_dir: Path
     entry = pointer.parent.parent / name
     if not entry.is_dir():
         raise DataError(f"the token cache entry {entry} that {pointer} names is gone: prepare the data again")
-    return _open_entry(entry, vocab_size, val_tokens, with_score=False)
-
-
-def is_prepared(source: str, vocab_size: int, cache_dir: Path, tokenizer_train_bytes: int,
-                synthetic_stories_n: int = 3000) -> bool:
-    """Whether :func:`open_prepared` would find this source's entry on this host (read nothing but two names)."""
-    pointer = _prepared_pointer(cache_dir, source, synthetic_stories_n, vocab_size, tokenizer_train_bytes)
-    try:
-        name = json.loads(pointer.read_text())["entry"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return isinstance(name, str) and Path(name).name == name and not name.startswith(".") \
-        and (pointer.parent.parent / name).is_dir()
+    return entry
 
 
 def load_token_data(source: str, vocab_size: int, val_tokens: int, cache_dir: Path,
