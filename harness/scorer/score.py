@@ -298,7 +298,7 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
         for i, w in enumerate(weights):
             # The trained parameters only: the part builds the buffers and frozen parameters itself. A trained tensor
             # the training labelled a buffer (the parameter count never saw it) so never reaches the scored model.
-            torch.save({"params": w.params, "buffers": {}}, Path(folder) / "weights" / f"rung{i}.pt")
+            torch.save({"params": w.params}, Path(folder) / "weights" / f"rung{i}.pt")
         np.save(Path(folder) / "inputs.npy", inputs)
     apart = _parts_apart(plan)
     request = {**plan["request"], "rungs": plan["rungs"], "parts": plan["forward"]["parts"],
