@@ -40,7 +40,7 @@ class DB:
         self.t0 = 1_700_000_000.0
 
     def add(self, name, code, parent=None, iteration=0, score=1.0, reason="ok", fp="fpA0000000000000",
-            early=None, final=None, artifacts=True, ledger_row=True, extra=None):
+            early=None, final=None, artifacts=True, ledger_row=True, extra=None, runs=None):
         n = len(self.programs) + 1
         prefix = f"{n:x}" * 8 if n < 16 else f"{n:04x}" * 2  # distinct 8-character prefixes
         pid = str(uuid.UUID(prefix[:8] + "0" * 24))
@@ -57,7 +57,7 @@ class DB:
             row = ledger.record_evaluation({
                 "framework": "ttr", "program_hash": program.sha256(code), "verdict": "valid" if valid else "rejected",
                 "reason": reason, "combined_score": metrics["combined_score"], "metrics": metrics,
-                "fingerprint": fingerprint(fp), "profile": "smoke"}, self.ledger)
+                "fingerprint": fingerprint(fp), "profile": "smoke", "runs": runs or []}, self.ledger)
             art["ledger_row"] = str(row)
         parent_id = self.by_name[parent]["id"] if parent else None
         d = {"id": pid, "code": code, "changes_description": "", "language": "python", "parent_id": parent_id,
@@ -361,6 +361,30 @@ def test_identical_blocks_count_once(tmp_path):
     report = (tmp_path / "r" / "report.md").read_text()
     assert "(6 distinct valid; 2 duplicate evaluation(s) merged" in report
     assert "2 duplicate(s) of an identical EVOLVE block merged" in report
+
+
+def test_programs_that_trained_eagerly_under_a_compiling_profile_are_counted_with_their_errors(tmp_path):
+    """From the ledger's training records: only evaluations whose runs asked for a compile mode count, and those
+    with a run that did not compile are listed with their error; a profile that never compiles is not a fallback."""
+    db = DB(tmp_path / "run_compile")
+    db.root.mkdir()
+    compiled = {"rung": [128, 4, 4], "compile_mode": "reduce-overhead", "compiled": True}
+    eager = {**compiled, "compiled": False, "compile_error": "Unsupported: data-dependent jump"}
+    db.add("root", SEED, iteration=0, score=1.0, runs=[compiled, compiled])
+    db.add("p1", variant(1), "root", 1, score=1.01, runs=[compiled, eager])
+    db.add("p2", variant(2), "root", 2, reason="diverged", runs=[eager])
+    db.add("p3", variant(3), "root", 3, score=1.02, runs=[{"rung": [32, 2, 2], "compile_mode": None, "compiled": False}])
+    db.add("p4", variant(4), "root", 4, reason="policy")
+    db.write(10, [])
+    result = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")
+    ids = {n: p["id"] for n, p in db.by_name.items()}
+    fallbacks = result["runs"][0]["compile_fallbacks"]
+    assert fallbacks["compiling_evaluations"] == 3
+    assert sorted(fallbacks["trained_eagerly"]) == sorted([ids["p1"], ids["p2"]])
+    assert fallbacks["errors"] == {"Unsupported: data-dependent jump": 2}
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "2 of 3 evaluation(s) of a compiling profile trained eagerly" in report
+    assert "- 2 × `Unsupported: data-dependent jump`" in report
 
 
 def test_stopping_rules_flagged(tmp_path):

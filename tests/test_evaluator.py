@@ -51,6 +51,13 @@ def test_seed_scores_parity_against_its_cached_baseline(smoke_env, framework, tm
     # It learned: a nat or more below a uniform guess (ln V = 6.24). The seeds end at 4.68 nats at smoke-short and
     # 2.77 at smoke; 0.75 ln V (4.679) was a bound for smoke that smoke-short met by 0.002 nats.
     assert result.metrics["final_loss"] < math.log(get_profile().vocab_size) - 1.0
+    # The ledger keeps the training as it ran (curves, timings, no compilation at smoke) with the scorer's loss.
+    row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
+    (run,) = row["runs"]
+    assert run["rung"] == list(get_profile().reference) and run["status"] == "ok" and run["compiled"] is False
+    assert run["final_val_loss"] == result.metrics["final_loss"]
+    assert run["steps_done"] == get_profile().steps == run["train_curve"][-1][0] == run["val_curve"][-1][0]
+    assert "compile" not in result.artifacts
     print(f"{framework}: prepare {prepare_s:.1f}s, prepare+evaluate {total_s:.1f}s, "
           f"evaluate {result.metrics['eval_wall_s']:.1f}s")
     assert result.metrics["eval_wall_s"] < 60.0
@@ -79,9 +86,36 @@ def test_adversarial_corpus_gets_its_exact_reason(smoke_env, case, tmp_path):
     if case.name == "prints_a_fake_score":
         assert result.metrics["combined_score"] < 2.0
     row = next(r for r in ledger.evaluations() if r["id"] == int(artifacts["ledger_row"]))
+    if case.reason == "nonfinite":  # the ledger keeps the failed run: where its loss stopped being finite
+        (run,) = row["runs"]
+        assert run["status"] == "nonfinite" and 0 < run["nonfinite_step"] < get_profile().steps
+        assert "final_val_loss" not in run  # no scorer ran: no scored loss
     assert row["reason"] == case.reason and row["combined_score"] == result.metrics["combined_score"]
     assert row["fingerprint_id"] == artifacts["fingerprint_id"] != ""
     assert open(row["code_path"]).read().strip()
+
+
+@pytest.mark.parametrize("profile_name", ["pilot", "smoke"])
+def test_a_program_that_trained_eagerly_because_it_would_not_compile_is_told_why(profile_name, tmp_path):
+    """Where the profile compiles (pilot, full), a program that torch.compile refused trained eagerly, several times
+    slower: the LLM reads why in its next prompt, and the ledger keeps which runs compiled. Smoke never compiles."""
+    from harness.trusted.evaluate import _result
+    from harness.trusted.reasons import Reason
+    from harness.trusted.scoring import reported_runs
+
+    profile = get_profile(profile_name)
+    runs = reported_runs([{"rung": list(profile.reference), "status": "ok", "compiled": False,
+                           "compile_error": "Unsupported: data-dependent branching"}], len(profile.ladder))
+    prepared = {"profile": profile, "ledger": tmp_path / "ledger.sqlite", "fingerprint": {"id": "0123"}}
+    result = _result("ttr", Reason.OK, "valid", score=1.0, prepared=prepared, code="x = 1\n", runs=runs)
+    check_result_types(result)
+    if profile.compile:
+        assert "trained eagerly" in result.artifacts["compile"]
+        assert "data-dependent branching" in result.artifacts["compile"]
+    else:
+        assert "compile" not in result.artifacts
+    (row,) = ledger.evaluations(tmp_path / "ledger.sqlite")
+    assert row["runs"] == runs and row["runs"][0]["compiled"] is False
 
 
 def test_configuration_errors_stop_at_start(smoke_env, monkeypatch):
@@ -178,6 +212,8 @@ def test_scaling_slope_objective_scores_the_seed_at_parity(smoke_env, tmp_path):
     # One loss per rung, and the fitted slope: more parameters, lower loss.
     rung_losses = [v for k, v in result.metrics.items() if k.startswith("val_loss_d")]
     assert len(rung_losses) == len(profile.ladder)
+    row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
+    assert [r["rung"] for r in row["runs"]] == [list(rung) for rung in profile.ladder]
     assert result.metrics["scaling_b"] < 0
 
 

@@ -53,6 +53,11 @@ def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, ca
     assert escape["reason"] == "policy" and escape["combined_score"] == 0.0
     assert set(escape["escape"]) == {"file_written_outside_sandbox", "secret_read"}
     assert escape["escape"] == {"file_written_outside_sandbox": False, "secret_read": False}
+    # Each case's training as the ledger recorded it: the seed trained its rung (smoke does not compile); the escape
+    # never reached training.
+    (seed_run,) = cases["seed"]["runs"]
+    assert seed_run["rung"] == [48, 2, 2] and seed_run["compiled"] is False and seed_run["compile_mode"] is None
+    assert seed_run["ms_per_step"] > 0 and escape["runs"] == []
 
     # The security stage ran its test through the evaluator (the dry-run picks one) and recorded the layers.
     security = stages["security"]
@@ -72,6 +77,7 @@ def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, ca
     assert set(head["targets"]) == {"protocol_under_10_min", "at_least_40x_faster_than_7h", "engine_at_least_3x_eager"}
     summary = (out / "summary.md").read_text()
     assert summary in printed and "Dry run on the CPU" in summary and "escape_secret_and_file" in summary
+    assert "- seed, rung (48, 2, 2): compiled **False** (None), first step" in summary
     for name in gpu_check.STAGES:
         assert f"| {name} | ok |" in summary
 

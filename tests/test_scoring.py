@@ -7,7 +7,8 @@ import math
 import pytest
 
 from harness.trusted.profiles import get_profile
-from harness.trusted.scoring import (MalformedRecord, objective_from_untrusted, objective_record, parity_violation,
+from harness.trusted.scoring import (REPORTED_CURVE_MAX_POINTS, SCORED_FIELDS, MalformedRecord,
+                                     objective_from_untrusted, objective_record, parity_violation, reported_runs,
                                      rungs_for, score)
 
 PROFILE = get_profile("smoke", objective="scaling_slope")
@@ -103,3 +104,25 @@ def test_an_implausibly_low_loss_keeps_its_score_and_is_flagged_for_validation()
     fine = copy.deepcopy(RECORD["runs"][1])
     fine["final_val_loss"] = 2.2  # 21 % below: no flag
     assert score(objective_from_untrusted({"runs": [fine]}, final), base, final)[1] == []
+
+
+def test_the_ledger_keeps_a_reported_training_as_typed_fields_only():
+    """What the ledger keeps of the runs a sandbox reported: the typed fields of a training, never a scored field
+    (the caller adds the scorer's), nothing of another type, no more runs than asked and no oversized curve."""
+    run = {**_run(PROFILE.ladder[0], 3.3, 25_000), "compiled": False, "compile_error": "x" * 10_000,
+           "compile_mode": "default", "first_step_s": 1.5, "peak_memory_mib": float("nan"), "nonfinite_step": True,
+           "combined_score": 7.5, "model": object(), "val_curve": [[100, 4.0], [200, float("inf")]]}
+    kept = reported_runs([run, run, run], max_runs=2)
+    assert len(kept) == 2
+    first = kept[0]
+    assert not set(first) & set(SCORED_FIELDS) and "combined_score" not in first and "model" not in first
+    assert first["rung"] == list(PROFILE.ladder[0]) and first["compiled"] is False and first["first_step_s"] == 1.5
+    assert len(first["compile_error"]) == 500 and first["compile_mode"] == "default"
+    assert first["peak_memory_mib"] is None and first["nonfinite_step"] is None  # nan, and a bool for a count
+    assert first["val_curve"] == [[100, 4.0], [200, None]] and first["train_curve"] == [[50, 5.0]]
+    long = {**run, "train_curve": [[i + 1, 1.0] for i in range(REPORTED_CURVE_MAX_POINTS + 1)],
+            "val_curve": [["100", 4.0]], "rung": [1, 2], "compiled": 1, "status": ["ok"]}
+    (odd,) = reported_runs([long], max_runs=4)
+    assert odd["train_curve"] is None and odd["val_curve"] is None and odd["rung"] is None
+    assert odd["compiled"] is None and odd["status"] is None
+    assert reported_runs({"runs": []}, max_runs=4) == [] and reported_runs([1, "a", None], max_runs=4) == []

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from harness.analysis.runs import Prog, Run
 from harness.trusted import program as program_mod
@@ -379,3 +379,19 @@ def stopping_rules(run: Run) -> list[dict]:
                   "fired_at": fired,
                   "detail": f"{nonfinite} of {len(its)} iteration(s) nonfinite" if its else "no iterations"})
     return rules
+
+
+def compile_fallbacks(progs: list[Prog]) -> dict:
+    """Which evaluations trained under a profile that compiles (their runs name a compile mode) and which of them
+    trained eagerly because torch.compile failed, from the training records in their ledger rows."""
+    compiling, eager, errors = 0, [], Counter()
+    for p in progs:
+        runs = [r for r in (p.ledger_row or {}).get("runs") or [] if r.get("compile_mode")]
+        if not runs:
+            continue
+        compiling += 1
+        failed = [r for r in runs if r.get("compiled") is False]
+        if failed:
+            eager.append(p.id)
+            errors[(failed[0].get("compile_error") or "no error recorded")[:120]] += 1
+    return {"compiling_evaluations": compiling, "trained_eagerly": eager, "errors": dict(errors.most_common(5))}

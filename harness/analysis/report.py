@@ -10,7 +10,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from harness.analysis.measures import (best_so_far, dedupe, fingerprint_groups, outcome_table, rank_group,
+from harness.analysis.measures import (best_so_far, compile_fallbacks, dedupe, fingerprint_groups, outcome_table, rank_group,
                                        reintroductions, root_of, spearman, stopping_rules, unified_block_diff)
 from harness.analysis.plots import plot_early_vs_final, plot_fitness, plot_lineage, plot_rejections, short
 from harness.analysis.runs import Prog, Run, display_path, load_run, require_run_folder
@@ -189,6 +189,17 @@ def analyze_run(run: Run, out_dir: Path, top: int) -> tuple[dict, list[str]]:
     for reason, count in reasons.most_common():
         md.append(f"| `{reason}` | {count} |")
     md.append("")
+
+    # Compile fallbacks
+    fallbacks = compile_fallbacks(progs)
+    summary["compile_fallbacks"] = fallbacks
+    if fallbacks["trained_eagerly"]:
+        md.append(f"**{len(fallbacks['trained_eagerly'])} of {fallbacks['compiling_evaluations']} evaluation(s) of a "
+                  "compiling profile trained eagerly**, because torch.compile failed on their program (slower; "
+                  "the LLM was told why). Errors:\n")
+        for error, count in fallbacks["errors"].items():
+            md.append(f"- {count} × `{error}`")
+        md.append("")
 
     # Log-only failures
     md.append("### Failed iterations that exist only in the logs\n")

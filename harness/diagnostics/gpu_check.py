@@ -410,6 +410,12 @@ def write_synthetic_text_folder(folder: Path, train_stories: int, val_stories: i
     (folder / "validation.txt").write_text(f"\n{EOS_TOKEN}\n".join(val) + "\n")
 
 
+# What the summary keeps of each rung an evaluation trained (the ledger's ``runs``): whether the program compiled in
+# the confined sandbox on this device, and what the sandbox's training cost.
+EVALUATION_RUN_FIELDS = ("rung", "compiled", "compile_mode", "compile_error", "first_step_s", "ms_per_step",
+                         "wall_s", "peak_memory_mib")
+
+
 def stage_evaluation(plan: Plan, work: Path) -> dict:
     root = work / "evaluation"
     root.mkdir(parents=True, exist_ok=True)
@@ -460,6 +466,7 @@ def stage_evaluation(plan: Plan, work: Path) -> dict:
                  "verdict": row["verdict"], "message": (row["message"] or "")[:600],
                  "combined_score": metrics.get("combined_score"), "wall_s": wall, "timings": row["timings"],
                  "confinement": row["execution"].get("confinement"),
+                 "runs": [{k: r.get(k) for k in EVALUATION_RUN_FIELDS} for r in row["runs"]],
                  "as_expected": row["reason"] == case["expected_reason"]}
         if "marker" in case:
             marker = Path(case["marker"])
@@ -730,6 +737,13 @@ def render_summary(record: dict) -> str:
         for c in ev["cases"]:
             lines.append(f"| {c['name']} | {c['expected_reason']} | {c['reason']} ({c['verdict']}) | "
                          f"{c['combined_score']} | {c['wall_s']:.1f} |")
+        runs = [(c["name"], r) for c in ev["cases"] for r in c.get("runs") or []]
+        lines += [""] if runs else []
+        for name, r in runs:
+            step = "n/a" if r["ms_per_step"] is None else f"{r['ms_per_step']:.2f} ms"
+            lines.append(f"- {name}, rung {tuple(r['rung'] or ())}: compiled **{r['compiled']}** ({r['compile_mode']}), "
+                         f"first step {_fmt_s(r['first_step_s'])}, {step} per step in the sandbox"
+                         + (f"; compile error: {r['compile_error'][:200]}" if r.get("compile_error") else ""))
             if "escape" in c:
                 e = c["escape"]
                 lines.append("")

@@ -31,7 +31,8 @@ from harness.trusted.frameworks import ATTENTION_KWARGS, FRAMEWORKS, framework_o
 from harness.trusted.policy import check_block, module_aliases
 from harness.trusted.profiles import ConfigError, Profile, confinement_policy, get_profile, require_device
 from harness.trusted.reasons import HINTS, Reason
-from harness.trusted.scoring import MalformedRecord, objective_from_untrusted, objective_metrics, parity_violation, score
+from harness.trusted.scoring import (SCORED_FIELDS, MalformedRecord, objective_from_untrusted, objective_metrics,
+                                     parity_violation, reported_runs, score)
 
 STDERR_TAIL_CHARS = executor.STDERR_TAIL_CHARS
 MESSAGE_MAX_CHARS = 2000  # of a rejection's message, in the ledger and in the LLM's next prompt
@@ -163,7 +164,7 @@ def _bounded(message: str) -> str:
 def _result(framework: str, reason: Reason, message: str, *, score: float = 0.0, metrics: dict | None = None,
             details: str = "", flags: list[str] | None = None, prepared: dict | None = None, code: str = "",
             timings: dict | None = None, started: float = 0.0, fingerprint: dict | None = None,
-            execution: dict | None = None):
+            execution: dict | None = None, runs: list[dict] | None = None):
     """Build what OpenEvolve receives (plain floats, string artifacts) and write the ledger row.
 
     ``fingerprint``: the one the sandbox reported (that of the host it ran on); the prepared one otherwise."""
@@ -191,16 +192,20 @@ def _result(framework: str, reason: Reason, message: str, *, score: float = 0.0,
         artifacts["details"] = details[-STDERR_TAIL_CHARS:]
     if execution:
         artifacts["execution"] = _execution_text(execution)
+    profile = (prepared or {}).get("profile")
+    eager = [r for r in runs or [] if r.get("compiled") is False]
+    if profile is not None and profile.compile and eager:
+        artifacts["compile"] = (f"torch.compile failed on this program, so it trained eagerly, which is slower: "
+                                f"{eager[0].get('compile_error') or 'no error recorded'}")
     try:
         ledger_path = (prepared or {}).get("ledger") or ledger.default_ledger_path()
         digest, code_path = _store_code(code, Path(ledger_path))
-        profile = (prepared or {}).get("profile")
         artifacts["ledger_row"] = str(ledger.record_evaluation({
             "framework": framework, "program_hash": digest, "code_path": code_path, "verdict": verdict,
             "reason": reason.value, "message": message, "combined_score": score, "metrics": metrics,
             "fingerprint": fp, "profile": profile.name if profile else None,
             "seed": profile.train_seed if profile else None, "wall_s": metrics["eval_wall_s"], "timings": timings or {},
-            "execution": execution or {},
+            "execution": execution or {}, "runs": runs or [],
         }, ledger_path))
     except Exception as exc:  # noqa: BLE001 - the score still goes back; the failure is visible in artifacts
         artifacts["ledger_error"] = f"{type(exc).__name__}: {exc}"
@@ -361,8 +366,9 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
     timings = {k: v for k, v in _float_metrics(_small(result.get("timings")) or {}).items() if len(k) <= 64}
     message, traceback_text = str(result.get("message", "")), str(result.get("traceback", ""))
     details = "\n".join(filter(None, [traceback_text, log if reason not in (Reason.OK,) else ""]))
-    if reason != Reason.OK:
-        return _result(framework, reason, message, metrics=metrics, details=details, timings=timings, **common)
+    if reason != Reason.OK:  # a training that failed (diverged, non-finite, pruned) reports its runs so far
+        return _result(framework, reason, message, metrics=metrics, details=details, timings=timings,
+                       runs=reported_runs(result.get("runs"), len(profile.ladder)), **common)
     if reported_fp is None or "objective" not in result:
         return _result(framework, Reason.TAMPERING, "the sandbox's result claims success without the fingerprint "
                        "and the training record the sandbox always reports", details=log, **common)
@@ -387,8 +393,10 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
     if not math.isfinite(value):
         return _result(framework, Reason.NONFINITE, "the objective is not finite", metrics=metrics, **common)
     metrics.update(objective_metrics(objective))
+    runs = [{**report, **{key: run[key] for key in SCORED_FIELDS}}
+            for report, run in zip(reported_runs(objective["runs"], len(objective["runs"])), objective["runs"])]
     return _result(framework, Reason.OK, "valid", score=value, metrics=metrics, details=details, flags=flags,
-                   timings=timings, **common)
+                   timings=timings, runs=runs, **common)
 
 
 def make_evaluator(framework: str):

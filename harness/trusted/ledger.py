@@ -1,7 +1,8 @@
 """The ledger: every evaluation, accepted or rejected, in one SQLite file (WAL mode).
 
 One row per evaluation with the program hash, framework, verdict, reason, metrics, fingerprint,
-timings, where it ran (executor, host, attempts) and the path of the exact code that ran. Baselines are cached in the same file, keyed by
+timings, where it ran (executor, host, attempts), each rung's training (curves, timings, whether it compiled) and the
+path of the exact code that ran. Baselines are cached in the same file, keyed by
 fingerprint id, framework and objective, so that nothing is ever compared across fingerprints.
 """
 
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
     seed INTEGER,
     wall_s REAL,
     timings_json TEXT,
-    execution_json TEXT              -- where it ran: executor, host or Ray node, attempts, lost workers
+    execution_json TEXT,             -- where it ran: executor, host or Ray node, attempts, lost workers
+    runs_json TEXT                   -- each rung's training as its sandbox reported it (never scored) + the scorer's
 );
 CREATE INDEX IF NOT EXISTS evaluations_fp ON evaluations(fingerprint_id, framework);
 CREATE TABLE IF NOT EXISTS baselines (
@@ -48,6 +50,9 @@ CREATE TABLE IF NOT EXISTS baselines (
     PRIMARY KEY (fingerprint_id, framework, objective)
 );
 """
+
+# Columns of ``evaluations`` added after its first version, in order: an older ledger gets them on connecting.
+ADDED_COLUMNS = ("execution_json", "runs_json")
 
 
 def default_ledger_path() -> Path:
@@ -77,9 +82,11 @@ def connect(path: Path | str | None = None) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=CONNECT_TIMEOUT_S, isolation_level=None)
     _initialise(conn)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(evaluations)")}
-    if "execution_json" not in columns:  # a ledger written before the column existed
-        try:
-            conn.execute("ALTER TABLE evaluations ADD COLUMN execution_json TEXT")
+    for column in ADDED_COLUMNS:
+        if column in columns:
+            continue
+        try:  # a ledger written before the column existed
+            conn.execute(f"ALTER TABLE evaluations ADD COLUMN {column} TEXT")
         except sqlite3.OperationalError as exc:  # another process added it first
             if "duplicate column" not in str(exc):
                 raise
@@ -94,13 +101,13 @@ def record_evaluation(row: dict, path: Path | str | None = None) -> int:
         cur = conn.execute(
             "INSERT INTO evaluations (created_at, framework, program_hash, code_path, verdict, reason, message, "
             "combined_score, metrics_json, fingerprint_id, fingerprint_json, profile, seed, wall_s, timings_json, "
-            "execution_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "execution_json, runs_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 time.time(), row["framework"], row["program_hash"], row.get("code_path"), row["verdict"],
                 row["reason"], row.get("message"), float(row["combined_score"]),
                 json.dumps(row.get("metrics", {}), sort_keys=True), fp.get("id"), json.dumps(fp, sort_keys=True),
                 row.get("profile"), row.get("seed"), row.get("wall_s"), json.dumps(row.get("timings", {})),
-                json.dumps(row.get("execution", {}), sort_keys=True),
+                json.dumps(row.get("execution", {}), sort_keys=True), json.dumps(row.get("runs", [])),
             ),
         )
         return int(cur.lastrowid)
@@ -146,4 +153,5 @@ def evaluations(path: Path | str | None = None, framework: str | None = None) ->
         r["fingerprint"] = json.loads(r.pop("fingerprint_json") or "{}")
         r["timings"] = json.loads(r.pop("timings_json") or "{}")
         r["execution"] = json.loads(r.pop("execution_json") or "{}")
+        r["runs"] = json.loads(r.pop("runs_json", None) or "[]")
     return rows

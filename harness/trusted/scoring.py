@@ -95,6 +95,74 @@ def checked_runs(runs, expected_rungs: list[tuple], profile=None) -> list[dict]:
     return out
 
 
+# What the ledger keeps of each rung's training beside the scored fields: what the training sandbox reported, for
+# reports only (never scored, never ranked). Typed field by field; a value of another type is dropped.
+REPORTED_NUMBERS = ("ms_per_step", "tokens_per_s", "wall_s", "eval_s", "first_step_s", "final_monitor_loss",
+                    "grad_norm_mean", "grad_norm_var", "loss_roughness", "peak_memory_mib")
+REPORTED_COUNTS = ("steps_done", "tokens_seen", "params", "nonfinite_step")
+REPORTED_TEXTS = {"status": 32, "compile_mode": 64, "compile_error": 500}  # field: most characters kept
+# The engine writes about 100 points of training curve and one validation point per evaluation interval (10 at full).
+REPORTED_CURVE_MAX_POINTS = 256
+
+
+def reported_runs(runs, max_runs: int) -> list[dict]:
+    """The runs an untrusted process reported, as the ledger keeps them: at most ``max_runs``, plain typed fields,
+    curves of [step, loss or None]; anything else dropped. ``SCORED_FIELDS`` are never taken from here: the caller
+    adds the scorer's where there are any."""
+    if not isinstance(runs, list):
+        return []
+    out = []
+    for run in runs[:max_runs]:
+        if not isinstance(run, dict):
+            continue
+        kept = {"rung": _plain_counts(run.get("rung"), 3)}
+        for key in REPORTED_NUMBERS:
+            kept[key] = _finite_or_none(run.get(key))
+        for key in REPORTED_COUNTS:
+            value = run.get(key)
+            kept[key] = value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+        for key, limit in REPORTED_TEXTS.items():
+            value = run.get(key)
+            kept[key] = value[:limit] if isinstance(value, str) else None
+        kept["compiled"] = run.get("compiled") if isinstance(run.get("compiled"), bool) else None
+        for key in ("val_curve", "train_curve"):
+            kept[key] = _reported_curve(run.get(key))
+        out.append(kept)
+    return out
+
+
+def _finite_or_none(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _plain_counts(value, length: int) -> list[int] | None:
+    if not isinstance(value, list) or len(value) != length:
+        return None
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+        return None
+    return list(value)
+
+
+def _reported_curve(curve) -> list[list] | None:
+    """[[step, loss], ...] with whole steps and finite losses (a non-finite one, as a diverging run reports, as
+    None); None for anything else, or a curve longer than ``REPORTED_CURVE_MAX_POINTS``."""
+    if not isinstance(curve, list) or len(curve) > REPORTED_CURVE_MAX_POINTS:
+        return None
+    out = []
+    for point in curve:
+        if not isinstance(point, (list, tuple)) or len(point) != 2:
+            return None
+        step, loss = point
+        if isinstance(step, bool) or not isinstance(step, int):
+            return None
+        if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
+            return None
+        out.append([step, _finite_or_none(loss)])
+    return out
+
+
 def checked_curve(curve, what: str) -> list[list]:
     """A non-empty [[step, loss], ...] of whole steps, strictly increasing, and finite losses, copied."""
     if not isinstance(curve, list) or not curve or any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in curve):
