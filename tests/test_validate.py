@@ -81,6 +81,11 @@ class FakeRunner:
                          "train_curve": [[10, 6.0], [100, loss + 0.2], [steps, loss + 0.1]],
                          "grad_norm_mean": 1.0, "grad_norm_var": 0.1, "loss_roughness": 0.05, "ms_per_step": 20.0,
                          "wall_s": 6.0, "peak_memory_mib": 300.0, "steps_done": steps,
+                         # a compiling profile: one seed of 'good' fell back to eager, as a program torch.compile
+                         # refuses does
+                         "compile_mode": job.profile.compile_mode if job.profile.compile else None,
+                         "compiled": job.profile.compile and not ("good" in name and job.seed == 45),
+                         "compile_error": "Unsupported: a fake failure" if "good" in name and job.seed == 45 else None,
                          "tokens_seen": steps * job.hparams.get("batch_size_seqs", job.profile.batch_size_seqs)
                          * job.profile.context_len_tokens})
         if job.rungs == "reference" or (job.rungs == "objective" and job.profile.objective == "final_loss"):
@@ -182,6 +187,11 @@ def test_the_design_followed_gives_a_verdict(tmp_path, fake_evaluator, full_prof
     report = (out / "report.md").read_text()
     assert "Exploratory" not in report and "Not significant" in report and "paired t" in report
     assert "**refused**: rejected by the evaluator: `policy`" in report
+    # one seed of 'good' trained eagerly (its four rungs, of 40); every other run, and every run of 'same', compiled
+    assert report.count("**Trained eagerly**") == 1
+    assert ("**Trained eagerly**, because torch.compile failed: the candidate's 4 of 40 run(s): the same recipe "
+            "with other kernels, so slower and rounded differently (the first error: Unsupported: a fake failure)"
+            in report)
     for kind in ("seeds", "box", "curves", "scaling"):
         assert (out / good["plots"][kind]).exists()
     # the researcher's interpretation completes the strong criteria

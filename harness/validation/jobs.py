@@ -178,7 +178,8 @@ def run_batch(runner, batch: list[TrainJob], jobs: int, log) -> list[dict]:
 
 
 RUN_FIELDS = ("rung", "final_val_loss", "non_embedding_params", "params", "val_curve", "train_curve", "ms_per_step",
-              "wall_s", "status", "steps_done", "grad_norm_mean", "grad_norm_var", "loss_roughness", "peak_memory_mib")
+              "wall_s", "status", "steps_done", "grad_norm_mean", "grad_norm_var", "loss_roughness", "peak_memory_mib",
+              "compiled", "compile_mode", "compile_error")
 
 
 def slim(run: dict) -> dict:

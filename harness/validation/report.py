@@ -98,6 +98,20 @@ def all_deviations(result: dict) -> list[str]:
                                          for x in c.get("deviations", [])]
 
 
+def eager_runs(c: dict) -> list[str]:
+    """Per side of a comparison, the runs of a compiling profile that trained eagerly (slower, and other kernels than
+    the runs that compiled), with the first error; nothing where every run compiled or the profile does not compile."""
+    out = []
+    for side, outcomes in (c.get("runs") or {}).items():
+        runs = [r for o in outcomes for r in (o.get("record") or {}).get("runs") or [] if r.get("compile_mode")]
+        eager = [r for r in runs if r.get("compiled") is False]
+        if eager:
+            out.append(f"the {side}'s {len(eager)} of {len(runs)} run(s): the same recipe with other kernels, so "
+                       f"slower and rounded differently (the first error: "
+                       f"{_cell((eager[0].get('compile_error') or 'none recorded')[:200])})")
+    return out
+
+
 def _frameworks_section(result: dict) -> list[str]:
     fw = result["frameworks"]
     if fw.get("not_comparable"):
@@ -187,6 +201,7 @@ def _candidate_section(c: dict, result: dict) -> list[str]:
         cells.append(" / ".join(f"`{x}`" for x in sorted(fps)) or "–")
         md.append("| " + " | ".join(cells) + " |")
     md.append("")
+    md += [f"- **Trained eagerly**, because torch.compile failed: {text}" for text in eager_runs(c)]
     p, w = s["primary"], s["welch"]
     md.append("### The primary test: paired by seed\n")
     md.append("| quantity | value |")
