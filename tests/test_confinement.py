@@ -71,7 +71,7 @@ def test_the_seed_is_evaluated_confined_and_the_ledger_says_so(smoke_env, tmp_pa
     result = evaluate(security.FRAMEWORK, str(path))
     assert result.artifacts["reason"] == "ok", result.artifacts.get("message")
     row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
-    layers = confine.recorded(LAYERS.files, LAYERS.seccomp)
+    layers = confine.recorded(LAYERS.files, LAYERS.seccomp, LAYERS.root)
     assert row["execution"]["confinement"] == layers
     assert layers in result.artifacts["execution"]
     # The parts of the forward pass are apart only where neither files, IPC objects, sockets nor signals can pass
@@ -171,7 +171,31 @@ def test_the_sandbox_reads_neither_the_hosts_secrets_in_etc_nor_raw_disks_nor_a_
 def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(smoke_env, tmp_path, monkeypatch):
     """Past the static policy: a planted secret, another process's environment (this evaluator's, which holds a
     key), a file outside the run folder, the token cache (for writing) and the scored split (even for reading) are
-    each out of reach, and nothing was written."""
+    each out of reach, and nothing was written. Landlock alone here: the private root is switched off."""
+    only_landlock = dataclasses.replace(LAYERS, root=False, root_absent="switched off for this test")
+    monkeypatch.setattr(confine, "device_layers", lambda device="cpu": only_landlock)
+    _reads_no_file_of_the_user(tmp_path, monkeypatch, {"Permission denied"})
+
+
+@pytest.mark.skipif(UNAVAILABLE is not None or not LAYERS.root,
+                    reason=f"a sandbox on {security.DEVICE} gets no private root here: "
+                           f"{UNAVAILABLE or LAYERS.root_absent}")
+def test_the_private_root_alone_keeps_the_same_files_out_of_reach(smoke_env, tmp_path, monkeypatch):
+    """Where the device fails under Landlock (as CUDA did on one GPU machine), the private root alone: the same
+    attempts find nothing (what is not in the sandbox's root does not exist there) or a read-only file system, and
+    nothing was written. The seed still trains and scores at parity."""
+    only_the_root = dataclasses.replace(LAYERS, files=False, files_absent="switched off for this test")
+    monkeypatch.setattr(confine, "device_layers", lambda device="cpu": only_the_root)
+    _reads_no_file_of_the_user(tmp_path, monkeypatch, {"No such file or directory", "Read-only file system"})
+    row = ledger.evaluations()[-1]
+    assert row["execution"]["confinement"] == confine.recorded(False, LAYERS.seccomp, True)
+    path = tmp_path / "seed.py"
+    path.write_text(security.SEED)
+    result = evaluate(security.FRAMEWORK, str(path))
+    assert result.artifacts["reason"] == "ok" and result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def _reads_no_file_of_the_user(tmp_path, monkeypatch, refusals: set[str]):
     prepare(security.FRAMEWORK)  # the token cache exists
     security.past_the_static_policy(monkeypatch)
     secret_value = "sk-" + os.urandom(8).hex()
@@ -203,7 +227,7 @@ def test_the_sandbox_reads_no_file_of_the_user_and_writes_only_its_run_folder(sm
     (tmp_path / "hf" / "token").write_text(secret_value)
     for name, attempt in attempts.items():
         result = evaluate(security.FRAMEWORK, _candidate(tmp_path, attempt))
-        assert _outcome(result) == "Permission denied", name
+        assert _outcome(result) in refusals, name
         assert secret_value not in str(result.artifacts), name
     assert not (tmp_path / "written").exists() and secret.read_text() == secret_value
     assert (entry / "monitor.npy").read_bytes() == cache_before
@@ -392,29 +416,34 @@ NEEDS_A_WRITE = "open({path!r}, 'w').close()"
 @needs_landlock
 @pytest.mark.skipif(not confine.seccomp_supported(), reason="no seccomp filter for this machine")
 @pytest.mark.parametrize("needs, layers", [
-    ((), (True, True)),
-    ((NEEDS_A_SOCKET,), (True, False)),
-    ((NEEDS_A_WRITE,), (False, True)),
-    ((NEEDS_A_SOCKET, NEEDS_A_WRITE), (False, False)),
+    ((), (True, True, True)),
+    ((NEEDS_A_SOCKET,), (True, False, True)),
+    ((NEEDS_A_WRITE,), (False, True, False)),
+    ((NEEDS_A_SOCKET, NEEDS_A_WRITE), (False, False, False)),
 ], ids=["nothing", "a_socket", "a_write", "both"])
 def test_a_gpu_sandbox_gets_the_strongest_layers_its_driver_works_under(tmp_path, needs, layers):
     check = "\n".join(needs).format(path=str(tmp_path / "written")) or "pass"
-    found = confine.layers_that_work(check, True, True, "cuda")
-    assert (found.files, found.seccomp) == layers, found
+    found = confine.layers_that_work(check, True, True, True, "cuda")
+    assert (found.files, found.seccomp, found.root) == layers, found
     # A layer left out says why, with the error the check met under it.
     assert bool(found.files_absent) != found.files and bool(found.seccomp_absent) != found.seccomp
+    assert bool(found.root_absent) != found.root
     if not found.files:
         assert "Landlock was not applied: cuda fails under it here" in found.files_absent
         assert "Permission denied" in found.files_absent
     if not found.seccomp:
         assert "Address family not supported by protocol" in found.seccomp_absent
+    if not found.root:  # the folder written to is not in the private root at all
+        assert "the private root was not applied: cuda fails under it here" in found.root_absent
+        assert "No such file or directory" in found.root_absent
 
 
 @needs_landlock
 def test_only_the_layers_offered_are_tried(tmp_path):
-    found = confine.layers_that_work(NEEDS_A_WRITE.format(path=str(tmp_path / "written")), True, False, "cuda")
-    assert (found.files, found.seccomp) == (False, False)
+    found = confine.layers_that_work(NEEDS_A_WRITE.format(path=str(tmp_path / "written")), True, False, False, "cuda")
+    assert (found.files, found.seccomp, found.root) == (False, False, False)
     assert found.seccomp_absent == "no seccomp filter for this machine" and "Permission denied" in found.files_absent
+    assert found.root_absent == "no private root on this system"
 
 
 @needs_landlock
@@ -452,11 +481,12 @@ def test_the_executor_confines_a_gpu_sandbox_with_the_layers_found(tmp_path, mon
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     _fresh_layers_cache(monkeypatch)
     request = {"device": "cuda", "data_source": "synthetic"}
-    rules = executor.landlock_rules(request, tmp_path)
-    assert rules is not None and str(devices / "nvidia0") in rules[1]
+    files = executor.file_confinement(request, tmp_path)
+    assert files["landlock"] and files["rules"] is not None and str(devices / "nvidia0") in files["rules"][1]
     assert not executor.seccomp_applies(request)
     assert "the seccomp filter was not applied: cuda fails under it here" in confine.layers_here("cuda")
-    assert executor.landlock_rules({**request, "device": "cpu"}, tmp_path)[1] == confine.file_rules(tmp_path)[1]
+    cpu = executor.file_confinement({**request, "device": "cpu"}, tmp_path)
+    assert cpu["rules"][1] == confine.file_rules(tmp_path)[1]
 
 
 def _fresh_layers_cache(monkeypatch):
@@ -470,8 +500,9 @@ def test_a_check_that_fails_without_any_layer_too_concludes_nothing(tmp_path, mo
     """A GPU that is busy or out of memory fails the check under every layer and without them: that says nothing about
     the layers, so none is dropped, nothing is cached, and the evaluation is an infrastructure failure."""
     broken = "import sys; sys.exit('confine: the device is busy')"
-    with pytest.raises(confine.LayersUnknown, match="even without Landlock and seccomp.*the device is busy"):
-        confine.layers_that_work(broken, True, confine.seccomp_supported(), "cuda")
+    with pytest.raises(confine.LayersUnknown, match="even without Landlock, seccomp and the private root.*the "
+                                                    "device is busy"):
+        confine.layers_that_work(broken, True, confine.seccomp_supported(), True, "cuda")
     monkeypatch.setattr(confine, "CUDA_CHECK", broken)
     monkeypatch.setattr(confine, "unavailable_reason", lambda device="cpu": None)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
@@ -479,7 +510,7 @@ def test_a_check_that_fails_without_any_layer_too_concludes_nothing(tmp_path, mo
     run = executor.run_sandbox_here("evaluate", {"profile": "smoke", "device": "cuda"}, 60.0, 4096)
     assert run.outcome == "infrastructure" and "which layers cuda works under is not known" in run.error
     assert confine.device_layers.cache_info().currsize == 0
-    assert "Landlock and seccomp: not known" in confine.layers_here("cuda")
+    assert "Landlock, seccomp and the private root: not known" in confine.layers_here("cuda")
 
 
 def test_only_character_devices_count_as_gpu_device_files(tmp_path, monkeypatch):
@@ -492,6 +523,8 @@ def test_only_character_devices_count_as_gpu_device_files(tmp_path, monkeypatch)
 def test_a_cpu_sandbox_gets_every_layer_the_kernel_offers():
     layers = confine.device_layers("cpu")
     assert (layers.files, layers.seccomp) == (confine.landlock_abi() > 0, confine.seccomp_supported())
+    # The private root, once seen to start here; where it cannot, the reason is kept.
+    assert layers.root or "the private root was not applied: cpu fails under it here" in layers.root_absent
 
 
 def test_the_layers_command_says_what_a_sandbox_gets_here():
@@ -505,7 +538,11 @@ def test_the_layers_command_says_what_a_sandbox_gets_here():
         scopes = f"; {confine.SCOPES_LAYER}" if abi >= 6 else f" (no {confine.SCOPES_LAYER}: they need ABI 6)"
         files = f"; {confine.FILES_LAYER} (ABI {abi}){scopes}" if abi else " (files: the static policy only; no Landlock)"
         seccomp = f"; {confine.SECCOMP_LAYER}" if confine.seccomp_supported() else "; no seccomp filter for this machine"
-        assert out.stdout.strip() == confine.LAYERS + files + seccomp
+        layers = confine.device_layers("cpu")
+        root = f"; {confine.ROOT_LAYER}" if layers.root else f" ({layers.root_absent})"
+        if layers.root and not abi:
+            files = " (no Landlock files: no Landlock)"
+        assert out.stdout.strip() == confine.LAYERS + root + files + seccomp
 
 
 @sandbox_seccomp
@@ -605,3 +642,68 @@ def test_a_launcher_that_cannot_start_the_sandbox_is_the_harness_not_the_program
     run = executor.run_sandbox_here("evaluate", request, 120.0, 8192)
     assert run.outcome == "infrastructure", (run.outcome, run.error, run.log)
     assert run.error.startswith(confine.FAILURE_PREFIX) and "/nonexistent/harness-test" in run.error, run.error
+
+
+def test_the_private_roots_binds_follow_landlocks_rights(tmp_path):
+    """A path's rights are those of every root it lies beneath, as under Landlock: a root inside a writable one is
+    not bound again, nor a read root inside another; a write root inside a read root is bound writable over it.
+    ``/proc`` is never bound, a missing path is left out, and a symbolic link is bound where it points."""
+    from harness.trusted import private_root
+
+    cache, other = tmp_path / "cache", tmp_path / "other"
+    for folder in (cache / "tokens", cache / "scored", other / "run"):
+        folder.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(other)
+    assert private_root.plan([str(cache / "tokens")], [str(cache)]) == [(str(cache), True)]
+    assert private_root.plan([str(cache), str(cache / "tokens")], []) == [(str(cache), False)]
+    assert private_root.plan([str(other)], [str(other / "run")]) == [(str(other), False), (str(other / "run"), True)]
+    assert private_root.plan(["/proc/self", str(tmp_path / "missing"), str(tmp_path / "link")], []) == \
+        [(str(other), False)]
+
+
+@needs_confinement
+@pytest.mark.skipif(not LAYERS.root, reason=f"no private root here: {LAYERS.root_absent}")
+def test_the_private_root_is_locked_and_shows_no_host_process(tmp_path):
+    """Without Landlock and seccomp, so that only the kernel's locking stands: from inside, no bind can be unmounted
+    (to uncover what is beneath it) nor made writable again, ``/proc`` shows the sandbox's own processes only, and
+    what is not in the rules does not exist; a write lands in the run folder and nowhere else."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("sk-private")
+    code = f"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def tried(rc):
+    return os.strerror(ctypes.get_errno()) if rc != 0 else "succeeded"
+class Attr(ctypes.Structure):
+    _fields_ = [("set", ctypes.c_uint64), ("clr", ctypes.c_uint64), ("prop", ctypes.c_uint64), ("ns", ctypes.c_uint64)]
+clear = Attr(0, 1, 0, 0)
+print("umount", tried(libc.umount2(b"/usr", 2)))
+print("writable", tried(libc.syscall(442, -100, b"/usr", 0, ctypes.byref(clear), 32)))
+print("remount", tried(libc.mount(None, b"/usr", None, ctypes.c_ulong(4096 | 32), None)))
+print("processes", sorted(int(p) for p in os.listdir("/proc") if p.isdigit()))
+print("secret", os.path.exists({str(secret)!r}), sorted(os.listdir({str(tmp_path)!r})))
+for path in ({str(run_dir / 'ok')!r}, "/usr/written", {str(tmp_path / 'written')!r}):
+    try:
+        open(path, "w").write("x")
+        print("write", path, "succeeded")
+    except OSError as e:
+        print("write", path, e.strerror)
+"""
+    rules = confine.file_rules(run_dir)
+    out = subprocess.run(confine.wrap([sys.executable, "-c", code], rules, landlock=False, private_root=True),
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "TMPDIR": str(run_dir)})
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert out.returncode == 0, out.stderr
+    assert lines["umount"] == "Invalid argument" and lines["writable"] == "Operation not permitted"
+    assert lines["remount"] == "Operation not permitted"
+    assert lines["processes"] == "[1]"
+    assert lines["secret"] == "False ['run']"  # the folders above a root are empty ones of the private root
+    writes = [line for line in out.stdout.splitlines() if line.startswith("write")]
+    assert writes == [f"write {run_dir / 'ok'} succeeded", "write /usr/written Read-only file system",
+                      f"write {tmp_path / 'written'} Read-only file system"]
+    assert (run_dir / "ok").read_text() == "x" and not (tmp_path / "written").exists()
+    assert not Path("/usr/written").exists() and secret.read_text() == "sk-private"
+    assert [p.name for p in run_dir.iterdir()] == ["ok"]  # the root's mount point is gone

@@ -133,7 +133,8 @@ def test_ray_gives_the_local_verdicts_and_scores(ray_cluster, tmp_path):
             assert row["execution"]["node_ip"] and row["execution"]["worker_pid"] > 0
             # The worker confines its sandbox as a local evaluation does (this cluster runs on this host).
             unavailable = confine.unavailable_reason()
-            layers = confine.recorded(confine.landlock_abi() > 0, confine.seccomp_supported())
+            here = confine.device_layers()
+            layers = confine.recorded(here.files, here.seccomp, here.root)
             assert row["execution"]["confinement"] == (f"none: {unavailable}" if unavailable else layers)
     assert results["decayed_linear_attention"].metrics["combined_score"] > 0.0
 
@@ -172,8 +173,10 @@ def test_the_trust_boundary_holds_on_ray_workers(ray_cluster, tmp_path, monkeypa
     secret = tmp_path / "secret.txt"
     secret.write_text("sk-" + secrets.token_hex(8))
     attempts = {"signal_the_driver": (f"getattr(torch, 'os').kill({os.getpid()}, 9)", "No such process")}
-    if confine.landlock_abi():
-        attempts["read_a_planted_secret"] = (f"getattr(torch, 'os').open({str(secret)!r}, 0)", "Permission denied")
+    here = confine.device_layers()
+    if here.files or here.root:  # not in the private root at all; else refused by Landlock
+        attempts["read_a_planted_secret"] = (f"getattr(torch, 'os').open({str(secret)!r}, 0)",
+                                             "No such file or directory" if here.root else "Permission denied")
     if confine.seccomp_supported():
         keyctl = seccomp.numbers()["keyctl"]
         attempts["read_the_keyring"] = (

@@ -284,8 +284,10 @@ def start_forward(plan: dict) -> Started:
     """Start the forward-only sandbox ahead: it imports torch and the harness, then waits for its go line."""
     work = Path(plan["forward"]["dir"])
     cmd = [sys.executable, "-m", "harness.sandbox", "forward", str(work / "request.json"), str(work / "result.json")]
-    return start_limited(confine.wrap(cmd, plan["forward"]["files"], plan["seccomp"],
-                                      request_profile(plan["request"]).device) if plan["confined"] else cmd,
+    files = plan["forward"]["files"]
+    return start_limited(confine.wrap(cmd, files["rules"], plan["seccomp"], request_profile(plan["request"]).device,
+                                      landlock=files["landlock"], private_root=files["private_root"])
+                         if plan["confined"] else cmd,
                          Path(plan["log_dir"]) / "forward.log", {**plan["env"], **scratch_environment(work / "tmp")})
 
 
@@ -302,10 +304,10 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
         np.save(Path(folder) / "inputs.npy", inputs)
     apart = _parts_apart(plan)
     request = {**plan["request"], "rungs": plan["rungs"], "parts": plan["forward"]["parts"],
-               "landlock": bool(plan["confined"] and plan["forward"]["files"]), "apart": apart,
+               "landlock": bool(plan["confined"] and plan["forward"]["files"]["landlock"]), "apart": apart,
                # What each part may read, made here: inside the sandbox /etc cannot be listed to name its entries.
                # Not the forward folder, which holds both parts: each child adds its own.
-               "part_reads": [r for r in (plan["forward"]["files"] or [[]])[0] if r != str(work)],
+               "part_reads": [r for r in (plan["forward"]["files"]["rules"] or [[]])[0] if r != str(work)],
                "batch_size": plan["batch_size"]}
     (work / "request.json").write_text(json.dumps(request))
     started = time.perf_counter()
@@ -362,7 +364,7 @@ def _parts_apart(plan: dict) -> bool:
     CPU: on CUDA both may write POSIX shared memory, which the driver's check ran with. Elsewhere the parts are
     apart in memory only. Still open, even here: what one part can learn of the other as a process in the same PID
     namespace (which process ids exist, its scheduling attributes such as its CPU affinity), and timing."""
-    return bool(plan["confined"] and plan["forward"]["files"] and plan["seccomp"]
+    return bool(plan["confined"] and plan["forward"]["files"]["landlock"] and plan["seccomp"]
                 and confine.landlock_abi() >= confine.SCOPES_ABI and request_profile(plan["request"]).device == "cpu")
 
 

@@ -1,6 +1,7 @@
 """Start the sandbox in new user, network, PID and IPC namespaces, and confine its files with Landlock.
 
-    python -m harness.trusted.confine [--read P ...] [--write P ...] [--seccomp [--cpu-filter]] -- CMD [ARG ...]
+    python -m harness.trusted.confine [--read P ...] [--write P ...] [--landlock] [--private-root]
+                                      [--seccomp [--cpu-filter]] -- CMD [ARG ...]
     python -m harness.trusted.confine --check [cuda]    # exit 0 when this machine allows it (and CUDA works in it)
     python -m harness.trusted.confine --layers [cuda]   # what a sandbox gets here, as the ledger records it
 
@@ -12,9 +13,11 @@ queues, nor its POSIX message queues: those of the user's other programs are out
 is what lets an unprivileged user create the others; the caller's uid and gid are mapped to themselves, so files
 keep their owners.
 
-With ``--read``/``--write``, the command also runs under a Landlock ruleset (Linux 5.13+, no root needed): it
-may read only beneath the ``--read`` paths and write only beneath the ``--write`` paths, whatever it calls, C++
-file I/O included. Under ``/proc`` it may read only its own entries and a few system-wide files, so the
+With ``--read``/``--write`` and ``--landlock``, the command also runs under a Landlock ruleset (Linux 5.13+, no
+root needed): it may read only beneath the ``--read`` paths and write only beneath the ``--write`` paths, whatever
+it calls, C++ file I/O included. With ``--private-root``, the same paths are all it finds in a private root of
+its own, the ``--read`` ones read-only (``harness.trusted.private_root``): the file confinement that does not
+depend on Landlock, for a device that fails under Landlock. Under ``/proc`` it may read only its own entries and a few system-wide files, so the
 environments of the user's other processes stay out of reach. The executor asks for it where the kernel offers
 Landlock (``file_rules``).
 
@@ -23,10 +26,11 @@ training never needs fail, and only Unix-domain sockets can be opened; with ``--
 CPU) no socket at all, and no memory file (``seccomp.CPU_DENIED``). The executor asks for it where the kernel offers
 seccomp filters and the filter exists for the machine.
 
-On CUDA, the driver must work under both layers too, and what it needs differs between drivers (on one GPU machine
+On CUDA, the driver must work under these layers too, and what it needs differs between drivers (on one GPU machine
 measured, it failed under a Landlock ruleset and under a filter that refused every socket: ``results/bench/NOTES.md``).
 So ``device_layers("cuda")`` runs a CUDA check in the launcher under the sandbox's own rules (the GPU device files
-writable), strongest combination first, and a sandbox on CUDA gets the strongest one under which the check passed.
+writable), strongest combination first (``COMBINATIONS``), and a sandbox on CUDA gets the strongest one under which
+the check passed.
 A layer is dropped only when the check passes without it (``LayersUnknown`` otherwise). The ledger records what
 applied; ``--layers cuda`` says it, and why a layer did not.
 
@@ -54,6 +58,7 @@ LAYERS = "user, network, PID and IPC namespaces"
 FILES_LAYER = "Landlock files"  # recorded after LAYERS when the file rules applied
 SCOPES_LAYER = "Landlock scopes"  # recorded after FILES_LAYER when the kernel applied the scopes with the file rules
 SECCOMP_LAYER = "seccomp"  # recorded last when the seccomp filter applied
+ROOT_LAYER = "private root"  # recorded after LAYERS when the sandbox ran in its private root
 
 # x86-64 and arm64 share the generic syscall numbers of Landlock.
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
@@ -113,17 +118,14 @@ def enter() -> None:
     Raises OSError when the kernel refuses."""
     import ctypes
 
+    from harness.trusted.private_root import map_ids
+
     uid, gid = os.getuid(), os.getgid()
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(ctypes.c_int(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC)) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"unshare refused: {os.strerror(errno)}")
-    with open("/proc/self/setgroups", "w") as f:
-        f.write("deny")
-    with open("/proc/self/uid_map", "w") as f:
-        f.write(f"{uid} {uid} 1")
-    with open("/proc/self/gid_map", "w") as f:
-        f.write(f"{gid} {gid} 1")
+    map_ids(uid, gid)
 
 
 @functools.lru_cache(maxsize=2)
@@ -163,11 +165,11 @@ def _check_inside(cuda: bool) -> int:
     return 0
 
 
-def recorded(files: bool, seccomp: bool) -> str:
+def recorded(files: bool, seccomp: bool, root: bool = False) -> str:
     """The confinement a ledger row records for a confined sandbox: the namespaces, then the layers that applied."""
     scopes = files and landlock_abi() >= SCOPES_ABI
-    return LAYERS + (f"; {FILES_LAYER}" if files else "") + (f"; {SCOPES_LAYER}" if scopes else "") \
-        + (f"; {SECCOMP_LAYER}" if seccomp else "")
+    return LAYERS + (f"; {ROOT_LAYER}" if root else "") + (f"; {FILES_LAYER}" if files else "") \
+        + (f"; {SCOPES_LAYER}" if scopes else "") + (f"; {SECCOMP_LAYER}" if seccomp else "")
 
 
 def seccomp_supported() -> bool:
@@ -190,20 +192,32 @@ class Layers:
     seccomp: bool  # the seccomp filter
     files_absent: str = ""
     seccomp_absent: str = ""
+    root: bool = False  # the private root (harness.trusted.private_root)
+    root_absent: str = ""
+
+
+# The (files, seccomp, root) combinations a device is checked under, strongest first: Landlock's rules are the finer
+# file confinement (and bring the scopes); the private root is the one that does not need Landlock.
+COMBINATIONS = ((True, True, True), (True, True, False), (False, True, True), (True, False, True),
+                (True, False, False), (False, False, True), (False, True, False))
+LAYER_NAMES = ("Landlock", "the seccomp filter", "the private root")
+NOT_OFFERED = ("no Landlock", "no seccomp filter for this machine", "no private root on this system")
 
 
 @functools.lru_cache(maxsize=2)
 def device_layers(device: str = "cpu") -> Layers:
     """The layers beyond the namespaces that a sandbox on ``device`` gets on this machine: on CPU, each one the kernel
-    offers; on CUDA, the strongest combination of them under which ``CUDA_CHECK`` passes in the launcher
-    (``layers_that_work``). Asked once per process and device."""
-    offered = (landlock_abi() > 0, seccomp_supported())
-    if device == "cpu" or not any(offered):
-        return _chosen(offered, {}, offered, device)
+    offers (the private root once it has been seen to start here); on CUDA, the strongest combination of them under
+    which ``CUDA_CHECK`` passes in the launcher (``layers_that_work``). Asked once per process and device."""
+    offered = (landlock_abi() > 0, seccomp_supported(), sys.platform.startswith("linux"))
+    if device == "cpu":
+        root_error = _check_under("pass", (False, False, True), device) if offered[2] else ""
+        return _chosen((offered[0], offered[1], offered[2] and not root_error),
+                       {(False, False, True): root_error} if root_error else {}, offered, device)
     unavailable = unavailable_reason(device)
     if unavailable:
         absent = f"a sandbox on {device} is not confined here ({unavailable})"
-        return Layers(False, False, absent, absent)
+        return Layers(False, False, absent, absent, False, absent)
     return layers_that_work(CUDA_CHECK, *offered, device)
 
 
@@ -212,35 +226,40 @@ class LayersUnknown(RuntimeError):
     concluded (and nothing cached); the evaluation is an infrastructure failure, tried again the next time."""
 
 
-def layers_that_work(check: str, files: bool, seccomp: bool, device: str) -> Layers:
-    """The strongest of (Landlock and seccomp, Landlock alone, seccomp alone) under which the Python code ``check``
-    exits 0 in the launcher, as a sandbox on ``device`` would run (its file rules, a fresh run folder as its TMPDIR);
-    only the layers offered (``files``, ``seccomp``) are tried. A layer left out says why: the check's last line of
-    error under it. A layer is left out only if the check then passes in the namespaces alone: else LayersUnknown
-    (a GPU that was busy or out of memory says nothing about the layers)."""
+def layers_that_work(check: str, files: bool, seccomp: bool, root: bool, device: str) -> Layers:
+    """The strongest of ``COMBINATIONS`` under which the Python code ``check`` exits 0 in the launcher, as a sandbox
+    on ``device`` would run (its file rules, a fresh run folder as its TMPDIR); only the layers offered (``files``,
+    ``seccomp``, ``root``) are tried. A layer left out says why: the check's last line of error under it. A layer is
+    left out only if the check then passes in the namespaces alone: else LayersUnknown (a GPU that was busy or out
+    of memory says nothing about the layers)."""
+    offered = (files, seccomp, root)
     errors = {}
-    for tried in ((True, True), (True, False), (False, True)):
-        if (tried[0] and not files) or (tried[1] and not seccomp):
+    for tried in COMBINATIONS:
+        if any(t and not o for t, o in zip(tried, offered)):
             continue
         error = _check_under(check, tried, device)
         if not error:
-            return _chosen(tried, errors, (files, seccomp), device)
+            return _chosen(tried, errors, offered, device)
         errors[tried] = error
     if errors:
-        bare = _check_under(check, (False, False), device)
+        bare = _check_under(check, (False, False, False), device)
         if bare:
-            raise LayersUnknown(f"the {device} check failed in a sandbox even without Landlock and seccomp, so "
-                                f"which layers {device} works under is not known: {bare}")
-    return _chosen((False, False), errors, (files, seccomp), device)
+            raise LayersUnknown(f"the {device} check failed in a sandbox even without Landlock, seccomp and the "
+                                f"private root, so which layers {device} works under is not known: {bare}")
+    return _chosen((False, False, False), errors, offered, device)
 
 
 def _check_under(check: str, layers: tuple, device: str) -> str:
-    """The last line of error of ``check`` run in the launcher under (files, seccomp) ``layers``; "" when it passed."""
+    """The last line of error of ``check`` run in the launcher under (files, seccomp, root) ``layers``; "" when it
+    passed."""
+    files, seccomp, root = layers
     with tempfile.TemporaryDirectory(prefix="harness-confine-check-") as run_dir:
-        rules = file_rules(run_dir, device=device) if layers[0] else None
+        rules = file_rules(run_dir, device=device) if files or root else None
         try:
-            out = subprocess.run(wrap([sys.executable, "-c", check], rules, layers[1], device), capture_output=True,
-                                 text=True, timeout=CHECK_TIMEOUT_S, env={**os.environ, "TMPDIR": run_dir})
+            out = subprocess.run(wrap([sys.executable, "-c", check], rules, seccomp, device, landlock=files,
+                                      private_root=root),
+                                 capture_output=True, text=True, timeout=CHECK_TIMEOUT_S,
+                                 env={**os.environ, "TMPDIR": run_dir})
         except subprocess.TimeoutExpired:
             return f"the check did not finish in {CHECK_TIMEOUT_S:.0f} s"
     if out.returncode == 0:
@@ -249,18 +268,20 @@ def _check_under(check: str, layers: tuple, device: str) -> str:
 
 
 def _chosen(chosen: tuple, errors: dict, offered: tuple, device: str) -> Layers:
-    """``Layers`` for the (files, seccomp) ``chosen``; a layer left out says why: not offered, or the check's error
-    under that layer alone (else under both)."""
+    """``Layers`` for the (files, seccomp, root) ``chosen``; a layer left out says why: not offered, or the check's
+    error under that layer alone (else under every layer offered, else under the first combination with it)."""
     absent = []
-    for layer, name in enumerate(("Landlock", "the seccomp filter")):
+    for layer, name in enumerate(LAYER_NAMES):
         if chosen[layer]:
             absent.append("")
         elif not offered[layer]:
-            absent.append(("no Landlock", "no seccomp filter for this machine")[layer])
+            absent.append(NOT_OFFERED[layer])
         else:
-            error = errors.get(((True, False), (False, True))[layer]) or errors[(True, True)]
+            alone = tuple(i == layer for i in range(3))
+            error = errors.get(alone) or errors.get(tuple(offered)) or next(
+                (e for combination, e in errors.items() if combination[layer]), "not checked")
             absent.append(f"{name} was not applied: {device} fails under it here ({error})")
-    return Layers(chosen[0], chosen[1], *absent)
+    return Layers(chosen[0], chosen[1], absent[0], absent[1], chosen[2], absent[2])
 
 
 def layers_here(device: str = "cpu") -> str:
@@ -272,11 +293,13 @@ def layers_here(device: str = "cpu") -> str:
     try:
         layers = device_layers(device)
     except LayersUnknown as exc:
-        return f"{LAYERS} (Landlock and seccomp: not known: {exc})"
+        return f"{LAYERS} (Landlock, seccomp and the private root: not known: {exc})"
     scopes = f"; {SCOPES_LAYER}" if landlock_abi() >= SCOPES_ABI else \
         f" (no {SCOPES_LAYER}: they need ABI {SCOPES_ABI})"
-    text = f"{LAYERS}; {FILES_LAYER} (ABI {landlock_abi()}){scopes}" if layers.files else \
-        f"{LAYERS} (files: the static policy only; {layers.files_absent})"
+    text = LAYERS + (f"; {ROOT_LAYER}" if layers.root else f" ({layers.root_absent})")
+    text += f"; {FILES_LAYER} (ABI {landlock_abi()}){scopes}" if layers.files else \
+        f" (no {FILES_LAYER}: {layers.files_absent})" if layers.root else \
+        f" (files: the static policy only; {layers.files_absent})"
     return text + (f"; {SECCOMP_LAYER}" if layers.seccomp else f"; {layers.seccomp_absent}")
 
 
@@ -434,12 +457,14 @@ def unconfined_message(profile_name: str, reason: str) -> str:
 
 
 def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None, seccomp: bool = False,
-         device: str = "cpu", status_fd: int | None = None) -> list[str]:
-    """The launcher's command line in front of ``cmd``; ``files``: (read roots, write roots) for Landlock;
-    ``seccomp``: under the seccomp filter too, which on the CPU (``device``) also refuses every socket and memory
-    file (``seccomp.cpu_program``); ``status_fd``: a descriptor the launcher inherits, on which it says whether the
-    command started (``STARTED``) or why it could not (``FAILED`` and the reason). The command never holds it, so
-    what it prints cannot pass for the launcher's failure."""
+         device: str = "cpu", status_fd: int | None = None, *, landlock: bool = True,
+         private_root: bool = False) -> list[str]:
+    """The launcher's command line in front of ``cmd``; ``files``: (read roots, write roots) of the sandbox, which
+    Landlock enforces (unless ``landlock`` is false) and, with ``private_root``, a private root holds
+    (``harness.trusted.private_root``); ``seccomp``: under the seccomp filter too, which on the CPU (``device``) also
+    refuses every socket and memory file (``seccomp.cpu_program``); ``status_fd``: a descriptor the launcher inherits,
+    on which it says whether the command started (``STARTED``) or why it could not (``FAILED`` and the reason). The
+    command never holds it, so what it prints cannot pass for the launcher's failure."""
     options = ["--cpu-filter"] if seccomp and device == "cpu" else []
     if status_fd is not None:
         options += ["--status-fd", str(status_fd)]
@@ -447,17 +472,25 @@ def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None, secco
         options += ["--read", path]
     for path in (files or ([], []))[1]:
         options += ["--write", path]
+    if files and landlock:
+        options.append("--landlock")
+    if files and private_root:
+        options.append("--private-root")
     if seccomp:
         options.append("--seccomp")
     return [sys.executable, "-m", "harness.trusted.confine", *options, "--", *cmd]
 
 
-def _parse(argv: list[str]) -> tuple[list[str], list[str], bool, bool, int | None, list[str]]:
-    """(read roots, write roots, seccomp, the CPU's filter, status descriptor, command) of the launcher's arguments."""
-    read, write, seccomp, cpu_filter, status_fd = [], [], False, False, None
-    while argv and argv[0] in ("--read", "--write", "--seccomp", "--cpu-filter", "--status-fd"):
-        if argv[0] in ("--seccomp", "--cpu-filter"):
-            seccomp, cpu_filter = seccomp or argv[0] == "--seccomp", cpu_filter or argv[0] == "--cpu-filter"
+FLAGS = ("--seccomp", "--cpu-filter", "--landlock", "--private-root")
+
+
+def _parse(argv: list[str]) -> tuple[list[str], list[str], set[str], int | None, list[str]]:
+    """(read roots, write roots, the flags given (``FLAGS``), status descriptor, command) of the launcher's
+    arguments."""
+    read, write, flags, status_fd = [], [], set(), None
+    while argv and argv[0] in ("--read", "--write", "--status-fd", *FLAGS):
+        if argv[0] in FLAGS:
+            flags.add(argv[0])
             argv = argv[1:]
             continue
         if argv[0] == "--status-fd":
@@ -465,7 +498,7 @@ def _parse(argv: list[str]) -> tuple[list[str], list[str], bool, bool, int | Non
         else:
             (read if argv[0] == "--read" else write).append(argv[1])
         argv = argv[2:]
-    return read, write, seccomp, cpu_filter, status_fd, argv[1:] if argv[:1] == ["--"] else argv
+    return read, write, flags, status_fd, argv[1:] if argv[:1] == ["--"] else argv
 
 
 STARTED, FAILED = b"started", b"failed: "
@@ -496,9 +529,11 @@ def main(argv: list[str]) -> int:
         print(layers_here(*(argv[1:2] or ["cpu"])))
         return 0
     die_with_parent()
-    read, write, seccomp, cpu_filter, status_fd, argv = _parse(argv)
+    read, write, flags, status_fd, argv = _parse(argv)
     try:
         enter()
+        # The private root's mount point while it is built: an empty folder, mounted only in the sandbox's namespace.
+        mountpoint = tempfile.mkdtemp(prefix="harness-root-") if "--private-root" in flags else None
     except OSError as exc:
         print(f"{FAILURE_PREFIX}{exc}", file=sys.stderr, flush=True)
         _tell(status_fd, FAILED + str(exc).encode(errors="replace"))
@@ -519,13 +554,17 @@ def main(argv: list[str]) -> int:
             os.environ[PARENT_PID_ENV] = "0"
             os.environ[PARENT_ALIVE_FD_ENV] = str(alive_r)
             try:
-                if read or write:
+                if mountpoint:
+                    from harness.trusted import private_root
+
+                    private_root.enter(read, write, mountpoint)
+                if "--landlock" in flags:
                     apply_landlock(read, write)
-                if seccomp:  # last: it refuses calls the steps before make
+                if "--seccomp" in flags:  # last: it refuses calls the steps before make
                     from harness.trusted import seccomp as filters
 
                     filters.apply()
-                    if cpu_filter:
+                    if "--cpu-filter" in flags:
                         filters.apply(filters.cpu_program())
             except OSError as exc:
                 print(f"{FAILURE_PREFIX}{exc}", file=sys.stderr, flush=True)
@@ -546,6 +585,11 @@ def main(argv: list[str]) -> int:
     os.close(alive_r)
     status = os.waitpid(pid, 0)[1]
     os.close(alive_w)
+    if mountpoint:
+        try:
+            os.rmdir(mountpoint)
+        except OSError:
+            pass
     return os.waitstatus_to_exitcode(status)
 
 

@@ -385,8 +385,8 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
                 return SandboxRun("infrastructure", None, error=problem)
             sandbox_limit_s = max(limit_s - (time.monotonic() - fetch_start), 1.0)
         try:
-            files = (landlock_rules(request, tmp, writes=[default_cache_dir()], data="sources") if mode == "prepare"
-                     else landlock_rules(request, tmp))
+            files = (file_confinement(request, tmp, writes=[default_cache_dir()], data="sources") if mode == "prepare"
+                     else file_confinement(request, tmp))
             seccomp = seccomp_applies(request)
         except confine.LayersUnknown as exc:
             return SandboxRun("infrastructure", None, error=str(exc))
@@ -394,8 +394,9 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         if unavailable:
             confinement, launched = f"none: {unavailable}", cmd
         else:
-            confinement = confine.recorded(bool(files), seccomp)
-            launched = confine.wrap(cmd, files, seccomp, request.get("device", "cpu"), status_fd=status_w)
+            confinement = confine.recorded(files["landlock"], seccomp, files["private_root"])
+            launched = confine.wrap(cmd, files["rules"], seccomp, request.get("device", "cpu"), status_fd=status_w,
+                                    landlock=files["landlock"], private_root=files["private_root"])
         scorer: list = []  # [Started] once started, [None, error] if it could not start
         begins = _LogWatch(log_path, TRAINING_BEGINS)
 
@@ -475,21 +476,23 @@ class _LogWatch:
         return self.found
 
 
-def landlock_rules(request: dict, run_dir: Path, *, reads=(), writes=(), data: str = "tokens"
-                   ) -> tuple[list[str], list[str]] | None:
-    """The Landlock rules of a confined sandbox (``confine.file_rules``), or None where they are not applied
-    (``confine.device_layers``: a kernel without Landlock, or a GPU driver that fails under it). With ``data``
-    "sources" (``prepare`` only, which runs the pristine seed and may write the token cache it builds), a data source
-    that is a local folder or file is readable too. The cache folder is created here, since a rule needs an existing
-    path."""
+def file_confinement(request: dict, run_dir: Path, *, reads=(), writes=(), data: str = "tokens") -> dict:
+    """How a confined sandbox's files are confined: ``rules``, its (read roots, write roots) (``confine.file_rules``),
+    or None where no layer enforces them; ``landlock`` and ``private_root``, the layers that do
+    (``confine.device_layers``: a kernel without Landlock, or a GPU driver that fails under it, has the private root
+    alone). With ``data`` "sources" (``prepare`` only, which runs the pristine seed and may write the token cache it
+    builds), a data source that is a local folder or file is readable too. The cache folder is created here, since a
+    rule needs an existing path."""
     device = request.get("device", "cpu")
-    if not confine.device_layers(device).files:
-        return None
+    layers = confine.device_layers(device)
+    if not (layers.files or layers.root):
+        return {"rules": None, "landlock": False, "private_root": False}
     (default_cache_dir() / "tokens").mkdir(parents=True, exist_ok=True)
     source = Path(str(request.get("data_source", ""))).expanduser()
     if data == "sources" and source.exists():
         reads = [*reads, source.resolve()]
-    return confine.file_rules(run_dir, reads=reads, writes=writes, device=device, data=data)
+    return {"rules": confine.file_rules(run_dir, reads=reads, writes=writes, device=device, data=data),
+            "landlock": layers.files, "private_root": layers.root}
 
 
 def seccomp_applies(request: dict) -> bool:
@@ -548,7 +551,7 @@ def _start_scorer(mode: str, request: dict, tmp: Path, private: Path, limit_s: f
     parts = [forward_dir / str(part) for part in range(FORWARD_PARTS)]
     for folder in (forward_dir / "tmp", *(p / sub for p in parts for sub in ("tmp", "weights"))):
         folder.mkdir(parents=True)
-    forward = {"dir": str(forward_dir), "files": landlock_rules(request, forward_dir, data="none"),
+    forward = {"dir": str(forward_dir), "files": file_confinement(request, forward_dir, data="none"),
                "parts": [str(p) for p in parts]}
     plan = {"request": {**forward_request, "source": source}, "rungs": [list(r) for r in _scored_rungs(mode, request)],
             "weights_dir": str(tmp / "weights"), "forward": forward, "seccomp": seccomp_applies(request),
