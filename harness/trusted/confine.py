@@ -400,7 +400,8 @@ def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu", data: str =
     tokens = {str(default_cache_dir() / "tokens")} if data != "none" else set()
     python = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent),
               *site.getsitepackages(), site.getusersitepackages()}
-    devices = {"/dev"} if device == "cuda" else set(CPU_DEVICE_READS)
+    # On CUDA also each device Python and torch open, by name: the private root binds only named devices as such.
+    devices = ({"/dev"} if device == "cuda" else set()) | set(CPU_DEVICE_READS)
     read = sorted(set(SYSTEM_READ_ROOTS) | _entries("/etc", ETC_SECRETS) | devices | set(PROC_READ) | python
                   | {str(package)} | seeds | hf | tokens | {str(run_dir)}
                   | {str(r) for r in reads})

@@ -22,15 +22,26 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import stat
 
 CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 AT_FDCWD, AT_RECURSIVE = -100, 0x8000
-MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 SYS_MOUNT_SETATTR = 442  # the same number on x86-64 and arm64
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41}
 OLD_ROOT = ".old-root"  # where pivot_root puts the host's root, detached at once
+# The empty root holds folders and mount points only.
+ROOT_TMPFS = "mode=0755,size=4m,nr_inodes=65536"
+# Of the fresh /proc, what a process whose uid is the host's root could write to change the host: the sysctls (a
+# core pattern or a modprobe path makes the kernel run a program as root), the magic SysRq key, IRQ affinities, the
+# bus, file-system, ACPI, sound, SCSI and driver knobs (the folders container runtimes mask or make read-only). Bound
+# read-only over themselves; the rest of /proc stays writable for the process's own entries (its id maps are
+# written there).
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "asound", "scsi", "driver", "latency_stats")
+# System links that name a folder by another path (/var/run is /run): kept as links, granting nothing by themselves.
+SYSTEM_LINKS = ("/var/run", "/var/lock")
 
 
 class _MountAttr(ctypes.Structure):
@@ -56,12 +67,13 @@ def _mount(libc, source: str | None, target: str, fstype: str | None, flags: int
     _check(rc, f"mount {source or fstype} on {target}")
 
 
-def _read_only(libc, path: str, recursive: bool) -> None:
-    attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+def _restrict(libc, path: str, attributes: int, recursive: bool = True) -> None:
+    """Set ``attributes`` (``MOUNT_ATTR_*``) on the mount at ``path`` (and every mount beneath it)."""
+    attr = _MountAttr(attributes, 0, 0, 0)
     rc = libc.syscall(SYS_MOUNT_SETATTR, ctypes.c_int(AT_FDCWD), path.encode(),
                       ctypes.c_uint(AT_RECURSIVE if recursive else 0), ctypes.byref(attr),
                       ctypes.c_size_t(ctypes.sizeof(attr)))
-    _check(0 if rc == 0 else -1, f"read-only {path}")
+    _check(0 if rc == 0 else -1, f"restrict {path}")
 
 
 def map_ids(uid: int, gid: int) -> None:
@@ -77,9 +89,11 @@ def map_ids(uid: int, gid: int) -> None:
 def plan(read_roots, write_roots) -> list[tuple[str, bool]]:
     """(path, writable) of each bind, outermost first. As under Landlock, a path's rights are those of every root
     it lies beneath: a root inside a writable one is not bound again, nor a read root inside another; a write root
-    inside a read root is bound writable over it. Paths are resolved (a root that is a symbolic link is bound where
-    it points; ``enter`` recreates the link); ``/proc`` is never bound (the sandbox gets a fresh one); a path that
-    does not exist here is left out."""
+    inside a read root is bound writable over it. A device file is always bound by itself: every other bind is
+    ``nodev`` (a read-only mount does not stop writes to a device, so a folder such as ``/dev`` would otherwise give
+    every device in it). Paths are resolved (a root that is a symbolic link is bound where it points; ``enter``
+    recreates the link); ``/proc`` is never bound (the sandbox gets a fresh one); a path that does not exist here is
+    left out."""
     rights: dict[str, bool] = {}
     for path, writable in [(p, False) for p in read_roots] + [(p, True) for p in write_roots]:
         if not os.path.exists(path):
@@ -91,7 +105,7 @@ def plan(read_roots, write_roots) -> list[tuple[str, bool]]:
     binds: list[tuple[str, bool]] = []
     for real, writable in sorted(rights.items(), key=lambda item: (item[0].count("/"), item[0])):
         outer = [w for bound, w in binds if real.startswith(bound.rstrip("/") + "/")]
-        if outer and (outer[-1] or not writable):
+        if outer and (outer[-1] or not writable) and not _is_device(real):
             continue
         binds.append((real, writable))
     return binds
@@ -107,8 +121,7 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
     uid, gid, cwd = os.getuid(), os.getgid(), os.getcwd()
     _check(libc.unshare(ctypes.c_int(CLONE_NEWNS)), "unshare a mount namespace")
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the host's mounts
-    _mount(libc, "tmpfs", mountpoint, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
-    links = []
+    _mount(libc, "tmpfs", mountpoint, "tmpfs", MS_NOSUID | MS_NODEV, ROOT_TMPFS)
     for real, writable in plan(read_roots, write_roots):
         target = mountpoint + real
         if not os.path.lexists(target):  # not already inside a bind: make its mount point in the empty root
@@ -118,10 +131,13 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 open(target, "a").close()
         _mount(libc, real, target, None, MS_BIND | MS_REC)
-        if not writable:
-            _read_only(libc, target, recursive=True)
-    for path in [*read_roots, *write_roots]:
-        links += _links_on_the_way(str(path))
+        _restrict(libc, target, (0 if writable else MOUNT_ATTR_RDONLY) | MOUNT_ATTR_NOSUID
+                  | (0 if _is_device(real) else MOUNT_ATTR_NODEV))
+    # A root that holds the mount point (the launcher makes it in the sandbox's own temporary folder) copied the
+    # root being built into itself: that copy would stay writable after the root is made read-only. Detached.
+    while os.path.ismount(mountpoint + mountpoint):
+        _check(libc.umount2((mountpoint + mountpoint).encode(), ctypes.c_int(MNT_DETACH)), "detach a copy of the root")
+    links = [link for path in [*read_roots, *write_roots, *SYSTEM_LINKS] for link in _links_on_the_way(str(path))]
     for link, points_to in links:
         target = mountpoint + link
         if not os.path.lexists(target):
@@ -129,6 +145,11 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
             os.symlink(points_to, target)
     os.makedirs(mountpoint + "/proc", exist_ok=True)
     _mount(libc, "proc", mountpoint + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for name in PROC_READ_ONLY:
+        target = f"{mountpoint}/proc/{name}"
+        if os.path.exists(target):
+            _mount(libc, target, target, None, MS_BIND | MS_REC)
+            _restrict(libc, target, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
     os.chdir(mountpoint)
     os.mkdir(OLD_ROOT)
     number = SYS_PIVOT_ROOT.get(platform.machine())
@@ -138,7 +159,7 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
     os.chdir("/")
     _check(libc.umount2(f"/{OLD_ROOT}".encode(), ctypes.c_int(MNT_DETACH)), "detach the host's root")
     os.rmdir(f"/{OLD_ROOT}")
-    _read_only(libc, "/", recursive=False)  # the new root's own folder: nothing can be created there
+    _restrict(libc, "/", MOUNT_ATTR_RDONLY, recursive=False)  # the new root's own folder: nothing is created there
     # Into a less privileged user namespace: the kernel locks every mount copied there.
     _check(libc.unshare(ctypes.c_int(CLONE_NEWUSER | CLONE_NEWNS)), "unshare the locking namespaces")
     map_ids(uid, gid)
@@ -148,13 +169,35 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
         os.chdir("/")
 
 
+def _is_device(path: str) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
+MAX_LINKS = 40  # as the kernel's own limit on the links one lookup follows
+
+
 def _links_on_the_way(path: str) -> list[tuple[str, str]]:
-    """The symbolic links among ``path``'s folders and ``path`` itself, as (link, what it points to): the private
-    root binds where they point, and recreates them so that the path as given still resolves."""
-    out, prefix = [], ""
-    for part in os.path.abspath(path).strip("/").split("/"):
-        prefix += "/" + part
-        if os.path.islink(prefix):
-            out.append((prefix, os.readlink(prefix)))
-            prefix = os.path.realpath(prefix)
+    """Every symbolic link that resolving ``path`` goes through, one hop at a time (a link to a link included), as
+    (link, what it points to): the private root binds where the path ends, and recreates these links so that the
+    path as given still resolves there."""
+    out, resolved = [], "/"
+    pending = [part for part in path.split("/") if part not in ("", ".")]
+    while pending and len(out) < MAX_LINKS:
+        part = pending.pop(0)
+        if part == "..":
+            resolved = os.path.dirname(resolved)
+            continue
+        candidate = os.path.join(resolved, part)
+        if not os.path.islink(candidate):
+            resolved = candidate
+            continue
+        points_to = os.readlink(candidate)
+        out.append((candidate, points_to))
+        pending = [p for p in points_to.split("/") if p not in ("", ".")] + pending
+        if points_to.startswith("/"):
+            resolved = "/"
     return out
