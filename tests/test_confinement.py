@@ -6,12 +6,14 @@ The attacks here are switched past the static policy (``check_block`` returns ok
 hole in it, to show the layer behind it. Each asserts that the side effect did not happen, seen from outside.
 """
 
+import ctypes
 import dataclasses
 import errno
 import functools
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ import pytest
 
 import security
 from processes import all_gone, children
-from harness.trusted import confine, executor, ledger, process_lifetime
+from harness.trusted import confine, executor, ledger, process_lifetime, seccomp
 from harness.trusted.evaluate import evaluate, prepare, sandbox_request
 from harness.trusted.profiles import ALLOW_UNCONFINED_ENV, ConfigError, get_profile
 
@@ -676,15 +678,26 @@ def test_the_private_root_is_locked_and_shows_no_host_process(tmp_path):
     """With a GPU sandbox's rules (all of ``/dev`` readable, ``/dev/shm`` writable) and without Landlock and seccomp,
     so that only the private root stands: from inside, no bind can be unmounted (to uncover what is beneath it) nor
     made writable again, not even from a further user namespace; ``/proc`` shows the sandbox's own processes only,
-    and the host's sysctls are read-only there; a device the rules do not name cannot be opened for writing (a
-    read-only mount alone does not stop that); what is not in the rules does not exist; and a write lands in the run
-    folder and ``/dev/shm`` only, never in the root itself, through the folder where the root was built either."""
+    the host's sysctls are read-only there and its key list is empty; the sandbox has a session keyring of its own;
+    a device the rules do not name cannot be opened for writing (a read-only mount alone does not stop that), and
+    one they name is written but cannot have its mode changed; what is not in the rules does not exist; and a write
+    lands in the run folder and a ``/dev/shm`` of the sandbox's own only, never in the root itself, through the
+    folder where the root was built either (the run folder is reached through a symbolic link here)."""
+    real_run = tmp_path / "real-run"
+    real_run.mkdir()
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    run_dir.symlink_to(real_run)
     secret = tmp_path / "secret.txt"
     secret.write_text("sk-private")
     shm = f"/dev/shm/harness-test-{os.urandom(6).hex()}"
     device = next((d for d in ("/dev/kmsg", "/dev/loop-control", "/dev/vda", "/dev/sda") if os.path.exists(d)), None)
+    node = tmp_path / "null-copy"  # a device the rules name, made here (root only) so that the host's stays untouched
+    if os.geteuid() == 0:
+        os.mknod(node, 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    keyctl = seccomp.numbers()["keyctl"]
+    session_here = libc.syscall(keyctl, 0, -3, 0)  # KEYCTL_GET_KEYRING_ID of the session keyring
     code = f"""
 import ctypes, glob, os
 libc = ctypes.CDLL(None, use_errno=True)
@@ -697,6 +710,12 @@ def opened(path, flags):
         return "succeeded"
     except OSError as e:
         return e.strerror
+def chmod(path):
+    try:
+        os.chmod(path, 0o600)
+        return "succeeded"
+    except OSError as e:
+        return e.strerror
 class Attr(ctypes.Structure):
     _fields_ = [("set", ctypes.c_uint64), ("clr", ctypes.c_uint64), ("prop", ctypes.c_uint64), ("ns", ctypes.c_uint64)]
 clear = Attr(0, 1, 0, 0)
@@ -705,9 +724,14 @@ print("writable", tried(libc.syscall(442, -100, b"/usr", 0, ctypes.byref(clear),
 print("remount", tried(libc.mount(None, b"/usr", None, ctypes.c_ulong(4096 | 32), None)))
 print("processes", sorted(int(p) for p in os.listdir("/proc") if p.isdigit()))
 print("sysctl", opened("/proc/sys/kernel/core_pattern", os.O_WRONLY))
+print("keys", repr(open("/proc/keys").read()))
+print("session", libc.syscall({keyctl}, 0, -3, 0))
 print("device", opened({device!r}, os.O_WRONLY) if {device!r} else "none here")
 print("null", opened("/dev/null", os.O_WRONLY))
 print("urandom", opened("/dev/urandom", os.O_RDONLY))
+print("named", opened({str(node)!r}, os.O_WRONLY) if os.path.exists({str(node)!r}) else "none here")
+print("named_mode", chmod({str(node)!r}) if os.path.exists({str(node)!r}) else "none here")
+print("bpf", os.listdir("/sys/fs/bpf") if os.path.isdir("/sys/fs/bpf") else "none here")
 print("secret", os.path.exists({str(secret)!r}), sorted(os.listdir({str(tmp_path)!r})))
 built = glob.glob(os.environ["TMPDIR"] + "/harness-root-*")
 for path in ({str(run_dir / 'ok')!r}, {shm!r}, "/usr/written", {str(tmp_path / 'written')!r}, "/written",
@@ -718,9 +742,10 @@ print("nested", tried(libc.unshare(0x10000000 | 0x00020000)))
 print("nested_remount", tried(libc.mount(None, b"/usr", None, ctypes.c_ulong(4096 | 32), None)))
 print("nested_umount", tried(libc.umount2(b"/usr", 2)))
 """
-    rules = confine.file_rules(run_dir, device="cuda")
+    read, write = confine.file_rules(run_dir, device="cuda")
     try:
-        out = subprocess.run(confine.wrap([sys.executable, "-c", code], rules, landlock=False, private_root=True),
+        out = subprocess.run(confine.wrap([sys.executable, "-c", code], (read, [*write, str(node)]), landlock=False,
+                                          private_root=True),
                              capture_output=True, text=True, timeout=60, env={**os.environ, "TMPDIR": str(run_dir)})
         lines = [line.split(" ", 1) for line in out.stdout.splitlines()]
         found = {key: value for key, value in lines if key != "write"}
@@ -729,19 +754,26 @@ print("nested_umount", tried(libc.umount2(b"/usr", 2)))
         assert found["umount"] == "Invalid argument" and found["writable"] == "Operation not permitted"
         assert found["remount"] == "Operation not permitted"
         assert found["processes"] == "[1]"
-        assert found["sysctl"] == "Read-only file system"
+        assert found["sysctl"] == "Read-only file system" and found["keys"] == "''"
+        assert int(found["session"]) > 0 and int(found["session"]) != session_here
         assert found["device"] in ("Permission denied", "none here") and found["null"] == "succeeded"
         assert found["urandom"] == "succeeded"
-        assert found["secret"] == "False ['run']"  # the folders above a root are empty ones of the private root
+        if os.geteuid() == 0:
+            assert found["named"] == "succeeded" and found["named_mode"] == "Read-only file system"
+            assert stat.S_IMODE(os.stat(node).st_mode) == stat.S_IMODE(0o644 & ~os.umask(os.umask(0)))
+        if os.path.ismount("/sys/fs/bpf"):
+            assert found["bpf"] == "[]"
+        assert found["secret"] == "False ['null-copy', 'real-run', 'run']"  # folders above a root: empty ones
         assert writes[:5] == [f"{run_dir / 'ok'} succeeded", f"{shm} succeeded", "/usr/written Read-only file system",
                               f"{tmp_path / 'written'} Read-only file system", "/written Read-only file system"]
         assert writes[5].endswith("/planted succeeded") and found["planted"] == "False"
         assert found["nested"] == "succeeded"
         assert found["nested_remount"] == "Operation not permitted" and found["nested_umount"] == "Invalid argument"
-        assert (run_dir / "ok").exists() and not (tmp_path / "written").exists() and Path(shm).exists()
+        assert (real_run / "ok").exists() and not (tmp_path / "written").exists()
+        assert not Path(shm).exists(), "the sandbox wrote the host's /dev/shm"
         assert not Path("/usr/written").exists() and not Path("/planted").exists()
         assert secret.read_text() == "sk-private"
         # The folder the root was built in is a plain folder of the run folder again: what was planted is there.
-        assert [p.name for p in run_dir.iterdir() if p.name != "ok"] == [Path(writes[5].split()[0]).parent.name]
+        assert [p.name for p in real_run.iterdir() if p.name != "ok"] == [Path(writes[5].split()[0]).parent.name]
     finally:
         Path(shm).unlink(missing_ok=True)

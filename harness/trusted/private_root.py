@@ -31,6 +31,8 @@ AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 SYS_MOUNT_SETATTR = 442  # the same number on x86-64 and arm64
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "arm64": 41}
+KEYCTL_SYSCALL = {"x86_64": 250, "aarch64": 219, "arm64": 219}
+KEYCTL_JOIN_SESSION_KEYRING = 1  # with no name: a new, anonymous session keyring
 OLD_ROOT = ".old-root"  # where pivot_root puts the host's root, detached at once
 # The empty root holds folders and mount points only.
 ROOT_TMPFS = "mode=0755,size=4m,nr_inodes=65536"
@@ -40,6 +42,16 @@ ROOT_TMPFS = "mode=0755,size=4m,nr_inodes=65536"
 # read-only over themselves; the rest of /proc stays writable for the process's own entries (its id maps are
 # written there).
 PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "asound", "scsi", "driver", "latency_stats")
+# What of /proc a uid that is the host's root could read of the host: physical page flags and counts, kernel
+# memory maps, timers, the key list (which names every keyring readable by that uid). Masked by the null device.
+PROC_MASKED = ("kpageflags", "kpagecount", "kpagecgroup", "slabinfo", "timer_list", "vmallocinfo", "keys",
+               "sched_debug", "kcore")
+# Mounts beneath /sys that carry the host's state rather than the hardware's: pinned BPF maps and programs, the
+# debug and tracing file systems, the LSM's. Covered by an empty, read-only file system.
+SYS_COVERED = ("/sys/fs/bpf", "/sys/kernel/debug", "/sys/kernel/tracing", "/sys/kernel/security")
+# /dev/shm, where a sandbox may write it (on CUDA, where the driver uses it): a file system of the sandbox's own,
+# not the host's, which every process shares and which outlives the sandbox. Its pages count against no cap: a size.
+PRIVATE_SHM = ("/dev/shm", "mode=1777,size=1g")
 # System links that name a folder by another path (/var/run is /run): kept as links, granting nothing by themselves.
 SYSTEM_LINKS = ("/var/run", "/var/lock")
 
@@ -119,6 +131,8 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
     naming the step that failed."""
     libc = _libc()
     uid, gid, cwd = os.getuid(), os.getgid(), os.getcwd()
+    # Where the binds show it: they bind resolved paths, so a copy of the root being built (below) is found there.
+    mountpoint = os.path.realpath(mountpoint)
     _check(libc.unshare(ctypes.c_int(CLONE_NEWNS)), "unshare a mount namespace")
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the host's mounts
     _mount(libc, "tmpfs", mountpoint, "tmpfs", MS_NOSUID | MS_NODEV, ROOT_TMPFS)
@@ -130,9 +144,19 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
             else:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 open(target, "a").close()
+        if real == PRIVATE_SHM[0] and writable:
+            _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, PRIVATE_SHM[1])
+            continue
         _mount(libc, real, target, None, MS_BIND | MS_REC)
-        _restrict(libc, target, (0 if writable else MOUNT_ATTR_RDONLY) | MOUNT_ATTR_NOSUID
-                  | (0 if _is_device(real) else MOUNT_ATTR_NODEV))
+        # A device file is bound read-only even when it is written: writes still reach the device, while its owner
+        # and mode (the host's) cannot be changed.
+        device = _is_device(real)
+        _restrict(libc, target, (MOUNT_ATTR_RDONLY if device or not writable else 0) | MOUNT_ATTR_NOSUID
+                  | (0 if device else MOUNT_ATTR_NODEV))
+    for covered in SYS_COVERED:
+        target = mountpoint + covered
+        if os.path.ismount(target):
+            _mount(libc, "tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
     # A root that holds the mount point (the launcher makes it in the sandbox's own temporary folder) copied the
     # root being built into itself: that copy would stay writable after the root is made read-only. Detached.
     while os.path.ismount(mountpoint + mountpoint):
@@ -150,11 +174,16 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
         if os.path.exists(target):
             _mount(libc, target, target, None, MS_BIND | MS_REC)
             _restrict(libc, target, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+    for name in PROC_MASKED:
+        target = f"{mountpoint}/proc/{name}"
+        if os.path.exists(target):
+            _mount(libc, "/dev/null", target, None, MS_BIND)
+            _restrict(libc, target, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, recursive=False)
     os.chdir(mountpoint)
     os.mkdir(OLD_ROOT)
     number = SYS_PIVOT_ROOT.get(platform.machine())
-    if number is None:
-        raise OSError(0, f"private root: no pivot_root number known for {platform.machine()}")
+    if number is None or platform.machine() not in KEYCTL_SYSCALL:
+        raise OSError(0, f"private root: no system call numbers known for {platform.machine()}")
     _check(0 if libc.syscall(number, b".", OLD_ROOT.encode()) == 0 else -1, "pivot_root")
     os.chdir("/")
     _check(libc.umount2(f"/{OLD_ROOT}".encode(), ctypes.c_int(MNT_DETACH)), "detach the host's root")
@@ -163,6 +192,10 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
     # Into a less privileged user namespace: the kernel locks every mount copied there.
     _check(libc.unshare(ctypes.c_int(CLONE_NEWUSER | CLONE_NEWNS)), "unshare the locking namespaces")
     map_ids(uid, gid)
+    # A session keyring of its own: the one inherited is the evaluator's, with every key the evaluator holds.
+    if libc.syscall(ctypes.c_long(KEYCTL_SYSCALL[platform.machine()]), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING),
+                    None) < 0:
+        _check(-1, "join a session keyring of its own")
     try:
         os.chdir(cwd)
     except OSError:
