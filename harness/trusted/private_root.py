@@ -6,7 +6,11 @@ read every file of the user's (the scored split, secrets) and write the package'
 depend on Landlock: in a mount namespace of its own, the sandbox's first process mounts an empty file system as the
 new root, binds into it only the read roots (read-only) and the write roots (writable) of ``confine.file_rules``,
 mounts a fresh ``/proc`` that shows the sandbox's own processes only, and makes it the root (``pivot_root``). Nothing
-else of the host is reachable: not by path, not through ``/proc/<pid>/root`` of a host process.
+else of the host is reachable: not by path, not through ``/proc/<pid>/root`` of a host process. Because the sandbox's
+uid may be the host's root, every bind is also ``nosuid`` and ``nodev`` but those of the device files named (which
+are read-only binds: a write reaches the device, a ``chmod`` does not reach the host's file), and of ``/proc`` and
+``/sys`` what belongs to the host rather than to the sandbox is read-only, masked or covered (``PROC_READ_ONLY``,
+``PROC_MASKED``, ``SYS_COVERED``).
 
 The process then moves into a further user and mount namespace. Its mounts, copied there from a more privileged
 namespace, are locked by the kernel: none can be unmounted to uncover what is beneath, nor made writable. The uid
@@ -129,6 +133,9 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
     ``mountpoint``: an empty folder for the new root while it is built (the host never sees it mounted). This
     process must be the first of a new PID namespace, with the capabilities of its user namespace. Raises OSError
     naming the step that failed."""
+    machine = platform.machine()
+    if machine not in SYS_PIVOT_ROOT or machine not in KEYCTL_SYSCALL:
+        raise OSError(0, f"private root: no system call numbers known for {machine}")
     libc = _libc()
     uid, gid, cwd = os.getuid(), os.getgid(), os.getcwd()
     # Where the binds show it: they bind resolved paths, so a copy of the root being built (below) is found there.
@@ -181,10 +188,7 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
             _restrict(libc, target, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, recursive=False)
     os.chdir(mountpoint)
     os.mkdir(OLD_ROOT)
-    number = SYS_PIVOT_ROOT.get(platform.machine())
-    if number is None or platform.machine() not in KEYCTL_SYSCALL:
-        raise OSError(0, f"private root: no system call numbers known for {platform.machine()}")
-    _check(0 if libc.syscall(number, b".", OLD_ROOT.encode()) == 0 else -1, "pivot_root")
+    _check(0 if libc.syscall(SYS_PIVOT_ROOT[machine], b".", OLD_ROOT.encode()) == 0 else -1, "pivot_root")
     os.chdir("/")
     _check(libc.umount2(f"/{OLD_ROOT}".encode(), ctypes.c_int(MNT_DETACH)), "detach the host's root")
     os.rmdir(f"/{OLD_ROOT}")
@@ -193,8 +197,7 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
     _check(libc.unshare(ctypes.c_int(CLONE_NEWUSER | CLONE_NEWNS)), "unshare the locking namespaces")
     map_ids(uid, gid)
     # A session keyring of its own: the one inherited is the evaluator's, with every key the evaluator holds.
-    if libc.syscall(ctypes.c_long(KEYCTL_SYSCALL[platform.machine()]), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING),
-                    None) < 0:
+    if libc.syscall(ctypes.c_long(KEYCTL_SYSCALL[machine]), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), None) < 0:
         _check(-1, "join a session keyring of its own")
     try:
         os.chdir(cwd)
