@@ -370,21 +370,25 @@ def test_programs_that_trained_eagerly_under_a_compiling_profile_are_counted_wit
     db.root.mkdir()
     compiled = {"rung": [128, 4, 4], "compile_mode": "reduce-overhead", "compiled": True}
     eager = {**compiled, "compiled": False, "compile_error": "Unsupported: data-dependent jump"}
+    # An error whose text would break out of the report's Markdown (a backtick, a line break) is shown on one line.
+    odd = {**compiled, "compiled": False, "compile_error": "x`\n# injected heading"}
     db.add("root", SEED, iteration=0, score=1.0, runs=[compiled, compiled])
     db.add("p1", variant(1), "root", 1, score=1.01, runs=[compiled, eager])
     db.add("p2", variant(2), "root", 2, reason="diverged", runs=[eager])
     db.add("p3", variant(3), "root", 3, score=1.02, runs=[{"rung": [32, 2, 2], "compile_mode": None, "compiled": False}])
     db.add("p4", variant(4), "root", 4, reason="policy")
+    db.add("p5", variant(5), "root", 5, score=1.03, runs=[odd])
     db.write(10, [])
     result = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")
     ids = {n: p["id"] for n, p in db.by_name.items()}
     fallbacks = result["runs"][0]["compile_fallbacks"]
-    assert fallbacks["compiling_evaluations"] == 3
-    assert sorted(fallbacks["trained_eagerly"]) == sorted([ids["p1"], ids["p2"]])
-    assert fallbacks["errors"] == {"Unsupported: data-dependent jump": 2}
+    assert fallbacks["compiling_evaluations"] == 4
+    assert sorted(fallbacks["trained_eagerly"]) == sorted([ids["p1"], ids["p2"], ids["p5"]])
+    assert fallbacks["errors"] == {"Unsupported: data-dependent jump": 2, "x' # injected heading": 1}
     report = (tmp_path / "r" / "report.md").read_text()
-    assert "2 of 3 evaluation(s) of a compiling profile trained eagerly" in report
+    assert "3 of 4 evaluation(s) of a compiling profile trained eagerly" in report
     assert "- 2 × `Unsupported: data-dependent jump`" in report
+    assert "- 1 × `x' # injected heading`" in report and "\n# injected heading" not in report
 
 
 def test_stopping_rules_flagged(tmp_path):

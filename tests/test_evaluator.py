@@ -118,6 +118,12 @@ def test_a_program_that_trained_eagerly_because_it_would_not_compile_is_told_why
     assert row["runs"] == runs and row["runs"][0]["compiled"] is False
 
 
+def test_numbers_past_a_floats_range_are_dropped_from_metrics():
+    from harness.trusted.evaluate import gate_metrics
+
+    assert gate_metrics({"param_ratio": 10 ** 400, "flop_ratio": 1.5}) == {"flop_ratio": 1.5}
+
+
 def test_configuration_errors_stop_at_start(smoke_env, monkeypatch):
     with pytest.raises(ConfigError, match="unknown profile"):
         get_profile("huge")

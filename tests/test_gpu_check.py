@@ -78,6 +78,7 @@ def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, ca
     summary = (out / "summary.md").read_text()
     assert summary in printed and "Dry run on the CPU" in summary and "escape_secret_and_file" in summary
     assert "- seed, rung (48, 2, 2): compiled **False** (None), first step" in summary
+    assert summary.count("Escape candidate's side effects, checked from outside") == 1
     for name in gpu_check.STAGES:
         assert f"| {name} | ok |" in summary
 

@@ -7,9 +7,10 @@ import math
 import pytest
 
 from harness.trusted.profiles import get_profile
+from harness.trusted import scoring
 from harness.trusted.scoring import (REPORTED_CURVE_MAX_POINTS, SCORED_FIELDS, MalformedRecord,
                                      objective_from_untrusted, objective_record, parity_violation, reported_runs,
-                                     rungs_for, score)
+                                     rungs_for, score, typed_runs)
 
 PROFILE = get_profile("smoke", objective="scaling_slope")
 
@@ -126,3 +127,34 @@ def test_the_ledger_keeps_a_reported_training_as_typed_fields_only():
     assert odd["train_curve"] is None and odd["val_curve"] is None and odd["rung"] is None
     assert odd["compiled"] is None and odd["status"] is None
     assert reported_runs({"runs": []}, max_runs=4) == [] and reported_runs([1, "a", None], max_runs=4) == []
+
+
+def test_numbers_past_a_floats_range_and_unprintable_text_are_dropped_not_raised(monkeypatch):
+    """JSON's whole numbers have no limit: one of 400 digits does not even convert to a float, and raised in the
+    evaluator (an ``infrastructure`` result). A lone surrogate is valid JSON and no file can be written with it; a
+    backtick or a line break would break out of a report's Markdown. All are dropped or cleaned, never raised."""
+    huge = 10 ** 400
+    run = {**_run(PROFILE.ladder[0], 3.3, 25_000), "ms_per_step": huge, "steps_done": huge, "rung": [huge, 2, 2],
+           "train_curve": [[huge, 1.0]], "val_curve": [[100, huge]],
+           "compile_error": "bad\ud800 `code`\n# heading | cell"}
+    (kept,) = reported_runs([run], max_runs=1)
+    assert kept["ms_per_step"] is None and kept["steps_done"] is None and kept["rung"] is None
+    assert kept["train_curve"] is None and kept["val_curve"] == [[100, None]]
+    assert kept["compile_error"] == "bad? 'code' # heading | cell"
+    kept["compile_error"].encode("utf-8")  # writable
+    with pytest.raises(MalformedRecord, match="out of range"):
+        objective_from_untrusted({"runs": [{**_run(PROFILE.ladder[0], 3.3, 25_000), "final_val_loss": huge},
+                                           RECORD["runs"][1]]}, PROFILE)
+    # Past the size the ledger keeps for one evaluation, the curves go and the rest stays.
+    monkeypatch.setattr(scoring, "REPORTED_RUNS_MAX_BYTES", 300)
+    (small,) = reported_runs([_run(PROFILE.ladder[0], 3.3, 25_000)], max_runs=1)
+    assert small["val_curve"] is None and small["train_curve"] is None and small["ms_per_step"] == 12.5
+
+
+def test_checked_runs_are_kept_with_their_checked_fields_and_no_untrusted_extra():
+    checked = objective_from_untrusted({"runs": [{**r, "combined_score": 7.5, "note": "x" * 10_000}
+                                                 for r in RECORD["runs"]]}, PROFILE)["runs"]
+    typed = typed_runs(checked)
+    assert [r["final_val_loss"] for r in typed] == [3.3, 2.8] and all(r["scored_split_sha256"] for r in typed)
+    assert all("combined_score" not in r and "note" not in r for r in typed)
+    assert typed[0]["val_curve"] == checked[0]["val_curve"] and typed[0]["steps_done"] == PROFILE.steps

@@ -481,3 +481,16 @@ def test_a_job_at_a_tuned_batch_goes_through_the_gate_at_that_batch(smoke_env, t
     refused = job(big)
     assert refused["reason"] == "flop_parity" and refused["message"].startswith(f"at batch {big}: "), refused["message"]
     assert job(profile.batch_size_seqs)["reason"] == "ok"
+
+
+def test_an_eager_run_with_an_odd_error_is_named_on_one_line():
+    """A cached job or a record from before runs were typed may hold any JSON as its error: the report names it on
+    one line of its table-free text, and never fails on it."""
+    from harness.validation.report import eager_runs
+
+    run = {"compile_mode": "reduce-overhead", "compiled": False}
+    outcomes = {"baseline": [{"record": {"runs": [{**run, "compile_error": 5}]}}],
+                "candidate": [{"record": {"runs": [{**run, "compile_error": "a | b`\n# heading"}]}}, {"ok": False}]}
+    lines = eager_runs({"runs": outcomes})
+    assert lines[0].endswith("(the first error: 5)")
+    assert lines[1].endswith("(the first error: a \\| b' # heading)") and "\n" not in lines[1]

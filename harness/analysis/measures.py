@@ -20,6 +20,7 @@ from harness.analysis.runs import Prog, Run
 from harness.trusted import program as program_mod
 from harness.trusted.frameworks import FRAMEWORKS
 from harness.trusted.profiles import PROFILES
+from harness.trusted.scoring import plain_text
 from harness.validation.stats import format_p
 
 MIN_SPEARMAN_N = 5
@@ -393,5 +394,5 @@ def compile_fallbacks(progs: list[Prog]) -> dict:
         failed = [r for r in runs if r.get("compiled") is False]
         if failed:
             eager.append(p.id)
-            errors[(failed[0].get("compile_error") or "no error recorded")[:120]] += 1
+            errors[plain_text(str(failed[0].get("compile_error") or "no error recorded"), 120)] += 1
     return {"compiling_evaluations": compiling, "trained_eagerly": eager, "errors": dict(errors.most_common(5))}

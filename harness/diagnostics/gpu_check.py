@@ -737,18 +737,19 @@ def render_summary(record: dict) -> str:
         for c in ev["cases"]:
             lines.append(f"| {c['name']} | {c['expected_reason']} | {c['reason']} ({c['verdict']}) | "
                          f"{c['combined_score']} | {c['wall_s']:.1f} |")
+        for c in ev["cases"]:
+            if "escape" in c:
+                e = c["escape"]
+                lines += ["", f"Escape candidate's side effects, checked from outside: file written outside the "
+                              f"sandbox: **{e['file_written_outside_sandbox']}**; secret read: **{e['secret_read']}**."]
         runs = [(c["name"], r) for c in ev["cases"] for r in c.get("runs") or []]
         lines += [""] if runs else []
         for name, r in runs:
             step = "n/a" if r["ms_per_step"] is None else f"{r['ms_per_step']:.2f} ms"
+            error = " ".join(str(r.get("compile_error") or "").split())[:200]
             lines.append(f"- {name}, rung {tuple(r['rung'] or ())}: compiled **{r['compiled']}** ({r['compile_mode']}), "
                          f"first step {_fmt_s(r['first_step_s'])}, {step} per step in the sandbox"
-                         + (f"; compile error: {r['compile_error'][:200]}" if r.get("compile_error") else ""))
-            if "escape" in c:
-                e = c["escape"]
-                lines.append("")
-                lines.append(f"Escape candidate's side effects, checked from outside: file written outside the "
-                             f"sandbox: **{e['file_written_outside_sandbox']}**; secret read: **{e['secret_read']}**.")
+                         + (f"; compile error: {error}" if error else ""))
     security = (stages.get("security") or {}).get("result")
     if security:
         lines += ["", f"## The security corpus and the confinement tests ({security['profile']})", "",

@@ -31,8 +31,8 @@ from harness.trusted.frameworks import ATTENTION_KWARGS, FRAMEWORKS, framework_o
 from harness.trusted.policy import check_block, module_aliases
 from harness.trusted.profiles import ConfigError, Profile, confinement_policy, get_profile, require_device
 from harness.trusted.reasons import HINTS, Reason
-from harness.trusted.scoring import (SCORED_FIELDS, MalformedRecord, objective_from_untrusted, objective_metrics,
-                                     parity_violation, reported_runs, score)
+from harness.trusted.scoring import (LARGEST_WHOLE, MalformedRecord, objective_from_untrusted, objective_metrics,
+                                     parity_violation, reported_runs, score, typed_runs)
 
 STDERR_TAIL_CHARS = executor.STDERR_TAIL_CHARS
 MESSAGE_MAX_CHARS = 2000  # of a rejection's message, in the ledger and in the LLM's next prompt
@@ -134,6 +134,8 @@ def _float_metrics(raw: dict) -> dict[str, float]:
     for key, value in raw.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
+        if isinstance(value, int) and abs(value) > LARGEST_WHOLE:  # JSON's whole numbers have no limit
+            continue
         value = float(value)
         if math.isfinite(value):
             out[key] = value
@@ -154,7 +156,8 @@ def _store_code(text: str, ledger_path: Path) -> tuple[str, str]:
 
 def _bounded(message: str) -> str:
     """A message as the ledger and the LLM's next prompt get it: a candidate can raise an exception whose text is
-    gigabytes long."""
+    gigabytes long, or holds a lone surrogate (valid JSON, but no file can be written with it)."""
+    message = message.encode("utf-8", "replace").decode("utf-8")
     if len(message) <= MESSAGE_MAX_CHARS:
         return message
     cut = len(message) - MESSAGE_MAX_CHARS
@@ -393,10 +396,8 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
     if not math.isfinite(value):
         return _result(framework, Reason.NONFINITE, "the objective is not finite", metrics=metrics, **common)
     metrics.update(objective_metrics(objective))
-    runs = [{**report, **{key: run[key] for key in SCORED_FIELDS}}
-            for report, run in zip(reported_runs(objective["runs"], len(objective["runs"])), objective["runs"])]
     return _result(framework, Reason.OK, "valid", score=value, metrics=metrics, details=details, flags=flags,
-                   timings=timings, runs=runs, **common)
+                   timings=timings, runs=typed_runs(objective["runs"]), **common)
 
 
 def make_evaluator(framework: str):

@@ -12,6 +12,7 @@ Plain numbers in, plain numbers out: no torch, no candidate code.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -35,9 +36,16 @@ def rungs_for(profile, which: str | None = None) -> list[tuple]:
     return [tuple(r) for r in profile.ladder]
 
 
+# The largest whole number a record may hold: every count and step of a training is far below it, and a float holds
+# it exactly. A larger one (JSON has no limit) would not even convert to a float.
+LARGEST_WHOLE = 2 ** 53
+
+
 def _number(value, what: str, integer: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise MalformedRecord(f"{what} is {type(value).__name__}, not a {'whole ' if integer else ''}number")
+    if isinstance(value, int) and abs(value) > LARGEST_WHOLE:
+        raise MalformedRecord(f"{what} is out of range")
     if not math.isfinite(value):
         raise MalformedRecord(f"{what} is not finite")
     return value
@@ -103,6 +111,9 @@ REPORTED_COUNTS = ("steps_done", "tokens_seen", "params", "nonfinite_step")
 REPORTED_TEXTS = {"status": 32, "compile_mode": 64, "compile_error": 500}  # field: most characters kept
 # The engine writes about 100 points of training curve and one validation point per evaluation interval (10 at full).
 REPORTED_CURVE_MAX_POINTS = 256
+# The most the runs of one evaluation may hold in the ledger; past it, their curves are dropped (a full-profile
+# evaluation's are about 12 kB).
+REPORTED_RUNS_MAX_BYTES = 256 * 1024
 
 
 def reported_runs(runs, max_runs: int) -> list[dict]:
@@ -119,28 +130,57 @@ def reported_runs(runs, max_runs: int) -> list[dict]:
         for key in REPORTED_NUMBERS:
             kept[key] = _finite_or_none(run.get(key))
         for key in REPORTED_COUNTS:
-            value = run.get(key)
-            kept[key] = value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+            kept[key] = _count_or_none(run.get(key))
         for key, limit in REPORTED_TEXTS.items():
-            value = run.get(key)
-            kept[key] = value[:limit] if isinstance(value, str) else None
+            kept[key] = plain_text(run.get(key), limit)
         kept["compiled"] = run.get("compiled") if isinstance(run.get("compiled"), bool) else None
         for key in ("val_curve", "train_curve"):
             kept[key] = _reported_curve(run.get(key))
         out.append(kept)
+    if len(json.dumps(out)) > REPORTED_RUNS_MAX_BYTES:
+        out = [{**run, "val_curve": None, "train_curve": None} for run in out]
     return out
 
 
-def _finite_or_none(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+def typed_runs(runs: list[dict]) -> list[dict]:
+    """Checked runs (``checked_runs``) as reports and the ledger keep them: the fields ``checked_runs`` checked, as
+    checked, and the rest typed and bounded as ``reported_runs`` keeps them (the untrusted extras a checked run
+    carries through are dropped)."""
+    return [{**report, **{key: run[key] for key in CHECKED_FIELDS if key in run}}
+            for report, run in zip(reported_runs(runs, len(runs)), runs)]
+
+
+# What ``checked_runs`` checks of each run (``steps_done`` and ``tokens_seen`` with a profile).
+CHECKED_FIELDS = ("rung", "status", "final_val_loss", "non_embedding_params", "attention_params", "buffer_elements",
+                  "val_curve", "ms_per_step", "scored_split_sha256", "steps_done", "tokens_seen")
+
+
+def plain_text(value, limit: int) -> str | None:
+    """A reported string as reports may show it: at most ``limit`` characters, on one line, valid UTF-8 (a lone
+    surrogate, which JSON allows, cannot be written to a file), no backtick (it would end a Markdown code span)."""
+    if not isinstance(value, str):
         return None
-    return float(value)
+    text = " ".join(value[:limit].encode("utf-8", "replace").decode("utf-8").split())
+    return text.replace("`", "'")
+
+
+def _finite_or_none(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, int) and abs(value) > LARGEST_WHOLE:
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _count_or_none(value) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= LARGEST_WHOLE
+    return value if ok else None
 
 
 def _plain_counts(value, length: int) -> list[int] | None:
     if not isinstance(value, list) or len(value) != length:
         return None
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+    if any(_count_or_none(v) is None for v in value):
         return None
     return list(value)
 
@@ -155,7 +195,7 @@ def _reported_curve(curve) -> list[list] | None:
         if not isinstance(point, (list, tuple)) or len(point) != 2:
             return None
         step, loss = point
-        if isinstance(step, bool) or not isinstance(step, int):
+        if _count_or_none(step) is None:
             return None
         if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
             return None

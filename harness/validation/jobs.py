@@ -27,7 +27,7 @@ from harness.trusted import ledger as ledger_mod
 from harness.trusted import program as program_mod
 from harness.trusted.frameworks import FRAMEWORKS
 from harness.trusted.profiles import ConfigError, Profile
-from harness.trusted.scoring import MalformedRecord, checked_curve, objective_from_untrusted, rungs_for
+from harness.trusted.scoring import MalformedRecord, checked_curve, objective_from_untrusted, rungs_for, typed_runs
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -103,6 +103,8 @@ def run_training_job(job: TrainJob) -> dict:
     except MalformedRecord as exc:
         return {**out, "reason": "tampering", "message": f"the sandbox handed back a malformed training record: {exc}",
                 "log_tail": log[-1500:]}
+    # Kept in validation.json and drawn in the report: typed and bounded, as the ledger keeps an evaluation's runs.
+    record["runs"] = typed_runs(record["runs"])
     record.update(value=record["final_loss"], wall_s=(result.get("record") or {}).get("wall_s"))
     if job.mixing:
         record["mixing"] = checked_mixing((result.get("record") or {}).get("mixing"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from harness.trusted.scoring import plain_text
 from harness.validation import protocol
 from harness.validation.stats import format_p
 
@@ -106,9 +107,9 @@ def eager_runs(c: dict) -> list[str]:
         runs = [r for o in outcomes for r in (o.get("record") or {}).get("runs") or [] if r.get("compile_mode")]
         eager = [r for r in runs if r.get("compiled") is False]
         if eager:
+            error = plain_text(str(eager[0].get("compile_error") or "none recorded"), 200)
             out.append(f"the {side}'s {len(eager)} of {len(runs)} run(s): the same recipe with other kernels, so "
-                       f"slower and rounded differently (the first error: "
-                       f"{_cell((eager[0].get('compile_error') or 'none recorded')[:200])})")
+                       f"slower and rounded differently (the first error: {_cell(error)})")
     return out
 
 
