@@ -84,6 +84,23 @@ def test_the_seed_is_evaluated_confined_and_the_ledger_says_so(smoke_env, tmp_pa
 
 
 @needs_confinement
+@pytest.mark.skipif(security.DEVICE != "cpu", reason="smoke-ladder is a CPU profile")
+def test_the_protocols_rungs_train_at_once_inside_the_confined_sandbox(smoke_env, tmp_path):
+    """As ``pilot`` and ``full`` train (each rung in a process of its own, started inside the sandbox, under every
+    layer): the seed scores at parity with its baseline on the scaling slope, each rung trained its budget."""
+    profile = get_profile("smoke-ladder")
+    path = tmp_path / "seed.py"
+    path.write_text(security.SEED)
+    result = evaluate(security.FRAMEWORK, str(path), profile=profile)
+    assert result.artifacts["reason"] == "ok", result.artifacts.get("message")
+    assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
+    row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
+    assert row["execution"]["confinement"] == confine.recorded(LAYERS.files, LAYERS.seccomp, LAYERS.root)
+    assert [r["rung"] for r in row["runs"]] == [list(rung) for rung in profile.ladder]
+    assert all(r["steps_done"] == profile.steps for r in row["runs"])
+
+
+@needs_confinement
 def test_the_sandbox_cannot_signal_the_evaluator(smoke_env, tmp_path, monkeypatch):
     security.past_the_static_policy(monkeypatch)
     path = _candidate(tmp_path, f"os_.kill({os.getpid()}, 9)")

@@ -188,6 +188,10 @@ PROFILES["smoke-cuda"] = dataclasses.replace(PROFILES["smoke"], name="smoke-cuda
 # untrained). The test suite runs under it; `smoke` stays the offline run that learns the synthetic text.
 PROFILES["smoke-short"] = dataclasses.replace(PROFILES["smoke"], name="smoke-short", steps=100, warmup_steps=10,
                                               eval_interval_steps=50)
+# smoke-short as pilot and full run it: every rung trained at once, each in its own process, and the scaling-slope
+# objective. The process structure of the users' protocol, inside the confined sandbox, on the CPU in seconds.
+PROFILES["smoke-ladder"] = dataclasses.replace(PROFILES["smoke-short"], name="smoke-ladder", concurrent_rungs=True,
+                                               objective="scaling_slope")
 # A short GPU run: the users' protocol on the real ladder and data, for 2% of the steps.
 PROFILES["pilot"] = dataclasses.replace(
     PROFILES["full"],
