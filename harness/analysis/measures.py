@@ -20,7 +20,7 @@ from harness.analysis.runs import Prog, Run
 from harness.trusted import program as program_mod
 from harness.trusted.frameworks import FRAMEWORKS
 from harness.trusted.profiles import PROFILES
-from harness.trusted.scoring import plain_text
+from harness.trusted.scoring import of_a_compiling_profile, plain_text, trained_eagerly
 from harness.validation.stats import format_p
 
 MIN_SPEARMAN_N = 5
@@ -387,11 +387,11 @@ def compile_fallbacks(progs: list[Prog]) -> dict:
     trained eagerly because torch.compile failed, from the training records in their ledger rows."""
     compiling, eager, errors = 0, [], Counter()
     for p in progs:
-        runs = [r for r in (p.ledger_row or {}).get("runs") or [] if r.get("compile_mode")]
+        runs = [r for r in (p.ledger_row or {}).get("runs") or [] if of_a_compiling_profile(r)]
         if not runs:
             continue
         compiling += 1
-        failed = [r for r in runs if r.get("compiled") is False]
+        failed = [r for r in runs if trained_eagerly(r)]
         if failed:
             eager.append(p.id)
             errors[plain_text(str(failed[0].get("compile_error") or "no error recorded"), 120)] += 1

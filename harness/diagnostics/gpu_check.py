@@ -61,6 +61,7 @@ from pathlib import Path
 from harness.diagnostics.bench import (REFERENCE_HOURS, TARGET_MINUTES, TARGET_SPEEDUP_VS_EAGER, TARGET_SPEEDUP_VS_REFERENCE_HOURS,
                                        json_default)
 from harness.trusted.frameworks import REPO_ROOT
+from harness.trusted.scoring import plain_text
 
 STAGES = ("environment", "cuda_tests", "concurrent", "evaluation", "security", "bench", "trace")
 MIN_STAGE_S = 20.0  # a stage is not started with less time than this left
@@ -746,7 +747,7 @@ def render_summary(record: dict) -> str:
         lines += [""] if runs else []
         for name, r in runs:
             step = "n/a" if r["ms_per_step"] is None else f"{r['ms_per_step']:.2f} ms"
-            error = " ".join(str(r.get("compile_error") or "").split())[:200]
+            error = plain_text(str(r.get("compile_error") or ""), 200)
             lines.append(f"- {name}, rung {tuple(r['rung'] or ())}: compiled **{r['compiled']}** ({r['compile_mode']}), "
                          f"first step {_fmt_s(r['first_step_s'])}, {step} per step in the sandbox"
                          + (f"; compile error: {error}" if error else ""))

@@ -15,11 +15,13 @@ keep their owners.
 
 With ``--read``/``--write`` and ``--landlock``, the command also runs under a Landlock ruleset (Linux 5.13+, no
 root needed): it may read only beneath the ``--read`` paths and write only beneath the ``--write`` paths, whatever
-it calls, C++ file I/O included. With ``--private-root``, the same paths are all it finds in a private root of
-its own, the ``--read`` ones read-only (``harness.trusted.private_root``): the file confinement that does not
-depend on Landlock, for a device that fails under Landlock. Under ``/proc`` it may read only its own entries and a few system-wide files, so the
-environments of the user's other processes stay out of reach. The executor asks for it where the kernel offers
+it calls, C++ file I/O included. Under ``/proc`` it may read only its own entries and a few system-wide files, so
+the environments of the user's other processes stay out of reach. The executor asks for it where the kernel offers
 Landlock (``file_rules``).
+
+With ``--private-root``, the same paths are all the command finds, in a private root of its own, the ``--read``
+ones read-only (``harness.trusted.private_root``): the file confinement that does not depend on Landlock, for a
+device that fails under Landlock.
 
 With ``--seccomp``, the command also runs under the seccomp filter of ``harness.trusted.seccomp``: system calls a
 training never needs fail, and only Unix-domain sockets can be opened; with ``--cpu-filter`` (every sandbox on the

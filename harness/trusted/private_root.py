@@ -89,7 +89,7 @@ def _restrict(libc, path: str, attributes: int, recursive: bool = True) -> None:
     rc = libc.syscall(SYS_MOUNT_SETATTR, ctypes.c_int(AT_FDCWD), path.encode(),
                       ctypes.c_uint(AT_RECURSIVE if recursive else 0), ctypes.byref(attr),
                       ctypes.c_size_t(ctypes.sizeof(attr)))
-    _check(0 if rc == 0 else -1, f"restrict {path}")
+    _check(rc, f"restrict {path}")
 
 
 def map_ids(uid: int, gid: int) -> None:
@@ -188,7 +188,7 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
             _restrict(libc, target, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, recursive=False)
     os.chdir(mountpoint)
     os.mkdir(OLD_ROOT)
-    _check(0 if libc.syscall(SYS_PIVOT_ROOT[machine], b".", OLD_ROOT.encode()) == 0 else -1, "pivot_root")
+    _check(libc.syscall(SYS_PIVOT_ROOT[machine], b".", OLD_ROOT.encode()), "pivot_root")
     os.chdir("/")
     _check(libc.umount2(f"/{OLD_ROOT}".encode(), ctypes.c_int(MNT_DETACH)), "detach the host's root")
     os.rmdir(f"/{OLD_ROOT}")

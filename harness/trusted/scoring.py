@@ -155,6 +155,16 @@ CHECKED_FIELDS = ("rung", "status", "final_val_loss", "non_embedding_params", "a
                   "val_curve", "ms_per_step", "scored_split_sha256", "steps_done", "tokens_seen")
 
 
+def of_a_compiling_profile(run: dict) -> bool:
+    """Whether a reported run trained under a profile that compiles: it names the compile mode it asked for."""
+    return bool(run.get("compile_mode"))
+
+
+def trained_eagerly(run: dict) -> bool:
+    """Whether a reported run of a compiling profile trained eagerly, because torch.compile failed on its program."""
+    return of_a_compiling_profile(run) and run.get("compiled") is False
+
+
 def plain_text(value, limit: int) -> str | None:
     """A reported string as reports may show it: at most ``limit`` characters, on one line, valid UTF-8 (a lone
     surrogate, which JSON allows, cannot be written to a file), no backtick (it would end a Markdown code span)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from harness.trusted.scoring import plain_text
+from harness.trusted.scoring import of_a_compiling_profile, plain_text, trained_eagerly
 from harness.validation import protocol
 from harness.validation.stats import format_p
 
@@ -104,8 +104,8 @@ def eager_runs(c: dict) -> list[str]:
     the runs that compiled), with the first error; nothing where every run compiled or the profile does not compile."""
     out = []
     for side, outcomes in (c.get("runs") or {}).items():
-        runs = [r for o in outcomes for r in (o.get("record") or {}).get("runs") or [] if r.get("compile_mode")]
-        eager = [r for r in runs if r.get("compiled") is False]
+        runs = [r for o in outcomes for r in (o.get("record") or {}).get("runs") or [] if of_a_compiling_profile(r)]
+        eager = [r for r in runs if trained_eagerly(r)]
         if eager:
             error = plain_text(str(eager[0].get("compile_error") or "none recorded"), 200)
             out.append(f"the {side}'s {len(eager)} of {len(runs)} run(s): the same recipe with other kernels, so "
