@@ -149,6 +149,22 @@ def test_compile_failure_falls_back_to_eager_and_is_recorded(data, monkeypatch):
     assert result.status == "ok" and result.compiled is False and "itself failed" in result.compile_error
 
 
+def test_the_compiled_step_returns_the_loss_alone_so_no_zero_gradient_of_the_logits_is_made(data, monkeypatch):
+    """A compiled function that also returned the logits made AOTAutograd give that unused output a gradient of zeros,
+    the size of the whole logits, every step (on the H200: a bf16 fill and an add over 8192 x 16384 per step).
+    AOTAutograd without inductor (``aot_eager``) keeps the graphs as aten ops, so the profiler can see such a fill."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(fn, backend="aot_eager", dynamic=False))
+    p = dataclasses.replace(SHORT, steps=2, compile=True, eval_interval_steps=2)
+    logits_shape = [p.batch_size_seqs, p.context_len_tokens, p.vocab_size]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        result = train(SEED_CLS, p, p.ladder[0], data)
+    assert result.status == "ok" and result.compiled is True
+    zeroed = [e.input_shapes for e in prof.events() if e.name in ("aten::zero_", "aten::fill_", "aten::zeros_like")]
+    assert zeroed, "the profiler saw no fill at all: the test no longer observes the backward"
+    assert not [shape for shape in zeroed if shape and shape[0] == logits_shape]
+
+
 def test_engine_and_plain_eager_loop_reach_the_same_loss(data):
     """On the CPU the engine and the reference loop differ only in how batches are drawn (and, on CUDA, bf16,
     compile and fused AdamW): after the same number of steps they sit at the same loss, within noise."""

@@ -146,9 +146,9 @@ def evaluate_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int
     return float(total.item() / count)
 
 
-def _forward_backward(step_fn, x, y, dev: torch.device, bf16: bool) -> torch.Tensor:
+def _forward_backward(loss_fn, x, y, dev: torch.device, bf16: bool) -> torch.Tensor:
     with autocast(dev, bf16):
-        _, loss = step_fn(x, y)
+        loss = loss_fn(x, y)
     loss.backward()
     return loss
 
@@ -203,9 +203,23 @@ class LossMonitor:
         return float(self.host[step - 1])
 
 
-def _compile(model: torch.nn.Module, mode: str | None):
+def training_loss(model: torch.nn.Module):
+    """The training step's function: the mean loss of a batch, and nothing else.
+
+    Compiled, it must not return the logits as well: autograd then gives the unused logits output a gradient of
+    zeros, so every step filled a batch x T x vocab tensor (268 MB in bf16 at the full profile) and added it into
+    the cross-entropy's gradient (seen in the H200 trace: a bf16 fill per step and an ``add`` in the fused
+    cross-entropy backward). The loss and the gradients are the same bit for bit."""
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return model(x, y)[1]
+
+    return loss
+
+
+def _compile(loss_fn, mode: str | None):
     """torch.compile, shape-static (the training batch never changes shape); None mode is torch's default."""
-    return torch.compile(model, mode=None if mode in (None, "", "default") else mode, dynamic=False)
+    return torch.compile(loss_fn, mode=None if mode in (None, "", "default") else mode, dynamic=False)
 
 
 def _rng_state(dev: torch.device):
@@ -260,10 +274,10 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
     eval_batch = profile.eval_batch_seqs
 
     compile_mode = getattr(profile, "compile_mode", None) if profile.compile else None
-    step_fn, compiled, compile_error = model, False, None
+    loss_fn, compiled, compile_error = training_loss(model), False, None
     if profile.compile:
         try:
-            step_fn, compiled = _compile(model, compile_mode), True
+            loss_fn, compiled = _compile(loss_fn, compile_mode), True
         except Exception as exc:  # noqa: BLE001 - any compile failure means eager
             compile_error = f"{type(exc).__name__}: {exc}"[:500]
 
@@ -297,16 +311,16 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
         rng = _rng_state(dev) if compiled and step == 0 else None
         try:
-            loss = _forward_backward(step_fn, x, y, dev, profile.bf16_autocast)
+            loss = _forward_backward(loss_fn, x, y, dev, profile.bf16_autocast)
         except Exception as exc:
             if not compiled:
                 raise
             # The program will not compile: record why and redo this step eagerly on the same batch.
-            compile_error, compiled, step_fn = f"{type(exc).__name__}: {exc}"[:500], False, model
+            compile_error, compiled, loss_fn = f"{type(exc).__name__}: {exc}"[:500], False, training_loss(model)
             optimizer.zero_grad(set_to_none=True)
             if rng is not None:
                 _set_rng_state(dev, rng)  # the same dropout masks as an eager run
-            loss = _forward_backward(step_fn, x, y, dev, profile.bf16_autocast)
+            loss = _forward_backward(loss_fn, x, y, dev, profile.bf16_autocast)
         grad_norms[step] = torch.nn.utils.clip_grad_norm_(model.parameters(), profile.grad_clip_norm).detach()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
