@@ -65,6 +65,10 @@ def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, ca
     assert [t["name"] for t in security["tests"]] == ["test_the_sandbox_has_no_network"]
     assert security["confinement"] == confine.layers_here("cpu")
 
+    # MPS shares a GPU: on the CPU the stage says why it measured nothing.
+    assert stages["concurrent_mps"] == {"mps": False, "why": "MPS shares a GPU between processes: there is nothing "
+                                                            "to measure on the CPU"}
+
     bench = stages["bench"]
     assert bench["reference_rung"] == [48, 2, 2]
     assert ["reference" in r for r in bench["rungs"]] == [False, True]  # the eager loop at the reference rung only
@@ -78,6 +82,7 @@ def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, ca
     summary = (out / "summary.md").read_text()
     assert summary in printed and "Dry run on the CPU" in summary and "escape_secret_and_file" in summary
     assert "- seed, rung (48, 2, 2): compiled **False** (None), first step" in summary
+    assert "- MPS not measured: MPS shares a GPU between processes" in summary
     assert summary.count("Escape candidate's side effects, checked from outside") == 1
     for name in gpu_check.STAGES:
         assert f"| {name} | ok |" in summary
@@ -145,6 +150,101 @@ def test_headline_extrapolates_the_concurrent_run_and_checks_the_targets():
     # Nothing measured: every target says so, none is claimed either way.
     assert gpu_check.headline({})["targets"] == {"protocol_under_10_min": None, "at_least_40x_faster_than_7h": None,
                                                  "engine_at_least_3x_eager": None}
+
+
+FAKE_MPS_CONTROL = """#!/bin/sh
+# Stands in for nvidia-cuda-mps-control: records how it was called, with which folders, and what it was told.
+if [ "$1" = "-d" ]; then
+    [ -n "$FAIL" ] && { echo "cannot start: $FAIL" >&2; exit 3; }
+    echo "daemon pipe=$CUDA_MPS_PIPE_DIRECTORY log=$CUDA_MPS_LOG_DIRECTORY" >> "$CALLS"
+    echo "Starting control daemon" >> "$CUDA_MPS_LOG_DIRECTORY/control.log"
+else
+    read -r line; echo "command pipe=$CUDA_MPS_PIPE_DIRECTORY: $line" >> "$CALLS"
+fi
+"""
+
+
+@pytest.fixture
+def fake_mps(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    control = bin_dir / gpu_check.MPS_CONTROL
+    control.write_text(FAKE_MPS_CONTROL)
+    control.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("CALLS", str(calls))
+    monkeypatch.setattr(gpu_check, "MPS_SEARCH_PATH", ())
+    return calls
+
+
+def test_the_mps_daemon_is_started_with_folders_of_the_run_and_told_to_quit(tmp_path, fake_mps):
+    work = tmp_path / "work"
+    env, why = gpu_check.start_mps(work)
+    assert why is None and env == gpu_check.mps_environment(work)
+    assert env == {"CUDA_MPS_PIPE_DIRECTORY": str(work / "mps-pipe"), "CUDA_MPS_LOG_DIRECTORY": str(work / "mps-log")}
+    gpu_check.stop_mps(work)
+    gpu_check.stop_mps(work)  # again, as the orchestrator does after the stage: harmless
+    assert fake_mps.read_text().splitlines() == [
+        f"daemon pipe={work / 'mps-pipe'} log={work / 'mps-log'}",
+        f"command pipe={work / 'mps-pipe'}: quit", f"command pipe={work / 'mps-pipe'}: quit"]
+
+
+def test_without_a_daemon_nothing_is_started_and_the_reason_is_kept(tmp_path, fake_mps, monkeypatch):
+    gpu_check.stop_mps(tmp_path / "never-started")  # no daemon of this run: nothing is sent
+    assert not fake_mps.exists()
+    monkeypatch.setenv("FAIL", "no GPU")
+    assert gpu_check.start_mps(tmp_path / "w") == (None, f"{gpu_check.MPS_CONTROL} -d exited with 3: cannot start: "
+                                                          "no GPU")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert gpu_check.start_mps(tmp_path / "w") == (None, f"{gpu_check.MPS_CONTROL} is not on this machine")
+
+
+def test_the_mps_stage_trains_the_rungs_as_clients_and_stops_the_daemon_even_when_training_fails(tmp_path, fake_mps,
+                                                                                              monkeypatch):
+    plan = replace(gpu_check.DRY_RUN_PLAN, device="cuda", mps_steps=7)
+    seen = {}
+
+    def rungs_at_once(plan_, steps):
+        # The rung processes are spawned from here and inherit this environment.
+        seen.update(steps=steps, pipe=gpu_check.os.environ.get("CUDA_MPS_PIPE_DIRECTORY"))
+        (tmp_path / "work" / "mps-log" / "control.log").open("a").write("New client 1 connected\n" * 4)
+        return {"ok": True, "steps": steps, "rungs": []}
+
+    monkeypatch.setattr(gpu_check, "train_rungs_at_once", rungs_at_once)
+    result = gpu_check.stage_concurrent_mps(plan, tmp_path / "work")
+    assert seen == {"steps": 7, "pipe": str(tmp_path / "work" / "mps-pipe")}
+    assert result["mps"] is True and result["mps_client_connections"] == 4
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in gpu_check.os.environ  # the stage's own environment is restored
+    assert fake_mps.read_text().splitlines()[-1].endswith(": quit")
+
+    def rungs_fail(plan_, steps):
+        raise RuntimeError("a rung process could not reach the daemon")
+
+    monkeypatch.setattr(gpu_check, "train_rungs_at_once", rungs_fail)
+    with pytest.raises(RuntimeError):
+        gpu_check.stage_concurrent_mps(plan, tmp_path / "work2")
+    assert fake_mps.read_text().splitlines()[-1] == f"command pipe={tmp_path / 'work2' / 'mps-pipe'}: quit"
+
+
+def test_headline_sets_the_mps_projection_beside_the_protocols_own():
+    stages = {
+        "concurrent": {"result": {"ok": True, "steps": 10_000, "horizon_steps": 100_000, "wall_s": 130.0,
+                                  "fixed_s": 30.0, "extrapolated_horizon_s": 1030.0, "aggregate_tokens_per_s": 3.0e6}},
+        "concurrent_mps": {"result": {"ok": True, "mps": True, "steps": 5_000, "horizon_steps": 100_000,
+                                      "extrapolated_horizon_s": 520.0, "aggregate_tokens_per_s": 6.0e6,
+                                      "mps_client_connections": 4, "rungs": []}},
+    }
+    head = gpu_check.headline(stages)
+    assert head["projected_protocol_with_mps_s"] == 520.0 and head["mps_throughput_ratio"] == pytest.approx(2.0)
+    # The targets are the protocol's, which does not use MPS: they are judged on the run without it.
+    assert head["projected_protocol_s"] == 1030.0 and head["targets"]["protocol_under_10_min"] is False
+    record = {"stages": {k: {"status": "ok", "wall_s": 1.0, **v} for k, v in stages.items()}, "headline": head,
+              "plan": {"name": "cuda", "device": "cuda", "budget_s": 540.0}, "started_at": "now"}
+    summary = gpu_check.render_summary(record)
+    assert ("With the rungs' kernels overlapping (MPS; the protocol does not use it yet): **8.7 min (520 s)** "
+            "(5000-step run as MPS clients extrapolated to 100000 steps; 2.00x the tokens/s of the rungs taking "
+            "turns, 4 client connections in the daemon's log).") in summary
 
 
 def test_kernel_categories():

@@ -33,11 +33,15 @@ The stages, in the order they run:
    outside, and the OS layers tried past the static policy. A sandbox on CUDA gets the layers the GPU driver works
    under (``confine.device_layers``); a layer it does not get skips its tests with the reason, and the record says
    what applied.
-6. ``bench``: ``harness bench`` at the full profile, ``bench_steps`` steps per rung: ms/step, tokens/s and
+6. ``concurrent_mps``: the rungs at once again (``mps_steps`` steps), as clients of an MPS daemon that this run
+   starts and stops (where the machine has ``nvidia-cuda-mps-control``): whether letting the rungs' kernels
+   overlap, rather than take turns, brings the protocol under its target. The protocol does not use MPS yet; this
+   measures whether it should.
+7. ``bench``: ``harness bench`` at the full profile, ``bench_steps`` steps per rung: ms/step, tokens/s and
    utilisation of the engine at every rung; the eager fp32 reference, and the speed-up, at the reference rung
    (the eager loop is 4x slower: timing it at every rung would cost the lease a minute). ``--compile-modes``
    times further torch.compile modes against the same reference.
-7. ``trace``: a short profiler trace of the engine at the reference rung: GPU time per step by kernel, and the
+8. ``trace``: a short profiler trace of the engine at the reference rung: GPU time per step by kernel, and the
    share of the step the GPU was busy.
 
 The summary then says the projected full-protocol wall time, the speed-up against eager, and what limits it.
@@ -63,7 +67,8 @@ from harness.diagnostics.bench import (REFERENCE_HOURS, TARGET_MINUTES, TARGET_S
 from harness.trusted.frameworks import REPO_ROOT
 from harness.trusted.scoring import plain_text
 
-STAGES = ("environment", "cuda_tests", "concurrent", "evaluation", "security", "bench", "trace")
+STAGES = ("environment", "cuda_tests", "concurrent", "evaluation", "security", "concurrent_mps", "bench",
+          "trace")
 MIN_STAGE_S = 20.0  # a stage is not started with less time than this left
 STAGE_LIMIT_ENV = "HARNESS_GPU_CHECK_STAGE_LIMIT_S"  # a stage's process is told its limit, seconds
 ESCAPE_SECRET_ENV = "HARNESS_GPU_CHECK_SECRET"
@@ -78,6 +83,7 @@ class Plan:
     bench_profile: str  # the profile whose ladder and batch the speed stages use
     bench_steps: int  # timed steps per rung in the bench
     concurrent_steps: int  # steps per rung when all rungs train at once
+    mps_steps: int  # steps per rung when all rungs train at once as clients of an MPS daemon
     eval_profile: str  # the profile of the end-to-end evaluation
     eval_train_stories: int  # synthetic stories in the local data folder (0: the profile's own data source)
     eval_val_stories: int
@@ -105,21 +111,21 @@ class Plan:
 # the eager fp32 reference 16.5 ms, a cold compilation 14-24 s, the environment stage 25 s. The stage limits add
 # up to more than the budget: the budget wins, and the stages that matter most run first.
 CUDA_PLAN = Plan(
-    name="cuda", device="cuda", bench_profile="full", bench_steps=500, concurrent_steps=10_000,
+    name="cuda", device="cuda", bench_profile="full", bench_steps=500, concurrent_steps=10_000, mps_steps=5_000,
     eval_profile="pilot", eval_train_stories=40_000, eval_val_stories=10_000,  # ~1.3M validation tokens >= 2^20
     trace_wait_steps=30, trace_active_steps=20, security_profile="smoke-cuda", security_select="", budget_s=540.0,
     stage_limit_s={"environment": 90, "cuda_tests": 120, "concurrent": 200, "evaluation": 240, "security": 180,
-                   "bench": 200, "trace": 90},
+                   "concurrent_mps": 120, "bench": 200, "trace": 90},
 )
 DRY_RUN_PLAN = Plan(
-    name="dry-run", device="cpu", bench_profile="smoke", bench_steps=12, concurrent_steps=30,
+    name="dry-run", device="cpu", bench_profile="smoke", bench_steps=12, concurrent_steps=30, mps_steps=30,
     eval_profile="smoke-short", eval_train_stories=0, eval_val_stories=0,
     trace_wait_steps=3, trace_active_steps=4, security_profile="smoke-short", security_select="has_no_network",
     budget_s=600.0,
     # Generous: on a loaded 2-core CI machine the security stage's one test (a baseline trained, then the evaluation)
     # took over the 40 s that a 60 s limit left it, and the environment stage 33 s.
     stage_limit_s={"environment": 90, "cuda_tests": 90, "concurrent": 90, "bench": 90, "evaluation": 240,
-                   "security": 150, "trace": 60},
+                   "security": 150, "concurrent_mps": 60, "trace": 60},
 )
 
 
@@ -276,17 +282,19 @@ def extrapolate_concurrent_s(wall_s: float, fixed_s: float, steps: int, horizon_
     return fixed_s + max(0.0, wall_s - fixed_s) * horizon_steps / steps
 
 
-def stage_concurrent(plan: Plan, work: Path) -> dict:
+def train_rungs_at_once(plan: Plan, steps: int) -> dict:
+    """Every rung of the bench profile's ladder trained at once for ``steps`` steps, each in its own process, as an
+    evaluation trains them: the measured wall and its extrapolation to the profile's horizon."""
     from harness.diagnostics.bench import RandomTokens, bench_profile
     from harness.sandbox.objective import train_rungs_concurrently
     from harness.trusted.profiles import get_profile
 
     profile = get_profile(plan.bench_profile)
-    short = bench_profile(profile, plan.concurrent_steps)
+    short = bench_profile(profile, steps)
     fw, source = _seed()
     data = RandomTokens.make(profile.vocab_size, profile.val_tokens)
     rungs = [tuple(r) for r in profile.ladder]
-    _log(f"training rungs {rungs} concurrently for {plan.concurrent_steps} steps each on {plan.device}")
+    _log(f"training rungs {rungs} concurrently for {steps} steps each on {plan.device}")
     started = time.perf_counter()
     outcomes = train_rungs_concurrently(source, str(fw.seed_path), short, rungs, data, device=plan.device,
                                         keep_last_model=False, stop_on_failure=False, log=_log)
@@ -304,21 +312,99 @@ def stage_concurrent(plan: Plan, work: Path) -> dict:
                      "compiled": rec["compiled"], "compile_error": rec["compile_error"],
                      "final_train_loss": rec["train_curve"][-1][1] if rec["train_curve"] else None})
     ok = all(r.get("status") == "ok" for r in rows)
-    result = {"steps": plan.concurrent_steps, "rungs": rows, "wall_s": wall, "ok": ok,
+    result = {"steps": steps, "rungs": rows, "wall_s": wall, "ok": ok,
               "profile": profile.name, "horizon_steps": profile.steps}
     if ok:
         fixed = max(r["process_startup_s"] + r["first_step_s"] for r in rows)
         result["fixed_s"] = fixed
-        result["extrapolated_horizon_s"] = extrapolate_concurrent_s(wall, fixed, plan.concurrent_steps, profile.steps)
+        result["extrapolated_horizon_s"] = extrapolate_concurrent_s(wall, fixed, steps, profile.steps)
         result["aggregate_tokens_per_s"] = len(rows) * short.batch_size_seqs * short.context_len_tokens * \
-            plan.concurrent_steps / max(1e-9, wall - fixed)
-        _log(f"concurrent: {wall:.1f} s wall for {plan.concurrent_steps} steps per rung (once-only part {fixed:.1f} s); "
+            steps / max(1e-9, wall - fixed)
+        _log(f"concurrent: {wall:.1f} s wall for {steps} steps per rung (once-only part {fixed:.1f} s); "
              f"extrapolated to {profile.steps} steps: {result['extrapolated_horizon_s'] / 60:.1f} min")
     return result
 
 
+def stage_concurrent(plan: Plan, work: Path) -> dict:
+    return train_rungs_at_once(plan, plan.concurrent_steps)
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 6: the bench
+# Stage 6: the rungs at once again, their kernels overlapping through MPS
+#
+# Without MPS, the kernels of different processes on one GPU take turns (time slices); a rung of this size leaves
+# most of an H200 idle in each of its kernels, so taking turns wastes it. NVIDIA's Multi-Process Service runs the
+# kernels of several processes at once. It is a user-space daemon (no setting of the card changes); this run
+# starts one of its own, with its pipe and log folders in the run's work folder, and makes it quit afterwards.
+
+MPS_CONTROL = "nvidia-cuda-mps-control"
+MPS_SEARCH_PATH = ("/usr/local/nvidia/bin", "/usr/bin")  # where the driver's tools are when PATH lacks them
+
+
+def mps_environment(work: Path) -> dict[str, str]:
+    """What a CUDA process needs in its environment to be a client of this run's MPS daemon."""
+    return {"CUDA_MPS_PIPE_DIRECTORY": str(work / "mps-pipe"), "CUDA_MPS_LOG_DIRECTORY": str(work / "mps-log")}
+
+
+def _mps_control() -> str | None:
+    import shutil
+
+    return shutil.which(MPS_CONTROL, path=os.pathsep.join([os.environ.get("PATH", ""), *MPS_SEARCH_PATH]))
+
+
+def start_mps(work: Path) -> tuple[dict | None, str | None]:
+    """Start this run's MPS control daemon: (the clients' environment, None), or (None, why it did not start)."""
+    control = _mps_control()
+    if control is None:
+        return None, f"{MPS_CONTROL} is not on this machine"
+    env = mps_environment(work)
+    for folder in env.values():
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run([control, "-d"], env={**os.environ, **env}, capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"{MPS_CONTROL} -d: {type(exc).__name__}: {exc}"
+    if done.returncode != 0:
+        return None, f"{MPS_CONTROL} -d exited with {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}"
+    return env, None
+
+
+def stop_mps(work: Path) -> None:
+    """Make this run's MPS daemon quit, if one was started (its clients have exited by then). Safe to repeat."""
+    control = _mps_control()
+    if control is None or not (work / "mps-pipe").exists():
+        return
+    try:
+        subprocess.run([control], input="quit\n", env={**os.environ, **mps_environment(work)}, capture_output=True,
+                       text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _log(f"MPS daemon did not take 'quit': {type(exc).__name__}: {exc}")
+
+
+def stage_concurrent_mps(plan: Plan, work: Path) -> dict:
+    if plan.device != "cuda":
+        return {"mps": False, "why": "MPS shares a GPU between processes: there is nothing to measure on the CPU"}
+    from harness.sandbox.objective import _environ
+
+    env, why = start_mps(work)
+    if env is None:
+        _log(f"MPS: {why}")
+        return {"mps": False, "why": why}
+    try:
+        with _environ(env):  # the rung processes inherit it, and so connect to the daemon
+            result = train_rungs_at_once(plan, plan.mps_steps)
+    finally:
+        stop_mps(work)
+    log = work / "mps-log" / "control.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    # The daemon's own record that the rungs ran as its clients: one line per client connection.
+    result.update(mps=True, mps_client_connections=text.count("New client"), mps_control_log_tail=text[-1500:])
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 7: the bench
 
 
 def stage_bench(plan: Plan, work: Path) -> dict:
@@ -520,7 +606,7 @@ def stage_security(plan: Plan, work: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 7: where the time goes
+# Stage 8: where the time goes
 
 # First match wins: inductor's fused kernels are named after every op they fuse (``triton_..._to_copy_...``).
 KERNEL_CATEGORIES = (
@@ -591,6 +677,7 @@ def stage_trace(plan: Plan, work: Path) -> dict:
 # The summary
 
 STAGE_FUNCTIONS = {"environment": stage_environment, "cuda_tests": stage_cuda_tests, "concurrent": stage_concurrent,
+                   "concurrent_mps": stage_concurrent_mps,
                    "bench": stage_bench, "evaluation": stage_evaluation, "security": stage_security,
                    "trace": stage_trace}
 
@@ -627,6 +714,12 @@ def headline(stages: dict) -> dict:
                 "steps": n, "measured_wall_s": conc["wall_s"], "once_only_s": conc["fixed_s"],
                 "isolated_rungs_sum_s": isolated,
                 "steady_ratio": (conc["wall_s"] - conc["fixed_s"]) / isolated if isolated else None}
+    mps = stages.get("concurrent_mps", {}).get("result")
+    if mps and mps.get("mps") and mps.get("ok"):
+        out["projected_protocol_with_mps_s"] = mps["extrapolated_horizon_s"]
+        out["projected_with_mps_from"] = f"{mps['steps']}-step run as MPS clients extrapolated to {mps['horizon_steps']} steps"
+        if conc and conc.get("ok"):
+            out["mps_throughput_ratio"] = mps["aggregate_tokens_per_s"] / conc["aggregate_tokens_per_s"]
     if "projected_protocol_s" in out and out.get("eager_sequential_protocol_s"):
         out["speedup_vs_eager_protocol"] = out["eager_sequential_protocol_s"] / out["projected_protocol_s"]
     best = out.get("projected_protocol_s") or out.get("sequential_protocol_s")
@@ -693,6 +786,15 @@ def render_summary(record: dict) -> str:
                      f"{r['compiled']}, first step {r['first_step_s']:.1f} s"
                      + (f", {r['speedup_vs_reference']:.2f}x eager fp32" if r.get("speedup_vs_reference") else "")
                      + (f" (compile error: {r['compile_error'][:160]})" if r.get("compile_error") else "") + ".")
+    if mps := (stages.get("concurrent_mps") or {}).get("result"):
+        if "projected_protocol_with_mps_s" in head:
+            lines.append(f"- With the rungs' kernels overlapping (MPS; the protocol does not use it yet): "
+                         f"**{_fmt_s(head['projected_protocol_with_mps_s'])}** ({head['projected_with_mps_from']}"
+                         + (f"; {head['mps_throughput_ratio']:.2f}x the tokens/s of the rungs taking turns"
+                            if "mps_throughput_ratio" in head else "") + ", "
+                         + f"{mps.get('mps_client_connections', 0)} client connections in the daemon's log).")
+        elif not mps.get("mps"):
+            lines.append(f"- MPS not measured: {mps.get('why')}.")
     cvi = head.get("concurrent_vs_isolated_sum")
     if cvi:
         lines.append(f"- Concurrent rungs, {cvi['steps']} steps: {cvi['measured_wall_s']:.1f} s measured wall "
@@ -713,17 +815,18 @@ def render_summary(record: dict) -> str:
     bench = (stages.get("bench") or {}).get("result")
     if bench and bench.get("table"):
         lines += ["", "## Bench", "", "```", bench["table"], "```"]
-    conc = (stages.get("concurrent") or {}).get("result")
-    if conc:
-        lines += ["", f"## Rungs trained at once ({conc['steps']} steps each)", "",
-                  "| rung | ms/step | first step (s) | process start (s) | validation (s) | compiled |",
-                  "|---|---:|---:|---:|---:|---|"]
-        for r in conc["rungs"]:
-            if "error" in r:
-                lines.append(f"| {tuple(r['rung'])} | failed: {r['error'][:120]} | | | | |")
-            else:
-                lines.append(f"| {tuple(r['rung'])} | {r['ms_per_step']:.2f} | {r['first_step_s']:.1f} | "
-                             f"{r['process_startup_s']:.1f} | {r['eval_s']:.2f} | {r['compiled']} |")
+    for stage, title in (("concurrent", "Rungs trained at once"), ("concurrent_mps", "Rungs trained at once, MPS clients")):
+        conc = (stages.get(stage) or {}).get("result")
+        if conc and "rungs" in conc:
+            lines += ["", f"## {title} ({conc['steps']} steps each)", "",
+                      "| rung | ms/step | first step (s) | process start (s) | validation (s) | compiled |",
+                      "|---|---:|---:|---:|---:|---|"]
+            for r in conc["rungs"]:
+                if "error" in r:
+                    lines.append(f"| {tuple(r['rung'])} | failed: {r['error'][:120]} | | | | |")
+                else:
+                    lines.append(f"| {tuple(r['rung'])} | {r['ms_per_step']:.2f} | {r['first_step_s']:.1f} | "
+                                 f"{r['process_startup_s']:.1f} | {r['eval_s']:.2f} | {r['compiled']} |")
     tests = (stages.get("cuda_tests") or {}).get("result")
     if tests:
         lines += ["", "## CUDA tests", "", f"{tests['passed']} passed, {tests['failed']} failed, {tests['skipped']} "
@@ -855,6 +958,8 @@ def run_all(plan: Plan, out: Path, stages: list[str] | None = None, budget_s: fl
                 limit = min(float(plan.stage_limit_s.get(name, left)), left)
                 echo(f"[gpu-check {time.strftime('%H:%M:%S')}] stage {name} (limit {limit:.0f} s)")
                 record["stages"][name] = _run_stage_process(name, plan, work, limit, log_file)
+                if name == "concurrent_mps":
+                    stop_mps(work)  # a stage killed at its limit could not stop its daemon itself
                 echo(f"[gpu-check {time.strftime('%H:%M:%S')}] stage {name}: {record['stages'][name]['status']} "
                      f"in {record['stages'][name]['wall_s']:.1f} s")
             record["wall_s"] = time.monotonic() - started
@@ -877,6 +982,8 @@ def cmd_gpu_check(args: argparse.Namespace) -> int:
         overrides["bench_steps"] = args.bench_steps
     if args.concurrent_steps:
         overrides["concurrent_steps"] = args.concurrent_steps
+    if args.mps_steps:
+        overrides["mps_steps"] = args.mps_steps
     if args.compile_modes:
         overrides["compile_modes"] = tuple(args.compile_modes.split(","))
     plan = replace(plan, **overrides)
@@ -902,6 +1009,7 @@ def register(sub) -> None:
     p.add_argument("--bench-rungs", help="comma-separated ladder indices for the bench (default: every rung)")
     p.add_argument("--bench-steps", type=int, help="timed steps per rung in the bench (default: the plan's)")
     p.add_argument("--concurrent-steps", type=int, help="steps per rung when all rungs train at once")
+    p.add_argument("--mps-steps", type=int, help="steps per rung when all rungs train at once as MPS clients")
     p.add_argument("--compile-modes", help="comma-separated torch.compile modes for the bench, e.g. "
                                            "default,reduce-overhead (default: the profile's own)")
     p.add_argument("--commit", help="the commit being run, recorded in the results (a copy without .git knows none)")
