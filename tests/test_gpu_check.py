@@ -3,6 +3,7 @@ sessions that have a GPU), a stage that overruns is recorded and the next one st
 the confinement probe, and programs loaded by the sandbox can be traced by torch.compile."""
 
 import json
+import shutil
 import sys
 from dataclasses import replace
 
@@ -33,6 +34,13 @@ def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, ca
     env = stages["environment"]
     assert env["fingerprint"]["harness_code_hash"] and env["ceilings"]["copy_gb_per_s"] > 0
     assert env["ceilings"]["matmul_tflops"] > 0 and env["confinement"]["level"]
+
+    # The launcher's check (on the CPU: starting Python) under the strongest combination of layers, traced.
+    traced = stages["calltrace"]
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert traced["built"] and len(traced["runs"]) == 1 and traced["runs"][0]["passed"]
+    else:
+        assert traced == {"built": False, "why": "no C compiler (cc or gcc) on this machine"}
 
     # No GPU here: the CUDA test was collected and skipped, with its reason.
     tests = stages["cuda_tests"]
@@ -83,6 +91,7 @@ def test_dry_run_runs_every_stage_and_writes_the_record_and_summary(tmp_path, ca
     assert summary in printed and "Dry run on the CPU" in summary and "escape_secret_and_file" in summary
     assert "- seed, rung (48, 2, 2): compiled **False** (None), first step" in summary
     assert "- MPS not measured: MPS shares a GPU between processes" in summary
+    assert "## The device check in the launcher, its failed calls traced" in summary
     assert summary.count("Escape candidate's side effects, checked from outside") == 1
     for name in gpu_check.STAGES:
         assert f"| {name} | ok |" in summary

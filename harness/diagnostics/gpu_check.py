@@ -14,34 +14,37 @@ The stages, in the order they run:
 
 1. ``environment``: versions, the GPU, the two ceilings measured here (device-to-device copy bandwidth, bf16
    matrix-product rate), and the confinement this machine allows (:mod:`harness.diagnostics.confinement_probe`).
-2. ``cuda_tests``: the CUDA tests (``pytest -m cuda tests/test_train.py tests/test_gate_regimes.py``): the engine's
+2. ``calltrace``: the CUDA check in the launcher under each combination of layers the machine offers, strongest
+   first, until one passes, with every failed call into the C library traced (:mod:`harness.diagnostics.calltrace`):
+   where the driver fails under a layer, the file, device or socket it was refused.
+3. ``cuda_tests``: the CUDA tests (``pytest -m cuda tests/test_train.py tests/test_gate_regimes.py``): the engine's
    fast path against the eager fp32 loop, same loss within noise; the gate's FLOP audit on the GPU under autocast.
-3. ``concurrent``: every rung of the ladder trained at once for ``concurrent_steps`` steps (10k), each rung in its
+4. ``concurrent``: every rung of the ladder trained at once for ``concurrent_steps`` steps (10k), each rung in its
    own process, as an evaluation trains them; measured wall, and the full horizon extrapolated from it.
    It runs before the per-rung bench on purpose: its four compilations run in parallel, and leave the compile
    caches warm for the stages after it, which a per-candidate evaluation would not find. Its wall time therefore
    holds the cold compilation, as an evaluation's does.
-4. ``evaluation``: one ``pilot`` evaluation of the cd seed end to end through the evaluator (static gate, the
+5. ``evaluation``: one ``pilot`` evaluation of the cd seed end to end through the evaluator (static gate, the
    sandbox on CUDA, the scoring, the ledger), after preparing its baseline; then one adversarial candidate (a
    causality leak: must be rejected with ``causality``) and one escape candidate (reads a secret from the
    environment and writes a file outside the sandbox while it is constructed: the static policy must refuse it,
    and whether each side effect happened is checked from outside). The GPU machine has no network, so the data are the package's synthetic stories
    written as a local text folder (``HARNESS_DATA``); the profile is otherwise ``pilot``.
-5. ``security``: the security corpus and the confinement tests (``tests/test_security.py``,
+6. ``security``: the security corpus and the confinement tests (``tests/test_security.py``,
    ``tests/test_confinement.py``, and the test that the forward pass's parts never meet) through the evaluator
    under ``smoke-cuda``, the sandbox on the GPU: every attack rejected with its side effect looked for from
    outside, and the OS layers tried past the static policy. A sandbox on CUDA gets the layers the GPU driver works
    under (``confine.device_layers``); a layer it does not get skips its tests with the reason, and the record says
    what applied.
-6. ``concurrent_mps``: the rungs at once again (``mps_steps`` steps), as clients of an MPS daemon that this run
+7. ``concurrent_mps``: the rungs at once again (``mps_steps`` steps), as clients of an MPS daemon that this run
    starts and stops (where the machine has ``nvidia-cuda-mps-control``): whether letting the rungs' kernels
    overlap, rather than take turns, brings the protocol under its target. The protocol does not use MPS yet; this
    measures whether it should.
-7. ``bench``: ``harness bench`` at the full profile, ``bench_steps`` steps per rung: ms/step, tokens/s and
+8. ``bench``: ``harness bench`` at the full profile, ``bench_steps`` steps per rung: ms/step, tokens/s and
    utilisation of the engine at every rung; the eager fp32 reference, and the speed-up, at the reference rung
    (the eager loop is 4x slower: timing it at every rung would cost the lease a minute). ``--compile-modes``
    times further torch.compile modes against the same reference.
-8. ``trace``: a short profiler trace of the engine at the reference rung: GPU time per step by kernel, and the
+9. ``trace``: a short profiler trace of the engine at the reference rung: GPU time per step by kernel, and the
    share of the step the GPU was busy.
 
 The summary then says the projected full-protocol wall time, the speed-up against eager, and what limits it.
@@ -67,8 +70,8 @@ from harness.diagnostics.bench import (REFERENCE_HOURS, TARGET_MINUTES, TARGET_S
 from harness.trusted.frameworks import REPO_ROOT
 from harness.trusted.scoring import plain_text
 
-STAGES = ("environment", "cuda_tests", "concurrent", "evaluation", "security", "concurrent_mps", "bench",
-          "trace")
+STAGES = ("environment", "calltrace", "cuda_tests", "concurrent", "evaluation", "security", "concurrent_mps",
+          "bench", "trace")
 MIN_STAGE_S = 20.0  # a stage is not started with less time than this left
 STAGE_LIMIT_ENV = "HARNESS_GPU_CHECK_STAGE_LIMIT_S"  # a stage's process is told its limit, seconds
 ESCAPE_SECRET_ENV = "HARNESS_GPU_CHECK_SECRET"
@@ -114,7 +117,7 @@ CUDA_PLAN = Plan(
     name="cuda", device="cuda", bench_profile="full", bench_steps=500, concurrent_steps=10_000, mps_steps=5_000,
     eval_profile="pilot", eval_train_stories=40_000, eval_val_stories=10_000,  # ~1.3M validation tokens >= 2^20
     trace_wait_steps=30, trace_active_steps=20, security_profile="smoke-cuda", security_select="", budget_s=540.0,
-    stage_limit_s={"environment": 90, "cuda_tests": 120, "concurrent": 200, "evaluation": 240, "security": 180,
+    stage_limit_s={"environment": 90, "calltrace": 60, "cuda_tests": 120, "concurrent": 200, "evaluation": 240, "security": 180,
                    "concurrent_mps": 120, "bench": 200, "trace": 90},
 )
 DRY_RUN_PLAN = Plan(
@@ -124,7 +127,7 @@ DRY_RUN_PLAN = Plan(
     budget_s=600.0,
     # Generous: on a loaded 2-core CI machine the security stage's one test (a baseline trained, then the evaluation)
     # took over the 40 s that a 60 s limit left it, and the environment stage 33 s.
-    stage_limit_s={"environment": 90, "cuda_tests": 90, "concurrent": 90, "bench": 90, "evaluation": 240,
+    stage_limit_s={"environment": 90, "calltrace": 60, "cuda_tests": 90, "concurrent": 90, "bench": 90, "evaluation": 240,
                    "security": 150, "concurrent_mps": 60, "trace": 60},
 )
 
@@ -219,7 +222,27 @@ def stage_environment(plan: Plan, work: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 2: the CUDA tests
+# Stage 2: which calls fail in a confined sandbox
+
+
+def stage_calltrace(plan: Plan, work: Path) -> dict:
+    """The device check under each combination of layers the machine offers, strongest first, until one passes, with
+    every failed call of the C library traced (:mod:`harness.diagnostics.calltrace`): where CUDA fails under a layer,
+    what it was refused. On the CPU the check only starts Python."""
+    from harness.diagnostics.calltrace import build, trace_combinations
+    from harness.trusted.confine import CUDA_CHECK
+
+    library, why = build(work)
+    if library is None:
+        return {"built": False, "why": why}
+    runs = trace_combinations(plan.device, library, CUDA_CHECK if plan.device == "cuda" else "pass")
+    for run in runs:
+        _log(f"calltrace: {run['layers']}: {'passed' if run['passed'] else run['error']}; {len(run['calls'])} failed calls")
+    return {"built": True, "runs": runs}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 3: the CUDA tests
 
 
 PYTEST_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
@@ -271,7 +294,7 @@ def stage_cuda_tests(plan: Plan, work: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 3: all rungs at once
+# Stage 4: all rungs at once
 
 
 def extrapolate_concurrent_s(wall_s: float, fixed_s: float, steps: int, horizon_steps: int) -> float:
@@ -330,7 +353,7 @@ def stage_concurrent(plan: Plan, work: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 6: the rungs at once again, their kernels overlapping through MPS
+# Stage 7: the rungs at once again, their kernels overlapping through MPS
 #
 # Without MPS, the kernels of different processes on one GPU take turns (time slices); a rung of this size leaves
 # most of an H200 idle in each of its kernels, so taking turns wastes it. NVIDIA's Multi-Process Service runs the
@@ -404,7 +427,7 @@ def stage_concurrent_mps(plan: Plan, work: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 7: the bench
+# Stage 8: the bench
 
 
 def stage_bench(plan: Plan, work: Path) -> dict:
@@ -441,7 +464,7 @@ def _mode_rows(rows: list[dict], with_reference: list[dict]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 4: one evaluation end to end, an adversarial and an escape candidate
+# Stage 5: one evaluation end to end, an adversarial and an escape candidate
 
 # A future-token leak: the seed with its causal mask removed. The gate must reject it with ``causality``.
 LEAK_FROM = "mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()"
@@ -570,7 +593,7 @@ def stage_evaluation(plan: Plan, work: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 5: the security corpus and the confinement tests on the device
+# Stage 6: the security corpus and the confinement tests on the device
 
 
 # The OS layers on the device first; last, the forward pass's children, each confined to its own folder on the device.
@@ -606,7 +629,7 @@ def stage_security(plan: Plan, work: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Stage 8: where the time goes
+# Stage 9: where the time goes
 
 # First match wins: inductor's fused kernels are named after every op they fuse (``triton_..._to_copy_...``).
 KERNEL_CATEGORIES = (
@@ -676,7 +699,7 @@ def stage_trace(plan: Plan, work: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # The summary
 
-STAGE_FUNCTIONS = {"environment": stage_environment, "cuda_tests": stage_cuda_tests, "concurrent": stage_concurrent,
+STAGE_FUNCTIONS = {"environment": stage_environment, "calltrace": stage_calltrace, "cuda_tests": stage_cuda_tests, "concurrent": stage_concurrent,
                    "concurrent_mps": stage_concurrent_mps,
                    "bench": stage_bench, "evaluation": stage_evaluation, "security": stage_security,
                    "trace": stage_trace}
@@ -812,6 +835,16 @@ def render_summary(record: dict) -> str:
                   f"- Confinement: {env.get('confinement', {}).get('level', 'n/a')} "
                   f"(Landlock ABI {env.get('confinement', {}).get('landlock_abi', 'n/a')}).",
                   f"- Versions: {json.dumps(env.get('fingerprint', {}).get('versions', {}))}."]
+    traced = (stages.get("calltrace") or {}).get("result")
+    if traced:
+        lines += ["", "## The device check in the launcher, its failed calls traced", ""]
+        if not traced.get("built"):
+            lines.append(f"Not traced: {traced.get('why')}.")
+        for run in traced.get("runs", []):
+            lines.append(f"- {run['layers']}: " + ("**passed**" if run["passed"] else f"failed: {run['error'][:200]}")
+                         + (f"; calls failed or programs started ({len(run['calls'])}{'+' if run['more_calls'] else ''}):"
+                            if run["calls"] else "; no failed call of the C library seen."))
+            lines += [f"  - `{plain_text(call, 200)}`" for call in run["calls"][:15]]
     bench = (stages.get("bench") or {}).get("result")
     if bench and bench.get("table"):
         lines += ["", "## Bench", "", "```", bench["table"], "```"]
