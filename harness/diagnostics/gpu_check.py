@@ -15,8 +15,8 @@ The stages, in the order they run:
 1. ``environment``: versions, the GPU, the two ceilings measured here (device-to-device copy bandwidth, bf16
    matrix-product rate), and the confinement this machine allows (:mod:`harness.diagnostics.confinement_probe`).
 2. ``calltrace``: the CUDA check in the launcher under each combination of layers the machine offers, strongest
-   first, until one passes, with every failed call into the C library traced (:mod:`harness.diagnostics.calltrace`):
-   where the driver fails under a layer, the file, device or socket it was refused.
+   first, until one passes, with the failed calls into the C library traced (:mod:`harness.diagnostics.calltrace`;
+   ``calltrace.c`` says which calls it sees): where the driver fails under a layer, what it was refused.
 3. ``cuda_tests``: the CUDA tests (``pytest -m cuda tests/test_train.py tests/test_gate_regimes.py``): the engine's
    fast path against the eager fp32 loop, same loss within noise; the gate's FLOP audit on the GPU under autocast.
 4. ``concurrent``: every rung of the ladder trained at once for ``concurrent_steps`` steps (10k), each rung in its
@@ -117,8 +117,8 @@ CUDA_PLAN = Plan(
     name="cuda", device="cuda", bench_profile="full", bench_steps=500, concurrent_steps=10_000, mps_steps=5_000,
     eval_profile="pilot", eval_train_stories=40_000, eval_val_stories=10_000,  # ~1.3M validation tokens >= 2^20
     trace_wait_steps=30, trace_active_steps=20, security_profile="smoke-cuda", security_select="", budget_s=540.0,
-    stage_limit_s={"environment": 90, "calltrace": 60, "cuda_tests": 120, "concurrent": 200, "evaluation": 240, "security": 180,
-                   "concurrent_mps": 120, "bench": 200, "trace": 90},
+    stage_limit_s={"environment": 90, "calltrace": 120, "cuda_tests": 120, "concurrent": 200, "evaluation": 240,
+                   "security": 180, "concurrent_mps": 120, "bench": 200, "trace": 90},
 )
 DRY_RUN_PLAN = Plan(
     name="dry-run", device="cpu", bench_profile="smoke", bench_steps=12, concurrent_steps=30, mps_steps=30,
@@ -127,8 +127,8 @@ DRY_RUN_PLAN = Plan(
     budget_s=600.0,
     # Generous: on a loaded 2-core CI machine the security stage's one test (a baseline trained, then the evaluation)
     # took over the 40 s that a 60 s limit left it, and the environment stage 33 s.
-    stage_limit_s={"environment": 90, "calltrace": 60, "cuda_tests": 90, "concurrent": 90, "bench": 90, "evaluation": 240,
-                   "security": 150, "concurrent_mps": 60, "trace": 60},
+    stage_limit_s={"environment": 90, "calltrace": 60, "cuda_tests": 90, "concurrent": 90, "bench": 90,
+                   "evaluation": 240, "security": 150, "concurrent_mps": 60, "trace": 60},
 )
 
 
@@ -227,17 +227,28 @@ def stage_environment(plan: Plan, work: Path) -> dict:
 
 def stage_calltrace(plan: Plan, work: Path) -> dict:
     """The device check under each combination of layers the machine offers, strongest first, until one passes, with
-    every failed call of the C library traced (:mod:`harness.diagnostics.calltrace`): where CUDA fails under a layer,
-    what it was refused. On the CPU the check only starts Python."""
+    the failed calls into the C library traced (:mod:`harness.diagnostics.calltrace`): where CUDA fails under a
+    layer, what it was refused. On the CPU the check only starts Python. Each run is kept as it ends, so a stage
+    stopped at its limit still reports the runs that finished."""
     from harness.diagnostics.calltrace import build, trace_combinations
-    from harness.trusted.confine import CUDA_CHECK
+    from harness.trusted.confine import CUDA_CHECK, unavailable_reason
 
+    started = time.monotonic()
+    limit = float(os.environ.get(STAGE_LIMIT_ENV, plan.stage_limit_s.get("calltrace", 120)))
+    unavailable = unavailable_reason(plan.device)
+    if unavailable:
+        return {"built": False, "why": f"a sandbox on {plan.device} is not confined here: {unavailable}"}
     library, why = build(work)
     if library is None:
         return {"built": False, "why": why}
-    runs = trace_combinations(plan.device, library, CUDA_CHECK if plan.device == "cuda" else "pass")
+
+    def keep(runs: list[dict]) -> None:
+        _write_json(work / "calltrace.partial.json", {"built": True, "runs": runs, "partial": True})
+
+    runs = trace_combinations(plan.device, library, CUDA_CHECK if plan.device == "cuda" else "pass",
+                              deadline=started + limit - 5.0, on_run=keep)
     for run in runs:
-        _log(f"calltrace: {run['layers']}: {'passed' if run['passed'] else run['error']}; {len(run['calls'])} failed calls")
+        _log(f"calltrace: {run['layers']}: {'passed' if run['passed'] else run['error']}; {len(run['calls'])} calls")
     return {"built": True, "runs": runs}
 
 
@@ -364,6 +375,9 @@ MPS_CONTROL = "nvidia-cuda-mps-control"
 MPS_SEARCH_PATH = ("/usr/local/nvidia/bin", "/usr/bin")  # where the driver's tools are when PATH lacks them
 
 
+MPS_LONGEST_PIPE_DIR = 80  # characters: the daemon's socket is <pipe dir>/control, and a socket's path has 107
+
+
 def mps_environment(work: Path) -> dict[str, str]:
     """What a CUDA process needs in its environment to be a client of this run's MPS daemon."""
     return {"CUDA_MPS_PIPE_DIRECTORY": str(work / "mps-pipe"), "CUDA_MPS_LOG_DIRECTORY": str(work / "mps-log")}
@@ -381,15 +395,21 @@ def start_mps(work: Path) -> tuple[dict | None, str | None]:
     if control is None:
         return None, f"{MPS_CONTROL} is not on this machine"
     env = mps_environment(work)
+    if len(env["CUDA_MPS_PIPE_DIRECTORY"]) > MPS_LONGEST_PIPE_DIR:
+        return None, f"the run's folder is too long for the daemon's socket path: {env['CUDA_MPS_PIPE_DIRECTORY']}"
     for folder in env.values():
         Path(folder).mkdir(parents=True, exist_ok=True)
+    # The daemon's output goes to a file: a daemon that kept a pipe of ours open would hold run() until its timeout.
+    output = Path(env["CUDA_MPS_LOG_DIRECTORY"]) / "start.txt"
     try:
-        done = subprocess.run([control, "-d"], env={**os.environ, **env}, capture_output=True, text=True, timeout=30,
-                              stdin=subprocess.DEVNULL)
+        with open(output, "w") as out:
+            done = subprocess.run([control, "-d"], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"{MPS_CONTROL} -d: {type(exc).__name__}: {exc}"
     if done.returncode != 0:
-        return None, f"{MPS_CONTROL} -d exited with {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}"
+        said = output.read_text(errors="replace").strip()[-300:]
+        return None, f"{MPS_CONTROL} -d exited with {done.returncode}: {said}"
     return env, None
 
 
@@ -399,8 +419,8 @@ def stop_mps(work: Path) -> None:
     if control is None or not (work / "mps-pipe").exists():
         return
     try:
-        subprocess.run([control], input="quit\n", env={**os.environ, **mps_environment(work)}, capture_output=True,
-                       text=True, timeout=30)
+        subprocess.run([control], input="quit\n", env={**os.environ, **mps_environment(work)}, text=True, timeout=30,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         _log(f"MPS daemon did not take 'quit': {type(exc).__name__}: {exc}")
 
@@ -408,21 +428,22 @@ def stop_mps(work: Path) -> None:
 def stage_concurrent_mps(plan: Plan, work: Path) -> dict:
     if plan.device != "cuda":
         return {"mps": False, "why": "MPS shares a GPU between processes: there is nothing to measure on the CPU"}
-    from harness.sandbox.objective import _environ
+    from harness.sandbox.objective import environ_with
 
     env, why = start_mps(work)
     if env is None:
         _log(f"MPS: {why}")
         return {"mps": False, "why": why}
     try:
-        with _environ(env):  # the rung processes inherit it, and so connect to the daemon
+        with environ_with(env):  # the rung processes inherit it, and so connect to the daemon
             result = train_rungs_at_once(plan, plan.mps_steps)
     finally:
         stop_mps(work)
     log = work / "mps-log" / "control.log"
     text = log.read_text(errors="replace") if log.exists() else ""
-    # The daemon's own record that the rungs ran as its clients: one line per client connection.
-    result.update(mps=True, mps_client_connections=text.count("New client"), mps_control_log_tail=text[-1500:])
+    # The daemon's own record that the rungs ran as its clients: a "NEW CLIENT" line per connection.
+    result.update(mps=True, mps_client_connections=len(re.findall(r"new client", text, flags=re.IGNORECASE)),
+                  mps_control_log_tail=text[-1500:])
     return result
 
 
@@ -699,8 +720,8 @@ def stage_trace(plan: Plan, work: Path) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # The summary
 
-STAGE_FUNCTIONS = {"environment": stage_environment, "calltrace": stage_calltrace, "cuda_tests": stage_cuda_tests, "concurrent": stage_concurrent,
-                   "concurrent_mps": stage_concurrent_mps,
+STAGE_FUNCTIONS = {"environment": stage_environment, "calltrace": stage_calltrace, "cuda_tests": stage_cuda_tests,
+                   "concurrent": stage_concurrent, "concurrent_mps": stage_concurrent_mps,
                    "bench": stage_bench, "evaluation": stage_evaluation, "security": stage_security,
                    "trace": stage_trace}
 
@@ -739,8 +760,15 @@ def headline(stages: dict) -> dict:
                 "steady_ratio": (conc["wall_s"] - conc["fixed_s"]) / isolated if isolated else None}
     mps = stages.get("concurrent_mps", {}).get("result")
     if mps and mps.get("mps") and mps.get("ok"):
-        out["projected_protocol_with_mps_s"] = mps["extrapolated_horizon_s"]
-        out["projected_with_mps_from"] = f"{mps['steps']}-step run as MPS clients extrapolated to {mps['horizon_steps']} steps"
+        # The MPS run finds the compile caches warm; its steady part goes with the once-only part of the cold run
+        # before it, when there is one, so that the two projections count the same compilation.
+        cold = conc["fixed_s"] if conc and conc.get("ok") else None
+        out["projected_protocol_with_mps_s"] = extrapolate_concurrent_s(
+            mps["wall_s"] - mps["fixed_s"] + (mps["fixed_s"] if cold is None else cold),
+            mps["fixed_s"] if cold is None else cold, mps["steps"], mps["horizon_steps"])
+        out["projected_with_mps_from"] = (f"{mps['steps']}-step run as MPS clients extrapolated to "
+                                          f"{mps['horizon_steps']} steps, " + ("with the compile caches warm"
+                                          if cold is None else "with the cold run's once-only part"))
         if conc and conc.get("ok"):
             out["mps_throughput_ratio"] = mps["aggregate_tokens_per_s"] / conc["aggregate_tokens_per_s"]
     if "projected_protocol_s" in out and out.get("eager_sequential_protocol_s"):
@@ -818,6 +846,8 @@ def render_summary(record: dict) -> str:
                          + f"{mps.get('mps_client_connections', 0)} client connections in the daemon's log).")
         elif not mps.get("mps"):
             lines.append(f"- MPS not measured: {mps.get('why')}.")
+        else:
+            lines.append("- MPS: the daemon ran, but not every rung trained as its client (see the table below).")
     cvi = head.get("concurrent_vs_isolated_sum")
     if cvi:
         lines.append(f"- Concurrent rungs, {cvi['steps']} steps: {cvi['measured_wall_s']:.1f} s measured wall "
@@ -841,14 +871,18 @@ def render_summary(record: dict) -> str:
         if not traced.get("built"):
             lines.append(f"Not traced: {traced.get('why')}.")
         for run in traced.get("runs", []):
+            if not run.get("traced", True):
+                lines.append(f"- {run['layers']}: not traced ({run.get('not_traced', '')[:200]})")
             lines.append(f"- {run['layers']}: " + ("**passed**" if run["passed"] else f"failed: {run['error'][:200]}")
-                         + (f"; calls failed or programs started ({len(run['calls'])}{'+' if run['more_calls'] else ''}):"
-                            if run["calls"] else "; no failed call of the C library seen."))
+                         + (f"; calls failed or programs started ({len(run['calls'])}"
+                            f"{'+' if run['more_calls'] else ''}):" if run["calls"]
+                            else "; no failed call of the C library seen."))
             lines += [f"  - `{plain_text(call, 200)}`" for call in run["calls"][:15]]
     bench = (stages.get("bench") or {}).get("result")
     if bench and bench.get("table"):
         lines += ["", "## Bench", "", "```", bench["table"], "```"]
-    for stage, title in (("concurrent", "Rungs trained at once"), ("concurrent_mps", "Rungs trained at once, MPS clients")):
+    for stage, title in (("concurrent", "Rungs trained at once"),
+                         ("concurrent_mps", "Rungs trained at once, MPS clients")):
         conc = (stages.get(stage) or {}).get("result")
         if conc and "rungs" in conc:
             lines += ["", f"## {title} ({conc['steps']} steps each)", "",
@@ -964,7 +998,9 @@ def _run_stage_process(name: str, plan: Plan, work: Path, limit_s: float, log_fi
     wall = time.perf_counter() - started
     path = work / f"{name}.json"
     if timed_out:
-        return {"status": "timeout", "wall_s": wall, "error": f"killed at its limit of {limit_s:.0f} s"}
+        partial = work / f"{name}.partial.json"  # what a stage kept as it went, if it keeps anything
+        return {"status": "timeout", "wall_s": wall, "error": f"killed at its limit of {limit_s:.0f} s",
+                **({"result": json.loads(partial.read_text())} if partial.exists() else {})}
     if not path.exists():
         return {"status": "error", "wall_s": wall, "error": f"the stage's process exited with {proc.returncode} "
                 "without a result (see log.txt)"}
@@ -982,23 +1018,26 @@ def run_all(plan: Plan, out: Path, stages: list[str] | None = None, budget_s: fl
     with tempfile.TemporaryDirectory(prefix="harness-gpu-check-") as tmp, open(out / "log.txt", "a") as log_file:
         work = Path(tmp)
         (work / "plan.json").write_text(plan.to_json())
-        for name in stages or STAGES:
-            left = budget - (time.monotonic() - started)
-            if left < MIN_STAGE_S:
-                record["stages"][name] = {"status": "skipped", "wall_s": 0.0,
-                                          "error": f"only {left:.0f} s of the {budget:.0f} s budget left"}
-            else:
-                limit = min(float(plan.stage_limit_s.get(name, left)), left)
-                echo(f"[gpu-check {time.strftime('%H:%M:%S')}] stage {name} (limit {limit:.0f} s)")
-                record["stages"][name] = _run_stage_process(name, plan, work, limit, log_file)
-                if name == "concurrent_mps":
-                    stop_mps(work)  # a stage killed at its limit could not stop its daemon itself
-                echo(f"[gpu-check {time.strftime('%H:%M:%S')}] stage {name}: {record['stages'][name]['status']} "
-                     f"in {record['stages'][name]['wall_s']:.1f} s")
-            record["wall_s"] = time.monotonic() - started
-            record["headline"] = headline(record["stages"])
-            _write_json(out / "gpu-check.json", record)
-            (out / "summary.md").write_text(render_summary(record))
+        try:
+            for name in stages or STAGES:
+                left = budget - (time.monotonic() - started)
+                if left < MIN_STAGE_S:
+                    record["stages"][name] = {"status": "skipped", "wall_s": 0.0,
+                                              "error": f"only {left:.0f} s of the {budget:.0f} s budget left"}
+                else:
+                    limit = min(float(plan.stage_limit_s.get(name, left)), left)
+                    echo(f"[gpu-check {time.strftime('%H:%M:%S')}] stage {name} (limit {limit:.0f} s)")
+                    record["stages"][name] = _run_stage_process(name, plan, work, limit, log_file)
+                    if name == "concurrent_mps":
+                        stop_mps(work)  # a stage killed at its limit could not stop its daemon itself
+                    echo(f"[gpu-check {time.strftime('%H:%M:%S')}] stage {name}: {record['stages'][name]['status']} "
+                         f"in {record['stages'][name]['wall_s']:.1f} s")
+                record["wall_s"] = time.monotonic() - started
+                record["headline"] = headline(record["stages"])
+                _write_json(out / "gpu-check.json", record)
+                (out / "summary.md").write_text(render_summary(record))
+        finally:
+            stop_mps(work)  # whatever stopped the run: the daemon's folder goes with the work folder
     return record
 
 

@@ -191,7 +191,8 @@ def _rung_worker(spec: dict, result_path: str) -> None:
 
 
 @contextmanager
-def _environ(values: dict):
+def environ_with(values: dict):
+    """``os.environ`` with ``values`` set while in the block (processes started there inherit them), restored after."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -252,7 +253,7 @@ def train_rungs_concurrently(source: str, filename: str, profile: Profile, rungs
     procs: dict[int, tuple] = {}
     with tempfile.TemporaryDirectory(prefix="harness-rungs-") as tmp:
         try:
-            with _environ(child_env):
+            with environ_with(child_env):
                 for i, rung in enumerate(rungs):
                     spec = {**common, "rung": tuple(rung), "keep_model": keep_last_model and i == n - 1,
                             "weights_path": str(weights_file(weights_dir, i)) if weights_dir is not None else None}

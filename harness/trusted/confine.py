@@ -211,7 +211,7 @@ def device_layers(device: str = "cpu") -> Layers:
     """The layers beyond the namespaces that a sandbox on ``device`` gets on this machine: on CPU, each one the kernel
     offers (the private root once it has been seen to start here); on CUDA, the strongest combination of them under
     which ``CUDA_CHECK`` passes in the launcher (``layers_that_work``). Asked once per process and device."""
-    offered = (landlock_abi() > 0, seccomp_supported(), sys.platform.startswith("linux"))
+    offered = offered_layers()
     if device == "cpu":
         root_error = _check_under("pass", (False, False, True), device) if offered[2] else ""
         return _chosen((offered[0], offered[1], offered[2] and not root_error),
@@ -221,6 +221,16 @@ def device_layers(device: str = "cpu") -> Layers:
         absent = f"a sandbox on {device} is not confined here ({unavailable})"
         return Layers(False, False, absent, absent, False, absent)
     return layers_that_work(CUDA_CHECK, *offered, device)
+
+
+def offered_layers() -> tuple[bool, bool, bool]:
+    """(Landlock, the seccomp filter, the private root): whether this machine offers each, before any device check."""
+    return landlock_abi() > 0, seccomp_supported(), sys.platform.startswith("linux")
+
+
+def offered_combinations(offered: tuple) -> list[tuple]:
+    """The ``COMBINATIONS`` whose every layer is ``offered``, strongest first."""
+    return [tried for tried in COMBINATIONS if not any(t and not o for t, o in zip(tried, offered))]
 
 
 class LayersUnknown(RuntimeError):
@@ -236,9 +246,7 @@ def layers_that_work(check: str, files: bool, seccomp: bool, root: bool, device:
     of memory says nothing about the layers)."""
     offered = (files, seccomp, root)
     errors = {}
-    for tried in COMBINATIONS:
-        if any(t and not o for t, o in zip(tried, offered)):
-            continue
+    for tried in offered_combinations(offered):
         error = _check_under(check, tried, device)
         if not error:
             return _chosen(tried, errors, offered, device)
@@ -251,17 +259,22 @@ def layers_that_work(check: str, files: bool, seccomp: bool, root: bool, device:
     return _chosen((False, False, False), errors, offered, device)
 
 
+def run_as_sandbox(cmd: list[str], layers: tuple, device: str, run_dir: str,
+                   timeout_s: float = CHECK_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """``cmd`` in the launcher as a sandbox on ``device`` working in ``run_dir`` (its file rules, ``run_dir`` as its
+    TMPDIR) runs under the (files, seccomp, root) ``layers``. Raises subprocess.TimeoutExpired past ``timeout_s``."""
+    files, seccomp, root = layers
+    rules = file_rules(run_dir, device=device) if files or root else None
+    return subprocess.run(wrap(cmd, rules, seccomp, device, landlock=files, private_root=root), capture_output=True,
+                          text=True, errors="replace", timeout=timeout_s, env={**os.environ, "TMPDIR": run_dir})
+
+
 def _check_under(check: str, layers: tuple, device: str) -> str:
     """The last line of error of ``check`` run in the launcher under (files, seccomp, root) ``layers``; "" when it
     passed."""
-    files, seccomp, root = layers
     with tempfile.TemporaryDirectory(prefix="harness-confine-check-") as run_dir:
-        rules = file_rules(run_dir, device=device) if files or root else None
         try:
-            out = subprocess.run(wrap([sys.executable, "-c", check], rules, seccomp, device, landlock=files,
-                                      private_root=root),
-                                 capture_output=True, text=True, timeout=CHECK_TIMEOUT_S,
-                                 env={**os.environ, "TMPDIR": run_dir})
+            out = run_as_sandbox([sys.executable, "-c", check], layers, device, run_dir)
         except subprocess.TimeoutExpired:
             return f"the check did not finish in {CHECK_TIMEOUT_S:.0f} s"
     if out.returncode == 0:
