@@ -25,6 +25,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -114,6 +115,13 @@ static int probe_pipe[2] = {-1, -1};
 static ino_t probe_ino;  /* the pipe's: a descriptor the program closed and whose number it reused is not ours */
 static pid_t probe_owner;
 static int probe_lock;
+
+/* A child forked while another thread of its parent held the lock would wait for it for ever: the child starts
+ * with it free. */
+static void free_the_lock_in_the_child(void) { probe_lock = 0; }
+__attribute__((constructor)) static void calltrace_init(void) {
+    pthread_atfork(NULL, NULL, free_the_lock_in_the_child);
+}
 
 static int probe_pipe_is_ours(void) {
     struct stat st;

@@ -43,8 +43,8 @@ def build(out_dir: Path) -> tuple[Path | None, str]:
         return None, "no C compiler (cc or gcc) on this machine"
     library = Path(out_dir) / "calltrace.so"
     try:
-        done = subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", str(library), str(SOURCE), "-ldl"],
-                              capture_output=True, text=True, errors="replace", timeout=120)
+        command = [compiler, "-shared", "-fPIC", "-O1", "-pthread", "-o", str(library), str(SOURCE), "-ldl"]
+        done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"{compiler}: {type(exc).__name__}: {exc}"
     if done.returncode != 0:
