@@ -5,6 +5,7 @@ the confinement probe, and programs loaded by the sandbox can be traced by torch
 import json
 import shutil
 import sys
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -194,12 +195,22 @@ def test_the_mps_daemon_is_started_with_folders_of_the_run_and_told_to_quit(tmp_
     work = tmp_path / "work"
     env, why = gpu_check.start_mps(work)
     assert why is None and env == gpu_check.mps_environment(work)
-    assert env == {"CUDA_MPS_PIPE_DIRECTORY": str(work / "mps-pipe"), "CUDA_MPS_LOG_DIRECTORY": str(work / "mps-log")}
+    pipe = env["CUDA_MPS_PIPE_DIRECTORY"]
+    assert env["CUDA_MPS_LOG_DIRECTORY"] == str(work / "mps-log") and len(pipe) <= gpu_check.MPS_LONGEST_PIPE_DIR
+    assert pipe == str(work / "mps-pipe") or pipe.startswith("/tmp/harness-mps-")  # short enough for its sockets
     gpu_check.stop_mps(work)
     gpu_check.stop_mps(work)  # again, as the orchestrator does after the stage: harmless
-    assert fake_mps.read_text().splitlines() == [
-        f"daemon pipe={work / 'mps-pipe'} log={work / 'mps-log'}",
-        f"command pipe={work / 'mps-pipe'}: quit", f"command pipe={work / 'mps-pipe'}: quit"]
+    assert fake_mps.read_text().splitlines() == [f"daemon pipe={pipe} log={work / 'mps-log'}",
+                                                 f"command pipe={pipe}: quit"]  # the second found nothing to stop
+    assert not Path(pipe).exists()
+
+
+def test_a_pipe_folder_too_long_for_a_socket_path_moves_to_a_short_one(tmp_path):
+    short, long = Path("/w"), tmp_path / ("x" * 100)
+    assert gpu_check.mps_environment(short)["CUDA_MPS_PIPE_DIRECTORY"] == "/w/mps-pipe"
+    moved = gpu_check.mps_environment(long)["CUDA_MPS_PIPE_DIRECTORY"]
+    assert moved.startswith("/tmp/harness-mps-") and len(moved) < 40
+    assert moved == gpu_check.mps_environment(long)["CUDA_MPS_PIPE_DIRECTORY"]  # found again to be stopped
 
 
 def test_without_a_daemon_nothing_is_started_and_the_reason_is_kept(tmp_path, fake_mps, monkeypatch):
@@ -226,7 +237,7 @@ def test_the_mps_stage_trains_the_rungs_as_clients_and_stops_the_daemon_even_whe
 
     monkeypatch.setattr(gpu_check, "train_rungs_at_once", rungs_at_once)
     result = gpu_check.stage_concurrent_mps(plan, tmp_path / "work")
-    assert seen == {"steps": 7, "pipe": str(tmp_path / "work" / "mps-pipe")}
+    assert seen == {"steps": 7, "pipe": gpu_check.mps_environment(tmp_path / "work")["CUDA_MPS_PIPE_DIRECTORY"]}
     assert result["mps"] is True and result["mps_client_connections"] == 4
     assert "CUDA_MPS_PIPE_DIRECTORY" not in gpu_check.os.environ  # the stage's own environment is restored
     assert fake_mps.read_text().splitlines()[-1].endswith(": quit")
@@ -237,7 +248,8 @@ def test_the_mps_stage_trains_the_rungs_as_clients_and_stops_the_daemon_even_whe
     monkeypatch.setattr(gpu_check, "train_rungs_at_once", rungs_fail)
     with pytest.raises(RuntimeError):
         gpu_check.stage_concurrent_mps(plan, tmp_path / "work2")
-    assert fake_mps.read_text().splitlines()[-1] == f"command pipe={tmp_path / 'work2' / 'mps-pipe'}: quit"
+    pipe2 = gpu_check.mps_environment(tmp_path / "work2")["CUDA_MPS_PIPE_DIRECTORY"]
+    assert fake_mps.read_text().splitlines()[-1] == f"command pipe={pipe2}: quit"
 
 
 def test_the_run_stops_the_daemon_whatever_stops_the_run(tmp_path, fake_mps, monkeypatch):

@@ -379,8 +379,15 @@ MPS_LONGEST_PIPE_DIR = 80  # characters: the daemon's socket is <pipe dir>/contr
 
 
 def mps_environment(work: Path) -> dict[str, str]:
-    """What a CUDA process needs in its environment to be a client of this run's MPS daemon."""
-    return {"CUDA_MPS_PIPE_DIRECTORY": str(work / "mps-pipe"), "CUDA_MPS_LOG_DIRECTORY": str(work / "mps-log")}
+    """What a CUDA process needs in its environment to be a client of this run's MPS daemon. The pipe folder is in
+    the work folder, or, where that path would be too long for the daemon's sockets, in a short one under /tmp named
+    after the work folder (so that stopping the daemon finds it again)."""
+    pipe = work / "mps-pipe"
+    if len(str(pipe)) > MPS_LONGEST_PIPE_DIR:
+        import hashlib
+
+        pipe = Path("/tmp") / f"harness-mps-{hashlib.sha256(str(work).encode()).hexdigest()[:16]}"
+    return {"CUDA_MPS_PIPE_DIRECTORY": str(pipe), "CUDA_MPS_LOG_DIRECTORY": str(work / "mps-log")}
 
 
 def _mps_control() -> str | None:
@@ -395,8 +402,6 @@ def start_mps(work: Path) -> tuple[dict | None, str | None]:
     if control is None:
         return None, f"{MPS_CONTROL} is not on this machine"
     env = mps_environment(work)
-    if len(env["CUDA_MPS_PIPE_DIRECTORY"]) > MPS_LONGEST_PIPE_DIR:
-        return None, f"the run's folder is too long for the daemon's socket path: {env['CUDA_MPS_PIPE_DIRECTORY']}"
     for folder in env.values():
         Path(folder).mkdir(parents=True, exist_ok=True)
     # The daemon's output goes to a file: a daemon that kept a pipe of ours open would hold run() until its timeout.
@@ -415,14 +420,18 @@ def start_mps(work: Path) -> tuple[dict | None, str | None]:
 
 def stop_mps(work: Path) -> None:
     """Make this run's MPS daemon quit, if one was started (its clients have exited by then). Safe to repeat."""
-    control = _mps_control()
-    if control is None or not (work / "mps-pipe").exists():
+    import shutil
+
+    control, env = _mps_control(), mps_environment(work)
+    pipe = Path(env["CUDA_MPS_PIPE_DIRECTORY"])
+    if control is None or not pipe.exists():
         return
     try:
-        subprocess.run([control], input="quit\n", env={**os.environ, **mps_environment(work)}, text=True, timeout=30,
+        subprocess.run([control], input="quit\n", env={**os.environ, **env}, text=True, timeout=30,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         _log(f"MPS daemon did not take 'quit': {type(exc).__name__}: {exc}")
+    shutil.rmtree(pipe, ignore_errors=True)  # the daemon is gone: a second stop finds nothing to stop
 
 
 def stage_concurrent_mps(plan: Plan, work: Path) -> dict:
