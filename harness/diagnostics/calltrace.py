@@ -92,15 +92,16 @@ def failing_calls(layers: tuple[bool, bool, bool], device: str, library: Path, c
                   f"os.execv(sys.executable, [sys.executable, '-c', {check!r}])")
         try:
             out = confine.run_as_sandbox([sys.executable, "-c", traced], layers, device, run_dir, timeout_s)
-            passed, stderr = out.returncode == 0, out.stderr
-            error = "" if passed else f"exit {out.returncode}"
+            returncode, stderr = out.returncode, out.stderr
         except subprocess.TimeoutExpired as exc:
-            passed, stderr = False, (exc.stderr or b"").decode("utf-8", "replace")
-            error = f"the check did not finish in {timeout_s:.0f} s"
+            returncode, stderr = None, (exc.stderr or b"").decode("utf-8", "replace")
         lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    passed = returncode == 0
     other = [line for line in stderr.splitlines() if line.strip()]
-    if not passed and other and not error.startswith("the check did not finish"):
-        error = other[-1]
+    if returncode is None:
+        error = f"the check did not finish in {timeout_s:.0f} s"
+    else:
+        error = "" if passed else (other[-1] if other else f"exit {returncode}")
     roots = _python_search_roots()
     calls, misses = [], 0
     for line in lines:

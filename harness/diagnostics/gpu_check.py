@@ -56,6 +56,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -369,12 +370,10 @@ def stage_concurrent(plan: Plan, work: Path) -> dict:
 # Without MPS, the kernels of different processes on one GPU take turns (time slices); a rung of this size leaves
 # most of an H200 idle in each of its kernels, so taking turns wastes it. NVIDIA's Multi-Process Service runs the
 # kernels of several processes at once. It is a user-space daemon (no setting of the card changes); this run
-# starts one of its own, with its pipe and log folders in the run's work folder, and makes it quit afterwards.
+# starts one of its own, with folders of its own (``mps_environment``), and makes it quit afterwards.
 
 MPS_CONTROL = "nvidia-cuda-mps-control"
 MPS_SEARCH_PATH = ("/usr/local/nvidia/bin", "/usr/bin")  # where the driver's tools are when PATH lacks them
-
-
 MPS_LONGEST_PIPE_DIR = 80  # characters: the daemon's socket is <pipe dir>/control, and a socket's path has 107
 
 
@@ -391,8 +390,6 @@ def mps_environment(work: Path) -> dict[str, str]:
 
 
 def _mps_control() -> str | None:
-    import shutil
-
     return shutil.which(MPS_CONTROL, path=os.pathsep.join([os.environ.get("PATH", ""), *MPS_SEARCH_PATH]))
 
 
@@ -420,8 +417,6 @@ def start_mps(work: Path) -> tuple[dict | None, str | None]:
 
 def stop_mps(work: Path) -> None:
     """Make this run's MPS daemon quit, if one was started (its clients have exited by then). Safe to repeat."""
-    import shutil
-
     control, env = _mps_control(), mps_environment(work)
     pipe = Path(env["CUDA_MPS_PIPE_DIRECTORY"])
     if control is None or not pipe.exists():
@@ -448,7 +443,7 @@ def stage_concurrent_mps(plan: Plan, work: Path) -> dict:
             result = train_rungs_at_once(plan, plan.mps_steps)
     finally:
         stop_mps(work)
-    log = work / "mps-log" / "control.log"
+    log = Path(env["CUDA_MPS_LOG_DIRECTORY"]) / "control.log"
     text = log.read_text(errors="replace") if log.exists() else ""
     # The daemon's own record that the rungs ran as its clients: a "NEW CLIENT" line per connection.
     result.update(mps=True, mps_client_connections=len(re.findall(r"new client", text, flags=re.IGNORECASE)),
@@ -771,13 +766,13 @@ def headline(stages: dict) -> dict:
     if mps and mps.get("mps") and mps.get("ok"):
         # The MPS run finds the compile caches warm; its steady part goes with the once-only part of the cold run
         # before it, when there is one, so that the two projections count the same compilation.
-        cold = conc["fixed_s"] if conc and conc.get("ok") else None
+        cold = bool(conc and conc.get("ok"))
+        once = conc["fixed_s"] if cold else mps["fixed_s"]
         out["projected_protocol_with_mps_s"] = extrapolate_concurrent_s(
-            mps["wall_s"] - mps["fixed_s"] + (mps["fixed_s"] if cold is None else cold),
-            mps["fixed_s"] if cold is None else cold, mps["steps"], mps["horizon_steps"])
+            mps["wall_s"] - mps["fixed_s"] + once, once, mps["steps"], mps["horizon_steps"])
         out["projected_with_mps_from"] = (f"{mps['steps']}-step run as MPS clients extrapolated to "
-                                          f"{mps['horizon_steps']} steps, " + ("with the compile caches warm"
-                                          if cold is None else "with the cold run's once-only part"))
+                                          f"{mps['horizon_steps']} steps, " + ("with the cold run's once-only part"
+                                          if cold else "with the compile caches warm"))
         if conc and conc.get("ok"):
             out["mps_throughput_ratio"] = mps["aggregate_tokens_per_s"] / conc["aggregate_tokens_per_s"]
     if "projected_protocol_s" in out and out.get("eager_sequential_protocol_s"):

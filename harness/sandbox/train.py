@@ -274,7 +274,8 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
     eval_batch = profile.eval_batch_seqs
 
     compile_mode = getattr(profile, "compile_mode", None) if profile.compile else None
-    loss_fn, compiled, compile_error = training_loss(model), False, None
+    eager_loss = training_loss(model)
+    loss_fn, compiled, compile_error = eager_loss, False, None
     if profile.compile:
         try:
             loss_fn, compiled = _compile(loss_fn, compile_mode), True
@@ -316,7 +317,7 @@ def _train(attention_cls, profile, rung, data, seed, dev, log, keep_model, on_st
             if not compiled:
                 raise
             # The program will not compile: record why and redo this step eagerly on the same batch.
-            compile_error, compiled, loss_fn = f"{type(exc).__name__}: {exc}"[:500], False, training_loss(model)
+            compile_error, compiled, loss_fn = f"{type(exc).__name__}: {exc}"[:500], False, eager_loss
             optimizer.zero_grad(set_to_none=True)
             if rng is not None:
                 _set_rng_state(dev, rng)  # the same dropout masks as an eager run

@@ -54,16 +54,16 @@ for line in sys.stdin:
 """
 
 
-def _env(arm: str, work: Path) -> dict:
-    return {**os.environ, "HARNESS_PROFILE": "smoke", "HARNESS_CACHE": str(work / arm / "cache"),
-            "HARNESS_LEDGER": str(work / arm / "ledger.sqlite"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+def _env(arm: str, code_dir: Path, work: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(code_dir), "HARNESS_PROFILE": "smoke",
+            "HARNESS_CACHE": str(work / arm / "cache"), "HARNESS_LEDGER": str(work / arm / "ledger.sqlite"),
+            "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def _run(arm: str, code_dir: Path, work: Path, seed: Path) -> dict:
     """One evaluation in a fresh interpreter."""
     out = subprocess.run([sys.executable, "-c", WORKER, arm, str(seed)], cwd=code_dir, input="go\n",
-                         env={**_env(arm, work), "PYTHONPATH": str(code_dir)}, capture_output=True, text=True,
-                         timeout=900)
+                         env=_env(arm, code_dir, work), capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         sys.exit(f"{arm}: the evaluation failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -76,7 +76,7 @@ class Worker:
     def __init__(self, arm: str, code_dir: Path, work: Path, seed: Path):
         self.arm = arm
         self.proc = subprocess.Popen([sys.executable, "-c", WORKER, arm, str(seed)], cwd=code_dir,
-                                     env={**_env(arm, work), "PYTHONPATH": str(code_dir)}, stdin=subprocess.PIPE,
+                                     env=_env(arm, code_dir, work), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def evaluate(self) -> dict:
