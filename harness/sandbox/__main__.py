@@ -1,7 +1,6 @@
 """``python -m harness.sandbox {prepare|evaluate|objective} REQUEST.json RESULT.json``: see ``harness.sandbox.entry``."""
 
-import sys
-
 from harness.sandbox.entry import main
+from harness.trusted.process_lifetime import exit_now
 
-sys.exit(main())
+exit_now(main())

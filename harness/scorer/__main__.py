@@ -1,7 +1,6 @@
 """``python -m harness.scorer PLAN.json RESULT.json``: see ``harness.scorer.score``."""
 
-import sys
-
 from harness.scorer.score import main
+from harness.trusted.process_lifetime import exit_now
 
-sys.exit(main())
+exit_now(main())

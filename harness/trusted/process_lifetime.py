@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import NoReturn
 
 # Set by the starter to its own pid: the child checks that its parent is still that process.
 PARENT_PID_ENV = "HARNESS_SANDBOX_PARENT_PID"
@@ -47,3 +48,17 @@ def die_with_parent(expected_parent: int | None = None) -> None:
         expected_parent = int(os.environ[PARENT_PID_ENV])
     if expected_parent is not None and os.getppid() != expected_parent:
         os._exit(1)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End this process with ``code`` at once, its output flushed, once everything it hands over is written and
+    closed. An interpreter that imported torch spends about half a second tearing its modules down at a normal exit
+    (0.50 s against 0.03 s on a 2-core CPU), and every process that waits for a sandbox or the scorer to end would
+    wait for that too. Nothing left then needs running; an exit handler a program registered, in particular, is not
+    run."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # closed, or replaced by something that is not a stream
+            pass
+    os._exit(code)

@@ -8,6 +8,9 @@ data cache and ledger (its baseline trained once, untimed):
 - ``confined``: this checkout, with the sandbox's namespaces, the trusted scorer and the run-time snapshots;
 - ``unconfined``: this checkout with the namespaces switched off (the scorer and the snapshots still run);
 - ``no_private_root``: this checkout with every layer but the private root (what the private root costs).
+- ``before_exit_now``: the code at COMMIT with one change, the sandbox process ending the way it ends here
+  (``process_lifetime.exit_now``: without the interpreter's teardown, about half a second with torch loaded), so
+  that what the boundary costs is not hidden by a saving that has nothing to do with it.
 With ``--workers fresh`` each evaluation runs in a fresh interpreter that imports its arm's code, so that every
 evaluation pays what a process pays once; with ``persistent``, each arm's evaluations run one after another in one
 interpreter, as in an OpenEvolve worker process (which stays up and evaluates child after child). Reports
@@ -52,6 +55,9 @@ for line in sys.stdin:
     print(json.dumps({"wall_s": wall, "reason": result.artifacts["reason"], "score": result.metrics["combined_score"],
                       "confinement": confinement}), flush=True)
 """
+
+# The end of harness/sandbox/__main__.py in the before_exit_now arm: harness.trusted.process_lifetime.exit_now's body.
+EXIT_NOW = "code = main()\nsys.stdout.flush()\nsys.stderr.flush()\nimport os\nos._exit(code)"
 
 
 def _env(arm: str, code_dir: Path, work: Path) -> dict:
@@ -116,13 +122,19 @@ def main() -> int:
     if reason:
         sys.exit(f"this machine cannot confine the sandbox: {reason}")
     work = Path(tempfile.mkdtemp(prefix="harness-overhead-"))
-    before_dir = work / "before-code"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(before_dir), args.before],
-                   check=True, capture_output=True)
+    before_dir, exit_now_dir = work / "before-code", work / "before-exit-now-code"
+    for folder in (before_dir, exit_now_dir):
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(folder), args.before],
+                       check=True, capture_output=True)
     try:
+        main_file = exit_now_dir / "harness" / "sandbox" / "__main__.py"
+        if "sys.exit(main())" not in main_file.read_text():
+            sys.exit(f"{args.before}: its harness/sandbox/__main__.py does not end with sys.exit(main())")
+        main_file.write_text(main_file.read_text().replace("sys.exit(main())", EXIT_NOW))
         seed = work / "seed.py"
         seed.write_text((ROOT / "initial_programs" / "ttr.py").read_text())
-        arms = {"before": before_dir, "confined": ROOT, "unconfined": ROOT, "no_private_root": ROOT}
+        arms = {"before": before_dir, "before_exit_now": exit_now_dir, "confined": ROOT, "unconfined": ROOT,
+                "no_private_root": ROOT}
         workers = {}
         for arm, code_dir in arms.items():
             if args.workers == "fresh":
@@ -141,12 +153,14 @@ def main() -> int:
             worker.close()
         scoring = [s for arm in ("confined", "unconfined", "no_private_root") for s in _scoring_times(work / arm / "ledger.sqlite") if s]
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_dir)], capture_output=True)
+        for folder in (before_dir, exit_now_dir):
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], capture_output=True)
     medians = {arm: statistics.median(v) for arm, v in walls.items()}
     report = {"what": "ttr seed, smoke profile, evaluate() wall time in seconds, round-robin over the arms",
               "workers": args.workers,
               "before_commit": args.before, "repeats": args.repeats, "walls_s": walls, "median_s": medians,
               "overhead_vs_before_frac": medians["confined"] / medians["before"] - 1,
+              "overhead_vs_before_exit_now_frac": medians["confined"] / medians["before_exit_now"] - 1,
               "namespaces_overhead_frac": medians["confined"] / medians["unconfined"] - 1,
               "private_root_overhead_frac": medians["confined"] / medians["no_private_root"] - 1,
               "scorer_forward_s_median": statistics.median(s["forward_s"] for s in scoring),
