@@ -7,11 +7,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from processes import all_gone, running
+from processes import all_gone, exit_handler_site, running
 from harness.trusted import confine, executor
 from harness.trusted import process_lifetime
 from harness.trusted.evaluate import prepare
@@ -104,34 +103,23 @@ def test_a_sandbox_whose_parent_already_died_exits(tmp_path):
     assert done.returncode == 1 and "still here" not in done.stdout
 
 
-def _exit_handler_site(tmp_path) -> tuple[Path, dict]:
-    """(a folder of markers, an environment whose every Python registers an exit handler that leaves a marker there
-    when its interpreter ends normally)."""
-    site, markers = tmp_path / "site", tmp_path / "markers"
-    site.mkdir()
-    markers.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import atexit, os\n"
-        f"atexit.register(lambda: open(os.path.join({str(markers)!r}, str(os.getpid())), 'w').close())\n")
-    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-    return markers, {**os.environ, "PYTHONPATH": path}
-
-
 def test_exit_now_flushes_the_output_and_skips_the_interpreter_teardown(tmp_path):
-    markers, env = _exit_handler_site(tmp_path)
+    markers, path = exit_handler_site(tmp_path)
+    env = {**os.environ, "PYTHONPATH": path}
     subprocess.run([sys.executable, "-c", "pass"], env=env, check=True, timeout=60)
-    assert len(list(markers.iterdir())) == 1, "the marker is left by a normal exit"
+    assert len(list(markers.glob("exit-*"))) == 1, "the marker is left by a normal exit"
     code = ("import sys; from harness.trusted.process_lifetime import exit_now; "
             "sys.stdout.write('half a line'); sys.stderr.write('and more'); exit_now(3)")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (3, "half a line", "and more")
-    assert len(list(markers.iterdir())) == 1
+    assert len(list(markers.glob("start-*"))) == 2 and len(list(markers.glob("exit-*"))) == 1
 
 
 def test_the_sandbox_and_the_scorer_end_without_the_interpreter_teardown(tmp_path):
     """Torch's teardown costs about half a second per process, and the evaluator waits for three in a row after
     the training: the sandbox's, the forward pass's and the scorer's. Each here ends with nothing to do."""
-    markers, env = _exit_handler_site(tmp_path)
+    markers, path = exit_handler_site(tmp_path)
+    env = {**os.environ, "PYTHONPATH": path}
     sandbox = subprocess.run([sys.executable, "-m", "harness.sandbox", "forward", str(tmp_path / "request.json"),
                               str(tmp_path / "result.json")], stdin=subprocess.DEVNULL, env=env, capture_output=True,
                              text=True, timeout=120)
@@ -147,7 +135,7 @@ def test_the_sandbox_and_the_scorer_end_without_the_interpreter_teardown(tmp_pat
                             text=True, timeout=120)
     assert scorer.returncode == 0, scorer.stderr
     assert (tmp_path / "forward.log").exists(), "the scorer started its forward-only sandbox"
-    assert not list(markers.iterdir())
+    assert len(list(markers.glob("start-*"))) >= 2 and not list(markers.glob("exit-*"))
 
 
 def test_the_log_watch_finds_its_marker_across_reads_and_reads_a_flood_a_slice_at_a_time(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from processes import exit_handler_site
 from harness.sandbox import train as train_mod
 from harness.diagnostics.bench import reference_loop
 from harness.data import load_token_data
@@ -199,11 +200,16 @@ def _ladder_profile():
     return dataclasses.replace(SHORT, objective="scaling_slope", steps=30, eval_interval_steps=15)
 
 
-def test_concurrent_rungs_give_the_sequential_results(data, tmp_path):
+def test_concurrent_rungs_give_the_sequential_results(data, tmp_path, monkeypatch):
     p = _ladder_profile()
     sequential, seq_model = run_objective(SEED_CLS, p, data, concurrent=False, weights_dir=tmp_path / "seq")
-    # source recovered from the seed file
-    concurrent, conc_model = run_objective(SEED_CLS, p, data, concurrent=True, weights_dir=tmp_path / "conc")
+    markers, path = exit_handler_site(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", path)  # the rung processes inherit it
+    concurrent, conc_model = run_objective(SEED_CLS, p, data, concurrent=True, weights_dir=tmp_path / "conc",
+                                           source=SEED_FW.seed_source())
+    # Each rung trained in a process of its own (multiprocessing's resource tracker is one more process).
+    assert len(list(markers.glob("start-*"))) >= len(p.ladder)
+    assert not list(markers.glob("exit-*")), "a rung's process ends, its result written, without torch's teardown"
     keys = ("rung", "status", "final_monitor_loss", "val_curve", "train_curve", "steps_done", "params",
             "non_embedding_params", "compiled")
     assert [{k: r[k] for k in keys} for r in concurrent["runs"]] == [{k: r[k] for k in keys} for r in sequential["runs"]]

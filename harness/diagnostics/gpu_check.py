@@ -1048,8 +1048,10 @@ def run_all(plan: Plan, out: Path, stages: list[str] | None = None, budget_s: fl
 def cmd_gpu_check(args: argparse.Namespace) -> int:
     from harness.trusted.profiles import ConfigError, cuda_visible
 
-    if args.stage:
-        return run_stage_here(args.stage, Path(args.work))
+    if args.stage:  # its record written, the stage's process ends without torch's and CUDA's teardown
+        from harness.trusted.process_lifetime import exit_now
+
+        exit_now(run_stage_here(args.stage, Path(args.work)))
     plan = DRY_RUN_PLAN if args.dry_run else CUDA_PLAN
     overrides = {}
     if args.bench_rungs:

@@ -152,7 +152,7 @@ def _child_log(prefix: str):
 
 def _rung_worker(spec: dict, result_path: str) -> None:
     """Entry point of one rung's process (spawned: a fresh interpreter)."""
-    from harness.trusted.process_lifetime import die_with_parent
+    from harness.trusted.process_lifetime import die_with_parent, exit_now
 
     die_with_parent(spec["parent_pid"])  # a sandbox killed with its worker must not leave its rungs training
     import torch
@@ -188,6 +188,7 @@ def _rung_worker(spec: dict, result_path: str) -> None:
     tmp = result_path + ".tmp"
     torch.save(payload, tmp)
     os.replace(tmp, result_path)
+    exit_now(0)  # the parent waits for this process to end, and torch's teardown would only delay it
 
 
 @contextmanager
