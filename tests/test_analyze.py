@@ -365,7 +365,8 @@ def test_identical_blocks_count_once(tmp_path):
 
 def test_programs_that_trained_eagerly_under_a_compiling_profile_are_counted_with_their_errors(tmp_path):
     """From the ledger's training records: only evaluations whose runs asked for a compile mode count, and those
-    with a run that did not compile are listed with their error; a profile that never compiles is not a fallback."""
+    with a run that did not compile are listed with their error; a profile that never compiles is not a fallback,
+    and a run that did not say whether it compiled counts neither way."""
     db = DB(tmp_path / "run_compile")
     db.root.mkdir()
     compiled = {"rung": [128, 4, 4], "compile_mode": "reduce-overhead", "compiled": True}
@@ -378,15 +379,18 @@ def test_programs_that_trained_eagerly_under_a_compiling_profile_are_counted_wit
     db.add("p3", variant(3), "root", 3, score=1.02, runs=[{"rung": [32, 2, 2], "compile_mode": None, "compiled": False}])
     db.add("p4", variant(4), "root", 4, reason="policy")
     db.add("p5", variant(5), "root", 5, score=1.03, runs=[odd])
+    db.add("p6", variant(6), "root", 6, score=1.04, runs=[compiled, {**compiled, "compiled": None}])
     db.write(10, [])
     result = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")
     ids = {n: p["id"] for n, p in db.by_name.items()}
     fallbacks = result["runs"][0]["compile_fallbacks"]
-    assert fallbacks["compiling_evaluations"] == 4
+    assert fallbacks["compiling_evaluations"] == 5
     assert sorted(fallbacks["trained_eagerly"]) == sorted([ids["p1"], ids["p2"], ids["p5"]])
+    assert fallbacks["not_reported"] == [ids["p6"]]  # neither compiled nor eager
     assert fallbacks["errors"] == {"Unsupported: data-dependent jump": 2, "x' # injected heading": 1}
     report = (tmp_path / "r" / "report.md").read_text()
-    assert "3 of 4 evaluation(s) of a compiling profile trained eagerly" in report
+    assert "3 of 5 evaluation(s) of a compiling profile trained eagerly" in report
+    assert "1 of 5 evaluation(s) of a compiling profile have a run that did not say whether it compiled" in report
     assert "- 2 × `Unsupported: data-dependent jump`" in report
     assert "- 1 × `x' # injected heading`" in report and "\n# injected heading" not in report
 

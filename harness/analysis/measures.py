@@ -384,8 +384,10 @@ def stopping_rules(run: Run) -> list[dict]:
 
 def compile_fallbacks(progs: list[Prog]) -> dict:
     """Which evaluations trained under a profile that compiles (their runs name a compile mode) and which of them
-    trained eagerly because torch.compile failed, from the training records in their ledger rows."""
-    compiling, eager, errors = 0, [], Counter()
+    trained eagerly because torch.compile failed, from the training records in their ledger rows; and those of the
+    rest with a run that did not say whether it compiled (``compiled`` recorded as neither true nor false), which
+    are counted neither way."""
+    compiling, eager, unknown, errors = 0, [], [], Counter()
     for p in progs:
         runs = [r for r in (p.ledger_row or {}).get("runs") or [] if of_a_compiling_profile(r)]
         if not runs:
@@ -395,4 +397,7 @@ def compile_fallbacks(progs: list[Prog]) -> dict:
         if failed:
             eager.append(p.id)
             errors[plain_text(str(failed[0].get("compile_error") or "no error recorded"), 120)] += 1
-    return {"compiling_evaluations": compiling, "trained_eagerly": eager, "errors": dict(errors.most_common(5))}
+        elif any(not isinstance(r.get("compiled"), bool) for r in runs):
+            unknown.append(p.id)
+    return {"compiling_evaluations": compiling, "trained_eagerly": eager, "not_reported": unknown,
+            "errors": dict(errors.most_common(5))}

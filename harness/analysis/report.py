@@ -200,6 +200,9 @@ def analyze_run(run: Run, out_dir: Path, top: int) -> tuple[dict, list[str]]:
         for error, count in fallbacks["errors"].items():
             md.append(f"- {count} × `{error}`")
         md.append("")
+    if fallbacks["not_reported"]:
+        md.append(f"{len(fallbacks['not_reported'])} of {fallbacks['compiling_evaluations']} evaluation(s) of a "
+                  "compiling profile have a run that did not say whether it compiled: counted neither way.\n")
 
     # Log-only failures
     md.append("### Failed iterations that exist only in the logs\n")
