@@ -117,7 +117,9 @@ def test_exit_now_flushes_the_output_and_skips_the_interpreter_teardown(tmp_path
 
 def test_the_sandbox_and_the_scorer_end_without_the_interpreter_teardown(tmp_path):
     """Torch's teardown costs about half a second per process, and the evaluator waits for three in a row after
-    the training: the sandbox's, the forward pass's and the scorer's. Each here ends with nothing to do."""
+    the training: the sandbox's, the forward pass's and the scorer's. The sandbox and the scorer here end with
+    nothing to do (the forward pass runs the sandbox's entry point, checked first;
+    here the scorer kills it before telling it to go)."""
     markers, path = exit_handler_site(tmp_path)
     env = {**os.environ, "PYTHONPATH": path}
     sandbox = subprocess.run([sys.executable, "-m", "harness.sandbox", "forward", str(tmp_path / "request.json"),

@@ -3,7 +3,9 @@ sessions that have a GPU), a stage that overruns is recorded and the next one st
 the confinement probe, and programs loaded by the sandbox can be traced by torch.compile."""
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from dataclasses import replace
@@ -11,6 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from processes import exit_handler_site
 from harness import cli
 from harness.diagnostics import confinement_probe
 from harness.diagnostics import gpu_check
@@ -109,6 +112,20 @@ def test_a_stage_past_its_limit_is_recorded_and_the_next_stage_still_runs(tmp_pa
     summary = (tmp_path / "summary.md").read_text()
     assert "| environment | timeout |" in summary and "killed at its limit of 1 s" in summary
     assert json.loads((tmp_path / "gpu-check.json").read_text())["stages"]["bench"]["result"]["rungs"]
+
+
+def test_a_stage_s_process_ends_without_the_interpreter_teardown_once_its_record_is_written(tmp_path):
+    """On the GPU, torch's and CUDA's teardown at exit would be spent from the run's budget, stage after stage."""
+    markers, path = exit_handler_site(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "plan.json").write_text(gpu_check.DRY_RUN_PLAN.to_json())
+    stage = subprocess.Popen([sys.executable, "-m", "harness.diagnostics.gpu_check", "--stage", "bench", "--work",
+                              str(work)], env={**os.environ, "PYTHONPATH": path}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    assert stage.wait(timeout=300) == 0
+    assert json.loads((work / "bench.json").read_text())["status"] == "ok"
+    assert (markers / f"start-{stage.pid}").exists() and not (markers / f"exit-{stage.pid}").exists()
 
 
 def test_stages_left_without_budget_are_skipped_not_started(tmp_path):

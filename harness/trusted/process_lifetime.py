@@ -59,6 +59,6 @@ def exit_now(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:  # noqa: BLE001 - closed, or replaced by whatever a program put there: the process ends
+        except BaseException:  # noqa: BLE001 - closed, or replaced by whatever a program put there: the process ends
             pass
     os._exit(code)
