@@ -2,7 +2,7 @@
 
     python results/security/overhead.py --before COMMIT [--repeats 5] [--workers fresh|persistent] [--out FILE]
 
-Evaluates the ttr seed under ``smoke`` through the real evaluator, round-robin over four arms, each with its own
+Evaluates the ttr seed under ``smoke`` through the real evaluator, round-robin over five arms, each with its own
 data cache and ledger (its baseline trained once, untimed):
 - ``before``: the code at COMMIT (checked out into a temporary worktree), with its confinement;
 - ``confined``: this checkout, with the sandbox's namespaces, the trusted scorer and the run-time snapshots;
@@ -14,7 +14,8 @@ data cache and ledger (its baseline trained once, untimed):
 With ``--workers fresh`` each evaluation runs in a fresh interpreter that imports its arm's code, so that every
 evaluation pays what a process pays once; with ``persistent``, each arm's evaluations run one after another in one
 interpreter, as in an OpenEvolve worker process (which stays up and evaluates child after child). Reports
-the median wall time of each arm, the overhead of this checkout against ``before``, and the scorer's own times
+the median wall time of each arm, the overhead of this checkout against ``before`` and against
+``before_exit_now`` (the boundary's cost), and the scorer's own times
 from the ledger (``execution.scoring``). Needs a machine that can confine (``harness.trusted.confine --check``).
 """
 
