@@ -773,7 +773,7 @@ def headline(stages: dict) -> dict:
         out["projected_with_mps_from"] = (f"{mps['steps']}-step run as MPS clients extrapolated to "
                                           f"{mps['horizon_steps']} steps, " + ("with the cold run's once-only part"
                                           if cold else "with the compile caches warm"))
-        if conc and conc.get("ok"):
+        if cold:
             out["mps_throughput_ratio"] = mps["aggregate_tokens_per_s"] / conc["aggregate_tokens_per_s"]
     if "projected_protocol_s" in out and out.get("eager_sequential_protocol_s"):
         out["speedup_vs_eager_protocol"] = out["eager_sequential_protocol_s"] / out["projected_protocol_s"]

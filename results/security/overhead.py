@@ -152,7 +152,8 @@ def main() -> int:
                 outcomes.add((arm, measured["reason"], measured["score"], measured.get("confinement") or ""))
         for worker in workers.values():
             worker.close()
-        scoring = [s for arm in ("confined", "unconfined", "no_private_root") for s in _scoring_times(work / arm / "ledger.sqlite") if s]
+        scoring = [s for arm in ("confined", "unconfined", "no_private_root")
+                   for s in _scoring_times(work / arm / "ledger.sqlite") if s]
     finally:
         for folder in (before_dir, exit_now_dir):
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], capture_output=True)
