@@ -228,6 +228,82 @@ def test_a_sandbox_that_a_supervised_process_starts_is_under_its_own_cap_not_its
     assert marker.exists() and outcome == "timeout", (tmp_path / "log").read_text()
 
 
+HOLDS_UNLINKED_FILES = """
+import mmap, os, sys, time
+folder = sys.argv[1]
+held = os.open(os.path.join(folder, "held"), os.O_RDWR | os.O_CREAT)
+os.write(held, b"h" * (2 << 20))
+os.unlink(os.path.join(folder, "held"))  # open, no longer in any folder
+mapped = os.open(os.path.join(folder, "mapped"), os.O_RDWR | os.O_CREAT)
+os.write(mapped, b"m" * (3 << 20))
+view = mmap.mmap(mapped, 4096)
+os.close(mapped)
+os.unlink(os.path.join(folder, "mapped"))  # neither open nor in a folder: mapped only
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_sandboxs_files_count_in_its_folder_and_unlinked_while_held_or_mapped(tmp_path):
+    """The disk cap counts the files under the run folder once each (a hard link twice would be one file), never
+    what a link there names, and the files a process of the sandbox unlinked but still holds open or mapped."""
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    (run / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (run / "sub" / "written").write_bytes(b"w" * (1 << 20))
+    os.link(run / "sub" / "written", run / "linked")
+    (outside / "big").write_bytes(b"b" * (8 << 20))
+    os.symlink(outside / "big", run / "points-outside")
+    assert executor.files_bytes(run, []) == pytest.approx(1 << 20, abs=64 << 10)
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLDS_UNLINKED_FILES, str(outside)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        assert executor.files_bytes(run, [proc.pid]) == pytest.approx(6 << 20, abs=64 << 10)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_sandbox_whose_files_grow_past_its_disk_cap_is_killed(tmp_path):
+    writes = ("import os, sys, time\n"
+              "for i in range(200):\n"
+              "    open(os.path.join(sys.argv[1], f'f{i}'), 'wb').write(b'x' * (1 << 20))\n"
+              "    time.sleep(0.01)\n")
+    started = executor.start_limited([sys.executable, "-c", writes, str(tmp_path)], tmp_path / "log")
+    outcome = executor.supervise(started, 60.0, 4096, disk=executor.DiskCap(tmp_path, 16 << 20))
+    assert outcome == "disk", (tmp_path / "log").read_text()
+    assert 16 << 20 < executor.files_bytes(tmp_path, []) < 150 << 20, "killed long after its files passed the cap"
+
+
+CAPPED_WRITE = """
+import os, resource, sys
+from harness.sandbox.entry import cap_file_size
+cap_file_size(1 << 20)
+try:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    print("raised", flush=True)
+except (OSError, ValueError):
+    print("kept", flush=True)
+try:
+    with open(sys.argv[1], "wb") as f:
+        f.write(b"x" * (2 << 20))
+    print("written")
+except OSError as exc:
+    print(os.strerror(exc.errno))
+"""
+
+
+@pytest.mark.skipif(confine.unavailable_reason() is not None, reason="this machine cannot confine the sandbox")
+def test_a_confined_sandbox_can_neither_write_a_file_past_its_cap_nor_lift_the_cap(tmp_path):
+    """The sandbox caps its file size before any program loads (``entry.cap_file_size``), soft and hard limit: inside
+    its user namespace a process has no capability over the host's limits, even where the evaluator is root."""
+    out = subprocess.run(confine.wrap([sys.executable, "-c", CAPPED_WRITE, str(tmp_path / "big")]),
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines() == ["kept", "File too large"], out.stderr
+    assert (tmp_path / "big").stat().st_size <= 1 << 20
+
+
 def test_a_result_nested_past_the_parsers_depth_is_the_programs_tampering(tmp_path):
     """JSON nested deeper than the interpreter's stack raises RecursionError, not ValueError: it was the evaluator's
     own failure (``infrastructure``), not the program's."""

@@ -215,3 +215,69 @@ def test_a_metric_a_program_adds_to_its_result_never_reaches_openevolve(smoke_en
     assert result.artifacts["reason"] == "ok", result.artifacts.get("message")
     assert not {"complexity", "diversity", "score"} & set(result.metrics), result.metrics
     assert result.metrics["flop_ratio"] == 0.5  # a gate name keeps what the sandbox said: reported, never scored
+
+
+# Past the static policy, written at construction: 1 MiB files into the scratch folder, one every 10 ms, up to
+# 1 GiB, either in the training sandbox (from the gate's first construction on) or only once in the scorer's
+# forward-only sandbox (its folders are the scorer's). The run folders are often on a RAM-backed /tmp.
+FILLS_ITS_FOLDER = """
+import os as _os, time as _time
+
+
+def _fill():
+    if {where!r} == "forward" and "harness-scorer-" not in _os.environ["TMPDIR"]:
+        return
+    for i in range(1024):
+        with open(_os.path.join(_os.environ["TMPDIR"], f"fill{{i}}"), "wb") as f:
+            f.write(b"x" * (1 << 20))
+        _time.sleep(0.01)
+
+
+"""
+
+
+@pytest.mark.parametrize("where,killed", [("training", "the sandbox"),
+                                          ("forward", "the forward pass of the trained model")])
+def test_a_program_that_fills_its_run_folder_is_killed_at_the_disk_cap(smoke_env, tmp_path, monkeypatch, where,
+                                                                       killed):
+    """The side effect, seen from outside: the sandboxes' folders never held much more than the cap (a thread here
+    samples them every 20 ms), and the ledger says why the program scored 0. The forward-only sandbox's cap is the
+    profile's plus the hidden states it writes."""
+    import dataclasses
+    import re
+    import tempfile
+    import threading
+
+    from harness.trusted import profiles
+    from harness.trusted.executor import files_bytes
+
+    security.past_the_static_policy(monkeypatch)
+    monkeypatch.setitem(profiles.PROFILES, security.PROFILE,
+                        dataclasses.replace(profiles.PROFILES[security.PROFILE], disk_cap_mib=64))
+    runs = tmp_path / "runs"  # where the evaluator makes its sandboxes' folders
+    runs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(runs))
+    source = security.Attack("fill", "none", "pass", init="_fill()").source("unused", SECRET_ENV)
+    path = tmp_path / "candidate.py"
+    path.write_text(source.replace(f"class {security.CLASS}(nn.Module):",
+                                   FILLS_ITS_FOLDER.format(where=where) + f"class {security.CLASS}(nn.Module):", 1))
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], files_bytes(runs, []))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = evaluate(security.FRAMEWORK, str(path))
+    finally:
+        done.set()
+        sampler.join()
+    assert result.artifacts["reason"] == "policy", result.artifacts.get("message")
+    found = re.search(rf"{killed}: its files grew past the disk cap of (\d+) MiB", result.artifacts["message"])
+    assert found, result.artifacts["message"]
+    cap_mib = int(found.group(1))
+    assert 64 <= cap_mib < 80 and result.metrics["combined_score"] == 0.0
+    assert 64 << 20 < peak[0] < (cap_mib + 96) << 20, f"peak {peak[0] / 2**20:.0f} MiB"
+    assert ledger.evaluations()[-1]["reason"] == "policy"

@@ -499,12 +499,26 @@ def main(argv: list[str] | None = None) -> int:
         # ready; end of file means there is nothing to score.
         return 0
     request = json.loads(Path(request_path).read_text())
+    cap_file_size(request.get("disk_cap_bytes"))
     try:
         result = {"prepare": prepare, "evaluate": evaluate, "objective": objective, "forward": forward}[mode](request)
     except Exception as exc:  # noqa: BLE001 - reported to the parent as data
         result = {"reason": "crash", "message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     _write_result(Path(result_path), result)
     return 0
+
+
+def cap_file_size(cap_bytes: int | None) -> None:
+    """Refuse this process and its children any file larger than ``cap_bytes`` (the sandbox's disk cap, set by the
+    trusted side: ``executor.DiskCap``), before any program loads. The hard limit too, which an unprivileged process
+    cannot raise again; a write past it fails with EFBIG (Python ignores SIGXFSZ). None: no cap (``prepare``)."""
+    import resource
+
+    if cap_bytes is None:
+        return
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    cap = int(cap_bytes) if hard == resource.RLIM_INFINITY else min(int(cap_bytes), hard)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
 
 
 def _write_result(path: Path, result: dict) -> None:

@@ -49,8 +49,8 @@ import torch.nn.functional as F
 
 from harness.data import DataError, open_cached, validation_windows
 from harness.trusted import confine
-from harness.trusted.executor import (FORWARD_PARTS, Started, abandon, read_result, scratch_environment,
-                                      start_limited, supervise, tail)
+from harness.trusted.executor import (FORWARD_PARTS, DiskCap, Started, abandon, disk_message, files_bytes,
+                                      read_result, scratch_environment, start_limited, supervise, tail)
 from harness.trusted.process_lifetime import die_with_parent
 from harness.trusted.profiles import request_profile, training_profile
 from harness.trusted.reasons import Reason
@@ -309,9 +309,10 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
                # Not the forward folder, which holds both parts: each child adds its own.
                "part_reads": [r for r in (plan["forward"]["files"]["rules"] or [[]])[0] if r != str(work)],
                "batch_size": plan["batch_size"]}
-    (work / "request.json").write_text(json.dumps(request))
+    disk = forward_disk_cap(work, lay, weights, plan["disk_cap_mib"])
+    (work / "request.json").write_text(json.dumps({**request, "disk_cap_bytes": disk.cap_bytes}))
     started = time.perf_counter()
-    outcome = supervise(forward, plan["limit_s"], plan["memory_cap_mib"], b"go\n")
+    outcome = supervise(forward, plan["limit_s"], plan["memory_cap_mib"], b"go\n", disk=disk)
     wall_s = time.perf_counter() - started
     log = tail(Path(plan["log_dir"]) / "forward.log")
     if outcome == "timeout":
@@ -319,12 +320,25 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
                         log)
     if outcome == "memory":
         raise Rejection(Reason.MEMORY, f"the forward pass of the trained model exceeded {plan['memory_cap_mib']} MiB", log)
+    if outcome == "disk":
+        raise Rejection(Reason.POLICY, f"the forward pass of the trained model: {disk_message(disk)}", log)
     if plan["confined"] and not (work / "result.json").exists() and log.startswith(confine.FAILURE_PREFIX):
         raise Infrastructure(log.splitlines()[0])
     set_up = parts_set_up(work / "result.json", len(plan["forward"]["parts"]), apart)
     for folder, confined in zip(plan["forward"]["parts"], set_up):
         check_part(Path(folder), confined, log)
     return wall_s
+
+
+def forward_disk_cap(work: Path, lay: Layout, weights: list, cap_mib: int) -> DiskCap:
+    """The forward-only sandbox's disk cap: what its folder holds already (the inputs and weights written here), what
+    its parts write (each rung's float32 hidden states, and a record of its buffers, at most twice their size:
+    ``check_constructed``), and the profile's ``disk_cap_mib`` besides, as any sandbox has."""
+    rows = sum(inputs.shape[0] * inputs.shape[1] for inputs in lay.parts)
+    hidden = rows * sum(w.params["tok_emb.weight"].shape[1] for w in weights) * 4
+    buffers = len(lay.parts) * sum(2 * sum(v.numel() * v.element_size() for v in w.buffers.values()) + 2**20
+                                   for w in weights)
+    return DiskCap(work, files_bytes(work, []) + hidden + buffers + (cap_mib << 20))
 
 
 def parts_set_up(record: Path, parts: int, apart: bool) -> list[bool]:

@@ -356,6 +356,8 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
     if run.outcome == "memory":
         return _result(framework, Reason.MEMORY, f"the sandbox exceeded its memory cap of {profile.memory_cap_mib} MiB "
                        "and was killed", details=log, **common)
+    if run.outcome == "disk":
+        return _result(framework, Reason.POLICY, f"the sandbox: {run.error}", details=log, **common)
     if result is None:
         return _result(framework, Reason.CRASH, "the sandbox process died without a result (killed by a signal "
                        "or hard crash)", details=log, **common)

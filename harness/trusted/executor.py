@@ -119,8 +119,8 @@ class SandboxRun:
     """How one sandbox run ended, wherever it ran.
 
     ``outcome``: "exited" (``result`` is what the sandbox wrote, or None when it died without writing),
-    "timeout", "memory", or "infrastructure" (it could not run: no slot, no cluster, every worker lost;
-    ``error`` says why)."""
+    "timeout", "memory", "disk" (its files grew past its disk cap), or "infrastructure" (it could not run: no slot,
+    no cluster, every worker lost; ``error`` says why)."""
 
     outcome: str
     result: dict | None
@@ -164,15 +164,76 @@ def _sandbox_processes(root: int) -> list[int]:
     return sorted(set(group).union(*(spaces[space] for space in theirs if space in spaces)))
 
 
-def _sandbox_rss_mib(root: int) -> float:
+def _rss_mib(pids: list[int]) -> float:
     total_pages = 0
-    for pid in _sandbox_processes(root):
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/statm") as f:
                 total_pages += int(f.read().split()[1])
         except (OSError, IndexError, ValueError):
             continue
     return total_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+@dataclass(frozen=True)
+class DiskCap:
+    """The most bytes of files a sandbox may hold: those under its run ``folder``, and those its processes keep open
+    or mapped after unlinking them (no longer under any folder, they still take the space). Past it the sandbox is
+    killed. Its processes are also refused any one file larger than the cap (``harness.sandbox.entry``)."""
+
+    folder: Path
+    cap_bytes: int
+
+
+def disk_message(disk: DiskCap) -> str:
+    return (f"its files grew past the disk cap of {disk.cap_bytes / 2**20:.0f} MiB and it was killed; a program may "
+            "not write files")
+
+
+def files_bytes(folder: Path, pids: list[int]) -> int:
+    """Bytes of disk (allocated blocks) that the regular files under ``folder`` take, each counted once, and the
+    unlinked files the processes ``pids`` still hold open or mapped. A link is not followed: what it names outside
+    the folder is not the sandbox's."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def add(st: os.stat_result) -> None:
+        nonlocal total
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+
+    folders = [str(folder)]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            folders.append(entry.path)
+                        else:
+                            add(entry.stat(follow_symlinks=False))
+                    except OSError:  # removed meanwhile
+                        continue
+        except OSError:
+            continue
+    for pid in pids:
+        unlinked = []
+        try:
+            unlinked += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+            with open(f"/proc/{pid}/maps") as f:
+                unlinked += [f"/proc/{pid}/map_files/{line.split(maxsplit=1)[0]}" for line in f
+                             if line.endswith(" (deleted)\n")]
+        except OSError:  # it ended, or its maps are not this process's to read
+            pass
+        for path in unlinked:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if st.st_nlink == 0:
+                add(st)
+    return total
 
 
 @dataclass
@@ -199,10 +260,10 @@ def start_limited(cmd: list[str], log_path: Path, env: dict | None = None, pass_
 
 
 def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: bytes = b"",
-              on_poll: Callable[[], None] | None = None) -> str:
+              on_poll: Callable[[], None] | None = None, disk: DiskCap | None = None) -> str:
     """Write ``message`` to the process's stdin and close it, then kill its whole group past the wall-clock limit
-    (counted from now) or the resident-memory cap. ``on_poll`` is called at every poll while it runs. Returns
-    "exited", "timeout" or "memory"."""
+    (counted from now), the resident-memory cap or the ``disk`` cap. ``on_poll`` is called at every poll while it
+    runs. Returns "exited", "timeout", "memory" or "disk"."""
     proc = started.proc
     deadline = time.monotonic() + limit_s
     outcome = "exited"
@@ -213,10 +274,13 @@ def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: by
         except OSError:  # it exited already: its outcome is read below
             pass
         while proc.poll() is None:
+            pids = _sandbox_processes(proc.pid)
             if time.monotonic() > deadline:
                 outcome = "timeout"
-            elif _sandbox_rss_mib(proc.pid) > memory_cap_mib:
+            elif _rss_mib(pids) > memory_cap_mib:
                 outcome = "memory"
+            elif disk is not None and files_bytes(disk.folder, pids) > disk.cap_bytes:
+                outcome = "disk"
             if outcome != "exited":
                 break
             if on_poll is not None:
@@ -361,7 +425,13 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
     with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as tmp, \
             tempfile.TemporaryDirectory(prefix="harness-scorer-") as private:
         tmp, private = Path(tmp), Path(private)
-        request = {**request, "weights_dir": str(tmp / "weights")}
+        unavailable = confine.unavailable_reason(request.get("device", "cpu"))
+        if unavailable and request.get("confinement", "required") == "required":
+            return SandboxRun("infrastructure", None, error=confine.unconfined_message(request.get("profile", "?"),
+                                                                                        unavailable))
+        disk = sandbox_disk_cap(mode, request, tmp)
+        request = {**request, "weights_dir": str(tmp / "weights"),
+                   **({"disk_cap_bytes": disk.cap_bytes} if disk else {})}
         (tmp / "request.json").write_text(json.dumps(request))
         result_path, log_path = tmp / "result.json", tmp / "sandbox.log"
         for folder in ("tmp", "weights"):
@@ -373,10 +443,6 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
                                        **(env or {}))
         env = {**base_env, **scratch_environment(tmp / "tmp")}
         cmd = [sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"), str(result_path)]
-        unavailable = confine.unavailable_reason(request.get("device", "cpu"))
-        if unavailable and request.get("confinement", "required") == "required":
-            return SandboxRun("infrastructure", None, error=confine.unconfined_message(request.get("profile", "?"),
-                                                                                        unavailable))
         sandbox_limit_s = limit_s
         if mode == "prepare":  # the download and the preparation share the preparation's limit, not the scorer's
             fetch_start = time.monotonic()
@@ -419,7 +485,7 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
                 started = start_limited(launched, log_path, env, pass_fds=() if unavailable else (status_w,))
             finally:
                 os.close(status_w)
-            outcome = supervise(started, sandbox_limit_s, memory_cap_mib, on_poll=on_poll)
+            outcome = supervise(started, sandbox_limit_s, memory_cap_mib, on_poll=on_poll, disk=disk)
             result = read_result(result_path) if outcome == "exited" and result_path.exists() else None
             log = tail(log_path)
             status = _read_status(status_r)
@@ -428,7 +494,8 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
                 # launcher holds the descriptor it says so on; the sandbox's own output could say anything.
                 error = confine.FAILURE_PREFIX + status[len(confine.FAILED):].decode(errors="replace")[:2000]
                 return SandboxRun("infrastructure", None, log, error=error, execution={"confinement": confinement})
-            run = SandboxRun(outcome, result, log, execution={"confinement": confinement})
+            run = SandboxRun(outcome, result, log, error=disk_message(disk) if outcome == "disk" else "",
+                             execution={"confinement": confinement})
             if result is not None and _trained(mode, result):
                 start_scorer()  # a training too short to be seen starting, or a log line the program suppressed
                 if scorer[0] is None:
@@ -439,6 +506,21 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         finally:
             if scorer and scorer[0] is not None and scorer[0].proc.poll() is None:
                 abandon(scorer[0])
+
+
+# The modes that run a candidate's code (``prepare`` runs the pristine seed, and writes the token cache outside its
+# run folder).
+CANDIDATE_MODES = ("evaluate", "objective")
+
+
+def sandbox_disk_cap(mode: str, request: dict, run_dir: Path) -> DiskCap | None:
+    """The disk cap of a sandbox in ``mode`` working in ``run_dir``: the ``disk_cap_mib`` of the profile the request
+    names; None for a mode that runs no candidate."""
+    from harness.trusted.profiles import get_profile
+
+    if mode not in CANDIDATE_MODES:
+        return None
+    return DiskCap(run_dir, get_profile(request["profile"]).disk_cap_mib << 20)
 
 
 def _read_status(fd: int) -> bytes:
@@ -544,6 +626,7 @@ def _start_scorer(mode: str, request: dict, tmp: Path, private: Path, limit_s: f
     changing what their paths name before the Landlock rules are made, move those rules elsewhere. ``env``: the
     sandboxes' environment without a scratch folder (each process gets its own)."""
     from harness.trusted.frameworks import get_framework
+    from harness.trusted.profiles import get_profile
 
     source = request.get("source") if mode != "prepare" else get_framework(request["framework"]).seed_source()
     forward_request = {k: v for k, v in request.items() if k not in ("baselines", "source", "weights_dir")}
@@ -556,7 +639,7 @@ def _start_scorer(mode: str, request: dict, tmp: Path, private: Path, limit_s: f
     plan = {"request": {**forward_request, "source": source}, "rungs": [list(r) for r in _scored_rungs(mode, request)],
             "weights_dir": str(tmp / "weights"), "forward": forward, "seccomp": seccomp_applies(request),
             "cache_dir": str(default_cache_dir()), "limit_s": limit_s, "memory_cap_mib": memory_cap_mib,
-            "confined": confined, "env": env}
+            "disk_cap_mib": get_profile(request["profile"]).disk_cap_mib, "confined": confined, "env": env}
     (private / "plan.json").write_text(json.dumps(plan))
     return start_limited([sys.executable, "-m", "harness.scorer", str(private / "plan.json"),
                           str(private / "score.json")], private / "scorer.log",

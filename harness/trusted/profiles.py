@@ -22,7 +22,7 @@ FULL_LADDER = ((96, 4, 4), (128, 4, 4), (128, 6, 4), (192, 6, 6))
 
 OBJECTIVES = ("scaling_slope", "final_loss")
 # Limits that stop a run but never change its numbers: they stay out of the fingerprint.
-OPERATIONAL_FIELDS = ("hard_limit_s", "memory_cap_mib", "requires_confinement")
+OPERATIONAL_FIELDS = ("hard_limit_s", "memory_cap_mib", "disk_cap_mib", "requires_confinement")
 # Set to 1 to run a profile that requires a confined sandbox on a machine that cannot confine it.
 ALLOW_UNCONFINED_ENV = "HARNESS_ALLOW_UNCONFINED"
 
@@ -89,6 +89,9 @@ class Profile:
     bf16_autocast: bool
     hard_limit_s: float  # wall-clock limit of one sandbox process (gate + training); killed past it
     memory_cap_mib: int  # resident-memory cap of one sandbox process
+    # Files one sandbox running candidate code may hold in its run folder (the harness's own: the weights, the
+    # compilation caches, the log), MiB; killed past it. The run folder is often on a RAM-backed /tmp.
+    disk_cap_mib: int
     divergence_loss_factor: float  # early stop when train loss exceeds this × ln(vocab) after warmup
     gate: Gate = field(default_factory=Gate)
     # Train the ladder's rungs at once, each in its own process on the same device (harness.sandbox.objective).
@@ -144,6 +147,7 @@ PROFILES: dict[str, Profile] = {
         bf16_autocast=False,
         hard_limit_s=180.0,
         memory_cap_mib=6144,
+        disk_cap_mib=1024,
         divergence_loss_factor=3.0,
         requires_confinement=False,
     ),
@@ -173,6 +177,7 @@ PROFILES: dict[str, Profile] = {
         bf16_autocast=True,
         hard_limit_s=8 * 3600.0,
         memory_cap_mib=65536,
+        disk_cap_mib=8192,
         divergence_loss_factor=3.0,
         concurrent_rungs=True,
         # CUDA graphs: on an H200 the reference rung's step took 4.1 ms against 12.2 ms with the default mode

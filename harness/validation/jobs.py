@@ -80,7 +80,8 @@ def run_training_job(job: TrainJob) -> dict:
     out = {"ok": False, "seed": job.seed, "hparams": dict(job.hparams), "wall_s": time.time() - started,
            "fingerprint_id": None, "record": None, "execution": run.execution}
     if result is None:
-        reason = {"timeout": "timeout", "memory": "memory", "infrastructure": "infrastructure"}.get(run.outcome, "crash")
+        reason = {"timeout": "timeout", "memory": "memory", "disk": "policy",
+                  "infrastructure": "infrastructure"}.get(run.outcome, "crash")
         return {**out, "reason": reason, "message": run.error or f"the sandbox ended with {run.outcome} and no result",
                 "log_tail": log[-1500:]}
     out["fingerprint_id"] = (result.get("fingerprint") or {}).get("id")
