@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.trusted.fingerprint import is_data_hash
 from harness.trusted.profiles import default_cache_dir  # noqa: F401 - the cache folder, defined with the settings
 
 log = logging.getLogger(__name__)
@@ -768,6 +769,8 @@ def _open_entry(entry: Path, vocab_size: int, val_tokens: int, with_score: bool)
 
 def cache_key(data_hash: str, vocab_size: int, tokenizer_train_bytes: int) -> str:
     """The cache entry's folder name: the content hash plus everything else that changes the arrays."""
+    if not is_data_hash(data_hash):
+        raise DataError(f"{data_hash!r} is not a data hash")
     return f"{data_hash}-v{vocab_size}-tb{tokenizer_train_bytes}-f{CACHE_FORMAT_VERSION}"
 
 

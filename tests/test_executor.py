@@ -11,7 +11,7 @@ import time
 import pytest
 
 from processes import all_gone, exit_handler_site, running
-from harness.trusted import confine, executor
+from harness.trusted import confine, executor, untrusted_files
 from harness.trusted import process_lifetime
 from harness.trusted.evaluate import prepare
 from harness.trusted.profiles import ConfigError
@@ -169,7 +169,7 @@ def test_files_a_sandbox_could_replace_are_read_without_blocking_or_following(tm
     link = tmp_path / "result.json"
     link.symlink_to(secret)
     started = time.monotonic()
-    assert executor.read_untrusted(pipe, 100) is None and executor.tail(pipe) == ""
+    assert untrusted_files.read_untrusted(pipe, 100) is None and executor.tail(pipe) == ""
     assert not executor._LogWatch(pipe, "marker").seen()
     assert executor.read_result(pipe)["reason"] == "tampering"
     assert executor.read_result(link)["reason"] == "tampering"
@@ -179,7 +179,7 @@ def test_files_a_sandbox_could_replace_are_read_without_blocking_or_following(tm
     assert executor.read_result(big)["reason"] == "tampering"
     log = tmp_path / "plain.log"
     log.write_text("x" * 10_000 + "the end")
-    assert executor.tail(log, 7) == "the end" and executor.read_untrusted(log, 3, offset=10_000) == b"the"
+    assert executor.tail(log, 7) == "the end" and untrusted_files.read_untrusted(log, 3, offset=10_000) == b"the"
 
 
 HOLDS_MEMORY_OUTSIDE_ITS_GROUP = """
@@ -209,7 +209,7 @@ def test_memory_a_child_holds_outside_the_sandboxs_process_group_counts(tmp_path
 
 STARTS_A_SANDBOX = """
 import sys, time
-from harness.trusted import confine, executor
+from harness.trusted import confine, executor, untrusted_files
 inner = executor.start_limited(confine.wrap([sys.executable, "-c", "import sys, time; held = bytearray(300 * 2**20); "
                                              "[held.__setitem__(i, 1) for i in range(0, len(held), 4096)]; "
                                              "open(sys.argv[1], 'w').write('held'); time.sleep(60)", sys.argv[1]]),
@@ -228,43 +228,6 @@ def test_a_sandbox_that_a_supervised_process_starts_is_under_its_own_cap_not_its
     assert marker.exists() and outcome == "timeout", (tmp_path / "log").read_text()
 
 
-HOLDS_UNLINKED_FILES = """
-import mmap, os, sys, time
-folder = sys.argv[1]
-held = os.open(os.path.join(folder, "held"), os.O_RDWR | os.O_CREAT)
-os.write(held, b"h" * (2 << 20))
-os.unlink(os.path.join(folder, "held"))  # open, no longer in any folder
-mapped = os.open(os.path.join(folder, "mapped"), os.O_RDWR | os.O_CREAT)
-os.write(mapped, b"m" * (3 << 20))
-view = mmap.mmap(mapped, 4096)
-os.close(mapped)
-os.unlink(os.path.join(folder, "mapped"))  # neither open nor in a folder: mapped only
-print("ready", flush=True)
-time.sleep(60)
-"""
-
-
-def test_a_sandboxs_files_count_in_its_folder_and_unlinked_while_held_or_mapped(tmp_path):
-    """The disk cap counts the files under the run folder once each (a hard link twice would be one file), never
-    what a link there names, and the files a process of the sandbox unlinked but still holds open or mapped."""
-    run, outside = tmp_path / "run", tmp_path / "outside"
-    (run / "sub").mkdir(parents=True)
-    outside.mkdir()
-    (run / "sub" / "written").write_bytes(b"w" * (1 << 20))
-    os.link(run / "sub" / "written", run / "linked")
-    (outside / "big").write_bytes(b"b" * (8 << 20))
-    os.symlink(outside / "big", run / "points-outside")
-    assert executor.files_bytes(run, []) == pytest.approx(1 << 20, abs=64 << 10)
-
-    proc = subprocess.Popen([sys.executable, "-c", HOLDS_UNLINKED_FILES, str(outside)], stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout.readline() == b"ready\n"
-        assert executor.files_bytes(run, [proc.pid]) == pytest.approx(6 << 20, abs=64 << 10)
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def test_a_sandbox_whose_files_grow_past_its_disk_cap_is_killed(tmp_path):
     writes = ("import os, sys, time\n"
               "for i in range(200):\n"
@@ -273,7 +236,7 @@ def test_a_sandbox_whose_files_grow_past_its_disk_cap_is_killed(tmp_path):
     started = executor.start_limited([sys.executable, "-c", writes, str(tmp_path)], tmp_path / "log")
     outcome = executor.supervise(started, 60.0, 4096, disk=executor.DiskCap(tmp_path, 16 << 20))
     assert outcome == "disk", (tmp_path / "log").read_text()
-    assert 16 << 20 < executor.files_bytes(tmp_path, []) < 150 << 20, "killed long after its files passed the cap"
+    assert 16 << 20 < untrusted_files.files_bytes(tmp_path, []) < 150 << 20, "killed long after its files passed the cap"
 
 
 CAPPED_WRITE = """
@@ -365,3 +328,16 @@ def test_the_host_knows_whether_it_prepared_the_data(smoke_env):
     finally:
         pointer.write_bytes(saved)
     assert executor.data_prepared({**request, "data_source": "synthetic-but-other"}, profile.memory_cap_mib) is False
+
+
+@pytest.mark.parametrize("data_hash", ["/tmp/elsewhere", "../../elsewhere", "0123456789ABCDEF", 7])
+def test_a_data_hash_that_is_not_one_never_reaches_the_scorer(tmp_path, data_hash):
+    """The scorer opens the token cache entry that the training's data hash names: a sandbox that reported a path
+    instead (its fingerprint's id recomputed to match) would have the trusted scorer open files of its choosing."""
+    from harness.trusted.fingerprint import fingerprint_id
+
+    fp = {"data_hash": data_hash, "device": "cpu"}
+    fp["id"] = fingerprint_id(fp)
+    run = executor.SandboxRun("exited", {"reason": "ok", "fingerprint": fp, "objective": {"runs": []}})
+    executor._score("evaluate", run, tmp_path, None, 60.0, 1024)  # no scorer: it must never be asked
+    assert run.result["reason"] == "tampering" and run.result["fingerprint"] is None

@@ -64,7 +64,11 @@ def test_weights_that_are_not_plain_tensors_are_tampering(tmp_path):
     pack = torch.load(tmp_path / "good.pt", weights_only=True)
     cases = {"missing": None, "not_a_dict": [1, 2], "an_object": {"params": {"x": torch.nn.Linear(2, 2)}, "buffers": {}},
              "no_head": {"params": {k: v for k, v in pack["params"].items() if k != "tok_emb.weight"}, "buffers": {}},
-             "wrong_shape": {"params": {**pack["params"], "ln_final.weight": torch.ones(7)}, "buffers": {}}}
+             "wrong_shape": {"params": {**pack["params"], "ln_final.weight": torch.ones(7)}, "buffers": {}},
+             # A buffer that repeats one element (stride 0): 10^12 elements from four bytes on disk, and every size
+             # derived from the buffers (what the forward pass may write and this process compare) with them.
+             "a_repeating_view": {**pack, "buffers": {**pack["buffers"], "x": torch.zeros(1).expand(10**6, 10**6)}},
+             "a_view_of_more": {**pack, "buffers": {**pack["buffers"], "x": torch.zeros(64)[8:16]}}}
     (tmp_path / "a_link.pt").symlink_to(tmp_path / "good.pt")  # good tensors, read through a link the sandbox made
     cases["a_link"] = None
     for name, content in cases.items():
@@ -647,3 +651,18 @@ def test_the_forward_pass_never_holds_the_trained_buffers(smoke_env):
     run = executor.run_sandbox_here("evaluate", request, 180.0, 8192)
     assert run.result["reason"] == "crash", run.result
     assert "trained buffers held: []" in run.result["message"], run.result["message"]
+
+
+def test_a_part_folder_replaced_by_a_link_is_never_read(tmp_path):
+    """The forward pass may write its whole folder: a part's folder moved and a link left in its place would have
+    the scorer read the record and the states of the folder the link names."""
+    from harness.scorer import score
+
+    work = tmp_path / "forward"
+    (work / "elsewhere").mkdir(parents=True)
+    (work / "elsewhere" / "result.json").write_text(json.dumps({"reason": "ok"}))
+    (work / "0").symlink_to(work / "elsewhere")
+    with pytest.raises(score.Rejection) as caught:
+        score.check_part(work / "0", True, "", work)
+    assert caught.value.reason == Reason.TAMPERING and "replaced the folder" in caught.value.message
+    score.check_part(work / "elsewhere", True, "", work)  # the same folder, itself: its record is read

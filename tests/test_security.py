@@ -281,3 +281,97 @@ def test_a_program_that_fills_its_run_folder_is_killed_at_the_disk_cap(smoke_env
     assert 64 <= cap_mib < 80 and result.metrics["combined_score"] == 0.0
     assert 64 << 20 < peak[0] < (cap_mib + 96) << 20, f"peak {peak[0] / 2**20:.0f} MiB"
     assert ledger.evaluations()[-1]["reason"] == "policy"
+
+
+# Past the static policy, at the first construction: in its scratch folder, a read-only folder holding a link to a
+# file of the host and a chain of folders deeper than the interpreter's recursion limit. Python's own removal of the
+# run folder raised RecursionError (the evaluation was `infrastructure`, the folder left in /tmp) and, for a user
+# who is not root, made the link's target writable (CVE-2023-6597).
+LEAVES_A_HOSTILE_TREE = """
+import os as _os
+
+
+def _leave():
+    run = _os.environ["TMPDIR"]
+    if _os.path.exists(_os.path.join(run, "locked")):
+        return
+    _os.mkdir(_os.path.join(run, "locked"))
+    _os.symlink({victim!r}, _os.path.join(run, "locked", "link"))
+    _os.chmod(_os.path.join(run, "locked"), 0o500)
+    fd = _os.open(run, _os.O_RDONLY)
+    for _ in range(3000):
+        _os.mkdir("d", dir_fd=fd)
+        below = _os.open("d", _os.O_RDONLY, dir_fd=fd)
+        _os.close(fd)
+        fd = below
+    _os.close(fd)
+
+
+"""
+
+# Past the static policy, at the first construction: the weights folder moved and a link left in its place, so that
+# the trusted scorer would read what the link names (here a folder beside it; a folder of the host's in the attack).
+LINKS_ITS_WEIGHTS_FOLDER = """
+import os as _os
+
+
+def _leave():
+    run = _os.path.dirname(_os.environ["TMPDIR"])
+    if not _os.path.islink(_os.path.join(run, "weights")):
+        _os.rename(_os.path.join(run, "weights"), _os.path.join(run, "elsewhere"))
+        _os.symlink("elsewhere", _os.path.join(run, "weights"))
+
+
+"""
+
+
+def _leaving(payload: str) -> str:
+    source = security.Attack("leave", "none", "pass", init="_leave()").source("unused", SECRET_ENV)
+    return source.replace(f"class {security.CLASS}(nn.Module):", payload + f"class {security.CLASS}(nn.Module):", 1)
+
+
+def test_what_a_program_leaves_in_its_run_folder_is_removed_without_touching_the_host(smoke_env, tmp_path,
+                                                                                      monkeypatch):
+    import tempfile
+
+    security.past_the_static_policy(monkeypatch)
+    runs = tmp_path / "runs"  # where the evaluator makes its sandboxes' folders
+    runs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(runs))
+    victim = tmp_path / "host" / "notes.txt"
+    victim.parent.mkdir()
+    victim.write_text("the host's")
+    victim.chmod(0o400)
+    path = tmp_path / "candidate.py"
+    path.write_text(_leaving(LEAVES_A_HOSTILE_TREE.format(victim=str(victim))))
+    result = evaluate(security.FRAMEWORK, str(path))
+    assert result.artifacts["reason"] == "ok", result.artifacts.get("message")  # the program's own result, scored
+    assert list(runs.iterdir()) == [], "a run folder was left behind"
+    assert oct(victim.stat().st_mode) == "0o100400" and victim.read_text() == "the host's"
+
+
+def test_a_weights_folder_replaced_by_a_link_is_never_read(smoke_env, tmp_path, monkeypatch):
+    security.past_the_static_policy(monkeypatch)
+    path = tmp_path / "candidate.py"
+    path.write_text(_leaving(LINKS_ITS_WEIGHTS_FOLDER))
+    result = evaluate(security.FRAMEWORK, str(path))
+    assert result.artifacts["reason"] == "tampering", result.artifacts.get("message")
+    assert "not a regular file in the folder the training writes" in result.artifacts["message"]
+    assert result.metrics["combined_score"] == 0.0
+
+
+def test_a_message_that_would_command_a_terminal_reaches_no_one_as_such(smoke_env, tmp_path):
+    """Within the static policy: an exception whose text holds terminal controls (set the clipboard, erase the line,
+    move the cursor up). The message and the details the LLM, the ledger and a terminal get carry them as escapes."""
+    controls = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2K\x1b[1A\rharmless\x9b"
+    source = security.Attack("controls", "none", "pass", init=f"raise RuntimeError({controls!r})").source(
+        "unused", SECRET_ENV)
+    assert _static_report(source).ok
+    path = tmp_path / "candidate.py"
+    path.write_text(source)
+    result = evaluate(security.FRAMEWORK, str(path))
+    assert result.artifacts["reason"] == "crash"
+    assert "\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2K\\x1b[1A\\rharmless\\x9b" in result.artifacts["message"]
+    row = ledger.evaluations()[-1]
+    for text in (result.artifacts["message"], result.artifacts.get("details", ""), row["message"]):
+        assert not any(c in text for c in "\x1b\x07\r\x9b")

@@ -35,7 +35,6 @@ import json
 import os
 import re
 import secrets
-import stat
 import sys
 import time
 import traceback
@@ -49,11 +48,12 @@ import torch.nn.functional as F
 
 from harness.data import DataError, open_cached, validation_windows
 from harness.trusted import confine
-from harness.trusted.executor import (FORWARD_PARTS, DiskCap, Started, abandon, disk_message, files_bytes,
-                                      read_result, scratch_environment, start_limited, supervise, tail)
+from harness.trusted.executor import (FORWARD_PARTS, DiskCap, Started, abandon, disk_message, read_result,
+                                      scratch_environment, start_limited, supervise, tail)
 from harness.trusted.process_lifetime import die_with_parent
 from harness.trusted.profiles import request_profile, training_profile
 from harness.trusted.reasons import Reason
+from harness.trusted.untrusted_files import files_bytes, folder_beneath, regular_file_beneath
 
 # The scaffold's final norm is nn.LayerNorm(d_model) with torch's default epsilon. tests/test_scorer.py checks that
 # this head reproduces the frozen model's own loss.
@@ -88,13 +88,6 @@ class Weights:
                 "buffer_elements": sum(v.numel() for v in self.buffers.values())}
 
 
-def _regular_file(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
 def _stored_size(path: Path) -> int | None:
     """The bytes the archive ``torch.save`` wrote unpacks to, or None when it is not such an archive: every entry
     stored, none compressed (a few compressed megabytes could unpack to gigabytes in this process)."""
@@ -108,13 +101,24 @@ def _stored_size(path: Path) -> int | None:
     return sum(entry.file_size for entry in entries)
 
 
-def load_weights(path: Path, rung: tuple, vocab_size: int, max_bytes: int) -> Weights:
+def _as_saved(tensor) -> bool:
+    """Whether ``tensor`` is as ``save_weights`` writes each: a plain tensor, contiguous, alone in its storage. A view
+    that repeats its storage (a stride of 0) would name far more elements than the file holds, and every size
+    derived from the weights (what the forward pass may write, what this process compares) with them."""
+    return (type(tensor) is torch.Tensor and tensor.is_contiguous() and tensor.storage_offset() == 0
+            and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size())
+
+
+def load_weights(path: Path, rung: tuple, vocab_size: int, max_bytes: int, root: Path | None = None) -> Weights:
     """The tensors the training sandbox left for ``rung``; Rejection(tampering) when they are not what
-    ``harness.sandbox.train.save_weights`` writes, or hold more than ``max_bytes``."""
+    ``harness.sandbox.train.save_weights`` writes, or hold more than ``max_bytes``. ``root``: the sandbox's run
+    folder, the highest folder the sandbox could not replace (default: the file's own folder)."""
     d_model = rung[0]
-    if path.exists() and not _regular_file(path):  # a link would have this process read a file of the sandbox's
-        raise Rejection(Reason.TAMPERING, f"the trained weights of rung {tuple(rung)} are not a regular file (a "
-                        "link, a pipe), not the file the training writes")  # choosing; a pipe would hang it
+    # A link, at any level below the run folder, would have this process read a file of the program's choosing; a
+    # pipe would hang it.
+    if os.path.lexists(path) and not regular_file_beneath(root or path.parent, path):
+        raise Rejection(Reason.TAMPERING, f"the trained weights of rung {tuple(rung)} are not a regular file in the "
+                        "folder the training writes (a link, a pipe)")
     size = _stored_size(path) if path.exists() else 0
     if size is None or size > max_bytes:
         raise Rejection(Reason.TAMPERING, f"the trained weights of rung {tuple(rung)} are not the archive the training "
@@ -126,7 +130,7 @@ def load_weights(path: Path, rung: tuple, vocab_size: int, max_bytes: int) -> We
         raise Rejection(Reason.TAMPERING, f"the trained weights of rung {tuple(rung)} are missing or unreadable "
                         f"({type(exc).__name__})") from None
     ok = isinstance(pack, dict) and set(pack) == {"params", "buffers"} and all(
-        isinstance(group, dict) and all(isinstance(k, str) and type(v) is torch.Tensor for k, v in group.items())
+        isinstance(group, dict) and all(isinstance(k, str) and _as_saved(v) for k, v in group.items())
         for group in pack.values())
     if not ok:
         raise Rejection(Reason.TAMPERING, f"the trained weights of rung {tuple(rung)} are not the tensors the "
@@ -326,7 +330,7 @@ def forward_pass(plan: dict, lay: Layout, weights: list, forward: Started) -> fl
         raise Infrastructure(log.splitlines()[0])
     set_up = parts_set_up(work / "result.json", len(plan["forward"]["parts"]), apart)
     for folder, confined in zip(plan["forward"]["parts"], set_up):
-        check_part(Path(folder), confined, log)
+        check_part(Path(folder), confined, log, work)
     return wall_s
 
 
@@ -351,10 +355,13 @@ def parts_set_up(record: Path, parts: int, apart: bool) -> list[bool]:
     return told
 
 
-def check_part(folder: Path, confined: bool, log: str) -> None:
+def check_part(folder: Path, confined: bool, log: str, root: Path | None = None) -> None:
     """Raise unless the part of the forward pass in ``folder`` wrote hidden states. ``confined``: whether it was set
     up before the program loaded (``parts_set_up``); a part that was not and left no record failed in the harness's
-    own set-up (``Infrastructure``); one that was is the candidate's ``crash``."""
+    own set-up (``Infrastructure``); one that was is the candidate's ``crash``. ``root``: the forward pass's folder,
+    which holds ``folder`` (default: its parent)."""
+    if os.path.lexists(folder) and not folder_beneath(root or folder.parent, folder):
+        raise Rejection(Reason.TAMPERING, "the forward pass replaced the folder of one of its parts", log)
     path, part_log = folder / "result.json", tail(folder / "forward.log") or log
     if not path.exists():
         if not confined:
@@ -382,11 +389,11 @@ def _parts_apart(plan: dict) -> bool:
                 and confine.landlock_abi() >= confine.SCOPES_ABI and request_profile(plan["request"]).device == "cpu")
 
 
-def check_constructed(path: Path, rung: tuple, weights: Weights) -> None:
+def check_constructed(path: Path, rung: tuple, weights: Weights, root: Path | None = None) -> None:
     """The buffers and frozen parameters a part of the forward pass built (``entry.forward_part``) must be the trained
     ones: training changes neither, and a forward pass that wrote into them did what the gate's statefulness check
     refuses. The part scored with what it built, so a change never reached the score; this names it."""
-    if not _regular_file(path):
+    if not regular_file_beneath(root or path.parent, path):
         raise Rejection(Reason.TAMPERING, "the forward pass left no record of the buffers it built")
     # What the record holds is known: the trained buffers' tensors, whose bytes bound what is unpacked here.
     expected = sum(v.numel() * v.element_size() for v in weights.buffers.values())
@@ -413,8 +420,8 @@ def check_constructed(path: Path, rung: tuple, weights: Weights) -> None:
                             "construction gives). Keep state out of forward; a value to learn is an nn.Parameter")
 
 
-def read_hidden(path: Path, shape: tuple) -> np.ndarray:
-    if path.exists() and not _regular_file(path):
+def read_hidden(path: Path, shape: tuple, root: Path | None = None) -> np.ndarray:
+    if os.path.lexists(path) and not regular_file_beneath(root or path.parent, path):
         raise Rejection(Reason.TAMPERING, "the forward pass left a link or a pipe, not its hidden states")
     try:
         hidden = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -441,7 +448,8 @@ def score(plan: dict, forward: Started) -> dict:
     windows = validation_windows(tokens, profile.context_len_tokens)
     # The scorer holds every rung's tensors at once, within its memory cap.
     max_bytes = int(plan["memory_cap_mib"]) * 2**20 // (2 * max(1, len(rungs)))
-    weights = [load_weights(Path(plan["weights_dir"]) / f"rung{i}.pt", rung, profile.vocab_size, max_bytes)
+    trained = Path(plan["weights_dir"])
+    weights = [load_weights(trained / f"rung{i}.pt", rung, profile.vocab_size, max_bytes, trained.parent)
                for i, rung in enumerate(rungs)]
     batch = training_profile(request).eval_batch_seqs  # the training's own evaluation batch
     lay = layout(windows, np.random.default_rng(secrets.randbits(128)), batch, len(plan["forward"]["parts"]))
@@ -451,11 +459,12 @@ def score(plan: dict, forward: Started) -> dict:
     out = []
     checks = {"max_canary_nats": 0.0, "max_duplicate_nats": 0.0, "max_repeat_nats": 0.0}
     for i, (rung, w) in enumerate(zip(rungs, weights)):
+        work = Path(plan["forward"]["dir"])
         states = [read_hidden(Path(folder) / "hidden" / f"rung{i}.npy",
-                              (len(inputs), profile.context_len_tokens, rung[0]))
+                              (len(inputs), profile.context_len_tokens, rung[0]), work)
                   for folder, inputs in zip(plan["forward"]["parts"], lay.parts)]
         for folder in plan["forward"]["parts"]:
-            check_constructed(Path(folder) / "constructed" / f"rung{i}.pt", rung, w)
+            check_constructed(Path(folder) / "constructed" / f"rung{i}.pt", rung, w, work)
         for key, value in check_states(states, lay, rung, w, profile.gate.trained_logprob_atol, device).items():
             checks[key] = max(checks[key], value)
         out.append({"rung": list(rung), "final_val_loss": scored_loss(states, lay, windows, w, device), **w.counts(),

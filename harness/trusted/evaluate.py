@@ -32,7 +32,7 @@ from harness.trusted.policy import check_block, module_aliases
 from harness.trusted.profiles import ConfigError, Profile, confinement_policy, get_profile, require_device
 from harness.trusted.reasons import HINTS, Reason
 from harness.trusted.scoring import (LARGEST_WHOLE, MalformedRecord, objective_from_untrusted, objective_metrics,
-                                     parity_violation, reported_runs, score, typed_runs)
+                                     parity_violation, printable, reported_runs, score, typed_runs)
 
 STDERR_TAIL_CHARS = executor.STDERR_TAIL_CHARS
 MESSAGE_MAX_CHARS = 2000  # of a rejection's message, in the ledger and in the LLM's next prompt
@@ -155,9 +155,9 @@ def _store_code(text: str, ledger_path: Path) -> tuple[str, str]:
 
 
 def _bounded(message: str) -> str:
-    """A message as the ledger and the LLM's next prompt get it: a candidate can raise an exception whose text is
-    gigabytes long, or holds a lone surrogate (valid JSON, but no file can be written with it)."""
-    message = message.encode("utf-8", "replace").decode("utf-8")
+    """A message as the ledger and the LLM's next prompt get it (``printable``): a candidate can raise an exception
+    whose text is gigabytes long."""
+    message = printable(message)
     if len(message) <= MESSAGE_MAX_CHARS:
         return message
     cut = len(message) - MESSAGE_MAX_CHARS
@@ -192,7 +192,7 @@ def _result(framework: str, reason: Reason, message: str, *, score: float = 0.0,
     if flags:
         artifacts["flags"] = "\n".join(flags)
     if details:
-        artifacts["details"] = details[-STDERR_TAIL_CHARS:]
+        artifacts["details"] = printable(details[-STDERR_TAIL_CHARS:])
     if execution:
         artifacts["execution"] = _execution_text(execution)
     profile = (prepared or {}).get("profile")

@@ -31,7 +31,6 @@ import json
 import os
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from typing import Callable
 
 from harness.trusted import confine
 from harness.trusted.process_lifetime import PARENT_PID_ENV
+from harness.trusted.untrusted_files import files_bytes, read_untrusted, run_folder
 from harness.trusted.profiles import default_cache_dir
 from harness.trusted.scoring import SCORED_FIELDS, TRAINING_BEGINS
 
@@ -190,52 +190,6 @@ def disk_message(disk: DiskCap) -> str:
             "not write files")
 
 
-def files_bytes(folder: Path, pids: list[int]) -> int:
-    """Bytes of disk (allocated blocks) that the regular files under ``folder`` take, each counted once, and the
-    unlinked files the processes ``pids`` still hold open or mapped. A link is not followed: what it names outside
-    the folder is not the sandbox's."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-
-    def add(st: os.stat_result) -> None:
-        nonlocal total
-        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_blocks * 512
-
-    folders = [str(folder)]
-    while folders:
-        try:
-            with os.scandir(folders.pop()) as entries:
-                for entry in entries:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            folders.append(entry.path)
-                        else:
-                            add(entry.stat(follow_symlinks=False))
-                    except OSError:  # removed meanwhile
-                        continue
-        except OSError:
-            continue
-    for pid in pids:
-        unlinked = []
-        try:
-            unlinked += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
-            with open(f"/proc/{pid}/maps") as f:
-                unlinked += [f"/proc/{pid}/map_files/{line.split(maxsplit=1)[0]}" for line in f
-                             if line.endswith(" (deleted)\n")]
-        except OSError:  # it ended, or its maps are not this process's to read
-            pass
-        for path in unlinked:
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if st.st_nlink == 0:
-                add(st)
-    return total
-
-
 @dataclass
 class Started:
     """A process started in its own process group, its stdin a pipe, not yet supervised (``start_limited``)."""
@@ -314,33 +268,6 @@ def run_limited(cmd: list[str], limit_s: float, memory_cap_mib: int, log_path: P
     """Run cmd in its own process group; kill the whole group past the wall-clock limit or the
     resident-memory cap. Returns "exited", "timeout" or "memory"."""
     return supervise(start_limited(cmd, log_path, env), limit_s, memory_cap_mib)
-
-
-def read_untrusted(path: Path, limit: int, *, offset: int = 0, last: bool = False) -> bytes | None:
-    """At most ``limit`` bytes of a file that a sandbox could have written, from ``offset`` or, with ``last``, its
-    last ones; None when it is not a regular file. Opened without following a link and without blocking: a
-    sandbox that replaced its log with a named pipe would otherwise hang this process past every limit."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        os.lseek(fd, max(0, info.st_size - limit) if last else offset, os.SEEK_SET)
-        chunks, left = [], limit
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def tail(path: Path, chars: int = STDERR_TAIL_CHARS) -> str:
@@ -422,9 +349,7 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
     """``python -m harness.sandbox MODE`` on this host, under the limits, in the allow-listed environment plus
     ``env`` (the slot's device); no slot is taken here. A training that finished is then scored by the trusted
     scorer on this same host (``_score``): its losses and counts replace the sandbox's own."""
-    with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as tmp, \
-            tempfile.TemporaryDirectory(prefix="harness-scorer-") as private:
-        tmp, private = Path(tmp), Path(private)
+    with run_folder("harness-sandbox-") as tmp, run_folder("harness-scorer-") as private:
         unavailable = confine.unavailable_reason(request.get("device", "cpu"))
         if unavailable and request.get("confinement", "required") == "required":
             return SandboxRun("infrastructure", None, error=confine.unconfined_message(request.get("profile", "?"),
@@ -650,11 +575,11 @@ def _score(mode: str, run: SandboxRun, private: Path, scorer: Started, limit_s: 
     """Send the started scorer (``_start_scorer``) the training's data hash and wait for it, then write its losses
     and counts (``scoring.SCORED_FIELDS``) over the training record's runs, or turn the result into the rejection
     it found. ``run`` is updated in place; its ``execution["scoring"]`` records the checks."""
-    from harness.trusted.fingerprint import fingerprint_id
+    from harness.trusted.fingerprint import fingerprint_id, is_data_hash
 
     result = run.result
     fp = result.get("fingerprint")
-    if not isinstance(fp, dict) or fingerprint_id(fp) != fp.get("id") or not isinstance(fp.get("data_hash"), str):
+    if not isinstance(fp, dict) or fingerprint_id(fp) != fp.get("id") or not is_data_hash(fp.get("data_hash")):
         run.result = {"reason": "tampering", "message": "the sandbox reported a fingerprint that is not the one it "
                       "computes", "fingerprint": None}
         return

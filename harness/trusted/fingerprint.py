@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 HARNESS_DIR = Path(__file__).resolve().parents[1]
@@ -59,3 +60,10 @@ def environment_fingerprint(profile, data, hardware_info: dict) -> dict:
 def fingerprint_id(fp: dict) -> str:
     body = {k: v for k, v in fp.items() if k != "id"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_data_hash(value) -> bool:
+    """Whether ``value`` has the form of a fingerprint's ``data_hash`` (``harness.data.text_hash``: 16 lowercase hex
+    digits). The scorer opens the token cache entry it names: anything else (an absolute path, ``..``) would name a
+    folder elsewhere."""
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{16}", value) is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 
@@ -163,6 +164,18 @@ def of_a_compiling_profile(run: dict) -> bool:
 def trained_eagerly(run: dict) -> bool:
     """Whether a reported run of a compiling profile trained eagerly, because torch.compile failed on its program."""
     return of_a_compiling_profile(run) and run.get("compiled") is False
+
+
+# Control characters but the newline and the tab (C0, DEL, C1): a terminal that prints a message holding them would
+# run them as commands (move the cursor, erase lines, set the clipboard).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` valid UTF-8 (a candidate's text may hold a lone surrogate: valid JSON, but no file can be written with
+    it), its control characters but the newline and the tab written as escapes (``\\x1b``)."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
 def plain_text(value, limit: int) -> str | None:

@@ -27,7 +27,9 @@ from harness.trusted import ledger as ledger_mod
 from harness.trusted import program as program_mod
 from harness.trusted.frameworks import FRAMEWORKS
 from harness.trusted.profiles import ConfigError, Profile
-from harness.trusted.scoring import MalformedRecord, checked_curve, objective_from_untrusted, rungs_for, typed_runs
+from harness.trusted.reasons import Reason
+from harness.trusted.scoring import (MalformedRecord, checked_curve, objective_from_untrusted, printable, rungs_for,
+                                     typed_runs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -62,6 +64,10 @@ def _trained_profile(job: TrainJob) -> Profile:
     return dataclasses.replace(job.profile, **budget)
 
 
+# The reasons a training job can end with: the evaluator's, and a tuning run's early stop.
+REASONS = {r.value for r in Reason} | {"pruned"}
+
+
 def run_training_job(job: TrainJob) -> dict:
     """Run ONE training job in a sandbox, on the job's executor, and return its outcome:
     ``{"ok", "reason", "message", "record", "fingerprint_id", "seed", "hparams", "wall_s", "execution"}``;
@@ -94,10 +100,14 @@ def run_training_job(job: TrainJob) -> dict:
             curve = checked_curve(runs[0].get("val_curve"), "the pruned run's validation curve")
         except MalformedRecord as exc:
             return {**out, "reason": "tampering", "message": str(exc), "log_tail": log[-1500:]}
-        return {**out, "reason": "pruned", "message": result.get("message", ""), "pruned_curve": curve}
+        return {**out, "reason": "pruned", "message": printable(str(result.get("message", "")))[:2000],
+                "pruned_curve": curve}
     if result.get("reason") != "ok":
-        return {**out, "reason": result.get("reason", "crash"), "message": result.get("message", ""),
-                "log_tail": (result.get("traceback") or log)[-1500:]}
+        # What the sandbox said is printed and kept: a reason of its own words is tampering, its text printable.
+        reason = result.get("reason", "crash")
+        return {**out, "reason": reason if reason in REASONS else "tampering",
+                "message": printable(str(result.get("message", "")))[:2000],
+                "log_tail": printable(str(result.get("traceback") or log)[-1500:])}
     # The value is recomputed here from the runs' numbers; the sandbox's own fitness and values are not read.
     try:
         record = objective_from_untrusted(result.get("record"), _trained_profile(job), job_rungs(job))
