@@ -77,10 +77,15 @@ def folder_beneath(root: Path, path: Path) -> bool:
 
 def files_bytes(folder: Path, pids: list[int]) -> int:
     """Bytes of disk that the files and folders under ``folder`` take (their allocated blocks, and at least
-    ``ENTRY_MIN_BYTES`` each), each counted once, and the unlinked files the processes ``pids`` still hold open or
-    mapped. A link is not followed: what it names outside the folder is not the sandbox's."""
+    ``ENTRY_MIN_BYTES`` each), each counted once, and the unlinked files on the folder's file system that the
+    processes ``pids`` still hold open or mapped. A link is not followed: what it names outside the folder is not
+    the sandbox's. Files of other file systems (a GPU driver's memory files) are not the folder's space."""
     seen: set[tuple[int, int]] = set()
     total = 0
+    try:
+        device = os.stat(folder).st_dev
+    except OSError:
+        return 0
 
     def add(st: os.stat_result, minimum: int = ENTRY_MIN_BYTES) -> None:
         nonlocal total
@@ -115,7 +120,7 @@ def files_bytes(folder: Path, pids: list[int]) -> int:
                 st = os.stat(path)
             except OSError:
                 continue
-            if st.st_nlink == 0 and stat.S_ISREG(st.st_mode):
+            if st.st_nlink == 0 and stat.S_ISREG(st.st_mode) and st.st_dev == device:
                 add(st, 0)
     return total
 
