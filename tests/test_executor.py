@@ -207,6 +207,36 @@ def test_memory_a_child_holds_outside_the_sandboxs_process_group_counts(tmp_path
     assert outcome == "memory", (tmp_path / "log").read_text()
 
 
+LEAVES_THE_GROUP_ITSELF = """
+import ctypes, os, sys, time
+os.setsid()  # process 1 of the sandbox's namespace leaves the launcher's group
+ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG: no signal when the launcher dies
+with open(sys.argv[2], "w") as f:
+    f.write("started")
+held = bytearray(int(sys.argv[1]) * 2**20)
+for i in range(0, len(held), 4096):
+    held[i] = 1
+while True:
+    with open(sys.argv[2], "w") as f:
+        f.write(str(time.time()))
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.skipif(confine.unavailable_reason() is not None, reason="this machine cannot confine the sandbox")
+def test_the_sandboxs_first_process_that_leaves_the_group_is_still_counted_and_killed(tmp_path):
+    """The sandbox's process 1 (where a program loads) left the launcher's process group and cleared its death
+    signal: its memory counted against no cap, and it outlived the kill, writing on. The launcher's namespace for
+    its children is read while the launcher lives: the process is counted, killed, and gone when supervise returns."""
+    marker = tmp_path / "alive"
+    cmd = confine.wrap([sys.executable, "-c", LEAVES_THE_GROUP_ITSELF, "300", str(marker)])
+    outcome = executor.supervise(executor.start_limited(cmd, tmp_path / "log"), 60.0, 200)
+    assert outcome == "memory", (tmp_path / "log").read_text()
+    last = marker.read_text()
+    time.sleep(0.5)
+    assert marker.read_text() == last, "it still runs"
+
+
 STARTS_A_SANDBOX = """
 import sys, time
 from harness.trusted import confine, executor, untrusted_files

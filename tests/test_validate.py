@@ -494,3 +494,19 @@ def test_an_eager_run_with_an_odd_error_is_named_on_one_line():
     lines = eager_runs({"runs": outcomes})
     assert lines[0].endswith("(the first error: 5)")
     assert lines[1].endswith("(the first error: a \\| b' # heading)") and "\n" not in lines[1]
+
+
+@pytest.mark.parametrize("reason", [["crash"], {"r": 1}, "its own words", None])
+def test_a_job_that_fails_in_the_sandboxs_own_words_is_tampering_and_prints_no_terminal_control(tmp_path, monkeypatch,
+                                                                                                 reason):
+    """A training job's failure is printed (``refused: ...``) and kept: a reason that is not one of the evaluator's
+    (a list once crashed the whole validation) is tampering, and the sandbox's text comes back printable."""
+    from harness.trusted import executor
+
+    result = {"reason": reason, "message": "\x1b]52;c;eA==\x07x", "traceback": "\x1b[2K\x1b[1Ay"}
+    monkeypatch.setattr(jobs.executor_mod, "run_sandbox", lambda *args, **kwargs: executor.SandboxRun("exited", result))
+    path = tmp_path / "program.py"
+    path.write_text("")
+    out = jobs.run_training_job(jobs.TrainJob("ttr", path, get_profile("smoke-short"), 42, {}, "objective", "fp", 60.0))
+    assert out["ok"] is False and out["reason"] == "tampering"
+    assert out["message"] == "\\x1b]52;c;eA==\\x07x" and out["log_tail"] == "\\x1b[2K\\x1b[1Ay"

@@ -342,7 +342,7 @@ def forward_disk_cap(work: Path, lay: Layout, weights: list, cap_mib: int) -> Di
     hidden = rows * sum(w.params["tok_emb.weight"].shape[1] for w in weights) * 4
     buffers = len(lay.parts) * sum(2 * sum(v.numel() * v.element_size() for v in w.buffers.values()) + 2**20
                                    for w in weights)
-    return DiskCap(work, files_bytes(work, []) + hidden + buffers + (cap_mib << 20))
+    return DiskCap(work, (files_bytes(work, []) or 0) + hidden + buffers + (cap_mib << 20))
 
 
 def parts_set_up(record: Path, parts: int, apart: bool) -> list[bool]:

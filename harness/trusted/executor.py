@@ -42,15 +42,16 @@ from typing import Callable
 
 from harness.trusted import confine
 from harness.trusted.process_lifetime import PARENT_PID_ENV
-from harness.trusted.untrusted_files import files_bytes, read_untrusted, run_folder
 from harness.trusted.profiles import default_cache_dir
 from harness.trusted.scoring import SCORED_FIELDS, TRAINING_BEGINS
+from harness.trusted.untrusted_files import MAX_DEPTH, files_bytes, read_untrusted, run_folder
 
 EXECUTORS = ("local", "ray")
 STDERR_TAIL_CHARS = 4000
 RESULT_MAX_BYTES = 32 << 20  # a result file holds the curves of four rungs of 100k steps: well under a MiB
 LOG_WATCH_BYTES = 1 << 20  # of a sandbox's log read per poll while watching for the training's start
 POLL_INTERVAL_S = 0.2
+ABANDON_WAIT_S = 5.0  # the longest a kill waits for the sandbox's last processes to be gone
 # The submit process holds a Ray driver (~300 MiB) and nothing of the candidate: its cap only guards leaks.
 SUBMIT_MEMORY_CAP_MIB = 4096
 # Connecting to the cluster and shipping the result back, beyond the task's own limits.
@@ -141,29 +142,6 @@ def _pid_namespace(pid: int | str) -> str | None:
         return None
 
 
-def _sandbox_processes(root: int) -> list[int]:
-    """The processes of the sandbox started as ``root``: its process group and, where the sandbox has a PID namespace
-    of its own, every process in it. A child that left the group (``setsid``) is still in the namespace; a sandbox
-    the process started in turn (the scorer's forward pass) is in a namespace of its own, under its own cap."""
-    own = _pid_namespace("self")
-    group, spaces = [], {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                pgid = int(f.read().rsplit(")", 1)[1].split()[2])
-        except (OSError, IndexError, ValueError):
-            continue
-        pid = int(entry.name)
-        space = _pid_namespace(pid)
-        spaces.setdefault(space, []).append(pid)
-        if pgid == root:
-            group.append(pid)
-    theirs = {_pid_namespace(pid) for pid in group} - {own, None}
-    return sorted(set(group).union(*(spaces[space] for space in theirs if space in spaces)))
-
-
 def _rss_mib(pids: list[int]) -> float:
     total_pages = 0
     for pid in pids:
@@ -177,17 +155,22 @@ def _rss_mib(pids: list[int]) -> float:
 
 @dataclass(frozen=True)
 class DiskCap:
-    """The most bytes of files a sandbox may hold: those under its run ``folder``, and those its processes keep open
-    or mapped after unlinking them (no longer under any folder, they still take the space). Past it the sandbox is
-    killed. Its processes are also refused any one file larger than the cap (``harness.sandbox.entry``)."""
+    """The most bytes of files a sandbox may hold (``untrusted_files.files_bytes``): those under its run ``folder``,
+    and those its processes keep open or mapped after unlinking them from the folder's file system (no longer under
+    any folder, they still take the space). Past it, or where they cannot be counted, the sandbox is killed. Its
+    processes are also refused any one file larger than the cap (``harness.sandbox.entry.cap_file_size``)."""
 
     folder: Path
     cap_bytes: int
 
+    def exceeded(self, pids: list[int]) -> bool:
+        used = files_bytes(self.folder, pids)
+        return used is None or used > self.cap_bytes
+
 
 def disk_message(disk: DiskCap) -> str:
-    return (f"its files grew past the disk cap of {disk.cap_bytes / 2**20:.0f} MiB and it was killed; a program may "
-            "not write files")
+    return (f"its files grew past the disk cap of {disk.cap_bytes / 2**20:.0f} MiB, or hid from the count (a folder "
+            f"made unreadable or nested over {MAX_DEPTH} deep), and it was killed; a program may not write files")
 
 
 @dataclass
@@ -196,6 +179,7 @@ class Started:
 
     proc: subprocess.Popen
     log: object  # the open log file
+    spaces: set = field(default_factory=set)  # the PID namespaces of its processes seen so far (_sandbox_processes)
 
 
 def start_limited(cmd: list[str], log_path: Path, env: dict | None = None, pass_fds: tuple = ()) -> Started:
@@ -213,6 +197,46 @@ def start_limited(cmd: list[str], log_path: Path, env: dict | None = None, pass_
     return Started(proc, log)
 
 
+def _processes_by_namespace() -> tuple[dict[str | None, list[int]], dict[int, list[int]]]:
+    """Every live process of the host by PID namespace, and by process group. A zombie is left out: it holds nothing."""
+    spaces: dict[str | None, list[int]] = {}
+    groups: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            state, pgid = fields[0], int(fields[2])
+        except (OSError, IndexError, ValueError):
+            continue
+        if state in ("Z", "X"):
+            continue
+        pid = int(entry.name)
+        spaces.setdefault(_pid_namespace(pid), []).append(pid)
+        groups.setdefault(pgid, []).append(pid)
+    return spaces, groups
+
+
+def _sandbox_processes(started: Started) -> list[int]:
+    """The processes of the sandbox ``started``: its process group and, where the sandbox has a PID namespace of its
+    own, every process in it. The namespace is remembered (``started.spaces``) from the first look: the launcher's
+    namespace for its children (``confine.main``), read while the launcher lives, and the namespaces of the group's
+    processes. A process that left the group (``setsid``), even the sandbox's process 1, is still in the namespace;
+    a sandbox the process started in turn (the scorer's forward pass) is in a namespace of its own, under its own
+    cap."""
+    own = _pid_namespace("self")
+    try:
+        started.spaces.add(os.readlink(f"/proc/{started.proc.pid}/ns/pid_for_children"))
+    except OSError:  # it has ended
+        pass
+    spaces, groups = _processes_by_namespace()
+    group = groups.get(started.proc.pid, [])
+    started.spaces.update(_pid_namespace(pid) for pid in group)
+    started.spaces.difference_update({own, None})
+    return sorted(set(group).union(*(spaces.get(space, []) for space in started.spaces)))
+
+
 def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: bytes = b"",
               on_poll: Callable[[], None] | None = None, disk: DiskCap | None = None) -> str:
     """Write ``message`` to the process's stdin and close it, then kill its whole group past the wall-clock limit
@@ -228,12 +252,12 @@ def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: by
         except OSError:  # it exited already: its outcome is read below
             pass
         while proc.poll() is None:
-            pids = _sandbox_processes(proc.pid)
+            pids = _sandbox_processes(started)
             if time.monotonic() > deadline:
                 outcome = "timeout"
             elif _rss_mib(pids) > memory_cap_mib:
                 outcome = "memory"
-            elif disk is not None and files_bytes(disk.folder, pids) > disk.cap_bytes:
+            elif disk is not None and disk.exceeded(pids):
                 outcome = "disk"
             if outcome != "exited":
                 break
@@ -249,13 +273,32 @@ def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: by
 
 
 def abandon(started: Started) -> None:
-    """Kill the process's whole group and reap it: a candidate may leave children behind even when it exits. (In
-    the sandbox's PID namespace, the kernel kills every process left once its first one dies.)"""
+    """Kill the process's whole group and every process of its PID namespaces, and reap it: a candidate may leave
+    children behind even when it exits, and a process of the sandbox that left the group (process 1 included, its
+    death signal cleared) outlived the group's kill. Returns once none is left, or after ``ABANDON_WAIT_S``."""
+    pids = _sandbox_processes(started)
     try:
         os.killpg(started.proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     started.proc.wait()
+    deadline = time.monotonic() + ABANDON_WAIT_S
+    while started.spaces and time.monotonic() < deadline:
+        spaces, _ = _processes_by_namespace()
+        left = [pid for space in started.spaces for pid in spaces.get(space, [])]
+        if not left:
+            break
+        for pid in left:  # one that started between the look and the kill
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
     if started.proc.stdin and not started.proc.stdin.closed:
         try:
             started.proc.stdin.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 # Counted for every file and folder, even an empty one: each takes an inode and an entry, on a RAM-backed /tmp memory.
 ENTRY_MIN_BYTES = 4096
+MAX_DEPTH = 64  # folders a run folder may hold one inside another (the harness's caches go a few deep)
 _LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -75,17 +76,16 @@ def folder_beneath(root: Path, path: Path) -> bool:
     return _beneath(root, path, stat.S_ISDIR)
 
 
-def files_bytes(folder: Path, pids: list[int]) -> int:
+def files_bytes(folder: Path, pids: list[int]) -> int | None:
     """Bytes of disk that the files and folders under ``folder`` take (their allocated blocks, and at least
     ``ENTRY_MIN_BYTES`` each), each counted once, and the unlinked files on the folder's file system that the
-    processes ``pids`` still hold open or mapped. A link is not followed: what it names outside the folder is not
-    the sandbox's. Files of other file systems (a GPU driver's memory files) are not the folder's space."""
+    processes ``pids`` still hold open or, where this process may read their mappings (``/proc/PID/map_files``:
+    as root), map. A link is not followed: what it names outside the folder is not the sandbox's. Files of other
+    file systems (a GPU driver's memory files) are not the folder's space. None when the tree cannot be counted: a
+    folder that cannot be listed (a program made it unreadable) or nested deeper than ``MAX_DEPTH``; a program never
+    needs either. The walk goes by descriptors, so no path grows past the system's limit."""
     seen: set[tuple[int, int]] = set()
     total = 0
-    try:
-        device = os.stat(folder).st_dev
-    except OSError:
-        return 0
 
     def add(st: os.stat_result, minimum: int = ENTRY_MIN_BYTES) -> None:
         nonlocal total
@@ -93,27 +93,56 @@ def files_bytes(folder: Path, pids: list[int]) -> int:
             seen.add((st.st_dev, st.st_ino))
             total += max(st.st_blocks * 512, minimum)
 
-    folders = [str(folder)]
-    while folders:
-        try:
-            with os.scandir(folders.pop()) as entries:
-                for entry in entries:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            folders.append(entry.path)
-                        add(entry.stat(follow_symlinks=False))
-                    except OSError:  # removed meanwhile
-                        continue
-        except OSError:
-            continue
+    def listing(fd: int) -> list[str]:
+        """Counts the entries of the open folder ``fd``; the names of its folders."""
+        folders = []
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # removed meanwhile
+                    continue
+                add(st)
+                if stat.S_ISDIR(st.st_mode):
+                    folders.append(entry.name)
+        return folders
+
+    try:
+        top = os.open(folder, _LIST)
+    except FileNotFoundError:
+        return 0
+    except OSError:
+        return None
+    device = os.fstat(top).st_dev
+    stack: list[tuple[int, list[str]]] = [(top, [])]  # the open folders from the top, each with its folders to walk
+    try:
+        stack[-1] = (top, listing(top))
+        while stack:
+            fd, names = stack[-1]
+            if not names:
+                os.close(stack.pop()[0])
+                continue
+            try:
+                below = os.open(names.pop(), _LIST, dir_fd=fd)
+            except (FileNotFoundError, NotADirectoryError):  # removed or replaced meanwhile
+                continue
+            stack.append((below, []))
+            if len(stack) > MAX_DEPTH + 1:
+                return None
+            stack[-1] = (below, listing(below))
+    except OSError:
+        return None
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
     for pid in pids:
         unlinked = []
         try:
             unlinked += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
-            with open(f"/proc/{pid}/maps") as f:
-                unlinked += [f"/proc/{pid}/map_files/{line.split(maxsplit=1)[0]}" for line in f
-                             if line.endswith(" (deleted)\n")]
-        except OSError:  # it ended, or its maps are not this process's to read
+            with open(f"/proc/{pid}/maps", "rb") as f:  # a mapped file's name may be any bytes
+                unlinked += [f"/proc/{pid}/map_files/{line.split(maxsplit=1)[0].decode()}" for line in f
+                             if line.endswith(b" (deleted)\n")]
+        except (OSError, ValueError):  # it ended, or its maps are not this process's to read
             pass
         for path in unlinked:
             try:
@@ -203,13 +232,15 @@ def remove_tree(path: Path) -> bool:
 
 
 def _owner_tag() -> str:
-    """``<PID namespace>-<pid>-`` of this process: who made a run folder, so that a later evaluator knows when it
-    outlived its maker."""
+    """``<boot>.<PID namespace>-<pid>-`` of this process: who made a run folder, on which boot of which machine, so
+    that a later evaluator knows when the folder outlived its maker."""
     try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip().replace("-", "")[:12]
         space = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
-        space = 0
-    return f"{space}-{os.getpid()}-"
+        boot, space = "", 0
+    return f"{boot}.{space}-{os.getpid()}-"
 
 
 def _alive(pid: int) -> bool:
@@ -217,16 +248,16 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
+    except (PermissionError, OverflowError):  # another user's process; no process at all, but not ours to judge
         return True
     return True
 
 
 def remove_abandoned(prefix: str, folder: Path | None = None) -> list[Path]:
-    """Remove the run folders of ``prefix`` in ``folder`` (the temporary folder) whose maker, a process of this PID
-    namespace, has died: a killed evaluator never ran its cleanup, and its sandboxes died with it. A folder made in
-    another PID namespace (another container sharing the folder) is not this process's to judge, nor one whose
-    maker's pid is alive, whatever process holds it now. The folders removed."""
+    """Remove the run folders of ``prefix`` in ``folder`` (the temporary folder) whose maker, a process of this boot
+    and PID namespace, has died: a killed evaluator never ran its cleanup, and its sandboxes died with it. A folder
+    made elsewhere (another machine or container sharing the folder) is not this process's to judge, nor one whose
+    maker's pid is alive, whatever process holds it now, nor a name of another form. The folders removed."""
     own = _owner_tag().split("-")[0]
     removed = []
     try:
@@ -235,7 +266,8 @@ def remove_abandoned(prefix: str, folder: Path | None = None) -> list[Path]:
         return removed
     for entry in entries:
         tag = entry.name[len(prefix):].split("-") if entry.name.startswith(prefix) else []
-        if len(tag) < 3 or tag[0] != own or not tag[1].isdigit() or _alive(int(tag[1])):
+        if (len(tag) < 3 or tag[0] != own or not own.split(".")[0] or not (tag[1].isascii() and tag[1].isdigit())
+                or _alive(int(tag[1]))):
             continue
         if remove_tree(Path(entry.path)):
             removed.append(Path(entry.path))

@@ -68,6 +68,11 @@ def _trained_profile(job: TrainJob) -> Profile:
 REASONS = {r.value for r in Reason} | {"pruned"}
 
 
+def _tail(text) -> str:
+    """The end of a sandbox's log or traceback, as printed and kept (``printable``)."""
+    return printable(str(text)[-1500:])
+
+
 def run_training_job(job: TrainJob) -> dict:
     """Run ONE training job in a sandbox, on the job's executor, and return its outcome:
     ``{"ok", "reason", "message", "record", "fingerprint_id", "seed", "hparams", "wall_s", "execution"}``;
@@ -89,7 +94,7 @@ def run_training_job(job: TrainJob) -> dict:
         reason = {"timeout": "timeout", "memory": "memory", "disk": "policy",
                   "infrastructure": "infrastructure"}.get(run.outcome, "crash")
         return {**out, "reason": reason, "message": run.error or f"the sandbox ended with {run.outcome} and no result",
-                "log_tail": log[-1500:]}
+                "log_tail": _tail(log)}
     out["fingerprint_id"] = (result.get("fingerprint") or {}).get("id")
     out["hparams"] = result.get("hparams", out["hparams"])
     if result.get("reason") == "pruned" and job.prune_above:
@@ -99,21 +104,21 @@ def run_training_job(job: TrainJob) -> dict:
                 raise MalformedRecord("a pruned run must report its one run")
             curve = checked_curve(runs[0].get("val_curve"), "the pruned run's validation curve")
         except MalformedRecord as exc:
-            return {**out, "reason": "tampering", "message": str(exc), "log_tail": log[-1500:]}
+            return {**out, "reason": "tampering", "message": str(exc), "log_tail": _tail(log)}
         return {**out, "reason": "pruned", "message": printable(str(result.get("message", "")))[:2000],
                 "pruned_curve": curve}
     if result.get("reason") != "ok":
         # What the sandbox said is printed and kept: a reason of its own words is tampering, its text printable.
         reason = result.get("reason", "crash")
-        return {**out, "reason": reason if reason in REASONS else "tampering",
+        return {**out, "reason": reason if isinstance(reason, str) and reason in REASONS else "tampering",
                 "message": printable(str(result.get("message", "")))[:2000],
-                "log_tail": printable(str(result.get("traceback") or log)[-1500:])}
+                "log_tail": _tail(result.get("traceback") or log)}
     # The value is recomputed here from the runs' numbers; the sandbox's own fitness and values are not read.
     try:
         record = objective_from_untrusted(result.get("record"), _trained_profile(job), job_rungs(job))
     except MalformedRecord as exc:
         return {**out, "reason": "tampering", "message": f"the sandbox handed back a malformed training record: {exc}",
-                "log_tail": log[-1500:]}
+                "log_tail": _tail(log)}
     # Kept in validation.json and drawn in the report: typed and bounded, as the ledger keeps an evaluation's runs.
     record["runs"] = typed_runs(record["runs"])
     record.update(value=record["final_loss"], wall_s=(result.get("record") or {}).get("wall_s"))
