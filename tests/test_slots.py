@@ -105,7 +105,7 @@ def test_sandbox_runs_pinned_to_its_slot(slot_env, monkeypatch):
 
     monkeypatch.setattr(executor, "start_limited", fake_start_limited)
     monkeypatch.setattr(executor, "supervise", lambda *a, **k: "exited")
-    run = executor.run_sandbox("evaluate", {}, 60.0, 1024, executor="local")
+    run = executor.run_sandbox("evaluate", {"profile": "smoke-short"}, 60.0, 1024, executor="local")
     assert run.outcome == "exited" and run.result is None and run.execution["slot"] == "gpu3-slot0"
     assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "3" and seen["held"] == ["gpu3-slot0.lock"]
 

@@ -28,6 +28,7 @@ that baseline with the result, so a score is always measured against a baseline 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -51,6 +52,7 @@ STDERR_TAIL_CHARS = 4000
 RESULT_MAX_BYTES = 32 << 20  # a result file holds the curves of four rungs of 100k steps: well under a MiB
 LOG_WATCH_BYTES = 1 << 20  # of a sandbox's log read per poll while watching for the training's start
 POLL_INTERVAL_S = 0.2
+MAPS_INTERVAL_S = 2.0  # how often the disk cap reads the sandbox's mappings (files unlinked while mapped), s
 ABANDON_WAIT_S = 5.0  # the longest a kill waits for the sandbox's last processes to be gone
 # The submit process holds a Ray driver (~300 MiB) and nothing of the candidate: its cap only guards leaks.
 SUBMIT_MEMORY_CAP_MIB = 4096
@@ -163,8 +165,8 @@ class DiskCap:
     folder: Path
     cap_bytes: int
 
-    def exceeded(self, pids: list[int]) -> bool:
-        used = files_bytes(self.folder, pids)
+    def exceeded(self, pids: list[int], maps: bool = True) -> bool:
+        used = files_bytes(self.folder, pids, maps)
         return used is None or used > self.cap_bytes
 
 
@@ -244,6 +246,7 @@ def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: by
     runs. Returns "exited", "timeout", "memory" or "disk"."""
     proc = started.proc
     deadline = time.monotonic() + limit_s
+    maps_read = -math.inf
     outcome = "exited"
     try:
         try:
@@ -253,12 +256,16 @@ def supervise(started: Started, limit_s: float, memory_cap_mib: int, message: by
             pass
         while proc.poll() is None:
             pids = _sandbox_processes(started)
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            maps = now - maps_read >= MAPS_INTERVAL_S
+            if now > deadline:
                 outcome = "timeout"
             elif _rss_mib(pids) > memory_cap_mib:
                 outcome = "memory"
-            elif disk is not None and disk.exceeded(pids):
+            elif disk is not None and disk.exceeded(pids, maps):
                 outcome = "disk"
+            if maps:
+                maps_read = now
             if outcome != "exited":
                 break
             if on_poll is not None:

@@ -76,14 +76,16 @@ def folder_beneath(root: Path, path: Path) -> bool:
     return _beneath(root, path, stat.S_ISDIR)
 
 
-def files_bytes(folder: Path, pids: list[int]) -> int | None:
+def files_bytes(folder: Path, pids: list[int], maps: bool = True) -> int | None:
     """Bytes of disk that the files and folders under ``folder`` take (their allocated blocks, and at least
     ``ENTRY_MIN_BYTES`` each), each counted once, and the unlinked files on the folder's file system that the
     processes ``pids`` still hold open or, where this process may read their mappings (``/proc/PID/map_files``:
     as root), map. A link is not followed: what it names outside the folder is not the sandbox's. Files of other
     file systems (a GPU driver's memory files) are not the folder's space. None when the tree cannot be counted: a
     folder that cannot be listed (a program made it unreadable) or nested deeper than ``MAX_DEPTH``; a program never
-    needs either. The walk goes by descriptors, so no path grows past the system's limit."""
+    needs either. The walk goes by descriptors, so no path grows past the system's limit. ``maps``: whether to read
+    the processes' mappings too (a process with a GPU context maps thousands of regions: reading them is the
+    costly part, and takes each process's memory-map lock)."""
     seen: set[tuple[int, int]] = set()
     total = 0
 
@@ -139,9 +141,10 @@ def files_bytes(folder: Path, pids: list[int]) -> int | None:
         unlinked = []
         try:
             unlinked += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
-            with open(f"/proc/{pid}/maps", "rb") as f:  # a mapped file's name may be any bytes
-                unlinked += [f"/proc/{pid}/map_files/{line.split(maxsplit=1)[0].decode()}" for line in f
-                             if line.endswith(b" (deleted)\n")]
+            if maps:
+                with open(f"/proc/{pid}/maps", "rb") as f:  # a mapped file's name may be any bytes
+                    unlinked += [f"/proc/{pid}/map_files/{line.split(maxsplit=1)[0].decode()}" for line in f
+                                 if line.endswith(b" (deleted)\n")]
         except (OSError, ValueError):  # it ended, or its maps are not this process's to read
             pass
         for path in unlinked:
