@@ -81,6 +81,8 @@ def test_the_seed_is_evaluated_confined_and_the_ledger_says_so(smoke_env, tmp_pa
     apart = (LAYERS.files and LAYERS.seccomp and confine.landlock_abi() >= confine.SCOPES_ABI
              and security.DEVICE == "cpu")
     assert row["execution"]["scoring"]["forward_parts_apart"] is apart
+    # What the run folder held at most (its weights, log and caches), recorded to size the profile's disk cap by.
+    assert 0 < row["execution"]["disk_peak_mib"] < get_profile().disk_cap_mib
 
 
 @needs_confinement

@@ -601,6 +601,7 @@ def stage_evaluation(plan: Plan, work: Path) -> dict:
                  "verdict": row["verdict"], "message": (row["message"] or "")[:600],
                  "combined_score": metrics.get("combined_score"), "wall_s": wall, "timings": row["timings"],
                  "confinement": row["execution"].get("confinement"),
+                 "disk_peak_mib": row["execution"].get("disk_peak_mib"),  # what sizes the profile's disk cap
                  "runs": [{k: r.get(k) for k in EVALUATION_RUN_FIELDS} for r in row["runs"]],
                  "as_expected": row["reason"] == case["expected_reason"]}
         if "marker" in case:
@@ -908,10 +909,11 @@ def render_summary(record: dict) -> str:
         lines += ["", f"## Evaluation through the evaluator ({ev['profile']}, {ev['data_source']})", "",
                   f"Baseline prepared in {ev['prepare_s']:.1f} s (fitness {ev['baseline']['fitness']:.4f}). "
                   f"Sandbox confinement: {', '.join(sorted({str(c.get('confinement')) for c in ev['cases']}))}.", "",
-                  "| candidate | expected | got | score | wall (s) |", "|---|---|---|---:|---:|"]
+                  "| candidate | expected | got | score | wall (s) | run folder's peak (MiB) |",
+                  "|---|---|---|---:|---:|---:|"]
         for c in ev["cases"]:
             lines.append(f"| {c['name']} | {c['expected_reason']} | {c['reason']} ({c['verdict']}) | "
-                         f"{c['combined_score']} | {c['wall_s']:.1f} |")
+                         f"{c['combined_score']} | {c['wall_s']:.1f} | {c.get('disk_peak_mib')} |")
         for c in ev["cases"]:
             if "escape" in c:
                 e = c["escape"]

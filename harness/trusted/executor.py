@@ -155,7 +155,7 @@ def _rss_mib(pids: list[int]) -> float:
     return total_pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
-@dataclass(frozen=True)
+@dataclass
 class DiskCap:
     """The most bytes of files a sandbox may hold (``untrusted_files.files_bytes``): those under its run ``folder``,
     and those its processes keep open or mapped after unlinking them from the folder's file system (no longer under
@@ -164,9 +164,11 @@ class DiskCap:
 
     folder: Path
     cap_bytes: int
+    peak_bytes: int = 0  # the most it was seen to hold: the ledger records it, to size the cap by
 
     def exceeded(self, pids: list[int], maps: bool = True) -> bool:
         used = files_bytes(self.folder, pids, maps)
+        self.peak_bytes = max(self.peak_bytes, used or 0)
         return used is None or used > self.cap_bytes
 
 
@@ -470,7 +472,8 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
                 error = confine.FAILURE_PREFIX + status[len(confine.FAILED):].decode(errors="replace")[:2000]
                 return SandboxRun("infrastructure", None, log, error=error, execution={"confinement": confinement})
             run = SandboxRun(outcome, result, log, error=disk_message(disk) if outcome == "disk" else "",
-                             execution={"confinement": confinement})
+                             execution={"confinement": confinement,
+                                        **({"disk_peak_mib": round(disk.peak_bytes / 2**20, 3)} if disk else {})})
             if result is not None and _trained(mode, result):
                 start_scorer()  # a training too short to be seen starting, or a log line the program suppressed
                 if scorer[0] is None:
