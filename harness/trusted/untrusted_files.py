@@ -1,9 +1,10 @@
 """Files a sandbox could have written, as the trusted side reads, sizes and removes them.
 
 A program past the static policy may leave anything in the folders its sandbox could write: links to files of the
-host, named pipes, folders it made unreadable or thousands deep. The trusted side reads such files only after the
-sandbox's last process has ended (nothing changes them meanwhile), never through a link, never blocking on a pipe,
-and removes the folders without ever changing or removing what a link names.
+host, named pipes, folders it made unreadable or thousands deep. The trusted side sizes them while the sandbox runs
+(the disk cap), reads them only after the sandbox's last process has ended (nothing changes them meanwhile), never
+through a link and never blocking on a pipe, and removes the folders without ever changing or removing what a link
+names.
 """
 
 from __future__ import annotations
