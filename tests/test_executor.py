@@ -371,3 +371,28 @@ def test_a_data_hash_that_is_not_one_never_reaches_the_scorer(tmp_path, data_has
     run = executor.SandboxRun("exited", {"reason": "ok", "fingerprint": fp, "objective": {"runs": []}})
     executor._score("evaluate", run, tmp_path, None, 60.0, 1024)  # no scorer: it must never be asked
     assert run.result["reason"] == "tampering" and run.result["fingerprint"] is None
+
+
+@pytest.mark.skipif(confine.unavailable_reason() is not None, reason="this machine cannot confine the sandbox")
+def test_a_finished_sandboxs_kill_never_takes_a_later_sandboxs_processes_for_its_own(tmp_path):
+    """A PID namespace's number is free for the next namespace once its last process is gone, and the kernel hands
+    out the lowest free one: a sandbox started just after another ended got the same number, and the first one's
+    kill, which kills every process of its namespace, took the second's (a validation seed died as `crash`)."""
+    def started_with_namespace(code: str, log: str) -> executor.Started:
+        started = executor.start_limited(confine.wrap([sys.executable, "-c", code]), tmp_path / log)
+        deadline = time.monotonic() + 30
+        while not started.spaces and time.monotonic() < deadline:
+            executor._sandbox_processes(started)
+            time.sleep(0.01)
+        assert started.spaces, (tmp_path / log).read_text()
+        return started
+
+    first = started_with_namespace("pass", "first.log")
+    first.proc.wait()  # its sandbox ended: its namespace has no process left
+    second = started_with_namespace("import time; time.sleep(30)", "second.log")
+    try:
+        executor.abandon(first)
+        time.sleep(0.5)
+        assert second.proc.poll() is None, "the first sandbox's kill took the second's process"
+    finally:
+        executor.abandon(second)

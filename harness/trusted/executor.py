@@ -183,7 +183,7 @@ class Started:
 
     proc: subprocess.Popen
     log: object  # the open log file
-    spaces: set = field(default_factory=set)  # the PID namespaces of its processes seen so far (_sandbox_processes)
+    spaces: dict = field(default_factory=dict)  # the PID namespaces of its processes seen so far, each held open
 
 
 def start_limited(cmd: list[str], log_path: Path, env: dict | None = None, pass_fds: tuple = ()) -> Started:
@@ -222,22 +222,45 @@ def _processes_by_namespace() -> tuple[dict[str | None, list[int]], dict[int, li
     return spaces, groups
 
 
+def _hold_namespace(started: Started, path: str, group: int | None = None) -> None:
+    """Remember the PID namespace that ``path`` (a ``/proc/PID/ns/...`` file) names, if it is not this process's,
+    holding it open: a namespace's number is free for the next one once its last process is gone, and the next one
+    is often a concurrent sandbox's, whose processes this one's kill would then take for its own. ``group``: the
+    process group the process must still be in once its namespace is open (its pid was not reused meanwhile)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # the process has ended
+        return
+    name = f"pid:[{os.fstat(fd).st_ino}]"
+    if name in started.spaces or name == _pid_namespace("self") or (
+            group is not None and _process_group(path.split("/")[2]) != group):
+        os.close(fd)
+    else:
+        started.spaces[name] = fd
+
+
+def _process_group(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _sandbox_processes(started: Started) -> list[int]:
     """The processes of the sandbox ``started``: its process group and, where the sandbox has a PID namespace of its
-    own, every process in it. The namespace is remembered (``started.spaces``) from the first look: the launcher's
+    own, every process in it. The namespace is held from the first look on (``started.spaces``): the launcher's
     namespace for its children (``confine.main``), read while the launcher lives, and the namespaces of the group's
     processes. A process that left the group (``setsid``), even the sandbox's process 1, is still in the namespace;
     a sandbox the process started in turn (the scorer's forward pass) is in a namespace of its own, under its own
     cap."""
     own = _pid_namespace("self")
-    try:
-        started.spaces.add(os.readlink(f"/proc/{started.proc.pid}/ns/pid_for_children"))
-    except OSError:  # it has ended
-        pass
+    _hold_namespace(started, f"/proc/{started.proc.pid}/ns/pid_for_children")
     spaces, groups = _processes_by_namespace()
     group = groups.get(started.proc.pid, [])
-    started.spaces.update(_pid_namespace(pid) for pid in group)
-    started.spaces.difference_update({own, None})
+    for pid in group:
+        if _pid_namespace(pid) not in (own, None, *started.spaces):
+            _hold_namespace(started, f"/proc/{pid}/ns/pid", started.proc.pid)
     return sorted(set(group).union(*(spaces.get(space, []) for space in started.spaces)))
 
 
@@ -308,6 +331,9 @@ def abandon(started: Started) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.01)
+    for fd in started.spaces.values():
+        os.close(fd)
+    started.spaces.clear()
     if started.proc.stdin and not started.proc.stdin.closed:
         try:
             started.proc.stdin.close()
