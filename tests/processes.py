@@ -4,23 +4,17 @@ import os
 import time
 from pathlib import Path
 
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
+from harness.trusted.process_lifetime import stat_fields
 
 
 def running(pid: int) -> bool:
     """Alive and not a zombie waiting to be reaped."""
-    fields = _stat(pid)
+    fields = stat_fields(pid)
     return fields is not None and fields[0] not in ("Z", "X")
 
 
 def children(pid: int) -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and (_stat(int(p)) or [None, None])[1] == str(pid)]
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and (stat_fields(int(p)) or [None, None])[1] == str(pid)]
 
 
 def all_gone(pids: list[int], timeout_s: float = 10.0) -> bool:

@@ -25,6 +25,21 @@ def _static_report(source: str):
     return check_block(parts.block, security.CLASS, ATTENTION_KWARGS, module_aliases(parts.head))
 
 
+def _evaluated(tmp_path, source: str):
+    """The evaluator's result for ``source``, written where a candidate's file is."""
+    path = tmp_path / "candidate.py"
+    path.write_text(source)
+    return evaluate(security.FRAMEWORK, str(path))
+
+
+def _calling_at_construction(preamble: str) -> str:
+    """The corpus's attention with ``preamble`` (top-level code defining ``_payload()``) before its class, and
+    ``_payload()`` called at the end of its ``__init__``: past the static policy, it runs from the gate's first
+    construction on."""
+    source = security.Attack("payload", "none", "pass", init="_payload()").source("unused", SECRET_ENV)
+    return source.replace(f"class {security.CLASS}(nn.Module):", preamble + f"class {security.CLASS}(nn.Module):", 1)
+
+
 def test_every_category_of_the_threat_model_has_a_case():
     assert {a.category for a in security.ATTACKS} >= {
         "commands", "files", "secrets", "network", "signals", "forging", "patching", "subclass", "frames",
@@ -74,9 +89,7 @@ def test_a_module_the_static_check_does_not_know_is_refused_before_the_program_r
     attack = security.Attack("unknown_module", "commands", 'torch.nn.utils.rnn(x)')
     source = attack.source("unused", SECRET_ENV)
     assert _static_report(source).ok, "pick a module the static check does not know"
-    path = tmp_path / "candidate.py"
-    path.write_text(source)
-    result = evaluate(security.FRAMEWORK, str(path))
+    result = _evaluated(tmp_path, source)
     assert result.artifacts["reason"] == "policy"
     assert "torch.nn.utils.rnn is a module a block may not use" in result.artifacts["message"]
 
@@ -105,9 +118,7 @@ def test_a_module_or_a_class_is_used_as_such_and_never_held():
 def test_a_tensor_subclass_returned_past_the_static_check_is_refused(smoke_env, tmp_path):
     source = security.BY_NAME["return_a_parameter"].source("unused", SECRET_ENV)
     assert _static_report(source).ok
-    path = tmp_path / "candidate.py"
-    path.write_text(source)
-    result = evaluate(security.FRAMEWORK, str(path))
+    result = _evaluated(tmp_path, source)
     assert result.artifacts["reason"] == "policy"
     assert "plain torch.Tensor, not Parameter" in result.artifacts["message"]
 
@@ -224,7 +235,7 @@ FILLS_ITS_FOLDER = """
 import os as _os, time as _time
 
 
-def _fill():
+def _payload():
     if {where!r} == "forward" and "harness-scorer-" not in _os.environ["TMPDIR"]:
         return
     for i in range(1024):
@@ -257,10 +268,7 @@ def test_a_program_that_fills_its_run_folder_is_killed_at_the_disk_cap(smoke_env
     runs = tmp_path / "runs"  # where the evaluator makes its sandboxes' folders
     runs.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(runs))
-    source = security.Attack("fill", "none", "pass", init="_fill()").source("unused", SECRET_ENV)
-    path = tmp_path / "candidate.py"
-    path.write_text(source.replace(f"class {security.CLASS}(nn.Module):",
-                                   FILLS_ITS_FOLDER.format(where=where) + f"class {security.CLASS}(nn.Module):", 1))
+    source = _calling_at_construction(FILLS_ITS_FOLDER.format(where=where))
     peak, done = [0], threading.Event()
 
     def sample() -> None:
@@ -270,7 +278,7 @@ def test_a_program_that_fills_its_run_folder_is_killed_at_the_disk_cap(smoke_env
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        result = evaluate(security.FRAMEWORK, str(path))
+        result = _evaluated(tmp_path, source)
     finally:
         done.set()
         sampler.join()
@@ -291,7 +299,7 @@ LEAVES_A_HOSTILE_TREE = """
 import os as _os
 
 
-def _leave():
+def _payload():
     run = _os.environ["TMPDIR"]
     if _os.path.exists(_os.path.join(run, "locked")):
         return
@@ -315,7 +323,7 @@ LINKS_ITS_WEIGHTS_FOLDER = """
 import os as _os
 
 
-def _leave():
+def _payload():
     run = _os.path.dirname(_os.environ["TMPDIR"])
     if not _os.path.islink(_os.path.join(run, "weights")):
         _os.rename(_os.path.join(run, "weights"), _os.path.join(run, "elsewhere"))
@@ -323,11 +331,6 @@ def _leave():
 
 
 """
-
-
-def _leaving(payload: str) -> str:
-    source = security.Attack("leave", "none", "pass", init="_leave()").source("unused", SECRET_ENV)
-    return source.replace(f"class {security.CLASS}(nn.Module):", payload + f"class {security.CLASS}(nn.Module):", 1)
 
 
 def test_what_a_program_leaves_in_its_run_folder_is_removed_without_touching_the_host(smoke_env, tmp_path,
@@ -342,9 +345,7 @@ def test_what_a_program_leaves_in_its_run_folder_is_removed_without_touching_the
     victim.parent.mkdir()
     victim.write_text("the host's")
     victim.chmod(0o400)
-    path = tmp_path / "candidate.py"
-    path.write_text(_leaving(LEAVES_A_HOSTILE_TREE.format(victim=str(victim))))
-    result = evaluate(security.FRAMEWORK, str(path))
+    result = _evaluated(tmp_path, _calling_at_construction(LEAVES_A_HOSTILE_TREE.format(victim=str(victim))))
     # The chain is refused as it grows (the disk cap cannot count past 64 folders deep); what was made of it is
     # removed all the same.
     assert result.artifacts["reason"] == "policy" and "nested over 64 deep" in result.artifacts["message"]
@@ -354,9 +355,7 @@ def test_what_a_program_leaves_in_its_run_folder_is_removed_without_touching_the
 
 def test_a_weights_folder_replaced_by_a_link_is_never_read(smoke_env, tmp_path, monkeypatch):
     security.past_the_static_policy(monkeypatch)
-    path = tmp_path / "candidate.py"
-    path.write_text(_leaving(LINKS_ITS_WEIGHTS_FOLDER))
-    result = evaluate(security.FRAMEWORK, str(path))
+    result = _evaluated(tmp_path, _calling_at_construction(LINKS_ITS_WEIGHTS_FOLDER))
     assert result.artifacts["reason"] == "tampering", result.artifacts.get("message")
     assert "not a regular file in the folder the training writes" in result.artifacts["message"]
     assert result.metrics["combined_score"] == 0.0
@@ -369,9 +368,7 @@ def test_a_message_that_would_command_a_terminal_reaches_no_one_as_such(smoke_en
     source = security.Attack("controls", "none", "pass", init=f"raise RuntimeError({controls!r})").source(
         "unused", SECRET_ENV)
     assert _static_report(source).ok
-    path = tmp_path / "candidate.py"
-    path.write_text(source)
-    result = evaluate(security.FRAMEWORK, str(path))
+    result = _evaluated(tmp_path, source)
     assert result.artifacts["reason"] == "crash"
     assert "\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2K\\x1b[1A\\rharmless\\x9b" in result.artifacts["message"]
     row = ledger.evaluations()[-1]

@@ -20,6 +20,7 @@ from typing import Callable
 
 from harness.proposer.server import MODEL_NAME, Proposer, ProposerServer
 from harness.trusted.frameworks import FRAMEWORKS, REPO_ROOT
+from harness.trusted.process_lifetime import stat_fields
 
 
 @dataclass
@@ -62,12 +63,10 @@ def _descendants(pid: int) -> list[int]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
+        fields = stat_fields(entry.name)
+        if fields is None or not fields[1].isdigit():
             continue
-        children.setdefault(ppid, []).append(int(entry.name))
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
     out, stack = [], [pid]
     while stack:
         for child in children.get(stack.pop(), []):

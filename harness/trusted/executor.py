@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.trusted import confine
-from harness.trusted.process_lifetime import PARENT_PID_ENV
+from harness.trusted.process_lifetime import PARENT_PID_ENV, stat_fields
 from harness.trusted.profiles import default_cache_dir
 from harness.trusted.scoring import SCORED_FIELDS, TRAINING_BEGINS
 from harness.trusted.untrusted_files import MAX_DEPTH, files_bytes, read_untrusted, run_folder
@@ -208,43 +208,31 @@ def _processes_by_namespace() -> tuple[dict[str | None, list[int]], dict[int, li
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            state, pgid = fields[0], int(fields[2])
-        except (OSError, IndexError, ValueError):
-            continue
-        if state in ("Z", "X"):
+        fields = stat_fields(entry.name)
+        if fields is None or fields[0] in ("Z", "X") or not fields[2].isdigit():
             continue
         pid = int(entry.name)
         spaces.setdefault(_pid_namespace(pid), []).append(pid)
-        groups.setdefault(pgid, []).append(pid)
+        groups.setdefault(int(fields[2]), []).append(pid)
     return spaces, groups
 
 
-def _hold_namespace(started: Started, path: str, group: int | None = None) -> None:
-    """Remember the PID namespace that ``path`` (a ``/proc/PID/ns/...`` file) names, if it is not this process's,
+def _hold_namespace(started: Started, pid: int, kind: str, group: int | None = None) -> None:
+    """Remember the PID namespace that process ``pid``'s ``/proc/PID/ns/<kind>`` names, if it is not this process's,
     holding it open: a namespace's number is free for the next one once its last process is gone, and the next one
     is often a concurrent sandbox's, whose processes this one's kill would then take for its own. ``group``: the
     process group the process must still be in once its namespace is open (its pid was not reused meanwhile)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:  # the process has ended
         return
     name = f"pid:[{os.fstat(fd).st_ino}]"
+    fields = stat_fields(pid) if group is not None else None
     if name in started.spaces or name == _pid_namespace("self") or (
-            group is not None and _process_group(path.split("/")[2]) != group):
+            group is not None and (fields is None or fields[2] != str(group))):
         os.close(fd)
     else:
         started.spaces[name] = fd
-
-
-def _process_group(pid: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[2])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _sandbox_processes(started: Started) -> list[int]:
@@ -255,12 +243,13 @@ def _sandbox_processes(started: Started) -> list[int]:
     a sandbox the process started in turn (the scorer's forward pass) is in a namespace of its own, under its own
     cap."""
     own = _pid_namespace("self")
-    _hold_namespace(started, f"/proc/{started.proc.pid}/ns/pid_for_children")
+    _hold_namespace(started, started.proc.pid, "pid_for_children")
     spaces, groups = _processes_by_namespace()
     group = groups.get(started.proc.pid, [])
+    space_of = {pid: space for space, pids in spaces.items() for pid in pids}
     for pid in group:
-        if _pid_namespace(pid) not in (own, None, *started.spaces):
-            _hold_namespace(started, f"/proc/{pid}/ns/pid", started.proc.pid)
+        if space_of.get(pid) not in (own, None, *started.spaces):
+            _hold_namespace(started, pid, "pid", started.proc.pid)
     return sorted(set(group).union(*(spaces.get(space, []) for space in started.spaces)))
 
 

@@ -20,6 +20,17 @@ PARENT_PID_ENV = "HARNESS_SANDBOX_PARENT_PID"
 PARENT_ALIVE_FD_ENV = "HARNESS_SANDBOX_PARENT_ALIVE_FD"
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (the state first, then the parent's pid, the process
+    group, ...); None when the process is gone. The name is cut at its last parenthesis: it may hold any other."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields if len(fields) >= 3 else None
+
+
 def die_with_parent(expected_parent: int | None = None) -> None:
     """Have the kernel SIGKILL this process when the process that started it dies (Linux). The sandbox runs in
     its own process group, so without this a killed evaluator or Ray worker would leave it training on,
