@@ -82,16 +82,18 @@ class Worker:
 
     def __init__(self, arm: str, code_dir: Path, work: Path, seed: Path):
         self.arm = arm
-        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, arm, str(seed)], cwd=code_dir,
-                                     env=_env(arm, code_dir, work), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.stderr_path = work / f"{arm}-worker.stderr"
+        with open(self.stderr_path, "w") as stderr:
+            self.proc = subprocess.Popen([sys.executable, "-c", WORKER, arm, str(seed)], cwd=code_dir,
+                                         env=_env(arm, code_dir, work), stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=stderr, text=True)
 
     def evaluate(self) -> dict:
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            sys.exit(f"{self.arm}: the worker stopped")
+            sys.exit(f"{self.arm}: the worker stopped:\n{self.stderr_path.read_text()[-3000:]}")
         return json.loads(line)
 
     def close(self) -> None:
