@@ -297,6 +297,80 @@ def test_the_launcher_runs_its_command_as_process_1_with_no_network():
     assert out.stdout.strip() == f"1 ['lo'] {errno.ENETUNREACH}"
 
 
+# Imports the package as a process started in a checkout that was never installed finds it: through the folder above
+# the package (the finders an editable install adds are taken out first), then lists that folder.
+CHECKOUT_IMPORT = """
+import json, os, sys
+sys.meta_path[:] = [finder for finder in sys.meta_path if "editable" not in repr(finder).lower()]
+try:
+    import harness.sandbox.entry
+    print(os.path.realpath(harness.__file__))
+except ImportError as e:
+    print("ImportError:", e)
+try:
+    print(json.dumps(os.listdir(sys.argv[1])))
+except OSError as e:
+    print(os.strerror(e.errno))
+"""
+CPU_LAYERS = confine.device_layers("cpu") if confine.unavailable_reason() is None else None
+
+
+@needs_confinement
+@pytest.mark.parametrize("layer", ["landlock", "private_root"])
+def test_a_sandbox_imports_the_package_the_evaluator_runs_even_from_a_checkout_it_may_not_list(tmp_path, layer):
+    """Python finds a package on a path entry by listing that folder, and a sandbox may not list a checkout (the
+    source tree beyond the package is not its to see): a package found only through the checkout, as when the
+    evaluator runs from one without installing it, could not be imported in any sandbox under Landlock. Every
+    sandbox's path starts with a folder that holds only a link to the package (``confine.import_folder``); the
+    checkout stays out of reach."""
+    if not (CPU_LAYERS and (CPU_LAYERS.files if layer == "landlock" else CPU_LAYERS.root)):
+        pytest.skip(f"no {layer} here")
+    checkout = Path(confine.__file__).resolve().parents[2]
+    rules = confine.file_rules(tmp_path)
+
+    def run(env):
+        cmd = confine.wrap([sys.executable, "-c", CHECKOUT_IMPORT, str(checkout)], rules, False, "cpu",
+                           landlock=layer == "landlock", private_root=layer == "private_root")
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=checkout)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    imported, listed = run(executor.sandbox_environment({"PYTHONPATH": str(checkout)}))
+    assert imported == str(checkout / "harness" / "__init__.py")
+    # Not listed under Landlock; under the private root alone, only what the rules bind there is.
+    assert listed == "Permission denied" if layer == "landlock" else set(json.loads(listed)) <= {"harness", "initial_programs"}
+    if layer == "landlock":  # the same without the folder: what a sandbox got before it
+        imported, listed = run({"PYTHONPATH": str(checkout)})
+        assert imported.startswith("ImportError") and listed == "Permission denied"
+
+
+# Makes the import folder, then forks a child that makes its own and exits (running the exit handlers it inherited).
+IMPORT_FOLDER_FORK = """
+import json, os, sys
+from harness.trusted import confine
+parent = confine.import_folder()
+pid = os.fork()
+if pid == 0:
+    print(json.dumps({"child": confine.import_folder()}), flush=True)
+    sys.exit(0)
+os.waitpid(pid, 0)
+print(json.dumps({"parent": parent, "link": os.readlink(os.path.join(parent, "harness")), "entries": os.listdir(parent),
+                  "parent_kept": os.path.isdir(parent)}))
+"""
+
+
+def test_the_import_folder_is_a_process_s_own_and_goes_with_it(tmp_path):
+    """Made once per process, in its temporary folder, holding only the link to the package; a forked child makes
+    its own, and its exit removes neither the parent's nor leaves its own; the parent's goes when the parent exits."""
+    out = subprocess.run([sys.executable, "-c", IMPORT_FOLDER_FORK], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    seen = {k: v for line in out.stdout.splitlines() for k, v in json.loads(line).items()}
+    assert seen["child"] != seen["parent"] and Path(seen["parent"]).parent == tmp_path
+    assert seen["link"] == str(Path(confine.__file__).resolve().parents[1]) and seen["entries"] == ["harness"]
+    assert seen["parent_kept"] and not Path(seen["child"]).exists() and not Path(seen["parent"]).exists()
+
+
 # Looks up a System V shared-memory segment by its key: "found", or the error.
 IPC_PROBE = """
 import ctypes, os, sys

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import security
-from harness.trusted import executor, ledger, program
+from harness.trusted import confine, executor, ledger, program
 from harness.trusted.evaluate import evaluate, prepare, sandbox_request
 from harness.trusted.policy import check_block, module_aliases
 from harness.scaffold import ATTENTION_KWARGS
@@ -158,7 +158,10 @@ def test_the_sandbox_environment_is_an_allow_list():
         "OPENAI_API_KEY": "k", "GITHUB_TOKEN": "t", "CUDA_AUTH_TOKEN": "t", "HARNESS_LEDGER": "/l",
         "HARNESS_GPU_CHECK_SECRET": "s", "RAY_ADDRESS": "auto", "SSH_AUTH_SOCK": "/s"}, PYTHONUNBUFFERED="1")
     assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "TORCHINDUCTOR_CACHE_DIR": "/c", "LC_ALL": "C",
-                   "PYTHONUNBUFFERED": "1"}
+                   "PYTHONUNBUFFERED": "1", "PYTHONPATH": confine.import_folder()}
+    # The user's own path stays, after the package this process runs.
+    assert executor.sandbox_environment({"PYTHONPATH": "/mine"})["PYTHONPATH"] == \
+        confine.import_folder() + os.pathsep + "/mine"
 
 
 # Past every static check (appended to the program, so it runs when the sandbox loads it): patches of the frozen

@@ -906,9 +906,11 @@ def render_summary(record: dict) -> str:
         lines += [f"- {t['name']}: {t['outcome']} {t['message'][:200]}" for t in tests["tests"]]
     ev = (stages.get("evaluation") or {}).get("result")
     if ev:
+        # A case the static policy refused ran no sandbox, and records no confinement.
+        confinements = sorted({c["confinement"] for c in ev["cases"] if c.get("confinement")}) or ["no sandbox ran"]
         lines += ["", f"## Evaluation through the evaluator ({ev['profile']}, {ev['data_source']})", "",
                   f"Baseline prepared in {ev['prepare_s']:.1f} s (fitness {ev['baseline']['fitness']:.4f}). "
-                  f"Sandbox confinement: {', '.join(sorted({str(c.get('confinement')) for c in ev['cases']}))}.", "",
+                  f"Sandbox confinement: {', '.join(f'`{c}`' for c in confinements)}.", "",
                   "| candidate | expected | got | score | wall (s) | run folder's peak (MiB) |",
                   "|---|---|---|---:|---:|---:|"]
         for c in ev["cases"]:

@@ -51,6 +51,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 
 from harness.trusted.process_lifetime import PARENT_ALIVE_FD_ENV, PARENT_PID_ENV, die_with_parent
 from harness.trusted.profiles import ALLOW_UNCONFINED_ENV
@@ -394,9 +395,33 @@ def apply_landlock(read_roots, write_roots) -> None:
 DATA_ACCESS = ("sources", "tokens", "none")
 
 
+# Python finds a package on a path entry by listing that folder. A sandbox may read the package but not the folder it
+# sits in when that is a checkout (the rest of the source tree is not its to see), so a package found through
+# PYTHONPATH or the working directory, rather than installed, could not be imported in any sandbox under Landlock.
+IMPORT_FOLDER_PREFIX = "harness-import-"
+_import_folder: tuple[int, str] | None = None  # (the pid that made it, the folder)
+_import_folder_lock = threading.Lock()
+
+
+def import_folder() -> str:
+    """A folder whose only entry, ``harness``, is a link to this package, made once per process (a forked child
+    makes its own): first on every sandbox's PYTHONPATH (``executor.sandbox_environment``) and readable by it
+    (``file_rules``), so that a sandbox imports the package this process runs, however this process found it. No
+    sandbox may write it: it lives in this process's temporary folder, beside no run folder."""
+    global _import_folder
+    from harness.trusted.untrusted_files import process_folder
+
+    with _import_folder_lock:
+        if _import_folder is None or _import_folder[0] != os.getpid():
+            folder = process_folder(IMPORT_FOLDER_PREFIX)
+            os.symlink(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), folder / "harness")
+            _import_folder = (os.getpid(), str(folder))
+        return _import_folder[1]
+
+
 def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu", data: str = "tokens") -> tuple[list[str], list[str]]:
     """(read roots, write roots) of a sandbox that works in ``run_dir``: it reads the system, the Python
-    installation, the package and its seeds, what ``data`` allows of the data (``DATA_ACCESS``: with "sources" the
+    installation, the package (and ``import_folder``) and its seeds, what ``data`` allows of the data (``DATA_ACCESS``: with "sources" the
     datasets cache, read and written; with "sources" or "tokens" the token cache, ``cache_dir/tokens``, never the
     scored split, which lives in ``cache_dir/scored``) and ``reads``; it writes ``run_dir``, ``writes`` and, on
     CUDA, the GPU's device files. Never the ledger, results/, the rest of the source tree or the home folders (beyond
@@ -418,7 +443,7 @@ def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu", data: str =
     # On CUDA also each device Python and torch open, by name: the private root binds only named devices as such.
     devices = ({"/dev"} if device == "cuda" else set()) | set(CPU_DEVICE_READS)
     read = sorted(set(SYSTEM_READ_ROOTS) | _entries("/etc", ETC_SECRETS) | devices | set(PROC_READ) | python
-                  | {str(package)} | seeds | hf | tokens | {str(run_dir)}
+                  | {str(package), import_folder()} | seeds | hf | tokens | {str(run_dir)}
                   | {str(r) for r in reads})
     # The datasets library writes lock files beside its cache even when it only reads.
     gpu = set(gpu_device_files()) if device == "cuda" else set()

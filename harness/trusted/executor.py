@@ -357,11 +357,13 @@ CREDENTIAL_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIA
 
 
 def sandbox_environment(source: dict | None = None, **extra: str) -> dict[str, str]:
-    """The allow-listed part of ``source`` (default: this process's environment), plus ``extra``."""
+    """The allow-listed part of ``source`` (default: this process's environment), plus ``extra``, with this
+    process's package first on the path (``confine.import_folder``)."""
     source = os.environ if source is None else source
     kept = {name: value for name, value in source.items()
             if (name in SANDBOX_ENV_NAMES or name.startswith(SANDBOX_ENV_PREFIXES))
             and not any(marker in name.upper() for marker in CREDENTIAL_MARKERS)}
+    kept["PYTHONPATH"] = os.pathsep.join(filter(None, [confine.import_folder(), kept.get("PYTHONPATH")]))
     return {**kept, **extra}
 
 

@@ -9,6 +9,7 @@ names.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import stat
@@ -276,6 +277,17 @@ def remove_abandoned(prefix: str, folder: Path | None = None) -> list[Path]:
         if remove_tree(Path(entry.path)):
             removed.append(Path(entry.path))
     return removed
+
+
+def process_folder(prefix: str) -> Path:
+    """A new folder in the temporary folder that lives as long as this process: named as a run folder is, removed
+    when this process exits normally (not by a child it forked, which inherits the exit handler), else by a later
+    evaluator once this process has died (``remove_abandoned``)."""
+    remove_abandoned(prefix)
+    path = Path(tempfile.mkdtemp(prefix=prefix + _owner_tag()))
+    maker = os.getpid()
+    atexit.register(lambda: os.getpid() == maker and remove_tree(path))
+    return path
 
 
 @contextlib.contextmanager
