@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -311,6 +312,14 @@ try:
     print(json.dumps(os.listdir(sys.argv[1])))
 except OSError as e:
     print(os.strerror(e.errno))
+folder = os.environ["PYTHONPATH"].split(os.pathsep)[0]
+for change in (lambda: os.unlink(os.path.join(folder, "harness")), lambda: os.symlink("/", os.path.join(folder, "x")),
+               lambda: os.rename(os.path.join(folder, "harness"), os.path.join(folder, "y"))):
+    try:
+        change()
+        print("changed")
+    except OSError as e:
+        print(os.strerror(e.errno))
 """
 CPU_LAYERS = confine.device_layers("cpu") if confine.unavailable_reason() is None else None
 
@@ -335,12 +344,19 @@ def test_a_sandbox_imports_the_package_the_evaluator_runs_even_from_a_checkout_i
         assert out.returncode == 0, out.stderr
         return out.stdout.splitlines()
 
-    imported, listed = run(executor.sandbox_environment({"PYTHONPATH": str(checkout)}))
+    env = executor.sandbox_environment({"PYTHONPATH": str(checkout)})
+    imported, listed, *changes = run(env)
     assert imported == str(checkout / "harness" / "__init__.py")
+    # The folder is read, never changed: the next sandbox, and the launcher and scorer, import through it.
+    assert "changed" not in changes and len(changes) == 3, changes
+    assert confine._intact(env["PYTHONPATH"].split(os.pathsep)[0], str(checkout / "harness"))
     # Not listed under Landlock; under the private root alone, only what the rules bind there is.
-    assert listed == "Permission denied" if layer == "landlock" else set(json.loads(listed)) <= {"harness", "initial_programs"}
+    if layer == "landlock":
+        assert listed == "Permission denied"
+    else:
+        assert set(json.loads(listed)) <= {"harness", "initial_programs"}
     if layer == "landlock":  # the same without the folder: what a sandbox got before it
-        imported, listed = run({"PYTHONPATH": str(checkout)})
+        imported, listed, *_ = run({"PYTHONPATH": str(checkout)})
         assert imported.startswith("ImportError") and listed == "Permission denied"
 
 
@@ -369,6 +385,51 @@ def test_the_import_folder_is_a_process_s_own_and_goes_with_it(tmp_path):
     assert seen["child"] != seen["parent"] and Path(seen["parent"]).parent == tmp_path
     assert seen["link"] == str(Path(confine.__file__).resolve().parents[1]) and seen["entries"] == ["harness"]
     assert seen["parent_kept"] and not Path(seen["child"]).exists() and not Path(seen["parent"]).exists()
+
+
+def test_an_import_folder_that_is_no_longer_intact_is_made_again(monkeypatch, tmp_path):
+    """A temporary folder's name is free to take once the folder is gone (a cleaner of /tmp), and a folder whose mode
+    lets others write it is not the one made: either way the next sandbox gets a new one."""
+    monkeypatch.setattr(confine, "_import_folder", None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    first = confine.import_folder()
+    assert confine.import_folder() == first
+    os.chmod(first, 0o777)
+    second = confine.import_folder()
+    assert second != first and confine._intact(second, str(Path(confine.__file__).resolve().parents[1]))
+    os.unlink(os.path.join(second, "harness"))
+    os.rmdir(second)
+    assert confine.import_folder() not in (first, second)
+
+
+def test_an_import_folder_that_cannot_be_made_is_the_harness_not_the_program(smoke_env, monkeypatch, tmp_path):
+    """The link cannot be made (here: refused): the evaluation is ``infrastructure`` saying why, and the folder made
+    for it is not left behind."""
+    prepared = prepare(security.FRAMEWORK)
+    monkeypatch.setattr(confine, "_import_folder", None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def refused(*args):
+        raise PermissionError(errno.EPERM, "refused (test)")
+
+    monkeypatch.setattr(confine.os, "symlink", refused)
+    request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"], source=security.SEED)
+    run = executor.run_sandbox_here("evaluate", request, 120.0, 8192)
+    assert run.outcome == "infrastructure" and "cannot link the package" in run.error, (run.outcome, run.error)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(confine.IMPORT_FOLDER_PREFIX)]
+
+
+def test_no_sandbox_may_write_where_the_trusted_side_keeps_its_folders(tmp_path):
+    """The package link and the folder where the run folders are made (the other sandboxes', the scorer's) must lie
+    beneath no root a sandbox writes but its own run folder: a temporary folder in ``/dev/shm``, which a sandbox on
+    CUDA writes, would let a program replace what the next launcher imports. Refused, saying what to change."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert str(run_dir) in confine.file_rules(run_dir)[1]
+    with pytest.raises(confine.UnsafeFolders, match="the temporary folder, where every run folder is made.*TMPDIR"):
+        confine.file_rules(run_dir, writes=[tmp_path])
+    with pytest.raises(confine.UnsafeFolders, match="import the package from"):
+        confine.file_rules(run_dir, writes=[os.path.dirname(confine.import_folder())])
 
 
 # Looks up a System V shared-memory segment by its key: "found", or the error.

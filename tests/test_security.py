@@ -158,7 +158,7 @@ def test_the_sandbox_environment_is_an_allow_list():
         "OPENAI_API_KEY": "k", "GITHUB_TOKEN": "t", "CUDA_AUTH_TOKEN": "t", "HARNESS_LEDGER": "/l",
         "HARNESS_GPU_CHECK_SECRET": "s", "RAY_ADDRESS": "auto", "SSH_AUTH_SOCK": "/s"}, PYTHONUNBUFFERED="1")
     assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "TORCHINDUCTOR_CACHE_DIR": "/c", "LC_ALL": "C",
-                   "PYTHONUNBUFFERED": "1", "PYTHONPATH": confine.import_folder()}
+                   "PYTHONUNBUFFERED": "1", "PYTHONPATH": confine.import_folder(), "PYTHONSAFEPATH": "1"}
     # The user's own path stays, after the package this process runs.
     assert executor.sandbox_environment({"PYTHONPATH": "/mine"})["PYTHONPATH"] == \
         confine.import_folder() + os.pathsep + "/mine"

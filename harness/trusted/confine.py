@@ -403,29 +403,69 @@ _import_folder: tuple[int, str] | None = None  # (the pid that made it, the fold
 _import_folder_lock = threading.Lock()
 
 
+def _new_lock_after_fork() -> None:
+    global _import_folder_lock
+    _import_folder_lock = threading.Lock()  # a thread of the parent's may have held it: it holds it for ever here
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
+class UnsafeFolders(RuntimeError):
+    """A folder the trusted side relies on cannot be made, or lies where a sandbox may write: the evaluation is an
+    infrastructure failure, with what to change."""
+
+
 def import_folder() -> str:
     """A folder whose only entry, ``harness``, is a link to this package, made once per process (a forked child
-    makes its own): first on every sandbox's PYTHONPATH (``executor.sandbox_environment``) and readable by it
-    (``file_rules``), so that a sandbox imports the package this process runs, however this process found it. No
-    sandbox may write it: it lives in this process's temporary folder, beside no run folder."""
+    makes its own) and made again if it is no longer intact: first on every sandbox's PYTHONPATH
+    (``executor.sandbox_environment``) and readable by it (``file_rules``), so that a sandbox imports the package
+    this process runs, however this process found it. It lives in this process's temporary folder, which
+    ``file_rules`` keeps out of every sandbox's write roots. Raises ``UnsafeFolders`` when it cannot be made."""
     global _import_folder
-    from harness.trusted.untrusted_files import process_folder
+    from harness.trusted.untrusted_files import process_folder, remove_tree
 
+    package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     with _import_folder_lock:
-        if _import_folder is None or _import_folder[0] != os.getpid():
-            folder = process_folder(IMPORT_FOLDER_PREFIX)
-            os.symlink(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), folder / "harness")
+        if _import_folder is None or _import_folder[0] != os.getpid() or not _intact(_import_folder[1], package):
+            try:
+                folder = process_folder(IMPORT_FOLDER_PREFIX)
+            except OSError as exc:
+                raise UnsafeFolders(f"cannot make the folder a sandbox imports the package from: {exc}") from exc
+            try:
+                os.symlink(package, folder / "harness")
+            except OSError as exc:
+                remove_tree(folder)
+                raise UnsafeFolders(f"cannot link the package into {folder} for the sandboxes: {exc}") from exc
             _import_folder = (os.getpid(), str(folder))
         return _import_folder[1]
 
 
+def _intact(folder: str, package: str) -> bool:
+    """Whether ``folder`` is still as ``import_folder`` made it: a folder of this user's that nobody else may write
+    (a temporary folder's name is free to take once it is gone), holding only the link to ``package``."""
+    try:
+        info = os.lstat(folder)
+        return (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700
+                and os.listdir(folder) == ["harness"] and os.readlink(os.path.join(folder, "harness")) == package)
+    except OSError:
+        return False
+
+
+def _beneath(path: str, root: str) -> bool:
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu", data: str = "tokens") -> tuple[list[str], list[str]]:
     """(read roots, write roots) of a sandbox that works in ``run_dir``: it reads the system, the Python
-    installation, the package (and ``import_folder``) and its seeds, what ``data`` allows of the data (``DATA_ACCESS``: with "sources" the
-    datasets cache, read and written; with "sources" or "tokens" the token cache, ``cache_dir/tokens``, never the
-    scored split, which lives in ``cache_dir/scored``) and ``reads``; it writes ``run_dir``, ``writes`` and, on
-    CUDA, the GPU's device files. Never the ledger, results/, the rest of the source tree or the home folders (beyond
-    what Python lives in)."""
+    installation, the package (and ``import_folder``) and its seeds, what ``data`` allows of the data
+    (``DATA_ACCESS``: with "sources" the datasets cache, read and written; with "sources" or "tokens" the token
+    cache, ``cache_dir/tokens``, never the scored split, which lives in ``cache_dir/scored``) and ``reads``; it
+    writes ``run_dir``, ``writes`` and, on CUDA, the GPU's device files. Never the ledger, results/, the rest of the
+    source tree or the home folders (beyond what Python lives in). Raises ``UnsafeFolders`` where a write root
+    holds the import folder or the folder ``run_dir`` is in."""
     import site
     from pathlib import Path
 
@@ -449,6 +489,14 @@ def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu", data: str =
     gpu = set(gpu_device_files()) if device == "cuda" else set()
     shm = {CUDA_SHARED_MEMORY} if device == "cuda" else set()
     write = sorted(set(SYSTEM_WRITE_ROOTS) | shm | gpu | hf | {str(run_dir)} | {str(w) for w in writes})
+    # What the trusted side relies on must lie beneath no other root a sandbox writes: the package link, and the
+    # folder the run folders are made in, where the other sandboxes' run folders and the scorer's are.
+    for what, folder in (("the folder the sandboxes import the package from", import_folder()),
+                         ("the temporary folder, where every run folder is made", os.path.dirname(str(run_dir)))):
+        root = next((w for w in write if w != str(run_dir) and _beneath(folder, w)), None)
+        if root:
+            raise UnsafeFolders(f"{what} ({folder}) lies beneath {root}, which a sandbox on {device} may write: set "
+                                f"TMPDIR to a folder that no sandbox writes (for example /tmp)")
     return read, write
 
 

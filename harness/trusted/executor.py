@@ -358,12 +358,16 @@ CREDENTIAL_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIA
 
 def sandbox_environment(source: dict | None = None, **extra: str) -> dict[str, str]:
     """The allow-listed part of ``source`` (default: this process's environment), plus ``extra``, with this
-    process's package first on the path (``confine.import_folder``)."""
+    process's package first on the path (``confine.import_folder``). Raises ``confine.UnsafeFolders`` when that
+    cannot be made."""
     source = os.environ if source is None else source
     kept = {name: value for name, value in source.items()
             if (name in SANDBOX_ENV_NAMES or name.startswith(SANDBOX_ENV_PREFIXES))
             and not any(marker in name.upper() for marker in CREDENTIAL_MARKERS)}
     kept["PYTHONPATH"] = os.pathsep.join(filter(None, [confine.import_folder(), kept.get("PYTHONPATH")]))
+    # ``python -m`` would put the working directory ahead of that (Python 3.11+ leaves it out): a launcher, scorer
+    # or sandbox started in a checkout would run the checkout's package rather than the evaluator's.
+    kept["PYTHONSAFEPATH"] = "1"
     return {**kept, **extra}
 
 
@@ -433,8 +437,11 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         (private / "tmp").mkdir()
         # The scorer gets a scratch folder of its own: the sandbox's is the candidate's to write. No sandbox has a
         # network (confine); offline, the Hugging Face libraries fail at once or serve their cache (fetch_data).
-        base_env = sandbox_environment(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                                       **(env or {}))
+        try:
+            base_env = sandbox_environment(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                                           **(env or {}))
+        except confine.UnsafeFolders as exc:
+            return SandboxRun("infrastructure", None, error=str(exc))
         env = {**base_env, **scratch_environment(tmp / "tmp")}
         cmd = [sys.executable, "-m", "harness.sandbox", mode, str(tmp / "request.json"), str(result_path)]
         sandbox_limit_s = limit_s
@@ -448,7 +455,7 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
             files = (file_confinement(request, tmp, writes=[default_cache_dir()], data="sources") if mode == "prepare"
                      else file_confinement(request, tmp))
             seccomp = seccomp_applies(request)
-        except confine.LayersUnknown as exc:
+        except (confine.LayersUnknown, confine.UnsafeFolders) as exc:
             return SandboxRun("infrastructure", None, error=str(exc))
         status_r, status_w = os.pipe()  # the launcher's word on whether the sandbox started (confine.wrap)
         if unavailable:
