@@ -370,6 +370,13 @@ if pid == 0:
     print(json.dumps({"child": confine.import_folder()}), flush=True)
     sys.exit(0)
 os.waitpid(pid, 0)
+# A worker as OpenEvolve's process pool starts them: it ends with os._exit, past atexit's handlers.
+import multiprocessing
+receive, send = multiprocessing.get_context("fork").Pipe(duplex=False)
+worker = multiprocessing.get_context("fork").Process(target=lambda: send.send(confine.import_folder()))
+worker.start()
+worker.join()
+print(json.dumps({"worker": receive.recv()}))
 print(json.dumps({"parent": parent, "link": os.readlink(os.path.join(parent, "harness")), "entries": os.listdir(parent),
                   "parent_kept": os.path.isdir(parent)}))
 """
@@ -377,12 +384,14 @@ print(json.dumps({"parent": parent, "link": os.readlink(os.path.join(parent, "ha
 
 def test_the_import_folder_is_a_process_s_own_and_goes_with_it(tmp_path):
     """Made once per process, in its temporary folder, holding only the link to the package; a forked child makes
-    its own, and its exit removes neither the parent's nor leaves its own; the parent's goes when the parent exits."""
+    its own, and its exit removes neither the parent's nor leaves its own (nor does a worker of multiprocessing's,
+    which ends past atexit's handlers); the parent's goes when the parent exits."""
     out = subprocess.run([sys.executable, "-c", IMPORT_FOLDER_FORK], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "TMPDIR": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     seen = {k: v for line in out.stdout.splitlines() for k, v in json.loads(line).items()}
-    assert seen["child"] != seen["parent"] and Path(seen["parent"]).parent == tmp_path
+    assert len({seen["child"], seen["worker"], seen["parent"]}) == 3 and Path(seen["parent"]).parent == tmp_path
+    assert not Path(seen["worker"]).exists()
     assert seen["link"] == str(Path(confine.__file__).resolve().parents[1]) and seen["entries"] == ["harness"]
     assert seen["parent_kept"] and not Path(seen["child"]).exists() and not Path(seen["parent"]).exists()
 

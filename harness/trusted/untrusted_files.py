@@ -9,8 +9,8 @@ names.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
+import multiprocessing.util
 import os
 import stat
 import sys
@@ -286,7 +286,9 @@ def process_folder(prefix: str) -> Path:
     remove_abandoned(prefix)
     path = Path(tempfile.mkdtemp(prefix=prefix + _owner_tag()))
     maker = os.getpid()
-    atexit.register(lambda: os.getpid() == maker and remove_tree(path))
+    # A finalizer of multiprocessing's runs at an interpreter's exit and also at the end of a worker multiprocessing
+    # started, which ends with os._exit and so never runs atexit's handlers: OpenEvolve evaluates in such workers.
+    multiprocessing.util.Finalize(None, lambda: os.getpid() == maker and remove_tree(path), exitpriority=0)
     return path
 
 
