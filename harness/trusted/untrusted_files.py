@@ -281,8 +281,8 @@ def remove_abandoned(prefix: str, folder: Path | None = None) -> list[Path]:
 
 def process_folder(prefix: str) -> Path:
     """A new folder in the temporary folder that lives as long as this process: named as a run folder is, removed
-    when this process exits normally (not by a child it forked, which inherits the exit handler), else by a later
-    evaluator once this process has died (``remove_abandoned``)."""
+    when this process exits normally or, as a worker of multiprocessing's, ends (never by a child it forked, which
+    inherits the handler), else by a later evaluator once this process has died (``remove_abandoned``)."""
     remove_abandoned(prefix)
     path = Path(tempfile.mkdtemp(prefix=prefix + _owner_tag()))
     maker = os.getpid()
