@@ -399,6 +399,7 @@ DATA_ACCESS = ("sources", "tokens", "none")
 # sits in when that is a checkout (the rest of the source tree is not its to see), so a package found through
 # PYTHONPATH or the working directory, rather than installed, could not be imported in any sandbox under Landlock.
 IMPORT_FOLDER_PREFIX = "harness-import-"
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # what a sandbox reads of the source
 _import_folder: tuple[int, str] | None = None  # (the pid that made it, the folder)
 _import_folder_lock = threading.Lock()
 
@@ -426,15 +427,14 @@ def import_folder() -> str:
     global _import_folder
     from harness.trusted.untrusted_files import process_folder, remove_tree
 
-    package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     with _import_folder_lock:
-        if _import_folder is None or _import_folder[0] != os.getpid() or not _intact(_import_folder[1], package):
+        if _import_folder is None or _import_folder[0] != os.getpid() or not _intact(_import_folder[1], PACKAGE_DIR):
             try:
                 folder = process_folder(IMPORT_FOLDER_PREFIX)
             except OSError as exc:
                 raise UnsafeFolders(f"cannot make the folder a sandbox imports the package from: {exc}") from exc
             try:
-                os.symlink(package, folder / "harness")
+                os.symlink(PACKAGE_DIR, folder / "harness")
             except OSError as exc:
                 remove_tree(folder)
                 raise UnsafeFolders(f"cannot link the package into {folder} for the sandboxes: {exc}") from exc
@@ -472,7 +472,7 @@ def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu", data: str =
     from harness.trusted.frameworks import FRAMEWORKS
     from harness.trusted.profiles import default_cache_dir
 
-    package = Path(__file__).resolve().parents[1]
+    imports = import_folder()
     seeds = {str(fw.seed_path.resolve().parent) for fw in FRAMEWORKS.values()}
     if data not in DATA_ACCESS:
         raise ValueError(f"data access {data!r} is not one of {DATA_ACCESS}")
@@ -483,7 +483,7 @@ def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu", data: str =
     # On CUDA also each device Python and torch open, by name: the private root binds only named devices as such.
     devices = ({"/dev"} if device == "cuda" else set()) | set(CPU_DEVICE_READS)
     read = sorted(set(SYSTEM_READ_ROOTS) | _entries("/etc", ETC_SECRETS) | devices | set(PROC_READ) | python
-                  | {str(package), import_folder()} | seeds | hf | tokens | {str(run_dir)}
+                  | {PACKAGE_DIR, imports} | seeds | hf | tokens | {str(run_dir)}
                   | {str(r) for r in reads})
     # The datasets library writes lock files beside its cache even when it only reads.
     gpu = set(gpu_device_files()) if device == "cuda" else set()
@@ -491,7 +491,7 @@ def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu", data: str =
     write = sorted(set(SYSTEM_WRITE_ROOTS) | shm | gpu | hf | {str(run_dir)} | {str(w) for w in writes})
     # What the trusted side relies on must lie beneath no other root a sandbox writes: the package link, and the
     # folder the run folders are made in, where the other sandboxes' run folders and the scorer's are.
-    for what, folder in (("the folder the sandboxes import the package from", import_folder()),
+    for what, folder in (("the folder the sandboxes import the package from", imports),
                          ("the temporary folder, where every run folder is made", os.path.dirname(str(run_dir)))):
         root = next((w for w in write if w != str(run_dir) and _beneath(folder, w)), None)
         if root:
