@@ -428,6 +428,21 @@ def test_an_import_folder_that_cannot_be_made_is_the_harness_not_the_program(smo
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(confine.IMPORT_FOLDER_PREFIX)]
 
 
+def test_an_evaluation_whose_folders_a_sandbox_could_write_is_the_harness_not_the_program(smoke_env, monkeypatch):
+    """Where the folder rules refuse (``UnsafeFolders``, here a write root over the temporary folder), no sandbox
+    starts: the evaluation is ``infrastructure`` with the rules' reason."""
+    prepared = prepare(security.FRAMEWORK)
+    rules = confine.file_rules
+    monkeypatch.setattr(confine, "file_rules", lambda run_dir, **kw: rules(run_dir, **{
+        **kw, "writes": [*kw.get("writes", ()), os.path.dirname(str(run_dir))]}))
+    started = []
+    monkeypatch.setattr(executor, "start_limited", lambda *a, **k: started.append(a))
+    request = sandbox_request(security.FRAMEWORK, prepared["profile"], prepared["ledger"], source=security.SEED)
+    run = executor.run_sandbox_here("evaluate", request, 120.0, 8192)
+    assert run.outcome == "infrastructure" and "lies beneath" in run.error, (run.outcome, run.error)
+    assert "which a sandbox on cpu may write: set TMPDIR" in run.error and not started
+
+
 def test_no_sandbox_may_write_where_the_trusted_side_keeps_its_folders(tmp_path):
     """The package link and the folder where the run folders are made (the other sandboxes', the scorer's) must lie
     beneath no root a sandbox writes but its own run folder: a temporary folder in ``/dev/shm``, which a sandbox on
