@@ -648,6 +648,41 @@ def test_a_gpu_sandbox_may_write_the_gpu_device_files_and_nothing_beside_them(tm
     assert out.stdout.split("\n")[:3] == ["nvidia0 ok", "nvidiactl ok", "other EACCES"], out.stderr
 
 
+def _devices_that_open_here() -> list[str]:
+    """Devices this process may open that no sandbox is given: the pseudo-terminal multiplexer, which anyone may
+    open, and a raw disk where this user may read one (root)."""
+    disks = sorted(str(p) for p in Path("/dev").iterdir() if p.is_block_device())
+    found = []
+    for path in ["/dev/ptmx", *disks]:
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_NOCTTY))
+            found.append(path)
+        except OSError:
+            pass
+    return found[:2]
+
+
+@needs_landlock
+def test_a_gpu_sandbox_lists_the_device_folder_and_opens_only_the_devices_named(tmp_path, monkeypatch):
+    """On CUDA the device folder is a read root, since what a driver looks for there is not known beforehand, but it
+    only lists it: a device opens where it is named alone, so neither a terminal nor a raw disk (root) that opens
+    here opens in the sandbox."""
+    monkeypatch.setattr(confine, "gpu_device_files", lambda: [])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rules = confine.file_rules(run_dir, device="cuda")
+    assert confine.DEVICE_FOLDER in rules[0] and confine.DEVICE_FOLDER not in confine.file_rules(run_dir)[0]
+    unnamed = _devices_that_open_here()
+    assert "/dev/ptmx" in unnamed, "the control: the pseudo-terminal multiplexer opens outside a sandbox"
+    code = ("import errno, os, sys\nprint('listed', 'null' in os.listdir('/dev'))\n"
+            "print('urandom', len(open('/dev/urandom', 'rb').read(4)))\nfor path in sys.argv[1:]:\n    try:\n"
+            "        os.close(os.open(path, os.O_RDONLY | os.O_NOCTTY))\n        print(path, 'opened')\n"
+            "    except OSError as e:\n        print(path, errno.errorcode[e.errno])")
+    out = subprocess.run(confine.wrap([sys.executable, "-c", code, *unnamed], rules, device="cuda"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines() == ["listed True", "urandom 4", *(f"{path} EACCES" for path in unnamed)], out.stderr
+
+
 @needs_landlock
 @pytest.mark.skipif(not confine.seccomp_supported(), reason="no seccomp filter for this machine")
 def test_the_executor_confines_a_gpu_sandbox_with_the_layers_found(tmp_path, monkeypatch):

@@ -93,10 +93,15 @@ ETC_SECRETS = frozenset({
     "ipsec.secrets", "ipsec.d", "ppp", "NetworkManager", "openvpn", "krb5.keytab", "libvirt", "letsencrypt",
     "netrc", "pam.d", "opasswd", ".pwd.lock",
 })
-# /dev on the CPU: the devices Python and torch open. Not the whole folder: the raw disks are readable by their
-# owner, root, so a sandbox of a user who is root would read every file of the host through them. On CUDA the
-# driver's needs are not known beforehand, so /dev stays readable there (``confine.device_layers`` checks it).
-CPU_DEVICE_READS = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+# The devices Python and torch open, read by any sandbox (on CUDA, the GPU's device files too: GPU_DEVICE_FILES).
+# Never the whole folder: the raw disks are readable by their owner, root, so a sandbox of a user who is root would
+# read every file of the host through them, and a user's terminals (/dev/pts) are readable by that user, so any
+# sandbox would read what is typed in them.
+DEVICE_READS = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+# A sandbox on CUDA may list the device folder too, since what a driver looks for there is not known beforehand: a
+# read rule on it lets the sandbox list it and no more (``apply_landlock``), as the private root binds it ``nodev``.
+# A device opens only where named.
+DEVICE_FOLDER = "/dev"
 # In the Hugging Face home folder: the login tokens. Everything else is the datasets cache.
 HF_SECRETS = frozenset({"token", "stored_tokens"})
 HF_CACHE_FOLDERS = ("datasets", "hub", "modules")
@@ -339,9 +344,9 @@ def landlock_abi() -> int:
 
 
 def apply_landlock(read_roots, write_roots) -> None:
-    """Restrict this process and its future children to reading beneath ``read_roots`` and writing beneath
-    ``write_roots`` (a path that does not exist here is skipped), and, where the kernel has them, to the scopes
-    (``SCOPE_*``). Raises OSError naming the failing step."""
+    """Restrict this process and its future children to reading beneath ``read_roots`` (beneath ``DEVICE_FOLDER``,
+    listing only) and writing beneath ``write_roots`` (a path that does not exist here is skipped), and, where the
+    kernel has them, to the scopes (``SCOPE_*``). Raises OSError naming the failing step."""
     import ctypes
 
     class RulesetAttr(ctypes.Structure):
@@ -368,7 +373,8 @@ def apply_landlock(read_roots, write_roots) -> None:
     if fd < 0:
         raise fail("create_ruleset")
     try:
-        for path, access in [(p, FS_READ) for p in read_roots] + [(p, handled) for p in write_roots]:
+        reads = [(p, FS_READ_DIR if os.path.realpath(p) == DEVICE_FOLDER else FS_READ) for p in read_roots]
+        for path, access in reads + [(p, handled) for p in write_roots]:
             try:
                 parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError:
@@ -480,8 +486,8 @@ def file_rules(run_dir, *, reads=(), writes=(), device: str = "cpu", data: str =
     tokens = {str(default_cache_dir() / "tokens")} if data != "none" else set()
     python = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(sys.executable).resolve().parent),
               *site.getsitepackages(), site.getusersitepackages()}
-    # On CUDA also each device Python and torch open, by name: the private root binds only named devices as such.
-    devices = ({"/dev"} if device == "cuda" else set()) | set(CPU_DEVICE_READS)
+    # Each device by name (the private root binds only named devices as such); on CUDA the device folder to list.
+    devices = ({DEVICE_FOLDER} if device == "cuda" else set()) | set(DEVICE_READS)
     read = sorted(set(SYSTEM_READ_ROOTS) | _entries("/etc", ETC_SECRETS) | devices | set(PROC_READ) | python
                   | {PACKAGE_DIR, imports} | seeds | hf | tokens | {str(run_dir)}
                   | {str(r) for r in reads})
