@@ -277,6 +277,44 @@ def test_a_profile_that_requires_confinement_refuses_a_machine_without_it(smoke_
     assert run.outcome == "infrastructure" and ALLOW_UNCONFINED_ENV in run.error
 
 
+@pytest.mark.parametrize("device, layers, abi, reachable", [
+    ("cuda", confine.Layers(True, True, root_absent="cuda fails under it (test)"), 7, True),
+    ("cuda", confine.Layers(True, True, root=True), 7, False),
+    ("cuda", confine.Layers(True, True, root_absent="cuda fails under it (test)"), confine.RESOLVE_UNIX_ABI, False),
+    ("cuda", confine.Layers(False, True, files_absent="cuda fails under it (test)", root=True), 7, False),
+    ("cpu", confine.Layers(True, True, root_absent="no private root (test)"), 7, False),
+    ("cpu", confine.Layers(True, False, seccomp_absent="no seccomp filter (test)", root_absent="none (test)"), 7, True),
+])
+def test_layers_that_leave_the_host_s_sockets_in_reach_are_not_a_confinement(monkeypatch, device, layers, abi,
+                                                                               reachable):
+    """A sandbox that may open Unix sockets (on CUDA, or without the seccomp filter) reaches the host's services by
+    their socket's path unless a private root holds none of them or Landlock restricts connecting (ABI 9): a profile
+    that requires confinement refuses such a machine, saying why."""
+    monkeypatch.setattr(confine, "unavailable_reason", lambda device="cpu": None)
+    monkeypatch.setattr(confine, "device_layers", lambda device="cpu": layers)
+    monkeypatch.setattr(confine, "landlock_abi", lambda: abi)
+    reason = confine.missing_confinement(device)
+    assert (reason is not None) == reachable
+    if reachable:
+        assert reason.startswith(f"a sandbox on {device} here could connect to the host's services (")
+        assert f"Landlock ABI {confine.RESOLVE_UNIX_ABI}" in reason and "NOT CONFINED ENOUGH" in confine.layers_here(device)
+
+
+def test_a_profile_that_requires_confinement_refuses_layers_that_leave_the_host_s_sockets_in_reach(smoke_env,
+                                                                                                    monkeypatch):
+    """Refused before anything runs, by the evaluator and by the executor (a Ray worker's layers may differ)."""
+    monkeypatch.setattr(confine, "unavailable_reason", lambda device="cpu": None)
+    monkeypatch.setattr(confine, "host_services_reason",
+                        lambda device="cpu": "a sandbox on cpu here could connect to the host's services (test)")
+    monkeypatch.delenv(ALLOW_UNCONFINED_ENV, raising=False)
+    profile = dataclasses.replace(get_profile(), requires_confinement=True)
+    with pytest.raises(ConfigError, match=f"connect to the host's services .test.. A kernel with Landlock ABI 9.*"
+                                          f"{ALLOW_UNCONFINED_ENV}=1"):
+        prepare(security.FRAMEWORK, profile)
+    run = executor.run_sandbox_here("evaluate", {"profile": "pilot", "confinement": "required"}, 60.0, 4096)
+    assert run.outcome == "infrastructure" and "host's services" in run.error and ALLOW_UNCONFINED_ENV in run.error
+
+
 def test_opting_out_runs_unconfined_and_records_it(smoke_env, tmp_path, monkeypatch):
     monkeypatch.setattr(confine, "unavailable_reason", lambda device="cpu": "user namespaces are off (test)")
     monkeypatch.setenv(ALLOW_UNCONFINED_ENV, "1")
@@ -646,6 +684,46 @@ def test_a_gpu_sandbox_may_write_the_gpu_device_files_and_nothing_beside_them(tm
             "    except OSError as e:\n        print(name, errno.errorcode[e.errno])")
     out = subprocess.run(confine.wrap([sys.executable, "-c", code], cuda), capture_output=True, text=True, timeout=60)
     assert out.stdout.split("\n")[:3] == ["nvidia0 ok", "nvidiactl ok", "other EACCES"], out.stderr
+
+
+def test_a_ruleset_restricts_connecting_to_unix_sockets_where_the_kernel_knows_the_right():
+    """Connecting to a Unix socket by its path is a Landlock right from ABI 9; a ruleset names it from there on (and
+    never before: the kernel would refuse the ruleset, and the sandbox would not start)."""
+    assert all(not confine.handled_rights(abi) & confine.FS_RESOLVE_UNIX for abi in range(1, confine.RESOLVE_UNIX_ABI))
+    assert confine.handled_rights(confine.RESOLVE_UNIX_ABI) & confine.FS_RESOLVE_UNIX
+    assert not confine.FS_FILE_RIGHTS & confine.FS_RESOLVE_UNIX
+    # Of the folders a sandbox reads, it may connect only to the GPU driver's daemon there.
+    assert confine.read_rights(confine.DRIVER_SERVICE_FOLDER) == confine.FS_READ | confine.FS_RESOLVE_UNIX
+    assert confine.read_rights("/usr") == confine.FS_READ and confine.read_rights("/dev") == confine.FS_READ_DIR
+
+
+@needs_landlock
+def test_a_sandbox_that_may_open_unix_sockets_connects_to_the_host_s_only_from_landlock_abi_9(tmp_path):
+    """On CUDA a sandbox may open Unix sockets, which the driver may need. From Landlock ABI 9 it reaches a service
+    of the host listening outside its rules (a session bus, a container engine's) no more than a file there; before,
+    it does (which ``confine.missing_confinement`` refuses for pilot and full where no private root applies). One in
+    its run folder it reaches either way."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    servers = []
+    for path in (tmp_path / "host.sock", run_dir / "own.sock"):
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+        server.listen(1)
+        servers.append(server)
+    code = ("import errno, socket, sys\nfor path in sys.argv[1:]:\n    s = socket.socket(socket.AF_UNIX)\n    try:\n"
+            "        s.connect(path)\n        print('connected')\n    except OSError as e:\n"
+            "        print(errno.errorcode[e.errno])")
+    try:
+        out = subprocess.run(confine.wrap([sys.executable, "-c", code, str(tmp_path / "host.sock"),
+                                           str(run_dir / "own.sock")], confine.file_rules(run_dir, device="cuda"),
+                                          device="cuda"),
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        for server in servers:
+            server.close()
+    host = "EACCES" if confine.landlock_abi() >= confine.RESOLVE_UNIX_ABI else "connected"
+    assert out.stdout.splitlines() == [host, "connected"], out.stderr
 
 
 def _devices_that_open_here() -> list[str]:

@@ -569,8 +569,8 @@ def stage_evaluation(plan: Plan, work: Path) -> dict:
 
     profile = get_profile(plan.eval_profile)
     # Whether the sandbox can be confined on this machine with this device is one of the things measured; where it
-    # cannot, the evaluation still runs (unconfined, and recorded so) rather than losing the stage.
-    unconfined = confine.unavailable_reason(profile.device)
+    # cannot, the evaluation still runs (with what the machine has, and recorded so) rather than losing the stage.
+    unconfined = confine.missing_confinement(profile.device)
     if unconfined:
         os.environ[ALLOW_UNCONFINED_ENV] = "1"
     result = {"profile": profile.name, "data_source": "synthetic stories as a local text folder"

@@ -74,6 +74,11 @@ FS_ALL_V1 = (1 << 13) - 1
 # where the kernel knows it; unhandled, the right is not restricted at all: under ABI 1's rights alone a sandbox
 # could truncate any file of the user's, the ledger included.
 FS_REFER, FS_TRUNCATE, FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+# Connecting to a Unix socket by its path (ABI 9, Linux 7.1): handled, a sandbox connects only to sockets beneath its
+# write roots and ``DRIVER_SERVICE_FOLDER``, and to those made in its own domain. Before it, no Landlock right covers
+# it, and a sandbox that may open Unix sockets (on CUDA; wherever the seccomp filter does not apply) may connect to
+# any socket of the host its uid may, whatever its file rules say.
+FS_RESOLVE_UNIX, RESOLVE_UNIX_ABI = 1 << 16, 9
 # Scopes (ABI 6): no signal to, and no connection to an abstract Unix socket of, a process outside the ruleset's
 # domain. The launcher's PID and network namespaces already keep a sandbox from the host's processes; the scopes
 # also keep the forward pass's parts, each in a domain of its own within one namespace, from each other and from
@@ -81,10 +86,15 @@ FS_REFER, FS_TRUNCATE, FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
 SCOPES_ABI = 6
 FS_READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
-FS_FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV  # the rights a file can have
+# The rights a rule on a file gives: the kernel refuses a rule on a file with a folder's rights. (Connecting to a
+# socket is given only beneath a folder: no rule on a file needs it.)
+FS_FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
 PR_SET_NO_NEW_PRIVS = 38
+# The folder of the one service of the host a sandbox may connect to, where the kernel can tell (``FS_RESOLVE_UNIX``):
+# the GPU driver's persistence daemon, whose socket the driver looks for.
+DRIVER_SERVICE_FOLDER = "/run/nvidia-persistenced"
 # What any sandbox may read besides Python, the package and its own folders: the system's files.
-SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/sys", "/run/nvidia-persistenced")
+SYSTEM_READ_ROOTS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/opt", "/sys", DRIVER_SERVICE_FOLDER)
 # /etc is read entry by entry, without these: a sandbox of a user who is root (as in many containers) would read
 # the password hashes, private keys and credentials of the host.
 ETC_SECRETS = frozenset({
@@ -305,6 +315,42 @@ def _chosen(chosen: tuple, errors: dict, offered: tuple, device: str) -> Layers:
     return Layers(chosen[0], chosen[1], absent[0], absent[1], chosen[2], absent[2])
 
 
+def host_services_reason(device: str = "cpu") -> str | None:
+    """Why a sandbox on ``device``, with the layers it gets here, could still connect to the host's services by the
+    path of their Unix socket (a session bus or systemd's, through which it would run commands outside the sandbox);
+    None where it cannot: the CPU's seccomp filter refuses every socket, a private root holds no service's socket,
+    and Landlock from ABI 9 restricts connecting to one (``FS_RESOLVE_UNIX``). None too where the layers are not
+    known (``LayersUnknown``: no sandbox starts)."""
+    try:
+        layers = device_layers(device)
+    except LayersUnknown:
+        return None
+    abi = landlock_abi()
+    if layers.root or (layers.files and abi >= RESOLVE_UNIX_ABI) or (layers.seccomp and device == "cpu"):
+        return None
+    why = [layers.root_absent or "no private root",
+           f"Landlock ABI {abi}, which restricts connecting to a socket by its path only from ABI {RESOLVE_UNIX_ABI}"
+           if layers.files else layers.files_absent or "no Landlock"]
+    if device == "cpu":
+        why.append(layers.seccomp_absent or "no seccomp filter")
+    return f"a sandbox on {device} here could connect to the host's services ({'; '.join(why)})"
+
+
+def missing_confinement(device: str = "cpu") -> str | None:
+    """Why this machine cannot confine a sandbox on ``device`` (no namespaces; or layers that leave the host's
+    services in reach: ``host_services_reason``), with what would change it; None when it can."""
+    reason = unavailable_reason(device)
+    if reason:
+        return (f"{reason}. Allow unprivileged user namespaces (for example sysctl "
+                "kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu)")
+    reason = host_services_reason(device)
+    if reason:
+        return (f"{reason}. A kernel with Landlock ABI {RESOLVE_UNIX_ABI}, or a private root that works with "
+                f"{device} here (python -m harness.trusted.confine --layers {device} says why it does not), keeps "
+                "them out of reach")
+    return None
+
+
 def layers_here(device: str = "cpu") -> str:
     """What a sandbox on ``device`` gets on this machine, in the words the ledger records, and why a layer does not
     apply."""
@@ -321,7 +367,9 @@ def layers_here(device: str = "cpu") -> str:
     text += f"; {FILES_LAYER} (ABI {landlock_abi()}){scopes}" if layers.files else \
         f" (no {FILES_LAYER}: {layers.files_absent})" if layers.root else \
         f" (files: the static policy only; {layers.files_absent})"
-    return text + (f"; {SECCOMP_LAYER}" if layers.seccomp else f"; {layers.seccomp_absent}")
+    text += f"; {SECCOMP_LAYER}" if layers.seccomp else f"; {layers.seccomp_absent}"
+    services = host_services_reason(device)
+    return text + (f". NOT CONFINED ENOUGH: {services}" if services else "")
 
 
 def _libc():
@@ -343,10 +391,29 @@ def landlock_abi() -> int:
     return int(version) if version > 0 else 0
 
 
+def handled_rights(abi: int) -> int:
+    """The file rights a ruleset restricts under Landlock ABI ``abi``: every one that ABI knows (a kernel refuses a
+    ruleset naming a right it does not know)."""
+    return FS_ALL_V1 | (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0) \
+        | (FS_IOCTL_DEV if abi >= 5 else 0) | (FS_RESOLVE_UNIX if abi >= RESOLVE_UNIX_ABI else 0)
+
+
+def read_rights(path: str) -> int:
+    """The rights a read rule on ``path`` gives: reading; beneath ``DEVICE_FOLDER`` listing only; beneath
+    ``DRIVER_SERVICE_FOLDER`` connecting to its socket too."""
+    real = os.path.realpath(path)
+    if real == DEVICE_FOLDER:
+        return FS_READ_DIR
+    if real == DRIVER_SERVICE_FOLDER:
+        return FS_READ | FS_RESOLVE_UNIX
+    return FS_READ
+
+
 def apply_landlock(read_roots, write_roots) -> None:
-    """Restrict this process and its future children to reading beneath ``read_roots`` (beneath ``DEVICE_FOLDER``,
-    listing only) and writing beneath ``write_roots`` (a path that does not exist here is skipped), and, where the
-    kernel has them, to the scopes (``SCOPE_*``). Raises OSError naming the failing step."""
+    """Restrict this process and its future children to reading beneath ``read_roots`` (``read_rights``) and writing
+    beneath ``write_roots`` (a path that does not exist here is skipped), with the rights the kernel knows
+    (``handled_rights``), and, where it has them, to the scopes (``SCOPE_*``). Raises OSError naming the failing
+    step."""
     import ctypes
 
     class RulesetAttr(ctypes.Structure):
@@ -363,8 +430,7 @@ def apply_landlock(read_roots, write_roots) -> None:
 
     libc = _libc()
     abi = landlock_abi()
-    handled = FS_ALL_V1 | (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0) \
-        | (FS_IOCTL_DEV if abi >= 5 else 0)
+    handled = handled_rights(abi)
     scoped = abi >= SCOPES_ABI
     attr = RulesetAttr(handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if scoped else 0)
     # A kernel before the scopes knows only the first field: it is handed just that.
@@ -373,14 +439,12 @@ def apply_landlock(read_roots, write_roots) -> None:
     if fd < 0:
         raise fail("create_ruleset")
     try:
-        reads = [(p, FS_READ_DIR if os.path.realpath(p) == DEVICE_FOLDER else FS_READ) for p in read_roots]
-        for path, access in reads + [(p, handled) for p in write_roots]:
+        for path, access in [(p, read_rights(p)) for p in read_roots] + [(p, handled) for p in write_roots]:
             try:
                 parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError:
                 continue
-            if not os.path.isdir(path):
-                access &= FS_FILE_RIGHTS  # directory rights are refused on a file
+            access &= handled if os.path.isdir(path) else handled & FS_FILE_RIGHTS  # the kernel refuses any other
             rule = PathBeneath(access, parent)
             rc = libc.syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_int(fd), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
                               ctypes.byref(rule), ctypes.c_uint32(0))
@@ -545,10 +609,9 @@ def gpu_device_files() -> list[str]:
 
 
 def unconfined_message(profile_name: str, reason: str) -> str:
-    return (f"profile {profile_name!r} runs candidates only in a confined sandbox ({LAYERS}), and this machine "
-            f"cannot create one: {reason}. Allow unprivileged user namespaces (for example sysctl "
-            "kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu), or set "
-            f"{ALLOW_UNCONFINED_ENV}=1 to run without it (every ledger row records it)")
+    """What a profile that requires confinement says where ``missing_confinement`` gives ``reason``."""
+    return (f"profile {profile_name!r} runs candidates only in a confined sandbox, and this machine cannot confine "
+            f"one: {reason}. Or set {ALLOW_UNCONFINED_ENV}=1 to run with what it has (every ledger row records it)")
 
 
 def wrap(cmd: list[str], files: tuple[list[str], list[str]] | None = None, seccomp: bool = False,

@@ -42,7 +42,7 @@ _PREPARED: dict[tuple, dict] = {}
 
 def require_confinement(profile: Profile) -> None:
     """Stop at once where the profile requires a confined sandbox and this machine cannot confine it."""
-    reason = confine.unavailable_reason(profile.device)
+    reason = confine.missing_confinement(profile.device)
     if reason and confinement_policy(profile) == "required":
         raise ConfigError(confine.unconfined_message(profile.name, reason))
 

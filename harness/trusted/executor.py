@@ -423,10 +423,11 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
     ``env`` (the slot's device); no slot is taken here. A training that finished is then scored by the trusted
     scorer on this same host (``_score``): its losses and counts replace the sandbox's own."""
     with run_folder("harness-sandbox-") as tmp, run_folder("harness-scorer-") as private:
-        unavailable = confine.unavailable_reason(request.get("device", "cpu"))
-        if unavailable and request.get("confinement", "required") == "required":
+        missing = confine.missing_confinement(request.get("device", "cpu"))
+        if missing and request.get("confinement", "required") == "required":
             return SandboxRun("infrastructure", None, error=confine.unconfined_message(request.get("profile", "?"),
-                                                                                        unavailable))
+                                                                                        missing))
+        unavailable = confine.unavailable_reason(request.get("device", "cpu"))  # no namespaces: runs unconfined
         disk = sandbox_disk_cap(mode, request, tmp)
         request = {**request, "weights_dir": str(tmp / "weights"),
                    **({"disk_cap_bytes": disk.cap_bytes} if disk else {})}
