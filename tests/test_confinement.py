@@ -686,6 +686,31 @@ def test_a_gpu_sandbox_may_write_the_gpu_device_files_and_nothing_beside_them(tm
     assert out.stdout.split("\n")[:3] == ["nvidia0 ok", "nvidiactl ok", "other EACCES"], out.stderr
 
 
+@needs_landlock
+@pytest.mark.skipif(not os.path.isdir(confine.CUDA_SHARED_MEMORY), reason="no /dev/shm here")
+def test_a_gpu_sandbox_without_a_private_root_writes_a_dev_shm_of_its_own(tmp_path):
+    """On CUDA a sandbox may write /dev/shm, which the driver uses; under Landlock alone it gets one of its own, in
+    which it finds nothing of what the host's processes share there, leaves nothing behind, and which it cannot
+    unmount to uncover the host's."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    host_file = Path(confine.CUDA_SHARED_MEMORY) / f"harness-test-host-{os.getpid()}"
+    written = Path(confine.CUDA_SHARED_MEMORY) / f"harness-test-sandbox-{os.getpid()}"
+    code = ("import ctypes, os, sys\nprint(os.path.exists(sys.argv[1]))\nopen(sys.argv[2], 'w').write('x')\n"
+            "print(os.path.exists(sys.argv[2]))\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "print(libc.umount2(b'/dev/shm', 2) == 0)\nprint(os.path.exists(sys.argv[1]))")
+    host_file.write_text("host")
+    try:
+        out = subprocess.run(confine.wrap([sys.executable, "-c", code, str(host_file), str(written)],
+                                          confine.file_rules(run_dir, device="cuda"), device="cuda"),
+                             capture_output=True, text=True, timeout=60)
+        assert out.stdout.split() == ["False", "True", "False", "False"], out.stderr
+        assert not written.exists() and host_file.read_text() == "host"
+    finally:
+        host_file.unlink(missing_ok=True)
+        written.unlink(missing_ok=True)
+
+
 def test_a_ruleset_restricts_connecting_to_unix_sockets_where_the_kernel_knows_the_right():
     """Connecting to a Unix socket by its path is a Landlock right from ABI 9; a ruleset names it from there on (and
     never before: the kernel would refuse the ruleset, and the sandbox would not start)."""

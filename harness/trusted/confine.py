@@ -712,10 +712,12 @@ def main(argv: list[str]) -> int:
             os.environ[PARENT_PID_ENV] = "0"
             os.environ[PARENT_ALIVE_FD_ENV] = str(alive_r)
             try:
-                if mountpoint:
-                    from harness.trusted import private_root
+                from harness.trusted import private_root
 
+                if mountpoint:
                     private_root.enter(read, write, mountpoint)
+                elif "--landlock" in flags and CUDA_SHARED_MEMORY in write and os.path.isdir(CUDA_SHARED_MEMORY):
+                    private_root.private_shared_memory()
                 if "--landlock" in flags:
                     apply_landlock(read, write)
                 if "--seccomp" in flags:  # last: it refuses calls the steps before make

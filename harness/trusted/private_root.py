@@ -205,6 +205,18 @@ def enter(read_roots, write_roots, mountpoint: str) -> None:
         os.chdir("/")
 
 
+def private_shared_memory() -> None:
+    """Give this process a ``/dev/shm`` of its own (``PRIVATE_SHM``) in a new mount namespace: for a sandbox under
+    Landlock whose file rules let it write ``/dev/shm`` (on CUDA, where the driver uses it) and that has no private
+    root, which holds one anyway. The host's, which every process of the host shares, is then out of its reach:
+    Landlock refuses a sandbox any change of its mounts, unmounting this one included. Raises OSError naming the step
+    that failed."""
+    libc = _libc()
+    _check(libc.unshare(ctypes.c_int(CLONE_NEWNS)), "unshare a mount namespace")
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing done here reaches the host's mounts
+    _mount(libc, "tmpfs", PRIVATE_SHM[0], "tmpfs", MS_NOSUID | MS_NODEV, PRIVATE_SHM[1])
+
+
 def _is_device(path: str) -> bool:
     try:
         mode = os.stat(path).st_mode
