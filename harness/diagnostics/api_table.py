@@ -146,16 +146,21 @@ def _module_classes(members: dict[str, set[str]]) -> list[type]:
 def _stored_attributes(cls: type) -> set[str]:
     """The attributes the methods of ``cls`` and of its bases set on ``self`` (``self.in_features = ...``), and
     those its class body declares, where their source is at hand."""
-    names = set()
-    for klass in cls.__mro__:
-        names |= set(getattr(klass, "__annotations__", {})) | set(getattr(klass, "__constants__", ()))
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError, SyntaxError):
-            continue  # a class written in C: dir() lists what it has
-        names |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
-                  and isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name) and node.value.id == "self"}
-    return names
+    return set().union(*(_own_stored_attributes(klass) for klass in cls.__mro__))
+
+
+@functools.lru_cache(maxsize=None)
+def _own_stored_attributes(klass: type) -> frozenset[str]:
+    """``_stored_attributes`` of ``klass`` alone, not its bases: parsed once per class (nn.Module's source is in every
+    layer's bases)."""
+    names = set(getattr(klass, "__annotations__", {})) | set(getattr(klass, "__constants__", ()))
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+    except (OSError, TypeError, SyntaxError):
+        return frozenset(names)  # a class written in C: dir() lists what it has
+    return frozenset(names | {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                              and isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name)
+                              and node.value.id == "self"})
 
 
 def _value_attributes(members: dict[str, set[str]]) -> set[str]:

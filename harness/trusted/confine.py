@@ -14,10 +14,11 @@ is what lets an unprivileged user create the others; the caller's uid and gid ar
 keep their owners.
 
 With ``--read``/``--write`` and ``--landlock``, the command also runs under a Landlock ruleset (Linux 5.13+, no
-root needed): it may read only beneath the ``--read`` paths and write only beneath the ``--write`` paths, whatever
-it calls, C++ file I/O included. Under ``/proc`` it may read only its own entries and a few system-wide files, so
-the environments of the user's other processes stay out of reach. The executor asks for it where the kernel offers
-Landlock (``file_rules``).
+root needed): it may read only beneath the ``--read`` paths (``read_rights``: of ``/dev`` only the listing) and write
+only beneath the ``--write`` paths, whatever it calls, C++ file I/O included, and from ABI 9 connect to a Unix socket
+only beneath those. Under ``/proc`` it may read only its own entries and a few system-wide files, so the environments
+of the user's other processes stay out of reach. Where it may write ``/dev/shm`` (on CUDA) it gets one of its own
+(``private_root.private_shared_memory``). The executor asks for it where the kernel offers Landlock (``file_rules``).
 
 With ``--private-root``, the same paths are all the command finds, in a private root of its own, the ``--read``
 ones read-only (``harness.trusted.private_root``): the file confinement that does not depend on Landlock, for a
