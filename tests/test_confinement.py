@@ -315,6 +315,24 @@ def test_a_profile_that_requires_confinement_refuses_layers_that_leave_the_host_
     assert run.outcome == "infrastructure" and "host's services" in run.error and ALLOW_UNCONFINED_ENV in run.error
 
 
+@needs_confinement
+def test_opting_in_to_layers_that_leave_the_host_s_sockets_in_reach_runs_confined_and_records_it(smoke_env, tmp_path,
+                                                                                               monkeypatch):
+    """The opt-in takes what the machine has: the sandbox still runs in its namespaces and layers, and the ledger row
+    says what they leave in reach."""
+    services = "a sandbox on cpu here could connect to the host's services (test)"
+    monkeypatch.setattr(confine, "host_services_reason", lambda device="cpu": services)
+    monkeypatch.setenv(ALLOW_UNCONFINED_ENV, "1")
+    profile = dataclasses.replace(get_profile(), requires_confinement=True)
+    path = tmp_path / "seed.py"
+    path.write_text(security.SEED)
+    result = evaluate(security.FRAMEWORK, str(path), profile=profile)
+    assert result.artifacts["reason"] == "ok", result.artifacts.get("message")
+    row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
+    assert row["execution"]["confinement"].startswith(confine.LAYERS)
+    assert row["execution"]["confinement"].endswith(f". {confine.NOT_ENOUGH}: {services}")
+
+
 def test_opting_out_runs_unconfined_and_records_it(smoke_env, tmp_path, monkeypatch):
     monkeypatch.setattr(confine, "unavailable_reason", lambda device="cpu": "user namespaces are off (test)")
     monkeypatch.setenv(ALLOW_UNCONFINED_ENV, "1")
@@ -691,7 +709,8 @@ def test_a_gpu_sandbox_may_write_the_gpu_device_files_and_nothing_beside_them(tm
 def test_a_gpu_sandbox_without_a_private_root_writes_a_dev_shm_of_its_own(tmp_path):
     """On CUDA a sandbox may write /dev/shm, which the driver uses; under Landlock alone it gets one of its own, in
     which it finds nothing of what the host's processes share there, leaves nothing behind, and which it cannot
-    unmount to uncover the host's."""
+    unmount to uncover the host's (as root, Landlock is what refuses the unmount; for another user, the user
+    namespace already does)."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     host_file = Path(confine.CUDA_SHARED_MEMORY) / f"harness-test-host-{os.getpid()}"
@@ -708,6 +727,31 @@ def test_a_gpu_sandbox_without_a_private_root_writes_a_dev_shm_of_its_own(tmp_pa
         assert not written.exists() and host_file.read_text() == "host"
     finally:
         host_file.unlink(missing_ok=True)
+        written.unlink(missing_ok=True)
+
+
+@needs_landlock
+@pytest.mark.skipif(not os.path.isdir(confine.CUDA_SHARED_MEMORY), reason="no /dev/shm here")
+def test_where_no_dev_shm_of_its_own_can_be_made_a_sandbox_may_not_write_the_host_s(tmp_path):
+    """Where the kernel refuses the sandbox's own /dev/shm (here: made to fail), the launcher says so and takes
+    /dev/shm out of its write roots: Landlock still applies, and the host's is not written."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    written = Path(confine.CUDA_SHARED_MEMORY) / f"harness-test-refused-{os.getpid()}"
+    cmd = confine.wrap([sys.executable, "-c", "import sys\ntry:\n    open(sys.argv[1], 'w')\n    print('written')\n"
+                        "except PermissionError:\n    print('refused')", str(written)],
+                       confine.file_rules(run_dir, device="cuda"), device="cuda")
+    launcher = cmd.index("harness.trusted.confine")
+    failing = ("import sys\nfrom harness.trusted import confine, private_root\n"
+               "def refused():\n    raise OSError(1, 'private root: mount tmpfs on /dev/shm: refused (test)')\n"
+               "private_root.private_shared_memory = refused\nsys.exit(confine.main(sys.argv[1:]))")
+    try:
+        out = subprocess.run([sys.executable, "-c", failing, *cmd[launcher + 1:]], capture_output=True, text=True,
+                             timeout=60)
+        assert out.stdout.split() == ["refused"], out.stderr
+        assert "no /dev/shm of its own here (" in out.stderr and "refused (test)" in out.stderr
+        assert not written.exists()
+    finally:
         written.unlink(missing_ok=True)
 
 

@@ -570,12 +570,16 @@ def stage_evaluation(plan: Plan, work: Path) -> dict:
     profile = get_profile(plan.eval_profile)
     # Whether the sandbox can be confined on this machine with this device is one of the things measured; where it
     # cannot, the evaluation still runs (with what the machine has, and recorded so) rather than losing the stage.
-    unconfined = confine.missing_confinement(profile.device)
+    try:
+        unconfined = confine.missing_confinement(profile.device)
+    except confine.LayersUnknown as exc:  # the evaluation is then infrastructure, and says why
+        unconfined = None
+        _log(f"confinement layers not known: {exc}")
     if unconfined:
         os.environ[ALLOW_UNCONFINED_ENV] = "1"
     result = {"profile": profile.name, "data_source": "synthetic stories as a local text folder"
               if plan.eval_train_stories else profile.data_source, "profile_digest": profile.digest(),
-              "confinement_unavailable": unconfined}
+              "confinement_missing": unconfined}
     started = time.perf_counter()
     prepared = prepare("cd", profile)
     result["prepare_s"] = time.perf_counter() - started

@@ -63,6 +63,7 @@ FILES_LAYER = "Landlock files"  # recorded after LAYERS when the file rules appl
 SCOPES_LAYER = "Landlock scopes"  # recorded after FILES_LAYER when the kernel applied the scopes with the file rules
 SECCOMP_LAYER = "seccomp"  # recorded last when the seccomp filter applied
 ROOT_LAYER = "private root"  # recorded after LAYERS when the sandbox ran in its private root
+NOT_ENOUGH = "NOT CONFINED ENOUGH"  # recorded last, with why, where the layers leave the host's services in reach
 
 # x86-64 and arm64 share the generic syscall numbers of Landlock.
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
@@ -184,11 +185,13 @@ def _check_inside(cuda: bool) -> int:
     return 0
 
 
-def recorded(files: bool, seccomp: bool, root: bool = False) -> str:
-    """The confinement a ledger row records for a confined sandbox: the namespaces, then the layers that applied."""
+def recorded(files: bool, seccomp: bool, root: bool = False, services: str | None = None) -> str:
+    """The confinement a ledger row records for a confined sandbox: the namespaces, then the layers that applied, and
+    ``services`` (``host_services_reason``) where they leave the host's services in reach."""
     scopes = files and landlock_abi() >= SCOPES_ABI
     return LAYERS + (f"; {ROOT_LAYER}" if root else "") + (f"; {FILES_LAYER}" if files else "") \
-        + (f"; {SCOPES_LAYER}" if scopes else "") + (f"; {SECCOMP_LAYER}" if seccomp else "")
+        + (f"; {SCOPES_LAYER}" if scopes else "") + (f"; {SECCOMP_LAYER}" if seccomp else "") \
+        + (f". {NOT_ENOUGH}: {services}" if services else "")
 
 
 def seccomp_supported() -> bool:
@@ -320,12 +323,9 @@ def host_services_reason(device: str = "cpu") -> str | None:
     """Why a sandbox on ``device``, with the layers it gets here, could still connect to the host's services by the
     path of their Unix socket (a session bus or systemd's, through which it would run commands outside the sandbox);
     None where it cannot: the CPU's seccomp filter refuses every socket, a private root holds no service's socket,
-    and Landlock from ABI 9 restricts connecting to one (``FS_RESOLVE_UNIX``). None too where the layers are not
-    known (``LayersUnknown``: no sandbox starts)."""
-    try:
-        layers = device_layers(device)
-    except LayersUnknown:
-        return None
+    and Landlock from ABI 9 restricts connecting to one (``FS_RESOLVE_UNIX``). Raises ``LayersUnknown`` as
+    ``device_layers`` does."""
+    layers = device_layers(device)
     abi = landlock_abi()
     if layers.root or (layers.files and abi >= RESOLVE_UNIX_ABI) or (layers.seccomp and device == "cpu"):
         return None
@@ -339,7 +339,8 @@ def host_services_reason(device: str = "cpu") -> str | None:
 
 def missing_confinement(device: str = "cpu") -> str | None:
     """Why this machine cannot confine a sandbox on ``device`` (no namespaces; or layers that leave the host's
-    services in reach: ``host_services_reason``), with what would change it; None when it can."""
+    services in reach: ``host_services_reason``), with what would change it; None when it can. Raises
+    ``LayersUnknown`` as ``device_layers`` does."""
     reason = unavailable_reason(device)
     if reason:
         return (f"{reason}. Allow unprivileged user namespaces (for example sysctl "
@@ -370,7 +371,7 @@ def layers_here(device: str = "cpu") -> str:
         f" (files: the static policy only; {layers.files_absent})"
     text += f"; {SECCOMP_LAYER}" if layers.seccomp else f"; {layers.seccomp_absent}"
     services = host_services_reason(device)
-    return text + (f". NOT CONFINED ENOUGH: {services}" if services else "")
+    return text + (f". {NOT_ENOUGH}: {services}" if services else "")
 
 
 def _libc():
@@ -718,7 +719,14 @@ def main(argv: list[str]) -> int:
                 if mountpoint:
                     private_root.enter(read, write, mountpoint)
                 elif "--landlock" in flags and CUDA_SHARED_MEMORY in write and os.path.isdir(CUDA_SHARED_MEMORY):
-                    private_root.private_shared_memory()
+                    try:
+                        private_root.private_shared_memory()
+                    except OSError as exc:
+                        # Never the host's: the sandbox may then not write /dev/shm at all (where a device needs it,
+                        # its check fails under Landlock and says so).
+                        write = [path for path in write if path != CUDA_SHARED_MEMORY]
+                        print(f"{FAILURE_PREFIX}no /dev/shm of its own here ({exc}): it may not write /dev/shm",
+                              file=sys.stderr, flush=True)
                 if "--landlock" in flags:
                     apply_landlock(read, write)
                 if "--seccomp" in flags:  # last: it refuses calls the steps before make

@@ -41,8 +41,12 @@ _PREPARED: dict[tuple, dict] = {}
 
 
 def require_confinement(profile: Profile) -> None:
-    """Stop at once where the profile requires a confined sandbox and this machine cannot confine it."""
-    reason = confine.missing_confinement(profile.device)
+    """Stop at once where the profile requires a confined sandbox and this machine cannot confine it. (Where the
+    layers are not known yet, the preparation's sandbox reports it as an infrastructure failure.)"""
+    try:
+        reason = confine.missing_confinement(profile.device)
+    except confine.LayersUnknown:
+        return
     if reason and confinement_policy(profile) == "required":
         raise ConfigError(confine.unconfined_message(profile.name, reason))
 

@@ -423,7 +423,10 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
     ``env`` (the slot's device); no slot is taken here. A training that finished is then scored by the trusted
     scorer on this same host (``_score``): its losses and counts replace the sandbox's own."""
     with run_folder("harness-sandbox-") as tmp, run_folder("harness-scorer-") as private:
-        missing = confine.missing_confinement(request.get("device", "cpu"))
+        try:
+            missing = confine.missing_confinement(request.get("device", "cpu"))
+        except confine.LayersUnknown as exc:
+            return SandboxRun("infrastructure", None, error=str(exc))
         if missing and request.get("confinement", "required") == "required":
             return SandboxRun("infrastructure", None, error=confine.unconfined_message(request.get("profile", "?"),
                                                                                         missing))
@@ -462,7 +465,8 @@ def run_sandbox_here(mode: str, request: dict, limit_s: float, memory_cap_mib: i
         if unavailable:
             confinement, launched = f"none: {unavailable}", cmd
         else:
-            confinement = confine.recorded(files["landlock"], seccomp, files["private_root"])
+            confinement = confine.recorded(files["landlock"], seccomp, files["private_root"],
+                                           confine.host_services_reason(request.get("device", "cpu")))
             launched = confine.wrap(cmd, files["rules"], seccomp, request.get("device", "cpu"), status_fd=status_w,
                                     landlock=files["landlock"], private_root=files["private_root"])
         scorer: list = []  # [Started] once started, [None, error] if it could not start
