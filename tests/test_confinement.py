@@ -747,7 +747,7 @@ def test_where_no_dev_shm_of_its_own_can_be_made_a_sandbox_may_not_write_the_hos
         out = subprocess.run([sys.executable, "-c", failing, *cmd[launcher + 1:]], capture_output=True, text=True,
                              timeout=60)
         assert out.stdout.split() == ["refused"], out.stderr
-        assert "no /dev/shm of its own here (" in out.stderr and "refused (test)" in out.stderr
+        assert f"{confine.NOTE_PREFIX}no /dev/shm of its own here (" in out.stderr and "refused (test)" in out.stderr
         assert not written.exists()
     finally:
         written.unlink(missing_ok=True)

@@ -131,6 +131,7 @@ CUDA_SHARED_MEMORY = "/dev/shm"
 GPU_DEVICE_FILES = ("/dev/nvidia*", "/dev/nvidia-caps/*")
 EXIT_UNAVAILABLE = 125  # the namespaces could not be created; the command was not run
 FAILURE_PREFIX = "confine: "  # the first line the launcher writes when it could not start the command
+NOTE_PREFIX = "confine (note): "  # a line the launcher writes about a command it starts nonetheless
 
 
 def enter() -> None:
@@ -725,7 +726,7 @@ def main(argv: list[str]) -> int:
                         # Never the host's: the sandbox may then not write /dev/shm at all (where a device needs it,
                         # its check fails under Landlock and says so).
                         write = [path for path in write if path != CUDA_SHARED_MEMORY]
-                        print(f"{FAILURE_PREFIX}no /dev/shm of its own here ({exc}): it may not write /dev/shm",
+                        print(f"{NOTE_PREFIX}no /dev/shm of its own here ({exc}): it may not write /dev/shm",
                               file=sys.stderr, flush=True)
                 if "--landlock" in flags:
                     apply_landlock(read, write)
