@@ -242,6 +242,21 @@ ATTACKS = [
                     "            cls.mem(t).type(\"os.system\")\n        except AttributeError as e:\n"
                     "            cls.leak(e)(\"touch {marker}\")\n\n\n",
            init="self.helper = Helper()"),
+    # A ninth review: a lookup by name with an empty keyword dictionary, which the rewrite into an attribute read did
+    # not see; super() in a classmethod, which hands out the bases' methods unbound; a torch property re-initialised
+    # with the block's module as its getter; a context manager's generator driven by hand, never leaving its block.
+    Attack("lookup_by_name_with_empty_keywords", "commands",
+           'f = getattr((i for i in ()), "gi_frame", **dict())\nb = getattr(f, "f_builtins", **dict())\n'
+           'getattr(b["_" * 2 + "import" + "_" * 2]("o" + "s"), "system", **dict())("touch {marker}")'),
+    Attack("super_in_a_classmethod", "files", 'Helper().sneak(x.detach(), "{marker}")',
+           preamble="class Base(nn.Module):\n    def unused(self):\n        self.numpy = None\n"
+                    "        self.tofile = None\n\n"
+                    "    def as_array(self):\n        return self.numpy()\n\n"
+                    "    def write(self, path):\n        self.tofile(path)\n\n\n"
+                    "class Helper(Base):\n    @classmethod\n    def sneak(cls, t, path):\n"
+                    "        super().write(super().as_array(t), path)\n\n\n"),
+    Attack("torch_property_reinitialised", "patching", "pass", init="nn.GRU.all_weights.__init__(self)"),
+    Attack("context_manager_entered_by_hand", "guards", "next(nn.utils.parametrize.cached().func())"),
 ]
 
 BY_NAME = {attack.name: attack for attack in ATTACKS}

@@ -179,6 +179,9 @@ PATCHES = {
     # A process-wide setting outlives the program's code: it would change how the frozen model trains and is scored.
     "a_setting_at_load": ("import torch as _torch\n_torch.set_float32_matmul_precision('medium')\n",
                           "torch.get_float32_matmul_precision()", "loading the program"),
+    # The same property object with another getter: nn.GRU.all_weights.__init__(self) re-initialised it in place.
+    "a_property_reinitialised_at_load": ("import torch.nn as _nn\n_nn.GRU.all_weights.__init__(lambda s: [])\n",
+                                         "torch.nn.modules.rnn.RNNBase.all_weights.fget", "loading the program"),
 }
 
 

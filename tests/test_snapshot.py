@@ -8,6 +8,7 @@ import dataclasses
 import types
 
 import pytest
+import torch.nn as nn
 import torch.nn.functional as F
 
 from harness import scaffold
@@ -46,6 +47,17 @@ def _closure_of_pair():
     return F._pair.__closure__[0]
 
 
+@contextlib.contextmanager
+def property_reinitialised(prop, fget):
+    """``property.__init__`` on a property in place: the same object, with another getter."""
+    saved = (prop.fget, prop.fset, prop.fdel, prop.__doc__)
+    property.__init__(prop, fget)
+    try:
+        yield
+    finally:
+        property.__init__(prop, *saved)
+
+
 # (what the program does, the name the snapshot must report); F.layer_norm and F.dropout are what the frozen model
 # captured at import (harness.scaffold._layer_norm, ._dropout): the same objects, so they are named twice.
 CHANGES = {
@@ -58,6 +70,9 @@ CHANGES = {
     "a_closure_cell": (lambda: patched(_closure_of_pair(), "cell_contents", 3), "torch.nn.functional._pair.__closure__"),
     "a_harness_constant": (lambda: patched(train, "MIN_LR_FRACTION", 0.5), "harness.sandbox.train.MIN_LR_FRACTION"),
     "the_function": (lambda: patched(F, "cross_entropy", _identity), "torch.nn.functional.cross_entropy"),
+    # nn.GRU.all_weights.__init__(self) made a block's module the getter of every RNN's all_weights
+    "a_property_reinitialised": (lambda: property_reinitialised(nn.RNNBase.all_weights, _identity),
+                                 "torch.nn.modules.rnn.RNNBase.all_weights.fget"),
 }
 
 

@@ -839,3 +839,99 @@ def test_type_checking_stays_a_plain_flag():
     assert policy(block).ok, policy(block).violations
     block = "import typing\n\n\n" + good_with(body="if typing.TYPE_CHECKING:\n    pass")
     assert policy(block).ok, policy(block).violations
+
+
+PRIVATE_HELPERS = ("class Rope(nn.Module):\n    _SCALE = 1.0\n\n    @staticmethod\n    def _half(x):\n"
+                   "        return x\n\n"
+                   "    def _rotate(self, x):\n        return x\n\n\n"
+                   "class Projector(nn.Module):\n    def _project(self, x):\n        return x\n\n\n")
+
+CLASSMETHOD_SUPER = ("class Base(nn.Module):\n    def mem(self):\n        return 1\n\n\n"
+                     "class Helper(Base):\n    @classmethod\n    def sneak(cls, t):\n"
+                     "        return super().mem()\n\n\n")
+
+
+@pytest.mark.parametrize("block,fragment", [
+    # a ninth review: calls whose arguments the checks of lookups and classes did not see, super() with another first
+    # argument than the instance, a torch property re-initialised, a context manager's generator driven by hand
+    (good_with(body='f = getattr(x, "gi_frame", **dict())'), "getattr(...) takes its arguments written out"),
+    (good_with(body='f = hasattr(x, *("numpy",))'), "hasattr(...) takes its arguments written out"),
+    (good_with(body='k = type(*("N", (), dict()))'), "type(...) takes its arguments written out"),
+    (good_with(CLASSMETHOD_SUPER), "super() may only be called in a method whose first parameter is self"),
+    (good_with(body="f = lambda t: super().forward(t)"), "super() may only be called in a method"),
+    (good_with(methods="    def outer(self):\n        def inner(t):\n            return super().forward(t)\n"
+                       "        return inner\n\n"), "super() may only be called in a method"),
+    (good_with(init="nn.GRU.all_weights.__init__(self)"), "where Base is a base of the class it is in"),
+    (good_with(body="next(nn.utils.parametrize.cached().func())"), "attribute 'func' is not allowed"),
+    (good_with(init="self.gen = None", body="next(nn.utils.parametrize.cached().gen)"),
+     "attribute 'gen' is not allowed"),
+])
+def test_a_ninth_review_s_ways_past_the_policy_are_refused(block, fragment):
+    assert_refused(block, fragment)
+
+
+@pytest.mark.parametrize("block,fragment", [
+    # a private name the block defines reads torch's where torch's class has it: refused as before
+    (good_with("class Own(nn.Module):\n    def _flat_weights(self):\n        return 1\n\n\n",
+               init="self.rnn = nn.GRU(4, 4)", body="w = self.rnn._flat_weights"),
+     "private attribute '_flat_weights' is allowed only on self"),
+    (good_with(PRIVATE_HELPERS, body="w = x._rotate"), "private attribute '_rotate' is allowed only on self"),
+    # a torch mode outside staticmethod makes a function again, bound to the instance
+    (good_with(methods="    @torch.no_grad()\n    @staticmethod\n    def causal(t):\n        return t\n\n",
+               body=f"mask = {CLASS}.causal(x)"), "may only be called with self as its first argument"),
+])
+def test_private_names_and_staticmethods_keep_their_limits(block, fragment):
+    assert_refused(block, fragment)
+
+
+def test_refusals_say_what_to_write_instead_and_where():
+    from harness.sandbox.loader import PolicyViolation, check_module_attributes
+
+    assert_refused(good_with(init="self.w = nn.Parameter(torch.zeros(1))\nself.w.requires_grad = False"),
+                   "call t.requires_grad_(False)")
+    assert_refused(good_with(body="flag = torch.jit.is_scripting()"), "drop torch.jit")
+    assert_refused(good_with(body="with torch.set_grad_enabled(False):\n    pass"), "use with torch.no_grad()")
+    source = with_block(good_with(body="kind = nn.Linear"))
+    line = source.splitlines().index("        kind = nn.Linear") + 1
+    with pytest.raises(PolicyViolation, match=f"^line {line}: torch.nn.Linear is a class"):
+        check_module_attributes(source)
+
+
+def test_what_the_ninth_review_s_rules_still_admit():
+    from harness.sandbox.loader import check_module_attributes
+
+    subclass = ("class Base(nn.Module):\n    def forward(self, x):\n        return x\n\n\n" + GOOD.replace(
+        f"class {CLASS}(nn.Module):", f"class {CLASS}(Base):").replace(
+        "super().__init__()", f"super({CLASS}, self).__init__()").replace(
+        "return self.proj(x)", "return super().forward(self.proj(x))"))
+    blocks = [
+        subclass,
+        good_with(methods="    @property\n    def width(self):\n        return super().extra_repr()\n\n"),
+        GOOD.replace("super().__init__()", "nn.Module.__init__(self)"),
+        # nanoGPT's own test for the fused kernel: hasattr of a module reads the module's function
+        good_with(init='self.flash = hasattr(torch.nn.functional, "scaled_dot_product_attention")'),
+        good_with(init="self.func = nn.GELU()", body="x = self.func(x)\ndevice = next(self.parameters()).device"),
+        "class Base(torch.nn.Module):\n    pass\n\n\n"
+        + GOOD.replace(f"class {CLASS}(nn.Module):", f"class {CLASS}(Base):"),
+        GOOD.replace(f"class {CLASS}(nn.Module):", f"class {CLASS}(torch.nn.Module):").replace(
+            "super().__init__()", "nn.Module.__init__(self)"),
+        # private names of the block's own classes, through super(), the class or a module the block builds
+        PRIVATE_HELPERS + GOOD.replace(f"class {CLASS}(nn.Module):", f"class {CLASS}(Projector):").replace(
+            "self.proj = nn.Linear(d_model, d_model)", "self.proj = nn.Linear(d_model, d_model)\n"
+            "        self.rope = Rope()").replace(
+            "return self.proj(x)", "x = super()._project(self.rope._rotate(x)) * Rope._SCALE\n"
+            "        x = Projector._project(self, Rope._half(x))\n        return self.proj(x)"),
+        # a staticmethod under a torch mode is a staticmethod all the same
+        good_with(methods="    @staticmethod\n    @torch.no_grad()\n    def causal(t):\n"
+                          "        return torch.ones(t, t).tril()\n\n", body=f"mask = {CLASS}.causal(x.shape[1])"),
+    ]
+    for block in blocks:
+        assert policy(block).ok, (block, policy(block).violations)
+        check_module_attributes(with_block(block))
+
+
+def test_a_block_nested_past_the_parser_s_depth_is_a_syntax_error_not_the_evaluator_s_failure():
+    from harness.trusted.evaluate import NESTED_TOO_DEEPLY, Reason, static_gate
+
+    problem = static_gate("ttr", with_block(good_with(body="z = " + "+".join(["x"] * 5000))))
+    assert problem == (Reason.SYNTAX, NESTED_TOO_DEEPLY)

@@ -14,8 +14,8 @@ import sys
 import types
 
 from harness.trusted import program
-from harness.trusted.policy import (ALLOWED_MODULES, called_with_self, class_use, module_aliases, module_chains,
-                                    module_value_message, parent_map)
+from harness.trusted.policy import (ALLOWED_MODULES, called_with_self, class_use, lookups_as_attributes, module_aliases,
+                                    module_chains, module_value_message, parent_map)
 
 _LOADED_PROGRAMS = itertools.count()
 
@@ -34,35 +34,45 @@ def check_module_attributes(source: str) -> None:
         parts = program.split(source)
     except program.FrozenRegionError:
         return
-    block = ast.parse(parts.block)
+    # as the static policy reads them: hasattr(torch.nn.functional, "scaled_dot_product_attention") reads a function
+    block = lookups_as_attributes(ast.parse(parts.block))
     parents = parent_map(block)
     aliases = {**module_aliases(parts.head), **module_aliases(block)}
     uses = list(module_chains(block, aliases))
     uses += [(node, aliases[node.id].rsplit(".", 1)) for node in ast.walk(block)
              if isinstance(node, ast.Name) and node.id in aliases and isinstance(node.ctx, ast.Load)]
+    offset = parts.head.count("\n")
     for node, chain in uses:
-        obj, path = _resolve(chain)
-        if isinstance(obj, type) and not class_use(parents, node):
-            raise PolicyViolation(f"{'.'.join(chain)} is a class: it may only be instantiated, tested (isinstance), "
-                                  "derived from or named in an annotation, not bound to a name, passed or stored")
-        if isinstance(obj, types.ModuleType) and path == ".".join(chain) and isinstance(node, ast.Attribute):
-            raise PolicyViolation(module_value_message(path))
-        if isinstance(obj, SHARED_CONTAINERS):
-            # torch's own tables (F.GRID_SAMPLE_INTERPOLATION_MODES): written, they are state every call shares
-            raise PolicyViolation(f"{'.'.join(chain)} is a {type(obj).__name__} of the module's own, which a block "
-                                  "may not use: write the values it needs")
-        if len(chain) > 2 and not isinstance(obj, type) and _instance_method_of_a_module_class(chain) \
-                and not called_with_self(parents, node):
-            # nn.Module.train(F.softmax, False) set an attribute on torch's function
-            raise PolicyViolation(f"{'.'.join(chain)} may only be called with self as its first argument: call "
-                                  "methods on an instance")
-        method = parents.get(id(node))
-        if isinstance(node, ast.Name) and isinstance(method, ast.Attribute) and method.value is node \
-                and _instance_method_of_a_module_class(chain + [method.attr]) \
-                and not called_with_self(parents, method):
-            # the same through an imported class: from torch.nn import Module, then Module.train(F.softmax, False)
-            raise PolicyViolation(f"{node.id}.{method.attr} may only be called with self as its first argument: "
-                                  "call methods on an instance")
+        try:
+            _check_use(node, chain, parents)
+        except PolicyViolation as exc:  # where it is, as the static policy says it
+            raise PolicyViolation(f"line {getattr(node, 'lineno', 0) + offset}: {exc}") from None
+
+
+def _check_use(node: ast.AST, chain: list[str], parents: dict[int, ast.AST]) -> None:
+    """Refuse one use of a module's name (``node``, reading ``chain``) that the installed modules show to be refused."""
+    obj, path = _resolve(chain)
+    if isinstance(obj, type) and not class_use(parents, node):
+        raise PolicyViolation(f"{'.'.join(chain)} is a class: it may only be instantiated, tested (isinstance), "
+                              "derived from or named in an annotation, not bound to a name, passed or stored")
+    if isinstance(obj, types.ModuleType) and path == ".".join(chain) and isinstance(node, ast.Attribute):
+        raise PolicyViolation(module_value_message(path))
+    if isinstance(obj, SHARED_CONTAINERS):
+        # torch's own tables (F.GRID_SAMPLE_INTERPOLATION_MODES): written, they are state every call shares
+        raise PolicyViolation(f"{'.'.join(chain)} is a {type(obj).__name__} of the module's own, which a block "
+                              "may not use: write the values it needs")
+    if len(chain) > 2 and not isinstance(obj, type) and _instance_method_of_a_module_class(chain) \
+            and not called_with_self(parents, node):
+        # nn.Module.train(F.softmax, False) set an attribute on torch's function
+        raise PolicyViolation(f"{'.'.join(chain)} may only be called with self as its first argument: call "
+                              "methods on an instance")
+    method = parents.get(id(node))
+    if isinstance(node, ast.Name) and isinstance(method, ast.Attribute) and method.value is node \
+            and _instance_method_of_a_module_class(chain + [method.attr]) \
+            and not called_with_self(parents, method):
+        # the same through an imported class: from torch.nn import Module, then Module.train(F.softmax, False)
+        raise PolicyViolation(f"{node.id}.{method.attr} may only be called with self as its first argument: "
+                              "call methods on an instance")
 
 
 SHARED_CONTAINERS = (dict, list, set, bytearray)

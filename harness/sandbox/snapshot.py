@@ -7,13 +7,14 @@ watched callable by identity:
 - ``torch.nn.functional``, and the functions of ``torch`` and ``torch.autograd``;
 - every attribute of ``torch.Tensor`` and of its C base;
 - what decides a module's computation on ``torch.nn.Module`` and on each ``torch.nn`` module class
-  (``CALL_MEMBERS``);
+  (``CALL_MEMBERS``), and the properties of those classes;
 - the functions, methods and constants of the harness modules that run in the sandbox.
 
 A Python function can change while it stays the same object, so for each watched function (a static or class
 method's too) its parts are kept as well (``function_parts``): the code, the defaults, the keyword defaults, the
-attribute dictionary and the contents of its closure cells. ``F.layer_norm.__code__ = ...`` would otherwise change
-what the frozen model computes through the very object it captured at import.
+attribute dictionary and the contents of its closure cells; for a property, its three functions.
+``F.layer_norm.__code__ = ...`` would otherwise change what the frozen model computes through the very object it
+captured at import.
 
 ``changed(before)`` names each one that is no longer the same object, or gone. A ``CALL_MEMBERS`` attribute
 added to a class also counts: a new ``forward`` or ``__torch_function__`` on a frozen class changes what it
@@ -78,7 +79,11 @@ def _items(mapping: dict | None) -> Parts:
 
 
 def function_parts(name: str, value: object) -> dict[str, object]:
-    """What can be changed in place on a Python function, under names that say which part."""
+    """What can be changed in place on a Python function or a property, under names that say which part."""
+    if isinstance(value, property):
+        # property.__init__ re-initialises a property in place: the same object then runs other functions
+        return {f"{name}.fget": value.fget, f"{name}.fset": value.fset, f"{name}.fdel": value.fdel,
+                **function_parts(f"{name}.fget", value.fget)}
     function = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
     if not isinstance(function, types.FunctionType):
         return {}
@@ -120,6 +125,9 @@ def _watched() -> tuple[dict[str, object], set[str]]:
             class_attributes.add(key)
             if attr in vars(cls):
                 objects[key] = vars(cls)[attr]
+        for attr, value in list(vars(cls).items()):  # what a module computes may read them (RNNBase.all_weights)
+            if isinstance(value, property):
+                objects[f"{cls.__module__}.{cls.__qualname__}.{attr}"] = value
     for name in TORCH_REPLACES:
         objects.pop(name, None)
     for name, value in list(objects.items()):

@@ -248,6 +248,10 @@ def _wrap(metrics: dict, artifacts: dict):
     return EvaluationResult(metrics=metrics, artifacts=artifacts)
 
 
+NESTED_TOO_DEEPLY = ("the block is nested too deeply to be parsed and checked (a very long chain of operators or "
+                     "calls): split long expressions into several statements")
+
+
 def static_gate(framework: str, spliced: str) -> tuple[Reason, str] | None:
     """The policy check of a spliced program: None, or (SYNTAX or POLICY, the message)."""
     fw = get_framework(framework)
@@ -258,6 +262,8 @@ def static_gate(framework: str, spliced: str) -> tuple[Reason, str] | None:
                              line_offset=program.block_offset(pristine) - 1)
     except SyntaxError as exc:
         return Reason.SYNTAX, f"line {(exc.lineno or 0) + program.block_offset(pristine) - 1}: {exc.msg}"
+    except RecursionError:  # Python's parser, or the policy's walk over the tree, past the interpreter's depth
+        return Reason.SYNTAX, NESTED_TOO_DEEPLY
     return None if report.ok else (Reason.POLICY, "; ".join(report.violations[:8]))
 
 
@@ -285,6 +291,8 @@ def check_program_file(path, framework: str | None = None) -> tuple[str, str]:
     except SyntaxError as exc:
         line = (exc.lineno or 0) + parts.head.count("\n")
         raise ConfigError(f"{path}: syntax error at line {line}: {exc.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: {NESTED_TOO_DEEPLY}") from None
     return framework, text
 
 

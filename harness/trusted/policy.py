@@ -102,6 +102,9 @@ FORBIDDEN_ATTRIBUTES = frozenset({
     "fget", "fset", "fdel",
     # the object an AttributeError failed on: any object at all (typing.Type.x fails on the builtin type)
     "obj",
+    # a context manager's generator, and the function that makes it: next(parametrize.cached().func()) entered the
+    # with-block and never left it, with the setting on for the rest of the process
+    "gen", "func",
 })
 
 # A module's functions that change a process-wide setting (torch.set_float32_matmul_precision, torch.use_deterministic_
@@ -129,6 +132,12 @@ FORBIDDEN_ATTRIBUTE_ADVICE = {
                    "generator=gen",
     "backward": ": the training loop runs the backward pass; for an inner objective use torch.autograd.grad",
     "detach_": ": use x.detach(), which leaves the caller's tensor as it is",
+    "func": ": enter a context manager only with a with-statement; for torch.func's transforms use torch.vmap or "
+            "torch.autograd.grad",
+    "jit": ": the block runs as plain Python, and the harness compiles the whole model itself: drop torch.jit",
+    "compile": ": the harness compiles the whole model itself: drop torch.compile",
+    "set_grad_enabled": ": use with torch.no_grad() or with torch.enable_grad()",
+    "gen": ": enter a context manager only with a with-statement",
 }
 
 # What to write instead, where a refused name, dunder or import has an allowed equivalent.
@@ -139,16 +148,27 @@ NAME_ADVICE = {
     "torch.nn.parameter": ": use nn.Parameter",
 }
 
+# What to write instead of assigning a tensor's attribute, which the block may not do on what it did not make.
+ASSIGNMENT_ADVICE = {
+    "requires_grad": "; to freeze a tensor call t.requires_grad_(False)",
+    "data": "; to change a tensor's values copy into it under torch.no_grad() (w.copy_(...))",
+}
+
 # What to write instead of a module a block may not use, where there is an allowed way.
 MODULE_ADVICE = {
     "cuda": ": for mixed precision use torch.autocast(...), for the device x.device",
     "amp": ": use torch.autocast(...)",
+    "compiler": ": the harness compiles the whole model itself: drop torch.compiler",
     "func": ": use torch.vmap",
     "utils": ": checkpointing recomputes the forward, which the FLOP budget counts; torch.nn.utils is allowed",
 }
 
 # nn.Module's methods named like a forbidden builtin: called on an object the block holds, they are the method.
 MODULE_METHODS_NAMED_LIKE_BUILTINS = frozenset({"eval"})
+
+# Every private name torch's classes of the table have, on a module or on one of those classes: a block may read a
+# private name of its own through its own objects only where it is none of these.
+TORCH_PRIVATE_NAMES = api_table.MODULE_PRIVATE.union(*api_table.CLASS_PRIVATE.values())
 
 # Builtins that turn a string into an attribute lookup, refused as attributes too (``builtins.getattr``): the rule for
 # their constant names applies only to the bare names. ``type`` is also a tensor device's field (``x.device.type``).
@@ -160,6 +180,9 @@ STRING_FORMATS = frozenset({"format", "format_map"})
 # Builtins that turn a string into an attribute lookup or a class. They may only be called, never bound to a name,
 # passed or stored: ``g = getattr`` would take every later ``g(obj, "__globals__")`` past the checks below.
 CALL_ONLY_BUILTINS = frozenset({"getattr", "hasattr", "type"})
+# Builtins whose checks below read their arguments: those must be written out. ``getattr(x, "gi_frame", **{})`` is a
+# call Python accepts and the rewrite into ``x.gi_frame`` did not see; ``type(*("N", (), {}))`` made a class.
+WRITTEN_OUT_CALLS = CALL_ONLY_BUILTINS | {"super"}
 
 # What a block may take from the standard library's helper modules: their type names and plain helpers. The rest
 # reaches the interpreter: ``typing.get_type_hints`` and ``functools.singledispatch`` evaluate string annotations
@@ -417,6 +440,8 @@ class _Checker(ast.NodeVisitor):
         # every class up front: a class named before its statement (def grab(): return Poker) is a class all the same
         self.block_classes = {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
         self.function_names = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+        self.class_defined = {name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+                              for name in class_body_names(node)}
         for node in ast.walk(tree):
             names = bindings(node)
             self.bound.update(names)
@@ -484,7 +509,8 @@ class _Checker(ast.NodeVisitor):
             direct = all(self._full_name(_dotted(b)) == ALLOWED_BASES[1] for b in node.bases)
             defs = [m for m in node.body if isinstance(m, ast.FunctionDef)]
             method_names = {m.name for m in defs}
-            static = method_names - {m.name for m in defs if [_dotted(d) for d in m.decorator_list] != ["staticmethod"]}
+            # a name defined twice is a staticmethod only where every definition is one (the last one wins)
+            static = method_names - {m.name for m in defs if not self._staticmethod(m)}
             assigned = {t.id for m in node.body if isinstance(m, (ast.Assign, ast.AnnAssign))
                         for t in (m.targets if isinstance(m, ast.Assign) else [m.target]) if isinstance(t, ast.Name)}
             for table, names in ((self.static_methods, static), (self.class_constants, assigned - method_names)):
@@ -508,6 +534,15 @@ class _Checker(ast.NodeVisitor):
                                         or self._property_accessor(node, method, d)
                                         for d, raw in zip(decorators, method.decorator_list)):
                     self.instance_params.add(id(positional[0]))
+
+    def _staticmethod(self, method: ast.FunctionDef) -> bool:
+        """Whether ``method`` is a staticmethod: ``@staticmethod`` outermost, under it torch modes alone
+        (``@staticmethod @torch.no_grad()``). A mode outside it would make a function of it again, bound to the
+        instance."""
+        first, *rest = method.decorator_list or [None]
+        return isinstance(first, ast.Name) and first.id == "staticmethod" and all(
+            self._full_name(_dotted(d.func if isinstance(d, ast.Call) else d)) in INSTANCE_DECORATORS - {"property"}
+            and _plain_decorator(d) for d in rest)
 
     def _class_private(self, cls: ast.ClassDef, seen: frozenset[str] = frozenset()) -> frozenset[str]:
         """The private names that are torch's on the ``self`` of ``cls``: nn.Module's, and those of every torch
@@ -744,9 +779,12 @@ class _Checker(ast.NodeVisitor):
         if _is_dunder(attr):
             if attr not in ALLOWED_DUNDER_READS or not isinstance(node.ctx, ast.Load):
                 self.flag(node, f"dunder attribute {attr!r} is not allowed" + NAME_ADVICE.get(attr, ""))
-            elif attr == "__init__" and not (_is_super_call(node.value) or called_with_self(self.parents, node)):
-                # nn.RNNBase.all_weights.__init__(fake) re-initialised a torch property for the whole process
-                self.flag(node, "__init__ may only be called as super().__init__(...) or Base.__init__(self, ...)")
+            elif attr == "__init__" and not (_is_super_call(node.value) or called_with_self(self.parents, node)
+                                             and self._names_a_base(node.value)):
+                # nn.RNNBase.all_weights.__init__(fake), and then with self, re-initialised a torch property for the
+                # whole process
+                self.flag(node, "__init__ may only be called as super().__init__(...) or Base.__init__(self, ...), "
+                          "where Base is a base of the class it is in")
         elif attr in LOCAL_ATTRIBUTES and not self._rooted_at_a_module(node):
             pass
         elif attr == "apply" and (_attribute_of_self(node.value) or isinstance(node.value, ast.Name)
@@ -780,15 +818,18 @@ class _Checker(ast.NodeVisitor):
             # self): the checks of module chains never see it. A method of the same name (x.cuda()) is fine.
             self.flag(node, f"attribute {attr!r} is not allowed here: it names a module, which a block may reach "
                       "only as module.name from its imports")
+        elif attr.startswith("_") and not on_self and self._own_private(node):
+            pass
         elif attr.startswith("_") and not on_self:
-            self.flag(node, f"private attribute {attr!r} is allowed only on self")
+            self.flag(node, f"private attribute {attr!r} is allowed only on self and, where a class of the block "
+                      "defines it, through super(), that class or a module the block builds")
         elif not on_self and not self._module_chain(node) and not self._readable(attr) \
                 and not self._refused_root(node.value):
             self.flag(node, _attribute_message(attr))
         if isinstance(node.ctx, (ast.Store, ast.Del)) and not self._own_object(node):
             self.flag(node, f"assigning to the attribute {attr!r} of anything but self (monkeypatching) is not allowed; "
                       "a submodule's attribute may be set where each of its assignments is one module built alone "
-                      "(self.q = nn.Linear(...))")
+                      "(self.q = nn.Linear(...))" + ASSIGNMENT_ADVICE.get(attr, ""))
         self.generic_visit(node)
 
     def _module_chain(self, node: ast.Attribute) -> bool:
@@ -878,6 +919,27 @@ class _Checker(ast.NodeVisitor):
                 self.flag(node, f"the string {node.value[:60]!r} names a special attribute ({special[0]}), which a "
                           "block may not reach")
 
+    def _own_private(self, node: ast.Attribute) -> bool:
+        """Whether ``node`` reads a private name that a class of the block defines, none of torch's, through the block's
+        own objects: ``super()._project(x)``, ``Rope._base(...)``, ``self.rope._rotate(q)`` where every value of
+        ``self.rope`` is a module the block builds. (Calls through a class keep the rules of ``visit_Name``.)"""
+        value = node.value
+        return isinstance(node.ctx, ast.Load) and node.attr in self.class_defined \
+            and node.attr not in TORCH_PRIVATE_NAMES and (
+                _is_super_call(value) or isinstance(value, ast.Name) and value.id in self.block_classes
+                or isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name) and value.value.id == "self"
+                and value.attr in self._submodule_attributes())
+
+    def _names_a_base(self, node: ast.AST) -> bool:
+        """Whether ``node`` names one of the bases of the class it is in (``nn.Module`` in
+        ``class A(torch.nn.Module)``)."""
+        owner = self.parents.get(id(node))
+        while owner is not None and not isinstance(owner, ast.ClassDef):
+            owner = self.parents.get(id(owner))
+        written = self._full_name(_dotted(node))
+        return owner is not None and written is not None and any(self._full_name(_dotted(b)) == written
+                                                                 for b in owner.bases)
+
     def visit_MatchClass(self, node: ast.MatchClass) -> None:
         """``case C(attr=v)`` reads the subject's attribute ``attr``: the rules for attributes apply to it, as to an
         attribute of an object that may be a module's (``case object(__globals__=g)`` is ``subject.__globals__``)."""
@@ -891,6 +953,8 @@ class _Checker(ast.NodeVisitor):
     # calls, classes, functions --------------------------------------------------------------------------------
     def visit_Call(self, node: ast.Call) -> None:
         name = node.func.id if isinstance(node.func, ast.Name) else None
+        if name in WRITTEN_OUT_CALLS and (node.keywords or any(isinstance(a, ast.Starred) for a in node.args)):
+            self.flag(node, f"{name}(...) takes its arguments written out, one by one: no keywords, *args or **kwargs")
         if name in {"getattr", "hasattr"}:
             key = node.args[1] if len(node.args) > 1 else None
             if not (isinstance(key, ast.Constant) and isinstance(key.value, str) and not key.value.startswith("_")):
@@ -907,6 +971,11 @@ class _Checker(ast.NodeVisitor):
         if name == "super" and node.args and not (len(node.args) == 2 and isinstance(node.args[1], ast.Name)
                                                   and node.args[1].id == "self"):
             self.flag(node, "super may only be called as super() or super(Class, self)")
+        elif name == "super" and not node.args and not self._in_instance_method(node):
+            # super() is super(Class, first argument): in a classmethod, super(Class, cls) hands out the bases'
+            # methods unbound, and super().grab(t) ran a method with a tensor as its self
+            self.flag(node, "super() may only be called in a method whose first parameter is self (not in a "
+                      "classmethod, a staticmethod, a nested function or a lambda)")
         callee = self._name_taker(node.func)
         if callee is not None:
             given = [value for position, keyword in NAME_ARGUMENTS[callee]
@@ -918,6 +987,15 @@ class _Checker(ast.NodeVisitor):
                           "torch.nn's private names), or an f-string or a + of strings that starts with a letter "
                           "(f\"mask_{i}\")")
         self.generic_visit(node)
+
+    def _in_instance_method(self, node: ast.AST) -> bool:
+        """Whether the function ``node`` is in (a comprehension is not one: it sees its function's first parameter)
+        is a method whose first parameter is the instance."""
+        scope = self.parents.get(id(node))
+        while scope is not None and not isinstance(scope, (ast.FunctionDef, ast.Lambda)):
+            scope = self.parents.get(id(scope))
+        positional = scope.args.posonlyargs + scope.args.args if isinstance(scope, ast.FunctionDef) else []
+        return bool(positional) and id(positional[0]) in self.instance_params
 
     def _written_name(self, node: ast.AST) -> bool:
         """``_written_name``, or a variable that its function binds only to such names: ``for name in ("w_q",
@@ -1285,6 +1363,11 @@ def own_attributes(tree: ast.AST, on_self_only: bool = False) -> set[str]:
     return names
 
 
+def lookups_as_attributes(tree: ast.AST) -> ast.AST:
+    """``tree`` with each ``getattr``/``hasattr`` of a constant name written as the attribute it reads."""
+    return _LookupsAsAttributes().visit(tree)
+
+
 class _LookupsAsAttributes(ast.NodeTransformer):
     """``getattr(obj, "name"[, default])`` and ``hasattr(obj, "name")`` with a constant name become ``obj.name`` (and
     the default beside it), so that every rule for attributes applies to them as well: ``getattr(x, "grad_fn")``
@@ -1352,7 +1435,7 @@ def check_block(
         if name in head_aliases and head_aliases[name] != path:
             report.add(None, f"the import that binds {name!r} rebinds a name of the frozen code: use another name",
                        line_offset)
-    _Checker(report, {**head_aliases, **block_imports}, line_offset).run(_LookupsAsAttributes().visit(tree))
+    _Checker(report, {**head_aliases, **block_imports}, line_offset).run(lookups_as_attributes(tree))
     _check_class(tree, class_name, required_kwargs, report, line_offset)
     _check_class_bodies(tree, report, line_offset)
     return report
