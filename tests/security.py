@@ -40,7 +40,8 @@ class {cls}(nn.Module):
 
 def past_the_static_policy(monkeypatch) -> None:
     """Switch the evaluator's static policy off, as if a candidate had found a hole in it, to show the layers
-    behind it."""
+    behind it. Such a block reaches a module by a name the checks cannot read (``getattr(torch, "o" + "s")``):
+    the loader, in the sandbox, reads a lookup by a constant name as the attribute it names."""
     from harness.trusted import evaluate
     from harness.trusted.policy import PolicyReport
 
@@ -257,6 +258,26 @@ ATTACKS = [
                     "        super().write(super().as_array(t), path)\n\n\n"),
     Attack("torch_property_reinitialised", "patching", "pass", init="nn.GRU.all_weights.__init__(self)"),
     Attack("context_manager_entered_by_hand", "guards", "next(nn.utils.parametrize.cached().func())"),
+    # A review of the ninth's fixes: a classmethod's cls is the subclass it is called on, whose method of the same
+    # name then ran with a generator, and with a frame, as its self; a torch layer's __init__ stores on self too, so a
+    # name the block only ever gives a module it built held torch's function there.
+    Attack("classmethod_cls_of_a_subclass", "commands",
+           's = Sub()\nframe = s.via((i for i in range(1)))\n'
+           's.via2(frame)["exec"]("import os; os.system(\'touch {marker}\')")',
+           preamble="class Helper(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                    "        self.gi_frame = None\n        self.f_builtins = None\n\n"
+                    "    @staticmethod\n    def poke(t):\n        return t\n\n"
+                    "    @staticmethod\n    def look(t):\n        return t\n\n"
+                    "    @classmethod\n    def via(cls, t):\n        return cls.poke(t)\n\n"
+                    "    @classmethod\n    def via2(cls, t):\n        return cls.look(t)\n\n\n"
+                    "class Sub(Helper):\n    def poke(self):\n        return self.gi_frame\n\n"
+                    "    def look(self):\n        return self.f_builtins\n\n\n"),
+    Attack("torch_layer_attribute_taken_for_a_module", "patching", "self.layer.stash(x)",
+           preamble="class Layer(nn.TransformerEncoderLayer):\n    def stash(self, t):\n"
+                    "        self.activation.stash = t.detach()\n\n\n"
+                    "class Decoy(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                    "        self.activation = nn.GELU()\n\n\n",
+           init='self.layer = Layer(d_model, n_heads, dim_feedforward=8, activation="relu")'),
 ]
 
 BY_NAME = {attack.name: attack for attack in ATTACKS}

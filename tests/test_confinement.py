@@ -47,7 +47,7 @@ def _candidate(tmp_path, attempt: str) -> str:
     """The corpus's attention that, while it is constructed, runs ``attempt`` (one line; ``os_`` is the os module)
     and raises what happened, "outcome: succeeded" or "outcome: <the error>", so that the evaluator's message
     carries it out (the sandbox may not write anywhere else) and an attempt costs seconds, not a training run."""
-    payload = (f"        os_ = getattr(torch, 'os')\n"
+    payload = (f"        os_ = getattr(torch, 'o' + 's')\n"
                f"        try:\n"
                f"            {attempt}\n"
                f"            outcome = 'succeeded'\n"
@@ -118,7 +118,7 @@ def test_the_sandbox_has_no_network(smoke_env, tmp_path, monkeypatch):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
-    path = _candidate(tmp_path, "getattr(torch, 'sys').modules['socket'].create_connection(('127.0.0.1', "
+    path = _candidate(tmp_path, "getattr(torch, 's' + 'ys').modules['socket'].create_connection(('127.0.0.1', "
                                 f"{server.getsockname()[1]}), timeout=5)")
     result = evaluate(security.FRAMEWORK, path)
     # The seccomp filter refuses the internet socket itself (on the CPU every socket); without it, the empty network
@@ -144,7 +144,7 @@ def test_the_sandbox_reaches_no_unix_socket_of_the_host(smoke_env, tmp_path, mon
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
     server.listen()
-    sock = "getattr(torch, 'sys').modules['socket']"
+    sock = "getattr(torch, 's' + 'ys').modules['socket']"
     attempts = {"socket": f"{sock}.socket({sock}.AF_UNIX).connect({path!r})",
                 "socket_pair": f"{sock}.socketpair({sock}.AF_UNIX, {sock}.SOCK_DGRAM)[0].connect({path!r})"}
     for name, attempt in attempts.items():

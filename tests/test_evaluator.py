@@ -227,8 +227,8 @@ def test_scaling_slope_objective_scores_the_seed_at_parity(smoke_env, tmp_path):
 # argument), then ends its process before the sandbox can write the real result.
 def _forger(content: str) -> str:
     return adversarial.with_block(adversarial.block(extra_init=f"""
-        proc = getattr(torch, "os")
-        path = getattr(torch, "sys").argv[3]
+        proc = getattr(torch, "o" + "s")
+        path = getattr(torch, "s" + "ys").argv[3]
         torch.tensor(list({content!r}.encode()), dtype=torch.uint8).numpy().tofile(path)
         proc._exit(0)
 """))

@@ -172,15 +172,15 @@ def test_the_trust_boundary_holds_on_ray_workers(ray_cluster, tmp_path, monkeypa
     security.past_the_static_policy(monkeypatch)
     secret = tmp_path / "secret.txt"
     secret.write_text("sk-" + secrets.token_hex(8))
-    attempts = {"signal_the_driver": (f"getattr(torch, 'os').kill({os.getpid()}, 9)", "No such process")}
+    attempts = {"signal_the_driver": (f"getattr(torch, 'o' + 's').kill({os.getpid()}, 9)", "No such process")}
     here = confine.device_layers()
     if here.files or here.root:  # not in the private root at all; else refused by Landlock
-        attempts["read_a_planted_secret"] = (f"getattr(torch, 'os').open({str(secret)!r}, 0)",
+        attempts["read_a_planted_secret"] = (f"getattr(torch, 'o' + 's').open({str(secret)!r}, 0)",
                                              "No such file or directory" if here.root else "Permission denied")
     if confine.seccomp_supported():
         keyctl = seccomp.numbers()["keyctl"]
         attempts["read_the_keyring"] = (
-            f"ct = getattr(torch, 'os').sys.modules['ctypes']; lib = ct.CDLL(None, use_errno=True); "
+            f"ct = getattr(torch, 'o' + 's').sys.modules['ctypes']; lib = ct.CDLL(None, use_errno=True); "
             f"(_ for _ in ()).throw(OSError(ct.get_errno(), 'refused')) if lib.syscall({keyctl}, 0, -4, 0) < 0 else 0",
             "refused")
     for name, (attempt, refusal) in attempts.items():

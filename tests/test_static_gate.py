@@ -851,6 +851,11 @@ CLASSMETHOD_SUPER = ("class Base(nn.Module):\n    def mem(self):\n        return
                      "        return super().mem()\n\n\n")
 
 
+CLASSMETHOD_OF_A_BASE = ("class Helper(nn.Module):\n    SCALE = 1\n\n    @classmethod\n    def via(cls, t):\n"
+                         "        return cls.SCALE\n\n\n"
+                         "class Sub(Helper):\n    def SCALE(self):\n        return self\n\n\n")
+
+
 @pytest.mark.parametrize("block,fragment", [
     # a ninth review: calls whose arguments the checks of lookups and classes did not see, super() with another first
     # argument than the instance, a torch property re-initialised, a context manager's generator driven by hand
@@ -865,6 +870,13 @@ CLASSMETHOD_SUPER = ("class Base(nn.Module):\n    def mem(self):\n        return
     (good_with(body="next(nn.utils.parametrize.cached().func())"), "attribute 'func' is not allowed"),
     (good_with(init="self.gen = None", body="next(nn.utils.parametrize.cached().gen)"),
      "attribute 'gen' is not allowed"),
+    (good_with(body='f = getattr(x, "a b", None)'), "getattr is allowed only with a constant, non-underscore"),
+    # a review of those fixes: cls is the subclass a classmethod is called on, where the name may be a method; a
+    # torch layer's __init__ stores on self too (nn.TransformerEncoderLayer's activation, here F.relu)
+    (good_with(CLASSMETHOD_OF_A_BASE), "a class derives from Helper; read its constants as Helper.NAME"),
+    (good_with("class Layer(nn.TransformerEncoderLayer):\n    def stash(self, t):\n"
+               "        self.activation.stash = t\n\n\n", init="self.activation = nn.GELU()"),
+     "assigning to the attribute 'stash' of anything but self"),
 ])
 def test_a_ninth_review_s_ways_past_the_policy_are_refused(block, fragment):
     assert_refused(block, fragment)
@@ -921,6 +933,10 @@ def test_what_the_ninth_review_s_rules_still_admit():
             "        self.rope = Rope()").replace(
             "return self.proj(x)", "x = super()._project(self.rope._rotate(x)) * Rope._SCALE\n"
             "        x = Projector._project(self, Rope._half(x))\n        return self.proj(x)"),
+        # a classmethod of a class nothing derives from reads its constants; a submodule's attribute may be set
+        # where no class derives from a torch layer
+        good_with("class Helper(nn.Module):\n    SCALE = 2.0\n\n    @classmethod\n    def make(cls):\n"
+                  "        return cls.SCALE\n\n\n", init="self.drop = nn.Dropout(0.1)\nself.drop.p = 0.2"),
         # a staticmethod under a torch mode is a staticmethod all the same
         good_with(methods="    @staticmethod\n    @torch.no_grad()\n    def causal(t):\n"
                           "        return torch.ones(t, t).tril()\n\n", body=f"mask = {CLASS}.causal(x.shape[1])"),

@@ -488,14 +488,21 @@ class _Checker(ast.NodeVisitor):
             # nn.Module keeps the module apart, and the property wins
             defined = {name for cls in ast.walk(self.tree) if isinstance(cls, ast.ClassDef)
                        for name in class_body_names(cls)}
-            self.submodules = built - other - defined - api_table.NN_MODULE_NAMES
+            # a torch layer's own __init__ stores on self as well (nn.TransformerEncoderLayer's self.activation is
+            # whatever it is given): where a class derives from one, none of the names torch's layers have is a
+            # module the block built for sure
+            layered = any((self._full_name(_dotted(b)) or "").startswith(ALLOWED_BASES[0])
+                          and self._full_name(_dotted(b)) != "torch.nn.Module"
+                          for c in ast.walk(self.tree) if isinstance(c, ast.ClassDef) for b in c.bases)
+            self.submodules = built - other - defined - api_table.NN_MODULE_NAMES \
+                - (api_table.ATTRIBUTES if layered else frozenset())
         return self.submodules
 
     def _find_classes(self, tree: ast.Module) -> None:
         """The block's autograd Functions, its classes' methods, and the parameters that name the instance
         (``self``) or an autograd context (``ctx``) where Python binds them."""
         classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
-        self.classes_by_name = {}
+        self.classes_by_name, self.classes_by_name_list = {}, classes
         for node in classes:
             self.classes_by_name.setdefault(node.name, []).append(node)
         grew = True
@@ -957,7 +964,8 @@ class _Checker(ast.NodeVisitor):
             self.flag(node, f"{name}(...) takes its arguments written out, one by one: no keywords, *args or **kwargs")
         if name in {"getattr", "hasattr"}:
             key = node.args[1] if len(node.args) > 1 else None
-            if not (isinstance(key, ast.Constant) and isinstance(key.value, str) and not key.value.startswith("_")):
+            if not (isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value.isidentifier()
+                    and not key.value.startswith("_")):
                 self.flag(node, f"{name} is allowed only with a constant, non-underscore attribute name; for a "
                           "submodule by a computed name use self.get_submodule(f\"layer_{i}\")")
         parent = self.parents.get(id(node))
@@ -989,8 +997,8 @@ class _Checker(ast.NodeVisitor):
         self.generic_visit(node)
 
     def _in_instance_method(self, node: ast.AST) -> bool:
-        """Whether the function ``node`` is in (a comprehension is not one: it sees its function's first parameter)
-        is a method whose first parameter is the instance."""
+        """Whether the function ``node`` is in is a method whose first parameter is the instance. (A comprehension
+        is not a function here: from Python 3.12 it runs in its function's frame; before, super() there fails.)"""
         scope = self.parents.get(id(node))
         while scope is not None and not isinstance(scope, (ast.FunctionDef, ast.Lambda)):
             scope = self.parents.get(id(scope))
@@ -1092,7 +1100,12 @@ class _Checker(ast.NodeVisitor):
         positional = node.args.posonlyargs + node.args.args
         if not positional or not isinstance(owner, ast.ClassDef):
             return
-        name, readable = positional[0].arg, self._readable_through(owner.name)
+        # Called on an instance of a subclass, cls is that subclass, where the same name may be a method: Sub's
+        # def poke(self) made cls.poke(gen) run it with a generator as its self. Only a class no class of the block
+        # derives from is always the class the method is written in.
+        subclassed = any(self._derives_from_class(other, owner.name) for other in self.classes_by_name_list
+                         if other is not owner)
+        name, readable = positional[0].arg, set() if subclassed else self._readable_through(owner.name)
         for use in ast.walk(node):
             if not (isinstance(use, ast.Name) and use.id == name):
                 continue
@@ -1101,8 +1114,19 @@ class _Checker(ast.NodeVisitor):
                                                   or isinstance(parent, ast.Attribute) and parent.attr in readable
                                                   and isinstance(parent.ctx, ast.Load)):
                 continue
-            self.flag(use, f"in the classmethod {node.name}, {name} may only be instantiated ({name}(...)) or "
-                      f"read for the class's constants and staticmethods")
+            self.flag(use, f"in the classmethod {node.name}, {name} may only be instantiated ({name}(...))"
+                      + (f": a class derives from {owner.name}; read its constants as {owner.name}.NAME" if subclassed
+                         else " or read for the class's constants and staticmethods"))
+
+    def _derives_from_class(self, cls: ast.ClassDef, name: str, seen: frozenset[str] = frozenset()) -> bool:
+        """Whether the block's class ``cls`` derives from the block's class ``name``, directly or through others."""
+        for base in cls.bases:
+            dotted = _dotted(base)
+            if dotted == name or dotted not in seen and any(
+                    self._derives_from_class(other, name, seen | {dotted})
+                    for other in self.classes_by_name.get(dotted or "", [])):
+                return True
+        return False
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
         self._check_annotation(node.annotation)
