@@ -502,7 +502,7 @@ class _Checker(ast.NodeVisitor):
         """The block's autograd Functions, its classes' methods, and the parameters that name the instance
         (``self``) or an autograd context (``ctx``) where Python binds them."""
         classes = [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
-        self.classes_by_name, self.classes_by_name_list = {}, classes
+        self.classes_by_name, self.classes = {}, classes
         for node in classes:
             self.classes_by_name.setdefault(node.name, []).append(node)
         grew = True
@@ -1103,7 +1103,7 @@ class _Checker(ast.NodeVisitor):
         # Called on an instance of a subclass, cls is that subclass, where the same name may be a method: Sub's
         # def poke(self) made cls.poke(gen) run it with a generator as its self. Only a class no class of the block
         # derives from is always the class the method is written in.
-        subclassed = any(self._derives_from_class(other, owner.name) for other in self.classes_by_name_list
+        subclassed = any(self._derives_from_class(other, owner.name) for other in self.classes
                          if other is not owner)
         name, readable = positional[0].arg, set() if subclassed else self._readable_through(owner.name)
         for use in ast.walk(node):
