@@ -708,17 +708,25 @@ class _Checker(ast.NodeVisitor):
 
     def _derives_from(self, node: ast.AST, name: str) -> bool:
         """Whether the class around ``node`` is ``name`` or derives from it through classes of the block."""
+        scope = self._enclosing_class(node)
+        return scope is not None and (scope.name == name or self._inherits(scope, name))
+
+    def _enclosing_class(self, node: ast.AST) -> ast.ClassDef | None:
         scope = self.parents.get(id(node))
         while scope is not None and not isinstance(scope, ast.ClassDef):
             scope = self.parents.get(id(scope))
-        todo, seen = [scope] if scope is not None else [], set()
+        return scope
+
+    def _inherits(self, cls: ast.ClassDef, name: str) -> bool:
+        """Whether the block's class ``cls`` derives from the block's class ``name``, directly or through others."""
+        todo, seen = [cls], set()
         while todo:
-            cls = todo.pop()
-            if cls.name == name:
-                return True
-            seen.add(cls.name)
-            for base in cls.bases:
+            current = todo.pop()
+            seen.add(current.name)
+            for base in current.bases:
                 dotted = _dotted(base)
+                if dotted == name:
+                    return True
                 todo += [c for c in self.classes_by_name.get(dotted or "", []) if c.name not in seen]
         return False
 
@@ -940,9 +948,7 @@ class _Checker(ast.NodeVisitor):
     def _names_a_base(self, node: ast.AST) -> bool:
         """Whether ``node`` names one of the bases of the class it is in (``nn.Module`` in
         ``class A(torch.nn.Module)``)."""
-        owner = self.parents.get(id(node))
-        while owner is not None and not isinstance(owner, ast.ClassDef):
-            owner = self.parents.get(id(owner))
+        owner = self._enclosing_class(node)
         written = self._full_name(_dotted(node))
         return owner is not None and written is not None and any(self._full_name(_dotted(b)) == written
                                                                  for b in owner.bases)
@@ -1103,8 +1109,7 @@ class _Checker(ast.NodeVisitor):
         # Called on an instance of a subclass, cls is that subclass, where the same name may be a method: Sub's
         # def poke(self) made cls.poke(gen) run it with a generator as its self. Only a class no class of the block
         # derives from is always the class the method is written in.
-        subclassed = any(self._derives_from_class(other, owner.name) for other in self.classes
-                         if other is not owner)
+        subclassed = any(self._inherits(other, owner.name) for other in self.classes if other is not owner)
         name, readable = positional[0].arg, set() if subclassed else self._readable_through(owner.name)
         for use in ast.walk(node):
             if not (isinstance(use, ast.Name) and use.id == name):
@@ -1117,16 +1122,6 @@ class _Checker(ast.NodeVisitor):
             self.flag(use, f"in the classmethod {node.name}, {name} may only be instantiated ({name}(...))"
                       + (f": a class derives from {owner.name}; read its constants as {owner.name}.NAME" if subclassed
                          else " or read for the class's constants and staticmethods"))
-
-    def _derives_from_class(self, cls: ast.ClassDef, name: str, seen: frozenset[str] = frozenset()) -> bool:
-        """Whether the block's class ``cls`` derives from the block's class ``name``, directly or through others."""
-        for base in cls.bases:
-            dotted = _dotted(base)
-            if dotted == name or dotted not in seen and any(
-                    self._derives_from_class(other, name, seen | {dotted})
-                    for other in self.classes_by_name.get(dotted or "", [])):
-                return True
-        return False
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
         self._check_annotation(node.annotation)
