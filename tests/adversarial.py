@@ -17,6 +17,15 @@ FRAMEWORK = "ttr"
 CLASS = FRAMEWORKS[FRAMEWORK].class_name
 SEED = FRAMEWORKS[FRAMEWORK].seed_source()
 
+
+def trained_seed(framework: str = FRAMEWORK) -> str:
+    """The seed with a comment in its block: a program of its own, which the evaluator trains and scores (the pristine
+    seed's result is its baseline's, never trained again)."""
+    return FRAMEWORKS[framework].seed_source().replace(program.END, "# the seed, trained as a candidate\n" + program.END)
+
+
+TRAINED_SEED = trained_seed()
+
 # A compact causal softmax attention in the seed's parameter layout. Markers {SCORES}, {POST} and
 # {EXTRA_INIT} are where the variants below change it.
 BASE = '''

@@ -9,7 +9,7 @@ the marker file ``{marker}``, the secret written into it, the parent killed, the
 import os
 from dataclasses import dataclass
 
-from adversarial import CLASS, FRAMEWORK, SEED  # noqa: F401 - the same seed as the adversarial corpus
+from adversarial import CLASS, FRAMEWORK, SEED, TRAINED_SEED  # noqa: F401 - the adversarial corpus's seed
 from harness.trusted import program
 from harness.trusted.profiles import get_profile
 

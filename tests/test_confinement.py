@@ -70,7 +70,7 @@ def _outcome(result) -> str:
 @needs_confinement
 def test_the_seed_is_evaluated_confined_and_the_ledger_says_so(smoke_env, tmp_path):
     path = tmp_path / "seed.py"
-    path.write_text(security.SEED)
+    path.write_text(security.TRAINED_SEED)
     result = evaluate(security.FRAMEWORK, str(path))
     assert result.artifacts["reason"] == "ok", result.artifacts.get("message")
     row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
@@ -93,7 +93,7 @@ def test_the_protocols_rungs_train_at_once_inside_the_confined_sandbox(smoke_env
     layer): the seed scores at parity with its baseline on the scaling slope, each rung trained its budget."""
     profile = get_profile("smoke-ladder")
     path = tmp_path / "seed.py"
-    path.write_text(security.SEED)
+    path.write_text(security.TRAINED_SEED)
     result = evaluate(security.FRAMEWORK, str(path), profile=profile)
     assert result.artifacts["reason"] == "ok", result.artifacts.get("message")
     assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
@@ -213,7 +213,7 @@ def test_the_private_root_alone_keeps_the_same_files_out_of_reach(smoke_env, tmp
     row = ledger.evaluations()[-1]
     assert row["execution"]["confinement"] == confine.recorded(False, False, True)
     path = tmp_path / "seed.py"
-    path.write_text(security.SEED)
+    path.write_text(security.TRAINED_SEED)
     result = evaluate(security.FRAMEWORK, str(path))
     assert result.artifacts["reason"] == "ok" and result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
 
@@ -321,7 +321,7 @@ def _confinement_recorded_when_opted_in(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv(ALLOW_UNCONFINED_ENV, "1")
     profile = dataclasses.replace(get_profile(), requires_confinement=True)
     path = tmp_path / "seed.py"
-    path.write_text(security.SEED)
+    path.write_text(security.TRAINED_SEED)
     result = evaluate(security.FRAMEWORK, str(path), profile=profile)
     assert result.artifacts["reason"] == "ok", result.artifacts.get("message")
     row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))

@@ -40,7 +40,7 @@ def test_seed_scores_parity_against_its_cached_baseline(smoke_env, framework, tm
     prepared = prepare(framework)
     prepare_s = time.time() - started
     path = tmp_path / "seed.py"
-    path.write_text(FRAMEWORKS[framework].seed_source())
+    path.write_text(adversarial.trained_seed(framework))
     result = evaluate(framework, str(path))
     total_s = time.time() - started
     check_result_types(result)
@@ -61,6 +61,35 @@ def test_seed_scores_parity_against_its_cached_baseline(smoke_env, framework, tm
     print(f"{framework}: prepare {prepare_s:.1f}s, prepare+evaluate {total_s:.1f}s, "
           f"evaluate {result.metrics['eval_wall_s']:.1f}s")
     assert result.metrics["eval_wall_s"] < 60.0
+
+
+def test_the_pristine_seed_is_scored_by_its_baseline_without_training_again(smoke_env, tmp_path, monkeypatch):
+    """OpenEvolve evaluates its initial program first: that is the baseline's own training, which the preparation
+    ran and the trusted scorer scored, so no sandbox runs again. The row says so, and keeps the baseline's runs."""
+    from harness.trusted import executor
+
+    prepared = prepare("ttr")
+
+    def no_sandbox(*args, **kwargs):
+        raise AssertionError("a sandbox ran for the pristine seed")
+
+    monkeypatch.setattr(executor, "run_sandbox", no_sandbox)
+    path = tmp_path / "ttr.py"
+    path.write_text(FRAMEWORKS["ttr"].seed_source())
+    result = evaluate("ttr", str(path))
+    check_result_types(result)
+    assert result.artifacts["reason"] == "ok", result.artifacts
+    assert result.metrics["combined_score"] == 1.0 and result.metrics["valid"] == 1.0
+    assert result.metrics["final_loss"] == prepared["baseline"]["final_loss"]
+    assert result.artifacts["fingerprint_id"] == prepared["fingerprint"]["id"]
+    assert "nothing ran" in result.artifacts["execution"] and "not trained again" in result.artifacts["message"]
+    row = next(r for r in ledger.evaluations() if r["id"] == int(result.artifacts["ledger_row"]))
+    assert row["verdict"] == "valid" and row["execution"]["reused"]
+    assert [r["final_val_loss"] for r in row["runs"]] == [r["final_val_loss"] for r in prepared["baseline"]["runs"]]
+    # Any change to the program, a comment included, is a candidate of its own: it goes to the sandbox.
+    path.write_text(adversarial.TRAINED_SEED)
+    changed = evaluate("ttr", str(path))
+    assert changed.artifacts["reason"] == "infrastructure" and "a sandbox ran" in changed.artifacts["message"]
 
 
 @pytest.mark.parametrize("case", [c for c in adversarial.CASES if c.name != "seed"], ids=lambda c: c.name)
@@ -168,7 +197,7 @@ def test_a_hub_data_source_is_fetched_by_the_host_and_prepared_without_network(s
     prepared = prepare("ttr", profile)
     assert prepared["fingerprint"]["data_source"] == "roneneldan/TinyStories"
     path = tmp_path / "seed.py"
-    path.write_text(FRAMEWORKS["ttr"].seed_source())
+    path.write_text(adversarial.TRAINED_SEED)
     result = evaluate("ttr", str(path), profile=profile)
     assert result.artifacts["reason"] == "ok", result.artifacts
     assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)
@@ -211,7 +240,7 @@ def test_memory_cap_kills_the_sandbox(smoke_env, tmp_path):
 def test_scaling_slope_objective_scores_the_seed_at_parity(smoke_env, tmp_path):
     profile = get_profile(objective="scaling_slope")
     path = tmp_path / "seed.py"
-    path.write_text(FRAMEWORKS["ttr"].seed_source())
+    path.write_text(adversarial.TRAINED_SEED)
     result = evaluate("ttr", str(path), profile=profile)
     assert result.artifacts["reason"] == "ok", result.artifacts
     assert result.metrics["combined_score"] == pytest.approx(1.0, abs=1e-3)

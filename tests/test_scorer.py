@@ -597,7 +597,9 @@ def test_a_scored_split_changed_on_disk_after_the_baseline_is_tampering(smoke_en
     tokens = np.load(entry / "score.npy")
     tokens[: prepared["profile"].val_tokens] = tokens[0]  # one token repeated: trivially predictable
     np.save(entry / "score.npy", tokens)
-    result = evaluate("ttr", "initial_programs/ttr.py")
+    candidate = tmp_path / "seed.py"
+    candidate.write_text(security.TRAINED_SEED)
+    result = evaluate("ttr", str(candidate))
     assert result.artifacts["reason"] == "tampering", result.artifacts["message"]
     assert "scored split on disk is not the one the baseline was scored on" in result.artifacts["message"]
     assert result.metrics["combined_score"] == 0.0

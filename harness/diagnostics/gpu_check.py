@@ -520,6 +520,8 @@ def _program_with_block(seed_source: str, block: str) -> str:
 
 def evaluation_cases(work: Path) -> list[dict]:
     """The three candidates of the evaluation stage: name, source, the reason expected, and the escape's marker."""
+    from harness.trusted import program
+
     fw, seed = _seed()
     if seed.count(LEAK_FROM) != 1:
         raise RuntimeError("the cd seed no longer holds the causal mask line the leak case removes")
@@ -527,7 +529,9 @@ def evaluation_cases(work: Path) -> list[dict]:
     escape = _program_with_block(seed, ESCAPE_BLOCK.format(cls=fw.class_name, secret_env=ESCAPE_SECRET_ENV,
                                                            marker=marker))
     return [
-        {"name": "seed", "source": seed, "expected_reason": "ok"},
+        # With a comment in its block: the pristine seed's result is its baseline's, and this case trains.
+        {"name": "seed", "source": _program_with_block(seed, program.split(seed).block + "# trained as a candidate\n"),
+         "expected_reason": "ok"},
         {"name": "adversarial_future_leak", "source": seed.replace(LEAK_FROM, LEAK_TO), "expected_reason": "causality"},
         {"name": "escape_secret_and_file", "source": escape, "expected_reason": "policy", "marker": str(marker)},
     ]

@@ -220,6 +220,8 @@ def _result(framework: str, reason: Reason, message: str, *, score: float = 0.0,
 
 
 def _execution_text(execution: dict) -> str:
+    if execution.get("reused"):
+        return f"{execution.get('executor', '?')}: nothing ran; reused {execution['reused']}"
     where = execution.get("host", "?")
     if execution.get("executor") == "ray":
         where = f"Ray node {execution.get('node_ip', '?')} ({where})"
@@ -343,6 +345,8 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
     problem = static_gate(framework, spliced)
     if problem:
         return _result(framework, problem[0], problem[1], code=spliced, **common)
+    if spliced == pristine:
+        return _pristine_seed(framework, spliced, prepared, started)
 
     request = sandbox_request(fw.name, profile, prepared["ledger"], source=spliced)
     run = executor.run_sandbox("evaluate", request, profile.hard_limit_s, profile.memory_cap_mib,
@@ -412,6 +416,20 @@ def _evaluate(framework: str, program_path: str, profile: Profile | None, ledger
     metrics.update(objective_metrics(objective))
     return _result(framework, Reason.OK, "valid", score=value, metrics=metrics, details=details, flags=flags,
                    timings=timings, runs=typed_runs(objective["runs"]), **common)
+
+
+def _pristine_seed(framework: str, code: str, prepared: dict, started: float):
+    """The pristine seed's result is its baseline's. The preparation trained exactly this program at this budget and
+    the trusted scorer scored it; trained again, it gives the same objective (bit for bit on the CPU, within CUDA's
+    nondeterminism on a GPU), at the cost of one more training at the profile's whole budget per framework and run:
+    OpenEvolve evaluates its initial program first. A seed changed in any way, a comment included, trains."""
+    baseline, profile = prepared["baseline"], prepared["profile"]
+    value, flags = score(baseline, baseline, profile)
+    execution = {"executor": prepared["executor"], "reused": "the baseline's training and scoring"}
+    return _result(framework, Reason.OK, "valid: the pristine seed, scored by its baseline's own training and scoring "
+                   "(not trained again)", score=value, metrics=objective_metrics(baseline), flags=flags,
+                   prepared=prepared, code=code, started=started, execution=execution,
+                   runs=typed_runs(baseline["runs"]))
 
 
 def make_evaluator(framework: str):
