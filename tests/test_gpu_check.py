@@ -236,6 +236,7 @@ def test_without_a_daemon_nothing_is_started_and_the_reason_is_kept(tmp_path, fa
     monkeypatch.setenv("FAIL", "no GPU")
     assert gpu_check.start_mps(tmp_path / "w") == (None, f"{gpu_check.MPS_CONTROL} -d exited with 3: cannot start: "
                                                           "no GPU")
+    assert not Path(gpu_check.mps_environment(tmp_path / "w")["CUDA_MPS_PIPE_DIRECTORY"]).exists()  # none left
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert gpu_check.start_mps(tmp_path / "w") == (None, f"{gpu_check.MPS_CONTROL} is not on this machine")
 

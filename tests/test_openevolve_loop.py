@@ -276,12 +276,19 @@ def test_a_run_past_its_timeout_is_killed_with_its_sandboxes(loop_env):
     output = (root / "killed").resolve()
     started = time.time()
     # 8 s: openevolve-run is up and its main process is preparing the evaluator in a sandbox subprocess.
-    run = run_demo("mm", 5, output, extra_env=env, timeout_s=8)
+    run = run_demo("mm", 5, output, extra_env=_killed_run_env(root, env), timeout_s=8)
     assert run.timed_out and run.returncode != 0
     assert time.time() - started < 40
     time.sleep(1)
     assert _processes_in(output) == []
     assert "killed after 8 s" in run.log_path.read_text()
+
+
+def _killed_run_env(root: Path, env: dict) -> dict:
+    """A run killed mid-evaluation leaves OpenEvolve's temporary copy of the program behind (it deletes it only when
+    the evaluation returns): keep it in the test's own folder, not in the machine's /tmp."""
+    (root / "tmp").mkdir(exist_ok=True)
+    return {**env, "TMPDIR": str(root / "tmp")}
 
 
 def _cmdline(pid: int) -> str:
@@ -304,7 +311,8 @@ def test_killing_openevolve_run_takes_its_workers_and_their_sandboxes(loop_env):
     root, env = loop_env
     output = (root / "sigkilled").resolve()
     result = {}
-    thread = threading.Thread(target=lambda: result.update(run=run_demo("ttr", 5, output, extra_env=env,
+    thread = threading.Thread(target=lambda: result.update(run=run_demo("ttr", 5, output,
+                                                                          extra_env=_killed_run_env(root, env),
                                                                           timeout_s=300)))
     thread.start()
     deadline, main, busy = time.time() + 240, None, []

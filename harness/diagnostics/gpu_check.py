@@ -408,11 +408,14 @@ def start_mps(work: Path) -> tuple[dict | None, str | None]:
             done = subprocess.run([control, "-d"], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return None, f"{MPS_CONTROL} -d: {type(exc).__name__}: {exc}"
-    if done.returncode != 0:
-        said = output.read_text(errors="replace").strip()[-300:]
-        return None, f"{MPS_CONTROL} -d exited with {done.returncode}: {said}"
-    return env, None
+        why = f"{MPS_CONTROL} -d: {type(exc).__name__}: {exc}"
+    else:
+        if done.returncode == 0:
+            return env, None
+        why = f"{MPS_CONTROL} -d exited with {done.returncode}: {output.read_text(errors='replace').strip()[-300:]}"
+    # No daemon, so no stop_mps to clear the pipe folder, which may be outside the work folder (under /tmp).
+    shutil.rmtree(env["CUDA_MPS_PIPE_DIRECTORY"], ignore_errors=True)
+    return None, why
 
 
 def stop_mps(work: Path) -> None:
