@@ -436,3 +436,19 @@ def test_mostly_nonfinite_flagged(tmp_path):
     assert rules["mostly_nonfinite"]["fired_at"] == 10
     assert rules["mostly_nonfinite"]["detail"] == "7 of 12 iteration(s) nonfinite"
     assert rules["invalid_in_a_row"]["fired_at"] is None
+
+
+def test_the_early_loss_is_judged_by_the_interval_of_rho_not_by_rho_alone():
+    from harness.analysis.measures import early_ranking_judgement
+
+    # rho = 0.8 from five programs: p = 0.13 and an interval from 0.11 to 1, which says nothing either way
+    res = spearman_test([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0])
+    assert res["rho"] == pytest.approx(0.8) and res["p"] > 0.05 and res["ci_low"] < 0.5
+    said = early_ranking_judgement(res["p"], res["ci_low"], res["ci_high"])
+    assert said.startswith("the data cannot tell") and "almost as" not in said
+    assert "cannot tell" in early_ranking_judgement(0.45, -1.0, 1.0)  # rho = -0.5 from five: no "would mislead"
+    assert "NOT rank" in early_ranking_judgement(0.001, -1.0, 0.3)
+    assert "almost as" in early_ranking_judgement(1e-5, 0.82, 1.0)
+    assert "at least roughly" in early_ranking_judgement(0.002, 0.6, 1.0)
+    assert "goes with the final objective" in early_ranking_judgement(0.01, 0.29, 1.0)
+    assert "there is no interval" in early_ranking_judgement(0.01, None, None)

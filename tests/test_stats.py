@@ -1,8 +1,10 @@
 """The statistics of ``harness validate`` against values computed by hand."""
 
+import itertools
 import math
 
 import numpy as np
+import scipy.stats
 import pytest
 
 from harness.validation import stats
@@ -140,10 +142,25 @@ def test_anova_and_kruskal_by_hand():
     assert (out["anova"]["df_between"], out["anova"]["df_within"]) == (2, 6)
     assert out["anova"]["p"] == pytest.approx((6 / 32) ** 3)
     # ranks: 1 | 2.5 2.5 | 4.5 4.5 | 6 7 8 9 -> R = 8, 13, 24; H = 12/(9*10) sum R^2/3 - 30, corrected for
-    # the two ties of two: 1 - 2 * (8 - 2) / (729 - 9); chi-squared with 2 df: p = exp(-H/2)
+    # the two ties of two: 1 - 2 * (8 - 2) / (729 - 9)
     h = (12 / 90 * (64 + 169 + 576) / 3 - 30) / (1 - 12 / 720)
     assert out["kruskal"]["H"] == pytest.approx(h)
-    assert out["kruskal"]["p"] == pytest.approx(math.exp(-h / 2))
+    # Groups of 3 are too small for the chi-square approximation (p = exp(-H/2) with 2 df, 0.048 here): the p is
+    # the share of the 1,680 ways to deal the nine values into three groups of three whose H is at least as large.
+    pooled = [v for g in groups.values() for v in g]
+    dealt = []
+    for first in itertools.combinations(range(9), 3):
+        rest = [i for i in range(9) if i not in first]
+        for second in itertools.combinations(rest, 3):
+            third = [i for i in rest if i not in second]
+            dealt.append(scipy.stats.kruskal(*[[pooled[i] for i in g] for g in (first, second, third)]).statistic)
+    assert len(dealt) == 1680
+    exact = sum(x >= h - 1e-9 for x in dealt) / len(dealt)
+    assert out["kruskal"]["p"] == pytest.approx(exact) and out["kruskal"]["p_method"] == "exact permutation"
+    assert exact == pytest.approx(0.025) and math.exp(-h / 2) == pytest.approx(0.0484, abs=1e-4)
+    # From five values per group up, the chi-square approximation: exp(-H/2) with 2 df.
+    big = stats.across_groups({k: v + [x + 0.5 for x in v[:2]] for k, v in groups.items()})["kruskal"]
+    assert big["p"] == pytest.approx(math.exp(-big["H"] / 2)) and big["p_method"] == "chi-square approximation"
     # pairs by Welch, Holm over the three
     pairs = {(p["a"], p["b"]): p for p in out["pairs"]}
     assert set(pairs) == {("cd", "ttr"), ("cd", "mm"), ("ttr", "mm")}
@@ -151,6 +168,13 @@ def test_anova_and_kruskal_by_hand():
     assert [pairs[k]["p_holm"] for k in sorted(pairs)] == pytest.approx(stats.holm(raw))
     assert pairs[("cd", "ttr")]["p"] == pytest.approx(stats.welch([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]).p)
     assert math.isnan(stats.across_groups({"cd": [1.0, 2.0]})["anova"]["p"])  # one group: nothing to compare
+
+
+def test_kruskal_on_two_small_groups_is_exact_where_the_approximation_calls_it_significant():
+    out = stats.across_groups({"cd": [1.0, 2.0, 3.0], "ttr": [4.0, 5.0, 6.0]})["kruskal"]
+    assert scipy.stats.kruskal([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]).pvalue < 0.05
+    # Two groups: the exact Mann-Whitney test, an independent computation of the same permutation distribution.
+    assert out["p"] == pytest.approx(scipy.stats.mannwhitneyu([1, 2, 3], [4, 5, 6], method="exact").pvalue) == 0.1
 
 
 def _primary(diff=-0.05, p=0.001, n=10, d=-0.9):
@@ -213,7 +237,7 @@ def test_differences_equal_but_for_rounding_are_untestable_like_equal_ones():
     exact = stats.paired([3.25] * 5, [3.0] * 5)
     rounded = stats.paired(cand, base)
     assert math.isnan(exact.p) and math.isnan(rounded.p)
-    assert rounded.diff == pytest.approx(0.1) and math.isinf(rounded.d)
+    assert rounded.diff == pytest.approx(0.1) and math.isinf(rounded.d) and rounded.d_label == "undefined"
     assert _verdict(primary=rounded, p_holm=math.nan).level == "untestable"
     real = stats.paired([b + 0.1 + 1e-6 * i for i, b in enumerate(base)], base)  # a spread of 1e-6 is data
     assert real.p < 1e-10
@@ -230,3 +254,40 @@ def test_every_report_prints_a_p_value_the_same_way():
     assert [stats.format_p(p) for p in (0.0123456, 1.23e-5, 0.5, None, float("nan"), np.float32("nan"))] == \
         ["0.0123", "1.2e-05", "0.5", "–", "–", "–"]
     assert stats.describe([1.0, None, 3.0, float("inf")]) == {"n": 2, "mean": 2.0, "sd": pytest.approx(2 ** 0.5)}
+
+
+def test_a_number_at_a_threshold_is_printed_on_its_side_of_it():
+    assert stats.format_against(0.049996, 0.05) == "0.049996" and stats.format_against(0.0123456, 0.05) == "0.0123"
+    assert stats.format_against(0.05, 0.05) == "0.05" and stats.format_against(0.050004, 0.05) == "0.050004"
+    assert stats.format_against(-0.5004, -0.5) == "-0.5004" and stats.format_against(0.996, 1.0) == "0.996"
+    assert stats.format_p(0.049996) == "0.049996" and stats.format_p(0.0500001) == "0.0500001"
+    # The verdict's own words: p below alpha, |d| above 0.5, the improvement above 1 %, each visibly so.
+    v = _verdict(primary=_primary(diff=-0.0301, d=-0.5004), p_holm=0.049996)
+    assert v.level == "strong"
+    assert "Holm-adjusted p = 0.049996," in v.text and "|d| = 0.5004," in v.text and "FLOP ratio 1.020," in v.text
+    assert "1.003 % lower" in v.text  # "1.00 % lower" would sit on the threshold
+    v = _verdict(primary=_primary(diff=-0.029988, d=-0.9))  # 0.9996 % lower: not more than 1 %
+    assert v.level == "below the minimum" and v.criteria[1]["value"] == pytest.approx(0.029988 / 3)
+    from harness.validation.report import _criterion_value
+
+    assert _criterion_value(v.criteria[1]) == "0.9996 %" and _criterion_value(v.criteria[0]) == "0.002"
+    assert _criterion_value(v.criteria[4]) == "-0.900" and stats.format_against(1.1, 1.1, 3, "f") == "1.100"
+    from harness.validation.report import paired_d
+
+    assert paired_d(-0.5004) == "-0.5004" and paired_d(0.9) == "0.90" and paired_d(math.nan) == "–"
+
+
+def test_the_best_candidate_of_a_framework_is_one_that_trained():
+    from harness.validation.comparison import across_frameworks
+
+    def comparison(framework, label, losses):
+        mean = float(np.mean(losses)) if losses else math.nan
+        return {"framework": framework, "label": label, "fingerprint_id": "fp",
+                "stats": {"primary": {"mean_a": mean}, "improvement": 0.01, "verdict": {"level": "exploratory"},
+                          "seeds": [{"candidate": x} for x in losses] or [{"candidate": None}] * 3}}
+
+    out = across_frameworks([comparison("cd", "cd-dead", []), comparison("cd", "cd-good", [2.0, 2.1, 2.2]),
+                             comparison("ttr", "ttr-1", [2.5, 2.6, 2.7])])
+    assert out["candidates"] == {"cd": "cd-good", "ttr": "ttr-1"}
+    assert math.isfinite(out["anova"]["p"]) and out["anova"]["df_between"] == 1
+    assert across_frameworks([comparison("cd", "cd-dead", []), comparison("ttr", "ttr-1", [2.5, 2.6])]) is None

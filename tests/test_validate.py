@@ -266,11 +266,14 @@ def test_frameworks_are_compared_when_several_are_validated(tmp_path, fake_evalu
                                runner=runner, log=lambda m: None, ladder=False)
     fw = result["frameworks"]
     assert fw["candidates"] == {"mm": "mm-same", "ttr": "ttr-good"}
-    from scipy.stats import f_oneway, kruskal
+    from scipy.stats import f_oneway, mannwhitneyu
 
     losses = {c["framework"]: [r["candidate"] for r in c["stats"]["seeds"]] for c in result["candidates"]}
     assert fw["anova"]["p"] == pytest.approx(f_oneway(losses["mm"], losses["ttr"]).pvalue)
-    assert fw["kruskal"]["p"] == pytest.approx(kruskal(losses["mm"], losses["ttr"]).pvalue)
+    # 4 seeds per framework: below the chi-square approximation's 5, the exact p, which for two groups is the exact
+    # Mann-Whitney test's
+    assert fw["kruskal"]["p"] == pytest.approx(mannwhitneyu(losses["mm"], losses["ttr"], method="exact").pvalue)
+    assert fw["kruskal"]["p_method"] == "exact permutation"
     assert len(fw["pairs"]) == 1 and fw["pairs"][0]["p_holm"] == pytest.approx(fw["pairs"][0]["p"])
     report = (tmp_path / "val" / "report.md").read_text()
     assert "## Across frameworks (H2)" in report and (tmp_path / "val" / "frameworks.png").exists()
@@ -335,6 +338,34 @@ def test_the_design_on_synthetic_text_is_a_deviation(monkeypatch):
         "synthetic text instead of TinyStories (`roneneldan/TinyStories`)"]
     local_copy = get_profile("full", data_source="/data/tinystories")  # the hub's data, read from a local copy
     assert protocol.deviations(local_copy, list(protocol.SEEDS), "optuna", 100, True) == []
+    # ... which the report names, since the harness cannot tell from a path that the text is TinyStories
+    from harness.validation.report import _data_text
+
+    shown = {k: getattr(local_copy, k) for k in ("name", "data_source")}
+    assert _data_text(shown).startswith("`/data/tinystories`, taken to be a local copy of TinyStories")
+    assert _data_text({"name": "full", "data_source": "roneneldan/TinyStories"}) == "`roneneldan/TinyStories`"
+
+
+def test_no_ladder_is_a_deviation_only_where_the_objective_does_not_train_the_ladder():
+    from harness.validation import protocol
+    from harness.validation.report import _rungs_text
+
+    seeds = list(protocol.SEEDS)
+    slope = get_profile("full", objective="scaling_slope")
+    assert protocol.deviations(slope, seeds, "optuna", 100, False) == []  # its rungs are the ladder
+    assert _rungs_text({"ladder": False, "profile": {"objective": "scaling_slope"}}).endswith("every rung of the "
+                                                                                              "ladder")
+    final = get_profile("full", objective="final_loss")
+    assert protocol.deviations(final, seeds, "optuna", 100, False) == [
+        "the scaling ladder not trained: no slope, so the minimum criteria cannot all be assessed"]
+    assert protocol.deviations(final, seeds, "optuna", 100, True) == []
+
+
+def test_a_seed_on_which_both_sides_tie_is_no_side_s_win():
+    from harness.validation.report import _better
+
+    assert [_better(r) for r in ({"diff": -0.1}, {"diff": 0.0}, {"diff": 0.1}, {})] == [
+        "candidate", "tie", "baseline", "–"]
 
 
 class ConcurrentRunner(FakeRunner):
@@ -510,3 +541,17 @@ def test_a_job_that_fails_in_the_sandboxs_own_words_is_tampering_and_prints_no_t
     out = jobs.run_training_job(jobs.TrainJob("ttr", path, get_profile("smoke-short"), 42, {}, "objective", "fp", 60.0))
     assert out["ok"] is False and out["reason"] == "tampering"
     assert out["message"] == "\\x1b]52;c;eA==\\x07x" and out["log_tail"] == "\\x1b[2K\\x1b[1Ay"
+
+
+def test_sides_tuned_to_different_batch_sizes_are_said_to_see_different_numbers_of_tokens():
+    from harness.validation.report import _tuning_section
+
+    def side(batch):
+        return {"best": {"lr": 1e-3, "warmup_steps": 500, "weight_decay": 0.0, "batch_size_seqs": batch}}
+
+    said = "\n".join(_tuning_section({"hyperparameters": {"baseline": side(32), "candidate": side(128)}},
+                                     {"tuning": "optuna"}))
+    assert "the candidate sees 4.00× the baseline's training tokens" in said
+    same = "\n".join(_tuning_section({"hyperparameters": {"baseline": side(64), "candidate": side(64)}},
+                                     {"tuning": "optuna"}))
+    assert "training tokens" not in same

@@ -21,15 +21,15 @@ from harness.trusted import program as program_mod
 from harness.trusted.frameworks import FRAMEWORKS
 from harness.trusted.profiles import PROFILES
 from harness.trusted.scoring import of_a_compiling_profile, plain_text, trained_eagerly
-from harness.validation.stats import format_p
+from harness.validation.stats import format_p, seeded
 
 MIN_SPEARMAN_N = 5
+SPEARMAN_ALPHA = 0.05  # rho's permutation p below it, with an interval above 0, says the two go together
 # The permutation test enumerates every pairing up to 9! = 362,880 (under a second); above, a fixed-seed
 # Monte Carlo sample of pairings. The bootstrap of rho uses a fixed seed as well, so a report is reproducible.
 EXACT_PERMUTATIONS_MAX = math.factorial(9)
 MONTE_CARLO_RESAMPLES = 99_999
 BOOTSTRAP_RESAMPLES = 9_999
-RESAMPLING_SEED = 0
 
 # The users' stopping rules, flagged after the fact (nothing is stopped). PATIENCE and CONVERGENCE_THRESHOLD
 # are early_stopping_patience and convergence_threshold of openevolve_configs/*.yaml.
@@ -172,16 +172,6 @@ def _pearson(x, y, axis=-1):
         return (x * y).sum(axis=axis) / np.sqrt((x * x).sum(axis=axis) * (y * y).sum(axis=axis))
 
 
-def _seeded(fn) -> dict:
-    """The seed argument of a scipy resampling function: ``rng`` since scipy 1.15, ``random_state`` before."""
-    import inspect
-
-    import numpy as np
-
-    name = "rng" if "rng" in inspect.signature(fn).parameters else "random_state"
-    return {name: np.random.default_rng(RESAMPLING_SEED)}
-
-
 def spearman_test(early: list[float], final: list[float]) -> dict:
     """rho, its two-sided permutation p-value and a 95% bootstrap interval.
 
@@ -202,7 +192,7 @@ def spearman_test(early: list[float], final: list[float]) -> dict:
     resamples = math.factorial(n) if exact else MONTE_CARLO_RESAMPLES
     perm = permutation_test((x,), lambda xs, axis=-1: _pearson(xs, y, axis), permutation_type="pairings",
                             vectorized=True, n_resamples=resamples, batch=max(1, 5_000_000 // n),
-                            alternative="two-sided", **_seeded(permutation_test))
+                            alternative="two-sided", **seeded(permutation_test))
 
     def rho_of(a, b, axis=-1):
         return _pearson(rankdata(a, axis=axis), rankdata(b, axis=axis), axis)
@@ -211,7 +201,7 @@ def spearman_test(early: list[float], final: list[float]) -> dict:
         warnings.simplefilter("ignore")  # scipy warns about the undefined resamples, counted below
         boot = bootstrap((np.asarray(early, float), np.asarray(final, float)), rho_of, paired=True, vectorized=True,
                          n_resamples=BOOTSTRAP_RESAMPLES, method="percentile", batch=max(1, 2_000_000 // n),
-                         **_seeded(bootstrap))
+                         **seeded(bootstrap))
     dist = np.asarray(boot.bootstrap_distribution)
     defined = dist[np.isfinite(dist)]
     low, high = (float(v) for v in np.percentile(defined, [2.5, 97.5])) if defined.size else (None, None)
@@ -220,6 +210,25 @@ def spearman_test(early: list[float], final: list[float]) -> dict:
             "ci_low": low, "ci_high": high,
             "ci_method": f"percentile bootstrap, {BOOTSTRAP_RESAMPLES} paired resamples",
             "ci_undefined_resamples": int(dist.size - defined.size)}
+
+
+def early_ranking_judgement(p: float, low: float | None, high: float | None) -> str:
+    """What the interval of rho (not its point estimate) says about ranking programs by their early loss: at
+    least 0.8, at least 0.5, or below 0.5 across the whole interval; otherwise the data cannot tell."""
+    if low is not None and low >= 0.8:
+        return "the early loss ranks programs almost as the final objective does (the whole interval is above 0.8)"
+    if low is not None and low >= 0.5:
+        return ("the early loss ranks programs at least roughly like the final objective (the whole interval is "
+                "above 0.5), though early stopping may misrank some of them")
+    if high is not None and high < 0.5:
+        return ("the early loss does NOT rank programs like the final objective (the whole interval is below 0.5): "
+                "early stopping would mislead")
+    if p < SPEARMAN_ALPHA and low is not None and low > 0:
+        return ("the early loss goes with the final objective, but the interval reaches below 0.5: the data cannot "
+                "tell whether it ranks programs well enough for early stopping; more distinct programs would tell")
+    where = "there is no interval" if low is None else "the interval reaches both below and above 0.5"
+    return (f"the data cannot tell how well the early loss ranks programs ({where}): nothing can be said yet about "
+            "whether early stopping would mislead; more distinct programs would tell")
 
 
 def spearman(progs: list[Prog]) -> dict:
@@ -262,13 +271,7 @@ def spearman(progs: list[Prog]) -> dict:
         from scipy.stats import spearmanr
 
         out["rho_same_rung"] = float(spearmanr([s[0] for s in same], [s[1] for s in same]).statistic)
-    if rho >= 0.8:
-        judgement = "the early loss ranks programs almost as the final objective does"
-    elif rho >= 0.5:
-        judgement = "the early loss ranks programs only roughly like the final objective: early stopping would " \
-                    "misrank some of them"
-    else:
-        judgement = "the early loss does NOT rank programs like the final objective: early stopping would mislead"
+    judgement = early_ranking_judgement(out["p"], out["ci_low"], out["ci_high"])
     ci = (f"95% CI {out['ci_low']:.2f} to {out['ci_high']:.2f}, {out['ci_method']}" if out["ci_low"] is not None
           else "no bootstrap interval: every resample was degenerate")
     out["text"] = (f"Spearman rho = {rho:.3f} (p = {format_p(out['p'])} ({out['p_method']}); {ci}; "

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from harness.campaign.plan import PREREGISTRATION_MD
-from harness.validation.report import number
+from harness.validation.report import number, paired_d
 from harness.validation.stats import format_p
 
 
@@ -95,7 +95,7 @@ def render_report(prereg: dict, state: dict, validation: dict | None, ledger_row
             st, p = c["stats"], c["stats"]["primary"]
             md.append(f"| {fw} | {evo} | `{c['label']}` | {number((c.get('evaluation') or {}).get('combined_score'))} | "
                       f"{number(p['mean_b'])} → {number(p['mean_a'])} | {format_p(p['p'])} ({format_p(st['p_holm'])}) | "
-                      f"{number(p['d'], 2)} | **{'exploratory' if dev else st['verdict']['level']}** |")
+                      f"{paired_d(p['d'])} | **{'exploratory' if dev else st['verdict']['level']}** |")
     md.append("")
     for fw in s["frameworks"]:
         c = by_fw.get(fw)

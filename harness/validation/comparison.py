@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-
 from harness.validation import stats
 
 SECONDARY = ("grad_norm_mean", "grad_norm_var", "loss_roughness", "steps_to_90pct", "ms_per_step", "wall_s",
@@ -139,9 +138,9 @@ def across_frameworks(comparisons: list[dict]) -> dict | None:
     Only under one fingerprint: otherwise the record says why there is no comparison (``not_comparable``)."""
     best: dict[str, dict] = {}
     for c in comparisons:
-        if not c.get("stats"):
+        mean = c["stats"]["primary"]["mean_a"] if c.get("stats") else math.nan
+        if not math.isfinite(mean):  # failed on every seed: no loss to rank it by, and no sample to test
             continue
-        mean = c["stats"]["primary"]["mean_a"]
         if c["framework"] not in best or mean < best[c["framework"]]["stats"]["primary"]["mean_a"]:
             best[c["framework"]] = c
     if len(best) < 2:

@@ -24,6 +24,10 @@ def _plt():
     return plt
 
 
+def _signed(x) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:+.4f}"
+
+
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -58,8 +62,8 @@ def plot_seed_bars(comp: dict, result: dict, path: Path) -> bool:
     ax.set_xlabel("seed")
     ax.set_ylabel("candidate − baseline\n(final loss; < 0 is better)")
     p = comp["stats"]["primary"]
-    ax.set_title(f"{comp['label']}: difference per seed\nmean {p['diff']:+.4f}, 95% CI "
-                 f"[{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]", fontsize=8)
+    ax.set_title(f"{comp['label']}: difference per seed\nmean {_signed(p['diff'])}, 95% CI "
+                 f"[{_signed(p['ci_low'])}, {_signed(p['ci_high'])}]", fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     _save(fig, path)
     return True
@@ -153,7 +157,7 @@ def plot_scaling(comp: dict, result: dict, path: Path) -> bool:
     ax.set_ylabel("final validation loss")
     st = sc["slope_test"]
     ax.set_title(f"{comp['label']}: loss = a + b ln N, mean fit and 95% band over seeds; paired slope test "
-                 f"p = {st['p']:.3g}", fontsize=8)
+                 f"p = {stats.format_p(st['p'])}", fontsize=8)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
     ax.grid(alpha=0.3, which="both")
     _save(fig, path)
@@ -210,7 +214,7 @@ def plot_frameworks(result: dict, path: Path) -> bool:
     for i, values in enumerate(data, start=1):
         ax.scatter([i] * len(values), values, s=14, color="tab:orange", zorder=2)
     ax.set_ylabel("final validation loss (lower is better)")
-    ax.set_title(f"best candidate of each framework; ANOVA p = {fw['anova']['p']:.3g}, "
-                 f"Kruskal-Wallis p = {fw['kruskal']['p']:.3g}", fontsize=8)
+    ax.set_title(f"best candidate of each framework; ANOVA p = {stats.format_p(fw['anova']['p'])}, "
+                 f"Kruskal-Wallis p = {stats.format_p(fw['kruskal']['p'])}", fontsize=8)
     _save(fig, path)
     return True

@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from harness.trusted.profiles import PROFILES
 from harness.trusted.scoring import of_a_compiling_profile, plain_text, trained_eagerly
 from harness.validation import protocol
-from harness.validation.stats import format_p
+from harness.validation.stats import format_against, format_p
 
 
 def _f(x, digits=4) -> str:
@@ -43,6 +44,24 @@ def number(x, digits=4) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else _f(x, digits)
 
 
+def _data_text(profile: dict) -> str:
+    source = profile.get("data_source") or "–"
+    design = PROFILES[protocol.DESIGN_PROFILE].data_source
+    if profile["name"] != protocol.DESIGN_PROFILE or source in (design, "synthetic", "–"):
+        return f"`{source}`"
+    # A path is how TinyStories is read from a local copy; the harness cannot tell from the path that it is.
+    return (f"`{source}`, taken to be a local copy of TinyStories (`{design}`); the fingerprints below include a "
+            "hash of its text")
+
+
+def _rungs_text(result: dict) -> str:
+    if result["ladder"]:
+        return "every rung of the ladder"
+    if result["profile"].get("objective") == "scaling_slope":
+        return "the objective's, every rung of the ladder"
+    return "the objective only"
+
+
 def render_report(result: dict) -> str:
     d, l, h = result["reference_rung"]
     dev = all_deviations(result)
@@ -62,8 +81,9 @@ def render_report(result: dict) -> str:
            f"- tuning **{result['tuning']}** (option {'A, per variant' if result['tuning'] == 'optuna' else 'B, shared'}), "
            f"{result['trials']} trial(s) per tuned side, median pruner, independent TPE sampler per side, tuning "
            f"seed {result['tuning_seed']}; search space: {result['search_space']}",
+           f"- data: {_data_text(result['profile'])}",
            f"- evaluation seeds: {result['seeds']} ({len(result['seeds'])} seeds)",
-           f"- rungs trained per seed: {'every rung of the ladder' if result['ladder'] else 'the objective only'}; "
+           f"- rungs trained per seed: {_rungs_text(result)}; "
            f"threads per job: {result['threads'] or 'torch default'}; jobs at once: {result.get('jobs', 1)}; "
            f"executor: {result.get('executor', 'local')}",
            f"- Holm families: {result['holm_family_size']} primary comparison(s), {result['slope_family_size']} "
@@ -82,7 +102,7 @@ def render_report(result: dict) -> str:
         p = s["primary"]
         md.append(f"| `{c['label']}` | {c['framework']} | {number(p['mean_b'])} ± {number(p['sd_b'])} | "
                   f"{number(p['mean_a'])} ± {number(p['sd_a'])} | {number(p['diff'])} [{number(p['ci_low'])}, {number(p['ci_high'])}] | "
-                  f"{number(p['t'], 3)} ({p['df']}) | {format_p(p['p'])} | {format_p(s['p_holm'])} | {number(p['d'], 2)} ({p['d_label']}) | "
+                  f"{number(p['t'], 3)} ({p['df']}) | {format_p(p['p'])} | {format_p(s['p_holm'])} | {paired_d(p['d'])} ({p['d_label']}) | "
                   f"{s['wins']}/{p['n']} | **{s['verdict']['level']}** |")
     md.append("")
     if result.get("frameworks"):
@@ -130,7 +150,8 @@ def _frameworks_section(result: dict) -> list[str]:
                   f"{number(100 * fw['improvement'][name], 2)} % | {fw['verdict'][name]} |")
     a, k = fw["anova"], fw["kruskal"]
     md += ["", f"- one-way ANOVA: F({a['df_between']}, {a['df_within']}) = {number(a['F'], 3)}, p = {format_p(a['p'])}",
-           f"- Kruskal-Wallis: H({k['df']}) = {number(k['H'], 3)}, p = {format_p(k['p'])}", "",
+           f"- Kruskal-Wallis: H({k['df']}) = {number(k['H'], 3)}, p = {format_p(k['p'])}"
+           + (f" ({k['p_method']})" if k.get("p_method") else ""), "",
            "| pair | difference [95 % CI] | Welch t (df) | p | p (Holm, over the pairs) |", "|---|---|---|---|---|"]
     for pr in fw["pairs"]:
         md.append(f"| {pr['a']} − {pr['b']} | {number(pr['diff'])} [{number(pr['ci_low'])}, {number(pr['ci_high'])}] | "
@@ -146,14 +167,30 @@ def _cell(text: str) -> str:
 
 
 def _criterion_value(crit: dict) -> str:
-    v = crit["value"]
-    if v is None:
+    v, threshold = crit["value"], crit.get("threshold")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, float) and "lower" in crit["name"]:
-        return f"{100 * v:.2f} %"
+        return (f"{100 * v:.2f}" if threshold is None else format_against(100 * v, 100 * threshold, 2, "f")) + " %"
     if isinstance(v, float):
-        return format_p(v) if "p" in crit["name"].split() or "(Holm" in crit["name"] else number(v, 3)
+        if "p" in crit["name"].split() or "(Holm" in crit["name"]:
+            return format_p(v)
+        return number(v, 3) if threshold is None else format_against(v, threshold, 3, "f")
     return str(v)
+
+
+def paired_d(d) -> str:
+    """A paired d, printed on its side of the design's |d| > 0.5."""
+    if d is None or math.isnan(d):
+        return "–"
+    return format_against(d, math.copysign(protocol.STRONG_ABS_D, d), 2, "f")
+
+
+def _better(row: dict) -> str:
+    """Which side had the lower loss on one seed; a tie is neither (it is no win for the candidate)."""
+    if row.get("diff") is None:
+        return "–"
+    return "candidate" if row["diff"] < 0 else ("baseline" if row["diff"] > 0 else "tie")
 
 
 def _candidate_section(c: dict, result: dict) -> list[str]:
@@ -195,7 +232,7 @@ def _candidate_section(c: dict, result: dict) -> list[str]:
     for r in s["seeds"]:
         cells = [str(r["seed"]), _f(r["baseline"]) if r["baseline"] is not None else f"failed ({r['baseline_reason']})",
                  _f(r["candidate"]) if r["candidate"] is not None else f"failed ({r['candidate_reason']})",
-                 number(r.get("diff")), "candidate" if r.get("candidate_better") else ("baseline" if "diff" in r else "–")]
+                 number(r.get("diff")), _better(r)]
         for k in rung_keys:
             cells += [number(r.get(f"baseline_loss_{k}")), number(r.get(f"candidate_loss_{k}"))]
         fps = {r["baseline_fp"], r["candidate_fp"]} - {None}
@@ -214,7 +251,7 @@ def _candidate_section(c: dict, result: dict) -> list[str]:
     md.append(f"| improvement | {number(100 * s['improvement'], 2)} % |")
     md.append(f"| paired t, df | {number(p['t'], 3)}, {p['df']} |")
     md.append(f"| p (two-sided), Holm-adjusted (family of {result['holm_family_size']}) | {format_p(p['p'])}, {format_p(s['p_holm'])} |")
-    md.append(f"| Cohen's d for paired samples | {number(p['d'], 3)} ({p['d_label']}) |")
+    md.append(f"| Cohen's d for paired samples | {paired_d(p['d'])} ({p['d_label']}) |")
     md.append(f"| wins | {s['wins']} of {p['n']} seeds |")
     md.append(f"| robustness check, Welch's t-test (unpaired) | t = {number(w['t'], 3)}, df = {number(w['df'], 2)}, p = "
               f"{format_p(w['p'])}, 95 % CI [{number(w['ci_low'])}, {number(w['ci_high'])}] |")
@@ -265,6 +302,10 @@ def _tuning_section(c: dict, result: dict) -> list[str]:
         if h.get("note"):
             md.append(f"| | {h['note']} | | | | | | |")
     md.append("")
+    batches = [hp[side]["best"].get("batch_size_seqs") for side in ("baseline", "candidate")]
+    if None not in batches and batches[0] != batches[1]:
+        md.append(f"The two sides train for the same number of steps at different batch sizes, as tuning each side "
+                  f"allows: the candidate sees {_f(batches[1] / batches[0], 2)}× the baseline's training tokens.\n")
     if any(hp[s].get("trials") for s in ("baseline", "candidate")):
         md.append("<details><summary>Every trial</summary>\n")
         md.append("| side | trial | lr | warmup | weight decay | batch | value | state |")
@@ -295,7 +336,7 @@ def _option_a_section(c: dict) -> list[str]:
            "|---|---|---|---|---|---|---|",
            f"| {number(p['mean_b'])} ± {number(p['sd_b'])} | {number(p['mean_a'])} ± {number(p['sd_a'])} | {number(p['diff'])} "
            f"[{number(p['ci_low'])}, {number(p['ci_high'])}] | {number(p['t'], 3)} ({p['df']}) | {format_p(p['p'])} | "
-           f"{number(p['d'], 2)} ({p['d_label']}) | {a['stats']['wins']}/{p['n']} |", ""]
+           f"{paired_d(p['d'])} ({p['d_label']}) | {a['stats']['wins']}/{p['n']} |", ""]
     return md
 
 

@@ -22,6 +22,20 @@ from harness.validation import protocol
 
 # Paired differences whose sd is within this many units of rounding of the values compared are all equal.
 ROUNDING_ULPS = 16
+# Kruskal-Wallis's chi-square p is the textbook approximation from five values per group up; below, the p is the
+# permutation distribution's: exact where the partitions number at most EXACT_PARTITIONS_MAX, else a sample.
+KRUSKAL_CHI2_MIN_GROUP = 5
+EXACT_PARTITIONS_MAX = 100_000
+PERMUTATION_RESAMPLES = 9_999
+RESAMPLING_SEED = 0
+
+
+def seeded(fn) -> dict:
+    """The seed argument of a scipy resampling function: ``rng`` since scipy 1.15, ``random_state`` before."""
+    import inspect
+
+    name = "rng" if "rng" in inspect.signature(fn).parameters else "random_state"
+    return {name: np.random.default_rng(RESAMPLING_SEED)}
 
 
 def _arr(x) -> np.ndarray:
@@ -139,8 +153,9 @@ def paired(a, b, confidence: float = 0.95) -> Paired:
 
 
 def interpret_d(d: float) -> str:
-    """Cohen's conventional labels: |d| < 0.2 negligible, < 0.5 small, < 0.8 medium, else large."""
-    if math.isnan(d):
+    """Cohen's conventional labels: |d| < 0.2 negligible, < 0.5 small, < 0.8 medium, else large; undefined where
+    there is no d, or no spread to measure it by (every difference the same, not zero: d is infinite)."""
+    if not math.isfinite(d):
         return "undefined"
     ad = abs(d)
     if ad < 0.2:
@@ -159,11 +174,28 @@ def describe(values) -> dict:
             "sd": float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan}
 
 
+def format_against(value: float, threshold: float, digits: int = 3, style: str = "g") -> str:
+    """``value`` to ``digits`` significant digits (``style`` "g") or decimals ("f"), or to more where fewer would
+    print it on the other side of ``threshold`` or equal to it, so that a number never contradicts the criterion it
+    is judged by: p = 0.049996 against 0.05 prints 0.049996, not 0.05, and |d| = 0.5004 against 0.5 prints 0.5004,
+    not 0.50."""
+    value, threshold = float(value), float(threshold)
+    if not math.isfinite(value):
+        return f"{value:g}"
+    side = (value < threshold, value == threshold)
+    for d in range(digits, 18):
+        text = f"{value:.{d}{style}}"
+        if (float(text) < threshold, float(text) == threshold) == side:
+            return text
+    return repr(value)
+
+
 def format_p(p) -> str:
-    """A p-value as every report prints it: three significant digits, two below 0.001; a dash when there is none."""
+    """A p-value as every report prints it: three significant digits, two below 0.001, and more where fewer would
+    put it on the other side of the design's alpha or on it; a dash when there is none."""
     if p is None or math.isnan(float(p)):
         return "–"
-    return f"{p:.2g}" if p < 1e-3 else f"{p:.3g}"
+    return format_against(p, protocol.ALPHA, 2 if p < 1e-3 else 3)
 
 
 def holm(pvalues) -> list[float]:
@@ -302,8 +334,7 @@ def across_groups(groups: dict[str, list[float]], alpha: float = 0.05) -> dict:
             f = sps.f_oneway(*samples)
             out["anova"].update(F=float(f.statistic), p=float(f.pvalue))
         if len({float(v) for x in samples for v in x}) > 1:
-            k = sps.kruskal(*samples)
-            out["kruskal"].update(H=float(k.statistic), p=float(k.pvalue))
+            out["kruskal"].update(kruskal(samples))
     pairs = []
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
@@ -315,6 +346,30 @@ def across_groups(groups: dict[str, list[float]], alpha: float = 0.05) -> dict:
         pair["significant"] = bool(math.isfinite(p_adj) and p_adj < alpha)
     out["pairs"] = pairs
     return out
+
+
+def kruskal(samples: list[np.ndarray]) -> dict:
+    """Kruskal-Wallis H with its p-value: the chi-square approximation where every group has at least
+    ``KRUSKAL_CHI2_MIN_GROUP`` values, else the permutation distribution of H (for 3 against 3 values the
+    approximation gives p = 0.0495 where the exact p is 0.1)."""
+    h = sps.kruskal(*samples)
+    if min(map(len, samples)) >= KRUSKAL_CHI2_MIN_GROUP:
+        return {"H": float(h.statistic), "p": float(h.pvalue), "p_method": "chi-square approximation"}
+    sizes = [len(x) for x in samples]
+    partitions = math.factorial(sum(sizes)) // math.prod(math.factorial(n) for n in sizes)
+    exact = partitions <= EXACT_PARTITIONS_MAX
+    # A permutation moves values between groups, so the pooled ranks and the tie correction stay as they are: H
+    # orders the partitions as the sum over groups of (rank sum)^2 / size does.
+    ranks = np.split(sps.rankdata(np.concatenate(samples)), np.cumsum(sizes)[:-1])
+
+    def rank_sums(*groups, axis=-1):
+        return sum(g.sum(axis=axis) ** 2 / g.shape[axis] for g in groups)
+
+    perm = sps.permutation_test(ranks, rank_sums, permutation_type="independent", vectorized=True,
+                                n_resamples=partitions if exact else PERMUTATION_RESAMPLES, alternative="greater",
+                                **seeded(sps.permutation_test))
+    method = "exact permutation" if exact else f"Monte Carlo permutation, {PERMUTATION_RESAMPLES} resamples"
+    return {"H": float(h.statistic), "p": float(perm.pvalue), "p_method": method}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -335,9 +390,10 @@ LEVELS = ("strong", "minimum", "minimum, strong pending interpretation", "minimu
           "below the minimum", "not significant", "worse", "untestable", "failed", "exploratory")
 
 
-def criterion(name: str, value, passed: bool | None, tier: str, note: str = "") -> dict:
-    """One line of the design's criteria; ``passed`` None means not assessable yet (pending or not measured)."""
-    return {"name": name, "value": value, "passed": passed, "tier": tier, "note": note}
+def criterion(name: str, value, passed: bool | None, tier: str, note: str = "", threshold: float | None = None) -> dict:
+    """One line of the design's criteria; ``passed`` None means not assessable yet (pending or not measured);
+    ``threshold``: the number ``value`` is judged against, so that it is printed on its side of it."""
+    return {"name": name, "value": value, "passed": passed, "tier": tier, "note": note, "threshold": threshold}
 
 
 def verdict(*, primary: Paired, p_holm: float, n_wins: int, slope: dict | None, flop_ratio: float | None,
@@ -357,18 +413,22 @@ def verdict(*, primary: Paired, p_holm: float, n_wins: int, slope: dict | None, 
                                                 and slope["p_holm"] < protocol.ALPHA and slope["diff"] < 0)
     flops_ok = None if flop_ratio is None or not math.isfinite(flop_ratio) else flop_ratio <= protocol.MAX_FLOP_RATIO
     crit = [
-        criterion(f"two-tailed paired p (Holm) < {protocol.ALPHA}", p_holm, bool(sig), "minimum"),
+        criterion(f"two-tailed paired p (Holm) < {protocol.ALPHA}", p_holm, bool(sig), "minimum",
+                  threshold=protocol.ALPHA),
         criterion(f"final loss more than {protocol.MIN_IMPROVEMENT_FRAC:.0%} lower", improvement,
-                  bool(math.isfinite(improvement) and improvement > protocol.MIN_IMPROVEMENT_FRAC), "minimum"),
+                  bool(math.isfinite(improvement) and improvement > protocol.MIN_IMPROVEMENT_FRAC), "minimum",
+                  threshold=protocol.MIN_IMPROVEMENT_FRAC),
         criterion(f"better on at least {protocol.MIN_WINS} of {len(protocol.SEEDS)} seeds", f"{n_wins} of {primary.n}",
                   n_wins >= protocol.MIN_WINS and primary.n == len(protocol.SEEDS), "minimum"),
         criterion(f"better scaling slope (paired slope test, Holm p < {protocol.ALPHA}, negative difference)",
                   None if slope is None else slope.get("p_holm"), slope_ok, "minimum",
                   "" if slope is not None else "not measured: one size per seed"),
         criterion(f"|paired d| > {protocol.STRONG_ABS_D}", primary.d,
-                  bool(math.isfinite(primary.d) and abs(primary.d) > protocol.STRONG_ABS_D), "strong"),
+                  bool(math.isfinite(primary.d) and abs(primary.d) > protocol.STRONG_ABS_D), "strong",
+                  threshold=math.copysign(protocol.STRONG_ABS_D, primary.d) if not math.isnan(primary.d) else None),
         criterion(f"FLOP ratio at most {protocol.MAX_FLOP_RATIO:.2f}", flop_ratio, flops_ok, "strong",
-                  "" if flops_ok is not None else "the evaluator's FLOP ratio is missing"),
+                  "" if flops_ok is not None else "the evaluator's FLOP ratio is missing",
+                  threshold=protocol.MAX_FLOP_RATIO),
         criterion("interpretable mechanism (the researcher's interpretation)", interpretation,
                   True if interpretation else None, "strong", "" if interpretation else "pending"),
     ]
@@ -381,21 +441,24 @@ def verdict(*, primary: Paired, p_holm: float, n_wins: int, slope: dict | None, 
         return Verdict("untestable", "Untestable: no p-value exists (too few seeds, or every seed gives the same "
                        "difference). No claim is drawn.", crit)
     if not sig:
-        return Verdict("not significant", f"Not significant: the Holm-adjusted p = {p_holm:.3g} is not below "
+        return Verdict("not significant", f"Not significant: the Holm-adjusted p = {format_p(p_holm)} is not below "
                        f"{protocol.ALPHA}. The data do not show that the candidate differs from the baseline.", crit)
     if primary.diff > 0:
-        return Verdict("worse", f"Significantly WORSE than the baseline (Holm-adjusted p = {p_holm:.3g}, mean "
+        return Verdict("worse", f"Significantly WORSE than the baseline (Holm-adjusted p = {format_p(p_holm)}, mean "
                        f"difference {primary.diff:+.4g}).", crit)
     failed = [c["name"] for c in minimum if not c["passed"]]
     if failed:
-        return Verdict("below the minimum", f"Significant (Holm-adjusted p = {p_holm:.3g}) but the design's "
+        return Verdict("below the minimum", f"Significant (Holm-adjusted p = {format_p(p_holm)}) but the design's "
                        f"minimum is not met: {'; '.join(failed)}.", crit)
-    evidence = (f"Holm-adjusted p = {p_holm:.3g}, {improvement:.2%} lower final loss, {n_wins}/{primary.n} seeds, "
+    lower = format_against(100 * improvement, 100 * protocol.MIN_IMPROVEMENT_FRAC, 2, "f")
+    evidence = (f"Holm-adjusted p = {format_p(p_holm)}, {lower} % lower final loss, {n_wins}/{primary.n} seeds, "
                 "better slope")
     head = f"Meets the design's MINIMUM: {evidence}"
     if all(c["passed"] for c in strong):
-        return Verdict("strong", f"STRONG: {evidence}, |d| = {abs(primary.d):.2f}, FLOP ratio {flop_ratio:.3f}, "
-                       "interpreted by the researcher.", crit)
+        d = format_against(abs(primary.d), protocol.STRONG_ABS_D, 2, "f")
+        flops = format_against(flop_ratio, protocol.MAX_FLOP_RATIO, 3, "f")
+        return Verdict("strong", f"STRONG: {evidence}, |d| = {d}, FLOP ratio {flops}, interpreted by the researcher.",
+                       crit)
     pending = [c for c in strong if c["passed"] is None]
     if all(c["passed"] is not False for c in strong):
         if pending == [crit[-1]]:
