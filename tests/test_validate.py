@@ -7,6 +7,7 @@ import threading
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from harness.validation import jobs, pipeline, tuning
@@ -184,7 +185,25 @@ def test_the_design_followed_gives_a_verdict(tmp_path, fake_evaluator, full_prof
     assert g["verdict"]["level"] == "minimum, strong pending interpretation"
     assert s["verdict"]["level"] == "not significant"
     assert g["secondary"]["candidate"]["steps_to_90pct"]["mean"] == 100  # 90 % of 6.0 -> 3.0 by step 100
+    # H4, each size of the ladder: paired over the seeds, smallest first, the reference size's equal to the primary's
+    sizes = [z["size"] for z in g["per_size"]]
+    assert sizes == [f"d{d}_l{l}" for d, l, _ in full_profile.ladder]
+    lower = 0
+    for z in g["per_size"]:
+        cand_z = [r[f"candidate_loss_{z['size']}"] for r in g["seeds"]]
+        base_z = [r[f"baseline_loss_{z['size']}"] for r in g["seeds"]]
+        diffs = np.subtract(cand_z, base_z)
+        assert z["n"] == 10 and z["diff"] == pytest.approx(diffs.mean()) and z["wins"] == sum(diffs < 0)
+        if np.ptp(diffs) > 1e-9:
+            assert z["p"] == pytest.approx(ttest_rel(cand_z, base_z).pvalue)
+        else:  # the fake's largest size differs by the same amount on every seed: no test, as for the primary
+            assert math.isnan(z["p"])
+        lower += diffs.mean() < 0
+    reference = next(z for z in g["per_size"] if z["size"] == "d{}_l{}".format(*full_profile.reference[:2]))
+    assert reference["diff"] == pytest.approx(g["primary"]["diff"]) and reference["p"] == pytest.approx(g["primary"]["p"])
     report = (out / "report.md").read_text()
+    assert "### Each size (H4: do improvements hold across sizes?)" in report
+    assert f"The candidate's mean loss is lower at {lower} of 4 sizes" in report
     assert "Exploratory" not in report and "Not significant" in report and "paired t" in report
     assert "**refused**: rejected by the evaluator: `policy`" in report
     # one seed of 'good' trained eagerly (its four rungs, of 40); every other run, and every run of 'same', compiled

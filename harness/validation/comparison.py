@@ -6,6 +6,7 @@ invocation (``decide``: Holm's correction and the verdict), and across framework
 from __future__ import annotations
 
 import math
+import re
 
 from harness.validation import stats
 
@@ -60,6 +61,30 @@ def seed_table(base_runs: list[dict], cand_runs: list[dict], reference: tuple) -
     return rows
 
 
+def _size_order(size: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", size))
+
+
+def per_size(rows: list[dict]) -> list[dict] | None:
+    """H4, improvements hold across sizes: the paired difference at each size trained, over the seeds where both
+    sides trained it. Descriptive: the design registers no test of H4 (its test of scaling is the slope's), so
+    these p-values are neither corrected nor part of any verdict. None with one size."""
+    sizes = sorted({k[len("baseline_loss_"):] for r in rows for k in r if k.startswith("baseline_loss_")},
+                   key=_size_order)
+    if len(sizes) < 2:
+        return None
+    out = []
+    for size in sizes:
+        both = [r for r in rows if r.get(f"candidate_loss_{size}") is not None
+                and r.get(f"baseline_loss_{size}") is not None]
+        c, b = [r[f"candidate_loss_{size}"] for r in both], [r[f"baseline_loss_{size}"] for r in both]
+        p = stats.paired(c, b)
+        out.append({"size": size, "n": p.n, "mean_b": p.mean_b, "mean_a": p.mean_a, "diff": p.diff,
+                    "ci_low": p.ci_low, "ci_high": p.ci_high, "p": p.p, "wins": stats.wins(c, b),
+                    "improvement": stats.improvement_frac(p.mean_a, p.mean_b)})
+    return out
+
+
 def ladder_points(runs: list[dict]) -> dict[int, tuple[list[float], list[float]]]:
     """{seed: (non-embedding parameters, final losses)} of the jobs that trained two sizes or more."""
     return {r["seed"]: ([x["non_embedding_params"] for x in r["record"]["runs"]],
@@ -82,6 +107,7 @@ def compare(base_runs: list[dict], cand_runs: list[dict], reference: tuple) -> d
         "welch": stats.welch(c, b).to_dict(),
         "wins": stats.wins(c, b),
         "improvement": stats.improvement_frac(primary.mean_a, primary.mean_b),
+        "per_size": per_size(rows),
         "secondary": {side: {k: stats.describe([r[f"{side}_secondary"].get(k) for r in rows]) for k in SECONDARY}
                       for side in ("baseline", "candidate")},
     }

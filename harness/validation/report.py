@@ -280,11 +280,32 @@ def _candidate_section(c: dict, result: dict) -> list[str]:
             md.append(f"![scaling]({plots['scaling']})\n")
     else:
         md.append("Scaling law: not measured (one size per seed).\n")
+    md += _per_size_section(s)
     md += _secondary_section(s)
     md += _option_a_section(c)
     if "mixing" in plots:
         md.append("### Token mixing\n")
         md.append(f"![mixing]({plots['mixing']})\n")
+    return md
+
+
+def _per_size_section(s: dict) -> list[str]:
+    sizes = s.get("per_size")
+    if not sizes:
+        return []
+    md = ["### Each size (H4: do improvements hold across sizes?)\n",
+          "Descriptive: the design registers no test of H4, so these p-values are not corrected and no verdict rests "
+          "on them.\n",
+          "| size | seeds | baseline mean | candidate mean | difference [95 % CI] | improvement | paired p | wins |",
+          "|---|---|---|---|---|---|---|---|"]
+    for z in sizes:
+        md.append(f"| {z['size']} | {z['n']} | {number(z['mean_b'])} | {number(z['mean_a'])} | {number(z['diff'])} "
+                  f"[{number(z['ci_low'])}, {number(z['ci_high'])}] | {number(100 * z['improvement'], 2)} % | "
+                  f"{format_p(z['p'])} | {z['wins']}/{z['n']} |")
+    lower = sum(1 for z in sizes if z["diff"] < 0)
+    below = sum(1 for z in sizes if z["ci_high"] < 0)
+    md.append(f"\nThe candidate's mean loss is lower at {lower} of {len(sizes)} sizes; the 95 % CI of the difference "
+              f"lies wholly below 0 at {below} of {len(sizes)}.\n")
     return md
 
 
