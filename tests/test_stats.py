@@ -289,5 +289,11 @@ def test_the_best_candidate_of_a_framework_is_one_that_trained():
     out = across_frameworks([comparison("cd", "cd-dead", []), comparison("cd", "cd-good", [2.0, 2.1, 2.2]),
                              comparison("ttr", "ttr-1", [2.5, 2.6, 2.7])])
     assert out["candidates"] == {"cd": "cd-good", "ttr": "ttr-1"}
+    assert out["chosen_from"] == {"cd": 1, "ttr": 1}  # the dead one was no choice
+    from harness.validation.report import _frameworks_section
+
+    out["chosen_from"]["cd"] = 2
+    said = "\n".join(_frameworks_section({"frameworks": out, "deviations": [], "candidates": []}))
+    assert "(cd: the best of 2), which these tests do not allow for" in said
     assert math.isfinite(out["anova"]["p"]) and out["anova"]["df_between"] == 1
     assert across_frameworks([comparison("cd", "cd-dead", []), comparison("ttr", "ttr-1", [2.5, 2.6])]) is None

@@ -180,6 +180,9 @@ def across_frameworks(comparisons: list[dict]) -> dict | None:
               for fw, c in sorted(best.items())}
     out = stats.across_groups(groups)
     out["candidates"] = {fw: c["label"] for fw, c in sorted(best.items())}
+    # How many trained candidates each best was picked from, by these same losses: the tests do not allow for that.
+    out["chosen_from"] = {fw: sum(1 for c in comparisons if c["framework"] == fw and c.get("stats")
+                                  and math.isfinite(c["stats"]["primary"]["mean_a"])) for fw in sorted(best)}
     out["improvement"] = {fw: c["stats"]["improvement"] for fw, c in sorted(best.items())}
     out["verdict"] = {fw: c["stats"]["verdict"]["level"] for fw, c in sorted(best.items())}
     return out

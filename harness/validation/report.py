@@ -140,9 +140,13 @@ def _frameworks_section(result: dict) -> list[str]:
                 "| framework | candidate | fingerprint |", "|---|---|---|",
                 *[f"| {name} | `{label}` | `{fw['fingerprints'][name]}` |" for name, label in fw["candidates"].items()],
                 ""]
+    several = {name: n for name, n in (fw.get("chosen_from") or {}).items() if n > 1}
+    picked = ("" if not several else " Each best was picked by the same losses it is tested on (" + ", ".join(
+        f"{name}: the best of {n}" for name, n in several.items()) + "), which these tests do not allow for: they "
+        "favour a framework with more candidates.")
     md = ["## Across frameworks (H2)\n",
           "The best validated candidate of each framework (lowest mean final loss), compared on the per-seed final "
-          "losses at the reference size.\n",
+          f"losses at the reference size.{picked}\n",
           "| framework | candidate | n | mean ± sd | improvement on its baseline | verdict |", "|---|---|---|---|---|---|"]
     for name, label in fw["candidates"].items():
         g = fw["groups"][name]
