@@ -2,6 +2,7 @@
 checked on the stock loop's end-to-end runs (tests/test_openevolve_loop.py), which it reuses."""
 
 import json
+import sqlite3
 import math
 import uuid
 from pathlib import Path
@@ -14,6 +15,7 @@ from harness.analysis.runs import load_run
 from harness.trusted import ledger
 from harness.trusted import program
 from harness.trusted.frameworks import FRAMEWORKS
+from harness.trusted.profiles import ConfigError
 
 SEED = FRAMEWORKS["ttr"].seed_source()
 X_LINE = "            nn.init.zeros_(lin.bias)\n"  # deleted at iteration 1, re-added at iteration 2
@@ -283,7 +285,7 @@ def test_run_without_checkpoint_or_logs(tmp_path):
     assert run["programs"] == 0 and run["groups"] == {}
     assert run["log_failure_kinds"] == {"llm_failed": 1}
     report = (tmp_path / "r" / "report.md").read_text()
-    assert "no checkpoint found" in report and "No program in the database." in report
+    assert "no complete checkpoint found" in report and "No program in the database." in report
 
 
 CTOR = "dropout: float = 0.1, max_seq_len: int = 128, *,"
@@ -452,3 +454,182 @@ def test_the_early_loss_is_judged_by_the_interval_of_rho_not_by_rho_alone():
     assert "at least roughly" in early_ranking_judgement(0.002, 0.6, 1.0)
     assert "goes with the final objective" in early_ranking_judgement(0.01, 0.29, 1.0)
     assert "there is no interval" in early_ranking_judgement(0.01, None, None)
+
+
+P_RELU = mutate(SEED, 'kernel: str = "exp"', 'kernel: str = "relu2"')
+
+
+@pytest.mark.parametrize("row", ["missing", "of_another_fingerprint"])
+def test_a_program_is_never_ranked_under_a_fingerprint_other_than_the_one_it_was_scored_under(tmp_path, row):
+    """The same code scored 1.02 under fingerprint B (another machine, say) and 1.30 under A in this run, whose row
+    is missing from this ledger or whose artifacts name the B row: the 1.30 is not B's, and not verifiable."""
+    db = DB(tmp_path / "run")
+    db.root.mkdir()
+    db.add("root", SEED, iteration=0, score=1.0, fp="fpB1111111111111")
+    b_row = json.loads(db.add("p1B", P_RELU, "root", 1, score=1.02, fp="fpB1111111111111")["artifacts_json"])
+    again = db.add("p1A", P_RELU, "root", 2, score=1.30, fp="fpA0000000000000", ledger_row=False)
+    named = "999" if row == "missing" else b_row["ledger_row"]
+    again["artifacts_json"] = json.dumps({"reason": "ok", "fingerprint_id": "fpA0000000000000", "ledger_row": named})
+    db.write(2, [])
+    run = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")["runs"][0]
+    assert run["unverifiable"] == [again["id"]]
+    assert {fp: [(t["id"], t["combined_score"]) for t in g["top"]] for fp, g in run["groups"].items()} == {
+        "fpB1111111111111": [(db.by_name["p1B"]["id"], 1.02), (db.by_name["root"]["id"], 1.0)]}
+    unverifiable = (tmp_path / "r" / "report.md").read_text().split("**Unverifiable")[1].split("###")[0]
+    said = ("no ledger row of this code under the fingerprint its artifacts claim (fpA0000000000000)" if row == "missing"
+            else f"its artifacts claim fingerprint fpA0000000000000, but the ledger row they name ({named}) is under "
+                 "fpB1111111111111")
+    assert said in unverifiable
+
+
+def test_checkpoints_written_out_of_order_or_cut_short_lose_no_program(tmp_path):
+    """Parallel workers: iteration 6 finishes before 5, so checkpoint_6 (without program 5) is written before
+    checkpoint_5; then a checkpoint_7 is cut short by a kill (no metadata.json, a truncated program file)."""
+    db = DB(tmp_path / "run")
+    db.root.mkdir()
+    db.add("root", SEED, iteration=0, score=1.0)
+    logs = []
+    for i in range(1, 8):
+        code = mutate(SEED, "nn.init.normal_(lin.weight, 0.0, 0.02)", f"nn.init.normal_(lin.weight, 0.0, 0.0{i + 10})")
+        db.add(f"p{i}", code, "root", i, score=1.3 if i == 5 else 1.0 + i / 100)
+    for i in (1, 2, 3, 4, 6, 5, 7):
+        logs.append(log_line("INFO", f"Iteration {i}: Program {db.by_name[f'p{i}']['id']} (parent: x) completed"))
+    db.write(6, logs, only={"root", "p1", "p2", "p3", "p4", "p6"})
+    db.write(5, logs, only={"root", "p1", "p2", "p3", "p4", "p5", "p6"})
+    db.write(7, logs)
+    cut = db.root / "checkpoints" / "checkpoint_7"
+    (cut / "metadata.json").unlink()
+    (cut / "programs" / f"{db.by_name['p2']['id']}.json").write_text('{"id": "')
+    run = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")["runs"][0]
+    assert run["checkpoint"].endswith("checkpoint_6") and run["programs"] == 7  # root, p1-p4, p6 and p5
+    assert run["groups"]["fpA0000000000000"]["best"]["iteration"] == 5
+    assert run["completed_after_checkpoint"] == [7] and run["completed_but_not_in_database"] == []
+    assert any("written out of order" in n for n in run["notes"])
+    assert any("cut short, not read: checkpoint_7" in n for n in run["notes"])
+
+
+def test_a_run_openevolve_stopped_early_is_reported_as_stopped_where_it_stopped(tmp_path):
+    db = DB(tmp_path / "run")
+    db.root.mkdir()
+    db.add("root", SEED, iteration=0, score=1.0)
+    logs = []
+    for i in range(1, 18):
+        code = mutate(SEED, "nn.init.normal_(lin.weight, 0.0, 0.02)", f"nn.init.normal_(lin.weight, 0.0, 0.0{i + 10})")
+        d = db.add(f"p{i}", code, "root", i, score=1.2 if i == 7 else 0.95)
+        logs.append(log_line("INFO", f"Iteration {i}: Program {d['id']} (parent: x) completed in 1.00s"))
+    logs.append(log_line("INFO", "🛑 Early stopping triggered at iteration 17: No improvement for 10 iterations "
+                                 "(best score: 1.2000)"))
+    db.write(35, logs)  # OpenEvolve still names its final checkpoint after the iteration the run was to end at
+    run = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")["runs"][0]
+    assert run["last_iteration"] == 17 and run["stopped_early_at"] == 17
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "**stopped early by OpenEvolve at iteration 17**" in report
+    assert "nothing was stopped" not in report and "ended this run at iteration 17" in report
+
+
+def test_a_resumed_run_keeps_one_outcome_per_iteration_the_last_logged(tmp_path):
+    db = DB(tmp_path / "run")
+    db.root.mkdir()
+    db.add("root", SEED, iteration=0, score=1.0)
+    ids = {}
+    for i in range(1, 6):
+        code = mutate(SEED, "nn.init.normal_(lin.weight, 0.0, 0.02)", f"nn.init.normal_(lin.weight, 0.0, 0.0{i + 10})")
+        ids[i] = db.add(f"p{i}", code, "root", i, score=1.0 + i / 100)["id"]
+    db.write(5, [])
+    # The first run: 6 completed (its program lost with the kill), 7 failed; resumed from checkpoint_5, both fail.
+    first = [log_line("INFO", f"Iteration {i}: Program {ids[i]} (parent: x) completed") for i in ids]
+    first += [log_line("INFO", "Iteration 6: Program deadbeef-0000-0000-0000-000000000000 (parent: x) completed"),
+              log_line("WARNING", "Iteration 7 error: No valid diffs found in response")]
+    second = [log_line("WARNING", "Iteration 6 error: LLM generation failed: connection refused"),
+              log_line("WARNING", "Iteration 7 error: LLM generation failed: connection refused")]
+    (db.root / "logs" / "openevolve_20260101_000000.log").write_text("\n".join(first) + "\n")
+    (db.root / "logs" / "openevolve_20260101_010000.log").write_text("\n".join(second) + "\n")
+    run = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")["runs"][0]
+    assert [(e["iteration"], e["kind"]) for e in run["log_failures"]] == [(6, "llm_failed"), (7, "llm_failed")]
+    assert run["completed_but_not_in_database"] == [] and run["completed_after_checkpoint"] == []
+    assert "2 iteration(s) produced no program" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_a_flagged_program_is_marked_wherever_it_is_ranked(tmp_path):
+    db = DB(tmp_path / "run")
+    db.root.mkdir()
+    db.add("root", SEED, iteration=0, score=1.0)
+    d = db.add("p1", P_RELU, "root", 1, score=1.6)
+    flag = "implausible_loss: 2.2 is more than 25% below the baseline's 3.0"
+    row = json.loads(d["artifacts_json"])["ledger_row"]
+    with sqlite3.connect(db.ledger) as conn:
+        conn.execute("UPDATE evaluations SET verdict='flagged', message=? WHERE id=?", (f"valid; flagged: {flag}", row))
+    db.write(1, [])
+    run = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")["runs"][0]
+    assert run["groups"]["fpA0000000000000"]["best"]["flags"] == flag
+    assert run["flagged"] == [{"id": d["id"], "iteration": 1, "flags": flag}]
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert f"`{d['id'][:8]}` **FLAGGED** ({flag})" in report and "1 program(s) flagged by the evaluator" in report
+    assert f"| 1 | `{d['id'][:8]}` **FLAGGED** |" in report
+
+
+def test_two_runs_with_one_folder_name_keep_their_own_plots(tmp_path):
+    roots = []
+    for campaign, score in (("a", 1.1), ("b", 1.9)):
+        db = DB(tmp_path / campaign / "runs" / "ttr")
+        db.root.mkdir(parents=True)
+        db.ledger = tmp_path / "ledger.sqlite"
+        db.add("root", SEED, iteration=0, score=1.0)
+        db.add("p1", P_RELU if campaign == "a" else mutate(SEED, 'feature_map: str = "elu1"',
+                                                             'feature_map: str = "softplus"'), "root", 1, score=score)
+        db.write(1, [])
+        roots.append(db.root)
+    analyze(roots, ledger_path=tmp_path / "ledger.sqlite", out_dir=tmp_path / "r")
+    report = (tmp_path / "r" / "report.md").read_text()
+    for slug in ("ttr-1", "ttr-2"):
+        assert (tmp_path / "r" / f"{slug}_fitness.png").exists() and f"]({slug}_fitness.png)" in report
+
+
+def test_stored_metrics_that_are_not_numbers_neither_crash_nor_move_a_score(tmp_path):
+    db = DB(tmp_path / "run")
+    db.root.mkdir()
+    db.add("root", SEED, iteration=0, score=1.0)
+    db.add("p1", P_RELU, "root", 1, score=1.1)
+    db.add("p2", mutate(SEED, 'feature_map: str = "elu1"', 'feature_map: str = "softplus"'), "root", 2, score=1.0,
+           ledger_row=False)
+    db.write(2, [])
+    for name, stored in (("p1", {"combined_score": "abc"}), ("p2", {"valid": "yes", "combined_score": float("nan")})):
+        path = db.root / "checkpoints" / "checkpoint_2" / "programs" / f"{db.by_name[name]['id']}.json"
+        d = json.loads(path.read_text())
+        d["metrics"].update(stored)  # p1's ledger row holds 1.1; p2 has none
+        path.write_text(json.dumps(d))
+    run = analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")["runs"][0]
+    assert run["groups"]["fpA0000000000000"]["best"]["combined_score"] == 1.1
+    assert run["unverifiable"] == [db.by_name["p2"]["id"]]
+    (tmp_path / "not-a-ledger.sqlite").write_text("hello")
+    with pytest.raises(ConfigError, match="not a ledger the harness can read"):
+        analyze([db.root], ledger_path=tmp_path / "not-a-ledger.sqlite", out_dir=tmp_path / "r2")
+
+
+def test_a_migrant_copy_takes_its_original_s_iteration(tmp_path):
+    db = DB(tmp_path / "run")
+    db.root.mkdir()
+    db.add("root", SEED, iteration=0, score=1.0)
+    original = db.add("p1", P_RELU, "root", 7, score=1.2)
+    copy = db.add("m", P_RELU, "p1", 0, score=1.2, artifacts=False, ledger_row=False)  # as OpenEvolve copies it
+    copy.update(generation=original["generation"], metadata={"island": 1, "migrant": True})
+    db.write(7, [])
+    run = load_run(db.root, ledger.evaluations(db.ledger))
+    assert run.programs[copy["id"]].iteration == 7 and run.last_iteration == 7
+
+
+def test_the_evaluator_records_a_flag_in_the_ledger_where_the_analysis_reads_it(tmp_path):
+    from harness.analysis.runs import Prog
+    from harness.trusted.evaluate import _result
+    from harness.trusted.profiles import get_profile
+    from harness.trusted.reasons import Reason
+
+    flag = "implausible_loss: 2.2 is more than 25% below the baseline's 3.0"
+    out = _result("ttr", Reason.OK, "valid", score=1.6, flags=[flag], code=P_RELU,
+                  prepared={"ledger": tmp_path / "ledger.sqlite", "profile": get_profile("smoke"),
+                            "fingerprint": fingerprint("fpA0000000000000")})
+    (row,) = ledger.evaluations(tmp_path / "ledger.sqlite")
+    assert row["verdict"] == "flagged" and flag in row["message"]
+    prog = Prog(id="p", code=P_RELU, parent_id=None, generation=0, iteration=1, timestamp=0.0, metrics={},
+                artifacts={}, framework="ttr", ledger_row=row)  # OpenEvolve kept no artifacts: the ledger tells
+    assert prog.flags == flag and out.artifacts["flags"] == flag

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sqlite3
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -16,6 +17,7 @@ from harness.analysis.plots import plot_early_vs_final, plot_fitness, plot_linea
 from harness.analysis.runs import Prog, Run, display_path, load_run, require_run_folder
 from harness.trusted import ledger as ledger_mod
 from harness.trusted.frameworks import REPO_ROOT
+from harness.trusted.profiles import ConfigError
 from harness.validation.stats import format_p
 
 
@@ -27,6 +29,11 @@ def _fmt(x, digits=4) -> str:
             return "nan"
         return f"{x:.{digits}f}"
     return str(x)
+
+
+def flag_mark(p: Prog) -> str:
+    """What a ranking shows beside a program the evaluator flagged: its score stands, unconfirmed."""
+    return f" **FLAGGED** ({p.flags}; confirm with `harness validate` before trusting it)" if p.flags else ""
 
 
 def text_tree(run: Run, best_ids: set[str], max_lines: int = 400) -> str:
@@ -42,7 +49,7 @@ def text_tree(run: Run, best_ids: set[str], max_lines: int = 400) -> str:
             return
         tag = "ok" if p.valid else p.reason
         extra = " (migrant copy)" if p.migrant else ""
-        star = " ★ best" if p.id in best_ids else ""
+        star = (" ★ best" if p.id in best_ids else "") + (" FLAGGED" if p.flags else "")
         parent = "" if p.parent_id is None or p.parent_id in progs else f" (parent {p.parent_id[:8]} not in database)"
         lines.append(f"{'  ' * depth}- {p.id[:8]} it={p.iteration} gen={p.generation} score={p.score:.4f} [{tag}] "
                      f"fp={short(p.fingerprint_id) if p.verified else 'UNVERIFIABLE'}{extra}{parent}{star}")
@@ -56,15 +63,21 @@ def text_tree(run: Run, best_ids: set[str], max_lines: int = 400) -> str:
     return "\n".join(lines)
 
 
-def analyze_run(run: Run, out_dir: Path, top: int) -> tuple[dict, list[str]]:
+def plot_slugs(runs: list[Run]) -> list[str]:
+    """The file-name prefix of each run's plots: its folder's name, numbered where two runs share one."""
+    names = [re.sub(r"[^A-Za-z0-9_.-]", "_", run.name) for run in runs]
+    shared = {n for n in names if names.count(n) > 1}
+    return [f"{n}-{i + 1}" if n in shared else n for i, n in enumerate(names)]
+
+
+def analyze_run(run: Run, out_dir: Path, top: int, slug: str) -> tuple[dict, list[str]]:
     """The numbers and the Markdown section of one run."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", run.name)
     progs = run.evolved()
     groups, unverifiable = fingerprint_groups(progs)
     md: list[str] = []
     summary: dict = {"run": display_path(run.path), "name": run.name, "framework": run.framework,
                      "checkpoint": display_path(run.checkpoint) if run.checkpoint else None,
-                     "last_iteration": run.last_iteration, "programs": len(progs),
+                     "last_iteration": run.last_iteration, "stopped_early_at": run.stopped_at, "programs": len(progs),
                      "migrant_copies": sum(1 for p in run.programs.values() if p.migrant), "notes": run.notes}
     valid = [p for p in progs if p.valid]
     iterations = outcome_table(run)
@@ -78,15 +91,20 @@ def analyze_run(run: Run, out_dir: Path, top: int) -> tuple[dict, list[str]]:
     summary["reasons"] = dict(reasons)
     summary["log_failures"] = [e.__dict__ for e in sorted(run.failures, key=lambda e: e.iteration)]
     summary["log_failure_kinds"] = dict(Counter(e.kind for e in run.failures))
-    after = sorted(i for i in run.log_successes if i > int(run.metadata.get("last_iteration", 0) or 0))
-    missing = sorted(i for i, pid in run.log_successes.items() if pid not in run.programs and i not in after)
+    checkpointed = int(run.metadata.get("last_iteration", 0) or 0)
+    lost = {i for i, pid in run.log_successes.items() if pid not in run.programs}
+    after = sorted(i for i in lost if i > checkpointed)
+    missing = sorted(lost - set(after))
     summary["completed_after_checkpoint"] = after
     summary["completed_but_not_in_database"] = missing
 
     md.append(f"## Run `{run.name}` — framework `{run.framework or 'unknown'}`\n")
     md.append(f"- folder: `{display_path(run.path)}`")
-    md.append(f"- database: `{display_path(run.checkpoint)}` (the latest checkpoint, a full snapshot)" if run.checkpoint
-              else "- database: **none** (no checkpoint)")
+    md.append(f"- database: `{display_path(run.checkpoint)}` (the latest complete checkpoint, a full snapshot)"
+              if run.checkpoint else "- database: **none** (no complete checkpoint)")
+    if run.stopped_at is not None:
+        md.append(f"- **stopped early by OpenEvolve at iteration {run.stopped_at}** (its `early_stopping_patience`, "
+                  "the design's rule (a)); its last checkpoint is still named after the iteration it was to end at")
     md.append(f"- last iteration seen: {run.last_iteration}; programs evaluated in the database: {len(progs)}"
               f" (+{summary['migrant_copies']} migrant copies, not counted)")
     md.append(f"- logs: {', '.join(f'`{n}`' for n in run.log_files) or 'none'}")
@@ -160,17 +178,24 @@ def analyze_run(run: Run, out_dir: Path, top: int) -> tuple[dict, list[str]]:
         if r:
             best_ids.add(r[0].id)
             gsum["best"] = {"id": r[0].id, "iteration": r[0].iteration, "combined_score": r[0].score,
-                            "objective_value": r[0].objective_value()}
+                            "objective_value": r[0].objective_value(), "flags": r[0].flags}
         summary["groups"][fp] = gsum
     md.append("| fingerprint | best program | found at iteration | combined_score | objective value |")
     md.append("|---|---|---|---|---|")
     for fp, gsum in summary["groups"].items():
         b = gsum["best"]
         if b:
-            md.append(f"| `{fp}` | `{b['id'][:8]}` | {b['iteration']} | {b['combined_score']:.4f} | "
+            flagged = f" **FLAGGED** ({b['flags']})" if b["flags"] else ""
+            md.append(f"| `{fp}` | `{b['id'][:8]}`{flagged} | {b['iteration']} | {b['combined_score']:.4f} | "
                       f"{_fmt(b['objective_value'])} |")
         else:
             md.append(f"| `{fp}` | none valid | – | – | – |")
+    flagged = [p for p in progs if p.flags]
+    summary["flagged"] = [{"id": p.id, "iteration": p.iteration, "flags": p.flags} for p in flagged]
+    if flagged:
+        md.append(f"**{len(flagged)} program(s) flagged by the evaluator**: their scores stand and they are ranked, "
+                  "but each must be confirmed by `harness validate` before it is trusted: "
+                  + "; ".join(f"`{p.id[:8]}` (iteration {p.iteration}): {p.flags}" for p in flagged) + "\n")
     md.append("")
 
     # Validity and rejections
@@ -241,7 +266,7 @@ def analyze_run(run: Run, out_dir: Path, top: int) -> tuple[dict, list[str]]:
         label, diff = unified_block_diff(seed, best, best.framework or run.framework)
         summary["diffs"][fp] = {"best": best.id, "seed": label, "diff": diff}
         md.append(f"Fingerprint `{fp}`: best `{best.id[:8]}` (iteration {best.iteration}, combined_score "
-                  f"{best.score:.4f}) against {label}:\n")
+                  f"{best.score:.4f}){flag_mark(best)} against {label}:\n")
         md.append("```diff\n" + (diff or "(no difference in the block)") + "\n```\n")
     if not summary["diffs"]:
         md.append("No valid, verifiable program.\n")
@@ -257,7 +282,7 @@ def analyze_run(run: Run, out_dir: Path, top: int) -> tuple[dict, list[str]]:
                    "objective_value": p.objective_value(), "param_ratio": p.metric("param_ratio"),
                    "flop_ratio": p.metric("flop_ratio"), "step_time_ratio": p.metric("step_time_ratio"),
                    "memory_ratio": p.metric("memory_ratio"), "early_val_loss": p.metric("early_val_loss"),
-                   "early_val_step": p.metric("early_val_step")}
+                   "early_val_step": p.metric("early_val_step"), "flags": p.flags}
             rows.append(row)
         summary["groups"][fp]["top"] = rows
         dup = summary["groups"][fp]["duplicates"]
@@ -269,7 +294,8 @@ def analyze_run(run: Run, out_dir: Path, top: int) -> tuple[dict, list[str]]:
                   "step-time ratio | memory ratio |")
         md.append("|---|---|---|---|---|---|---|---|---|")
         for row in rows:
-            md.append(f"| {row['rank']} | `{row['id'][:8]}` | {row['iteration']} | {row['combined_score']:.4f} | "
+            flagged = " **FLAGGED**" if row["flags"] else ""
+            md.append(f"| {row['rank']} | `{row['id'][:8]}`{flagged} | {row['iteration']} | {row['combined_score']:.4f} | "
                       f"{_fmt(row['objective_value'])} | {_fmt(row['param_ratio'], 3)} | {_fmt(row['flop_ratio'], 3)} | "
                       f"{_fmt(row['step_time_ratio'], 2)} | {_fmt(row['memory_ratio'], 2)} |")
         md.append("")
@@ -291,7 +317,12 @@ def analyze_run(run: Run, out_dir: Path, top: int) -> tuple[dict, list[str]]:
     # Stopping rules
     rules = stopping_rules(run)
     summary["stopping_rules"] = rules
-    md.append("### Stopping rules (flagged only: nothing was stopped)\n")
+    if run.stopped_at is None:
+        md.append("### Stopping rules (flagged only: nothing was stopped)\n")
+    else:
+        md.append("### Stopping rules\n")
+        md.append(f"OpenEvolve's own early stopping ended this run at iteration {run.stopped_at} (rule (a), as the "
+                  "configs set it); the other rules are flagged only.\n")
     md.append("Where each of the users' stopping rules would first have stopped this run. Rule (a) is OpenEvolve's "
               "own early stopping as the configs set it (`early_stopping_patience`), replayed in iteration order.\n")
     md.append("| rule | would have fired at iteration | detail |")
@@ -351,12 +382,14 @@ def analyze(run_dirs: list[Path], ledger_path: Path | None = None, out_dir: Path
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        from harness.trusted.profiles import ConfigError
-
         raise ConfigError("matplotlib is not installed (the report's plots need it): pip install -e '.[plots]'")
     run_dirs = [require_run_folder(r) for r in run_dirs]  # before anything is written
     ledger_path = Path(ledger_path or ledger_mod.default_ledger_path())
-    rows = ledger_mod.evaluations(ledger_path) if ledger_path.exists() else []
+    try:
+        rows = ledger_mod.evaluations(ledger_path) if ledger_path.exists() else []
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{ledger_path}: not a ledger the harness can read ({exc}); give the file HARNESS_LEDGER "
+                          "named when the runs were evaluated (--ledger)") from exc
     name = name or "+".join(r.resolve().name for r in run_dirs)
     out_dir = Path(out_dir) if out_dir else REPO_ROOT / "results" / "analysis" / name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -365,8 +398,8 @@ def analyze(run_dirs: list[Path], ledger_path: Path | None = None, out_dir: Path
           f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `harness analyze` from {len(runs)} run(s) and the "
           f"ledger `{display_path(ledger_path)}` ({len(rows)} rows{'' if ledger_path.exists() else ', FILE NOT FOUND'}).\n"]
     summaries, sections = [], []
-    for run in runs:
-        s, section = analyze_run(run, out_dir, top)
+    for run, slug in zip(runs, plot_slugs(runs)):
+        s, section = analyze_run(run, out_dir, top, slug)
         summaries.append(s)
         sections += section
     md += _per_framework_table(summaries)

@@ -25,7 +25,7 @@ from typing import Callable
 
 import yaml
 
-from harness.analysis.runs import display_path
+from harness.analysis.runs import display_path, latest_checkpoint
 from harness.campaign import plan as plan_mod
 from harness.campaign.progress import Progress, evolution_status, validation_status
 from harness.campaign.report import departures, render_report
@@ -140,9 +140,9 @@ class Campaign:
         return self.out_dir / "runs" / fw
 
     def _last_iteration(self, fw: str) -> int:
-        folder = self.run_dir(fw) / "checkpoints"
-        found = [int(p.name.split("_")[-1]) for p in folder.glob("checkpoint_*") if p.name.split("_")[-1].isdigit()]
-        return max(found, default=0)
+        """The iteration of the run's latest complete checkpoint: one cut short by a kill is no place to resume."""
+        checkpoint = latest_checkpoint(self.run_dir(fw))
+        return int(checkpoint.name.rsplit("_", 1)[-1]) if checkpoint else 0
 
     def _evolve(self, prereg: dict) -> None:
         from harness.proposer.demo import run_openevolve, run_with_builtin_proposer

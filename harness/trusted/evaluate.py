@@ -209,7 +209,8 @@ def _result(framework: str, reason: Reason, message: str, *, score: float = 0.0,
         digest, code_path = _store_code(code, Path(ledger_path))
         artifacts["ledger_row"] = str(ledger.record_evaluation({
             "framework": framework, "program_hash": digest, "code_path": code_path, "verdict": verdict,
-            "reason": reason.value, "message": message, "combined_score": score, "metrics": metrics,
+            "reason": reason.value, "message": message + ("; flagged: " + "; ".join(flags) if flags else ""),
+            "combined_score": score, "metrics": metrics,
             "fingerprint": fp, "profile": profile.name if profile else None,
             "seed": profile.train_seed if profile else None, "wall_s": metrics["eval_wall_s"], "timings": timings or {},
             "execution": execution or {}, "runs": runs or [],
