@@ -425,6 +425,22 @@ def test_stopping_rules_flagged(tmp_path):
     assert report.count("not triggered") == 1
 
 
+def test_failures_of_the_machine_or_the_llm_service_are_no_invalid_programs(tmp_path):
+    """Rule (b) counts invalid programs: an LLM service that did not answer (4) and an evaluation the machine
+    failed (5) neither count nor break the run of rejections 1-3 and 6-8, whose sixth is iteration 8."""
+    db = DB(tmp_path / "run")
+    db.root.mkdir()
+    db.add("root", SEED, iteration=0, score=1.0)
+    for i in (1, 2, 3, 6, 7, 8):
+        db.add(f"p{i}", variant(i), "root", i, reason="causality")
+    db.add("p5", variant(5), "root", 5, reason="infrastructure")
+    db.write(8, [log_line("WARNING", "Iteration 4 error: LLM generation failed: connection refused")])
+    rules = {r["rule"]: r for r in analyze([db.root], ledger_path=db.ledger, out_dir=tmp_path / "r")["runs"][0]
+             ["stopping_rules"]}
+    assert rules["invalid_in_a_row"]["fired_at"] == 8
+    assert rules["invalid_in_a_row"]["detail"] == "longest run of invalid iterations: 6"
+
+
 def test_mostly_nonfinite_flagged(tmp_path):
     db = DB(tmp_path / "run_nan")
     db.root.mkdir()

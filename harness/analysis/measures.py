@@ -301,6 +301,11 @@ def root_of(prog: Prog, programs: dict[str, Prog]) -> Prog | None:
     return cur if cur.parent_id is None else None
 
 
+# Outcomes that say nothing of a program: the harness's machine failed (infrastructure), or the LLM service gave
+# no answer. Rule (b) counts invalid programs, so these neither count nor break a run of invalid ones.
+NOT_THE_PROGRAM = frozenset({"infrastructure", "log:llm_failed", "log:llm_none", "log:submit_error"})
+
+
 def outcome_table(run: Run) -> dict[int, str]:
     """iteration -> outcome (reason code of the evaluation, or 'log:<kind>' for a log-only failure)."""
     out: dict[int, str] = {}
@@ -326,7 +331,8 @@ def stopping_rules(run: Run) -> list[dict]:
         combined_score starts at -inf and an iteration improves it only by at least CONVERGENCE_THRESHOLD;
         rejected programs count (score 0.0), iterations that produced no program do not.
     (b) invalid in a row: more than MAX_INVALID_IN_A_ROW consecutive iterations without a valid program
-        (a rejected program, or a log-only failure that produced none).
+        (a rejected program, or a log-only failure that produced none). An iteration whose failure was the
+        machine's or the LLM service's (``NOT_THE_PROGRAM``) neither counts nor breaks the run of invalid ones.
     (c) low fitness: a valid program with combined_score < LOW_SCORE, i.e. exp(fitness - baseline fitness)
         more than 50% below the baseline (for final_loss: a perplexity more than twice the baseline's).
         Rejections score 0.0 by rule, not by fitness: they are (b)'s.
@@ -356,13 +362,15 @@ def stopping_rules(run: Run) -> list[dict]:
     its = sorted(table)
     streak, longest, fired = 0, 0, None
     for it in its:
+        if table[it] in NOT_THE_PROGRAM:
+            continue
         streak = 0 if table[it] == "ok" else streak + 1
         longest = max(longest, streak)
         if streak > MAX_INVALID_IN_A_ROW and fired is None:
             fired = it
     rules.append({"rule": "invalid_in_a_row",
                   "description": f"more than {MAX_INVALID_IN_A_ROW} invalid iterations in a row (rejected, or no "
-                                 "program: log-only failure)",
+                                 "program: log-only failure; the machine's and the LLM service's failures skipped)",
                   "fired_at": fired, "detail": f"longest run of invalid iterations: {longest}"})
 
     low = [p for p in progs if p.valid and p.score < LOW_SCORE]
