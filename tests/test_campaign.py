@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from harness.campaign.commands import check_endpoint, parse_frameworks
 from harness.trusted import ledger as ledger_mod
 from harness.trusted.frameworks import FRAMEWORKS
 from harness.trusted.profiles import ConfigError, get_profile
+from processes import all_gone, running
 from security import PROFILE
 
 HARNESS = [sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main())"]
@@ -143,6 +145,8 @@ def test_preregistration_holds_the_plan_and_refuses_another(tmp_path):
     assert loaded["settings"]["seeds"] == [42, 43] and loaded["code_hash"] == "abc123"
     assert set(loaded["hypotheses"]) == {"H1", "H2", "H4"}
     assert any("seeds 42, 43 instead of 42..51" in d for d in loaded["protocol_deviations"])
+    assert "2 evolution iteration(s) per framework instead of 35" in loaded["protocol_deviations"]
+    assert "framework(s) cd, mm not evolved: H2 compares 1 of 3" in loaded["protocol_deviations"]
     assert loaded["configs"]["ttr"]["text"] == "max_iterations: 2\n"
     md = (tmp_path / plan.PREREGISTRATION_MD).read_text()
     assert "## Success criteria" in md and "exploratory" in md
@@ -204,6 +208,117 @@ def test_a_departure_from_the_design_takes_every_verdict_away(case, departure):
     md = _render(**case)
     assert "**Exploratory: the campaign departs from the design or from its plan**" in md and departure in md
     assert "| **exploratory** |" in md and "strong" not in md.lower().replace("stopping", "")
+
+
+def test_the_design_s_evolution_is_35_iterations_of_all_three_frameworks():
+    from harness.validation import protocol
+
+    full = dict(profile="full", profile_digest=get_profile("full").digest(), seeds=tuple(protocol.SEEDS), trials=100)
+    design = plan.build(_settings(frameworks=("cd", "ttr", "mm"), iterations=35, **full), get_profile("full"), "abc",
+                        {})
+    assert design["protocol_deviations"] == []
+    short = plan.build(_settings(frameworks=("cd", "ttr", "mm"), iterations=5, **full), get_profile("full"), "abc", {})
+    assert short["protocol_deviations"] == ["5 evolution iteration(s) per framework instead of 35"]
+
+
+def test_an_evolution_a_resume_ran_past_the_stopping_rule_is_a_departure():
+    prereg, state, _ = _report_inputs()
+    state["phases"]["evolve"]["cd"].update(resumed_after=[12])
+    state["phases"]["select"]["runs"]["cd"]["stopping_rules"] = [{"rule": "no_improvement", "fired_at": 20}]
+    from harness.campaign.report import departures
+
+    assert departures(prereg, state, "abc") == [
+        "cd: evolution ran on to iteration 35, past iteration 20 where the design's rule (a) stops it, because "
+        "resuming after iteration 12 restarted OpenEvolve's count"]
+    state["phases"]["evolve"]["cd"].update(resumed_after=[25])  # resumed after the rule fired: no restart of it
+    assert departures(prereg, state, "abc") == []
+
+
+def test_an_early_stop_openevolve_logged_is_the_design_s_rule_even_where_the_replay_differs():
+    """With parallel workers OpenEvolve counts in the order iterations finish, the replay in iteration order."""
+    md = _render(iterations_done=20)
+    assert "Exploratory" in md
+    prereg, state, validation = _report_inputs(iterations_done=20)
+    state["phases"]["evolve"]["cd"]["stopped_at"] = 20
+    from harness.campaign.report import render_report
+
+    md = render_report(prereg, state, validation, [], "abc", Path("."))
+    assert "Exploratory" not in md and "cd: evolution stopped after 20 of 35 iterations by the design's stopping" in md
+
+
+def test_a_framework_scored_under_several_fingerprints_is_a_departure_and_a_flagged_candidate_is_marked():
+    from harness.campaign.report import render_report
+
+    prereg, state, validation = _report_inputs()
+    state["phases"]["select"]["unranked"] = {"ttr": "programs from 2 fingerprint groups (['a', 'b']) cannot be "
+                                                    "ranked together; choose one with --fingerprint"}
+    state["phases"]["select"]["candidates"]["cd"] = {"flags": "implausible_loss: 2.2 is more than 25% below 3.0"}
+    state["phases"]["select"]["runs"]["cd"]["best"] = {"fpA0000000000000": 1.1, "fpB1111111111111": 1.45}
+    md = render_report(prereg, state, validation, [], "abc", Path("."))
+    assert "> - ttr: programs from 2 fingerprint groups" in md and "ttr: no valid program other than" not in md
+    assert "| `cd-x` **FLAGGED** |" in md and "cd: the candidate selected was FLAGGED by the evaluator" in md
+    assert "| 1.1000 (`fpA00000`); 1.4500 (`fpB11111`) |" in md
+
+
+def test_an_evolution_is_resumed_only_while_its_stopping_rule_has_not_fired(tmp_path, monkeypatch):
+    import harness.proposer.demo as demo
+    from harness.campaign.runner import Campaign
+    from test_analyze import DB, SEED, variant
+
+    out = tmp_path / "campaign"
+    run = DB(out / "runs" / "ttr")
+    run.root.mkdir(parents=True)
+    run.ledger = out / "ledger.sqlite"
+    run.add("root", SEED, iteration=0, score=1.0)
+    run.add("p1", variant(1), "root", 1, score=1.1)
+    for i in range(2, 9):
+        run.add(f"p{i}", variant(i), "p1", i, score=1.05)
+    run.write(8, [])  # killed at iteration 8: seven without improvement, the rule has not fired
+    started = []
+
+    def evolve(fw, iterations, **kwargs):
+        started.append((iterations, kwargs["checkpoint"].name))
+        for i in range(9, 13):  # iterations 9-12 improve on nothing either: the rule fires at 11
+            run.add(f"p{i}", variant(i), "p1", i, score=1.05)
+        run.write(12, [])
+        return SimpleNamespace(returncode=0, timed_out=False)
+
+    monkeypatch.setattr(demo, "run_with_builtin_proposer", evolve)
+    campaign = Campaign(_settings(iterations=35), get_profile("smoke"), out, log=lambda m: None)
+    campaign._load_state()
+    campaign._evolve({})
+    assert started == [(27, "checkpoint_8")]
+    assert campaign.state["phases"]["evolve"]["ttr"]["resumed_after"] == [8]
+    # Killed again; by now the rule has fired (at 11): the next start does not resume it, OpenEvolve counting afresh.
+    del campaign.state["phases"]["evolve"]["ttr"]["done"]
+    monkeypatch.setattr(demo, "run_with_builtin_proposer", lambda *a, **k: pytest.fail("resumed past the rule"))
+    campaign._evolve({})
+    entry = campaign.state["phases"]["evolve"]["ttr"]
+    assert entry["done"] and entry["stopped_at"] == 11 and entry["iterations"] == 12
+
+
+def test_openevolve_run_dies_with_the_process_that_started_it(tmp_path):
+    """A kill -9 of the campaign (or of harness demo) takes its openevolve-run, which would otherwise go on in its
+    own session, proposing into a dead proposer and writing checkpoints a resume would then believe."""
+    pid_file = tmp_path / "openevolve-run.pid"
+    starter = tmp_path / "starter.py"
+    starter.write_text(
+        "import sys\nfrom pathlib import Path\nimport harness.proposer.demo as demo\n"
+        f"demo._openevolve_command = lambda: [sys.executable, '-c', \"import os, time; "
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)\"]\n"
+        f"demo.run_openevolve('ttr', 5, output_dir=Path({str(tmp_path / 'run')!r}), api_base='http://127.0.0.1:9/v1', "
+        "model='m', timeout_s=600)\n")
+    (tmp_path / "run").mkdir()
+    parent = subprocess.Popen([sys.executable, str(starter)], env={**os.environ, "HARNESS_LEDGER": str(tmp_path / "l")})
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        assert parent.poll() is None
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    assert running(child)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    assert all_gone([child], timeout_s=10)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -274,3 +389,19 @@ def test_campaign_resumes_after_sigkill_without_repeating_finished_work(smoke_en
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert third.stdout.count(", cached)") == 4 - len(cached_before)
     assert _report_body(out / "report.md") == resumed
+
+
+def test_progress_counts_a_finished_framework_as_done_and_its_eta_waits_for_the_longest(monkeypatch):
+    from harness.campaign import progress
+
+    # 60 s per iteration; cd stopped early at 12 of 35 (finished), ttr at 5 of 35 and running alone on 2 slots.
+    rows = [{"framework": fw, "created_at": 1000.0 + 60 * i, "combined_score": 1.0}
+            for fw, n in (("cd", 13), ("ttr", 6)) for i in range(n)]
+    monkeypatch.setattr(progress.ledger_mod, "evaluations", lambda path: rows)
+    monkeypatch.setattr(progress, "slots_in_use", lambda: 1)
+    line = progress.evolution_status(["cd", "ttr"], 35, {}, "ledger", 0.0, {"ttr"}, 2, {"cd"})
+    assert "cd 12/35 best 1.0000 (done)" in line and "ttr 5/35 best 1.0000 (running)" in line
+    assert line.endswith("ETA 30.0 min")  # ttr's 30 iterations, one at a time: not 15 min over two slots
+    # Validation resumed with 4 jobs cached: the ETA is paced by the jobs this start trained, 2 in 100 s.
+    monkeypatch.setattr(progress.time, "time", lambda: 1100.0)
+    assert progress.validation_status(6, 10, 1000.0, done_before=4).endswith("ETA 3.3 min")

@@ -3,7 +3,8 @@
     harness campaign [--frameworks cd,ttr,mm] [--profile P] [--iterations N]
                      [--api-base URL --model M | --proposer builtin] [--seeds 10] [--trials T] [--out DIR]
 
-Run the same command again to resume a campaign that stopped.
+Run the same command again, with the campaign's ``--out`` (the first line it logs says it), to resume a campaign that
+stopped.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
                         tuple(range(args.seed_base, args.seed_base + args.seeds)), args.tuning, trials)
     out = Path(args.out) if args.out else REPO_ROOT / "results" / "campaigns" / f"campaign-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
+    args.out = str(out)  # the command that resumes this campaign names its folder: another run would start afresh
     log_file = open(out / "campaign.log", "a", buffering=1)
 
     def log(message: str) -> None:
@@ -86,7 +88,9 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
     from harness.validation.commands import command_line
 
-    campaign = Campaign(settings, profile, out, command=command_line(args, "campaign"), jobs=args.jobs, threads=args.threads,
+    command = command_line(args, "campaign")
+    log(f"[campaign] folder {display_path(out)}; to resume after a stop: {command}")
+    campaign = Campaign(settings, profile, out, command=command, jobs=args.jobs, threads=args.threads,
                         progress_interval_s=args.progress_every, log=log)
     try:
         report = campaign.run()
@@ -98,10 +102,11 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("campaign", help="the users' whole experiment: evolve, analyse, validate, compare "
-                                               "(resumable: run the same command again)")
+                                               "(resumable: run the same command with its --out again)")
     p.add_argument("--frameworks", default="cd,ttr,mm", help="comma-separated (default cd,ttr,mm)")
     p.add_argument("--profile", help="smoke | pilot | full (default: $HARNESS_PROFILE or full)")
-    p.add_argument("--iterations", type=int, default=35, help="OpenEvolve iterations per framework (default 35)")
+    p.add_argument("--iterations", type=int, default=protocol.EVOLUTION_ITERATIONS,
+                   help=f"OpenEvolve iterations per framework (default {protocol.EVOLUTION_ITERATIONS}, the design's)")
     p.add_argument("--api-base", help="an OpenAI-compatible endpoint for the proposals (with --model)")
     p.add_argument("--model", help="the model name at --api-base")
     p.add_argument("--proposer", choices=["builtin"], help="the built-in proposer: offline, no network (the default "

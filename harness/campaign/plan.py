@@ -67,7 +67,8 @@ def build(settings: Settings, profile, code_hash: str, configs: dict[str, str]) 
         "configs": {fw: {"sha256": hashlib.sha256(text.encode()).hexdigest(), "text": text}
                     for fw, text in sorted(configs.items())},
         "protocol_deviations": protocol.deviations(profile, list(settings.seeds), settings.tuning, settings.trials,
-                                                   ladder=True),
+                                                   ladder=True)
+                               + protocol.evolution_deviations(list(settings.frameworks), settings.iterations),
     }
 
 

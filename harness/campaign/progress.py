@@ -76,33 +76,37 @@ class Progress:
 
 
 def evolution_status(frameworks: list[str], iterations: int, done_before: dict[str, int], ledger_path,
-                     since: float, running: set[str], concurrency: int) -> str:
+                     since: float, running: set[str], concurrency: int, finished: set[str] = frozenset()) -> str:
     """One line: per framework its iterations (done before this phase began, plus the ledger's rows since), its
-    best combined_score, the slots in use, and the ETA from the seconds each iteration has taken."""
+    best combined_score, the slots in use, and the ETA from the seconds each iteration has taken. A framework in
+    ``finished`` has no iteration left, whatever its count (its stopping rule may have ended it early); the ETA is
+    the longer of the framework with the most iterations left and the work left spread over the slots."""
     try:
         rows = [r for r in ledger_mod.evaluations(ledger_path) if r["created_at"] >= since]
     except Exception:  # noqa: BLE001 - the ledger may not exist before the first evaluation
         rows = []
-    parts, remaining, spans = [], 0, []
+    parts, left, spans = [], [], []
     for fw in frameworks:
         mine = sorted((r for r in rows if r["framework"] == fw), key=lambda r: r["created_at"])
         before = done_before.get(fw, 0)
         # A fresh run evaluates the initial program first; a resumed one does not.
         done = min(iterations, before + max(0, len(mine) - (0 if before else 1)))
-        remaining += iterations - done
+        left.append(0 if fw in finished else iterations - done)
         best = max((r["combined_score"] for r in mine), default=None)
-        state = "running" if fw in running else ("done" if done >= iterations else "waiting")
+        state = "running" if fw in running else ("done" if done >= iterations or fw in finished else "waiting")
         parts.append(f"{fw} {done}/{iterations}" + (f" best {best:.4f}" if best is not None else "") + f" ({state})")
         if len(mine) >= 2:
             spans.append((mine[-1]["created_at"] - mine[0]["created_at"]) / (len(mine) - 1))
     per_iteration = sum(spans) / len(spans) if spans else None
-    eta = per_iteration * remaining / max(1, concurrency) if per_iteration else None
+    eta = per_iteration * max(max(left, default=0), sum(left) / max(1, concurrency)) if per_iteration else None
     return (f"[evolve] {'; '.join(parts)}; {slots_in_use()} evaluation(s) in flight; ETA {minutes(eta)}")
 
 
-def validation_status(done: int, total_hint: int | None, started: float) -> str:
+def validation_status(done: int, total_hint: int | None, started: float, done_before: int = 0) -> str:
+    """One line: the training jobs done (``done_before`` of them before this start: their time is not this start's),
+    the slots in use, and the ETA from the seconds each job of this start has taken."""
     elapsed = time.time() - started
-    per_job = elapsed / done if done else None
+    per_job = elapsed / (done - done_before) if done > done_before else None
     left = max(0, total_hint - done) if total_hint else None
     eta = per_job * left if per_job is not None and left is not None else None
     return (f"[validate] {done} training job(s) done" + (f" of about {total_hint}" if total_hint else "")

@@ -19,10 +19,19 @@ def departures(prereg: dict, state: dict, code_hash_now: str) -> list[str]:
     out = list(prereg.get("protocol_deviations") or [])
     evolve = state["phases"].get("evolve", {})
     for fw in s["frameworks"]:
-        done = (evolve.get(fw) or {}).get("iterations")
+        entry = evolve.get(fw) or {}
+        done = entry.get("iterations")
         if done is not None and done < s["iterations"] and not _stopped_by_the_design(state, fw):
             out.append(f"{fw}: evolution stopped after {done} of {s['iterations']} iterations, and the design's "
                        "stopping rule (no improvement in 10 iterations) had not fired")
+        fired = _rule_a_fired_at(state, fw)
+        resumed = [at for at in entry.get("resumed_after", []) if fired is not None and at < fired]
+        if resumed and done is not None and done > fired:
+            out.append(f"{fw}: evolution ran on to iteration {done}, past iteration {fired} where the design's rule "
+                       f"(a) stops it, because resuming after iteration {resumed[-1]} restarted OpenEvolve's count")
+    for fw, why in (state["phases"].get("select", {}).get("unranked") or {}).items():
+        if "fingerprint" in why:
+            out.append(f"{fw}: {why}")
     hashes = {start["code_hash"] for start in state.get("starts", [])} | {code_hash_now}
     if hashes != {prereg["code_hash"]}:
         out.append(f"the harness code changed during the campaign (registered `{prereg['code_hash']}`, seen "
@@ -42,9 +51,16 @@ def outcomes(prereg: dict, state: dict, validation: dict | None) -> list[str]:
             out.append(f"{fw}: evolution stopped after {done} of {s['iterations']} iterations by the design's "
                        "stopping rule (no improvement in 10 iterations; OpenEvolve's early stopping)")
     select = state["phases"].get("select", {})
+    unranked = select.get("unranked") or {}
     for fw in s["frameworks"]:
-        if fw not in (select.get("candidates") or {}):
+        if fw in unranked and "fingerprint" not in unranked[fw]:  # fingerprints: a departure, named there
+            out.append(f"{fw}: nothing to validate: {unranked[fw]}")
+        elif fw not in unranked and fw not in (select.get("candidates") or {}):
             out.append(f"{fw}: no valid program other than the seed, so nothing to validate")
+        flags = ((select.get("candidates") or {}).get(fw) or {}).get("flags")
+        if flags:
+            out.append(f"{fw}: the candidate selected was FLAGGED by the evaluator ({flags}); its validation below "
+                       "is what confirms it or not")
     if validation:
         for c in validation["candidates"]:
             if c.get("refused"):
@@ -52,10 +68,18 @@ def outcomes(prereg: dict, state: dict, validation: dict | None) -> list[str]:
     return out
 
 
-def _stopped_by_the_design(state: dict, fw: str) -> bool:
-    """The analysis saw the design's rule (a), which is OpenEvolve's early stopping as the configs set it, fire."""
+def _rule_a_fired_at(state: dict, fw: str) -> int | None:
+    """Where the analysis, replaying the run in iteration order, saw the design's rule (a) fire."""
     rules = ((state["phases"].get("select", {}).get("runs") or {}).get(fw) or {}).get("stopping_rules") or []
-    return any(r["rule"] == "no_improvement" and r.get("fired_at") is not None for r in rules)
+    return next((r["fired_at"] for r in rules if r["rule"] == "no_improvement" and r.get("fired_at") is not None),
+                None)
+
+
+def _stopped_by_the_design(state: dict, fw: str) -> bool:
+    """The design's rule (a), which is OpenEvolve's early stopping as the configs set it, ended the evolution:
+    OpenEvolve logged its stop, the campaign stopped it on a resume, or the analysis's replay saw the rule fire."""
+    entry = state["phases"].get("evolve", {}).get(fw) or {}
+    return entry.get("stopped_at") is not None or _rule_a_fired_at(state, fw) is not None
 
 
 def render_report(prereg: dict, state: dict, validation: dict | None, ledger_rows: list[dict], code_hash_now: str,
@@ -93,7 +117,10 @@ def render_report(prereg: dict, state: dict, validation: dict | None, ledger_row
             md.append(f"| {fw} | {evo} | `{c['label']}` | – | – | – | – | refused: {c['refused']} |")
         else:
             st, p = c["stats"], c["stats"]["primary"]
-            md.append(f"| {fw} | {evo} | `{c['label']}` | {number((c.get('evaluation') or {}).get('combined_score'))} | "
+            flagged = " **FLAGGED**" if ((state["phases"].get("select", {}).get("candidates") or {}).get(fw) or {}).get(
+                "flags") else ""
+            md.append(f"| {fw} | {evo} | `{c['label']}`{flagged} | "
+                      f"{number((c.get('evaluation') or {}).get('combined_score'))} | "
                       f"{number(p['mean_b'])} → {number(p['mean_a'])} | {format_p(p['p'])} ({format_p(st['p_holm'])}) | "
                       f"{paired_d(p['d'])} | **{'exploratory' if dev else st['verdict']['level']}** |")
     md.append("")
@@ -123,14 +150,15 @@ def render_report(prereg: dict, state: dict, validation: dict | None, ledger_row
             md += ["Exploratory (the departures above): these tests describe this run only.", ""]
     else:
         md.append("Fewer than two frameworks were validated: no comparison.\n")
-    md += ["## Evolution\n", "| framework | evaluations | valid | best combined_score | stopping rules that fired |",
-           "|---|---|---|---|---|"]
+    md += ["## Evolution\n", "| framework | evaluations | valid | best combined_score (per fingerprint) | stopping "
+           "rules that fired |", "|---|---|---|---|---|"]
     ended = state["phases"].get("evolve", {}).get("ended_at", math.inf)
     for fw in s["frameworks"]:
         mine = [r for r in ledger_rows if r["framework"] == fw and r["created_at"] <= ended]
         rules = ", ".join(f"{x['rule']} at {x['fired_at']}" for x in runs.get(fw, {}).get("stopping_rules", []))
-        md.append(f"| {fw} | {len(mine)} | {sum(1 for r in mine if r['reason'] == 'ok')} | "
-                  f"{number(max((r['combined_score'] for r in mine), default=None))} | {rules or 'none'} |")
+        best = "; ".join(f"{number(v)} (`{fp[:8]}`)" for fp, v in (runs.get(fw, {}).get("best") or {}).items())
+        md.append(f"| {fw} | {len(mine)} | {sum(1 for r in mine if r['reason'] == 'ok')} | {best or '–'} | "
+                  f"{rules or 'none'} |")
     md += ["", "## Reports\n", f"- [pre-registration]({PREREGISTRATION_MD})", "- [analysis of the evolution "
            "runs](analysis/report.md)", "- [validation](validation/report.md)" if validation else
            "- validation: not run (no candidate)", "- the OpenEvolve runs: `runs/<framework>/`; the ledger: "

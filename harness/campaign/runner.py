@@ -150,6 +150,7 @@ class Campaign:
         todo = [fw for fw in self.settings.frameworks if not self._done("evolve", fw)]
         concurrency = max(1, min(len(todo), len(slots.slot_devices())))
         done_before = {fw: self._last_iteration(fw) for fw in self.settings.frameworks}
+        finished: set[str] = set()
         since, running, lock = time.time(), set(), threading.Lock()
         errors: dict[str, str] = {}
         proposer = self.settings.proposer
@@ -157,6 +158,21 @@ class Campaign:
 
         def one(fw: str) -> None:
             last = self._last_iteration(fw)
+            if 0 < last < self.settings.iterations:
+                seen, stopped_at, rule_a = self._evolution_so_far(fw)
+                if stopped_at is not None or rule_a is not None:
+                    # OpenEvolve counts iterations without improvement afresh on every start: resumed, it would run
+                    # on past the point where the design's rule (a) stops evolution.
+                    at = stopped_at if stopped_at is not None else rule_a
+                    with lock:
+                        self._mark("evolve", fw, iterations=seen, stopped_at=at)
+                    finished.add(fw)
+                    self.log(f"[evolve] {fw}: stopped by the design's rule (a) at iteration {at}; not resumed")
+                    return
+                with lock:
+                    entry = self.state["phases"].setdefault("evolve", {}).setdefault(fw, {})
+                    entry["resumed_after"] = entry.get("resumed_after", []) + [last]
+                    self._save_state()
             remaining = self.settings.iterations - last
             checkpoint = self.run_dir(fw) / "checkpoints" / f"checkpoint_{last}" if last else None
             with lock:
@@ -178,15 +194,19 @@ class Campaign:
                     errors[fw] = (f"openevolve-run exited with {result.returncode}"
                                   f"{' (timed out)' if result.timed_out else ''}; see {display_path(result.log_path)}")
                     return
-                self._mark("evolve", fw, iterations=self._last_iteration(fw))
-                self.log(f"[evolve] {fw}: done at iteration {self._last_iteration(fw)}")
+                seen, stopped_at, _ = self._evolution_so_far(fw)
+                with lock:
+                    self._mark("evolve", fw, iterations=seen, stopped_at=stopped_at)
+                    finished.add(fw)
+                self.log(f"[evolve] {fw}: done at iteration {seen}"
+                         + (" (stopped early by OpenEvolve, the design's rule (a))" if stopped_at is not None else ""))
             finally:
                 with lock:
                     running.discard(fw)
 
         progress = Progress(self.log, self.progress_interval_s).watch(
             lambda: evolution_status(list(self.settings.frameworks), self.settings.iterations, done_before,
-                                     self.ledger_path, since, set(running), concurrency))
+                                     self.ledger_path, since, set(running), concurrency, set(finished)))
         try:
             threads = []
             pending = list(todo)
@@ -204,8 +224,19 @@ class Campaign:
                 errors[fw] = "its run stopped with an error; see the log above"
         if errors:
             raise ConfigError("evolution did not finish: " + "; ".join(f"{fw}: {e}" for fw, e in errors.items())
-                              + ". Run the same command again to resume.")
+                              + f". Run the same command with --out {display_path(self.out_dir)} again to resume.")
         self._mark("evolve", ended_at=time.time())  # the ledger's later rows are the validation's
+
+    def _evolution_so_far(self, fw: str) -> tuple[int, int | None, int | None]:
+        """(the last iteration that ran, the iteration at which OpenEvolve's early stopping ended the run, the
+        iteration at which the design's rule (a), replayed over the run in iteration order, fires)."""
+        from harness.analysis.measures import stopping_rules
+        from harness.analysis.runs import load_run
+
+        rows = ledger_mod.evaluations(self.ledger_path) if self.ledger_path.exists() else []
+        run = load_run(self.run_dir(fw), rows)
+        rule_a = next(r["fired_at"] for r in stopping_rules(run) if r["rule"] == "no_improvement")
+        return run.last_iteration, run.stopped_at, rule_a
 
     def _offset(self, fw: str) -> int:
         """Each framework's proposer gets its own seed (the campaign's seed plus its position)."""
@@ -222,22 +253,27 @@ class Campaign:
         analysis = analyze(runs, ledger_path=self.ledger_path, out_dir=self.out_dir / "analysis", name="analysis")
         inputs = self.out_dir / "validation" / "inputs"
         inputs.mkdir(parents=True, exist_ok=True)
-        chosen, notes = {}, []
+        chosen, notes, unranked = {}, [], {}
+        flagged = {f["id"]: f["flags"] for r in analysis["runs"] for f in r.get("flagged", [])}
         for fw, run in zip(self.settings.frameworks, runs):
             try:
                 found, run_notes = candidates_from_run(run, 1, self.ledger_path, inputs)
             except ConfigError as exc:
                 found, run_notes = [], [f"{fw}: {exc}"]
+                unranked[fw] = str(exc).replace(str(run) + ": ", "")
             notes += run_notes
             if found:  # paths relative to the campaign folder: the folder can move, and its files name no machine
                 c = found[0]
                 chosen[fw] = {"path": str(c.source.relative_to(self.out_dir)), "label": c.label,
-                              "origin": c.origin.replace(str(self.out_dir) + "/", "")}
+                              "origin": c.origin.replace(str(self.out_dir) + "/", ""),
+                              "flags": flagged.get(c.origin.rsplit(":", 1)[-1])}
         summaries = {r["framework"]: {"last_iteration": r["last_iteration"], "evaluated": r["validity"]["evaluated"],
                                       "valid": r["validity"]["valid"],
+                                      "best": {fp: g["best"]["combined_score"] for fp, g in r["groups"].items()
+                                               if g["best"]},
                                       "stopping_rules": [x for x in r.get("stopping_rules", []) if x["fired_at"]]}
                      for r in analysis["runs"] if r.get("framework")}
-        self._mark("select", candidates=chosen, notes=notes, runs=summaries)
+        self._mark("select", candidates=chosen, notes=notes, runs=summaries, unranked=unranked)
         picked = ", ".join(f"{fw}: {c['label']}" for fw, c in chosen.items())
         self.log(f"[select] {picked or 'no candidate'}")
 
@@ -255,9 +291,9 @@ class Campaign:
             return
         candidates = [Candidate(fw, self.out_dir / c["path"], c["label"], c["origin"]) for fw, c in chosen.items()]
         total = len(candidates) * (2 * len(self.settings.seeds) + 2 * self.settings.trials)
-        started = time.time()
+        started, cached = time.time(), len(list((out / "jobs").glob("*.json")))
         progress = Progress(self.log, self.progress_interval_s).watch(
-            lambda: validation_status(len(list((out / "jobs").glob("*.json"))), total, started))
+            lambda: validation_status(len(list((out / "jobs").glob("*.json"))), total, started, cached))
         try:
             validate(candidates, self.profile, out, tuning=self.settings.tuning, trials=self.settings.trials,
                      seeds=list(self.settings.seeds), threads=self.threads, jobs=self.jobs,

@@ -20,7 +20,7 @@ from typing import Callable
 
 from harness.proposer.server import MODEL_NAME, Proposer, ProposerServer
 from harness.trusted.frameworks import FRAMEWORKS, REPO_ROOT
-from harness.trusted.process_lifetime import stat_fields
+from harness.trusted.process_lifetime import stat_fields, tied
 
 
 @dataclass
@@ -167,7 +167,7 @@ def run_openevolve(framework: str, iterations: int, *, output_dir: Path, api_bas
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=output_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(tied(cmd), cwd=output_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, text=True, errors="replace")
 
         def pump():

@@ -61,6 +61,13 @@ def die_with_parent(expected_parent: int | None = None) -> None:
         os._exit(1)
 
 
+def tied(cmd: list[str]) -> list[str]:
+    """``cmd`` started so that the kernel kills it when this process dies: a harness command that a kill -9 of the
+    command that started it would otherwise leave running on its own (stock ``openevolve-run``, in its own session
+    so that a timeout can kill its whole tree, is one). The thread that starts it must wait for it."""
+    return [sys.executable, "-m", "harness.trusted.process_lifetime", str(os.getpid()), "--", *cmd]
+
+
 def exit_now(code: int) -> NoReturn:
     """End this process with ``code`` at once, its output flushed, once everything it hands over is written and
     closed. An interpreter that imported torch spends about half a second tearing its modules down at a normal exit
@@ -73,3 +80,8 @@ def exit_now(code: int) -> NoReturn:
         except BaseException:  # noqa: BLE001 - closed, or replaced by whatever a program put there: the process ends
             pass
     os._exit(code)
+
+
+if __name__ == "__main__":  # python -m harness.trusted.process_lifetime PARENT_PID -- CMD [ARG ...]  (``tied``)
+    die_with_parent(int(sys.argv[1]))
+    os.execvp(sys.argv[3], sys.argv[3:])

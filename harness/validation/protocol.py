@@ -29,6 +29,8 @@ MAX_FLOP_RATIO = 1.10  # "no more than 10 % more FLOPs", the evaluator's forward
 TUNING_TRIALS = 100  # per tuned side
 TUNING_HORIZON_FRACTION = 0.5  # 50k of the full protocol's 100k steps
 TUNING_MODES = ("optuna", "shared")  # option A (per variant) and option B (tuned on the standard variant)
+EVOLUTION_ITERATIONS = 35  # OpenEvolve iterations per framework
+DESIGN_FRAMEWORKS = ("cd", "ttr", "mm")  # all three evolved and compared (H2)
 
 # The design's search space under the ``full`` profile (lr 1e-3, warmup 1000 steps of 100k, batch 64).
 # Other profiles scale each range by their own lr, length and batch, so that a smoke run searches the same
@@ -93,6 +95,18 @@ def deviations(profile: Profile, seeds: list[int], tuning: str, trials: int, lad
         out.append(f"{trials} tuning trial(s) per tuned side instead of {TUNING_TRIALS}")
     if not ladder and len(rungs_for(profile)) < 2:  # a scaling_slope objective trains the ladder anyway
         out.append("the scaling ladder not trained: no slope, so the minimum criteria cannot all be assessed")
+    return out
+
+
+def evolution_deviations(frameworks: list[str], iterations: int) -> list[str]:
+    """How a campaign's evolution departs from the design: fewer or more iterations, or not every framework."""
+    out = []
+    if iterations != EVOLUTION_ITERATIONS:
+        out.append(f"{iterations} evolution iteration(s) per framework instead of {EVOLUTION_ITERATIONS}")
+    left_out = [fw for fw in DESIGN_FRAMEWORKS if fw not in frameworks]
+    if left_out:
+        out.append(f"framework(s) {', '.join(left_out)} not evolved: H2 compares {len(frameworks)} of "
+                   f"{len(DESIGN_FRAMEWORKS)}")
     return out
 
 
