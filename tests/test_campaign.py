@@ -297,6 +297,34 @@ def test_an_evolution_is_resumed_only_while_its_stopping_rule_has_not_fired(tmp_
     assert entry["done"] and entry["stopped_at"] == 11 and entry["iterations"] == 12
 
 
+def test_a_start_that_only_renders_the_report_again_changes_no_verdict():
+    """After ``harness validate --interpret`` the same command renders the report again, perhaps with newer code:
+    that start computed nothing, so its code is no departure."""
+    prereg, state, validation = _report_inputs()
+    state["starts"] = [{"code_hash": "abc", "phases": ["evolve", "select", "validate", "report"]},
+                       {"code_hash": "def", "phases": ["report"]}]
+    from harness.campaign.report import departures
+
+    assert departures(prereg, state, "def") == []
+    state["starts"][-1]["phases"] = ["validate", "report"]
+    assert departures(prereg, state, "def")[0].startswith("the harness code changed during the campaign")
+
+
+def test_a_campaign_s_openevolve_config_changed_since_its_plan_is_refused_and_a_lost_one_restored(tmp_path):
+    from harness.campaign.runner import Campaign
+
+    campaign = Campaign(_settings(), get_profile("smoke"), tmp_path, log=lambda m: None)
+    prereg = campaign._preregister()
+    config = tmp_path / "configs" / "ttr.yaml"
+    assert config.read_text() == prereg["configs"]["ttr"]["text"]
+    config.unlink()
+    campaign._preregister()
+    assert config.read_text() == prereg["configs"]["ttr"]["text"]
+    config.write_text(config.read_text().replace("max_iterations: 2", "max_iterations: 3"))
+    with pytest.raises(ConfigError, match="ttr.yaml changed since the pre-registration"):
+        campaign._preregister()
+
+
 def test_openevolve_run_dies_with_the_process_that_started_it(tmp_path):
     """A kill -9 of the campaign (or of harness demo) takes its openevolve-run, which would otherwise go on in its
     own session, proposing into a dead proposer and writing checkpoints a resume would then believe."""

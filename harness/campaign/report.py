@@ -14,7 +14,8 @@ from harness.validation.stats import format_p
 def departures(prereg: dict, state: dict, code_hash_now: str) -> list[str]:
     """How the campaign departs from the design or from its plan: the design's deviations the plan already named,
     an evolution that ended early although none of the design's stopping rules fired, and code changed between
-    starts. Any departure makes every verdict exploratory."""
+    the starts that computed something (``code_hash_now``: the code computing now, in the latest start). Any departure
+    makes every verdict exploratory."""
     s = prereg["settings"]
     out = list(prereg.get("protocol_deviations") or [])
     evolve = state["phases"].get("evolve", {})
@@ -32,8 +33,12 @@ def departures(prereg: dict, state: dict, code_hash_now: str) -> list[str]:
     for fw, why in (state["phases"].get("select", {}).get("unranked") or {}).items():
         if "fingerprint" in why:
             out.append(f"{fw}: {why}")
-    hashes = {start["code_hash"] for start in state.get("starts", [])} | {code_hash_now}
-    if hashes != {prereg["code_hash"]}:
+    # A start that only rendered the report computed nothing: its code does not count.
+    worked = [start for start in state.get("starts", []) if set(start.get("phases", ["?"])) - {"report"}]
+    hashes = {start["code_hash"] for start in worked}
+    if worked and worked[-1] is (state.get("starts") or [None])[-1]:
+        hashes.add(code_hash_now)
+    if hashes - {prereg["code_hash"]}:
         out.append(f"the harness code changed during the campaign (registered `{prereg['code_hash']}`, seen "
                    f"{sorted(hashes)}): results from before and after are not comparable")
     return out

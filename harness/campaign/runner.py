@@ -15,6 +15,7 @@ crash or a ``kill -9`` continues where it stopped and never repeats finished wor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -97,9 +98,10 @@ class Campaign:
             self.log(f"[campaign] resuming {display_path(self.out_dir)}: phases done: "
                      f"{', '.join(p for p in PHASES if self._done(p)) or 'none'}")
         for phase in PHASES:
-            if self._done(phase):
-                continue
+            if self._done(phase) and phase != "report":  # the report is rendered again from the records each start,
+                continue                                   # with what was added since (an interpretation, say)
             started = time.time()
+            self.state["starts"][-1].setdefault("phases", []).append(phase)
             self.log(f"[campaign] phase {phase}")
             getattr(self, f"_{phase}")(prereg)
             self.state["phases"][phase]["wall_s"] = self.state["phases"][phase].get("wall_s", 0.0) + \
@@ -113,15 +115,24 @@ class Campaign:
         prereg = plan_mod.load(self.out_dir)
         if prereg is not None:
             plan_mod.check_same_plan(prereg, self.settings, self.out_dir)
+            for fw, registered in prereg["configs"].items():
+                path = self.out_dir / "configs" / f"{fw}.yaml"
+                if not path.exists():  # the plan was written, and then this copy lost
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(registered["text"])
+                if hashlib.sha256(path.read_bytes()).hexdigest() != registered["sha256"]:
+                    raise ConfigError(f"{path} changed since the pre-registration: restore it (its registered text is "
+                                      f"in {plan_mod.PREREGISTRATION_JSON}), or start another campaign with another "
+                                      "--out")
             return prereg
         configs = {fw: self._config_text(fw) for fw in self.settings.frameworks}
         prereg = plan_mod.build(self.settings, self.profile, harness_code_hash(), configs)
         prereg["command"], prereg["created"] = self.command, time.strftime("%Y-%m-%d %H:%M:%S")
-        plan_mod.write(self.out_dir, prereg)
-        for fw, text in configs.items():
+        for fw, text in configs.items():  # before the plan, whose presence says that everything it names is there
             path = self.out_dir / "configs" / f"{fw}.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+        plan_mod.write(self.out_dir, prereg)
         self.log(f"[campaign] pre-registered: {display_path(self.out_dir / plan_mod.PREREGISTRATION_MD)}")
         return prereg
 
