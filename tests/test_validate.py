@@ -574,3 +574,97 @@ def test_sides_tuned_to_different_batch_sizes_are_said_to_see_different_numbers_
     same = "\n".join(_tuning_section({"hyperparameters": {"baseline": side(64), "candidate": side(64)}},
                                      {"tuning": "optuna"}))
     assert "training tokens" not in same
+
+
+def test_two_candidates_of_one_name_keep_their_own_files_and_interpretations(tmp_path, fake_evaluator):
+    """Two runs' best/best_program.py: one label each, one program file each, one interpretation each."""
+    cands = []
+    for run, tag in (("run0", "# first\n"), ("run1", "# second\n")):
+        path = tmp_path / run / "best" / "best_program.py"
+        path.parent.mkdir(parents=True)
+        path.write_text(linear_ttr().replace("# EVOLVE-BLOCK-END", tag + "# EVOLVE-BLOCK-END"))
+        cands.append(jobs.Candidate("ttr", path, "ttr-best_program", str(path)))
+    out = tmp_path / "val"
+    result = pipeline.validate(cands, get_profile("smoke"), out, trials=0, seeds=[42, 43], runner=FakeRunner(),
+                               log=lambda m: None, ladder=False)
+    labels = [c["label"] for c in result["candidates"]]
+    assert len(set(labels)) == 2 and all(label.startswith("ttr-best_program-") for label in labels)
+    shas = {c["sha256"] for c in result["candidates"]}
+    assert len(shas) == 2 and len(list((out / "programs").glob("ttr-best_program-*.py"))) == 2
+    after = pipeline.interpret(out, labels[0], "the first one's mechanism")
+    assert [c["interpretation"] for c in after["candidates"]] == ["the first one's mechanism", None]
+    with pytest.raises(ConfigError, match="the same program is given twice"):
+        pipeline.validate([cands[0], cands[0]], get_profile("smoke"), tmp_path / "v2", trials=0, seeds=[42, 43],
+                          runner=FakeRunner(), log=lambda m: None, ladder=False)
+    assert jobs.slug("x" * 70 + "-0a1b2c3d") != jobs.slug("x" * 70 + "-9f8e7d6c")  # the ids past the cut count
+
+
+def test_the_same_command_again_keeps_an_interpretation_recorded_for_the_same_program(tmp_path, fake_evaluator):
+    cands = candidates(tmp_path, "good")
+    out = tmp_path / "val"
+    run = lambda: pipeline.validate(cands, get_profile("smoke"), out, trials=0, seeds=[42, 43],  # noqa: E731
+                                    runner=FakeRunner(), log=lambda m: None, ladder=False)
+    run()
+    pipeline.interpret(out, "ttr-good", "a fixed decay forgets distant tokens")
+    again = run()
+    assert again["candidates"][0]["interpretation"] == "a fixed decay forgets distant tokens"
+    cands[0].source.write_text(cands[0].source.read_text().replace("# good\n", "# good, edited\n"))
+    assert run()["candidates"][0]["interpretation"] is None  # another program: its mechanism is not yet explained
+
+
+def test_a_refusal_that_depends_on_the_limits_is_evaluated_again_and_a_cut_short_cache_file_is_no_result(
+        tmp_path, fake_evaluator, monkeypatch):
+    calls = []
+
+    def evaluate(fw, path, profile=None, ledger_path=None, executor_name=None):
+        calls.append(path)
+        return SimpleNamespace(metrics={"combined_score": 0.0, "valid": 0.0},
+                               artifacts={"reason": "timeout", "message": "killed at the limit",
+                                          "fingerprint_id": "fp-fake", "ledger_row": "9"})
+
+    monkeypatch.setattr(pipeline.evaluate_mod, "evaluate", evaluate)
+    cands = candidates(tmp_path, "good")
+    for _ in range(2):  # a resume with a longer --hard-limit-s must evaluate it again
+        pipeline.validate(cands, get_profile("smoke"), tmp_path / "val", trials=0, seeds=[42, 43], runner=FakeRunner(),
+                          log=lambda m: None, ladder=False)
+    assert len(calls) == 2 and not list((tmp_path / "val" / "evaluations").glob("*.json"))
+    monkeypatch.setattr(pipeline.evaluate_mod, "evaluate", lambda *a, **k: SimpleNamespace(
+        metrics={"combined_score": 1.05, "valid": 1.0},
+        artifacts={"reason": "ok", "message": "valid", "fingerprint_id": "fp-fake", "ledger_row": "8"}))
+    pipeline.validate(cands, get_profile("smoke"), tmp_path / "val", trials=0, seeds=[42, 43], runner=FakeRunner(),
+                      log=lambda m: None, ladder=False)
+    (cached,) = (tmp_path / "val" / "evaluations").glob("*.json")
+    cached.write_text(cached.read_text()[:20])  # a kill in the middle of writing it
+    result = pipeline.validate(cands, get_profile("smoke"), tmp_path / "val", trials=0, seeds=[42, 43],
+                               runner=FakeRunner(), log=lambda m: None, ladder=False)
+    assert result["candidates"][0]["evaluation"]["reason"] == "ok" and json.loads(cached.read_text())
+
+
+def test_an_outcome_from_another_environment_or_with_no_result_is_not_remembered():
+    job = SimpleNamespace(fingerprint_id="fp-fake")
+    assert jobs.remembered(job, {"reason": "ok", "fingerprint_id": "fp-fake"})
+    assert jobs.remembered(job, {"reason": "causality", "fingerprint_id": None})
+    assert not jobs.remembered(job, {"reason": "ok", "fingerprint_id": "fp-other-worker"})
+    assert not jobs.remembered(job, {"reason": "crash", "fingerprint_id": None, "no_result": True})
+    assert not jobs.remembered(job, {"reason": "timeout", "fingerprint_id": "fp-fake"})
+
+
+def test_a_tuning_trial_from_another_environment_fails_and_sides_never_share_a_sampler_seed(tmp_path):
+    from harness.validation.tuning import sampler_seed
+
+    assert sampler_seed("ttr-baseline", "baseline") != sampler_seed("ttr-baseline", "candidate")
+    profile = get_profile("smoke")
+    runner = FakeRunner()
+
+    def elsewhere(job):
+        out = runner(job)
+        return {**out, "fingerprint_id": "fp-other-worker"} if job.hparams["batch_size_seqs"] != 32 else out
+
+    path = tmp_path / "ttr_good.py"
+    path.write_text(linear_ttr())
+    made = lambda hp: jobs.TrainJob("ttr", path, profile, profile.train_seed, hp, "reference",  # noqa: E731
+                                    "fp-fake", 60.0, 1, "t", "local")
+    result = tuning.tune(made, profile, 8, elsewhere, lambda m: None, side="ttr-good")
+    elsewhere_trials = [t for t in result["trials"] if t["params"]["batch_size_seqs"] != 32]
+    assert elsewhere_trials and all(t["state"] == "fail" and "fp-other-worker" in t["note"] for t in elsewhere_trials)
+    assert result["best"]["batch_size_seqs"] == 32 or result["best_value"] is None

@@ -94,7 +94,7 @@ def run_training_job(job: TrainJob) -> dict:
         reason = {"timeout": "timeout", "memory": "memory", "disk": "policy",
                   "infrastructure": "infrastructure"}.get(run.outcome, "crash")
         return {**out, "reason": reason, "message": run.error or f"the sandbox ended with {run.outcome} and no result",
-                "log_tail": _tail(log)}
+                "log_tail": _tail(log), "no_result": True}
     out["fingerprint_id"] = (result.get("fingerprint") or {}).get("id")
     out["hparams"] = result.get("hparams", out["hparams"])
     if result.get("reason") == "pruned" and job.prune_above:
@@ -148,6 +148,16 @@ def checked_mixing(mixing) -> dict | None:
 NOT_CACHED = ("infrastructure", "timeout", "memory")
 
 
+def remembered(job: TrainJob, outcome: dict) -> bool:
+    """Whether an outcome may stand for its job on a resume: not one of ``NOT_CACHED``; not one from another
+    environment than the job's (a worker of another kind: on a resume the job may land where it belongs); not a
+    sandbox that ended with no result, which a program's crash and a kill from outside (the host's out-of-memory
+    killer, say) both look like."""
+    if outcome.get("reason") in NOT_CACHED or outcome.get("no_result"):
+        return False
+    return outcome.get("fingerprint_id") in (None, job.fingerprint_id)
+
+
 class JobCache:
     """Finished training jobs, one JSON file each, named by the hash of everything that determines them (the
     program's text, the profile's digest, the seed, the hyperparameters, the rungs, the fingerprint, the pruning
@@ -169,7 +179,7 @@ class JobCache:
             if path.exists():
                 return {**json.loads(path.read_text()), "cached": True}
             outcome = runner(job)
-            if outcome.get("reason") not in NOT_CACHED:
+            if remembered(job, outcome):
                 self.folder.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(outcome, default=str))
@@ -227,8 +237,16 @@ class Candidate:
     sha256: str = ""
 
 
+SLUG_CHARS = 60
+
+
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60] or "candidate"
+    """A file-name part for ``text``; a long one is cut and ends with a hash of the whole, so that two texts that
+    differ only past the cut (two programs of one run, by their ids) keep two names."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "candidate"
+    if len(name) <= SLUG_CHARS:
+        return name
+    return name[:SLUG_CHARS - 9] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
 
 
 def candidates_from_run(run_dir: Path, top_k: int, ledger_path: Path, work: Path, fingerprint: str | None = None) -> tuple[list[Candidate], list[str]]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +41,11 @@ from harness.validation.jobs import Candidate, JobCache, TrainJob, run_batch, ru
 from harness.validation.plots import plot_comparison, plot_frameworks
 from harness.validation.report import display, render_report
 from harness.validation.tuning import defaults, hp_text, tune
+
+
+# The evaluator's refusals that may depend on the limits it ran under (the wall-clock limit, the memory cap), which
+# are operational and not fingerprinted, or on the machine: evaluated again on a resume rather than remembered.
+EVALUATION_NOT_CACHED = ("infrastructure", "timeout", "memory")
 
 
 def _evaluation_summary(result) -> dict:
@@ -88,6 +94,8 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
         _require("optuna", "search")
     ledger_path = Path(ledger_path or ledger_mod.default_ledger_path())
     out_dir = Path(out_dir)
+    candidates = _unique_labels(candidates)
+    recorded = _recorded_interpretations(out_dir)
     (out_dir / "programs").mkdir(parents=True, exist_ok=True)
     runner = JobCache(out_dir / "jobs").wrap(runner)  # the same command in the same folder resumes
     rungs = "ladder" if ladder else "objective"
@@ -102,10 +110,10 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
         return TrainJob(fw, path, profile, seed, hp, which, fp, limit, threads, label, executor,
                         mixing=which != "reference" and seed == seeds[0])
 
-    def tuned(fw, path, fp, side):
+    def tuned(fw, path, fp, side, role="candidate"):
         log(f"[{fw}] tuning {side}: {trials} trial(s)")
         return tune(lambda hp: job(fw, path, fp, profile.train_seed, hp, "reference", f"{side}-tune"), profile,
-                    trials, runner, log, side=side, jobs=jobs)
+                    trials, runner, log, side=side, jobs=jobs, role=role)
 
     baselines: dict[str, dict] = {}
     prepared_by_fw: dict[str, dict] = {}
@@ -122,14 +130,19 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
         fp = prepared_for(cand.framework)["fingerprint"]["id"]
         key = program_mod.sha256(f"{cand.framework}\n{fp}\n{profile.digest()}\n{spliced or cand.source.read_text()}")
         path = out_dir / "evaluations" / f"{key[:32]}.json"
-        if path.exists():
+        try:
+            ev = json.loads(path.read_text())
             log(f"[{cand.framework}] {cand.label}: the evaluator's result, cached")
-            return json.loads(path.read_text())
+            return ev
+        except (OSError, ValueError):  # none yet, or cut short by a kill: evaluate
+            pass
         log(f"[{cand.framework}] {cand.label}: the full evaluator first")
         ev = _evaluation_summary(evaluate_mod.evaluate(cand.framework, str(cand.source), profile, ledger_path, executor))
-        if ev.get("reason") != "infrastructure":
+        if ev.get("reason") not in EVALUATION_NOT_CACHED:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(ev, default=str))
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(ev, default=str))
+            tmp.replace(path)
         return ev
 
     def baseline_for(fw: str) -> dict:
@@ -140,7 +153,7 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
         path = out_dir / "programs" / f"{fw}_baseline.py"
         path.write_text(get_framework(fw).seed_source())
         b = {"fingerprint_id": fp, "fingerprint": prepared["fingerprint"], "path": path}
-        b["tuning"] = (tuned(fw, path, fp, f"{fw}-baseline") if trials > 0 else
+        b["tuning"] = (tuned(fw, path, fp, f"{fw}-baseline", "baseline") if trials > 0 else
                        {"best": defaults(profile), "best_value": None, "trials": [],
                         "note": "no tuning: the profile's defaults"})
         b["runs"] = None  # trained with the first candidate's seeds, in the same batch
@@ -171,6 +184,8 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
         path = out_dir / "programs" / f"{entry['slug']}.py"
         path.write_text(spliced)
         entry["program_path"], entry["sha256"] = display(path), program_mod.sha256(spliced)
+        if entry["interpretation"] is None:  # recorded with --interpret for this very program: kept
+            entry["interpretation"] = recorded.get((cand.label, entry["sha256"]))
         base = baseline_for(cand.framework)
         fp = base["fingerprint_id"]
         if ev["fingerprint_id"] != fp:
@@ -233,7 +248,7 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
         "threads": threads, "jobs": jobs, "executor": executor,
         "search_space": protocol.search_space(profile).text(), "ledger": display(ledger_path),
         "holm_family_size": families["primary"], "slope_family_size": families["slope"],
-        "family_with": [str(p) for p in family_with or []],
+        "family_with": [str(Path(p).resolve()) for p in family_with or []],
         "baselines": {fw: {"fingerprint_id": b["fingerprint_id"], "fingerprint": b["fingerprint"],
                            "tuning": b["tuning"]} for fw, b in baselines.items()},
         "candidates": comparisons, "frameworks": frameworks, "notes": notes or [],
@@ -244,6 +259,30 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
             entry["runs"] = {"baseline": [slim(r) for r in b_runs], "candidate": [slim(r) for r in c_runs]}
     write_outputs(result, out_dir)
     return result
+
+
+def _unique_labels(candidates: list[Candidate]) -> list[Candidate]:
+    """Each candidate under a label of its own: a label names its files, its plots and its interpretation. A label
+    that repeats (two runs' ``best_program.py``, say) gets a hash of its program's text; the same program twice is
+    refused, as it would count twice in the Holm family."""
+    counts = Counter(c.label for c in candidates)
+    out = [dataclasses.replace(c, label=f"{c.label}-{program_mod.sha256(c.source.read_text(errors='replace'))[:8]}")
+           if counts[c.label] > 1 else c for c in candidates]
+    twice = sorted(label for label, n in Counter(c.label for c in out).items() if n > 1)
+    if twice:
+        raise ConfigError(f"the same program is given twice ({', '.join(twice)}): give each candidate once")
+    return out
+
+
+def _recorded_interpretations(out_dir: Path) -> dict[tuple[str, str], str]:
+    """{(label, program sha256): interpretation} of an earlier validation in the folder: the same command run again
+    keeps what the researcher recorded for the same program."""
+    try:
+        earlier = json.loads((out_dir / "validation.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {(c["label"], c.get("sha256")): c["interpretation"] for c in earlier.get("candidates", [])
+            if c.get("interpretation") and c.get("sha256")}
 
 
 def _untuned(side: str, tuning: dict) -> str | None:
@@ -309,10 +348,14 @@ def interpret(out_dir: Path, label: str, text: str) -> dict:
     labels = [c["label"] for c in result["candidates"]]
     if label not in labels:
         raise ConfigError(f"no candidate {label!r} in {out_dir / 'validation.json'}: {', '.join(labels)}")
+    if labels.count(label) > 1:  # a validation from before labels were made unique
+        raise ConfigError(f"{label!r} names {labels.count(label)} candidates in {out_dir / 'validation.json'}: "
+                          "validate them again to give each a label of its own")
     for c in result["candidates"]:
         if c["label"] == label:
             c["interpretation"] = text.strip() or None
-    decide(result["candidates"], result["deviations"], _external(result.get("family_with") or []))
+    families = decide(result["candidates"], result["deviations"], _external(result.get("family_with") or []))
+    result["holm_family_size"], result["slope_family_size"] = families["primary"], families["slope"]
     result["frameworks"] = across_frameworks(result["candidates"])
     write_outputs(result, out_dir)
     return result

@@ -26,9 +26,10 @@ PRUNER_STARTUP_TRIALS = 5  # Optuna's default: no pruning until this many trials
 BASE_SAMPLER_SEED = 12345
 
 
-def sampler_seed(side: str) -> int:
-    """An independent TPE seed for each tuned side, derived from its label so that reruns repeat it."""
-    return BASE_SAMPLER_SEED + int(hashlib.sha256(side.encode()).hexdigest()[:6], 16)
+def sampler_seed(side: str, role: str) -> int:
+    """An independent TPE seed for each tuned side, derived from its role (baseline or candidate) and label, so
+    that reruns repeat it and a candidate labelled like a baseline still gets a seed of its own."""
+    return BASE_SAMPLER_SEED + int(hashlib.sha256(f"{role}:{side}".encode()).hexdigest()[:6], 16)
 
 
 def distributions(profile: Profile) -> dict:
@@ -63,16 +64,17 @@ def median_thresholds(study) -> dict[int, float]:
 
 
 def tune(make_job: Callable[[dict], TrainJob], profile: Profile, trials: int, runner, log, side: str,
-         jobs: int = 1) -> dict:
+         jobs: int = 1, role: str = "candidate") -> dict:
     """``trials`` TPE trials for one side, ``jobs`` at a time (a constant liar stands in for the trials still
-    running); returns the best hyperparameters (with the tuning horizon) and every trial."""
+    running); returns the best hyperparameters (with the tuning horizon) and every trial. A trial trained under
+    another fingerprint than its job's (another kind of worker) fails: its value is not comparable."""
     import optuna
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = protocol.search_space(profile)
     dists = distributions(profile)
-    seed = sampler_seed(side)
+    seed = sampler_seed(side, role)
     study = optuna.create_study(direction="minimize",
                                 sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=jobs > 1),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS))
@@ -89,7 +91,9 @@ def tune(make_job: Callable[[dict], TrainJob], profile: Profile, trials: int, ru
         trained = run_batch(runner, made, jobs, lambda m: None)
         # Replay every curve of the batch before telling any trial, so that each is judged against the same
         # finished trials that set its thresholds.
-        outcomes = [_replay(trial, res) for trial, res in zip(batch, trained)]
+        outcomes = [_replay(trial, res) if res.get("fingerprint_id") in (None, job.fingerprint_id) else
+                    (TrialState.FAIL, None, f"trained under fingerprint {res['fingerprint_id']}, not the side's "
+                                            f"{job.fingerprint_id}") for trial, res, job in zip(batch, trained, made)]
         for trial, p, res, (state, value, note) in zip(batch, params, trained, outcomes):
             study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
             history.append({"trial": len(history), "params": p, "value": value, "state": state.name.lower(),
