@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -42,7 +43,7 @@ from harness.trusted.profiles import default_cache_dir  # noqa: F401 - the cache
 log = logging.getLogger(__name__)
 
 EOS_TOKEN = "<|endoftext|>"
-CACHE_FORMAT_VERSION = 2  # bump when the tokenisation or the cache layout changes: old entries are then ignored
+CACHE_FORMAT_VERSION = 3  # bump when the tokenisation or the cache layout changes: old entries are then ignored
 MIN_VOCAB_SIZE = 257  # the 256 byte-level symbols plus the EOS token
 MAX_VOCAB_SIZE = 65535  # ids are stored as uint16
 HELD_OUT_EVERY = 50  # a single text file: its last len // 50 stories (2%) are the validation split
@@ -401,17 +402,31 @@ def fetch_hub_source(source: str) -> dict[str, int]:
                         f"and a 'validation' split") from None
 
 
+SPLIT_WORDS = {"train": ("train", "training"), "valid": ("valid", "validation", "val", "dev")}
+
+
+def _split_words(name: str) -> set[str]:
+    """The words of a file name (letters only, lower case): 'train-00000-of-00004.txt' has 'train', 'of', 'txt'."""
+    return set(re.findall(r"[a-z]+", name.lower()))
+
+
 def _text_split_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """The text files of each split in a folder: the first of TRAIN_TEXT_NAMES / VALIDATION_TEXT_NAMES present at
-    its top; else every .txt file below it whose name contains 'train' / 'valid' (e.g. data/train-00000-of-00004.txt),
-    in sorted order."""
+    its top; else every .txt file below it whose name has the word 'train' / 'valid' or 'validation' (e.g.
+    data/train-00000-of-00004.txt), in sorted order. A file whose name has a word of both splits
+    (train_invalid.txt has 'train' and 'invalid', not 'valid'; train-valid.txt has both) is refused."""
     found = []
-    for names, word in ((TRAIN_TEXT_NAMES, "train"), (VALIDATION_TEXT_NAMES, "valid")):
+    for names, split in ((TRAIN_TEXT_NAMES, "train"), (VALIDATION_TEXT_NAMES, "valid")):
         named = next((folder / name for name in names if (folder / name).is_file()), None)
         if named is not None:
             found.append([named])
         else:
-            found.append(sorted(p for p in folder.rglob("*.txt") if p.is_file() and word in p.name.lower()))
+            found.append(sorted(p for p in folder.rglob("*.txt")
+                                if p.is_file() and _split_words(p.name) & set(SPLIT_WORDS[split])))
+    both = sorted(set(found[0]) & set(found[1]))
+    if both:
+        raise DataError(f"{', '.join(map(str, both))}: the name says both splits, so its stories could be trained on "
+                        "and scored; rename it to name one split")
     return found[0], found[1]
 
 
@@ -466,7 +481,29 @@ def _looks_like_path(source: str) -> bool:
             or source.lower().endswith(DATA_FILE_SUFFIXES))
 
 
+def held_out(train: list[str], val: list[str], where: str) -> list[str]:
+    """The validation stories that may be scored: those that do not also occur in the train split (a model that
+    trained on a story would be scored on text it has seen), each once (a repeat would sit in both the scored and the
+    monitoring half). Order kept. Exact matches of the cleaned text; a source with none loses nothing."""
+    seen = set(train)
+    out = []
+    for story in val:
+        if story not in seen:
+            seen.add(story)
+            out.append(story)
+    if not out:
+        raise DataError(f"every validation story of {where} also occurs in its train split: nothing can be scored")
+    return out
+
+
 def load_text_splits(source: str, synthetic_stories_n: int = 3000) -> tuple[list[str], list[str], str]:
+    """(train_stories, validation_stories, source_identity) of ``source``, the validation stories ``held_out``
+    from train: the same rule for every source."""
+    train, val, identity = _load_text_splits(source, synthetic_stories_n)
+    return train, held_out(train, val, f"the data source {source!r}"), identity
+
+
+def _load_text_splits(source: str, synthetic_stories_n: int) -> tuple[list[str], list[str], str]:
     """Returns (train_stories, validation_stories, source_identity). ``source`` is one of:
 
     - ``"synthetic"``: ``synthetic_stories(synthetic_stories_n, seed=0)`` for train and a disjoint generated set for
@@ -619,9 +656,13 @@ def _short_validation(n_tokens: int, n_stories: int, val_tokens: int) -> DataErr
                      "second); lower val_tokens or use a source with a larger validation split")
 
 
-def _halves(n_tokens: int) -> int:
-    """Where the validation split is cut: its first half is the scored one."""
-    return n_tokens // 2
+def _halves(val_ids: np.ndarray, eos_id: int) -> int:
+    """Where the validation split is cut, its first half the scored one: just after the end-of-story token nearest
+    the middle, so that no story begins in one half and ends in the other (the middle itself without one)."""
+    ends = np.flatnonzero(val_ids[:-1] == eos_id) + 1
+    if not len(ends):
+        return len(val_ids) // 2
+    return int(ends[np.argmin(np.abs(ends - len(val_ids) // 2))])
 
 
 def _remove_stale_temps(root: Path) -> None:
@@ -662,7 +703,9 @@ def _build_entry(entry: Path, train: list[str], val: list[str], source_identity:
         n_tokens = len(train_ids) + len(val_ids)
         log.info("tokenised %d tokens in %.1f s (%.0f tokens/s); tokenizer trained in %.1f s",
                  n_tokens, t_encode, n_tokens / max(t_encode, 1e-9), t_tok)
-        half = _halves(len(val_ids))
+        half = _halves(val_ids, eos_id)
+        if min(half, len(val_ids) - half) < val_tokens:
+            raise _short_validation(len(val_ids), len(val), val_tokens)
         np.save(tmp / "train.npy", train_ids)
         np.save(tmp_scored / "score.npy", val_ids[:half])
         np.save(tmp / "monitor.npy", val_ids[half:])

@@ -113,8 +113,11 @@ def test_synthetic_token_data_and_cache(tmp_path):
     monitor = np.load(first.tokenizer_path.parent / "monitor.npy")
     assert np.array_equal(scored[:VAL_TOKENS], first.score) and np.array_equal(monitor[:VAL_TOKENS], first.monitor)
     meta = json.loads((first.tokenizer_path.parent / "meta.json").read_text())
-    assert meta["score_tokens"] == len(scored) == meta["val_tokens_total"] // 2
     assert meta["monitor_tokens"] == len(monitor) == meta["val_tokens_total"] - len(scored)
+    # cut just after the end of the story nearest the middle: each half holds whole stories
+    assert meta["score_tokens"] == len(scored) and scored[-1] == first.eos_id
+    story_ends = np.flatnonzero(np.concatenate([scored, monitor]) == first.eos_id) + 1
+    assert len(scored) == story_ends[np.argmin(abs(story_ends - meta["val_tokens_total"] // 2))]
     # what the training sandbox loads: the scored file is never opened
     blind = _load("synthetic", cache, with_score=False)
     assert blind.score is None and np.array_equal(blind.monitor, first.monitor)
@@ -262,6 +265,47 @@ def test_text_folder_and_single_text_file(offline):
     loaded = _load(str(single), offline / "cache", val_tokens=256)
     head = _first_story(loaded, loaded.score)  # 256 tokens: part of the first held-out story
     assert len(head) > 200 and stories[-4].startswith(head)
+
+
+@pytest.mark.parametrize("layout", ["saved", "text"])
+def test_a_validation_story_also_in_train_or_repeated_is_never_scored(offline, layout):
+    """Every source, as the synthetic one: a story the model trains on is not scored, and a story told twice in the
+    validation split is scored at most once (a repeat would sit in the monitoring half too)."""
+    from datasets import Dataset, DatasetDict
+
+    train, val = _story_sets()
+    train_seen = train + [val[0]]
+    val_repeated = val + [val[1]]
+    folder = offline / f"copy-{layout}"
+    if layout == "saved":
+        DatasetDict({"train": Dataset.from_dict({"text": train_seen}),
+                     "validation": Dataset.from_dict({"text": val_repeated})}).save_to_disk(str(folder))
+    else:
+        folder.mkdir()
+        _write_stories(folder / "train.txt", train_seen)
+        _write_stories(folder / "validation.txt", val_repeated)
+    split_train, split_val, _ = load_text_splits(str(folder))
+    assert split_train == train_seen and split_val == val[1:]
+    loaded = _load(str(folder), offline / "cache")
+    assert _first_story(loaded, loaded.score) == val[1]
+    with pytest.raises(DataError, match="also occurs in its train split: nothing can be scored"):
+        data.held_out(train, train[:3], "a copy")
+
+
+def test_split_files_are_named_by_whole_words_and_a_file_of_both_is_refused(offline):
+    train, val = _story_sets()
+    folder = offline / "shards"
+    folder.mkdir()
+    _write_stories(folder / "train-00000.txt", train)
+    _write_stories(folder / "train_invalid.txt", val[:5])  # rejected from train by a cleaning pass: not validation
+    _write_stories(folder / "validation-00000.txt", val)
+    split_train, split_val, _ = load_text_splits(str(folder))
+    # train_invalid.txt is train ('invalid' is not 'valid'), so the five stories it shares with the validation file
+    # are held out of the scored text rather than opening it
+    assert split_train == train + val[:5] and split_val == val[5:]
+    _write_stories(folder / "train-valid-overlap.txt", val[:2])
+    with pytest.raises(DataError, match="the name says both splits"):
+        load_text_splits(str(folder))
 
 
 def test_hub_name_offline_fails_fast_with_alternatives(offline):
