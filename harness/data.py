@@ -774,6 +774,14 @@ def _open_entry(entry: Path, vocab_size: int, val_tokens: int, with_score: bool)
                if not isinstance(meta, dict) or key not in meta]
     if missing:
         raise _corrupt(entry, meta_path, f"missing {missing}")
+    # The entry's name is its key: a folder copied or renamed by hand under another key is not this data.
+    try:
+        named = cache_key(meta["data_hash"], meta.get("vocab_size"), meta.get("tokenizer_train_bytes"))
+    except DataError as exc:
+        raise _corrupt(entry, meta_path, str(exc)) from exc
+    if meta.get("format_version") != CACHE_FORMAT_VERSION or entry.name != named:
+        raise _corrupt(entry, meta_path, f"it describes the entry {named} of format {meta.get('format_version')}, "
+                                         f"not {entry.name}")
     try:
         raw = tokenizer_path.read_bytes()
         tokenizer = Tokenizer.from_str(raw.decode("utf-8"))

@@ -409,6 +409,12 @@ def test_corrupt_cache_files(tmp_path):
     (entry / "train.npy").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"train\.npy is unreadable or corrupt"):
         _load("synthetic", tmp_path)
+    # an entry of another key copied under this one's name is not this data
+    meta_path = entry / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "data_hash": "0123456789abcdef"}))
+    with pytest.raises(DataError, match=r"meta\.json is unreadable or corrupt \(it describes the entry 0123456789abcdef"):
+        _load("synthetic", tmp_path)
 
 
 def test_vocab_size_bounds(tmp_path):
