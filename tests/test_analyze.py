@@ -506,8 +506,7 @@ def test_checkpoints_written_out_of_order_or_cut_short_lose_no_program(tmp_path)
     db.add("root", SEED, iteration=0, score=1.0)
     logs = []
     for i in range(1, 8):
-        code = mutate(SEED, "nn.init.normal_(lin.weight, 0.0, 0.02)", f"nn.init.normal_(lin.weight, 0.0, 0.0{i + 10})")
-        db.add(f"p{i}", code, "root", i, score=1.3 if i == 5 else 1.0 + i / 100)
+        db.add(f"p{i}", variant(i), "root", i, score=1.3 if i == 5 else 1.0 + i / 100)
     for i in (1, 2, 3, 4, 6, 5, 7):
         logs.append(log_line("INFO", f"Iteration {i}: Program {db.by_name[f'p{i}']['id']} (parent: x) completed"))
     db.write(6, logs, only={"root", "p1", "p2", "p3", "p4", "p6"})
@@ -530,8 +529,7 @@ def test_a_run_openevolve_stopped_early_is_reported_as_stopped_where_it_stopped(
     db.add("root", SEED, iteration=0, score=1.0)
     logs = []
     for i in range(1, 18):
-        code = mutate(SEED, "nn.init.normal_(lin.weight, 0.0, 0.02)", f"nn.init.normal_(lin.weight, 0.0, 0.0{i + 10})")
-        d = db.add(f"p{i}", code, "root", i, score=1.2 if i == 7 else 0.95)
+        d = db.add(f"p{i}", variant(i), "root", i, score=1.2 if i == 7 else 0.95)
         logs.append(log_line("INFO", f"Iteration {i}: Program {d['id']} (parent: x) completed in 1.00s"))
     logs.append(log_line("INFO", "🛑 Early stopping triggered at iteration 17: No improvement for 10 iterations "
                                  "(best score: 1.2000)"))
@@ -549,8 +547,7 @@ def test_a_resumed_run_keeps_one_outcome_per_iteration_the_last_logged(tmp_path)
     db.add("root", SEED, iteration=0, score=1.0)
     ids = {}
     for i in range(1, 6):
-        code = mutate(SEED, "nn.init.normal_(lin.weight, 0.0, 0.02)", f"nn.init.normal_(lin.weight, 0.0, 0.0{i + 10})")
-        ids[i] = db.add(f"p{i}", code, "root", i, score=1.0 + i / 100)["id"]
+        ids[i] = db.add(f"p{i}", variant(i), "root", i, score=1.0 + i / 100)["id"]
     db.write(5, [])
     # The first run: 6 completed (its program lost with the kill), 7 failed; resumed from checkpoint_5, both fail.
     first = [log_line("INFO", f"Iteration {i}: Program {ids[i]} (parent: x) completed") for i in ids]

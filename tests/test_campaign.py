@@ -189,7 +189,7 @@ def _render(**kwargs) -> str:
     from harness.campaign.report import render_report
 
     prereg, state, validation = _report_inputs(**kwargs)
-    return render_report(prereg, state, validation, [], "abc", Path("."))
+    return render_report(prereg, state, validation, [], Path("."))
 
 
 def test_the_report_keeps_a_verdict_where_only_the_design_s_own_rules_acted():
@@ -227,11 +227,11 @@ def test_an_evolution_a_resume_ran_past_the_stopping_rule_is_a_departure():
     state["phases"]["select"]["runs"]["cd"]["stopping_rules"] = [{"rule": "no_improvement", "fired_at": 20}]
     from harness.campaign.report import departures
 
-    assert departures(prereg, state, "abc") == [
+    assert departures(prereg, state) == [
         "cd: evolution ran on to iteration 35, past iteration 20 where the design's rule (a) stops it, because "
         "resuming after iteration 12 restarted OpenEvolve's count"]
     state["phases"]["evolve"]["cd"].update(resumed_after=[25])  # resumed after the rule fired: no restart of it
-    assert departures(prereg, state, "abc") == []
+    assert departures(prereg, state) == []
 
 
 def test_an_early_stop_openevolve_logged_is_the_design_s_rule_even_where_the_replay_differs():
@@ -242,7 +242,7 @@ def test_an_early_stop_openevolve_logged_is_the_design_s_rule_even_where_the_rep
     state["phases"]["evolve"]["cd"]["stopped_at"] = 20
     from harness.campaign.report import render_report
 
-    md = render_report(prereg, state, validation, [], "abc", Path("."))
+    md = render_report(prereg, state, validation, [], Path("."))
     assert "Exploratory" not in md and "cd: evolution stopped after 20 of 35 iterations by the design's stopping" in md
 
 
@@ -254,7 +254,7 @@ def test_a_framework_scored_under_several_fingerprints_is_a_departure_and_a_flag
                                                     "ranked together; choose one with --fingerprint"}
     state["phases"]["select"]["candidates"]["cd"] = {"flags": "implausible_loss: 2.2 is more than 25% below 3.0"}
     state["phases"]["select"]["runs"]["cd"]["best"] = {"fpA0000000000000": 1.1, "fpB1111111111111": 1.45}
-    md = render_report(prereg, state, validation, [], "abc", Path("."))
+    md = render_report(prereg, state, validation, [], Path("."))
     assert "> - ttr: programs from 2 fingerprint groups" in md and "ttr: no valid program other than" not in md
     assert "| `cd-x` **FLAGGED** |" in md and "cd: the candidate selected was FLAGGED by the evaluator" in md
     assert "| 1.1000 (`fpA00000`); 1.4500 (`fpB11111`) |" in md
@@ -305,9 +305,9 @@ def test_a_start_that_only_renders_the_report_again_changes_no_verdict():
                        {"code_hash": "def", "phases": ["report"]}]
     from harness.campaign.report import departures
 
-    assert departures(prereg, state, "def") == []
+    assert departures(prereg, state) == []
     state["starts"][-1]["phases"] = ["validate", "report"]
-    assert departures(prereg, state, "def")[0].startswith("the harness code changed during the campaign")
+    assert departures(prereg, state)[0].startswith("the harness code changed during the campaign")
 
 
 def test_a_campaign_s_openevolve_config_changed_since_its_plan_is_refused_and_a_lost_one_restored(tmp_path):

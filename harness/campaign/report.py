@@ -11,11 +11,11 @@ from harness.validation.report import number, paired_d
 from harness.validation.stats import format_p
 
 
-def departures(prereg: dict, state: dict, code_hash_now: str) -> list[str]:
+def departures(prereg: dict, state: dict) -> list[str]:
     """How the campaign departs from the design or from its plan: the design's deviations the plan already named,
     an evolution that ended early although none of the design's stopping rules fired, and code changed between
-    the starts that computed something (``code_hash_now``: the code computing now, in the latest start). Any departure
-    makes every verdict exploratory."""
+    the starts that computed something (each start records its code's hash as it begins). Any departure makes every
+    verdict exploratory."""
     s = prereg["settings"]
     out = list(prereg.get("protocol_deviations") or [])
     evolve = state["phases"].get("evolve", {})
@@ -34,10 +34,8 @@ def departures(prereg: dict, state: dict, code_hash_now: str) -> list[str]:
         if "fingerprint" in why:
             out.append(f"{fw}: {why}")
     # A start that only rendered the report computed nothing: its code does not count.
-    worked = [start for start in state.get("starts", []) if set(start.get("phases", ["?"])) - {"report"}]
-    hashes = {start["code_hash"] for start in worked}
-    if worked and worked[-1] is (state.get("starts") or [None])[-1]:
-        hashes.add(code_hash_now)
+    hashes = {start["code_hash"] for start in state.get("starts", [])
+              if set(start.get("phases", ["?"])) - {"report"}}
     if hashes - {prereg["code_hash"]}:
         out.append(f"the harness code changed during the campaign (registered `{prereg['code_hash']}`, seen "
                    f"{sorted(hashes)}): results from before and after are not comparable")
@@ -62,7 +60,7 @@ def outcomes(prereg: dict, state: dict, validation: dict | None) -> list[str]:
             out.append(f"{fw}: nothing to validate: {unranked[fw]}")
         elif fw not in unranked and fw not in (select.get("candidates") or {}):
             out.append(f"{fw}: no valid program other than the seed, so nothing to validate")
-        flags = ((select.get("candidates") or {}).get(fw) or {}).get("flags")
+        flags = _selected_flags(state, fw)
         if flags:
             out.append(f"{fw}: the candidate selected was FLAGGED by the evaluator ({flags}); its validation below "
                        "is what confirms it or not")
@@ -71,6 +69,11 @@ def outcomes(prereg: dict, state: dict, validation: dict | None) -> list[str]:
             if c.get("refused"):
                 out.append(f"{c['framework']}: `{c['label']}` was refused at validation: {c['refused']}")
     return out
+
+
+def _selected_flags(state: dict, fw: str) -> str | None:
+    """What the evaluator flagged on the candidate the selection picked for ``fw`` (None: not flagged)."""
+    return ((state["phases"].get("select", {}).get("candidates") or {}).get(fw) or {}).get("flags")
 
 
 def _rule_a_fired_at(state: dict, fw: str) -> int | None:
@@ -87,10 +90,9 @@ def _stopped_by_the_design(state: dict, fw: str) -> bool:
     return entry.get("stopped_at") is not None or _rule_a_fired_at(state, fw) is not None
 
 
-def render_report(prereg: dict, state: dict, validation: dict | None, ledger_rows: list[dict], code_hash_now: str,
-                  out_dir: Path) -> str:
+def render_report(prereg: dict, state: dict, validation: dict | None, ledger_rows: list[dict], out_dir: Path) -> str:
     s = prereg["settings"]
-    dev = departures(prereg, state, code_hash_now)
+    dev = departures(prereg, state)
     happened = outcomes(prereg, state, validation)
     md = ["# Campaign report\n",
           f"`{prereg.get('command', 'harness campaign')}`, pre-registered {prereg.get('created', '')}: "
@@ -122,8 +124,7 @@ def render_report(prereg: dict, state: dict, validation: dict | None, ledger_row
             md.append(f"| {fw} | {evo} | `{c['label']}` | – | – | – | – | refused: {c['refused']} |")
         else:
             st, p = c["stats"], c["stats"]["primary"]
-            flagged = " **FLAGGED**" if ((state["phases"].get("select", {}).get("candidates") or {}).get(fw) or {}).get(
-                "flags") else ""
+            flagged = " **FLAGGED**" if _selected_flags(state, fw) else ""
             md.append(f"| {fw} | {evo} | `{c['label']}`{flagged} | "
                       f"{number((c.get('evaluation') or {}).get('combined_score'))} | "
                       f"{number(p['mean_b'])} → {number(p['mean_a'])} | {format_p(p['p'])} ({format_p(st['p_holm'])}) | "

@@ -177,7 +177,7 @@ class Campaign:
                     at = stopped_at if stopped_at is not None else rule_a
                     with lock:
                         self._mark("evolve", fw, iterations=seen, stopped_at=at)
-                    finished.add(fw)
+                        finished.add(fw)
                     self.log(f"[evolve] {fw}: stopped by the design's rule (a) at iteration {at}; not resumed")
                     return
                 with lock:
@@ -310,7 +310,7 @@ class Campaign:
                      seeds=list(self.settings.seeds), threads=self.threads, jobs=self.jobs,
                      ledger_path=self.ledger_path, log=self.log, name="validation", command=self.command,
                      notes=self.state["phases"]["select"].get("notes", []),
-                     departures=departures(prereg, self.state, harness_code_hash()))
+                     departures=departures(prereg, self.state))
         finally:
             progress.stop()
         self._mark("validate")
@@ -322,6 +322,6 @@ class Campaign:
         validation_path = self.out_dir / "validation" / "validation.json"
         validation = json.loads(validation_path.read_text()) if validation_path.exists() else None
         rows = ledger_mod.evaluations(self.ledger_path) if self.ledger_path.exists() else []
-        text = render_report(prereg, self.state, validation, rows, harness_code_hash(), self.out_dir)
+        text = render_report(prereg, self.state, validation, rows, self.out_dir)
         (self.out_dir / "report.md").write_text(text)
         self._mark("report")

@@ -144,8 +144,17 @@ def checked_mixing(mixing) -> dict | None:
         return None
 
 
-# Outcomes that say nothing about the program: run again rather than remembered.
+# Outcomes that say nothing about the program (the machine failed, or the limits it ran under, which are operational
+# and not fingerprinted, stopped it): run again rather than remembered. The evaluator's result is kept the same way.
 NOT_CACHED = ("infrastructure", "timeout", "memory")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """``text`` as the file ``path``, written beside it and renamed: a kill leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def remembered(job: TrainJob, outcome: dict) -> bool:
@@ -180,10 +189,7 @@ class JobCache:
                 return {**json.loads(path.read_text()), "cached": True}
             outcome = runner(job)
             if remembered(job, outcome):
-                self.folder.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(outcome, default=str))
-                tmp.replace(path)
+                write_atomically(path, json.dumps(outcome, default=str))
             return outcome
 
         return cached

@@ -37,15 +37,11 @@ from harness.trusted.profiles import ConfigError, Profile
 from harness.trusted.scoring import rungs_for
 from harness.validation import protocol
 from harness.validation.comparison import across_frameworks, compare, decide
-from harness.validation.jobs import Candidate, JobCache, TrainJob, run_batch, run_training_job, slim, slug
+from harness.validation.jobs import (NOT_CACHED, Candidate, JobCache, TrainJob, run_batch, run_training_job, slim,
+                                     slug, write_atomically)
 from harness.validation.plots import plot_comparison, plot_frameworks
 from harness.validation.report import display, render_report
 from harness.validation.tuning import defaults, hp_text, tune
-
-
-# The evaluator's refusals that may depend on the limits it ran under (the wall-clock limit, the memory cap), which
-# are operational and not fingerprinted, or on the machine: evaluated again on a resume rather than remembered.
-EVALUATION_NOT_CACHED = ("infrastructure", "timeout", "memory")
 
 
 def _evaluation_summary(result) -> dict:
@@ -138,11 +134,8 @@ def validate(candidates: list[Candidate], profile: Profile, out_dir: Path, *, tu
             pass
         log(f"[{cand.framework}] {cand.label}: the full evaluator first")
         ev = _evaluation_summary(evaluate_mod.evaluate(cand.framework, str(cand.source), profile, ledger_path, executor))
-        if ev.get("reason") not in EVALUATION_NOT_CACHED:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(ev, default=str))
-            tmp.replace(path)
+        if ev.get("reason") not in NOT_CACHED:
+            write_atomically(path, json.dumps(ev, default=str))
         return ev
 
     def baseline_for(fw: str) -> dict:
